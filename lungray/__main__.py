@@ -1,0 +1,5 @@
+import sys
+
+from lungray.cli import main
+
+sys.exit(main())

@@ -1,0 +1,123 @@
+"""The contract between the data layer and everything that trains: :class:`PreparedData`.
+
+A prepared dataset is a directory written once per (manifest, resolution, preprocessing):
+
+``images.npy``      (N, H, W) uint8 or uint16, decoded, resized, preprocessed; memory-mapped
+``labels.npy``      (N,) int64 class indices into ``class_names``
+``masks.npy``       optional (N, H, W) uint8 lesion masks (the phantom; later segmentation)
+``manifest.parquet`` the validated manifest rows, in array order (quarantined rows excluded)
+``meta.json``       class names, fingerprint, resolution, dtype, preprocessing, resize mode
+
+plus, per split setting, ``splits-<key>.json`` (eval / val / pool indices, leakage drops) and
+``leakage-<key>.json``. Trials receive a :class:`PreparedData` (a few small index arrays and a
+path), never pixels: each worker memory-maps ``images.npy``, so N concurrent trials on a node
+share one page-cached copy and nothing is decoded again. On a multi-node cluster the directory
+must live on shared storage (NFS/EFS), as ``cluster.yaml`` sets up.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """A decoded, cached, split dataset. Cheap to pickle: it holds indices and a path."""
+
+    root: str
+    class_names: tuple[str, ...]
+    eval_idx: np.ndarray
+    val_idx: np.ndarray
+    pool_idx: np.ndarray
+    fingerprint: str = ""
+    groups: Optional[np.ndarray] = None  # patient-group codes per row (None when unknown)
+    class_balanced: bool = False
+    dropped_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    info: dict = field(default_factory=dict)  # provenance: source, resolution, leakage summary...
+
+    # -- arrays, memory-mapped lazily per process --------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:  # drop cached memmaps when shipped to workers
+        state = dict(self.__dict__)
+        for k in ("images", "labels", "masks", "ids"):
+            state.pop(k, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    @cached_property
+    def images(self) -> np.ndarray:
+        return np.load(Path(self.root) / "images.npy", mmap_mode="r")
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        return np.load(Path(self.root) / "labels.npy")
+
+    @cached_property
+    def masks(self) -> Optional[np.ndarray]:
+        p = Path(self.root) / "masks.npy"
+        return np.load(p, mmap_mode="r") if p.exists() else None
+
+    @cached_property
+    def ids(self) -> np.ndarray:
+        import pandas as pd
+
+        return pd.read_parquet(Path(self.root) / "manifest.parquet", columns=["image_id"])["image_id"].to_numpy()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def resolution(self) -> int:
+        return int(self.images.shape[-1])
+
+    @property
+    def max_value(self) -> float:
+        """Full-scale value of the cached dtype (255 for uint8, 65535 for uint16)."""
+        return float(np.iinfo(self.images.dtype).max)
+
+    def manifest(self):
+        import pandas as pd
+
+        return pd.read_parquet(Path(self.root) / "manifest.parquet")
+
+    def meta(self) -> dict[str, Any]:
+        return json.loads((Path(self.root) / "meta.json").read_text())
+
+    # -- subsets ----------------------------------------------------------------------------
+    def subset(self, size: int, seed: int) -> np.ndarray:
+        """Row indices of the nested, stratified training subset of ``size`` for ``seed``.
+
+        The same (size, seed) gives the same indices for every model and optimizer (paired
+        comparisons); subset(n) is a prefix of subset(m) for n < m (nested).
+        """
+        from lungray.data.splits import nested_subsets
+
+        return nested_subsets(
+            self.labels,
+            self.pool_idx,
+            [size],
+            seed=seed,
+            groups=self.groups,
+            balanced=self.class_balanced,
+            class_names=self.class_names,
+        )[size]
+
+    def pool_mean_std(self) -> tuple[float, float]:
+        """Mean and std of the training pool in [0, 1] units (the 'radiograph' normalisation)."""
+        x = np.asarray(self.images[np.sort(self.pool_idx)], dtype=np.float64) / self.max_value
+        return float(x.mean()), float(x.std() + 1e-8)
+
+    def class_counts(self) -> dict[str, dict[str, int]]:
+        out = {}
+        for name, idx in (("eval", self.eval_idx), ("val", self.val_idx), ("pool", self.pool_idx)):
+            counts = np.bincount(self.labels[idx], minlength=self.num_classes)
+            out[name] = {c: int(k) for c, k in zip(self.class_names, counts)}
+        return out

@@ -1,0 +1,108 @@
+"""Named study presets: the studies of ``shared/PROTOCOLS.md`` as config dictionaries.
+
+Each preset is a plain nested dict (the same keys as a study YAML), so ``load_study`` can layer a
+YAML file and ``a.b=value`` overrides on top. Every real preset has a CPU-sized twin
+(``smoke``/``default``) that exercises the same code path in CI.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from lungray.errors import ConfigError
+
+# The training-size study (PROTOCOLS.md section 1): batch 4 x 200 epochs at 100-200 images,
+# batch 16 x 100 epochs at 500-1000 images.
+PAPER_SIZE_RULES = [
+    {"max_size": 200, "batch_size": 4, "epochs": 200},
+    {"max_size": 10**9, "batch_size": 16, "epochs": 100},
+]
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CI smoke twin: tiny phantom, tiny models, a couple of minutes on 2 CPUs.
+    "smoke": {
+        "name": "smoke",
+        "data": {"source": "phantom", "phantom_n": 360, "resolution": 32, "eval_size": 120, "val_size": 40},
+        "models": [{"name": "simple_cnn", "width": 8}, {"name": "logreg"}],
+        "sizes": [40, 120],
+        "optimizers": [{"name": "adam", "lr": 3e-3}],
+        "seeds": [0, 1],
+        "schedule": {"rule": "fixed", "batch_size": 16, "epochs": 3},
+        "train": {"augmentation": "none", "normalization": "pool"},
+    },
+    # What a new user gets with no arguments: the whole flow on one laptop CPU, real
+    # architectures at small resolution, report included (< 15 minutes on 2 CPUs).
+    "default": {
+        "name": "phantom_size_study",
+        "data": {"source": "phantom", "phantom_n": 1000, "resolution": 64, "eval_size": 300, "val_size": 100},
+        "models": [
+            {"name": "simple_cnn", "width": 16},
+            {"name": "resnet18", "head": "linear"},
+        ],
+        "sizes": [50, 150, 450],
+        "optimizers": [{"name": "adam", "lr": 1e-3}],
+        "seeds": [0, 1, 2],
+        "schedule": {"rule": "steps", "batch_size": 16, "max_steps": 120, "eval_every": 2},
+        "train": {"augmentation": "rot_hflip", "normalization": "pool"},
+    },
+    # PROTOCOLS.md section 1, faithfully: ResNet50, DenseNet121 and the autoencoder-pretrained
+    # encoder + DenseNet121, 100/200/500/1000 CT images at 256 px, rotation 30 / zoom 0.1 /
+    # flips, Conv2D(8)->Conv2D(3) stem, GAP-BN-dropout-256-BN-dropout head, 3000 eval images.
+    "paper": {
+        "name": "ct_size_study",
+        "data": {
+            "source": "covid_ct_xray",
+            "modality": "CT",
+            "resolution": 256,
+            "eval_size": 3000,
+            "val_size": 300,
+        },
+        "models": [
+            {"name": "resnet50", "head": "bn_mlp256", "stem": "conv8_conv3", "pretrained": True, "input_mode": "repeat3"},
+            {"name": "densenet121", "head": "bn_mlp256", "stem": "conv8_conv3", "pretrained": True, "input_mode": "repeat3"},
+            {"name": "ae_encoder", "head": "bn_mlp256", "pretrained": True, "input_mode": "repeat3"},
+        ],
+        "sizes": [100, 200, 500, 1000],
+        "optimizers": [{"name": "adam", "lr": 1e-4}],
+        "seeds": [0, 1, 2],
+        "schedule": {"rule": "size", "size_rules": PAPER_SIZE_RULES, "eval_every": 5},
+        "train": {"augmentation": "rot30_zoom_flip", "normalization": "imagenet", "ae_epochs": 30},
+        "resources": {"workers": 1, "cpus_per_worker": 3, "gpus_per_worker": 0.25},
+    },
+    # PROTOCOLS.md sections 2-4: transfer learning on the 4-class COVID-19 Radiography Database,
+    # head-only vs partial fine-tuning, Adam vs SGD(0.9, StepLR 10/0.1).
+    "transfer": {
+        "name": "transfer_4class",
+        "data": {"source": "covid_radiography", "resolution": 224, "eval_size": 0.1, "val_size": 0.1, "split_seed": 1},
+        "models": [
+            {"name": "vgg16", "freeze": "backbone", "pretrained": True, "head": "pool_mlp64", "input_mode": "repeat3"},
+            {"name": "vgg19_bn", "freeze": "backbone", "pretrained": True, "input_mode": "repeat3"},
+            {"name": "vgg19_bn", "freeze": "last:3", "pretrained": True, "input_mode": "repeat3", "label": "vgg19_bn[last3]"},
+            {"name": "resnet50", "freeze": "backbone", "pretrained": True, "input_mode": "repeat3"},
+            {"name": "resnet50", "freeze": "last:2", "pretrained": True, "input_mode": "repeat3", "label": "resnet50[layer3+4]"},
+            {"name": "densenet121", "freeze": "backbone", "pretrained": True, "input_mode": "repeat3"},
+            {"name": "tv:alexnet", "freeze": "last:1", "pretrained": True, "input_mode": "repeat3"},
+            {"name": "logreg"},
+        ],
+        "sizes": [500, 2000, 8000],
+        "optimizers": [
+            {"name": "adam", "lr": 1e-4},
+            {"name": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.01, "scheduler": "step", "step_size": 10, "gamma": 0.1},
+        ],
+        "seeds": [0, 1, 2],
+        "schedule": {"rule": "fixed", "batch_size": 32, "epochs": 25, "early_stopping_patience": 5},
+        "train": {"augmentation": "rot_hflip", "normalization": "imagenet"},
+        "resources": {"workers": 1, "cpus_per_worker": 4, "gpus_per_worker": 0.5},
+    },
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}'; valid choices: {', '.join(preset_names())}")
+    return copy.deepcopy(PRESETS[name])

@@ -1,0 +1,88 @@
+"""What lungray writes to MLflow, in one place (the sweep writes it, the report reads it).
+
+Parent run (one per sweep), tags:
+    ``lungray.role = "sweep"``, ``lungray.study``, ``lungray.config_fingerprint``,
+    ``lungray.dataset_fingerprint``, ``lungray.version``, ``lungray.git_commit``,
+    ``lungray.storage_path`` (the Ray experiment directory, the source of truth)
+  params: flattened resolved config (``data.resolution``...), truncated to MLflow's limits
+  artifacts: ``config.yaml``, ``leakage.json``, ``data_summary.json`` (class counts per split,
+    subset sizes, preprocessing), ``report/report.html`` + CSV tables when the report runs.
+
+Child run (one per trial), nested under the parent (``mlflow.parentRunId`` tag), tags:
+    ``lungray.role = "trial"``, ``lungray.trial_id`` (find-or-create key), ``lungray.model``,
+    ``lungray.train_size``, ``lungray.optimizer``, ``lungray.seed``, ``lungray.cell``,
+    ``lungray.error`` on failure
+  params: ``model``, ``train_size``, ``optimizer``, ``seed`` (the grid axes) plus the flattened
+    trial config (``model.head``, ``optimizer.lr``, ``schedule.batch_size_resolved``...)
+  metrics per epoch (``step`` = epoch): ``train_loss``, ``train_accuracy``, ``val_loss``,
+    ``val_accuracy``, ``val_auc``, ``lr``
+  final metrics (on the held-out evaluation set, ``test_`` prefix, no step):
+    ``test_accuracy``, ``test_balanced_accuracy``, ``test_log_loss``, ``test_macro_f1``,
+    ``test_weighted_f1``, ``test_auc``, ``test_sensitivity``, ``test_specificity``,
+    per class ``test_precision__<class>``, ``test_recall__<class>``, ``test_f1__<class>``,
+    ``test_missed_as_normal__<class>``; plus ``best_epoch``, ``epochs_run``, ``train_seconds``,
+    ``eval_seconds``, ``trial_overhead_seconds``
+  artifacts: ``predictions.csv`` (image_id, y_true, prob_<class>...), ``per_class.csv``,
+    ``confusion_matrix.png``, ``confusion_matrix.csv``, ``history.csv``, ``trial_config.json``,
+    ``checkpoint/best.pt`` (unless ``tracking.log_checkpoints`` is off)
+
+Class names in metric keys are sanitised with :func:`metric_key` (MLflow allows only
+alphanumerics, ``_ - . / space``).
+"""
+
+from __future__ import annotations
+
+import re
+
+ROLE = "lungray.role"
+ROLE_SWEEP = "sweep"
+ROLE_TRIAL = "trial"
+TRIAL_ID = "lungray.trial_id"
+STUDY = "lungray.study"
+CONFIG_FP = "lungray.config_fingerprint"
+DATASET_FP = "lungray.dataset_fingerprint"
+VERSION = "lungray.version"
+GIT_COMMIT = "lungray.git_commit"
+STORAGE_PATH = "lungray.storage_path"
+ERROR = "lungray.error"
+PARENT = "mlflow.parentRunId"
+
+AXES = ("model", "train_size", "optimizer", "seed")
+AXIS_TAGS = {a: f"lungray.{a}" for a in AXES}
+CELL = "lungray.cell"
+
+EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc", "lr")
+TEST_PREFIX = "test_"
+HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "log_loss")
+PER_CLASS_METRICS = ("precision", "recall", "f1", "missed_as_normal")
+
+PREDICTIONS = "predictions.csv"
+PER_CLASS = "per_class.csv"
+CONFUSION_PNG = "confusion_matrix.png"
+CONFUSION_CSV = "confusion_matrix.csv"
+HISTORY = "history.csv"
+TRIAL_CONFIG = "trial_config.json"
+CHECKPOINT_DIR = "checkpoint"
+BEST_CHECKPOINT = "checkpoint/best.pt"
+
+
+def metric_key(name: str) -> str:
+    """MLflow-safe key for a class name ('Viral Pneumonia' stays; 'a/b?' -> 'a/b_')."""
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)
+
+
+def per_class_key(metric: str, class_name: str) -> str:
+    return f"{TEST_PREFIX}{metric}__{metric_key(class_name)}"
+
+
+def default_tracking_uri(output_dir: str) -> str:
+    """A SQL-backed store in the output directory (file stores are deprecated in MLflow 3)."""
+    import os
+    from pathlib import Path
+
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    p = Path(output_dir).resolve() / "mlflow.db"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{p}"
