@@ -3,10 +3,13 @@
 Parent run (one per sweep), tags:
     ``lungray.role = "sweep"``, ``lungray.study``, ``lungray.config_fingerprint``,
     ``lungray.dataset_fingerprint``, ``lungray.version``, ``lungray.git_commit``,
-    ``lungray.storage_path`` (the Ray experiment directory, the source of truth)
+    ``lungray.storage_path`` (the Ray experiment directory, the source of truth),
+    ``lungray.data_root`` (the PreparedData directory, for Grad-CAM panels)
   params: flattened resolved config (``data.resolution``...), truncated to MLflow's limits
   artifacts: ``config.yaml``, ``leakage.json``, ``data_summary.json`` (class counts per split,
-    subset sizes, preprocessing), ``report/report.html`` + CSV tables when the report runs.
+    subset sizes, preprocessing, class names), ``splits.json`` (eval/val/pool/dropped indices and
+    the nested subset indices per size and seed), ``report/report.html`` + CSV tables when the
+    report runs.
 
 Child run (one per trial), nested under the parent (``mlflow.parentRunId`` tag), tags:
     ``lungray.role = "trial"``, ``lungray.trial_id`` (find-or-create key), ``lungray.model``,
@@ -24,7 +27,9 @@ Child run (one per trial), nested under the parent (``mlflow.parentRunId`` tag),
     ``eval_seconds``, ``trial_overhead_seconds``
   artifacts: ``predictions.csv`` (image_id, y_true, prob_<class>...), ``per_class.csv``,
     ``confusion_matrix.png``, ``confusion_matrix.csv``, ``history.csv``, ``trial_config.json``,
-    ``checkpoint/best.pt`` (unless ``tracking.log_checkpoints`` is off)
+    ``checkpoint/best.pt`` (unless ``tracking.log_checkpoints`` is off): a dict loadable with
+    ``torch.load(weights_only=True)``: ``{"model": state_dict, "class_names": [...],
+    "trial": TrialConfig.to_dict(), "norm": [mean, std], "epoch": int}``
 
 Class names in metric keys are sanitised with :func:`metric_key` (MLflow allows only
 alphanumerics, ``_ - . / space``).
@@ -44,6 +49,7 @@ DATASET_FP = "lungray.dataset_fingerprint"
 VERSION = "lungray.version"
 GIT_COMMIT = "lungray.git_commit"
 STORAGE_PATH = "lungray.storage_path"
+DATA_ROOT = "lungray.data_root"
 ERROR = "lungray.error"
 PARENT = "mlflow.parentRunId"
 
@@ -56,6 +62,10 @@ TEST_PREFIX = "test_"
 HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "log_loss")
 PER_CLASS_METRICS = ("precision", "recall", "f1", "missed_as_normal")
 
+CONFIG_YAML = "config.yaml"
+LEAKAGE_JSON = "leakage.json"
+DATA_SUMMARY = "data_summary.json"
+SPLITS_JSON = "splits.json"
 PREDICTIONS = "predictions.csv"
 PER_CLASS = "per_class.csv"
 CONFUSION_PNG = "confusion_matrix.png"
