@@ -423,14 +423,27 @@ def apply_overrides(d: Mapping[str, Any], overrides: Sequence[str]) -> dict[str,
             raise ConfigError(f"override '{item}' must look like key.sub=value")
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
-        cur = out
+        cur: Any = out
         for p in parts[:-1]:
-            if not isinstance(cur.get(p), dict):
-                cur[p] = {} if cur.get(p) is None else cur[p]
-                if not isinstance(cur[p], dict):
-                    raise ConfigError(f"override '{item}': '{p}' is not a section")
+            if isinstance(cur, list):  # models.0.freeze=backbone
+                if not p.isdigit() or int(p) >= len(cur):
+                    raise ConfigError(f"override '{item}': index '{p}' is out of range (0..{len(cur) - 1})")
+                if isinstance(cur[int(p)], str):  # shorthand "resnet50" -> {"name": "resnet50"}
+                    cur[int(p)] = {"name": cur[int(p)]}
+                cur = cur[int(p)]
+                continue
+            if cur.get(p) is None:
+                cur[p] = {}
+            if not isinstance(cur[p], (dict, list)):
+                raise ConfigError(f"override '{item}': '{p}' is not a section")
             cur = cur[p]
-        cur[parts[-1]] = _parse_scalar(text)
+        last = parts[-1]
+        if isinstance(cur, list):
+            if not last.isdigit() or int(last) >= len(cur):
+                raise ConfigError(f"override '{item}': index '{last}' is out of range (0..{len(cur) - 1})")
+            cur[int(last)] = _parse_scalar(text)
+        else:
+            cur[last] = _parse_scalar(text)
     return out
 
 
@@ -569,6 +582,14 @@ def validate_study(cfg: StudyConfig) -> None:
         raise ConfigError("schedule.rule 'steps' needs schedule.max_steps > 0")
     if s.eval_every < 1 or s.checkpoint_every < 1:
         raise ConfigError("schedule.eval_every and schedule.checkpoint_every must be >= 1")
+    if s.rule in ("fixed", "steps") and s.batch_size < 1:
+        raise ConfigError(
+            f"schedule.batch_size must be >= 1, got {s.batch_size}: it gives zero optimisation steps"
+        )
+    if s.early_stopping_patience is not None and s.early_stopping_patience < 1:
+        raise ConfigError(
+            f"schedule.early_stopping_patience must be >= 1 evaluation or null (off), got {s.early_stopping_patience}"
+        )
     for n in cfg.sizes:
         bs, ep = s.resolve(n)
         if bs < 1 or ep < 1:
@@ -585,6 +606,8 @@ def validate_study(cfg: StudyConfig) -> None:
     _one_of("train.amp", t.amp, ["auto", "bf16", "fp16", "off"])
     if not 0 <= t.label_smoothing < 1:
         raise ConfigError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
+    if t.eval_batch_size < 1:
+        raise ConfigError(f"train.eval_batch_size must be >= 1, got {t.eval_batch_size}")
 
     r = cfg.resources
     if r.workers < 1:

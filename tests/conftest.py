@@ -38,3 +38,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
         if "browser" in item.keywords and not (shutil.which("chromium") or shutil.which("chromium-browser")):
             item.add_marker(skip_browser)
+
+
+@pytest.fixture(scope="session")
+def prepared_phantom(tmp_path_factory):
+    """A small prepared phantom shared by every area's tests (owned by the data layer, H2).
+
+    240 phantom images at 32 px, 2 classes ("Normal", "COVID"), a fixed held-out set of 80, a
+    validation set of 20 and the rest as the training pool (patient-disjoint, leakage-audited).
+    Built once per test session (about a second); read-only for the tests that use it.
+    """
+    from lungray.config import DataConfig
+    from lungray.data import prepare_data
+
+    cfg = DataConfig(source="phantom", phantom_n=240, phantom_classes=2, resolution=32, eval_size=80, val_size=20)
+    return prepare_data(cfg, output_dir=tmp_path_factory.mktemp("prepared_phantom"), progress=False)

@@ -1,0 +1,323 @@
+"""Where does a sweep's wall time go? Per-trial overhead, sweep efficiency, scaling with trials.
+
+Issue 5, item 3. Three measurements:
+
+1. **Ray Train start-up, taken apart** (one process, Ray started once): a one-worker
+   ``TorchTrainer.fit()`` whose worker does nothing, timed from ``fit()`` to the worker's first
+   line (start-up) and from its last line to ``fit()`` returning (teardown), for each
+   ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` value (interleaved); next to it the two things a
+   start-up is made of on one node: spawning a fresh actor process with a runtime env (the
+   Train controller and each worker get one) and importing torch + Ray Train in a new Python.
+2. **Sweeps** (each in its own subprocess, so every run gets a fresh Ray with its own
+   environment): :func:`lungray.sweep.runner.run_study` on the ``smoke`` preset and sub-grids of
+   it, 2 concurrent trial slots. From each trial's MLflow child run: wall time (run start to
+   end), setup/train/eval seconds. Per-trial overhead = wall - train - eval. Sweep efficiency =
+   sum(train + eval) / (wall x slots), for the whole ``run_study`` call and for the span of the
+   trials (first start to last end, i.e. without Ray start-up, data preparation and MLflow
+   set-up). Wall time against the number of trials is fitted with a line: the slope is the
+   marginal cost of a trial and R^2 says whether growth is linear.
+3. The health-check interval on the smallest sweep (default 2.0 s vs lungray's 0.2 s), and
+   optionally ``resources.use_ray_train=false`` (the loop runs in the Tune trial itself).
+
+Run: ``python bench/bench_sweep.py`` (default, ~5 min on 2 CPUs) or ``--quick`` (CI smoke).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+HC = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+
+#: the smoke preset and two sub-grids of it: (label, overrides) -> 2, 4, 8 trials
+GRIDS = {
+    2: ["models=[{name: simple_cnn, width: 8}]", "sizes=[40]"],
+    4: ["models=[{name: simple_cnn, width: 8}]"],
+    8: [],
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="one tiny sweep and one start-up sample (CI smoke)")
+    p.add_argument("--trials", default="2,4,8", help="sweep sizes (sub-grids of the smoke preset: 2, 4 or 8)")
+    p.add_argument("--slots", type=int, default=2, help="concurrent trials (resources.max_concurrent_trials)")
+    p.add_argument("--hc", default="0.2,2.0", help="RAY_TRAIN_HEALTH_CHECK_INTERVAL_S values to compare")
+    p.add_argument("--startup-repeats", type=int, default=2, help="interleaved no-op fits per health-check value")
+    p.add_argument("--also-no-ray-train", action="store_true",
+                   help="also run the largest sweep with resources.use_ray_train=false")
+    p.add_argument("--skip-startup", action="store_true")
+    p.add_argument("--skip-sweeps", action="store_true")
+    p.add_argument("--out", default=None, help="work folder (default: a temp dir, removed at the end)")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: run one sweep, write JSON here
+    p.add_argument("--child-trials", type=int, default=2, help=argparse.SUPPRESS)
+    p.add_argument("--child-set", action="append", default=[], help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.quick:
+        a.trials, a.hc, a.startup_repeats = "2", "0.2", 1
+    a.trial_list = [int(t) for t in str(a.trials).split(",") if t.strip()]
+    bad = [t for t in a.trial_list if t not in GRIDS]
+    if bad:
+        p.error(f"--trials: {bad} not available; choose from {sorted(GRIDS)}")
+    a.hc_list = [h.strip() for h in str(a.hc).split(",") if h.strip()]
+    return a
+
+
+# ------------------------------------------------------------------------------------------
+# 1. Ray Train start-up, taken apart
+# ------------------------------------------------------------------------------------------
+
+
+def _noop_worker(config: dict) -> None:
+    import json as _json
+    import time as _time
+
+    t_enter = _time.time()
+    _json.dump({"t_enter": t_enter, "t_exit": _time.time()}, open(config["out"], "w"))
+
+
+def bench_startup(args, out: Path) -> None:
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    with C.Timer() as t:
+        ray.init(num_cpus=ncpu, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    print(f"ray.init (local, {ncpu} CPUs): {t.s:.1f}s")
+    parts: dict[str, list[dict]] = {h: [] for h in args.hc_list}
+    try:
+        def fit(hc: str):
+            def _run() -> float:
+                os.environ[HC] = hc  # read by TorchTrainer.fit and propagated to controller and workers
+                stamp = out / f"noop_{time.time_ns()}.json"
+                t0 = time.time()
+                TorchTrainer(
+                    _noop_worker,
+                    train_loop_config={"out": str(stamp)},
+                    scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.99}),
+                    run_config=RunConfig(name=f"noop-{time.time_ns()}", storage_path=str(out / "ray_results")),
+                ).fit()
+                t1 = time.time()
+                s = json.loads(stamp.read_text())
+                parts[hc].append({"startup": s["t_enter"] - t0, "teardown": t1 - s["t_exit"], "total": t1 - t0})
+                return t1 - t0
+
+            return _run
+
+        print("no-op TorchTrainer.fit() (1 worker), seconds:")
+        C.interleave({f"fit, health check {h}s": fit(h) for h in args.hc_list}, args.startup_repeats)
+
+        @ray.remote(num_cpus=0)
+        class Probe:
+            def ready(self) -> float:
+                return time.time()
+
+        def spawn() -> float:
+            t0 = time.time()
+            a = Probe.options(runtime_env={"env_vars": {"LUNGRAY_BENCH_PROBE": str(time.time_ns())}}).remote()
+            t1 = ray.get(a.ready.remote())
+            ray.kill(a)
+            return t1 - t0
+
+        print("fresh actor process with a runtime env (what the controller and each worker cost to spawn):")
+        spawned = C.interleave({"actor spawn": spawn}, max(2, args.startup_repeats))
+    finally:
+        ray.shutdown()
+
+    def imp() -> float:
+        code = "import time; t=time.perf_counter(); import torch, ray.train.torch; print(time.perf_counter()-t)"
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        return float(r.stdout.strip().splitlines()[-1])
+
+    print("import torch + ray.train.torch in a new Python (each Train worker does this):")
+    imports = C.interleave({"import": imp}, max(2, args.startup_repeats))
+
+    rows = []
+    for h in args.hc_list:
+        ps = parts[h]
+        rows.append({"what": f"no-op fit, health check {h}s", "total s": C.median([p["total"] for p in ps]),
+                     "start-up s": C.median([p["startup"] for p in ps]), "teardown s": C.median([p["teardown"] for p in ps])})
+    rows.append({"what": "spawn one actor process (runtime env)", "total s": C.median(spawned["actor spawn"]),
+                 "start-up s": float("nan"), "teardown s": float("nan")})
+    rows.append({"what": "import torch + ray.train.torch", "total s": C.median(imports["import"]),
+                 "start-up s": float("nan"), "teardown s": float("nan")})
+    C.print_table(rows, "Ray Train start-up and teardown of one trial (medians)")
+    if len(args.hc_list) > 1:
+        lo, hi = min(args.hc_list, key=float), max(args.hc_list, key=float)
+        C.print_ratio(f"noop_fit_hc{hi}_vs_hc{lo}", C.median([p["total"] for p in parts[hi]]) / C.median([p["total"] for p in parts[lo]]),
+                      note="(> 1: the longer interval costs that factor)")
+    C.print_ratio("noop_fit_seconds", C.median([p["total"] for p in parts[min(args.hc_list, key=float)]]),
+                  note="(seconds, not a ratio: fixed cost per Ray Train trial)")
+
+
+# ------------------------------------------------------------------------------------------
+# 2. one sweep (child process)
+# ------------------------------------------------------------------------------------------
+
+
+def child(args) -> int:
+    """Run one sweep with run_study and write its timings as JSON (runs in a subprocess)."""
+    from lungray.config import load_study
+    from lungray.sweep.runner import run_study
+
+    out = Path(args.child).parent / f"sweep_{Path(args.child).stem}"
+    overrides = [
+        f"output_dir={out}",
+        f"data.cache_dir={Path(args.child).parent / 'shared_cache'}",
+        f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}",
+        "tracking.log_checkpoints=true",
+        f"resources.max_concurrent_trials={args.slots}",
+        "report=false",
+        *GRIDS[args.child_trials],
+        *args.child_set,
+    ]
+    cfg = load_study("smoke", overrides=overrides)
+    t0 = time.time()
+    run_study(cfg)
+    t1 = time.time()
+    trials = read_trials(f"sqlite:///{out / 'mlflow.db'}", cfg.tracking.experiment or cfg.name)
+    Path(args.child).write_text(json.dumps({"t0": t0, "t1": t1, "n_trials": len(cfg.trials()), "trials": trials}))
+    return 0
+
+
+def read_trials(uri: str, experiment: str) -> list[dict]:
+    """Per-trial timings from the sweep's MLflow child runs (lungray/tracking.py names)."""
+    from mlflow.tracking import MlflowClient
+
+    from lungray import tracking as T
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(experiment)
+    runs = c.search_runs([exp.experiment_id], filter_string=f"tags.`{T.ROLE}` = '{T.ROLE_TRIAL}'", max_results=10000)
+    out = []
+    for r in runs:
+        m = r.data.metrics
+        out.append({
+            "name": r.info.run_name,
+            "status": r.info.status,
+            "start": r.info.start_time / 1000.0,
+            "end": (r.info.end_time or 0) / 1000.0,
+            "setup": float(m.get("setup_seconds", float("nan"))),
+            "train": float(m.get("train_seconds", float("nan"))),
+            "eval": float(m.get("eval_seconds", float("nan"))),
+            "overhead_logged": float(m.get("trial_overhead_seconds", float("nan"))),
+        })
+    return out
+
+
+def run_child(args, out: Path, n_trials: int, env: dict, sets=()) -> dict:
+    tag = f"k{n_trials}_{time.time_ns()}"
+    path = out / f"{tag}.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(path), "--child-trials", str(n_trials),
+           "--slots", str(args.slots)]
+    for s in sets:
+        cmd += ["--child-set", s]
+    full_env = {**os.environ, **env}
+    t0 = time.time()
+    r = subprocess.run(cmd, env=full_env, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.stderr.write(r.stdout[-4000:] + r.stderr[-8000:])
+        raise SystemExit(f"sweep child failed (exit {r.returncode}): {' '.join(cmd)}")
+    res = json.loads(path.read_text())
+    res["process_wall"] = time.time() - t0
+    return res
+
+
+def summarise(res: dict, slots: int) -> dict:
+    tr = [t for t in res["trials"] if t["end"] > 0]
+    compute = sum(t["train"] + t["eval"] for t in tr)
+    wall = res["t1"] - res["t0"]
+    span = (max(t["end"] for t in tr) - min(t["start"] for t in tr)) if tr else float("nan")
+    overheads = [(t["end"] - t["start"]) - t["train"] - t["eval"] for t in tr]
+    return {
+        "trials": res["n_trials"],
+        "finished": sum(t["status"] == "FINISHED" for t in tr),
+        "run_study s": wall,
+        "trial span s": span,
+        "trial wall s": C.median([t["end"] - t["start"] for t in tr]),
+        "setup s": C.median([t["setup"] for t in tr]),
+        "train+eval s": C.median([t["train"] + t["eval"] for t in tr]),
+        "overhead s": C.median(overheads),
+        "eff (run_study)": compute / (wall * slots) if wall else float("nan"),
+        "eff (span)": compute / (span * slots) if span else float("nan"),
+    }
+
+
+def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
+    """Least squares y = a + b x; returns (a, b, R^2)."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    a = my - b * mx
+    ss_res = sum((y - (a + b * x)) ** 2 for x, y in zip(xs, ys))
+    ss_tot = sum((y - my) ** 2 for y in ys)
+    return a, b, (1 - ss_res / ss_tot) if ss_tot else 1.0
+
+
+def bench_sweeps(args, out: Path) -> None:
+    lo_hc = min(args.hc_list, key=float)
+    rows = []
+    series = {}
+    for k in args.trial_list:
+        print(f"sweep: {k} trials, {args.slots} slots, health check {lo_hc}s ...", flush=True)
+        res = run_child(args, out, k, {HC: lo_hc})
+        s = summarise(res, args.slots)
+        series[k] = s
+        rows.append({"sweep": f"{k} trials, hc {lo_hc}s", **s})
+    k0 = min(args.trial_list)
+    for h in args.hc_list:
+        if h == lo_hc:
+            continue
+        print(f"sweep: {k0} trials, health check {h}s ...", flush=True)
+        rows.append({"sweep": f"{k0} trials, hc {h}s", **summarise(run_child(args, out, k0, {HC: h}), args.slots)})
+    if args.also_no_ray_train:
+        k1 = max(args.trial_list)
+        print(f"sweep: {k1} trials, use_ray_train=false ...", flush=True)
+        rows.append({"sweep": f"{k1} trials, no Ray Train", **summarise(
+            run_child(args, out, k1, {HC: lo_hc}, sets=["resources.use_ray_train=false"]), args.slots)})
+    C.print_table(rows, f"sweeps on the smoke preset, {args.slots} concurrent slots (per-trial figures are medians)")
+    kmax = max(args.trial_list)
+    C.print_ratio(f"sweep_efficiency_{kmax}_trials", series[kmax]["eff (run_study)"], 0.85)
+    C.print_ratio(f"sweep_efficiency_{kmax}_trials_span", series[kmax]["eff (span)"],
+                  note="(without ray.init, data preparation and MLflow set-up)")
+    if len(series) >= 2:
+        ks = sorted(series)
+        a, b, r2 = fit_line([float(k) for k in ks], [series[k]["run_study s"] for k in ks])
+        print(f"wall time vs trials: {a:.1f}s fixed + {b:.1f}s per trial ({b * args.slots:.1f}s per trial per slot); R^2 {r2:.3f}")
+        C.print_ratio("sweep_wall_linear_r2", r2, note="(1.0 = wall time grows linearly with the number of trials)")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return child(args)
+    os.environ.setdefault(HC, "0.2")
+    C.print_header("bench_sweep: orchestration overhead", args, device="cpu")
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="lungray_bench_sweep_"))
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        if not args.skip_startup:
+            bench_startup(args, out)
+        if not args.skip_sweeps:
+            bench_sweeps(args, out)
+    finally:
+        if not args.out:
+            shutil.rmtree(out, ignore_errors=True)
+    C.print_load()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

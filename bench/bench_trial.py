@@ -1,0 +1,378 @@
+"""What does lungray's loop inside a Ray Train trial cost next to a bare PyTorch loop?
+
+Issue 5, item 1. The same model, batch, data and device, trained by
+
+* ``bare``: a minimal hand-written loop (``DataLoader`` over the same
+  :class:`~lungray.data.dataset.ImageDataset`, forward, loss, backward, step; nothing else);
+* ``run_trial``: :func:`lungray.train.run_trial` called in-process (per-epoch bookkeeping,
+  resumable checkpoint every ``schedule.checkpoint_every`` epochs);
+* ``run_trial, ckpt at end``: the same with ``checkpoint_every = epochs`` (isolates the cost of
+  the per-epoch checkpoint);
+* ``ray train, plain report``: ``run_trial`` inside a one-worker ``TorchTrainer`` whose report
+  callback only calls ``ray.train.report(metrics, checkpoint)``;
+* ``ray train, sweep worker``: the sweep's own Train worker
+  (:func:`lungray.sweep.trainable.train_worker`) around ``run_trial``: ``ray.train.report``
+  with the checkpoint plus per-epoch MLflow metrics from rank 0, exactly as in a sweep.
+
+Steady-state throughput, not start-up: every variant stamps the end of each epoch (for
+``run_trial`` after its ``report`` callback returned, so the checkpoint write and Ray's upload
+count), and images/s = images per epoch / median epoch duration over epochs 2..E-1 (epoch 1
+warms up, epoch E runs the only validation). Ray Train's worker start-up is excluded here; it
+is ``bench_sweep.py``'s business. Variants are interleaved (A B C D, D C B A, ...) and the ratio
+is the median of per-round ratios.
+
+Run: ``python bench/bench_trial.py`` (default, < 5 min on 2 CPUs) or ``--quick`` (CI smoke).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes for a CI smoke run (asserts nothing about speed)")
+    p.add_argument("--model", default="resnet18", help="model name (default: the default preset's resnet18)")
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--n-train", type=int, default=160, help="training images per epoch")
+    p.add_argument("--epochs", type=int, default=5, help=">= 4: epochs 2..E-1 are timed")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads in every variant")
+    p.add_argument("--no-ray", action="store_true", help="skip the Ray Train variant")
+    p.add_argument("--out", default=None, help="work folder (default: a temp dir, removed at the end)")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.model = "simple_cnn" if a.model == "resnet18" else a.model
+        a.resolution, a.n_train, a.epochs, a.repeats = 32, 48, 4, 1
+    if a.epochs < 4:
+        p.error("--epochs must be >= 4 (epoch 1 warms up, the last one validates)")
+    return a
+
+
+# ------------------------------------------------------------------------------------------
+# set-up shared by every variant
+# ------------------------------------------------------------------------------------------
+
+
+def prepare(args, out: Path):
+    from lungray.config import DataConfig
+    from lungray.data import prepare_data
+
+    cfg = DataConfig(
+        source="phantom",
+        phantom_n=args.n_train + 120,
+        resolution=args.resolution,
+        eval_size=60,
+        val_size=20,
+        leakage="off",
+        cache_dir=str(out / "cache"),
+    )
+    return prepare_data(cfg, output_dir=str(out / "prepared"), sizes=(args.n_train,), seeds=(0,), progress=False)
+
+
+def make_trial(args, checkpoint_every: int = 1):
+    from lungray.config import ModelConfig, OptimizerConfig, ScheduleConfig, TrainConfig, TrialConfig
+
+    return TrialConfig(
+        study="bench_trial",
+        model=ModelConfig(name=args.model),
+        train_size=args.n_train,
+        optimizer=OptimizerConfig(name="adam", lr=1e-3),
+        seed=0,
+        schedule=ScheduleConfig(
+            rule="fixed",
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            eval_every=args.epochs,  # validate once, at the end (excluded from the timing)
+            checkpoint_every=checkpoint_every,
+        ),
+        train=TrainConfig(augmentation="none", normalization="pool", num_workers=0),
+    )
+
+
+def steady_rate(stamps: list[float], images_per_epoch: int) -> float:
+    """images/s from epoch-end stamps: median duration of epochs 2..E-1."""
+    durations = [b - a for a, b in zip(stamps[:-1], stamps[1:])]  # epochs 2..E
+    steady = durations[:-1] or durations  # drop epoch E (validation)
+    return images_per_epoch / C.median(steady)
+
+
+def images_per_epoch(trial, n_train: int) -> int:
+    from lungray.train.loop import epoch_plan
+
+    bs, _ = trial.schedule.resolve(n_train)
+    steps, drop_last = epoch_plan(n_train, bs, 1)
+    return n_train - (n_train % bs if drop_last else 0)
+
+
+# ------------------------------------------------------------------------------------------
+# variants
+# ------------------------------------------------------------------------------------------
+
+
+def bare_loop(args, data, trial) -> float:
+    """The hand-written reference: what a user would write without lungray."""
+    import torch
+
+    from lungray.data.augment import normalization_stats
+    from lungray.data.dataset import ImageDataset
+    from lungray.models import create_model
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    amp = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else (torch.float16 if device.type == "cuda" else None)
+    cl = device.type == "cuda"
+    torch.manual_seed(0)
+    idx = data.subset(args.n_train, 0)
+    mean, std = normalization_stats("pool", data)
+    ds = ImageDataset(data, idx, augmentation="none", mean=mean, std=std, seed=0)
+    from lungray.train.loop import epoch_plan
+
+    _, drop_last = epoch_plan(len(idx), args.batch_size, 1)  # same rule: no batch of one under BN
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=drop_last,
+                                         generator=torch.Generator().manual_seed(0), pin_memory=cl)
+    model = create_model(trial.model, data.num_classes, in_chans=1, resolution=data.resolution).to(device)
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=trial.optimizer.lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    lossf = torch.nn.CrossEntropyLoss()
+    stamps = []
+    seen = 0
+    for _ in range(args.epochs):
+        model.train()
+        seen = 0
+        for x, y, _ in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if cl:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits = model(x)
+            loss = lossf(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            seen += int(y.shape[0])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+    return steady_rate(stamps, seen)
+
+
+def direct_trial(args, data, trial, out: Path, tag: str) -> float:
+    from lungray.train import run_trial
+
+    stamps: list[float] = []
+    workdir = out / f"direct_{tag}_{time.time_ns()}"
+    run_trial(trial, data, workdir=workdir, report=lambda m, d: stamps.append(time.perf_counter()))
+    shutil.rmtree(workdir, ignore_errors=True)
+    return steady_rate(stamps, images_per_epoch(trial, args.n_train))
+
+
+def _plain_ray_worker(config: dict) -> None:
+    """Ray Train worker: ``run_trial`` reporting metrics + checkpoint per epoch, nothing else."""
+    import torch
+
+    import ray.train
+    from ray.train import Checkpoint
+
+    from lungray.config import TrialConfig
+    from lungray.train import run_trial
+
+    torch.set_num_threads(int(config["threads"]))
+    stamps: list[float] = []
+    in_report = [0.0]
+
+    def report(metrics, ckpt_dir):
+        t = time.perf_counter()
+        ray.train.report(dict(metrics), checkpoint=Checkpoint.from_directory(ckpt_dir) if ckpt_dir else None)
+        in_report[0] += time.perf_counter() - t
+        stamps.append(time.perf_counter())
+
+    trial = TrialConfig.from_dict(config["trial"])
+    run_trial(trial, config["data"], workdir=config["workdir"], report=report)
+    Path(config["stamps"]).write_text(json.dumps({"stamps": stamps, "report_seconds": in_report[0],
+                                                  "threads": torch.get_num_threads()}))
+
+
+def _stamped_body(trial, data, *, workdir, report, resume_from=None, stamps_path, threads):
+    """The sweep's trial body (``run_trial``) with epoch-end stamps taken after the sweep's
+    report callback (``ray.train.report`` + checkpoint upload + MLflow epoch metrics) returned."""
+    import torch
+
+    from lungray.train import run_trial
+
+    torch.set_num_threads(int(threads))
+    stamps: list[float] = []
+    in_report = [0.0]
+
+    def rep(metrics, ckpt_dir):
+        t = time.perf_counter()
+        report(metrics, ckpt_dir)
+        in_report[0] += time.perf_counter() - t
+        stamps.append(time.perf_counter())
+
+    result = run_trial(trial, data, workdir=workdir, report=rep, resume_from=resume_from)
+    Path(stamps_path).write_text(json.dumps({"stamps": stamps, "report_seconds": in_report[0],
+                                             "threads": torch.get_num_threads()}))
+    return result
+
+
+class RayVariants:
+    """The two Ray Train variants; Ray and the MLflow experiment are set up once (excluded)."""
+
+    def __init__(self, args, data, trial, out: Path):
+        import torch
+
+        self.args, self.data, self.trial, self.out = args, data, trial, out
+        self.use_gpu = torch.cuda.is_available()
+        self.info: dict[str, list[dict]] = {"plain": [], "sweep": []}
+        self._mlflow = None
+
+    def _scaling(self):
+        from ray.train import ScalingConfig
+
+        return ScalingConfig(num_workers=1, use_gpu=self.use_gpu,
+                             resources_per_worker={"CPU": 0.99, "GPU": 1} if self.use_gpu else {"CPU": 0.99})
+
+    def plain(self) -> float:
+        """``run_trial`` in a TorchTrainer with a bare ``ray.train.report`` callback."""
+        from ray.train import RunConfig
+        from ray.train.torch import TorchTrainer
+
+        tag = time.time_ns()
+        stamps_file = self.out / f"ray_stamps_{tag}.json"
+        TorchTrainer(
+            _plain_ray_worker,
+            train_loop_config={"trial": self.trial.to_dict(), "data": self.data, "workdir": str(self.out / f"ray_work_{tag}"),
+                               "stamps": str(stamps_file), "threads": self.args.threads},
+            scaling_config=self._scaling(),
+            run_config=RunConfig(name=f"bench-trial-{tag}", storage_path=str(self.out / "ray_results")),
+        ).fit()
+        info = json.loads(stamps_file.read_text())
+        shutil.rmtree(self.out / f"ray_work_{tag}", ignore_errors=True)
+        self.info["plain"].append(info)
+        return steady_rate(info["stamps"], images_per_epoch(self.trial, self.args.n_train))
+
+    def sweep(self) -> float:
+        """The sweep's own Train worker (:func:`lungray.sweep.trainable.train_worker`): its report
+        callback, checkpoint persistence and per-epoch MLflow logging, as in a real sweep."""
+        import functools
+
+        import ray.train
+        from ray.train.torch import TorchTrainer
+
+        from lungray.sweep import mlflow_run as M
+        from lungray.sweep.trainable import SweepContext, train_worker
+
+        uri = f"sqlite:///{self.out / 'mlflow.db'}"
+        if self._mlflow is None:
+            exp = M.ensure_experiment(uri, "bench_trial", artifact_root=str(self.out / "mlartifacts"))
+            parent = M.create_parent_run(uri, exp, study_name="bench_trial", config_dict={}, config_fingerprint="",
+                                         dataset_fingerprint=str(self.data.fingerprint), storage_path=str(self.out),
+                                         data_root=str(self.data.root), artifacts={})
+            self._mlflow = (exp, parent)
+        exp, parent = self._mlflow
+        tag = time.time_ns()
+        trial_id = f"bench{tag}"
+        run_id, _ = M.find_or_create_trial_run(uri, exp, parent, trial_id, self.trial)
+        stamps_file = self.out / f"sweep_stamps_{tag}.json"
+        ctx = SweepContext(
+            study="bench_trial", experiment_dir=str(self.out / "experiment"), tracking_uri=uri, experiment_id=exp,
+            parent_run_id=parent, data=self.data, trials={},
+            body=functools.partial(_stamped_body, stamps_path=str(stamps_file), threads=self.args.threads),
+        )
+        TorchTrainer(
+            train_worker,
+            train_loop_config={"ctx": ctx, "trial": self.trial, "trial_id": trial_id, "run_id": run_id},
+            scaling_config=self._scaling(),
+            run_config=ray.train.RunConfig(
+                name=f"train-{trial_id}", storage_path=str(self.out / "experiment" / "train"),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=ctx.checkpoints_to_keep),
+            ),
+        ).fit()
+        M.finish_run(uri, run_id, "FINISHED")
+        info = json.loads(stamps_file.read_text())
+        self.info["sweep"].append(info)
+        return steady_rate(info["stamps"], images_per_epoch(self.trial, self.args.n_train))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    C.set_threads(args.threads)
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    C.print_header("bench_trial: lungray's trial loop vs a bare PyTorch loop", args)
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="lungray_bench_trial_"))
+    out.mkdir(parents=True, exist_ok=True)
+    ray_started = False
+    try:
+        data = prepare(args, out)
+        trial = make_trial(args)
+        trial_end = make_trial(args, checkpoint_every=args.epochs)
+        variants = {
+            "bare": lambda: bare_loop(args, data, trial),
+            "run_trial": lambda: direct_trial(args, data, trial, out, "every"),
+            "run_trial, ckpt at end": lambda: direct_trial(args, data, trial_end, out, "end"),
+        }
+        rv = None
+        if not args.no_ray:
+            import ray
+
+            ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            with C.Timer() as t:
+                ray.init(num_cpus=ncpu, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            ray_started = True
+            print(f"ray.init: {t.s:.1f}s (excluded)")
+            rv = RayVariants(args, data, trial, out)
+            variants["ray train, plain report"] = rv.plain
+            variants["ray train, sweep worker"] = rv.sweep
+        ipe = images_per_epoch(trial, args.n_train)
+        print(f"{args.model} at {args.resolution} px, batch {args.batch_size}, {ipe} images/epoch, {args.epochs} epochs "
+              f"(2..{args.epochs - 1} timed), {args.threads} thread(s), {args.repeats} interleaved rounds")
+        res = C.interleave(variants, args.repeats)
+
+        base = res["bare"]
+        rows = []
+        for name, vals in res.items():
+            rows.append({"variant": name, "images/s (median)": C.median(vals), "range": C.spread(vals),
+                         "vs bare": C.paired_ratio(vals, base)})
+        C.print_table(rows, "steady-state training throughput (vs bare: paired median ratio)")
+        if rv is not None:
+            for key, what in (("plain", "ray.train.report + checkpoint upload"),
+                              ("sweep", "sweep report: ray.train.report + upload + MLflow epoch metrics")):
+                if rv.info[key]:
+                    per_epoch = C.median([i["report_seconds"] / args.epochs for i in rv.info[key]])
+                    print(f"inside the Ray worker, {what}: {per_epoch * 1000:.0f} ms/epoch "
+                          f"(torch threads {rv.info[key][0]['threads']})")
+        ckpt_cost = 1.0 / C.median(res["run_trial"]) - 1.0 / C.median(res["run_trial, ckpt at end"])
+        print(f"per-epoch checkpoint cost (run_trial - ckpt at end): {ckpt_cost * ipe * 1000:.0f} ms/epoch")
+        C.print_ratio("trial_loop_vs_bare", C.paired_ratio(res["run_trial"], base))
+        if rv is not None:
+            C.print_ratio("ray_trial_vs_bare", C.paired_ratio(res["ray train, sweep worker"], base), 0.95,
+                          note="(the sweep's Train worker)")
+            C.print_ratio("ray_plain_vs_bare", C.paired_ratio(res["ray train, plain report"], base))
+            C.print_ratio("ray_sweep_vs_run_trial", C.paired_ratio(res["ray train, sweep worker"], res["run_trial"]))
+    finally:
+        if ray_started:
+            import ray
+
+            ray.shutdown()
+        if not args.out:
+            shutil.rmtree(out, ignore_errors=True)
+    C.print_load()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

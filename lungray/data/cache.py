@@ -1,0 +1,372 @@
+"""Decode once, read forever: the preprocessing cache behind every trial.
+
+A 20k-image dataset must never be decoded per trial. :func:`build_cache` decodes, resizes and
+preprocesses every good manifest row once per
+
+    (manifest fingerprint, resolution, resize mode, preprocessing, cache dtype)
+
+into ``<cache_dir>/<key>/``:
+
+``images.npy``        (N, R, R) uint8 or uint16, memory-mapped by every trial
+``labels.npy``        (N,) int64 class indices
+``masks.npy``         (N, R, R) uint8 lesion masks (phantom only)
+``hashes.npy``        (N, 8) uint64 dihedral perceptual hashes of the decoded image (leakage audit)
+``manifest.parquet``  the N good rows in array order, ``sha256``/``phash``/``width``/``height``
+                      filled (and, for DICOM, ``modality`` and the hashed ``patient_id``)
+``quarantined.parquet`` every row that was not cached, with its ``problem`` reason
+``meta.json``         class names, key, fingerprint, resolution, dtype, preprocessing, counts
+
+Decoding runs as Ray tasks over chunks of rows when the dataset is large (``ray.init`` on the
+local machine if no cluster is connected, shut down again afterwards), serially otherwise, with a
+tqdm progress bar. A row whose decode fails is quarantined with the reason instead of killing
+the job. Everything is written into a temporary sibling folder and renamed into place, so a
+crash never leaves a half-written cache, and a second call with the same key returns at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from lungray.data.decode import NPZ_SEP, PHANTOM_SCHEME, ImageError
+from lungray.errors import DataError
+
+log = logging.getLogger(__name__)
+
+#: bump when the decode/resize/hash rules change, so old caches are not reused
+CACHE_VERSION = 1
+#: rows per Ray task (big enough to amortise task overhead, small enough for a smooth progress bar)
+CHUNK_ROWS = 128
+#: datasets at least this large decode with Ray when ``parallel`` is left to ``None``
+PARALLEL_MIN_ROWS = 2000
+#: perceptual hashes are computed on the decoded image shrunk to at most this size (pHash
+#: itself works on a 32x32 thumbnail, so nothing is lost and 3000 px CRs stay cheap)
+HASH_SIZE = 128
+
+
+def cache_key(fingerprint: str, resolution: int, resize: str, preprocess: str, dtype: str) -> str:
+    """The cache folder name for a manifest fingerprint and the decode settings."""
+    s = json.dumps([CACHE_VERSION, fingerprint, int(resolution), resize, preprocess, dtype])
+    return hashlib.sha256(s.encode()).hexdigest()[:16]
+
+
+def is_complete(root: str | Path) -> bool:
+    """A cache folder is complete when its ``meta.json`` exists (it is written last)."""
+    return (Path(root) / "meta.json").is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# per-row work (runs in Ray workers: module-level and self-contained)
+# --------------------------------------------------------------------------------------------
+
+
+def _hash_input(img: np.ndarray) -> np.ndarray:
+    from lungray.data.decode import resize
+
+    if max(img.shape) > HASH_SIZE:
+        return resize(img, HASH_SIZE, "stretch")
+    return img
+
+
+def _array_sha256(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def decode_rows(
+    paths: Sequence[str],
+    resolution: int,
+    resize_mode: str,
+    preprocess: str,
+    dtype: str,
+    salt: str,
+) -> dict[str, Any]:
+    """Decode a chunk of manifest paths into cache-ready arrays.
+
+    Returns ``images`` (k, R, R) in ``dtype``, ``hashes`` (k, 8) uint64 and per-row lists
+    ``sha256``, ``width``, ``height``, ``modality``, ``patient_id``, ``problem`` ('' when the
+    row decoded). Failed rows get zero images and a problem reason.
+    """
+    from lungray.data.decode import decode, dicom_info, npz_row, resize, sniff, to_storage
+    from lungray.data.hashing import dihedral_hashes, sha256_file
+    from lungray.data.preprocess import apply_preprocessing
+
+    k = len(paths)
+    images = np.zeros((k, resolution, resolution), dtype=dtype)
+    hashes = np.zeros((k, 8), dtype=np.uint64)
+    out: dict[str, list] = {key: [""] * k for key in ("sha256", "modality", "patient_id", "problem")}
+    out["width"] = [0] * k
+    out["height"] = [0] * k
+    for i, path in enumerate(paths):
+        try:
+            img = decode(path)
+            out["height"][i], out["width"][i] = int(img.shape[0]), int(img.shape[1])
+            hashes[i] = dihedral_hashes(_hash_input(img))
+            small = resize(img, resolution, resize_mode)
+            images[i] = to_storage(apply_preprocessing(preprocess, small, resolution), dtype)
+            if NPZ_SEP in path:
+                out["sha256"][i] = _array_sha256(npz_row(path))
+            else:
+                out["sha256"][i] = sha256_file(path)
+                if sniff(path) == "dicom":
+                    info = dicom_info(path, salt)
+                    out["modality"][i] = info["modality"]
+                    out["patient_id"][i] = info["patient_id"]
+        except ImageError as e:
+            out["problem"][i] = e.reason
+        except DataError as e:
+            out["problem"][i] = str(e)
+        except Exception as e:  # a decoder bug on one file must not kill a 20k-image job
+            out["problem"][i] = f"decode failed ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+    return {"images": images, "hashes": hashes, **out}
+
+
+def _phantom_rows(paths: Sequence[str], resolution: int, preprocess: str, dtype: str) -> dict[str, Any]:
+    """Phantom rows: generated at the study resolution (image i only depends on its seed and i)."""
+    from lungray.data.adapters import parse_phantom_uri, phantom_arrays
+    from lungray.data.decode import to_storage
+    from lungray.data.hashing import dihedral_hashes_batch
+    from lungray.data.preprocess import apply_preprocessing
+
+    parsed = [parse_phantom_uri(p) for p in paths]
+    groups: dict[tuple, list[int]] = {}
+    for i, (seed, classes, diff, idx) in enumerate(parsed):
+        groups.setdefault((seed, classes, diff), []).append(i)
+    k = len(paths)
+    images = np.zeros((k, resolution, resolution), dtype=dtype)
+    masks = np.zeros((k, resolution, resolution), dtype=np.uint8)
+    hashes = np.zeros((k, 8), dtype=np.uint64)
+    sha = [""] * k
+    for (seed, classes, diff), rows in groups.items():
+        n = max(parsed[i][3] for i in rows) + 1
+        ph = phantom_arrays(int(n), int(classes), int(resolution), float(diff), int(seed))
+        idx = np.array([parsed[i][3] for i in rows], dtype=np.int64)
+        hashes[rows] = dihedral_hashes_batch(ph.images[idx])
+        masks[rows] = ph.masks[idx]
+        for i, j in zip(rows, idx):
+            raw = ph.images[j]
+            x = raw.astype(np.float32) / 255.0
+            images[i] = to_storage(apply_preprocessing(preprocess, x, resolution), dtype)
+            sha[i] = _array_sha256(raw)
+    return {
+        "images": images,
+        "masks": masks,
+        "hashes": hashes,
+        "sha256": sha,
+        "width": [resolution] * k,
+        "height": [resolution] * k,
+        "modality": [""] * k,
+        "patient_id": [""] * k,
+        "problem": [""] * k,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# the builder
+# --------------------------------------------------------------------------------------------
+
+
+def _run_chunks(
+    chunks: list[list[str]],
+    args: tuple,
+    *,
+    parallel: bool,
+    num_cpus: Optional[int],
+    progress: bool,
+    total: int,
+):
+    """Yield (chunk_index, result) as chunks finish (Ray tasks or in-process)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc="decoding images", unit="img", disable=not progress)
+    try:
+        if not parallel:
+            for ci, ch in enumerate(chunks):
+                res = decode_rows(ch, *args)
+                bar.update(len(ch))
+                yield ci, res
+            return
+        import ray
+
+        started = False
+        if not ray.is_initialized():
+            ray.init(
+                num_cpus=num_cpus or max(1, (os.cpu_count() or 1)),
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+            started = True
+        try:
+            task = ray.remote(num_cpus=1, max_retries=1)(decode_rows)
+            # keep the object store small: at most 4 chunks per CPU in flight
+            limit = max(2, int(4 * (num_cpus or ray.available_resources().get("CPU", 1) or 1)))
+            pending: dict[Any, int] = {}
+            next_chunk = 0
+            while next_chunk < len(chunks) or pending:
+                while next_chunk < len(chunks) and len(pending) < limit:
+                    pending[task.remote(chunks[next_chunk], *args)] = next_chunk
+                    next_chunk += 1
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    ci = pending.pop(ref)
+                    res = ray.get(ref)
+                    bar.update(len(chunks[ci]))
+                    yield ci, res
+        finally:
+            if started:
+                ray.shutdown()
+    finally:
+        bar.close()
+
+
+def build_cache(
+    manifest: pd.DataFrame,
+    cfg: Any,
+    cache_dir: str | Path,
+    *,
+    progress: bool = True,
+    parallel: Optional[bool] = None,
+    num_cpus: Optional[int] = None,
+    chunk_rows: int = CHUNK_ROWS,
+) -> Path:
+    """Decode the good rows of ``manifest`` into the cache; return the cache folder.
+
+    ``cfg`` is a :class:`~lungray.config.DataConfig` (resolution, resize, preprocess,
+    cache_dtype, source). ``parallel``: ``True`` Ray tasks, ``False`` in-process, ``None`` Ray
+    from :data:`PARALLEL_MIN_ROWS` rows on (phantom rows are generated in-process, always).
+    A complete cache with the same key is reused without decoding anything.
+    """
+    from lungray.data.manifest import class_names_of, id_salt, manifest_fingerprint, validate_manifest
+
+    validate_manifest(manifest)
+    names = class_names_of(manifest)
+    fp = manifest_fingerprint(manifest)
+    key = cache_key(fp, cfg.resolution, cfg.resize, cfg.preprocess, cfg.cache_dtype)
+    cache_dir = Path(cache_dir)
+    target = cache_dir / key
+    if is_complete(target):
+        log.info("reusing decoded cache %s", target)
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+
+    good_mask = (manifest["problem"] == "").to_numpy()
+    good = manifest[good_mask].reset_index(drop=True)
+    upfront_bad = manifest[~good_mask]
+    paths = good["path"].tolist()
+    n = len(paths)
+    R, dtype = int(cfg.resolution), str(cfg.cache_dtype)
+    source = str(manifest.attrs.get("source") or getattr(cfg, "source", ""))
+    salt = id_salt(source or "dataset")
+    is_phantom = np.array([p.startswith(PHANTOM_SCHEME) for p in paths], dtype=bool)
+
+    tmp = cache_dir / f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    t0 = time.time()
+    try:
+        images = np.lib.format.open_memmap(tmp / "images.full.npy", mode="w+", dtype=dtype, shape=(n, R, R))
+        hashes = np.zeros((n, 8), dtype=np.uint64)
+        masks = np.zeros((n, R, R), dtype=np.uint8) if is_phantom.any() else None
+        cols: dict[str, list] = {c: [""] * n for c in ("sha256", "modality", "patient_id", "problem")}
+        cols["width"] = [0] * n
+        cols["height"] = [0] * n
+
+        def _store(rows: np.ndarray, res: dict[str, Any]) -> None:
+            images[rows] = res["images"]
+            hashes[rows] = res["hashes"]
+            if masks is not None and "masks" in res:
+                masks[rows] = res["masks"]
+            for c in cols:
+                vals = res[c]
+                for r, v in zip(rows, vals):
+                    cols[c][r] = v
+
+        ph_rows = np.flatnonzero(is_phantom)
+        if len(ph_rows):
+            _store(ph_rows, _phantom_rows([paths[i] for i in ph_rows], R, cfg.preprocess, dtype))
+        file_rows = np.flatnonzero(~is_phantom)
+        if len(file_rows):
+            use_ray = parallel if parallel is not None else len(file_rows) >= PARALLEL_MIN_ROWS
+            row_chunks = [file_rows[i : i + chunk_rows] for i in range(0, len(file_rows), chunk_rows)]
+            chunks = [[paths[i] for i in rc] for rc in row_chunks]
+            args = (R, cfg.resize, cfg.preprocess, dtype, salt)
+            for ci, res in _run_chunks(chunks, args, parallel=bool(use_ray), num_cpus=num_cpus, progress=progress, total=len(file_rows)):
+                _store(row_chunks[ci], res)
+        images.flush()
+
+        # assemble the manifest of cached rows; quarantine decode failures
+        decoded = good.copy()
+        decoded["sha256"] = cols["sha256"]
+        decoded["width"] = np.asarray(cols["width"], dtype=np.int64)
+        decoded["height"] = np.asarray(cols["height"], dtype=np.int64)
+        decoded["phash"] = [f"{int(h):016x}" for h in hashes[:, 0]]
+        for c in ("modality", "patient_id"):
+            fill = np.asarray(cols[c], dtype=object)
+            cur = decoded[c].to_numpy(dtype=object)
+            decoded[c] = np.where((cur == "") & (fill != ""), fill, cur)
+        decoded["problem"] = cols["problem"]
+        ok = (decoded["problem"] == "").to_numpy()
+        keep = np.flatnonzero(ok)
+        final = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=dtype, shape=(len(keep), R, R))
+        for s in range(0, len(keep), 1024):
+            final[s : s + 1024] = images[keep[s : s + 1024]]
+        final.flush()
+        del final, images
+        (tmp / "images.full.npy").unlink()
+        kept = decoded.iloc[keep].reset_index(drop=True)
+        kept.attrs["class_names"] = list(names)
+        kept.attrs["source"] = source
+        np.save(tmp / "labels.npy", kept["class_index"].to_numpy().astype(np.int64))
+        np.save(tmp / "hashes.npy", hashes[keep])
+        if masks is not None:
+            np.save(tmp / "masks.npy", masks[keep])
+        kept.to_parquet(tmp / "manifest.parquet", index=False)
+        quarantined = pd.concat([upfront_bad, decoded[~ok]], ignore_index=True)
+        quarantined.attrs["class_names"] = list(names)
+        quarantined.to_parquet(tmp / "quarantined.parquet", index=False)
+        from lungray import __version__
+
+        meta = {
+            "key": key,
+            "fingerprint": fp,
+            "class_names": list(names),
+            "source": source,
+            "resolution": R,
+            "resize": cfg.resize,
+            "preprocess": cfg.preprocess,
+            "dtype": dtype,
+            "n_images": int(len(keep)),
+            "n_quarantined": int(len(quarantined)),
+            "decode_seconds": round(time.time() - t0, 3),
+            "cache_version": CACHE_VERSION,
+            "lungray_version": __version__,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if is_complete(target):  # another process finished the same cache first
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                shutil.rmtree(target, ignore_errors=True)
+                os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("decoded %d images into %s in %.1fs", len(keep), target, time.time() - t0)
+    return target
+
+
+def load_quarantined(root: str | Path) -> pd.DataFrame:
+    """Rows that were not cached, with their reasons."""
+    p = Path(root) / "quarantined.parquet"
+    return pd.read_parquet(p) if p.exists() else pd.DataFrame()

@@ -1,0 +1,112 @@
+"""``ImageDataset``: the torch view of a :class:`~lungray.data.prepared.PreparedData`.
+
+Items are read from the memory-mapped cache (never decoded again), optionally augmented, scaled
+to ``[0, 1]`` and normalised: ``(x, y, row)`` with ``x`` a float32 tensor ``(1, H, W)``, ``y``
+the class index and ``row`` the dataset row (so predictions and Grad-CAM panels can name the
+image).
+
+Augmentation randomness is a pure function of ``(seed, epoch, row)``: the pipeline is reseeded
+from ``numpy.random.SeedSequence([seed, epoch, row])`` before each item. An epoch therefore
+produces the same images whatever the DataLoader worker count, order or process, and a run
+resumed at epoch ``e`` (``set_epoch(e)``) continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lungray.data.augment import build_augmentation
+from lungray.data.prepared import PreparedData
+from lungray.errors import ConfigError
+
+
+def item_seed(seed: int, epoch: int, row: int) -> int:
+    """The augmentation seed of one image in one epoch (independent streams per triple)."""
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(row)]).generate_state(1)[0])
+
+
+class ImageDataset(Dataset):
+    """Rows ``indices`` of a prepared dataset as normalised tensors.
+
+    Parameters
+    ----------
+    data : PreparedData
+        The prepared dataset (images are memory-mapped lazily in each worker process).
+    indices : sequence of int
+        Dataset rows, e.g. ``data.subset(n, seed)`` for training or ``data.eval_idx``.
+    augmentation : str
+        An :data:`~lungray.data.augment.AUGMENTATIONS` preset; ``"none"`` for evaluation.
+    mean, std : float
+        Normalisation in ``[0, 1]`` units (see :func:`~lungray.data.augment.normalization_stats`).
+    seed : int
+        The trial seed; with the epoch and the row it fixes every augmentation draw.
+    """
+
+    def __init__(
+        self,
+        data: PreparedData,
+        indices: Sequence[int],
+        *,
+        augmentation: str = "none",
+        mean: float = 0.0,
+        std: float = 1.0,
+        seed: int = 0,
+    ):
+        self.data = data
+        self.indices = np.asarray(indices, dtype=np.int64)
+        if self.indices.ndim != 1:
+            raise ConfigError(f"ImageDataset indices must be 1-D, got shape {self.indices.shape}")
+        n = len(data.labels)
+        if len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= n):
+            raise ConfigError(f"ImageDataset indices must lie in [0, {n}), got {self.indices.min()}..{self.indices.max()}")
+        if not std > 0:
+            raise ConfigError(f"ImageDataset std must be > 0, got {std}")
+        self.augmentation = augmentation
+        self.mean = float(mean)
+        self.std = float(std)
+        self.seed = int(seed)
+        self.epoch = 0
+        self._pipeline: Any = None
+        self._built = False
+        build_augmentation(augmentation, 8)  # fail now on an unknown preset name
+        self._scale = 1.0 / data.max_value
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream of ``epoch`` (call before each epoch, also on resume)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Class index of every item (for samplers and class weights)."""
+        return np.asarray(self.data.labels)[self.indices]
+
+    def _get_pipeline(self) -> Any:
+        if not self._built:  # built lazily: albumentations objects stay out of pickles
+            self._pipeline = build_augmentation(self.augmentation, self.data.resolution)
+            self._built = True
+        return self._pipeline
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_pipeline"] = None
+        state["_built"] = False
+        return state
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        row = int(self.indices[i])
+        img = np.asarray(self.data.images[row], dtype=np.float32) * self._scale
+        pipe = self._get_pipeline() if self.augmentation != "none" else None
+        if pipe is not None:
+            pipe.set_random_seed(item_seed(self.seed, self.epoch, row))
+            img = np.asarray(pipe(image=img)["image"], dtype=np.float32)
+            if img.ndim == 3:
+                img = img[..., 0]
+        x = (img - self.mean) / self.std
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None], int(self.data.labels[row]), row

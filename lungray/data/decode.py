@@ -1,0 +1,518 @@
+"""One canonical grayscale decode for every image lungray reads: PNG/JPEG/BMP/TIFF and DICOM.
+
+Every image, whatever its container, becomes a ``float32`` array of shape ``(H, W)`` with values
+in ``[0, 1]`` where *bright means dense* (bone white), which is what the studies' 8-bit Kaggle
+PNGs already look like. The rules, in one place so that two sources of the same radiograph give
+the same pixels:
+
+Raster files (PIL, OpenCV for 16-bit colour PNGs that PIL truncates to 8 bits)
+    8-bit gray ``/255``; 16-bit gray ``/65535``; RGB(A)/palette -> ITU-R 601 luminance
+    ``0.299 R + 0.587 G + 0.114 B`` (what PIL's "L" and OpenCV's ``cvtColor`` compute), in float
+    so nothing is rounded twice; alpha composites over black (transparent = no signal); 1-bit
+    images map to {0, 1}; float images are min-max scaled.
+
+DICOM (pydicom 3; JPEG 2000 / JPEG-LS / JPEG lossless / RLE through pylibjpeg)
+    1. stored values -> modality LUT or Rescale Slope/Intercept (CT Hounsfield units);
+    2. VOI LUT Sequence when present (scaled by its own output range), else Window Center/Width
+       (DICOM PS3.3 C.11.2.1.2: LINEAR, LINEAR_EXACT or SIGMOID, first window), else min-max
+       over the image;
+    3. MONOCHROME1 inverted (``1 - x``) so bone is bright, as in MONOCHROME2 and in PNGs.
+    Multi-frame files, files without pixel data and compressed transfer syntaxes with no
+    installed decoder raise :class:`ImageError` naming the file and the fix.
+
+Only non-identifying DICOM fields are ever read into lungray's records (:func:`dicom_info`);
+the Patient ID is hashed with a salt on the spot and the raw value is dropped.
+
+Resizing to the study resolution (:func:`resize`) is either ``stretch`` (the aspect ratio is
+changed, as Keras ``flow_from_directory`` and torchvision ``Resize((s, s))`` do in the studies)
+or ``letterbox`` (the long side fits, the short side is centred and padded with black, so
+anatomy keeps its proportions).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from lungray.errors import DataError
+
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+IMAGE_SUFFIXES = RASTER_SUFFIXES + DICOM_SUFFIXES
+#: separator between an ``.npz`` file and the array row in a manifest path: ``a.npz::train/12``
+NPZ_SEP = "::"
+PHANTOM_SCHEME = "phantom://"
+
+# ITU-R BT.601 luma weights (PIL "L", OpenCV cvtColor)
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
+
+
+class ImageError(DataError):
+    """A file that cannot become an image. ``reason`` is the short text for the ``problem`` column."""
+
+    def __init__(self, path: Any, reason: str, hint: str = ""):
+        self.path = str(path)
+        self.reason = reason
+        self.hint = hint
+        super().__init__(f"{path}: {reason}" + (f"; {hint}" if hint else ""))
+
+
+# --------------------------------------------------------------------------------------------
+# Sniffing
+# --------------------------------------------------------------------------------------------
+
+
+def sniff(path: str | Path) -> str:
+    """The container kind from the first bytes: dicom, png, jpeg, bmp, tiff, empty or unknown.
+
+    Content, not the suffix, decides: a text file named ``.png`` is ``unknown``. DICOM files
+    without the 128-byte preamble (raw datasets) are accepted when they carry a DICOM suffix.
+    """
+    p = Path(path)
+    with open(p, "rb") as f:
+        head = f.read(132)
+    if not head:
+        return "empty"
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"BM"):
+        return "bmp"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "tiff"
+    if p.suffix.lower() in DICOM_SUFFIXES and _looks_like_raw_dicom(head):
+        return "dicom"
+    return "unknown"
+
+
+def _looks_like_raw_dicom(head: bytes) -> bool:
+    # a preamble-less dataset starts with a group 0x0002 or 0x0008 tag (little endian)
+    return len(head) >= 8 and head[0:2] in (b"\x02\x00", b"\x08\x00")
+
+
+# --------------------------------------------------------------------------------------------
+# Raster
+# --------------------------------------------------------------------------------------------
+
+
+def _luma(rgb: np.ndarray, bgr: bool = False) -> np.ndarray:
+    w = LUMA[::-1] if bgr else LUMA
+    return rgb[..., :3].astype(np.float64) @ w
+
+
+def array_to_unit(arr: np.ndarray, *, bgr: bool = False) -> np.ndarray:
+    """A decoded pixel array (gray, RGB or RGBA; any integer or float dtype) -> float32 [0, 1].
+
+    Used for raster files and for MedMNIST arrays, so both follow the same scaling rules.
+    """
+    a = np.asarray(arr)
+    alpha = None
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim == 3 and a.shape[-1] in (2, 4):
+        alpha = a[..., -1]
+        a = a[..., :-1]
+        if a.shape[-1] == 1:
+            a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] != 3):
+        raise DataError(f"expected a 2-D gray or (H, W, 3) colour image, got shape {a.shape}")
+    dtype = a.dtype
+    if a.ndim == 3:
+        a = _luma(a, bgr=bgr)
+    else:
+        a = a.astype(np.float64)
+    if dtype == np.bool_:
+        x = a
+    elif np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        if info.min < 0:  # signed: min-max (no fixed full scale)
+            x = _minmax(a)
+        else:
+            x = a / float(info.max) if info.max <= 65535 else _full_or_minmax(a)
+    else:
+        x = a if (a.size and a.min() >= 0 and a.max() <= 1) else _minmax(a)
+    if alpha is not None:
+        amax = float(np.iinfo(alpha.dtype).max) if np.issubdtype(alpha.dtype, np.integer) else 1.0
+        x = x * (alpha.astype(np.float64) / amax)
+    return np.clip(x, 0.0, 1.0).astype(np.float32)
+
+
+def _full_or_minmax(a: np.ndarray) -> np.ndarray:
+    # 32-bit integer images (PIL mode "I") that hold 16-bit data keep the 16-bit full scale
+    if a.size and a.min() >= 0 and a.max() <= 65535:
+        return a / 65535.0
+    return _minmax(a)
+
+
+def _minmax(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64)
+    if a.size == 0:
+        return a
+    lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+    if not hi > lo:
+        return np.zeros_like(a)
+    return (a - lo) / (hi - lo)
+
+
+def _png_bit_depth(path: Path) -> tuple[int, int]:
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26:
+        return 0, 0
+    return head[24], head[25]  # IHDR bit depth, colour type
+
+
+def decode_raster(path: str | Path) -> np.ndarray:
+    """PNG/JPEG/BMP/TIFF -> float32 (H, W) in [0, 1] (see the module rules)."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    kind = sniff(p)
+    if kind == "empty":
+        raise ImageError(p, "zero-byte file", "re-download or remove it")
+    if kind == "png":
+        depth, colour = _png_bit_depth(p)
+        if depth == 16 and colour in (2, 6):  # 16-bit RGB / RGBA: PIL would drop to 8 bits
+            return _decode_cv2(p)
+    try:
+        with Image.open(p) as im:
+            im.load()
+            return _pil_to_unit(im)
+    except UnidentifiedImageError:
+        raise ImageError(p, "not an image (unrecognised content)", "remove it or fix its format") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        msg = str(e)
+        if "truncated" in msg.lower():
+            raise ImageError(p, "truncated image", "re-download or remove it") from None
+        raise ImageError(p, f"unreadable image ({msg})", "re-download or remove it") from None
+
+
+def _pil_to_unit(im: Any) -> np.ndarray:
+    mode = im.mode
+    if mode == "P" or mode == "PA":
+        im = im.convert("RGBA")
+        mode = "RGBA"
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        im = im.convert("RGB")
+        mode = "RGB"
+    elif mode == "1":
+        return np.asarray(im, dtype=np.float32)
+    arr = np.asarray(im)
+    if mode.startswith("I;16"):
+        arr = arr.astype(np.uint16)
+    return array_to_unit(arr)
+
+
+def _decode_cv2(p: Path) -> np.ndarray:
+    import cv2
+
+    buf = np.fromfile(p, dtype=np.uint8)
+    arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise ImageError(p, "truncated or corrupt image", "re-download or remove it")
+    return array_to_unit(arr, bgr=arr.ndim == 3)
+
+
+# --------------------------------------------------------------------------------------------
+# DICOM
+# --------------------------------------------------------------------------------------------
+
+_NO_DECODER_HINT = (
+    "install pylibjpeg, pylibjpeg-openjpeg, pylibjpeg-libjpeg and pylibjpeg-rle "
+    "(or python-gdcm), or convert the file to an uncompressed transfer syntax"
+)
+
+
+def _read_dicom(p: Path, *, defer: bool = True) -> Any:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    if sniff(p) == "empty":
+        raise ImageError(p, "zero-byte file", "re-download or remove it")
+    try:
+        # defer_size: large values (the pixel data) are read only when touched
+        return pydicom.dcmread(p, defer_size="64 KB" if defer else None, force=p.suffix.lower() in DICOM_SUFFIXES)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as e:
+        raise ImageError(p, f"not a readable DICOM file ({type(e).__name__})", "re-export or remove it") from None
+
+
+def _check_dicom_pixels(p: Path, ds: Any) -> None:
+    """Raise for the DICOM cases that can never become one 2-D image (without decoding)."""
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise ImageError(
+            p, "DICOM without pixel data", "it is not an image (report, RT plan...); remove it"
+        )
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ImageError(
+            p,
+            f"multi-frame DICOM ({frames} frames)",
+            "lungray reads single-frame radiographs; export the frame you want as its own file",
+        )
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None and ts.is_compressed:
+        from pydicom.pixels.decoders.base import get_decoder
+
+        try:
+            available = get_decoder(ts).is_available
+        except NotImplementedError:
+            available = False
+        if not available:
+            raise ImageError(p, f"compressed DICOM ({ts.name}) with no decoder installed", _NO_DECODER_HINT)
+
+
+def decode_dicom(path: str | Path) -> np.ndarray:
+    """A single-frame DICOM -> float32 (H, W) in [0, 1], bone bright (see the module rules)."""
+    p = Path(path)
+    ds = _read_dicom(p)
+    _check_dicom_pixels(p, ds)
+    try:
+        arr = ds.pixel_array
+    except Exception as e:  # decoder plugins raise many types on corrupt streams
+        raise ImageError(p, f"DICOM pixel data could not be decoded ({type(e).__name__}: {e})", "re-export or remove it") from None
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if arr.ndim == 3:  # colour (pydicom already converted YBR to RGB)
+        if photometric == "PALETTE COLOR":
+            from pydicom.pixels import apply_color_lut
+
+            arr = apply_color_lut(arr, ds)
+        return array_to_unit(arr)
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        return array_to_unit(apply_color_lut(arr, ds))
+    return dicom_to_unit(arr, ds)
+
+
+def dicom_to_unit(arr: np.ndarray, ds: Any) -> np.ndarray:
+    """Stored grayscale values -> [0, 1]: modality LUT, VOI LUT/window or min-max, MONOCHROME1 flip."""
+    from pydicom.pixels import apply_modality_lut
+
+    x = apply_modality_lut(arr, ds)
+    voi = ds.get("VOILUTSequence")
+    item = voi[0] if voi else None
+    if item is not None and item.get("LUTDescriptor") is not None and item.get("LUTData") is not None:
+        from pydicom.pixels import apply_voi
+
+        xi = np.rint(x).astype(np.int64) if not np.issubdtype(x.dtype, np.integer) else x
+        out = apply_voi(xi, ds).astype(np.float64)
+        lut = np.asarray(item.LUTData if not isinstance(item.LUTData, bytes) else np.frombuffer(item.LUTData, "<u2"))
+        lo, hi = float(lut.min()), float(lut.max())
+        y = (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out)
+    elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        y = _window(np.asarray(x, dtype=np.float32), ds)
+    else:
+        y = _minmax(x)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        y = 1.0 - y
+    return np.clip(y, 0.0, 1.0).astype(np.float32)
+
+
+def _first(v: Any) -> float:
+    try:
+        return float(v[0]) if not isinstance(v, (str, bytes)) and hasattr(v, "__len__") else float(v)
+    except TypeError:
+        return float(v)
+
+
+def _window(x: np.ndarray, ds: Any) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2 windowing to [0, 1] (first window when several are given)."""
+    c = _first(ds.WindowCenter)
+    w = _first(ds.WindowWidth)
+    func = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+    if func == "SIGMOID" and w > 0:
+        return 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
+    if func == "LINEAR_EXACT" and w > 0:
+        return np.clip((x - c) * (1.0 / w) + 0.5, 0.0, 1.0)
+    if w <= 1:  # degenerate LINEAR window: a threshold at the centre
+        return (x > c - 0.5).astype(np.float32)
+    return np.clip((x - (c - 0.5)) * (1.0 / (w - 1.0)) + 0.5, 0.0, 1.0)
+
+
+#: DICOM keywords lungray may record (technical, non-identifying).
+SAFE_DICOM_FIELDS = {
+    "Modality": "modality",
+    "ViewPosition": "view_position",
+    "BodyPartExamined": "body_part",
+    "PhotometricInterpretation": "photometric",
+    "BitsStored": "bits_stored",
+    "Rows": "height",
+    "Columns": "width",
+}
+
+
+def dicom_info(path: str | Path, salt: str) -> dict[str, Any]:
+    """Non-identifying DICOM header fields for the manifest, with the patient id hashed.
+
+    Reads the header only (pixel data deferred). Returns ``modality``, ``view_position``,
+    ``body_part``, ``photometric``, ``bits_stored``, ``width``, ``height``, ``frames``,
+    ``transfer_syntax`` and ``patient_id`` (salted hash, see
+    :func:`lungray.data.manifest.hash_patient_id`). PatientName, birth date and every other
+    identifying element are never copied out of the dataset object.
+    """
+    from lungray.data.manifest import hash_patient_id
+
+    p = Path(path)
+    ds = _read_dicom(p)
+    out: dict[str, Any] = {}
+    for kw, key in SAFE_DICOM_FIELDS.items():
+        v = ds.get(kw)
+        out[key] = "" if v is None else (int(v) if key in ("bits_stored", "width", "height") else str(v))
+    out["frames"] = int(ds.get("NumberOfFrames", 1) or 1)
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    out["transfer_syntax"] = ts.name if ts is not None else ""
+    out["patient_id"] = hash_patient_id(ds.get("PatientID"), salt)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Dispatch, probing, resizing
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _npz_arrays(path: str, key: str) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as z:
+        return np.asarray(z[key])
+
+
+def npz_row(ref: str) -> np.ndarray:
+    """The raw array of an ``<file>.npz::<split>/<row>`` reference (MedMNIST)."""
+    file, sub = ref.split(NPZ_SEP, 1)
+    split, row = sub.rsplit("/", 1)
+    try:
+        arr = _npz_arrays(file, f"{split}_images")
+        return arr[int(row)]
+    except (OSError, KeyError, ValueError, IndexError) as e:
+        raise ImageError(file, f"unreadable npz row '{sub}' ({type(e).__name__})") from None
+
+
+def decode(path: str | Path) -> np.ndarray:
+    """Any supported image reference -> float32 (H, W) in [0, 1].
+
+    ``path`` is a file (kind decided by content, :func:`sniff`) or an ``.npz`` row reference
+    ``<file>.npz::<split>/<row>`` (MedMNIST). Raises :class:`ImageError` (a ``DataError``) with
+    a one-line reason naming the file.
+    """
+    s = str(path)
+    if s.startswith(PHANTOM_SCHEME):
+        raise DataError(f"{s}: phantom images are generated by the cache, not decoded from a path")
+    if NPZ_SEP in s:
+        return array_to_unit(npz_row(s))
+    p = Path(s)
+    if not p.exists():
+        raise ImageError(p, "missing file", "fix the path or remove the row")
+    kind = sniff(p)
+    if kind == "empty":
+        raise ImageError(p, "zero-byte file", "re-download or remove it")
+    if kind == "dicom":
+        return decode_dicom(p)
+    if kind == "unknown":
+        raise ImageError(p, "not an image (unrecognised content)", "remove it or fix its format")
+    return decode_raster(p)
+
+
+def probe(path: str | Path) -> str:
+    """Cheap validity check without a full decode: '' when fine, else the problem reason.
+
+    Catches missing, zero-byte and non-image files, truncated PNGs (chunk CRCs) and JPEGs (no
+    end-of-image marker), pixel-less, multi-frame and undecodable-compressed DICOMs. Full pixel
+    decoding happens once, in the cache, and quarantines whatever this misses.
+    """
+    s = str(path)
+    if s.startswith(PHANTOM_SCHEME) or NPZ_SEP in s:
+        return ""
+    p = Path(s)
+    try:
+        if not p.is_file():
+            return "missing file"
+        if p.stat().st_size == 0:
+            return "zero-byte file"
+        kind = sniff(p)
+        if kind == "unknown":
+            return "not an image (unrecognised content)"
+        if kind == "dicom":
+            ds = _read_dicom(p)
+            _check_dicom_pixels(p, ds)
+            return ""
+        if kind == "png":
+            from PIL import Image
+
+            with Image.open(p) as im:
+                im.verify()
+            return ""
+        if kind == "jpeg":
+            with open(p, "rb") as f:
+                f.seek(-2, os.SEEK_END)
+                if f.read(2) != b"\xff\xd9":
+                    return "truncated image"
+            return ""
+        return ""
+    except ImageError as e:
+        return e.reason
+    except (OSError, SyntaxError, ValueError) as e:
+        return "truncated image" if "truncat" in str(e).lower() else f"unreadable image ({type(e).__name__})"
+
+
+def resize(img: np.ndarray, resolution: int, mode: str = "stretch") -> np.ndarray:
+    """Resize a float (H, W) image to (resolution, resolution).
+
+    ``stretch`` scales each axis independently (the studies' Keras/torchvision pipelines);
+    ``letterbox`` fits the long side and pads the short side with black, centred. Area
+    interpolation when shrinking (no aliasing of rib edges), bilinear when enlarging.
+    """
+    import cv2
+
+    if mode not in ("stretch", "letterbox"):
+        raise DataError(f"resize mode '{mode}' is not valid; valid choices: stretch, letterbox")
+    h, w = img.shape[:2]
+    r = int(resolution)
+    src = np.ascontiguousarray(img, dtype=np.float32)
+    if mode == "stretch":
+        if (h, w) == (r, r):
+            return src.copy()
+        interp = cv2.INTER_AREA if (h > r or w > r) else cv2.INTER_LINEAR
+        return cv2.resize(src, (r, r), interpolation=interp)
+    s = r / max(h, w)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+    small = src if (nh, nw) == (h, w) else cv2.resize(src, (nw, nh), interpolation=interp)
+    out = np.zeros((r, r), dtype=np.float32)
+    top, left = (r - nh) // 2, (r - nw) // 2
+    out[top : top + nh, left : left + nw] = small
+    return out
+
+
+def to_storage(img: np.ndarray, dtype: str = "uint8") -> np.ndarray:
+    """Float [0, 1] -> the cache dtype (rounded, clipped): uint8 (x255) or uint16 (x65535)."""
+    if dtype not in ("uint8", "uint16"):
+        raise DataError(f"cache dtype '{dtype}' is not valid; valid choices: uint8, uint16")
+    full = 255.0 if dtype == "uint8" else 65535.0
+    return np.rint(np.clip(img, 0.0, 1.0) * full).astype(dtype)
+
+
+def native_size(path: str | Path) -> Optional[tuple[int, int]]:
+    """(width, height) from the header when cheap to get, else None."""
+    s = str(path)
+    if s.startswith(PHANTOM_SCHEME) or NPZ_SEP in s:
+        return None
+    try:
+        kind = sniff(s)
+        if kind == "dicom":
+            ds = _read_dicom(Path(s))
+            return int(ds.Columns), int(ds.Rows)
+        if kind in ("png", "jpeg", "bmp", "tiff"):
+            from PIL import Image
+
+            with Image.open(s) as im:
+                return im.size
+    except Exception:
+        return None
+    return None

@@ -1,0 +1,277 @@
+"""``prepare_data``: from a dataset config to a validated, de-duplicated, cached, split dataset.
+
+The steps, each of which can stop the study *before* anything trains:
+
+1. the adapter builds the manifest (:mod:`lungray.data.adapters`);
+2. :func:`~lungray.data.check.check_dataset` quarantines bad rows (``data.strict`` fails);
+3. :func:`~lungray.data.cache.build_cache` decodes the good rows once (Ray tasks for large
+   datasets, a progress bar, reused on the next run); decode failures are quarantined too;
+4. the fixed held-out evaluation set, the validation set and the training pool
+   (:func:`lungray.data.splits.split_holdout`: stratified, patient-disjoint when patient ids
+   exist, seeded by ``data.split_seed`` so every seed of the study shares one test set). A
+   source with predefined splits for every row (MedMNIST, a CSV ``split`` column, a
+   ``train/val/test`` folder tree) keeps them: ``test`` is the evaluation set;
+5. the leakage audit between the pool and the evaluation set
+   (:func:`lungray.data.leakage.audit_leakage`: sha256 and dihedral perceptual hashes). The
+   public Kaggle sets contain re-encoded, flipped and rotated copies (PROTOCOLS.md section 1), so
+   by default (``data.leakage: drop``) pool images that near-duplicate an evaluation image are
+   dropped; ``report`` only records them, ``off`` skips the audit;
+6. every requested training size is checked against the pool for every seed
+   (:func:`lungray.data.splits.nested_subsets` raises with the pool per class).
+
+Outputs next to the cache: ``splits-<key>.json`` (eval/val/pool/dropped rows) and
+``leakage-<key>.json`` (counts and example pairs); both are reused when the same split settings
+come again. The returned :class:`~lungray.data.prepared.PreparedData` holds index arrays and the
+cache path, nothing else, so it is cheap to ship to every trial.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from lungray.data.prepared import PreparedData
+from lungray.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def groups_of(patient_ids: Sequence[str]) -> Optional[np.ndarray]:
+    """Integer patient-group codes per row, or ``None`` when no row has a patient id.
+
+    Rows without an id (when others have one) get a group of their own: an unknown patient is
+    treated as a distinct patient rather than merged with other unknowns.
+    """
+    pids = np.asarray(patient_ids, dtype=object)
+    if len(pids) == 0 or all(p == "" for p in pids):
+        return None
+    codes = np.empty(len(pids), dtype=np.int64)
+    seen: dict[str, int] = {}
+    for i, p in enumerate(pids):
+        key = p if p != "" else f"\x00row{i}"
+        codes[i] = seen.setdefault(key, len(seen))
+    return codes
+
+
+def make_splits(
+    labels: np.ndarray,
+    groups: Optional[np.ndarray],
+    split_col: Sequence[str],
+    cfg: Any,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(eval_idx, val_idx, pool_idx, how): predefined splits when every row has one, else a holdout.
+
+    ``how`` is ``"predefined"`` or ``"holdout"``. With predefined splits and no ``val`` rows the
+    validation set is carved out of ``train`` with ``data.val_size`` (stratified, grouped).
+    """
+    from lungray.data.splits import split_holdout
+
+    split_col = np.asarray(split_col, dtype=object)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(split_col) and all(s in ("train", "val", "test") for s in split_col) and (split_col == "test").any():
+        ev = np.flatnonzero(split_col == "test")
+        va = np.flatnonzero(split_col == "val")
+        tr = np.flatnonzero(split_col == "train")
+        if len(va) == 0 and len(tr):
+            sub_groups = groups[tr] if groups is not None else None
+            _, v_rel, p_rel = split_holdout(labels[tr], 0, cfg.val_size, seed=cfg.split_seed, groups=sub_groups)
+            va, tr = tr[np.asarray(v_rel, dtype=np.int64)], tr[np.asarray(p_rel, dtype=np.int64)]
+        return ev, np.sort(va), np.sort(tr), "predefined"
+    ev, va, po = split_holdout(labels, cfg.eval_size, cfg.val_size, seed=cfg.split_seed, groups=groups)
+    return (np.asarray(ev, dtype=np.int64), np.asarray(va, dtype=np.int64), np.asarray(po, dtype=np.int64), "holdout")
+
+
+def _split_key(cache_key: str, cfg: Any) -> str:
+    s = json.dumps([cache_key, cfg.eval_size, cfg.val_size, cfg.split_seed, cfg.leakage, cfg.leakage_max_distance])
+    return hashlib.sha256(s.encode()).hexdigest()[:12]
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
+    tmp.replace(path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, pd.DataFrame):
+        return o.to_dict(orient="records")
+    return str(o)
+
+
+def _ints(a: Any) -> np.ndarray:
+    return np.asarray(a, dtype=np.int64).reshape(-1)
+
+
+def prepare_data(
+    cfg: Any,
+    *,
+    output_dir: str | Path,
+    sizes: Sequence[int] = (),
+    seeds: Sequence[int] = (),
+    progress: bool = True,
+    parallel: Optional[bool] = None,
+    echo: Optional[Callable[[str], Any]] = None,
+) -> PreparedData:
+    """Prepare ``cfg`` (a :class:`~lungray.config.DataConfig`) for training; see the module doc.
+
+    ``sizes``/``seeds`` are the study's training sizes and seeds: every (size, seed) subset is
+    drawn once here so an impossible size fails now, with the pool per class in the message.
+    ``parallel`` forces (``True``) or forbids (``False``) Ray decoding; ``None`` decides by size.
+    ``echo`` receives the check's problem lines (default: the ``lungray.data`` logger).
+    """
+    from lungray.data.cache import build_cache
+    from lungray.data.check import check_dataset
+
+    say = echo or (lambda s: log.info("%s", s))
+    output_dir = Path(output_dir)
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else output_dir / "cache"
+
+    report = check_dataset(cfg, sizes=(), strict=bool(cfg.strict), echo=say)
+    manifest = report.manifest
+    root = build_cache(manifest, cfg, cache_dir, progress=progress, parallel=parallel)
+
+    meta = json.loads((root / "meta.json").read_text())
+    class_names = tuple(meta["class_names"])
+    cached = pd.read_parquet(root / "manifest.parquet")
+    from lungray.data.cache import load_quarantined
+
+    quarantined = load_quarantined(root)
+    if cfg.strict and len(quarantined):
+        first = "; ".join(f"{r.image_id}: {r.problem}" for r in quarantined.head(3).itertuples())
+        raise DataError(f"data check failed (strict): {len(quarantined)} image(s) could not be used: {first}")
+    labels = np.load(root / "labels.npy")
+    counts = np.bincount(labels, minlength=len(class_names))
+    empty = [c for c, k in zip(class_names, counts) if k == 0]
+    if empty:
+        raise DataError(
+            f"class(es) {', '.join(repr(c) for c in empty)} have no usable images in {cfg.source} data "
+            f"(per class: {dict(zip(class_names, map(int, counts)))}); fix the data or drop them with data.class_map"
+        )
+    groups = groups_of(cached["patient_id"].to_numpy())
+
+    skey = _split_key(meta["key"], cfg)
+    splits_path = root / f"splits-{skey}.json"
+    leak_path = root / f"leakage-{skey}.json"
+    if splits_path.is_file() and (leak_path.is_file() or cfg.leakage == "off"):
+        sp = json.loads(splits_path.read_text())
+        eval_idx, val_idx, pool_idx = _ints(sp["eval"]), _ints(sp["val"]), _ints(sp["pool"])
+        dropped = _ints(sp["dropped"])
+        how = sp["how"]
+        leak_summary = sp.get("leakage_summary", {})
+    else:
+        eval_idx, val_idx, pool_idx, how = make_splits(labels, groups, cached["split"].to_numpy(), cfg)
+        dropped = np.zeros(0, dtype=np.int64)
+        leak_summary: dict[str, Any] = {"mode": "off"}
+        if cfg.leakage != "off":
+            from lungray.data.leakage import audit_leakage
+
+            hashes = np.load(root / "hashes.npy")
+            rep = audit_leakage(
+                pool_idx,
+                eval_idx,
+                hashes,
+                cached["sha256"].to_numpy(),
+                max_distance=int(cfg.leakage_max_distance),
+                ids=cached["image_id"].to_numpy(),
+            )
+            drop = _ints(rep.drop_idx)
+            leak_summary = {
+                "mode": cfg.leakage,
+                "max_distance": int(cfg.leakage_max_distance),
+                "exact_pairs": int(len(rep.exact)),
+                "near_pairs": int(len(rep.near)),
+                "pool_images_flagged": int(len(drop)),
+                "dropped": int(len(drop)) if cfg.leakage == "drop" else 0,
+            }
+            leak_doc = rep.to_dict()
+            if isinstance(leak_doc, dict):
+                leak_doc = {**leak_doc, "settings": leak_summary}
+            _write_json(leak_path, leak_doc)
+            if cfg.leakage == "drop" and len(drop):
+                dropped = np.intersect1d(drop, pool_idx)
+                pool_idx = np.setdiff1d(pool_idx, dropped)
+        _write_json(
+            splits_path,
+            {
+                "how": how,
+                "settings": {
+                    "eval_size": cfg.eval_size,
+                    "val_size": cfg.val_size,
+                    "split_seed": cfg.split_seed,
+                    "leakage": cfg.leakage,
+                    "leakage_max_distance": cfg.leakage_max_distance,
+                },
+                "eval": eval_idx,
+                "val": val_idx,
+                "pool": pool_idx,
+                "dropped": dropped,
+                "leakage_summary": leak_summary,
+            },
+        )
+
+    n_quar_by_kind: dict[str, int] = {}
+    if len(quarantined):
+        from lungray.data.check import problem_kind
+
+        for p in quarantined["problem"]:
+            k = problem_kind(str(p))
+            n_quar_by_kind[k] = n_quar_by_kind.get(k, 0) + 1
+    info = {
+        "source": cfg.source,
+        "resolution": int(meta["resolution"]),
+        "resize": meta["resize"],
+        "preprocessing": meta["preprocess"],
+        "dtype": meta["dtype"],
+        "n_images": int(meta["n_images"]),
+        "n_quarantined": int(len(quarantined)),
+        "quarantined_by_kind": n_quar_by_kind,
+        "splits": how,
+        "split_key": skey,
+        "cache_key": meta["key"],
+        "patient_grouped": groups is not None,
+        "leakage": leak_summary,
+    }
+    data = PreparedData(
+        root=str(root),
+        class_names=class_names,
+        eval_idx=np.sort(eval_idx),
+        val_idx=np.sort(val_idx),
+        pool_idx=np.sort(pool_idx),
+        fingerprint=meta["key"],
+        groups=groups,
+        class_balanced=bool(cfg.class_balanced),
+        dropped_idx=np.sort(dropped),
+        info=info,
+    )
+    info["class_counts"] = data.class_counts()
+    if sizes:
+        validate_sizes(data, sizes, seeds or (0,))
+    return data
+
+
+def validate_sizes(data: PreparedData, sizes: Sequence[int], seeds: Sequence[int]) -> None:
+    """Draw every (size, seed) subset once; an impossible size raises with the pool per class."""
+    from lungray.data.splits import nested_subsets
+
+    for seed in seeds:
+        nested_subsets(
+            data.labels,
+            data.pool_idx,
+            sorted(set(int(s) for s in sizes)),
+            seed=int(seed),
+            groups=data.groups,
+            balanced=data.class_balanced,
+            class_names=data.class_names,
+        )

@@ -1,0 +1,606 @@
+"""``build_report``: one self-contained HTML report (plus CSV tables) for a sweep in MLflow.
+
+The nine sections follow issue 4: learning curves, the studies' tables, training dynamics,
+per-class results, paired comparisons, learning-curve fit, Grad-CAM panels, heat-map sanity
+(pointing game) and data & provenance. A sweep still running, or with failed trials, gives a
+partial report whose header says how many trials are missing and which failed, and why.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from lungray import tracking as T
+from lungray.report import figures as F
+from lungray.report import html as H
+from lungray.report import tables as TB
+from lungray.report.load import Sweep, download, load_sweep, prediction_matrix, safe_uri
+
+log = logging.getLogger(__name__)
+
+__all__ = ["build_report", "ReportParts", "report_parts"]
+
+REPORT_HTML = "report.html"
+
+
+class ReportParts:
+    """The computed pieces of a report (tables and figures) before they become HTML.
+
+    The notebooks use :func:`report_parts` to get exactly the figures and tables of the report.
+    """
+
+    def __init__(self, sweep: Sweep, runs: pd.DataFrame, summary: pd.DataFrame, labels: list[str]):
+        self.sweep = sweep
+        self.runs = runs
+        self.summary = summary
+        self.labels = labels
+
+    def study_table(self, metric: str = "accuracy") -> pd.DataFrame:
+        return TB.study_table(self.summary, metric)
+
+    def learning_curves(self):
+        return F.learning_curves_figure(self.summary, labels=self.labels)
+
+
+def _with_labels(sweep: Sweep) -> tuple[pd.DataFrame, list[str]]:
+    runs = TB.add_derived(sweep)
+    n_opt = runs["optimizer"].nunique() if not runs.empty else 0
+    runs["label"] = [m if n_opt <= 1 else f"{m} / {o}" for m, o in zip(runs["model"], runs["optimizer"])]
+    labels = [m if n_opt <= 1 else f"{m} / {o}" for m in sweep.models for o in sweep.optimizers]
+    labels = [lab for lab in labels if lab in set(runs["label"])]
+    return runs, labels
+
+
+def report_parts(
+    tracking_uri: Optional[str] = None,
+    experiment: Optional[str] = None,
+    parent_run_id: Optional[str] = None,
+    *,
+    sweep: Optional[Sweep] = None,
+) -> ReportParts:
+    """Load a sweep and compute the summary the report's section 1 and 2 are drawn from."""
+    sweep = sweep or load_sweep(tracking_uri, experiment, parent_run_id, predictions=False)
+    runs, labels = _with_labels(sweep)
+    return ReportParts(sweep, runs, TB.summarise(runs), labels)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_report(
+    tracking_uri: Optional[str] = None,
+    experiment: Optional[str] = None,
+    parent_run_id: Optional[str] = None,
+    out_dir: str | Path = "report",
+    gradcam: bool = True,
+    *,
+    target_accuracies: Sequence[float] = (0.90, 0.95),
+    n_boot: int = 2000,
+    seed: int = 0,
+    device: Optional[str] = None,
+    log_to_mlflow: bool = True,
+    max_pointing_images: int = 200,
+) -> Path:
+    """Build ``<out_dir>/report.html`` (+ CSV tables and PNG figures) from MLflow; return its path.
+
+    Give the experiment (its latest sweep is used) or the sweep's parent run id. The report
+    embeds every image as a data URI and references nothing outside the file. With
+    ``log_to_mlflow`` the output directory is also logged to the parent run under ``report/``
+    (:mod:`lungray.tracking`), so the report travels with the sweep's record. ``gradcam=False``
+    skips sections 7-8 (no model is rebuilt, no torch import). ``n_boot`` and ``seed`` drive
+    the bootstrap intervals; the same seed gives the same report.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "figures").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="lungray-report-") as tmp:
+        sweep = load_sweep(tracking_uri, experiment, parent_run_id, artifact_dir=Path(tmp) / "artifacts")
+        builder = _Builder(sweep, out, Path(tmp), target_accuracies, n_boot, seed)
+        sections = [
+            builder.learning_curves(),
+            builder.study_tables(),
+            builder.dynamics(),
+            builder.per_class(),
+            builder.paired(),
+            builder.fit(),
+        ]
+        if gradcam:
+            sections += builder.gradcam(device, max_pointing_images)
+        else:
+            msg = "Grad-CAM panels were not requested (--no-gradcam)."
+            sections += [H.Section("gradcam", "Grad-CAM panels", "", notes=[msg]),
+                         H.Section("pointing", "Sanity of the heat maps", "", notes=[msg])]
+        sections.append(builder.provenance())
+        html_text = H.page(f"lungray report: {sweep.study}", builder.subtitle(), builder.header(), sections)
+    path = out / REPORT_HTML
+    path.write_text(html_text, encoding="utf-8")
+    log.info("wrote %s", path)
+    if log_to_mlflow:
+        sweep.client().log_artifacts(sweep.parent_id, str(out), artifact_path="report")
+    return path
+
+
+class _Builder:
+    def __init__(self, sweep: Sweep, out: Path, tmp: Path, targets: Sequence[float], n_boot: int, seed: int):
+        self.sweep = sweep
+        self.out = out
+        self.tmp = tmp
+        self.targets = tuple(targets)
+        self.n_boot = n_boot
+        self.seed = seed
+        self.runs, self.labels = _with_labels(sweep)
+        self.summary = TB.summarise(self.runs)
+        self.sizes = sweep.sizes
+        self.status = TB.grid_status(sweep)
+        self._csv(self.runs.drop(columns=["start_time"], errors="ignore"), "runs.csv")
+        self._csv(self.summary, "summary.csv")
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _csv(self, df: pd.DataFrame, name: str) -> None:
+        df.to_csv(self.out / name, index=False)
+
+    def _fig(self, fig, name: str, alt: str, caption: str = "") -> str:
+        png = F.to_png(fig)
+        (self.out / "figures" / f"{name}.png").write_bytes(png)
+        return H.figure(F.data_uri(png), alt, caption)
+
+    def _no_runs(self, sid: str, title: str) -> Optional[H.Section]:
+        if self.sweep.complete.empty:
+            return H.Section(sid, title, "", notes=["No trial of this sweep has finished yet; nothing to show."])
+        return None
+
+    # -- header -------------------------------------------------------------------------------
+    def subtitle(self) -> str:
+        s = self.sweep
+        return f"experiment {s.experiment_name} · sweep run {s.parent_id} · {safe_uri(s.tracking_uri)}"
+
+    def header(self) -> str:
+        st = self.status
+        s = self.sweep
+        parts = []
+        if st["expected"] is None:
+            parts.append(H.note(f"{st['complete']} trial(s) complete, {st['failed']} failed, {st['running']} running; "
+                                "the expected grid is unknown (no config.yaml)."))
+        elif st["complete"] == st["expected"]:
+            parts.append(H.note(f"Complete: all {st['expected']} trials of the grid finished.", "ok"))
+        else:
+            parts.append(
+                H.note(
+                    f"PARTIAL REPORT: {st['complete']} of {st['expected']} trials complete "
+                    f"({st['failed']} failed, {st['running']} running, {st['missing']} not started). "
+                    "Missing cells are marked 'missing' in the tables; the list is in section 9."
+                )
+            )
+        for n in s.notes:
+            parts.append(H.note(n))
+        grid = (f"models: {', '.join(s.models)} · sizes: {', '.join(map(str, self.sizes))} · "
+                f"optimizers: {', '.join(s.optimizers)} · seeds: {', '.join(map(str, s.seeds))}")
+        parts.append(f'<p class="muted">{H.esc(grid)}</p>')
+        return "".join(parts)
+
+    # -- 1 ----------------------------------------------------------------------------------------
+    def learning_curves(self) -> H.Section:
+        title = "Learning curves"
+        if (empty := self._no_runs("curves", title)) is not None:
+            return empty
+        body = self._fig(
+            F.learning_curves_figure(self.summary, labels=self.labels),
+            "learning_curves",
+            "Learning curves: metrics against training size",
+            "Mean over seeds; the band is the 95% t-interval over seeds (none with one seed). "
+            "Validation loss is taken at each trial's best epoch; held-out log loss on the evaluation set.",
+        )
+        return H.Section(
+            "curves",
+            title,
+            body,
+            intro="Held-out accuracy, balanced accuracy, macro F1 and AUC against the number of training images "
+            "(log scale), one line per model, on the same fixed evaluation images for every size and seed.",
+        )
+
+    # -- 2 ----------------------------------------------------------------------------------------
+    def study_tables(self) -> H.Section:
+        title = "Model x training size tables"
+        if (empty := self._no_runs("tables", title)) is not None:
+            return empty
+        body = []
+        for name in ("accuracy", "balanced_accuracy", "macro_f1", "auc", "log_loss", "val_loss"):
+            tab = TB.study_table(self.summary, name)
+            if tab.empty:
+                continue
+            self._csv(tab, f"table_{name}.csv")
+            body.append(f"<h3>{H.esc(TB.METRICS[name].label)}</h3>")
+            body.append(H.study_table_html(tab, self.sizes, self.labels))
+        return H.Section(
+            "tables",
+            title,
+            "".join(body),
+            intro="Mean over seeds [95% t-interval]. Bold with ★: best mean at that size with an interval clear of "
+            "the runner-up; ☆: best mean, but overlapping intervals (see the paired comparisons before calling it a win).",
+        )
+
+    # -- 3 ----------------------------------------------------------------------------------------
+    def dynamics(self) -> H.Section:
+        title = "Training dynamics"
+        if (empty := self._no_runs("dynamics", title)) is not None:
+            return empty
+        if self.sweep.histories.empty:
+            return H.Section("dynamics", title, "", notes=["No per-epoch metrics were logged."])
+        body = self._fig(F.dynamics_figure(self.runs, self.sweep.histories, "loss", self.labels), "dynamics_loss",
+                         "Per-epoch loss", "Loss per epoch: train solid, validation dashed, one line per seed.")
+        body += self._fig(F.dynamics_figure(self.runs, self.sweep.histories, "accuracy", self.labels), "dynamics_accuracy",
+                          "Per-epoch accuracy", "Accuracy per epoch: train solid, validation dashed, one line per seed.")
+        return H.Section("dynamics", title, body,
+                         intro="One panel per model (rows) and training size (columns), seeds overlaid: over- and "
+                         "under-fitting, and seeds that behave differently, are visible here.")
+
+    # -- 4 ----------------------------------------------------------------------------------------
+    def chosen_sizes(self) -> list[int]:
+        return sorted({self.sizes[0], self.sizes[-1]}) if self.sizes else []
+
+    def per_class(self) -> H.Section:
+        title = "Per-class results"
+        if (empty := self._no_runs("perclass", title)) is not None:
+            return empty
+        sw = self.sweep
+        sizes = self.chosen_sizes()
+        pc = TB.per_class_table(self.runs, sw.class_names, sizes)
+        self._csv(pc, "per_class.csv")
+        body = []
+        if not pc.empty:
+            shown = pc.assign(
+                P=[H.fmt_ci(r.precision, r.precision_low, r.precision_high, r.n) for r in pc.itertuples()],
+                R=[H.fmt_ci(r.recall, r.recall_low, r.recall_high, r.n) for r in pc.itertuples()],
+                F1=[H.fmt_ci(r.f1, r.f1_low, r.f1_high, r.n) for r in pc.itertuples()],
+            )
+            body.append("<h3>Precision, recall and F1 (mean over seeds [95% CI])</h3>")
+            body.append(H.table(shown, ["train_size", "label", "class", "P", "R", "F1", "n"],
+                                headers={"train_size": "size", "label": "model", "n": "seeds"},
+                                text_columns=["label", "class"]))
+        mn = TB.missed_as_normal_table(self.runs, sw.class_names, sizes)
+        if not mn.empty:
+            self._csv(mn, "missed_as_normal.csv")
+            body.append("<h3>Images missed as Normal (mean over seeds)</h3>")
+            cols = ["train_size", "label"] + [c for c in sw.class_names if c in mn.columns] + ["n"]
+            body.append(H.table(mn, cols, headers={"train_size": "size", "label": "model", "n": "seeds"},
+                                formats={c: (lambda v: H.fmt(v, 1)) for c in sw.class_names}, text_columns=["label"]))
+        for n in sizes:
+            cms = TB.confusion_matrices(sw, n)
+            if cms:
+                pd.concat(
+                    {lab: pd.DataFrame(cm, index=sw.class_names, columns=sw.class_names) for lab, cm in cms.items()},
+                    names=["model", "true"],
+                ).to_csv(self.out / f"confusion_n{n}.csv")
+                body.append(self._fig(F.confusion_figure(cms, sw.class_names, f"n = {n} training images"),
+                                      f"confusion_n{n}", f"Confusion matrices at n={n}",
+                                      "Rows: true class, normalised to 1; predictions pooled over seeds."))
+        if sizes:
+            curves = F.roc_curves(sw, sizes[-1])
+            if curves:
+                body.append(self._fig(F.roc_figure(curves, f"ROC at n = {sizes[-1]}"), "roc", "ROC curves",
+                                      "Predictions pooled over seeds; one-vs-rest per class for more than two classes."))
+        return H.Section("perclass", title, "".join(body),
+                         intro=f"At the smallest and largest training sizes ({', '.join(map(str, sizes))}).")
+
+    # -- 5 ----------------------------------------------------------------------------------------
+    def paired(self) -> H.Section:
+        title = "Paired comparisons"
+        if (empty := self._no_runs("paired", title)) is not None:
+            return empty
+        pc = TB.paired_comparisons(self.sweep, n_boot=self.n_boot, seed=self.seed)
+        self.paired_df = pc
+        self._csv(pc, "paired.csv")
+        if pc.empty:
+            return H.Section("paired", title, "", notes=["Needs at least two models with predictions.csv at a size."])
+        items = []
+        for r in pc.itertuples():
+            mark = "" if r.significant else "  (within noise: the interval covers 0)"
+            items.append(f"<li>{H.esc(r.sentence + mark)}</li>")
+        body = '<ul class="sentences">' + "".join(items) + "</ul>"
+        body += "<h3>Details</h3>" + H.table(
+            pc,
+            ["train_size", "optimizer", "model_a", "model_b", "n_seeds", "n_images", "diff_points", "low_points",
+             "high_points", "mcnemar_b", "mcnemar_c", "mcnemar_p"],
+            headers={"train_size": "size", "diff_points": "A-B (points)", "low_points": "low", "high_points": "high",
+                     "mcnemar_b": "only A right", "mcnemar_c": "only B right", "mcnemar_p": "McNemar p (per seed)"},
+            formats={c: (lambda v: H.fmt(v, 1)) for c in ("diff_points", "low_points", "high_points")},
+            text_columns=["optimizer", "model_a", "model_b", "mcnemar_b", "mcnemar_c", "mcnemar_p"],
+        )
+        return H.Section(
+            "paired",
+            title,
+            body,
+            intro="Accuracy difference between models trained on the same subsets (seeds) and scored on the same "
+            f"evaluation images, with a 95% paired bootstrap interval over seeds and images ({self.n_boot} resamples); "
+            "McNemar's exact test per seed counts the images only one of the two got right.",
+        )
+
+    # -- 6 ----------------------------------------------------------------------------------------
+    def fit(self) -> H.Section:
+        title = "Learning-curve fit"
+        if (empty := self._no_runs("fit", title)) is not None:
+            return empty
+        tab, fits = TB.learning_curve_fits(self.sweep, target_accuracies=self.targets, n_boot=min(self.n_boot, 300), seed=self.seed)
+        tab = tab.set_index("label").reindex([lab for lab in self.labels if lab in set(tab["label"])]).reset_index() if not tab.empty else tab
+        self._csv(tab, "power_law.csv")
+        body = self._fig(F.fit_figure(self.runs, fits, self.targets, self.labels), "power_law", "Power-law fits",
+                         "Dots: seeds. Line: error(n) = a·n^-b + c fitted over all seeds; band: 95% bootstrap "
+                         "(seeds resampled within each size); dotted: extrapolation beyond the largest size.")
+        if not tab.empty:
+            shown = tab.assign(
+                a_=[H.fmt_ci(r.a, r.a_low, r.a_high, digits=3) for r in tab.itertuples()],
+                b_=[H.fmt_ci(r.b, r.b_low, r.b_high, digits=3) for r in tab.itertuples()],
+                c_=[H.fmt_ci(r.c, r.c_low, r.c_high, digits=3) for r in tab.itertuples()],
+                verdict=["reliable" if r.reliable else "UNRELIABLE: " + r.flags for r in tab.itertuples()],
+            )
+            cols = ["label", "n_sizes", "a_", "b_", "c_", "r2"]
+            heads = {"label": "model", "n_sizes": "sizes", "a_": "a", "b_": "b", "c_": "c (floor)", "r2": "R²"}
+            for t in self.targets:
+                col = TB.target_column(t)
+                shown[col + "_"] = [_n_ci(getattr(r, col), getattr(r, col + "_low"), getattr(r, col + "_high"))
+                                    for r in tab.itertuples()]
+                cols.append(col + "_")
+                heads[col + "_"] = f"images for {t:.0%} accuracy [95% CI]"
+            cols.append("verdict")
+            body += H.table(shown, cols, headers=heads, text_columns=["label", "verdict"] + cols[2:5],
+                            cell_class=lambda r, c: "bad" if c == "verdict" and not r["reliable"] else "")
+        return H.Section("fit", title, body,
+                         intro="How error falls with training size, and how many images a target accuracy would take if "
+                         "the trend held. Flagged unreliable when the fit is poor, has no spare degrees of freedom, or "
+                         "extrapolates far beyond the sizes measured.")
+
+    # -- 7, 8 -------------------------------------------------------------------------------------
+    def gradcam(self, device: Optional[str], max_pointing: int) -> list[H.Section]:
+        t7, t8 = "Grad-CAM panels", "Sanity of the heat maps"
+        try:
+            panels, pointing = _gradcam_sections(self, device, max_pointing)
+        except Exception as e:  # noqa: BLE001 - shown in the report and logged, never silent
+            log.exception("Grad-CAM sections failed")
+            msg = f"Grad-CAM could not be computed: {type(e).__name__}: {e}"
+            return [H.Section("gradcam", t7, "", notes=[msg]), H.Section("pointing", t8, "", notes=[msg])]
+        return [panels, pointing]
+
+    # -- 9 ----------------------------------------------------------------------------------------
+    def provenance(self) -> H.Section:
+        from lungray import __version__
+
+        sw = self.sweep
+        body = []
+        ds = sw.data_summary or {}
+        counts = ds.get("class_counts")
+        if counts:
+            df = pd.DataFrame(counts).T
+            df.index.name = "split"
+            df = df.reset_index()
+            df["total"] = df[[c for c in df.columns if c != "split"]].sum(axis=1)
+            self._csv(df, "class_counts.csv")
+            body.append("<h3>Class counts per split</h3>" + H.table(df, text_columns=["split"]))
+            body.append(self._fig(F.class_balance_figure(counts), "class_balance", "Class balance per split"))
+        extra = {k: v for k, v in ds.items() if k not in ("class_counts",)}
+        if extra:
+            body.append("<h3>Dataset summary</h3>" + H.kv({k: _short(v) for k, v in extra.items()}))
+        cfg = sw.config
+        if cfg is not None:
+            body.append("<h3>Preprocessing and augmentation</h3>" + H.kv({
+                "source": cfg.data.source,
+                "resolution": cfg.data.resolution,
+                "resize": cfg.data.resize,
+                "preprocess": cfg.data.preprocess,
+                "augmentation": cfg.train.augmentation,
+                "normalization": cfg.train.normalization,
+                "eval_size / val_size": f"{cfg.data.eval_size} / {cfg.data.val_size} (split seed {cfg.data.split_seed})",
+                "training sizes": ", ".join(map(str, cfg.sizes)),
+                "class-balanced subsets": cfg.data.class_balanced,
+                "leakage policy": f"{cfg.data.leakage} (Hamming distance <= {cfg.data.leakage_max_distance})",
+            }))
+        body.append("<h3>Leakage audit</h3>" + _leakage_html(sw.leakage))
+        body.append("<h3>Provenance</h3>" + H.kv({
+            "study": sw.study,
+            "sweep run": sw.parent_id,
+            "sweep status": sw.parent_status,
+            "experiment": f"{sw.experiment_name} ({sw.experiment_id})",
+            "tracking URI": safe_uri(sw.tracking_uri),
+            "lungray version (sweep)": sw.parent_tags.get(T.VERSION, "?"),
+            "git commit": sw.parent_tags.get(T.GIT_COMMIT, "?"),
+            "dataset fingerprint": sw.parent_tags.get(T.DATASET_FP, "?"),
+            "config fingerprint": sw.parent_tags.get(T.CONFIG_FP, "?"),
+            "Ray experiment directory": sw.parent_tags.get(T.STORAGE_PATH, "?"),
+            "prepared data": sw.parent_tags.get(T.DATA_ROOT, "?"),
+            "report built": f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC} with lungray {__version__}",
+        }))
+        failed = sw.failed
+        self._csv(failed[["trial_id", "model", "train_size", "optimizer", "seed", "status", "error", "run_id"]], "failed_trials.csv")
+        body.append(f"<h3>Failed trials ({len(failed)})</h3>")
+        body.append(H.table(failed, ["model", "train_size", "optimizer", "seed", "status", "error", "run_id"],
+                            headers={"train_size": "size"}, text_columns=["model", "optimizer", "status", "error", "run_id"]))
+        missing = sw.missing
+        self._csv(missing, "missing_trials.csv")
+        body.append(f"<h3>Trials not complete ({len(missing)})</h3>")
+        body.append(H.table(missing, ["model", "train_size", "optimizer", "seed", "state", "error"],
+                            headers={"train_size": "size"}, text_columns=["model", "optimizer", "state", "error"]))
+        if sw.config_text:
+            body.append(f"<h3>Resolved config</h3><pre>{H.esc(sw.config_text)}</pre>")
+        return H.Section("provenance", "Data and provenance", "".join(body))
+
+
+def _n_ci(est: float, lo: float, hi: float) -> str:
+    def f(x: float) -> str:
+        if x is None or (isinstance(x, float) and math.isnan(x)):
+            return "?"
+        return "∞" if math.isinf(x) else f"{x:,.0f}"
+
+    if est is None or (isinstance(est, float) and math.isnan(est)):
+        return "–"
+    return f"{f(est)} [{f(lo)}, {f(hi)}]"
+
+
+def _short(v, limit: int = 300) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, default=str)
+    return s if len(s) <= limit else s[:limit] + f"... ({len(s)} characters)"
+
+
+def _leakage_html(leak: Optional[dict]) -> str:
+    """The leakage report (:meth:`lungray.data.leakage.LeakageReport.to_dict`): scalar fields as
+    a key/value list, pair lists as tables (first 50 rows)."""
+    if not leak:
+        return '<p class="muted">No leakage report was logged.</p>'
+    scalars = {k: v for k, v in leak.items() if not isinstance(v, (list, dict))}
+    out = [H.kv(scalars)] if scalars else []
+    for k, v in leak.items():
+        if isinstance(v, list) and v and isinstance(v[0], dict):
+            out.append(f"<p><b>{H.esc(k)}</b>: {len(v)} pair(s)</p>" + H.table(pd.DataFrame(v).head(50)))
+        elif isinstance(v, list):
+            out.append(f"<p><b>{H.esc(k)}</b>: {len(v)} item(s) {H.esc(_short(v, 200))}</p>")
+        elif isinstance(v, dict):
+            out.append(f"<p><b>{H.esc(k)}</b></p>" + H.kv({kk: _short(vv) for kk, vv in v.items()}))
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Grad-CAM (sections 7 and 8)
+# ---------------------------------------------------------------------------------------------
+
+
+def _gradcam_sections(b: _Builder, device: Optional[str], max_pointing: int) -> tuple[H.Section, H.Section]:
+    from lungray.report import gradcam as G
+
+    sw = b.sweep
+    t7, t8 = "Grad-CAM panels", "Sanity of the heat maps"
+    done = sw.complete
+    with_ckpt = done[done["run_id"].map(lambda r: sw.checkpoints.get(r, False))]
+    if with_ckpt.empty:
+        msg = "No trial logged checkpoint/best.pt (tracking.log_checkpoints is off, or no trial finished)."
+        return H.Section("gradcam", t7, "", notes=[msg]), H.Section("pointing", t8, "", notes=[msg])
+    root = sw.parent_tags.get(T.DATA_ROOT, "")
+    if not root or not (Path(root) / "images.npy").exists():
+        msg = (f"The prepared images ({T.DATA_ROOT} = '{root}') are not reachable from here; run the report where "
+               "the sweep's data directory is mounted to get the panels.")
+        return H.Section("gradcam", t7, "", notes=[msg]), H.Section("pointing", t8, "", notes=[msg])
+
+    from lungray.data.prepared import PreparedData
+
+    empty = np.zeros(0, dtype=np.int64)
+    data = PreparedData(root=root, class_names=tuple(sw.class_names), eval_idx=empty, val_idx=empty, pool_idx=empty)
+    row_of = {str(i): r for r, i in enumerate(data.ids)}
+    size = int(with_ckpt["train_size"].max())
+    at = with_ckpt[with_ckpt["train_size"] == size]
+    seed = int(at["seed"].min())
+    at = at[at["seed"] == seed]
+    n_opt = done["optimizer"].nunique()
+    chosen = []  # (label, run row)
+    for m in sw.models:
+        for o in sw.optimizers:
+            r = at[(at["model"] == m) & (at["optimizer"] == o)]
+            if not r.empty and r.iloc[0]["run_id"] in sw.predictions:
+                chosen.append((m if n_opt <= 1 else f"{m} / {o}", r.iloc[0]))
+    if not chosen:
+        msg = f"No trial at n={size}, seed {seed} has both a checkpoint and predictions.csv."
+        return H.Section("gradcam", t7, "", notes=[msg]), H.Section("pointing", t8, "", notes=[msg])
+
+    # the same evaluation images for every model: ids present in every prediction file
+    mats = [prediction_matrix(sw.predictions[r["run_id"]], sw.class_names) for _, r in chosen]
+    ids = mats[0][0]
+    for m in mats[1:]:
+        ids = np.intersect1d(ids, m[0])
+    ids = np.array([i for i in np.sort(ids) if i in row_of])
+    notes7 = []
+    if ids.size == 0:
+        msg = "The evaluation image ids in predictions.csv are not in the prepared data's manifest."
+        return H.Section("gradcam", t7, "", notes=[msg]), H.Section("pointing", t8, "", notes=[msg])
+    pos = [{i: j for j, i in enumerate(m[0])} for m in mats]
+    y = mats[0][1][[pos[0][i] for i in ids]]
+    preds = np.stack([m[2][[p[i] for i in ids]].argmax(1) for m, p in zip(mats, pos)])
+    correct = preds == y[None]
+    picks = G.select_panel_images(ids, y, correct, sw.class_names, per_class=1)
+    rows = np.array([row_of[ids[i]] for i, _ in picks], dtype=np.int64)
+    imgs = np.asarray(data.images[rows])
+    imgs01 = imgs.astype(np.float32) / data.max_value
+    row_titles = [f"{sw.class_names[y[i]]} ({kind})\n{ids[i]}" for i, kind in picks]
+
+    masks = data.masks
+    nrm = TB.normal_class(sw.class_names)
+    point_cols = [i for i in range(ids.size) if (nrm is None or y[i] != nrm)]
+    point_rows = np.array([row_of[ids[i]] for i in point_cols], dtype=np.int64)
+    if masks is not None and point_rows.size:
+        has = np.asarray(masks[point_rows]).reshape(point_rows.size, -1).any(1)
+        point_cols = [c for c, h in zip(point_cols, has) if h][:max_pointing]
+
+    tol = G.POINTING_TOLERANCE * data.resolution
+    overlays, cell_titles, layer_info, point_rows_out, agree = [], [], [], [], []
+    for k, (lab, r) in enumerate(chosen):
+        ck_path = download(sw.client(), r["run_id"], T.BEST_CHECKPOINT, b.tmp / "ckpt")
+        lm = G.load_checkpoint_model(ck_path, resolution=data.resolution, device=device)
+        from lungray.models import gradcam_target
+
+        layers, _ = gradcam_target(lm.model)
+        layer_info.append((lab, ", ".join(G.layer_names(lm.model, layers)), lm.epoch))
+        if rows.size:
+            x = G.normalise_images(imgs, data.max_value, lm.norm)
+            import torch
+
+            with torch.no_grad():
+                own = lm.model(x.to(lm.device)).argmax(1).cpu().numpy()
+            targets = [int(preds[k, i]) for i, _ in picks]
+            agree.append((lab, int((own == np.array(targets)).sum()), len(targets)))
+            cams = G.compute_cams(lm.model, x, targets)
+            overlays.append([G.overlay(imgs01[j], cams[j]) for j in range(len(picks))])
+            cell_titles.append([f"{lab}\n→ {sw.class_names[preds[k, i]]} {'✓' if correct[k, i] else '✗'}" for i, _ in picks])
+        if masks is not None and point_cols:
+            pr = np.array([row_of[ids[i]] for i in point_cols], dtype=np.int64)
+            pim = np.asarray(data.images[pr])
+            pmask = np.asarray(masks[pr])
+            px = G.normalise_images(pim, data.max_value, lm.norm)
+            pc = G.compute_cams(lm.model, px, [int(y[i]) for i in point_cols])
+            res = G.pointing_game(pc, pmask, tolerance=tol)
+            point_rows_out.append({"model": lab, "run_id": r["run_id"], "train_size": size, "seed": seed,
+                                   "images": res.n, "hits": res.hits, "score": res.score,
+                                   "random_map_score": res.baseline, "lift": res.lift})
+        del lm
+
+    body7 = ""
+    if overlays:
+        fig = G.panel_figure(imgs01, row_titles, [lab for lab, _ in chosen], overlays, cell_titles)
+        body7 = b._fig(fig, "gradcam_panels", "Grad-CAM panels",
+                       "Each row is one evaluation image (its class, and whether most models got it right); each "
+                       "column a model, with the Grad-CAM heat map for the class it predicted (✓ right, ✗ wrong).")
+    lay = pd.DataFrame(layer_info, columns=["model", "target layer", "checkpoint epoch"])
+    body7 += "<h3>Target layers (from the per-family registry)</h3>" + H.table(lay, text_columns=["model", "target layer"])
+    if agree:
+        ag = pd.DataFrame(agree, columns=["model", "same prediction as predictions.csv", "images"])
+        if (ag.iloc[:, 1] < ag.iloc[:, 2]).any():
+            notes7.append("A rebuilt checkpoint does not reproduce some logged predictions: the checkpoint, its "
+                          "normalisation or the image cache may not match the sweep's.")
+        body7 += "<h3>Checkpoint check</h3>" + H.table(ag, text_columns=["model"])
+    sec7 = H.Section("gradcam", t7, body7, notes=notes7,
+                     intro=f"The same evaluation images for every model, at the largest training size (n = {size}) and "
+                     f"seed {seed}, from each trial's best checkpoint; computed with pytorch-grad-cam.")
+    if masks is None:
+        sec8 = H.Section("pointing", t8, "", notes=["This dataset has no lesion masks, so the pointing game cannot be "
+                                                    "scored (it runs on the phantom, whose lesions are known)."])
+        return sec7, sec8
+    pt = pd.DataFrame(point_rows_out)
+    b._csv(pt, "pointing_game.csv")
+    body8 = H.table(pt, ["model", "images", "hits", "score", "random_map_score", "lift", "train_size", "seed"],
+                    headers={"score": "pointing score", "random_map_score": "uniform random map (lesion share)",
+                             "lift": "score / random", "train_size": "size"},
+                    text_columns=["model"])
+    notes8 = []
+    for r in point_rows_out:
+        if not (r["score"] > 2 * r["random_map_score"]):
+            notes8.append(f"{r['model']}: pointing score {r['score']:.2f} is not far above a random map "
+                          f"({r['random_map_score']:.2f}); its heat maps may not mean much.")
+    sec8 = H.Section("pointing", t8, body8, notes=notes8,
+                     intro="Pointing game on the positive evaluation images (lesion masks known): the share whose "
+                     f"heat-map maximum falls within {tol:.1f} px of the lesion (15 px at 224 px, as in the original "
+                     "pointing game), against the share of the image within that distance of the lesion (what a "
+                     "uniformly random heat map would score).")
+    return sec7, sec8

@@ -1,0 +1,290 @@
+"""Matplotlib figures for the report, drawn without pyplot (no global state, thread-safe).
+
+Every function returns a :class:`matplotlib.figure.Figure`; :func:`to_png` and
+:func:`data_uri` turn it into bytes / a ``data:image/png;base64,...`` URI, which is how the
+report embeds images so it opens offline and fetches nothing (issue 4).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from lungray.report.tables import METRICS, positive_class
+
+__all__ = [
+    "to_png",
+    "data_uri",
+    "learning_curves_figure",
+    "dynamics_figure",
+    "confusion_figure",
+    "roc_figure",
+    "fit_figure",
+    "class_balance_figure",
+    "image_grid_figure",
+]
+
+_PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+
+
+def _figure(w: float, h: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h), dpi=100, layout="constrained")
+
+
+def to_png(fig, dpi: int = 100) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def data_uri(fig_or_png, dpi: int = 100) -> str:
+    """``data:image/png;base64,...`` for a figure or PNG bytes (embedded, no file, no fetch)."""
+    png = fig_or_png if isinstance(fig_or_png, (bytes, bytearray)) else to_png(fig_or_png, dpi)
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _colors(labels: Sequence[str]) -> dict[str, str]:
+    return {lab: _PALETTE[i % len(_PALETTE)] for i, lab in enumerate(labels)}
+
+
+def _size_axis(ax, sizes: Sequence[int]) -> None:
+    ax.set_xscale("log")
+    ax.set_xticks(list(sizes))
+    ax.set_xticklabels([str(s) for s in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("training images (log scale)")
+
+
+def learning_curves_figure(
+    summary: pd.DataFrame,
+    metrics: Sequence[str] = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "val_loss", "log_loss"),
+    labels: Optional[Sequence[str]] = None,
+):
+    """Metric against training size, one line per model (x optimizer): mean over seeds with its
+    95 % t-interval as a band (issue 4, section 1). Sizes with one seed show a point only."""
+    metrics = [m for m in metrics if m in set(summary["metric"])] if not summary.empty else []
+    labels = list(labels) if labels else list(pd.unique(summary["label"])) if not summary.empty else []
+    cols = 3 if len(metrics) > 4 else max(1, min(2, len(metrics)))
+    rows = max(1, math.ceil(len(metrics) / cols))
+    fig = _figure(4.2 * cols, 3.2 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    colors = _colors(labels)
+    sizes = sorted(summary["train_size"].unique()) if not summary.empty else []
+    for ax, name in zip(axes, metrics):
+        s = summary[summary["metric"] == name]
+        for lab in labels:
+            g = s[s["label"] == lab].sort_values("train_size")
+            if g.empty:
+                continue
+            ax.plot(g["train_size"], g["mean"], "o-", color=colors[lab], label=lab, lw=1.8, ms=4)
+            band = g.dropna(subset=["ci_low", "ci_high"])
+            if len(band):
+                ax.fill_between(band["train_size"], band["ci_low"], band["ci_high"], color=colors[lab], alpha=0.18, lw=0)
+        _size_axis(ax, sizes)
+        ax.set_title(METRICS[name].label + ("" if METRICS[name].higher_is_better else "  (lower is better)"), fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
+    if metrics and labels:
+        axes[0].legend(fontsize=8, loc="best")
+    return fig
+
+
+def dynamics_figure(runs: pd.DataFrame, histories: pd.DataFrame, kind: str = "loss", labels: Optional[Sequence[str]] = None):
+    """Per-epoch train (solid) and validation (dashed) curves, one panel per cell (rows: model
+    x optimizer, columns: training size), seeds overlaid (issue 4, section 3)."""
+    keys = ("train_loss", "val_loss") if kind == "loss" else ("train_accuracy", "val_accuracy")
+    done = runs[runs["state"] == "complete"]
+    labels = list(labels) if labels else sorted(done["label"].unique()) if "label" in done else []
+    sizes = sorted(done["train_size"].dropna().unique())
+    fig = _figure(2.6 * max(1, len(sizes)) + 0.6, 2.1 * max(1, len(labels)) + 0.4)
+    axes = fig.subplots(max(1, len(labels)), max(1, len(sizes)), squeeze=False, sharey=True)
+    seeds = sorted(done["seed"].dropna().unique())
+    seed_alpha = {s: 1.0 - 0.55 * i / max(1, len(seeds) - 1) for i, s in enumerate(seeds)}
+    h = histories.set_index("run_id") if not histories.empty else histories
+    for i, lab in enumerate(labels):
+        for j, n in enumerate(sizes):
+            ax = axes[i, j]
+            cell = done[(done["label"] == lab) & (done["train_size"] == n)]
+            for r in cell.itertuples():
+                if histories.empty or r.run_id not in h.index:
+                    continue
+                hr = h.loc[[r.run_id]]
+                for key, style, col in ((keys[0], "-", "#1f77b4"), (keys[1], "--", "#d62728")):
+                    kk = hr[hr["key"] == key].sort_values("step")
+                    if len(kk):
+                        ax.plot(kk["step"], kk["value"], style, color=col, alpha=seed_alpha.get(r.seed, 1.0), lw=1.2,
+                                label=f"{key} (seed {r.seed})")
+            if i == 0:
+                ax.set_title(f"n = {int(n)}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(lab, fontsize=8)
+            if i == len(labels) - 1:
+                ax.set_xlabel("epoch", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+    from matplotlib.lines import Line2D
+
+    fig.legend(
+        [Line2D([], [], color="#1f77b4"), Line2D([], [], color="#d62728", ls="--")],
+        [keys[0].replace("_", " "), keys[1].replace("_", " ") + "  (darker = lower seed)"],
+        loc="outside lower center",
+        ncol=2,
+        fontsize=8,
+    )
+    return fig
+
+
+def confusion_figure(cms: dict[str, np.ndarray], class_names: Sequence[str], title: str = ""):
+    """Row-normalised confusion matrices side by side (true class on rows, shares in cells)."""
+    k = len(class_names)
+    n = max(1, len(cms))
+    side = 1.4 + 0.55 * k
+    fig = _figure(side * n + 0.5, side + 0.6)
+    axes = fig.subplots(1, n, squeeze=False).ravel()
+    for ax, (lab, cm) in zip(axes, cms.items()):
+        ax.imshow(cm, vmin=0, vmax=1, cmap="Blues")
+        for a in range(k):
+            for b in range(k):
+                ax.text(b, a, f"{cm[a, b]:.2f}", ha="center", va="center", fontsize=8, color="white" if cm[a, b] > 0.6 else "black")
+        ax.set_xticks(range(k))
+        ax.set_yticks(range(k))
+        ax.set_xticklabels(class_names, rotation=45, ha="right", fontsize=7)
+        ax.set_yticklabels(class_names, fontsize=7)
+        ax.set_xlabel("predicted", fontsize=8)
+        ax.set_ylabel("true", fontsize=8)
+        ax.set_title(lab, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def roc_figure(curves: dict[str, list[tuple[str, np.ndarray, np.ndarray, float]]], title: str = ""):
+    """ROC curves, one panel per model label; each entry ``(class, fpr, tpr, auc)``."""
+    n = max(1, len(curves))
+    fig = _figure(3.0 * n + 0.4, 3.2)
+    axes = fig.subplots(1, n, squeeze=False).ravel()
+    for ax, (lab, cs) in zip(axes, curves.items()):
+        for i, (cls, fpr, tpr, auc) in enumerate(cs):
+            ax.plot(fpr, tpr, color=_PALETTE[i % len(_PALETTE)], lw=1.5, label=f"{cls} (AUC {auc:.3f})")
+        ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.set_xlabel("false positive rate", fontsize=8)
+        ax.set_ylabel("true positive rate", fontsize=8)
+        ax.set_title(lab, fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
+        ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def roc_curves(sweep, size: int) -> dict[str, list[tuple[str, np.ndarray, np.ndarray, float]]]:
+    """ROC curves per model label at one size, predictions pooled over seeds: the positive
+    class for a binary study, one-vs-rest per class otherwise."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from lungray.report.load import prediction_matrix
+
+    done = sweep.complete
+    n_opt = done["optimizer"].nunique()
+    k = len(sweep.class_names)
+    out = {}
+    for m in sweep.models:
+        for o in sweep.optimizers:
+            g = done[(done["model"] == m) & (done["optimizer"] == o) & (done["train_size"] == size)]
+            ys, ps = [], []
+            for rid in g["run_id"]:
+                if rid in sweep.predictions:
+                    _, y, p = prediction_matrix(sweep.predictions[rid], sweep.class_names)
+                    ys.append(y)
+                    ps.append(p)
+            if not ys:
+                continue
+            y, p = np.concatenate(ys), np.concatenate(ps)
+            classes = [positive_class(sweep.class_names)] if k == 2 else list(range(k))
+            cs = []
+            for c in classes:
+                yb = y == c
+                if yb.all() or not yb.any():
+                    continue
+                fpr, tpr, _ = roc_curve(yb, p[:, c])
+                cs.append((sweep.class_names[c], fpr, tpr, float(roc_auc_score(yb, p[:, c]))))
+            out[m if n_opt <= 1 else f"{m} / {o}"] = cs
+    return out
+
+
+def fit_figure(runs: pd.DataFrame, fits: dict, target_accuracies: Sequence[float] = (), labels: Optional[Sequence[str]] = None):
+    """Error (1 - accuracy) against size per model: seeds as dots, the fitted power law with
+    its bootstrap band, extrapolated (dotted) past the largest size, targets as lines."""
+    labels = list(labels) if labels else list(fits)
+    colors = _colors(labels)
+    fig = _figure(6.4, 4.0)
+    ax = fig.subplots()
+    done = runs[runs["state"] == "complete"]
+    sizes = sorted(done["train_size"].dropna().unique())
+    nmax = max(sizes) if sizes else 1
+    for lab in labels:
+        g = done[done["label"] == lab]
+        ax.plot(g["train_size"], 1 - g["test_accuracy"], "o", color=colors[lab], alpha=0.55, ms=4)
+        res = fits.get(lab)
+        if res is None or not res.fit.ok:
+            continue
+        grid = res.grid
+        pred = res.fit.predict(grid)
+        inside = grid <= nmax
+        ax.plot(grid[inside], pred[inside], "-", color=colors[lab], lw=1.6, label=f"{lab}: {res.fit.a:.2g}·n^-{res.fit.b:.2f} + {res.fit.c:.3f}")
+        tail = np.arange(grid.size) >= max(0, int(inside.sum()) - 1)  # join the solid part
+        ax.plot(grid[tail], pred[tail], ":", color=colors[lab], lw=1.4)
+        if res.curves.size:
+            lo, hi = np.nanquantile(res.curves, [0.025, 0.975], axis=0)
+            ax.fill_between(grid, lo, hi, color=colors[lab], alpha=0.12, lw=0)
+    for t in target_accuracies:
+        ax.axhline(1 - t, color="grey", ls="--", lw=0.8)
+        ax.text(ax.get_xlim()[0] if sizes else 1, 1 - t, f" {t:.0%} accuracy", va="bottom", fontsize=7, color="grey")
+    ax.set_xscale("log")
+    ax.set_xlabel("training images (log scale; dotted = extrapolation)")
+    ax.set_ylabel("error = 1 - accuracy")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    return fig
+
+
+def class_balance_figure(counts: dict[str, dict[str, int]]):
+    """Grouped bars: images per class in each split (eval / val / pool)."""
+    splits = list(counts)
+    classes = list(dict.fromkeys(c for s in splits for c in counts[s]))
+    fig = _figure(1.2 + 1.2 * len(classes), 2.8)
+    ax = fig.subplots()
+    w = 0.8 / max(1, len(splits))
+    for i, s in enumerate(splits):
+        ax.bar(np.arange(len(classes)) + i * w - 0.4 + w / 2, [counts[s].get(c, 0) for c in classes], w, label=s, color=_PALETTE[i % 10])
+    ax.set_xticks(range(len(classes)))
+    ax.set_xticklabels(classes, fontsize=8)
+    ax.set_ylabel("images")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def image_grid_figure(images: Sequence[np.ndarray], titles: Sequence[str], ncols: int = 6, cmap: str = "gray"):
+    """A grid of grayscale (or RGB) images with titles (sample images per class)."""
+    n = max(1, len(images))
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    fig = _figure(1.6 * ncols, 1.8 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, im, t in zip(axes, images, titles):
+        ax.imshow(im, cmap=None if np.ndim(im) == 3 else cmap)
+        ax.set_title(t, fontsize=7)
+    return fig

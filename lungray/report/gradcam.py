@@ -1,0 +1,281 @@
+"""Grad-CAM panels and their sanity check (issue 4, sections 7 and 8).
+
+The Grad-CAM study (PROTOCOLS.md section 2) and the 4-class study (section 4) show heat maps
+from "the last convolutional layer" of each network on a hand-picked image. lungray makes the
+same picture reproducible and checkable:
+
+* models are rebuilt from each trial's ``checkpoint/best.pt`` (format in
+  :mod:`lungray.tracking`) with :func:`lungray.models.create_model`, unwrapped from DDP, and
+  the target layer comes from :func:`lungray.models.gradcam_target` (one rule per model
+  family, ViT reshape included), never a hard-coded layer name;
+* CAM objects are pytorch-grad-cam's, used as context managers (their hooks are released even
+  on error) and fed in batches;
+* the same evaluation images (per class, a correct and a wrong prediction) are shown for every
+  model at the largest training size and one fixed seed;
+* on data with lesion masks (the phantom), the pointing game (share of positive images whose
+  heat-map maximum lies inside the lesion) is compared with what a uniformly random map scores
+  (the lesion's share of the image). A heat map from the wrong layer, or from a model that
+  learned nothing, scores near that baseline.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "LoadedModel",
+    "load_checkpoint_model",
+    "normalise_images",
+    "compute_cams",
+    "PointingResult",
+    "pointing_game",
+    "overlay",
+    "layer_names",
+    "select_panel_images",
+    "panel_figure",
+]
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # torch.nn.Module, in eval mode, on ``device``
+    trial: Any  # lungray.config.TrialConfig
+    class_names: tuple[str, ...]
+    norm: tuple[Any, Any]
+    epoch: int
+    device: str
+
+
+def _unwrap(model):
+    """The bare module of a DDP / DataParallel / torch.compile wrapper."""
+    while True:
+        if hasattr(model, "module") and model.__class__.__name__ in ("DistributedDataParallel", "DataParallel"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _strip_prefixes(state: dict) -> dict:
+    out = {}
+    for k, v in state.items():
+        for p in ("module.", "_orig_mod."):
+            while k.startswith(p):
+                k = k[len(p):]
+        out[k] = v
+    return out
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_checkpoint_model(path: str | Path, *, resolution: int, device: Optional[str] = None) -> LoadedModel:
+    """Rebuild a trial's model from ``checkpoint/best.pt`` (weights only, no pickled code).
+
+    The architecture comes from the checkpoint's own trial config, so the report needs no
+    knowledge of the sweep's models; ``module.``/``_orig_mod.`` prefixes left by DDP or
+    ``torch.compile`` are stripped.
+    """
+    import torch
+
+    from lungray.config import TrialConfig
+    from lungray.models import create_model
+
+    device = device or default_device()
+    ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    trial = TrialConfig.from_dict(ckpt["trial"])
+    class_names = tuple(ckpt["class_names"])
+    model = create_model(trial.model, len(class_names), in_chans=1, resolution=resolution)
+    model = _unwrap(model)
+    model.load_state_dict(_strip_prefixes(ckpt["model"]))
+    model.to(device).eval()
+    norm = ckpt.get("norm", (0.0, 1.0))
+    return LoadedModel(model, trial, class_names, (norm[0], norm[1]), int(ckpt.get("epoch", -1)), device)
+
+
+def normalise_images(images: np.ndarray, max_value: float, norm: tuple[Any, Any]):
+    """``(B, H, W)`` cached pixels -> ``(B, 1, H, W)`` float tensor, normalised as in training
+    (``(x / max_value - mean) / std``, the ``norm`` stored in the checkpoint)."""
+    import torch
+
+    x = torch.from_numpy(np.asarray(images, dtype=np.float32) / float(max_value))[:, None]
+    mean = np.asarray(norm[0], dtype=np.float32).reshape(-1)
+    std = np.asarray(norm[1], dtype=np.float32).reshape(-1)
+    if mean.size > 1 or std.size > 1:  # per-channel stats on a 1-channel input: use their mean
+        mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
+    return (x - float(mean[0])) / float(std[0])
+
+
+def compute_cams(
+    model,
+    x,
+    target_classes: Sequence[int],
+    *,
+    target_layers: Optional[list] = None,
+    reshape_transform: Optional[Callable] = None,
+    batch_size: int = 16,
+    method: str = "gradcam",
+) -> np.ndarray:
+    """Heat maps ``(B, H, W)`` in [0, 1] for ``target_classes``, computed in batches.
+
+    ``target_layers``/``reshape_transform`` default to :func:`lungray.models.gradcam_target`
+    (the per-family registry); pass them only to test what a different layer would give. The
+    CAM object is a context manager, so its forward/backward hooks are removed afterwards.
+    """
+    import torch
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model = _unwrap(model)
+    if target_layers is None:
+        from lungray.models import gradcam_target
+
+        target_layers, default_reshape = gradcam_target(model)
+        reshape_transform = reshape_transform or default_reshape
+    cam_cls = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}[method]
+    device = next(model.parameters()).device
+    out = []
+    targets_all = [int(t) for t in target_classes]
+    with cam_cls(model=model, target_layers=list(target_layers), reshape_transform=reshape_transform) as cam:
+        for i in range(0, len(targets_all), batch_size):
+            xb = x[i : i + batch_size].to(device)
+            with torch.enable_grad():
+                maps = cam(input_tensor=xb, targets=[ClassifierOutputTarget(t) for t in targets_all[i : i + batch_size]])
+            out.append(np.asarray(maps, dtype=np.float32))
+    model.zero_grad(set_to_none=True)
+    if not out:
+        return np.zeros((0,) + tuple(x.shape[-2:]), dtype=np.float32)
+    return np.concatenate(out)
+
+
+@dataclass(frozen=True)
+class PointingResult:
+    """Pointing game: ``hits`` of ``n`` heat-map maxima inside the lesion; ``baseline`` is the
+    mean lesion share of the image (the expected score of a uniformly random map)."""
+
+    score: float
+    hits: int
+    n: int
+    baseline: float
+
+    @property
+    def lift(self) -> float:
+        return self.score / self.baseline if self.baseline > 0 else float("nan")
+
+
+#: Pointing-game tolerance as a fraction of the image side: 15 px at 224 px, as in the
+#: original pointing game (Zhang et al., "Top-down neural attention by excitation backprop",
+#: ECCV 2016). A CAM from the last conv layer is coarse (8x8 cells for a 64 px input), so its
+#: peak lands next to a small lesion rather than on it; without a tolerance the score measures
+#: the grid size, not whether the map points at the finding.
+POINTING_TOLERANCE = 15 / 224
+
+
+def pointing_game(cams: np.ndarray, masks: np.ndarray, tolerance: float = 0.0) -> PointingResult:
+    """Share of images whose heat-map maximum (first one on ties) lies within ``tolerance``
+    pixels (Euclidean) of the mask.
+
+    Images with an empty mask are skipped (nothing to point at). ``cams`` and ``masks`` are
+    ``(B, H, W)`` of the same size. The baseline is the share of pixels within ``tolerance`` of
+    the mask, averaged over images: what a map with a uniformly random maximum would score
+    with the same tolerance.
+
+    >>> cams = np.zeros((2, 4, 4)); cams[0, 1, 1] = 1; cams[1, 3, 3] = 1
+    >>> masks = np.zeros((2, 4, 4)); masks[:, :2, :2] = 1
+    >>> pointing_game(cams, masks)
+    PointingResult(score=0.5, hits=1, n=2, baseline=0.25)
+    """
+    cams = np.asarray(cams)
+    masks = np.asarray(masks) > 0
+    if cams.shape != masks.shape:
+        raise ValueError(f"heat maps {cams.shape} and masks {masks.shape} must have the same shape")
+    keep = masks.reshape(len(masks), -1).any(1)
+    cams, masks = cams[keep], masks[keep]
+    n = int(len(cams))
+    if n == 0:
+        return PointingResult(float("nan"), 0, 0, float("nan"))
+    if tolerance > 0:
+        from scipy.ndimage import distance_transform_edt
+
+        masks = np.stack([distance_transform_edt(~m) <= tolerance for m in masks])
+    flat = cams.reshape(n, -1).argmax(1)
+    hits = int(masks.reshape(n, -1)[np.arange(n), flat].sum())
+    baseline = float(masks.reshape(n, -1).mean(1).mean())
+    return PointingResult(hits / n, hits, n, baseline)
+
+
+def overlay(image01: np.ndarray, cam: np.ndarray, image_weight: float = 0.55) -> np.ndarray:
+    """The heat map (jet) blended over a grayscale image in [0, 1]; RGB uint8."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    rgb = np.repeat(np.clip(image01, 0, 1)[..., None], 3, axis=2).astype(np.float32)
+    return show_cam_on_image(rgb, np.clip(cam, 0, 1).astype(np.float32), use_rgb=True, image_weight=image_weight)
+
+
+def layer_names(model, layers: Sequence[Any]) -> list[str]:
+    """Dotted names of ``layers`` inside ``model`` (shown in the report next to each panel)."""
+    names = {id(m): n for n, m in _unwrap(model).named_modules()}
+    return [names.get(id(layer), type(layer).__name__) for layer in layers]
+
+
+def select_panel_images(
+    image_ids: np.ndarray,
+    y_true: np.ndarray,
+    correct: np.ndarray,
+    class_names: Sequence[str],
+    per_class: int = 1,
+) -> list[tuple[int, str]]:
+    """Pick the same evaluation images for every model: per class, ``per_class`` that most
+    models got right and ``per_class`` that most got wrong (only if any model got it wrong).
+
+    ``correct`` is ``(n_models, n_images)``. Ties go to the lowest image id, so the choice is
+    deterministic. Returns ``(column index, "correct"|"wrong")`` pairs.
+    """
+    n_right = correct.sum(0)
+    order = np.argsort(image_ids, kind="stable")
+    out = []
+    for c in range(len(class_names)):
+        idx = [i for i in order if y_true[i] == c]
+        if not idx:
+            continue
+        by_right = sorted(idx, key=lambda i: -n_right[i])
+        out += [(i, "correct") for i in by_right[:per_class] if n_right[i] > 0]
+        by_wrong = sorted(idx, key=lambda i: n_right[i])
+        out += [(i, "wrong") for i in by_wrong[:per_class] if n_right[i] < correct.shape[0]]
+    return out
+
+
+def panel_figure(
+    images01: np.ndarray,
+    row_titles: Sequence[str],
+    model_labels: Sequence[str],
+    overlays: Sequence[Sequence[np.ndarray]],
+    cell_titles: Sequence[Sequence[str]],
+):
+    """Rows = evaluation images, first column the image, then one blended heat map per model."""
+    from lungray.report.figures import _figure
+
+    rows, cols = len(images01), 1 + len(model_labels)
+    fig = _figure(1.75 * cols + 0.3, 1.9 * rows + 0.3)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for i in range(rows):
+        axes[i, 0].imshow(images01[i], cmap="gray", vmin=0, vmax=1)
+        axes[i, 0].set_title(row_titles[i], fontsize=7)
+        for j in range(len(model_labels)):
+            axes[i, j + 1].imshow(overlays[j][i])
+            axes[i, j + 1].set_title(cell_titles[j][i], fontsize=7)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig

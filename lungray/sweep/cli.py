@@ -1,0 +1,136 @@
+"""The command line shared by the study scripts in ``sweeps/``.
+
+``python sweeps/size_study.py`` runs the study's default preset; every script accepts::
+
+    --preset NAME          a named preset (smoke, default, paper, transfer)
+    --config FILE.yaml     layered on the preset (same nested keys)
+    --set a.b=value        layered last; repeatable (``--set sizes=[50,100] --set seeds=[0]``)
+    --data PATH            the dataset (sets data.path; --source names the adapter, else guessed)
+    --output DIR           where experiment directories, the cache and mlflow.db go
+    --tracking-uri URI     an MLflow server (default: $MLFLOW_TRACKING_URI or sqlite in --output)
+    --dry-run              print the grid, resources and cluster; run nothing
+    --resume DIR           finish an interrupted sweep (only its unfinished trials)
+    --no-report            skip the HTML report
+    --address ADDR         Ray address (default: auto when RAY_ADDRESS is set)
+    -v                     full config, Tune's own tables, tracebacks
+
+Errors are one line (``size_study.py: error: ...``), found before anything trains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+from lungray.errors import LungrayError
+
+
+def build_parser(prog: Optional[str] = None, default_preset: str = "default", description: Optional[str] = None) -> argparse.ArgumentParser:
+    from lungray.presets import preset_names
+
+    p = argparse.ArgumentParser(prog=prog, description=description or "Run a lungray study on Ray Tune + Ray Train with MLflow tracking.")
+    p.add_argument("--preset", default=None, choices=preset_names(), help=f"study preset (default: {default_preset})")
+    p.add_argument("--config", default=None, metavar="FILE", help="YAML file layered on the preset")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--data", default=None, metavar="PATH", help="dataset path (sets data.path)")
+    p.add_argument("--source", default=None, help="dataset adapter (default: guessed from --data's layout)")
+    p.add_argument("--output", default=None, metavar="DIR", help="output directory (sets output_dir)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (sets tracking.tracking_uri)")
+    p.add_argument("--dry-run", action="store_true", help="print the grid, resources and cluster; run nothing")
+    p.add_argument("--resume", default=None, metavar="DIR", help="resume the sweep in this experiment directory")
+    p.add_argument("--no-report", action="store_true", help="do not build the HTML report")
+    p.add_argument("--address", default=None, help="Ray address: auto, host:port or local")
+    p.add_argument("--cluster-config", default=None, metavar="YAML", help="autoscaling config whose node types the preflight may count")
+    p.add_argument("-v", "--verbose", action="store_true", help="full config, Tune tables, tracebacks")
+    return p
+
+
+def resolve_config(args: argparse.Namespace, default_preset: str = "default"):
+    """The study config from preset -> YAML -> --data/--source/--output/--tracking-uri -> --set.
+
+    With ``--resume DIR`` and no grid-changing option, the config saved in DIR is used.
+    """
+    from lungray.config import load_study
+
+    grid_args = args.preset or args.config or args.overrides or args.data or args.source
+    if args.resume and not grid_args:
+        from lungray.config import replace_in
+        from lungray.sweep.runner import load_saved_config
+
+        cfg = load_saved_config(args.resume)
+        changes: dict[str, Any] = {}
+        if args.output:
+            changes["output_dir"] = args.output
+        if args.tracking_uri:
+            changes["tracking__tracking_uri"] = args.tracking_uri
+        if args.no_report:
+            changes["report"] = False
+        return replace_in(cfg, **changes).validate() if changes else cfg.validate()
+    overrides: list[str] = []
+    if args.data:
+        source = args.source
+        if source is None:
+            from lungray.data.check import guess_source
+
+            source = guess_source(args.data)
+        overrides += [f"data.path={args.data}", f"data.source={source}"]
+    elif args.source:
+        overrides.append(f"data.source={args.source}")
+    if args.output:
+        overrides.append(f"output_dir={args.output}")
+    if args.tracking_uri:
+        overrides.append(f"tracking.tracking_uri={args.tracking_uri}")
+    if args.no_report:
+        overrides.append("report=false")
+    overrides += list(args.overrides)
+    return load_study(args.preset or default_preset, args.config, overrides)
+
+
+def main(
+    argv: Optional[Sequence[str]] = None,
+    default_preset: str = "default",
+    *,
+    prog: Optional[str] = None,
+    description: Optional[str] = None,
+    trial_body: Optional[Callable[..., Any]] = None,
+) -> int:
+    """Entry point of ``sweeps/*.py``; returns the process exit code.
+
+    0: every trial finished; 1: some trials failed (the rest are in MLflow); 2: the study was
+    refused before training (bad config, bad data, unschedulable grid); 130: interrupted.
+    ``trial_body`` replaces :func:`lungray.train.run_trial` (tests use a fake one).
+    """
+    prog = prog or os.path.basename(sys.argv[0] or "lungray-sweep")
+    parser = build_parser(prog, default_preset, description)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        from lungray.config import dump_yaml
+        from lungray.sweep.runner import run_study
+
+        cfg = resolve_config(args, default_preset)
+        print(f"# resolved config ({'resumed from ' + args.resume if args.resume else args.preset or default_preset})")
+        print(dump_yaml(cfg).rstrip())
+        print(f"# grid fingerprint {cfg.fingerprint()}")
+        result = run_study(
+            cfg,
+            resume_dir=args.resume,
+            dry_run=args.dry_run,
+            address=args.address,
+            autoscaling_config=args.cluster_config,
+            trial_body=trial_body,
+            verbose=args.verbose,
+            report=False if args.no_report else None,
+        )
+        return 0 if result.ok else 1
+    except LungrayError as e:
+        if args.verbose:
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; finish it later with --resume <experiment directory>", file=sys.stderr)
+        return 130

@@ -1,0 +1,214 @@
+"""Ray connection, what the cluster has, and the cluster YAML (real and fake).
+
+* :func:`init_ray` connects to a cluster when ``RAY_ADDRESS`` is set or ``--address`` is
+  given, and otherwise lets ``ray.init()`` do its usual thing (a ``ray start`` cluster on this
+  machine, else a fresh local instance).
+* :func:`cluster_spec` describes the connected cluster for the preflight, including the
+  worker node types the autoscaler may still launch (read from the autoscaling config: Ray
+  writes it to ``~/ray_bootstrap_config.yaml`` on the head).
+* :func:`validate_cluster_yaml` runs Ray's own ``prepare_config`` + ``validate_config`` and
+  lungray's rules (inbound SSH only, no stopped-node cache, MLflow bound to the internal
+  address) on ``cluster.yaml``.
+* :func:`fake_cluster_config` turns ``cluster.yaml``'s node types into a config for Ray's
+  fake multi-node provider (``RAY_FAKE_CLUSTER=1 ray start --head --autoscaling-config=...``),
+  scaled to the CPUs of one machine, so the multi-node flow runs in CI.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from lungray.errors import ConfigError
+from lungray.sweep.grid import ClusterSpec, NodeSpec
+
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"
+AUTOSCALING_CONFIG_ENV = "LUNGRAY_AUTOSCALING_CONFIG"
+
+
+def resolve_address(address: Optional[str]) -> Optional[str]:
+    """``--address`` wins; else ``"auto"`` when ``RAY_ADDRESS`` is set; else ``None`` (local)."""
+    if address:
+        return address
+    if os.environ.get("RAY_ADDRESS"):
+        return "auto"
+    return None
+
+
+def init_ray(address: Optional[str] = None, **kwargs: Any) -> bool:
+    """``ray.init`` once; returns True when this call started/connected Ray (caller shuts it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    addr = resolve_address(address)
+    ray.init(address=addr, **kwargs)
+    return True
+
+
+def _load_yaml(path: str | os.PathLike) -> dict:
+    import yaml
+
+    p = Path(os.path.expanduser(str(path)))
+    if not p.exists():
+        raise ConfigError(f"cluster config {p} does not exist")
+    d = yaml.safe_load(p.read_text())
+    if not isinstance(d, dict):
+        raise ConfigError(f"{p}: top level must be a mapping (a Ray cluster config)")
+    return d
+
+
+def autoscaling_config_path(explicit: Optional[str] = None) -> Optional[Path]:
+    """The autoscaling config to read node types from: explicit, ``$LUNGRAY_AUTOSCALING_CONFIG``, or Ray's bootstrap file."""
+    for cand in (explicit, os.environ.get(AUTOSCALING_CONFIG_ENV), BOOTSTRAP_CONFIG):
+        if cand and Path(os.path.expanduser(cand)).exists():
+            return Path(os.path.expanduser(cand))
+    return None
+
+
+def cluster_spec(autoscaling_config: Optional[str] = None) -> ClusterSpec:
+    """The connected Ray cluster: alive nodes, plus autoscalable worker types when known.
+
+    With an autoscaling config the cluster is the head node plus every worker node type at its
+    ``max_workers`` (the live worker nodes are instances of those types, so they are not
+    counted twice).
+    """
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    path = autoscaling_config_path(autoscaling_config)
+    if path is None:
+        return ClusterSpec.from_ray_nodes(nodes, source="Ray cluster")
+    heads = [n for n in nodes if "node:__internal_head__" in n.get("Resources", {})]
+    base = ClusterSpec.from_ray_nodes(heads or nodes[:1], source=f"Ray cluster ({path.name})")
+    return base.with_autoscaling(_load_yaml(path))
+
+
+def local_cluster_spec() -> ClusterSpec:
+    """This machine, without starting Ray (for ``--dry-run``)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    gpus = 0
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no torch or no driver: no GPU
+        gpus = 0
+    return ClusterSpec(nodes=(NodeSpec(name="local", cpu=float(cpus), gpu=float(gpus)),), source="local machine (Ray not started)")
+
+
+# --------------------------------------------------------------------------------------------
+# cluster.yaml
+# --------------------------------------------------------------------------------------------
+
+
+def validate_cluster_yaml(path: str | os.PathLike) -> dict:
+    """Ray's ``prepare_config`` + ``validate_config``, then lungray's own rules; returns the prepared config.
+
+    Raises:
+        ConfigError: one line naming the file, the key and what to change.
+    """
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = _load_yaml(path)
+    try:
+        prepared = prepare_config(copy.deepcopy(raw))
+        validate_config(prepared)
+    except Exception as e:  # jsonschema.ValidationError, ValueError, KeyError...
+        msg = getattr(e, "message", None) or str(e).splitlines()[0]
+        where = "/".join(str(p) for p in getattr(e, "absolute_path", []) or [])
+        raise ConfigError(f"{path}: Ray rejects the cluster config{' at ' + where if where else ''}: {msg}") from None
+    check_cluster_policy(prepared, path)
+    return prepared
+
+
+def check_cluster_policy(cfg: Mapping[str, Any], path: Any = "cluster.yaml") -> None:
+    """lungray's rules for a cluster config (on top of Ray's schema)."""
+    prov = cfg.get("provider", {})
+    if prov.get("cache_stopped_nodes", True):
+        raise ConfigError(f"{path}: provider.cache_stopped_nodes must be false (stopped GPU nodes keep billing EBS and an old install)")
+    for rule in (prov.get("security_group") or {}).get("IpPermissions", []) or []:
+        ports = (rule.get("FromPort"), rule.get("ToPort"))
+        if ports != (22, 22):
+            raise ConfigError(
+                f"{path}: provider.security_group.IpPermissions opens ports {ports}; inbound must be SSH (22) only, "
+                "reach the dashboard and MLflow through SSH port-forwards"
+            )
+    types = cfg.get("available_node_types", {})
+    head = cfg.get("head_node_type")
+    workers = {k: v for k, v in types.items() if k != head}
+    if not any((v.get("resources") or {}).get("GPU", 0) > 0 for v in workers.values()):
+        raise ConfigError(f"{path}: available_node_types has no GPU worker type (resources: {{GPU: N}}); add one")
+    start = " ".join(cfg.get("head_start_ray_commands", []))
+    if "mlflow server" not in start:
+        raise ConfigError(f"{path}: head_start_ray_commands must start 'mlflow server' (SQL backend, --serve-artifacts)")
+    if "0.0.0.0" in start:
+        raise ConfigError(f"{path}: head_start_ray_commands binds a server to 0.0.0.0; bind MLflow/dashboard to the internal address")
+    if "--serve-artifacts" not in start or "--backend-store-uri" not in start:
+        raise ConfigError(f"{path}: 'mlflow server' needs --backend-store-uri (SQL) and --serve-artifacts")
+
+
+def fake_cluster_config(
+    cluster_yaml: str | os.PathLike,
+    *,
+    cpus_per_worker_node: int = 1,
+    head_cpus: int = 0,
+    max_workers_per_type: int = 1,
+    min_workers_per_type: int = 1,
+    gcs_address: Optional[str] = None,
+) -> dict:
+    """A config for Ray's fake multi-node provider built from ``cluster.yaml``'s node types.
+
+    Each worker node type of the real cluster becomes a fake type with the same name,
+    ``cpus_per_worker_node`` CPUs and no GPU (the fake nodes are processes on this machine),
+    at most ``max_workers_per_type`` nodes; the head gets ``head_cpus``. This keeps the shape
+    of the cluster (one head, several worker types, autoscaled) at the size of a CI runner.
+    ``gcs_address`` points fake nodes at a head on a non-default port.
+    """
+    real = _load_yaml(cluster_yaml)
+    head = real.get("head_node_type")
+    types: dict[str, Any] = {
+        "ray.head.default": {"resources": {"CPU": head_cpus, "GPU": 0}, "node_config": {}, "max_workers": 0}
+    }
+    for name, t in real.get("available_node_types", {}).items():
+        if name == head:
+            continue
+        types[str(name)] = {
+            "resources": {"CPU": cpus_per_worker_node, "object_store_memory": 200 * 1024 * 1024},
+            "node_config": {},
+            "min_workers": min_workers_per_type,
+            "max_workers": max_workers_per_type,
+        }
+    n_types = len(types) - 1
+    provider: dict[str, Any] = {
+        "type": "fake_multinode",
+        "use_node_id_as_ip": True,
+        "disable_node_updaters": True,
+        "disable_launch_config_check": True,
+    }
+    if gcs_address:
+        provider["gcs_address"] = gcs_address
+    return {
+        "cluster_name": f"{real.get('cluster_name', 'lungray')}-fake",
+        "max_workers": max_workers_per_type * n_types,
+        "provider": provider,
+        "available_node_types": types,
+        "head_node_type": "ray.head.default",
+        "auth": {},
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 5,
+        "docker": {},
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+    }

@@ -1,0 +1,573 @@
+"""The sweep driver: validate -> prepare data -> preflight -> MLflow parent -> Ray Tune.
+
+The order is the point (issue 6): every mistake that can be found without a GPU is found
+before the first trial starts: a bad config (unknown names, zero-step schedules), a bad
+dataset (missing files in strict mode, a training size larger than the pool), a grid the
+cluster can never schedule. Only then are the MLflow experiment and the sweep's parent run
+created and Tune started.
+
+Layout of one sweep (``<output_dir>/<study>_<timestamp>/``, the *experiment directory*):
+
+``config.yaml``   the resolved study config (also logged to the parent run)
+``sweep.json``    fingerprint, tracking URI, experiment and parent run ids (used by --resume)
+``tune/``         the Ray Tune experiment (``Tuner.restore`` reads it)
+``train/``        one Ray Train run per trial, ``train-<trial_id>/`` with its checkpoints
+``trials/<trial_id>/``  the trial's results and artifacts (source of truth for mlflow-sync)
+``trials.csv``, ``summary.csv``   per-trial results and the model x size summary
+``report/``       the HTML report (when it builds)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+from lungray import tracking as T
+from lungray.config import StudyConfig, dump_yaml, from_dict
+from lungray.errors import ConfigError, LungrayError
+from lungray.sweep import grid as G
+from lungray.sweep.progress import HEADLINE, format_summary, make_callback, summary_table
+
+log = logging.getLogger(__name__)
+
+SWEEP_JSON = "sweep.json"
+CONFIG_YAML = "config.yaml"
+TUNE_NAME = "tune"
+
+
+@dataclass
+class SweepResult:
+    """What a sweep (or a dry run) produced."""
+
+    experiment_dir: Optional[Path]
+    config: StudyConfig
+    preflight: Optional[G.Preflight] = None
+    tracking_uri: Optional[str] = None
+    experiment_id: Optional[str] = None
+    parent_run_id: Optional[str] = None
+    trials: Any = None  # pandas.DataFrame, one row per trial
+    summary: Any = None  # pandas.DataFrame, model x size
+    report_path: Optional[Path] = None
+    dry_run: bool = False
+    n_errors: int = 0
+    data: Any = None  # PreparedData
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.n_errors == 0
+
+
+# --------------------------------------------------------------------------------------------
+# experiment directory and resume
+# --------------------------------------------------------------------------------------------
+
+
+def new_experiment_dir(cfg: StudyConfig, now: Optional[_dt.datetime] = None) -> Path:
+    now = now or _dt.datetime.now()
+    base = Path(cfg.output_dir).resolve()
+    d = base / f"{cfg.name}_{now:%Y%m%d-%H%M%S}"
+    i = 1
+    while d.exists():
+        i += 1
+        d = base / f"{cfg.name}_{now:%Y%m%d-%H%M%S}-{i}"
+    return d
+
+
+def read_sweep_state(experiment_dir: Union[str, Path]) -> dict:
+    p = Path(experiment_dir) / SWEEP_JSON
+    if not p.exists():
+        raise ConfigError(f"--resume {experiment_dir}: no {SWEEP_JSON} there; pass the experiment directory a sweep printed at start")
+    return json.loads(p.read_text())
+
+
+def load_saved_config(experiment_dir: Union[str, Path]) -> StudyConfig:
+    """The resolved config a sweep was started with (``<experiment_dir>/config.yaml``)."""
+    import yaml
+
+    p = Path(experiment_dir) / CONFIG_YAML
+    if not p.exists():
+        raise ConfigError(f"--resume {experiment_dir}: no {CONFIG_YAML} there; is this a lungray experiment directory?")
+    return from_dict(StudyConfig, yaml.safe_load(p.read_text()))
+
+
+def grid_diff(a: StudyConfig, b: StudyConfig) -> list[str]:
+    """Top-level (and data.*) keys whose values differ between two configs' grid-defining parts."""
+    da, db = a.to_dict(), b.to_dict()
+    out = []
+    for k in sorted(set(da) | set(db)):
+        if k in ("output_dir", "tracking", "resources", "report"):
+            continue
+        if k == "data" and isinstance(da.get(k), dict) and isinstance(db.get(k), dict):
+            out += [f"data.{s}" for s in sorted(set(da[k]) | set(db[k])) if da[k].get(s) != db[k].get(s)]
+        elif da.get(k) != db.get(k):
+            out.append(k)
+    return out
+
+
+def check_resume(cfg: StudyConfig, experiment_dir: Union[str, Path]) -> dict:
+    """Refuse to resume a sweep whose grid changed; returns its saved state."""
+    state = read_sweep_state(experiment_dir)
+    if state.get("fingerprint") != cfg.fingerprint():
+        diff = grid_diff(load_saved_config(experiment_dir), cfg)
+        raise ConfigError(
+            f"--resume {experiment_dir}: the study changed since this sweep started "
+            f"(config fingerprint {state.get('fingerprint')} -> {cfg.fingerprint()}; differs in: "
+            f"{', '.join(diff) or 'unknown keys'}); resume without --preset/--config/--set to use the saved "
+            "config, or start a new sweep"
+        )
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+# parent-run payloads
+# --------------------------------------------------------------------------------------------
+
+
+def splits_payload(data: Any, sizes: Sequence[int], seeds: Sequence[int]) -> dict:
+    """eval/val/pool/dropped row indices and every nested subset (size x seed) of the sweep."""
+    import numpy as np
+
+    subsets: dict[str, dict[str, list[int]]] = {}
+    for n in sizes:
+        subsets[str(n)] = {str(s): np.asarray(data.subset(int(n), int(s))).tolist() for s in seeds}
+    return {
+        "class_names": list(data.class_names),
+        "fingerprint": data.fingerprint,
+        "eval": np.asarray(data.eval_idx).tolist(),
+        "val": np.asarray(data.val_idx).tolist(),
+        "pool": np.asarray(data.pool_idx).tolist(),
+        "dropped": np.asarray(data.dropped_idx).tolist(),
+        "subsets": subsets,
+    }
+
+
+def data_summary_payload(data: Any, cfg: StudyConfig) -> dict:
+    info = dict(data.info or {})
+    return {
+        "class_names": list(data.class_names),
+        "fingerprint": data.fingerprint,
+        "root": str(data.root),
+        "class_counts": info.get("class_counts") or data.class_counts(),
+        "sizes": list(cfg.sizes),
+        "seeds": list(cfg.seeds),
+        "n_eval": int(len(data.eval_idx)),
+        "n_val": int(len(data.val_idx)),
+        "n_pool": int(len(data.pool_idx)),
+        "n_dropped": int(len(data.dropped_idx)),
+        "source": cfg.data.source,
+        "resolution": cfg.data.resolution,
+        "preprocess": cfg.data.preprocess,
+        "info": info,
+    }
+
+
+def leakage_payload(data: Any) -> dict:
+    """The leakage summary, plus the full audit file of these splits when the data layer wrote one."""
+    info = dict(data.info or {})
+    out: dict[str, Any] = {"summary": info.get("leakage", {"mode": "unknown"})}
+    key = info.get("split_key")
+    if key:
+        p = Path(data.root) / f"leakage-{key}.json"
+        if p.exists():
+            try:
+                out["audit"] = json.loads(p.read_text())
+            except ValueError:
+                pass
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the driver
+# --------------------------------------------------------------------------------------------
+
+
+def run_study(
+    cfg: StudyConfig,
+    *,
+    resume_dir: Optional[Union[str, Path]] = None,
+    dry_run: bool = False,
+    address: Optional[str] = None,
+    autoscaling_config: Optional[str] = None,
+    trial_body: Optional[Union[str, Callable[..., Any]]] = None,
+    data: Any = None,
+    echo: Callable[[str], None] = print,
+    verbose: bool = False,
+    report: Optional[bool] = None,
+    validate: bool = True,
+) -> SweepResult:
+    """Run (or dry-run, or resume) a study; see the module docstring for the order of steps.
+
+    Parameters
+    ----------
+    cfg : StudyConfig
+        The resolved study.
+    resume_dir : path, optional
+        An experiment directory of an interrupted sweep: only its unfinished trials run, into
+        the same MLflow parent run. A changed grid is refused.
+    dry_run : bool
+        Print the grid, resources and cluster and return without preparing data or training.
+    address : str, optional
+        Ray address (``auto``, ``host:port``, ``local``); default: ``auto`` when ``RAY_ADDRESS``
+        is set, else whatever ``ray.init()`` finds.
+    autoscaling_config : str, optional
+        A cluster YAML whose worker node types the preflight may count as launchable.
+    trial_body : callable or "module:attr", optional
+        What trains one trial (default :func:`lungray.train.run_trial`); tests pass
+        :class:`lungray.sweep.testing.FakeTrialBody`.
+    data : PreparedData, optional
+        Use this prepared dataset instead of running :func:`lungray.data.prepare_data`.
+    report : bool, optional
+        Override ``cfg.report`` (the CLI's ``--no-report``).
+    validate : bool
+        Run :meth:`StudyConfig.validate` (registry names, ranges) first.
+    """
+    if validate:
+        cfg.validate()
+    spec = G.lr_search_spec(cfg)
+    total = G.n_trials(cfg)
+
+    if dry_run:
+        return _dry_run(cfg, address, autoscaling_config, echo)
+
+    state: Optional[dict] = None
+    if resume_dir is not None:
+        state = check_resume(cfg, resume_dir)
+        exp_dir = Path(resume_dir).resolve()
+    else:
+        exp_dir = new_experiment_dir(cfg)
+
+    # 1. data: every data problem surfaces here, before Ray, MLflow or any trial
+    if data is None:
+        from lungray.data.prepare import prepare_data
+
+        echo(f"preparing data ({cfg.data.source}) ...")
+        data = prepare_data(cfg.data, output_dir=cfg.output_dir, sizes=cfg.sizes, seeds=cfg.seeds, progress=verbose)
+    else:
+        _check_sizes_against_pool(data, cfg)
+    if state is not None and state.get("dataset_fingerprint") not in (None, data.fingerprint):
+        raise ConfigError(
+            f"--resume {exp_dir}: the prepared dataset changed (fingerprint {state.get('dataset_fingerprint')} -> "
+            f"{data.fingerprint}); the finished trials were trained on other data: start a new sweep"
+        )
+    echo(_data_line(data))
+
+    # 2. Ray and the preflight
+    import ray
+
+    from lungray.sweep.cluster import cluster_spec, init_ray
+
+    started_ray = init_ray(address)
+    try:
+        cluster = cluster_spec(autoscaling_config)
+        pre = G.preflight(cfg, cluster, total)
+        echo(f"cluster: {cluster.describe()}")
+        echo(f"resources per trial: {pre.resources.describe()}; up to {pre.max_concurrent_trials} trial(s) at once")
+        for n in pre.notes:
+            echo(f"note: {n}")
+
+        # 3. MLflow: experiment + parent run (created once; reused on resume)
+        from lungray.sweep import mlflow_run as M
+
+        tracking_uri = cfg.tracking.tracking_uri or T.default_tracking_uri(cfg.output_dir)
+        experiment = cfg.tracking.experiment or cfg.name
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        if state is None:
+            experiment_id = M.ensure_experiment(tracking_uri, experiment, artifact_root=str(Path(cfg.output_dir).resolve() / "mlartifacts"))
+            (exp_dir / CONFIG_YAML).write_text(dump_yaml(cfg))
+            parent_run_id = M.create_parent_run(
+                tracking_uri,
+                experiment_id,
+                study_name=cfg.name,
+                config_dict=cfg.to_dict(),
+                config_fingerprint=cfg.fingerprint(),
+                dataset_fingerprint=data.fingerprint,
+                storage_path=str(exp_dir),
+                data_root=str(data.root),
+                artifacts={
+                    T.CONFIG_YAML: dump_yaml(cfg),
+                    T.LEAKAGE_JSON: leakage_payload(data),
+                    T.DATA_SUMMARY: data_summary_payload(data, cfg),
+                    T.SPLITS_JSON: splits_payload(data, cfg.sizes, cfg.seeds),
+                },
+            )
+            state = {
+                "study": cfg.name,
+                "fingerprint": cfg.fingerprint(),
+                "dataset_fingerprint": data.fingerprint,
+                "tracking_uri": tracking_uri,
+                "experiment": experiment,
+                "experiment_id": experiment_id,
+                "parent_run_id": parent_run_id,
+                "created": _dt.datetime.now().isoformat(timespec="seconds"),
+                "n_trials": total,
+            }
+            (exp_dir / SWEEP_JSON).write_text(json.dumps(state, indent=1))
+            echo(f"experiment directory: {exp_dir}")
+            echo(f"MLflow: {tracking_uri} experiment '{experiment}' parent run {parent_run_id}")
+        else:
+            tracking_uri = cfg.tracking.tracking_uri or state["tracking_uri"]
+            experiment_id, parent_run_id = state["experiment_id"], state["parent_run_id"]
+            M.reopen_run(tracking_uri, parent_run_id)
+            echo(f"resuming {exp_dir} (MLflow parent run {parent_run_id})")
+        echo(dump_yaml(cfg) if verbose else f"config: {exp_dir / CONFIG_YAML}")
+
+        # 4. Tune
+        from lungray.sweep.trainable import DEFAULT_BODY, TRAIN_ENV_DEFAULTS, SweepContext
+
+        r = cfg.resources
+        ctx = SweepContext(
+            study=cfg.name,
+            experiment_dir=str(exp_dir),
+            tracking_uri=tracking_uri,
+            experiment_id=experiment_id,
+            parent_run_id=parent_run_id,
+            data=data,
+            trials=G.trial_lookup(cfg),
+            workers=r.workers,
+            cpus_per_worker=r.cpus_per_worker,
+            gpus_per_worker=r.gpus_per_worker,
+            max_failures=r.max_failures,
+            use_ray_train=r.use_ray_train,
+            log_checkpoints=cfg.tracking.log_checkpoints,
+            body=trial_body if trial_body is not None else DEFAULT_BODY,
+            train_env={**TRAIN_ENV_DEFAULTS, "MLFLOW_TRACKING_URI": tracking_uri},
+        )
+        done_before = _count_done(exp_dir)
+        results, interrupted = _run_tune(cfg, ctx, pre, spec, total, exp_dir, resume=resume_dir is not None, done_before=done_before, echo=echo, verbose=verbose)
+
+        # 5. results, summary, report
+        rows = collect_rows(exp_dir, results)
+        import pandas as pd
+
+        trials_df = pd.DataFrame(rows)
+        n_errors = int((trials_df["status"] != "done").sum()) if len(trials_df) else 0
+        trials_df.to_csv(exp_dir / "trials.csv", index=False)
+        done_rows = [r for r in rows if r["status"] == "done"]
+        summary = summary_table(done_rows, HEADLINE)
+        summary.to_csv(exp_dir / "summary.csv")
+        echo("")
+        echo(format_summary(done_rows, HEADLINE))
+        if n_errors:
+            echo(f"{n_errors} trial(s) did not finish; see {exp_dir / 'trials.csv'} and the lungray.error tag in MLflow")
+        report_path = None
+        want_report = cfg.report if report is None else report
+        if want_report and not interrupted:
+            report_path = _build_report(tracking_uri, experiment, parent_run_id, exp_dir, cfg.tracking.gradcam, echo)
+        M.log_json_artifacts(M.client(tracking_uri), parent_run_id, {"trials.csv": trials_df.to_csv(index=False), "summary.csv": summary.to_csv()})
+        if interrupted:
+            M.finish_run(tracking_uri, parent_run_id, "KILLED")
+            raise KeyboardInterrupt
+        M.set_tags(M.client(tracking_uri), parent_run_id, {"lungray.failed_trials": n_errors})
+        M.finish_run(tracking_uri, parent_run_id, "FINISHED")
+        echo(f"done: {len(trials_df) - n_errors}/{len(trials_df)} trials finished; experiment directory {exp_dir}")
+        return SweepResult(
+            experiment_dir=exp_dir,
+            config=cfg,
+            preflight=pre,
+            tracking_uri=tracking_uri,
+            experiment_id=experiment_id,
+            parent_run_id=parent_run_id,
+            trials=trials_df,
+            summary=summary,
+            report_path=report_path,
+            n_errors=n_errors,
+            data=data,
+        )
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _check_sizes_against_pool(data: Any, cfg: StudyConfig) -> None:
+    """The prepare_data size check for a dataset handed in directly."""
+    from lungray.errors import DataError
+
+    n_pool = len(data.pool_idx)
+    too_big = [n for n in cfg.sizes if n > n_pool]
+    if too_big:
+        raise DataError(
+            f"training size(s) {too_big} exceed the training pool of {n_pool} images "
+            f"({data.root}); lower sizes or use more data"
+        )
+
+
+def _data_line(data: Any) -> str:
+    counts = data.class_counts()
+    parts = [f"{k} " + ", ".join(f"{c}={v}" for c, v in counts[k].items()) for k in ("eval", "val", "pool")]
+    return f"data: {len(data.class_names)} classes; " + " | ".join(parts)
+
+
+def _dry_run(cfg: StudyConfig, address: Optional[str], autoscaling_config: Optional[str], echo) -> SweepResult:
+    from lungray.sweep.cluster import cluster_spec, init_ray, local_cluster_spec, resolve_address
+
+    if resolve_address(address) is not None:
+        import ray
+
+        started = init_ray(address)
+        try:
+            cluster = cluster_spec(autoscaling_config)
+        finally:
+            if started:
+                ray.shutdown()
+    else:
+        cluster = local_cluster_spec()
+        from lungray.sweep.cluster import _load_yaml, autoscaling_config_path
+
+        p = autoscaling_config_path(autoscaling_config)
+        if p is not None:
+            cluster = cluster.with_autoscaling(_load_yaml(p))
+    try:
+        pre = G.preflight(cfg, cluster)
+    except ConfigError as e:
+        echo(G.dry_run_text(cfg, None, cluster, error=str(e)))
+        raise
+    echo(G.dry_run_text(cfg, pre))
+    import pandas as pd
+
+    return SweepResult(experiment_dir=None, config=cfg, preflight=pre, trials=pd.DataFrame(G.grid_rows(cfg)), dry_run=True)
+
+
+def _count_done(exp_dir: Path) -> int:
+    from lungray.sweep.trainable import read_result
+
+    d = exp_dir / "trials"
+    if not d.exists():
+        return 0
+    return sum(1 for t in d.iterdir() if (read_result(t) or {}).get("complete"))
+
+
+def _run_tune(cfg, ctx, pre, spec, total, exp_dir: Path, *, resume: bool, done_before: int, echo, verbose: bool):
+    from ray import tune
+
+    from lungray.sweep.trainable import tune_trial
+
+    if ctx.use_ray_train:
+        trial_res = {"cpu": cfg.resources.trial_cpu}
+    else:
+        if cfg.resources.workers != 1:
+            raise ConfigError("resources.use_ray_train=false runs one process per trial: set resources.workers=1")
+        trial_res = {"cpu": cfg.resources.cpus_per_worker, "gpu": cfg.resources.gpus_per_worker}
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), trial_res)
+    progress = make_callback(total, echo=echo, already_done=done_before if resume else 0)
+    # Trial-level retries cover a lost trial *driver* (its node died); worker failures are
+    # retried inside Ray Train from the last checkpoint (FailureConfig on the TorchTrainer).
+    run_config = tune.RunConfig(
+        name=TUNE_NAME,
+        storage_path=str(exp_dir),
+        failure_config=tune.FailureConfig(max_failures=1 if cfg.resources.max_failures > 0 else 0),
+        callbacks=[progress],
+        verbose=1 if verbose else 0,
+    )
+    tune_path = exp_dir / TUNE_NAME
+    if resume and tune_path.exists() and tune.Tuner.can_restore(str(tune_path)):
+        tuner = tune.Tuner.restore(str(tune_path), trainable=trainable, resume_unfinished=True, resume_errored=True, restart_errored=False)
+    else:
+        axes = G.param_space_axes(cfg)
+        space: dict[str, Any] = {k: tune.grid_search(v) for k, v in axes.items()}
+        scheduler = None
+        num_samples = 1
+        if spec is not None:
+            space["lr"] = tune.loguniform(spec.low, spec.high)
+            num_samples = spec.samples
+            if spec.asha:
+                from ray.tune.schedulers import ASHAScheduler
+
+                scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=spec.grace_period)
+        tune_config = tune.TuneConfig(
+            max_concurrent_trials=pre.max_concurrent_trials,
+            num_samples=num_samples,
+            scheduler=scheduler,
+            metric="val_loss" if scheduler else None,
+            mode="min" if scheduler else None,
+            reuse_actors=False,
+        )
+        tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
+    echo(f"running {total} trial(s) ({done_before} already finished)" if resume else f"running {total} trial(s)")
+    try:
+        results = tuner.fit()
+    except KeyboardInterrupt:
+        return None, True
+    return results, False
+
+
+def collect_rows(exp_dir: Path, results: Any) -> list[dict]:
+    """One row per trial from the trial directories (finished) and Tune's results (errors)."""
+    from lungray.sweep.trainable import read_result
+
+    rows: dict[str, dict] = {}
+    tdir = exp_dir / "trials"
+    if tdir.exists():
+        for d in sorted(tdir.iterdir()):
+            r = read_result(d)
+            if r and r.get("complete"):
+                rows[d.name] = _row(d.name, r, "done")
+    if results is not None:
+        for res in results:
+            tid = _trial_id_of(res)
+            if tid in rows:
+                continue
+            c = res.config or {}
+            rows[tid] = {
+                "trial_id": tid,
+                "model": c.get("model"),
+                "train_size": c.get("train_size"),
+                "optimizer": c.get("optimizer"),
+                "seed": c.get("seed"),
+                "status": "error" if res.error else "incomplete",
+                "error": str(res.error).strip().splitlines()[-1][:300] if res.error else "",
+            }
+    return sorted(rows.values(), key=lambda r: (str(r.get("model")), int(r.get("train_size") or 0), str(r.get("optimizer")), int(r.get("seed") or 0)))
+
+
+def _row(trial_id: str, r: Mapping[str, Any], status: str) -> dict:
+    row = {
+        "trial_id": trial_id,
+        "model": r.get("model"),
+        "train_size": r.get("train_size"),
+        "optimizer": r.get("optimizer"),
+        "seed": r.get("seed"),
+        "status": status,
+        "error": "",
+        "node_id": r.get("node_id"),
+        "worker_start": r.get("worker_start"),
+        "worker_end": r.get("worker_end"),
+        "resumed": r.get("resumed"),
+    }
+    for k, v in (r.get("metrics") or {}).items():
+        if k.startswith(T.TEST_PREFIX) or k in ("best_epoch", "epochs_run", "train_seconds", "eval_seconds"):
+            row[k] = v
+    return row
+
+
+def _trial_id_of(res: Any) -> str:
+    m = res.metrics or {}
+    if m.get("trial_id"):
+        return str(m["trial_id"])
+    path = str(getattr(res, "path", "") or "")
+    # trial dirs look like tune_trial_<trial_id>_<index>_<params>...
+    name = Path(path).name
+    parts = name.split("_")
+    return "_".join(parts[2:4]) if len(parts) >= 4 else name
+
+
+def _build_report(tracking_uri: str, experiment: str, parent_run_id: str, exp_dir: Path, gradcam: bool, echo) -> Optional[Path]:
+    """Build the HTML report and log it to the parent run; a failure is one warning line."""
+    try:
+        from lungray.report import build_report
+
+        path = Path(build_report(tracking_uri=tracking_uri, experiment=experiment, parent_run_id=parent_run_id, out_dir=str(exp_dir / "report"), gradcam=gradcam))
+        from lungray.sweep import mlflow_run as M
+
+        M.retry(lambda: M.client(tracking_uri).log_artifacts(parent_run_id, str(path.parent), "report"))
+        echo(f"report: {path}")
+        return path
+    except Exception as e:  # noqa: BLE001 - the sweep's results must never be lost to the report
+        echo(f"warning: the report could not be built ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+             f"rebuild it with: lungray report --tracking-uri {tracking_uri} --run-id {parent_run_id}")
+        return None

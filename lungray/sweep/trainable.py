@@ -1,0 +1,476 @@
+"""What runs inside one Tune trial: a Ray Train run of one grid cell x seed.
+
+Layout (Ray's ``doc/source/train/doc_code/train_tune_interop.py``, the supported way in
+Ray 2.60, where ``tune.Tuner(TorchTrainer(...))`` fails with "Improper 'run'"):
+
+* :func:`tune_trial` is the Tune *function trainable*. It holds ~nothing (``{"cpu": 0.01}``),
+  finds or creates the trial's MLflow run, builds a ``TorchTrainer`` named
+  ``train-<trial_id>`` (stable, so a retried or restored trial resumes the same Train run
+  from its last checkpoint), waits for it, and ends the MLflow run FINISHED or FAILED.
+* :func:`train_worker` runs on every Train worker. It calls the trial body (by default
+  :func:`lungray.train.run_trial`) with a ``report`` callback that turns each epoch into
+  ``ray.train.report(metrics, checkpoint=...)`` (forwarded to Tune by
+  ``TuneReportCallback``) and, on rank 0, into MLflow metrics at ``step=epoch``. A restarted
+  worker resumes from ``ray.train.get_checkpoint()``.
+* The trial's results are also written to ``<experiment>/trials/<trial_id>/`` (the Ray
+  experiment directory is the source of truth: ``lungray mlflow-sync`` rebuilds MLflow from it).
+
+Data reaches the workers as a :class:`~lungray.data.prepared.PreparedData` (index arrays and
+the cache path; workers memory-map the decoded cache), never as pixels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Union
+
+from lungray import tracking as T
+from lungray.config import TrialConfig
+from lungray.sweep.grid import trial_from_params
+
+log = logging.getLogger(__name__)
+
+#: File written into every reported checkpoint: the epoch and its metrics, so a worker that
+#: resumes from it can log an epoch whose MLflow write was cut off by the crash.
+EPOCH_FILE = "lungray_epoch.json"
+#: Per-trial result file in ``<experiment>/trials/<trial_id>/`` (read by the driver and sync).
+RESULT_FILE = "result.json"
+ARTIFACTS_DIR = "artifacts"
+
+DEFAULT_BODY = "lungray.train:run_trial"
+
+#: Ray Train knobs that cut the per-trial start-up/teardown cost (issue 6: a 1-worker
+#: ``TorchTrainer.fit()`` costs ~16 s with the default 2 s health-check interval, ~8 s at 0.2 s).
+TRAIN_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+
+
+@dataclass
+class SweepContext:
+    """Everything a trial needs besides its Tune params; shipped once via ``tune.with_parameters``."""
+
+    study: str
+    experiment_dir: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    data: Any  # PreparedData
+    trials: Mapping[str, TrialConfig]
+    workers: int = 1
+    cpus_per_worker: float = 0.99
+    gpus_per_worker: float = 0.0
+    max_failures: int = 2
+    use_ray_train: bool = True
+    log_checkpoints: bool = True
+    body: Union[str, Callable[..., Any]] = DEFAULT_BODY
+    train_env: Mapping[str, str] = field(default_factory=lambda: dict(TRAIN_ENV_DEFAULTS))
+    checkpoints_to_keep: int = 2
+
+    def trial_dir(self, trial_id: str) -> Path:
+        return Path(self.experiment_dir) / "trials" / trial_id
+
+
+def resolve_body(body: Union[str, Callable[..., Any]]) -> Callable[..., Any]:
+    """The trial body: a callable, or ``"module:attr"`` imported in the worker process."""
+    if callable(body):
+        return body
+    mod, _, attr = str(body).partition(":")
+    return getattr(importlib.import_module(mod), attr or "run_trial")
+
+
+def node_info() -> dict[str, str]:
+    """Where this process runs (recorded per trial: the multi-node test checks it)."""
+    import ray
+
+    try:
+        ctx = ray.get_runtime_context()
+        return {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+    except Exception:  # noqa: BLE001 - informative only
+        return {"node_id": "unknown", "node_ip": "unknown"}
+
+
+# --------------------------------------------------------------------------------------------
+# The Tune trial (the Train driver)
+# --------------------------------------------------------------------------------------------
+
+
+def tune_trial(config: dict, ctx: SweepContext) -> None:
+    """Tune function trainable: run one trial through Ray Train and track it in MLflow."""
+    from ray import tune
+
+    from lungray.sweep import mlflow_run as M
+
+    t0 = time.time()
+    trial_id = tune.get_context().get_trial_id()
+    trial = trial_from_params(ctx.trials, config)
+    tdir = ctx.trial_dir(trial_id)
+    tdir.mkdir(parents=True, exist_ok=True)
+    (tdir / T.TRIAL_CONFIG).write_text(json.dumps({"trial_id": trial_id, "params": dict(config), "trial": trial.to_dict()}, indent=1))
+
+    run_id, _ = M.find_or_create_trial_run(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id, trial)
+    (tdir / "mlflow_run_id").write_text(run_id)
+    try:
+        previous = read_result(tdir)
+        if previous is not None and previous.get("complete"):
+            # Finished in an earlier driver's lifetime, before Tune recorded it: nothing to redo.
+            summary = previous
+        elif ctx.use_ray_train:
+            summary = _fit_with_ray_train(ctx, trial, trial_id, run_id, tdir)
+        else:
+            summary = _fit_in_trial(ctx, trial, trial_id, run_id, tdir)
+    except Exception as e:  # noqa: BLE001 - recorded in MLflow, then re-raised for Tune
+        M.finish_run(ctx.tracking_uri, run_id, "FAILED", error=f"{type(e).__name__}: {_root_cause(e)}")
+        raise
+    wall = time.time() - t0
+    timings = summary.get("timings", {})
+    busy = float(timings.get("train_seconds", 0.0)) + float(timings.get("eval_seconds", 0.0))
+    overhead = max(0.0, wall - busy)
+    c = M.client(ctx.tracking_uri)
+    M.log_metrics(c, run_id, {"trial_overhead_seconds": overhead, "trial_wall_seconds": wall})
+    M.finish_run(ctx.tracking_uri, run_id, "FINISHED")
+    final = {k: v for k, v in summary.get("metrics", {}).items() if _is_number(v)}
+    final.update(
+        {
+            "done": True,
+            "best_epoch": summary.get("best_epoch", -1),
+            "trial_wall_seconds": wall,
+            "trial_overhead_seconds": overhead,
+            "trial_start": t0,
+            "trial_end": time.time(),
+            "worker_start": summary.get("worker_start", float("nan")),
+            "worker_end": summary.get("worker_end", float("nan")),
+            "node_id": summary.get("node_id", "unknown"),
+            "node_ip": summary.get("node_ip", "unknown"),
+            "mlflow_run_id": run_id,
+        }
+    )
+    tune.report(final)
+
+
+def _fit_with_ray_train(ctx: SweepContext, trial: TrialConfig, trial_id: str, run_id: str, tdir: Path) -> dict:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    # Ray Train propagates these from the process that calls fit() to its controller and workers.
+    for k, v in ctx.train_env.items():
+        os.environ[k] = str(v)
+    use_gpu = ctx.gpus_per_worker > 0
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"ctx": ctx, "trial": trial, "trial_id": trial_id, "run_id": run_id},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=ctx.workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": float(ctx.cpus_per_worker), "GPU": float(ctx.gpus_per_worker)},
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"train-{trial_id}",
+            storage_path=str(Path(ctx.experiment_dir).resolve() / "train"),
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=ctx.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=ctx.checkpoints_to_keep),
+        ),
+    )
+    trainer.fit()  # raises TrainingFailedError once the worker retries are spent
+    summary = read_result(tdir)
+    if summary is None:
+        raise RuntimeError(f"trial {trial_id}: training ended without writing {tdir / RESULT_FILE}")
+    return summary
+
+
+def _fit_in_trial(ctx: SweepContext, trial: TrialConfig, trial_id: str, run_id: str, tdir: Path) -> dict:
+    """``resources.use_ray_train=false``: the loop runs in the Tune trial itself (debugging)."""
+    from ray import tune
+
+    def _report(metrics: dict, checkpoint_dir: Optional[str]) -> None:
+        ck = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=ck)
+
+    ckpt = tune.get_checkpoint()
+    _run_body(ctx, trial, trial_id, run_id, rank=0, report_fn=_report, checkpoint=ckpt)
+    summary = read_result(tdir)
+    if summary is None:
+        raise RuntimeError(f"trial {trial_id}: training ended without writing {tdir / RESULT_FILE}")
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# The Train worker
+# --------------------------------------------------------------------------------------------
+
+
+def train_worker(loop_config: dict) -> None:
+    """Ray Train worker loop: run the trial body, report every epoch, rank 0 tracks."""
+    import ray.train
+
+    ctx: SweepContext = loop_config["ctx"]
+    rank = ray.train.get_context().get_world_rank()
+
+    def _report(metrics: dict, checkpoint_dir: Optional[str]) -> None:
+        ck = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ck)
+
+    _run_body(
+        ctx,
+        loop_config["trial"],
+        loop_config["trial_id"],
+        loop_config["run_id"],
+        rank=rank,
+        report_fn=_report,
+        checkpoint=ray.train.get_checkpoint(),
+    )
+
+
+class EpochReporter:
+    """The ``report(metrics, checkpoint_dir)`` callback handed to the trial body.
+
+    Every rank must call it once per epoch (Ray Train's ``report`` is collective); only rank
+    0's checkpoint directory is persisted. Order matters for exactly-once MLflow steps: the
+    epoch (with its metrics) is written into the checkpoint, the checkpoint is reported (and
+    persisted) by Ray, and only then is the epoch logged to MLflow. A crash between the last
+    two leaves an epoch that :func:`_catch_up` logs from the checkpoint on restart; a crash
+    before the report re-runs the epoch, whose step was never logged.
+    """
+
+    def __init__(self, rank: int, report_fn: Callable[[dict, Optional[str]], None], logger=None):
+        self.rank = rank
+        self.report_fn = report_fn
+        self.logger = logger
+        self.calls = 0
+
+    def __call__(self, metrics: Mapping[str, Any], checkpoint_dir: Optional[str] = None) -> None:
+        epoch = int(metrics.get("epoch", self.calls))
+        clean = {k: _plain(v) for k, v in metrics.items()}
+        clean["epoch"] = epoch
+        if checkpoint_dir is not None and self.rank == 0:
+            Path(checkpoint_dir, EPOCH_FILE).write_text(json.dumps({"epoch": epoch, "metrics": clean}))
+        self.report_fn(clean, checkpoint_dir if self.rank == 0 else None)
+        if self.logger is not None:
+            self.logger.log_epoch(epoch, clean)
+        self.calls += 1
+
+
+def _catch_up(logger, checkpoint_dir: Optional[str]) -> None:
+    """Log the checkpoint's epoch if the crash came between persisting it and logging it."""
+    if logger is None or checkpoint_dir is None:
+        return
+    p = Path(checkpoint_dir) / EPOCH_FILE
+    if p.exists():
+        d = json.loads(p.read_text())
+        logger.log_epoch(int(d["epoch"]), d.get("metrics", {}))
+
+
+def _run_body(ctx: SweepContext, trial: TrialConfig, trial_id: str, run_id: str, *, rank: int, report_fn, checkpoint) -> None:
+    from lungray.sweep import mlflow_run as M
+
+    worker_start = time.time()
+    body = resolve_body(ctx.body)
+    logger = M.TrialLogger(ctx.tracking_uri, run_id) if rank == 0 else None
+    workdir = tempfile.mkdtemp(prefix=f"lungray-{trial_id}-r{rank}-")
+    try:
+        cm = checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext(None)
+        with cm as resume_dir:
+            _catch_up(logger, resume_dir)
+            reporter = EpochReporter(rank, report_fn, logger)
+            result = body(trial, ctx.data, workdir=workdir, report=reporter, resume_from=resume_dir)
+        if rank == 0:
+            write_trial_outputs(
+                ctx,
+                trial,
+                trial_id,
+                result,
+                logger,
+                extra={"worker_start": worker_start, "worker_end": time.time(), **node_info(), "resumed": resume_dir is not None},
+            )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Trial outputs (files first, then MLflow)
+# --------------------------------------------------------------------------------------------
+
+
+def final_metrics(result: Any) -> dict[str, float]:
+    """The trial's final MLflow metrics: test_* (incl. per class), best epoch, epochs, timings."""
+    out = {k: v for k, v in dict(result.metrics).items() if _is_number(v)}
+    if hasattr(result, "mlflow_metrics"):  # lungray.train.TrialResult knows its own MLflow view
+        out.update({k: v for k, v in result.mlflow_metrics().items() if _is_number(v)})
+    out["best_epoch"] = int(result.best_epoch) if result.best_epoch is not None else -1
+    out["epochs_run"] = int(getattr(result, "epochs_run", 0) or len(result.history or []))
+    for k in ("train_seconds", "eval_seconds", "setup_seconds"):
+        v = (result.timings or {}).get(k)
+        if _is_number(v):
+            out[k] = float(v)
+    return out
+
+
+def write_trial_outputs(ctx: SweepContext, trial: TrialConfig, trial_id: str, result: Any, logger, extra: Mapping[str, Any]) -> dict:
+    """Write the trial's artifacts and ``result.json`` to its trial dir, then log them to MLflow.
+
+    The files come first: they are the source of truth that ``mlflow-sync`` replays.
+    """
+    tdir = ctx.trial_dir(trial_id)
+    art = tdir / ARTIFACTS_DIR
+    if art.exists():
+        shutil.rmtree(art)
+    art.mkdir(parents=True)
+    class_names = list(ctx.data.class_names)
+    if result.predictions is not None:
+        result.predictions.to_csv(art / T.PREDICTIONS, index=False)
+    if result.per_class is not None:
+        result.per_class.to_csv(art / T.PER_CLASS, index=("class" not in getattr(result.per_class, "columns", [])))
+    if result.confusion is not None:
+        write_confusion(art, result.confusion, class_names, title=trial.name)
+    if result.history:
+        import pandas as pd
+
+        pd.DataFrame(result.history).to_csv(art / T.HISTORY, index=False)
+    (art / T.TRIAL_CONFIG).write_text(json.dumps({"trial_id": trial_id, **trial.to_dict()}, indent=1))
+    if result.best_checkpoint and Path(result.best_checkpoint).exists():
+        (art / T.CHECKPOINT_DIR).mkdir(exist_ok=True)
+        shutil.copy2(result.best_checkpoint, art / T.BEST_CHECKPOINT)
+    metrics = final_metrics(result)
+    summary = {
+        "trial_id": trial_id,
+        "trial": trial.name,
+        "cell": trial.cell,
+        "model": trial.model.key,
+        "train_size": trial.train_size,
+        "optimizer": trial.optimizer.key,
+        "seed": trial.seed,
+        "metrics": metrics,
+        "best_epoch": metrics["best_epoch"],
+        "history": [{k: _plain(v) for k, v in h.items()} for h in (result.history or [])],
+        "timings": {k: _plain(v) for k, v in (result.timings or {}).items()},
+        **{k: _plain(v) for k, v in extra.items()},
+    }
+    if logger is not None:
+        log_outputs(logger, summary, art, ctx.log_checkpoints)
+    summary["complete"] = True
+    write_result(tdir, summary)
+    return summary
+
+
+def log_outputs(logger, summary: Mapping[str, Any], art: Path, log_checkpoints: bool) -> None:
+    """Final metrics, node tags and artifacts of one trial into its MLflow run (idempotent)."""
+    from lungray.sweep import mlflow_run as M
+
+    for e in summary.get("history", []):  # epochs a crashed attempt reported but never logged
+        if "epoch" in e:
+            logger.log_epoch(int(e["epoch"]), e)
+    hist = M.retry(lambda: logger.client.get_metric_history(logger.run_id, "best_epoch"))
+    if not hist:  # final metrics exactly once, even if a retry re-evaluates
+        logger.log_final(summary["metrics"])
+    logger.set_tags({M.NODE_ID_TAG: summary.get("node_id", "unknown"), M.NODE_IP_TAG: summary.get("node_ip", "unknown")})
+    for p in sorted(art.iterdir()):
+        if p.is_file():
+            logger.log_file(p)
+    ck = art / T.CHECKPOINT_DIR
+    if log_checkpoints and ck.is_dir():
+        logger.log_dir(ck, T.CHECKPOINT_DIR)
+
+
+def write_confusion(out_dir: Path, cm: Any, class_names: list[str], title: str = "") -> None:
+    """``confusion_matrix.csv`` (rows true, columns predicted) and a labelled PNG."""
+    import numpy as np
+    import pandas as pd
+
+    cm = np.asarray(cm)
+    pd.DataFrame(cm, index=pd.Index(class_names, name="true"), columns=class_names).to_csv(out_dir / T.CONFUSION_CSV)
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * k, 1.0 + 0.9 * k), dpi=100)
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title, fontsize=7)
+    vmax = cm.max() if cm.size else 0
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8, color="white" if cm[i, j] > vmax / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(out_dir / T.CONFUSION_PNG)
+    plt.close(fig)
+
+
+def read_result(tdir: Path) -> Optional[dict]:
+    p = Path(tdir) / RESULT_FILE
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except ValueError:
+        return None
+
+
+def write_result(tdir: Path, summary: Mapping[str, Any]) -> None:
+    p = Path(tdir) / RESULT_FILE
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=1, default=str))
+    os.replace(tmp, p)  # atomic: a reader never sees half a file
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        import numpy as np
+
+        if isinstance(v, np.generic):
+            v = v.item()
+    except ImportError:  # pragma: no cover
+        pass
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _plain(v: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(v, np.generic):
+            return v.item()
+        if isinstance(v, np.ndarray):
+            return v.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    return v
+
+
+def _root_cause(e: BaseException) -> str:
+    """The innermost error message (Ray wraps worker errors several times)."""
+    seen = set()
+    cur: Optional[BaseException] = e
+    last = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        last = cur
+        cur = cur.__cause__ or cur.__context__
+    msg = str(last).strip().splitlines()
+    text = msg[-1] if msg else type(last).__name__
+    return text if last is e else f"{text} (from {type(last).__name__})"
+
+
+def format_exception(e: BaseException) -> str:  # pragma: no cover - debugging aid
+    return "".join(traceback.format_exception(type(e), e, e.__traceback__))

@@ -1,0 +1,130 @@
+"""The study config: presets, YAML + overrides, unknown keys, validation at config time."""
+
+from __future__ import annotations
+
+import pytest
+
+from lungray.config import (
+    ScheduleConfig,
+    SizeRule,
+    StudyConfig,
+    TrialConfig,
+    apply_overrides,
+    dump_yaml,
+    from_dict,
+    load_study,
+)
+from lungray.errors import ConfigError
+from lungray.presets import PAPER_SIZE_RULES, preset_names
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_preset_validates(name):
+    cfg = load_study(name)
+    assert isinstance(cfg, StudyConfig)
+    assert len(cfg.trials()) == len(cfg.models) * len(cfg.sizes) * len(cfg.optimizers) * len(cfg.seeds)
+
+
+def test_paper_preset_is_the_protocol():
+    cfg = load_study("paper")
+    assert [m.name for m in cfg.models] == ["resnet50", "densenet121", "ae_encoder"]
+    assert cfg.sizes == (100, 200, 500, 1000)
+    assert cfg.data.resolution == 256 and cfg.data.eval_size == 3000
+    assert cfg.train.augmentation == "rot30_zoom_flip"
+    # batch 4 x 200 epochs at 100-200 images, batch 16 x 100 epochs at 500-1000 (PROTOCOLS.md s1)
+    assert [cfg.schedule.resolve(n) for n in cfg.sizes] == [(4, 200), (4, 200), (16, 100), (16, 100)]
+
+
+def test_yaml_then_overrides(tmp_path):
+    y = tmp_path / "study.yaml"
+    y.write_text("seeds: [5, 6]\nmodels: [simple_cnn, logreg]\ndata:\n  resolution: 48\n")
+    cfg = load_study("smoke", y, ["data.resolution=40", "optimizers.0.lr=0.01", "models.1.head=linear"])
+    assert cfg.seeds == (5, 6)
+    assert cfg.optimizers[0].lr == 0.01
+    assert [m.name for m in cfg.models] == ["simple_cnn", "logreg"]
+    assert cfg.data.resolution == 40  # the override wins over the YAML
+
+
+def test_override_values_are_parsed_as_yaml():
+    d = apply_overrides({"a": {"b": 1}}, ["a.b=3", "a.c=[1, 2]", "a.d=true", "e=null"])
+    assert d == {"a": {"b": 3, "c": [1, 2], "d": True}, "e": None}
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        apply_overrides({}, ["novalue"])
+
+
+def test_unknown_keys_are_rejected_with_the_valid_ones():
+    with pytest.raises(ConfigError) as e:
+        load_study("smoke", overrides=["data.resolutoin=32"])
+    assert "data.resolutoin" in str(e.value) and "resolution" in str(e.value)
+    with pytest.raises(ConfigError, match="unknown config key epochz"):
+        from_dict(ScheduleConfig, {"epochz": 3})
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("models=[resnet5O]", "resnet5O"),
+        ("optimizers=[adamm]", "adam, adamw, sgd"),
+        ("optimizers.0.lr=0", "lr must be > 0"),
+        ("schedule.epochs=0", "zero optimisation steps"),
+        ("data.resize=crop", "letterbox"),
+        ("train.augmentation=spin", "rot30_zoom_flip"),
+        ("sizes=[10, 10]", "duplicates"),
+        ("data.source=kaggle", "covid_radiography"),
+    ],
+)
+def test_malformed_configs_fail_at_config_time(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_study("smoke", overrides=[override])
+    assert needle in str(e.value)
+
+
+def test_bad_freeze_policy_lists_choices():
+    with pytest.raises(ConfigError) as e:
+        load_study("smoke", overrides=["models=[{name: resnet18, freeze: thaw}]"])
+    msg = str(e.value)
+    assert "thaw" in msg and "backbone" in msg and "none" in msg
+
+
+def test_types_are_checked():
+    with pytest.raises(ConfigError, match="expected an integer"):
+        load_study("smoke", overrides=["data.resolution=big"])
+    with pytest.raises(ConfigError, match="true/false"):
+        load_study("smoke", overrides=["data.strict=maybe"])
+
+
+def test_size_rules_and_step_budget():
+    s = ScheduleConfig(rule="size", size_rules=tuple(SizeRule(**r) for r in PAPER_SIZE_RULES))
+    assert s.resolve(1) == (4, 200) and s.resolve(201) == (16, 100)
+    steps = ScheduleConfig(rule="steps", batch_size=16, max_steps=100)
+    # 50 images at batch 16 -> 4 steps/epoch -> 25 epochs; 400 images -> 25 steps/epoch -> 4 epochs
+    assert steps.resolve(50) == (16, 25)
+    assert steps.resolve(400) == (16, 4)
+    assert steps.resolve(8) == (8, 100)  # batch never exceeds the subset
+
+
+def test_grid_order_and_trial_roundtrip():
+    cfg = load_study("smoke")
+    trials = cfg.trials()
+    assert [(t.model.key, t.train_size, t.seed) for t in trials[:3]] == [
+        ("simple_cnn", 40, 0),
+        ("simple_cnn", 40, 1),
+        ("simple_cnn", 120, 0),
+    ]
+    t = trials[0]
+    assert TrialConfig.from_dict(t.to_dict()) == t
+    assert t.name == "simple_cnn|n=40|adam|seed=0"
+
+
+def test_fingerprint_tracks_the_grid_not_the_plumbing():
+    a = load_study("smoke")
+    b = load_study("smoke", overrides=["output_dir=elsewhere", "resources.max_failures=5"])
+    c = load_study("smoke", overrides=["seeds=[0, 1, 2]"])
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_dump_yaml_roundtrips(tmp_path):
+    cfg = load_study("paper")
+    p = tmp_path / "resolved.yaml"
+    p.write_text(dump_yaml(cfg))
+    assert load_study("smoke", p) == cfg

@@ -1,0 +1,174 @@
+"""``check_dataset``: every bad-input kind is found, named on one line, quarantined or fatal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lungray.config import DataConfig
+from lungray.data.check import check_dataset, guess_source, problem_kind
+from lungray.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def imgs():
+    from lungray.data.phantom import generate_phantom
+
+    return generate_phantom(40, resolution=24).images
+
+
+def _png(path: Path, img: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path)
+    return path
+
+
+@pytest.fixture()
+def bad_tree(tmp_path, imgs):
+    """A class-per-folder tree with one file of every bad kind in class A."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import MPEG2MPML
+
+    from lungray.data.phantom import write_dicom
+
+    root = tmp_path / "ds"
+    for i in range(6):
+        _png(root / "A" / f"good{i}.png", imgs[i])
+        _png(root / "B" / f"good{i}.png", imgs[10 + i])
+    write_dicom(root / "B" / "good.dcm", imgs[20], patient_id="SECRET-PATIENT-42")
+    (root / "A" / "zero.png").write_bytes(b"")
+    full = _png(tmp_path / "full.png", imgs[30]).read_bytes()
+    (root / "A" / "truncated.png").write_bytes(full[: len(full) // 2])
+    (root / "A" / "text.png").write_text("I am a text file with an image suffix\n")
+    (root / "A" / "plan.dcm").write_bytes(Path(get_testdata_file("rtplan.dcm")).read_bytes())
+    (root / "A" / "cine.dcm").write_bytes(Path(get_testdata_file("emri_small.dcm")).read_bytes())
+    ds = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm"))
+    ds.file_meta.TransferSyntaxUID = MPEG2MPML
+    ds.save_as(root / "A" / "mpeg.dcm")
+    return root
+
+
+EXPECTED_A = {
+    "A/zero.png: zero-byte file",
+    "A/truncated.png: truncated image",
+    "A/text.png: not an image (unrecognised content)",
+    "A/plan.dcm: DICOM without pixel data",
+    "A/cine.dcm: multi-frame DICOM (10 frames)",
+    "A/mpeg.dcm: compressed DICOM (MPEG2 Main Profile / Main Level) with no decoder installed",
+}
+
+
+def test_every_bad_file_kind_is_quarantined_with_one_line(bad_tree):
+    lines: list[str] = []
+    rep = check_dataset(DataConfig(source="folder", path=str(bad_tree)), echo=lines.append)
+    assert set(rep.problems) == EXPECTED_A
+    assert set(lines[:-1]) == EXPECTED_A
+    assert lines[-1] == rep.summary
+    assert rep.summary.startswith("6 of 19 images quarantined (")
+    assert "usable per class: A 6, B 7" in rep.summary
+    assert not rep.ok and rep.n_quarantined == 6
+    assert rep.class_counts == {"A": 6, "B": 7}
+    m = rep.manifest
+    assert (m.loc[m["image_id"] == "A/zero", "problem"] == "zero-byte file").all()
+    assert (m.loc[m["image_id"].str.startswith("B/"), "problem"] == "").all()
+    assert rep.counts["zero-byte file"] == 1 and rep.counts["multi-frame DICOM"] == 1
+    assert all("SECRET-PATIENT" not in s for s in lines)
+
+
+def test_strict_raises_after_reporting(bad_tree):
+    lines: list[str] = []
+    with pytest.raises(DataError, match=r"data check failed \(strict\): 6 of 19 images quarantined"):
+        check_dataset(DataConfig(source="folder", path=str(bad_tree)), strict=True, echo=lines.append)
+    assert set(lines[:-1]) == EXPECTED_A  # everything was listed before failing
+
+
+def test_unknown_label_and_empty_class(tmp_path, imgs):
+    for i in range(3):
+        _png(tmp_path / "COVID" / f"{i}.png", imgs[i])
+        _png(tmp_path / "Normal" / f"{i}.png", imgs[5 + i])
+        _png(tmp_path / "Other" / f"{i}.png", imgs[10 + i])
+    lines: list[str] = []
+    cfg = DataConfig(source="folder", path=str(tmp_path), class_map={"COVID": "COVID", "Normal": "Normal", "Ghost": "Ghost"})
+    rep = check_dataset(cfg, echo=lines.append)
+    assert [p for p in rep.problems if p.startswith("Other/")] == [
+        f"Other/{i}.png: unknown label 'Other' (not in data.class_map)" for i in range(3)
+    ]
+    assert rep.dataset_problems == [
+        "class 'Ghost' has no usable images; add images, fix the quarantined ones, or drop it with data.class_map"
+    ]
+    assert rep.class_counts == {"COVID": 3, "Ghost": 0, "Normal": 3}
+
+
+def test_csv_missing_file_row_number_and_duplicate_ids(tmp_path, imgs):
+    for i in range(4):
+        _png(tmp_path / "img" / f"{i}.png", imgs[i])
+    csv = tmp_path / "study.csv"
+    csv.write_text(
+        "path,label,image_id\n"
+        "img/0.png,COVID,a\n"
+        "img/1.png,Normal,b\n"
+        "img/missing.png,Normal,c\n"
+        "img/2.png,COVID,d\n"
+        "img/3.png,Normal,d\n"
+    )
+    lines: list[str] = []
+    rep = check_dataset(DataConfig(source="csv", path=str(csv)), echo=lines.append)
+    assert rep.problems == [
+        f"{(tmp_path / 'img' / 'missing.png').resolve().relative_to(tmp_path.resolve()).as_posix()}: "
+        "missing file 'img/missing.png' (study.csv row 3 (line 4))",
+        "img/2.png: duplicate image_id",
+        "img/3.png: duplicate image_id",
+    ]
+    assert rep.class_counts == {"COVID": 1, "Normal": 1}
+
+
+def test_pool_too_small_for_requested_sizes(tmp_path, imgs):
+    pytest.importorskip("lungray.data.splits")
+    for i in range(10):
+        _png(tmp_path / "A" / f"{i}.png", imgs[i])
+        _png(tmp_path / "B" / f"{i}.png", imgs[10 + i])
+    cfg = DataConfig(source="folder", path=str(tmp_path), eval_size=6, val_size=2)
+    lines: list[str] = []
+    rep = check_dataset(cfg, sizes=(4, 12, 500), echo=lines.append)
+    # 20 images - 6 eval - 2 val = a pool of 12: sizes 4 and 12 fit, 500 does not
+    assert len(rep.dataset_problems) == 1
+    msg = rep.dataset_problems[0]
+    assert msg.startswith("training size 500: ")
+    assert "A" in msg and "B" in msg  # the pool per class is printed
+    assert not rep.ok and lines[-2] == msg
+
+
+def test_phantom_checks_clean():
+    lines: list[str] = []
+    rep = check_dataset(DataConfig(phantom_n=20, resolution=16), echo=lines.append)
+    assert rep.ok and rep.problems == [] and lines == [rep.summary]
+    assert rep.summary.startswith("all 20 images OK; per class: Normal ")
+
+
+def test_problem_kind():
+    assert problem_kind("unknown label 'X' (not in data.class_map)") == "unknown label"
+    assert problem_kind("zero-byte file") == "zero-byte file"
+
+
+def test_guess_source(tmp_path, imgs):
+    (tmp_path / "rsna").mkdir()
+    (tmp_path / "rsna" / "stage_2_train_labels.csv").write_text("patientId,x,y,width,height,Target\n")
+    assert guess_source(tmp_path / "rsna") == "rsna"
+    for c in ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"):
+        _png(tmp_path / "radio" / "COVID-19_Radiography_Dataset" / c / "images" / "1.png", imgs[0])
+    assert guess_source(tmp_path / "radio") == "covid_radiography"
+    for m in ("CT", "X-ray"):
+        for c in ("COVID", "Non-COVID"):
+            _png(tmp_path / "ctx" / "COVID-19 Dataset" / m / c / "1.png", imgs[0])
+    assert guess_source(tmp_path / "ctx") == "covid_ct_xray"
+    _png(tmp_path / "plain" / "cats" / "1.png", imgs[0])
+    assert guess_source(tmp_path / "plain") == "folder"
+    (tmp_path / "x.csv").write_text("path,label\n")
+    np.savez(tmp_path / "m.npz", train_images=np.zeros((1, 2, 2)))
+    assert guess_source(tmp_path / "x.csv") == "csv" and guess_source(tmp_path / "m.npz") == "medmnist"
+    with pytest.raises(DataError, match="does not exist"):
+        guess_source(tmp_path / "nowhere")

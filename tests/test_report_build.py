@@ -1,0 +1,304 @@
+"""The report from a fake sweep logged to MLflow per lungray/tracking.py, with planted numbers.
+
+The fake (lungray.report._testing, the sklearn MockImprovingEstimator idea) makes every trial's
+accuracy exactly ``0.5 + 0.4 * n / n_max - 0.01 * seed`` for "alpha", 10 points less for
+"beta" (right on a subset of alpha's images), and identical predictions for "gamma". So the
+tables, intervals and paired comparisons are checked against numbers known in advance, and
+against what MLflow itself holds. One trial failed, one never ran: a partial report.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lungray.report._testing import log_fake_sweep
+
+T2 = 4.302652729749464  # t(0.975, 2)
+SIZES = (25, 50, 100, 200)
+FAIL = {("beta", 200, 2): "CUDA out of memory: tried to allocate 2.00 GiB"}
+SKIP = [("gamma", 200, 2)]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    return f"sqlite:///{root / 'mlflow.db'}", root
+
+
+@pytest.fixture(scope="module")
+def fake(store):
+    uri, root = store
+    return log_fake_sweep(uri, "fake_study", sizes=SIZES, fail=FAIL, skip=SKIP, artifact_root=(root / "art").as_uri())
+
+
+@pytest.fixture(scope="module")
+def report(fake, tmp_path_factory):
+    """Built through the CLI, as a user would (``lungray report``)."""
+    from lungray.cli import main
+
+    out = tmp_path_factory.mktemp("report")
+    rc = main(["report", "--tracking-uri", fake.tracking_uri, "--experiment", "fake_study", "--out", str(out), "--no-gradcam"])
+    assert rc == 0
+    return out
+
+
+def _planted(model: str, n: int, seed: int) -> float:
+    base = 0.5 + 0.4 * n / max(SIZES) - 0.01 * seed
+    return base - 0.10 if model == "beta" else base
+
+
+def _mlflow_metric(fake, model, n, seed, key="test_accuracy"):
+    from mlflow import MlflowClient
+
+    run = MlflowClient(fake.tracking_uri).get_run(fake.run_ids[(model, n, "adam", seed)])
+    return run.data.metrics[key]
+
+
+# -- what is on disk -------------------------------------------------------------------------------
+
+
+def test_report_files_and_all_sections(report):
+    html = (report / "report.html").read_text()
+    for sid, title in [
+        ("curves", "Learning curves"),
+        ("tables", "Model x training size tables"),
+        ("dynamics", "Training dynamics"),
+        ("perclass", "Per-class results"),
+        ("paired", "Paired comparisons"),
+        ("fit", "Learning-curve fit"),
+        ("gradcam", "Grad-CAM panels"),
+        ("pointing", "Sanity of the heat maps"),
+        ("provenance", "Data and provenance"),
+    ]:
+        assert f'<section id="{sid}">' in html and title in html
+    for name in ["runs.csv", "summary.csv", "table_accuracy.csv", "per_class.csv", "paired.csv", "power_law.csv",
+                 "class_counts.csv", "failed_trials.csv", "missing_trials.csv", "missed_as_normal.csv",
+                 "figures/learning_curves.png", "figures/power_law.png", "figures/roc.png"]:
+        assert (report / name).is_file(), name
+
+
+def test_report_is_self_contained(report):
+    html = (report / "report.html").read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, re.I)
+    assert "http://" not in html and "https://" not in html
+    assert "<script" not in html and "<link" not in html and "@import" not in html and "url(" not in html
+    srcs = re.findall(r'<img src="([^"]+)"', html)
+    assert len(srcs) >= 8
+    for s in srcs:
+        assert s.startswith("data:image/png;base64,")
+        assert base64.b64decode(s.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- numbers equal what MLflow holds, and what was planted ------------------------------------------
+
+
+def test_study_table_equals_mlflow_and_the_plant(fake, report):
+    tab = pd.read_csv(report / "table_accuracy.csv")
+    assert len(tab) == 3 * len(SIZES)
+    for r in tab.itertuples():
+        seeds = [s for s in (0, 1, 2) if (r.model, r.train_size, "adam", s) in fake.accuracy]
+        from_mlflow = [_mlflow_metric(fake, r.model, r.train_size, s) for s in seeds]
+        assert r.mean == pytest.approx(np.mean(from_mlflow), abs=1e-12)
+        assert r.n == len(seeds)
+        planted = [_planted(r.model, r.train_size, s) for s in seeds]
+        assert r.mean == pytest.approx(np.mean(planted), abs=1e-12)
+        # three seeds 0.01 apart: s = 0.01, half-width = t(0.975, 2) * 0.01 / sqrt(3)
+        if r.n == 3:
+            assert r.ci_high - r.mean == pytest.approx(T2 * 0.01 / math.sqrt(3), abs=1e-9)
+    # at n=25: alpha == gamma == 0.54 (tie: the first listed is marked best), beta 0.44
+    at25 = tab[tab.train_size == 25].set_index("model")
+    assert at25.loc["alpha", "mean"] == pytest.approx(0.54)
+    assert at25.loc["beta", "mean"] == pytest.approx(0.44)
+    assert at25["best"].sum() == 1 and bool(at25.loc["alpha", "best"])
+    # n=200: beta's seed 2 failed and gamma's seed 2 never ran -> 2 seeds each
+    at200 = tab[tab.train_size == 200].set_index("model")
+    assert at200.loc["beta", "n"] == 2 and at200.loc["gamma", "n"] == 2 and at200.loc["alpha", "n"] == 3
+    assert at200.loc["gamma", "mean"] == pytest.approx((0.9 + 0.89) / 2)
+
+
+def test_runs_csv_holds_every_mlflow_metric(fake, report):
+    runs = pd.read_csv(report / "runs.csv")
+    done = runs[runs.state == "complete"]
+    assert len(done) == len(fake.accuracy) == 3 * 4 * 3 - 2
+    for key, rid in fake.run_ids.items():
+        if key not in fake.metrics:
+            continue
+        row = done[done.run_id == rid].iloc[0]
+        for metric, value in fake.metrics[key].items():
+            assert row[metric] == pytest.approx(value, abs=1e-12), (key, metric)
+
+
+def test_html_table_shows_the_same_numbers(report):
+    html = (report / "report.html").read_text()
+    # alpha at n=25: 0.540 [0.515, 0.565] (0.54 +- 4.3027 * 0.01 / sqrt 3 = 0.0248)
+    assert "0.540 [0.515, 0.565]" in html
+    assert "0.440 [0.415, 0.465]" in html  # beta at 25
+
+
+# -- paired comparisons ----------------------------------------------------------------------------
+
+
+def test_paired_detects_planted_difference_and_none_for_identical_models(report):
+    pc = pd.read_csv(report / "paired.csv")
+    assert set(pc.train_size) == set(SIZES)
+    ab = pc[(pc.model_a == "alpha") & (pc.model_b == "beta")]
+    assert len(ab) == len(SIZES)
+    assert np.allclose(ab.diff_points, 10.0)
+    assert ab.significant.all() and (ab.low_points > 0).all()
+    # all 20 discordant images favour alpha on every seed: McNemar b = 20, c = 0
+    assert set(ab.mcnemar_b) == {"20;20;20", "20;20"} and set(ab.mcnemar_c) == {"0;0;0", "0;0"}
+    ag = pc[((pc.model_a == "alpha") & (pc.model_b == "gamma")) | ((pc.model_a == "gamma") & (pc.model_b == "alpha"))]
+    assert len(ag) == len(SIZES)
+    assert np.allclose(ag.diff_points, 0.0)
+    assert (ag.low_points <= 0).all() and (ag.high_points >= 0).all() and not ag.significant.any()
+    # at n=200 only seeds 0 and 1 are paired (beta seed 2 failed, gamma seed 2 missing)
+    assert set(pc[pc.train_size == 200].seeds) == {"0,1"}
+    html = (report / "report.html").read_text()
+    assert re.search(r"alpha - beta at 100 images: \+10\.0 points \[\+\d+\.\d, \+\d+\.\d\]", html)
+    assert "alpha - gamma at 100 images: +0.0 points [+0.0, +0.0]  (within noise" in html
+
+
+# -- partial sweep, failures, provenance -----------------------------------------------------------
+
+
+def test_partial_report_names_failed_and_missing_trials(fake, report):
+    html = (report / "report.html").read_text()
+    assert "PARTIAL REPORT: 34 of 36 trials complete (1 failed, 0 running, 1 not started)" in html
+    assert "CUDA out of memory: tried to allocate 2.00 GiB" in html
+    failed = pd.read_csv(report / "failed_trials.csv")
+    assert list(zip(failed.model, failed.train_size, failed.seed)) == [("beta", 200, 2)]
+    missing = pd.read_csv(report / "missing_trials.csv")
+    assert sorted(zip(missing.model, missing.train_size, missing.seed, missing.state)) == [
+        ("beta", 200, 2, "failed"),
+        ("gamma", 200, 2, "missing"),
+    ]
+    # provenance from the parent run's tags and artifacts
+    for text in ("fakefingerprint0123", "0123456789abcdef", "Leakage audit", "pool_row", "Resolved config"):
+        assert text in html
+    counts = pd.read_csv(report / "class_counts.csv").set_index("split")
+    assert counts.loc["eval", "Normal"] == 100 and counts.loc["eval", "COVID"] == 100
+
+
+def test_report_logged_to_the_parent_run(fake, report):
+    from mlflow import MlflowClient
+
+    arts = {a.path for a in MlflowClient(fake.tracking_uri).list_artifacts(fake.parent_id, "report")}
+    assert "report/report.html" in arts and "report/table_accuracy.csv" in arts
+
+
+def test_learning_curve_fit_is_flagged_when_it_extrapolates(report):
+    fit = pd.read_csv(report / "power_law.csv")
+    assert list(fit.label) == ["alpha", "beta", "gamma"]
+    assert (fit.n_sizes == 4).all()
+    # the plant is linear in n, not a power law, and 95 % is far beyond 200 images
+    assert not fit.reliable.any()
+    assert fit["flags"].str.contains("largest size measured").all()
+
+
+def test_per_class_and_missed_as_normal_match_mlflow(fake, report):
+    pc = pd.read_csv(report / "per_class.csv")
+    assert set(pc.train_size) == {25, 200}
+    r = pc[(pc.model == "alpha") & (pc.train_size == 25) & (pc["class"] == "COVID")].iloc[0]
+    vals = [_mlflow_metric(fake, "alpha", 25, s, "test_recall__COVID") for s in (0, 1, 2)]
+    assert r.recall == pytest.approx(np.mean(vals), abs=1e-12)
+    mn = pd.read_csv(report / "missed_as_normal.csv")
+    r = mn[(mn.model == "beta") & (mn.train_size == 25)].iloc[0]
+    vals = [_mlflow_metric(fake, "beta", 25, s, "test_missed_as_normal__COVID") for s in (0, 1, 2)]
+    assert r.COVID == pytest.approx(np.mean(vals))
+
+
+# -- loading errors --------------------------------------------------------------------------------
+
+
+def test_unknown_experiment_lists_the_ones_there(fake):
+    from lungray.errors import LungrayError
+    from lungray.report.load import load_sweep
+
+    with pytest.raises(LungrayError, match=r"experiment 'nope' not found.*fake_study"):
+        load_sweep(fake.tracking_uri, "nope")
+
+
+def test_trial_run_id_resolves_to_its_sweep_and_other_runs_are_refused(fake):
+    from mlflow import MlflowClient
+
+    from lungray.errors import LungrayError
+    from lungray.report.load import load_sweep
+
+    trial = fake.run_ids[("alpha", 25, "adam", 0)]
+    sw = load_sweep(fake.tracking_uri, parent_run_id=trial, predictions=False, histories=False)
+    assert sw.parent_id == fake.parent_id
+    assert any("is a trial" in n for n in sw.notes)
+    c = MlflowClient(fake.tracking_uri)
+    other = c.create_run(c.get_experiment_by_name("fake_study").experiment_id).info.run_id
+    with pytest.raises(LungrayError, match="not a lungray sweep"):
+        load_sweep(fake.tracking_uri, parent_run_id=other)
+
+
+# -- a 4-class sweep with two optimizers, and a sweep with nothing finished -------------------------
+
+
+def test_four_classes_two_optimizers_and_nothing_finished(store, tmp_path):
+    from lungray.report import build_report
+
+    uri, root = store
+    classes = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
+    fk = log_fake_sweep(uri, "four_class", models=("alpha", "beta"), sizes=(40, 80), seeds=(0, 1),
+                        optimizers=("adam", "sgd"), class_names=classes, n_eval=120, epochs=2,
+                        artifact_root=(root / "art4").as_uri())
+    path = build_report(uri, parent_run_id=fk.parent_id, out_dir=tmp_path / "r4", gradcam=False, n_boot=200,
+                        log_to_mlflow=False)
+    html = path.read_text()
+    assert "Complete: all 16 trials of the grid finished." in html
+    tab = pd.read_csv(tmp_path / "r4" / "table_accuracy.csv")
+    assert set(tab.label) == {"alpha / adam", "alpha / sgd", "beta / adam", "beta / sgd"}
+    mn = pd.read_csv(tmp_path / "r4" / "missed_as_normal.csv")
+    assert {"COVID", "Lung_Opacity", "Viral Pneumonia"} <= set(mn.columns) and "Normal" not in mn.columns
+    pc = pd.read_csv(tmp_path / "r4" / "paired.csv")
+    assert set(pc.optimizer) == {"adam", "sgd"} and np.allclose(pc.diff_points, 10.0)
+    assert "(sgd)" in html  # sentences name the optimizer when there are several
+
+    grid = [(m, n, s) for m in ("alpha",) for n in (40,) for s in (0, 1)]
+    empty = log_fake_sweep(uri, "not_started", models=("alpha",), sizes=(40,), seeds=(0, 1), skip=grid,
+                           artifact_root=(root / "art0").as_uri())
+    html = build_report(uri, "not_started", out_dir=tmp_path / "r0", gradcam=False, log_to_mlflow=False).read_text()
+    assert "PARTIAL REPORT: 0 of 2 trials complete (0 failed, 0 running, 2 not started)" in html
+    assert "No trial of this sweep has finished yet" in html
+    assert empty.parent_id in html
+
+
+# -- the report in a real browser ------------------------------------------------------------------
+
+
+@pytest.mark.browser
+def test_chromium_loads_every_image_and_fetches_nothing(report, tmp_path):
+    from lungray.report._testing import chromium_check
+
+    res = chromium_check(report / "report.html", tmp_path / "chromium", height=2400)
+    html = (report / "report.html").read_text()
+    assert len(res.images) == html.count("<img ")
+    assert all(ok and width > 0 for ok, width, _ in res.images), res.images
+    assert res.page_requests == []
+    assert res.screenshot.stat().st_size > 50_000  # a rendered page, not a blank one
+    from PIL import Image
+
+    shot = np.asarray(Image.open(res.screenshot).convert("L"))
+    assert shot.shape == (2400, 1400) and shot.std() > 20
+
+
+@pytest.mark.browser
+def test_chromium_check_catches_a_page_that_fetches(tmp_path):
+    """The check above can fail: a page with an external image and stylesheet is caught."""
+    from lungray.report._testing import chromium_check
+
+    bad = tmp_path / "bad.html"
+    bad.write_text('<!DOCTYPE html><html><head><link rel="stylesheet" href="https://example.invalid/x.css"></head>'
+                   '<body><img src="http://127.0.0.1:9/x.png"></body></html>')
+    res = chromium_check(bad, tmp_path / "chromium", width=300, height=200)
+    assert res.images == [[False, 0, "http://127.0.0.1:9/x.p"]]
+    assert sorted(res.page_requests) == ["http://127.0.0.1:9/x.png", "https://example.invalid/x.css"]

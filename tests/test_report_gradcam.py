@@ -1,0 +1,189 @@
+"""Grad-CAM panels and the pointing game (issue 4, sections 7-8) on the phantom.
+
+A small simple_cnn is trained here (a few epochs, own loop, explicit generators) on the phantom
+at 64 px, difficulty 0.5, where its lesions are visible enough for a CNN to reach > 0.85
+accuracy in seconds (lungray.data.phantom docstring). Its Grad-CAM maxima must then fall on the
+lesions far more often than a uniformly random map's would, and a deliberately wrong target
+layer must score far lower: the test fails if the per-family target layer is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+torch = pytest.importorskip("torch")
+
+RES = 64
+N, N_TRAIN = 600, 400
+PHANTOM = dict(n_classes=2, resolution=RES, difficulty=0.5, seed=0)
+
+
+# -- pure function, by hand ------------------------------------------------------------------------
+
+
+def test_pointing_game_by_hand():
+    from lungray.report.gradcam import pointing_game
+
+    cams = np.zeros((3, 8, 8))
+    masks = np.zeros((3, 8, 8), np.uint8)
+    masks[:, 0:2, 0:2] = 1  # 4 of 64 pixels
+    cams[0, 1, 1] = 1.0  # inside
+    cams[1, 3, 3] = 1.0  # 2 px (diagonal: sqrt 8 = 2.83) from the mask corner (1, 1)
+    cams[2, 7, 7] = 1.0  # far
+    r = pointing_game(cams, masks)
+    assert (r.hits, r.n, r.score, r.baseline) == (1, 3, 1 / 3, 4 / 64)
+    # tolerance 3 px: (3,3) is within 2.83 of (1,1); the dilated mask covers the pixels within
+    # 3 px of the 2x2 square: rows/cols 0-4 minus the corner (4,4)... counted by the function
+    r3 = pointing_game(cams, masks, tolerance=3.0)
+    assert (r3.hits, r3.n) == (2, 3)
+    assert 4 / 64 < r3.baseline < 25 / 64
+    # an image with an empty mask has nothing to point at and is skipped
+    masks[2] = 0
+    assert pointing_game(cams, masks).n == 2
+    with pytest.raises(ValueError, match="same shape"):
+        pointing_game(cams, masks[:, :4])
+
+
+def test_select_panel_images_picks_the_same_rows_for_every_model():
+    from lungray.report.gradcam import select_panel_images
+
+    ids = np.array(["d", "c", "b", "a"])
+    y = np.array([0, 0, 1, 1])
+    correct = np.array([[True, False, True, True], [True, False, False, True]])
+    picks = select_panel_images(ids, y, correct, ("Normal", "COVID"))
+    # class 0: "d" right for both, "c" wrong for both; class 1: "a" (lowest id) right for both,
+    # "b" wrong for one model
+    assert picks == [(0, "correct"), (1, "wrong"), (3, "correct"), (2, "wrong")]
+
+
+# -- a trained model -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained():
+    from lungray.config import ModelConfig
+    from lungray.data.phantom import generate_phantom
+    from lungray.models import create_model
+
+    ph = generate_phantom(N, **PHANTOM)
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)  # weight init of create_model draws from the global generator
+    model = create_model(ModelConfig(name="simple_cnn", width=8), 2, in_chans=1, resolution=RES)
+    x = torch.from_numpy(ph.images.astype(np.float32) / 255.0)[:, None]
+    mean, std = float(x[:N_TRAIN].mean()), float(x[:N_TRAIN].std())
+    x = (x - mean) / std
+    y = torch.from_numpy(ph.labels)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(6):
+        model.train()
+        perm = torch.randperm(N_TRAIN, generator=g)
+        for i in range(0, N_TRAIN, 16):
+            b = perm[i : i + 16]
+            loss = torch.nn.functional.cross_entropy(model(x[b]), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        probs = torch.softmax(model(x[N_TRAIN:]), 1).numpy()
+    return {"ph": ph, "model": model, "x": x, "norm": (mean, std), "probs": probs,
+            "accuracy": float((probs.argmax(1) == ph.labels[N_TRAIN:]).mean())}
+
+
+def _positives(ph):
+    ev = np.arange(N_TRAIN, N)
+    return ev[(ph.labels[ev] == ph.class_names.index("COVID")) & ph.masks[ev].reshape(len(ev), -1).any(1)]
+
+
+def test_pointing_game_far_above_a_random_map(trained):
+    from lungray.models import gradcam_target
+    from lungray.report.gradcam import POINTING_TOLERANCE, compute_cams, layer_names, pointing_game
+
+    ph, model = trained["ph"], trained["model"]
+    assert trained["accuracy"] > 0.85  # well above chance (0.5)
+    pos = _positives(ph)
+    assert len(pos) > 50
+    tol = POINTING_TOLERANCE * RES
+    cams = compute_cams(model, trained["x"][pos], [1] * len(pos), batch_size=32)
+    assert cams.shape == (len(pos), RES, RES) and 0 <= cams.min() and cams.max() <= 1 + 1e-6
+    r = pointing_game(cams, ph.masks[pos], tolerance=tol)
+    assert r.baseline < 0.2  # lesions are small: a random map rarely hits them
+    assert r.score > 0.6 and r.score > 5 * r.baseline, r
+    # the default layers ARE the per-family registry's: the last block of simple_cnn
+    layers, reshape = gradcam_target(model)
+    assert reshape is None
+    assert layer_names(model, layers) == ["backbone.body.blocks.2.act2"]
+
+
+def test_a_wrong_target_layer_scores_far_lower(trained):
+    from lungray.report.gradcam import POINTING_TOLERANCE, compute_cams, pointing_game
+
+    ph, model = trained["ph"], trained["model"]
+    pos = _positives(ph)
+    tol = POINTING_TOLERANCE * RES
+    right = pointing_game(compute_cams(model, trained["x"][pos], [1] * len(pos)), ph.masks[pos], tol)
+    first_conv = model.backbone.body.blocks[0].conv1
+    wrong = pointing_game(compute_cams(model, trained["x"][pos], [1] * len(pos), target_layers=[first_conv]),
+                          ph.masks[pos], tol)
+    assert wrong.score < right.score - 0.4, (right, wrong)
+    assert wrong.score < 2 * wrong.baseline
+
+
+def test_cam_hooks_are_released(trained):
+    """CAM objects are context managers: no forward hook survives compute_cams."""
+    from lungray.report.gradcam import compute_cams
+
+    model = trained["model"]
+    compute_cams(model, trained["x"][:4], [0, 1, 0, 1])
+    assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
+
+
+# -- the report with panels: real checkpoint, real predictions, prepared phantom -------------------
+
+
+def test_report_has_panels_and_pointing_scores(trained, tmp_path):
+    from lungray.config import DataConfig, ModelConfig, OptimizerConfig, TrialConfig
+    from lungray.data import prepare_data
+    from lungray.report import build_report
+    from lungray.report._testing import log_fake_sweep
+    from lungray.train.checkpoint import write_best
+
+    ph, model = trained["ph"], trained["model"]
+    cfg = DataConfig(source="phantom", phantom_n=N, phantom_classes=2, resolution=RES, phantom_difficulty=0.5,
+                     eval_size=120, val_size=20)
+    data = prepare_data(cfg, output_dir=tmp_path / "data", progress=False)
+    ev = np.asarray(data.eval_idx)
+    ids = np.asarray(data.ids)[ev]
+    # image i of the prepared phantom is image i of generate_phantom (same seed, resolution)
+    assert np.array_equal(np.asarray(data.images[ev[:5]]), ph.images[ev[:5]])
+    with torch.no_grad():
+        probs = torch.softmax(model(trained["x"][torch.from_numpy(ev)]), 1).numpy()
+    trial = TrialConfig(study="t", model=ModelConfig(name="simple_cnn", width=8), train_size=N_TRAIN,
+                        optimizer=OptimizerConfig(), seed=0)
+
+    def ckpt(t, run_dir):
+        return write_best(run_dir / "best.pt", model_state=model.state_dict(), class_names=list(data.class_names),
+                          trial=trial.to_dict(), norm=trained["norm"], epoch=5)
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    fk = log_fake_sweep(uri, "cam", models=("cnn_a", "cnn_b"), sizes=(100, N_TRAIN), seeds=(0,),
+                        class_names=data.class_names, eval_image_ids=ids, eval_labels=data.labels[ev],
+                        data_root=data.root, checkpoint_fn=ckpt, probs_fn=lambda t: probs,
+                        identical={}, artifact_root=(tmp_path / "art").as_uri(), resolution=RES)
+    out = tmp_path / "report"
+    html = build_report(uri, "cam", out_dir=out, n_boot=100, device="cpu", log_to_mlflow=False).read_text()
+    assert (out / "figures" / "gradcam_panels.png").stat().st_size > 10_000
+    assert "backbone.body.blocks.2.act2" in html
+    pg = pd.read_csv(out / "pointing_game.csv")
+    assert list(pg.model) == ["cnn_a", "cnn_b"] and (pg.train_size == N_TRAIN).all()
+    assert (pg.score > 5 * pg.random_map_score).all() and (pg.score > 0.6).all()
+    n_pos = int(((data.labels[ev] == data.class_names.index("COVID"))
+                 & np.asarray(data.masks[ev]).reshape(len(ev), -1).any(1)).sum())
+    assert (pg.images == n_pos).all()
+    # the rebuilt checkpoints reproduce the logged predictions on every panel image
+    assert "does not reproduce" not in html
+    assert fk.parent_id in html
