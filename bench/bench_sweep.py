@@ -131,7 +131,7 @@ def bench_startup(args, out: Path) -> None:
             return t1 - t0
 
         print("fresh actor process with a runtime env (what the controller and each worker cost to spawn):")
-        spawned = C.interleave({"actor spawn": spawn}, max(2, args.startup_repeats))
+        spawned = C.interleave({"actor spawn": spawn}, max(1, args.startup_repeats))
     finally:
         ray.shutdown()
 
@@ -141,7 +141,7 @@ def bench_startup(args, out: Path) -> None:
         return float(r.stdout.strip().splitlines()[-1])
 
     print("import torch + ray.train.torch in a new Python (each Train worker does this):")
-    imports = C.interleave({"import": imp}, max(2, args.startup_repeats))
+    imports = C.interleave({"import": imp}, max(1, args.startup_repeats))
 
     rows = []
     for h in args.hc_list:

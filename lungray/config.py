@@ -507,7 +507,7 @@ def validate_study(cfg: StudyConfig) -> None:
     from lungray.data.adapters import ADAPTERS
     from lungray.data.augment import AUGMENTATIONS, NORMALIZATIONS
     from lungray.data.preprocess import PREPROCESSING
-    from lungray.models import FREEZE_POLICIES, HEADS, check_model_name
+    from lungray.models import FREEZE_POLICIES, HEADS, check_model_config, check_model_name
     from lungray.train.optim import OPTIMIZERS, SCHEDULERS
 
     d = cfg.data
@@ -523,7 +523,9 @@ def validate_study(cfg: StudyConfig) -> None:
         if v < 0 or (isinstance(v, float) and not v < 1 and not float(v).is_integer()):
             raise ConfigError(f"data.{k} must be a count >= 0 or a fraction in [0, 1), got {v}")
     if d.source != "phantom" and not d.path:
-        raise ConfigError(f"data.path is required for data.source '{d.source}'")
+        raise ConfigError(
+            f"data.path is required for data.source '{d.source}': pass --data PATH (or set data.path)"
+        )
 
     if not cfg.models:
         raise ConfigError("models: at least one model is required")
@@ -540,6 +542,7 @@ def validate_study(cfg: StudyConfig) -> None:
         _one_of(f"models[{i}].stem", m.stem, ["none", "conv8_conv3"])
         if not 0 <= m.drop_rate < 1:
             raise ConfigError(f"models[{i}].drop_rate must be in [0, 1), got {m.drop_rate}")
+        check_model_config(m, f"models[{i}]")  # head/stem/pretrained combinations, weights path exists
         if m.key in seen:
             raise ConfigError(f"models[{i}]: two models are both called '{m.key}'; give one a label")
         seen.add(m.key)

@@ -20,13 +20,13 @@ from lungray.presets import PAPER_SIZE_RULES, preset_names
 
 @pytest.mark.parametrize("name", preset_names())
 def test_every_preset_validates(name):
-    cfg = load_study(name)
+    cfg = load_study(name, overrides=[] if name in ("smoke", "default") else ["data.path=/data/x"])
     assert isinstance(cfg, StudyConfig)
     assert len(cfg.trials()) == len(cfg.models) * len(cfg.sizes) * len(cfg.optimizers) * len(cfg.seeds)
 
 
 def test_paper_preset_is_the_protocol():
-    cfg = load_study("paper")
+    cfg = load_study("paper", overrides=["data.path=/data/covid"])
     assert [m.name for m in cfg.models] == ["resnet50", "densenet121", "ae_encoder"]
     assert cfg.sizes == (100, 200, 500, 1000)
     assert cfg.data.resolution == 256 and cfg.data.eval_size == 3000
@@ -123,8 +123,13 @@ def test_fingerprint_tracks_the_grid_not_the_plumbing():
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
 
 
+def test_real_dataset_presets_need_a_path():
+    with pytest.raises(ConfigError, match="--data PATH"):
+        load_study("paper")
+
+
 def test_dump_yaml_roundtrips(tmp_path):
-    cfg = load_study("paper")
+    cfg = load_study("paper", overrides=["data.path=/data/covid"])
     p = tmp_path / "resolved.yaml"
     p.write_text(dump_yaml(cfg))
     assert load_study("smoke", p) == cfg

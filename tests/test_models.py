@@ -13,7 +13,6 @@ from lungray.errors import ConfigError
 from lungray.models import (
     FREEZE_POLICIES,
     HEADS,
-    MODELS,
     check_model_config,
     check_model_name,
     create_model,

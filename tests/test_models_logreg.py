@@ -85,5 +85,5 @@ def test_logreg_equals_sklearn_on_the_phantom(n_classes):
     x = torch.from_numpy(np.asarray(ph.images, dtype=np.float32) / 255.0)[:, None]
     x = (x - x[:160].mean()) / x[:160].std()  # the 'pool' normalisation, from the training rows
     y = torch.from_numpy(np.asarray(ph.labels, dtype=np.int64))
-    model = create_model(ModelConfig(name="logreg", width=16), n_classes, resolution=32)
+    model = create_model(ModelConfig(name="logreg", width=8), n_classes, resolution=32)
     _compare_with_sklearn(model, x[:160], y[:160], x[160:], y[160:])

@@ -63,7 +63,11 @@ def _mlflow_metric(fake, model, n, seed, key="test_accuracy"):
 # -- what is on disk -------------------------------------------------------------------------------
 
 
-def test_report_files_and_all_sections(report):
+def test_report_files_and_all_sections(fake, report):
+    from mlflow import MlflowClient
+
+    # the CLI only reads: nothing was logged to the sweep's parent run
+    assert MlflowClient(fake.tracking_uri).list_artifacts(fake.parent_id, "report") == []
     html = (report / "report.html").read_text()
     for sid, title in [
         ("curves", "Learning curves"),
@@ -181,15 +185,11 @@ def test_partial_report_names_failed_and_missing_trials(fake, report):
     # provenance from the parent run's tags and artifacts
     for text in ("fakefingerprint0123", "0123456789abcdef", "Leakage audit", "pool_row", "Resolved config"):
         assert text in html
+    sub = pd.read_csv(report / "subsets.csv")
+    assert len(sub) == len(SIZES) * 3 and (sub.n_images == sub.train_size).all() and (sub.in_eval == 0).all()
+    assert set(sub[sub.train_size < 200].nested_in_next) == {"yes"}
     counts = pd.read_csv(report / "class_counts.csv").set_index("split")
     assert counts.loc["eval", "Normal"] == 100 and counts.loc["eval", "COVID"] == 100
-
-
-def test_report_logged_to_the_parent_run(fake, report):
-    from mlflow import MlflowClient
-
-    arts = {a.path for a in MlflowClient(fake.tracking_uri).list_artifacts(fake.parent_id, "report")}
-    assert "report/report.html" in arts and "report/table_accuracy.csv" in arts
 
 
 def test_learning_curve_fit_is_flagged_when_it_extrapolates(report):
@@ -252,7 +252,7 @@ def test_four_classes_two_optimizers_and_nothing_finished(store, tmp_path):
                         optimizers=("adam", "sgd"), class_names=classes, n_eval=120, epochs=2,
                         artifact_root=(root / "art4").as_uri())
     path = build_report(uri, parent_run_id=fk.parent_id, out_dir=tmp_path / "r4", gradcam=False, n_boot=200,
-                        log_to_mlflow=False)
+                        log_to_mlflow=True)
     html = path.read_text()
     assert "Complete: all 16 trials of the grid finished." in html
     tab = pd.read_csv(tmp_path / "r4" / "table_accuracy.csv")
@@ -262,6 +262,10 @@ def test_four_classes_two_optimizers_and_nothing_finished(store, tmp_path):
     pc = pd.read_csv(tmp_path / "r4" / "paired.csv")
     assert set(pc.optimizer) == {"adam", "sgd"} and np.allclose(pc.diff_points, 10.0)
     assert "(sgd)" in html  # sentences name the optimizer when there are several
+    from mlflow import MlflowClient
+
+    arts = {a.path for a in MlflowClient(uri).list_artifacts(fk.parent_id, "report")}
+    assert "report/report.html" in arts and "report/table_accuracy.csv" in arts  # logged to the sweep run
 
     grid = [(m, n, s) for m in ("alpha",) for n in (40,) for s in (0, 1)]
     empty = log_fake_sweep(uri, "not_started", models=("alpha",), sizes=(40,), seeds=(0, 1), skip=grid,

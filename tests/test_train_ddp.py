@@ -48,6 +48,7 @@ def _worker(rank: int, world: int, rdzv: str, data, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_rank_ddp_trial(tiny, tmp_path):  # noqa: F811
     import torch.multiprocessing as mp
 

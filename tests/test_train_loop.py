@@ -25,27 +25,31 @@ from lungray.tracking import EPOCH_METRICS, per_class_key
 RES = 32
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> PreparedData:
+def build_prepared(root, n: int, resolution: int, n_eval: int, n_val: int) -> PreparedData:
     from lungray.data.phantom import generate_phantom
 
-    ph = generate_phantom(220, n_classes=2, resolution=RES, difficulty=0.1, seed=0)
-    root = tmp_path_factory.mktemp("prepared")
+    ph = generate_phantom(n, n_classes=2, resolution=resolution, difficulty=0.1, seed=0)
     np.save(root / "images.npy", ph.images)
     np.save(root / "labels.npy", ph.labels.astype(np.int64))
     pd.DataFrame({"image_id": ph.ids, "patient_id": ph.patient_ids, "label": ph.labels}).to_parquet(
         root / "manifest.parquet"
     )
-    (root / "meta.json").write_text(json.dumps({"class_names": list(ph.class_names), "resolution": RES}))
+    (root / "meta.json").write_text(json.dumps({"class_names": list(ph.class_names), "resolution": resolution}))
     perm = np.random.default_rng(0).permutation(len(ph.labels))
     return PreparedData(
         root=str(root),
         class_names=tuple(ph.class_names),
-        eval_idx=np.sort(perm[:60]),
-        val_idx=np.sort(perm[60:100]),
-        pool_idx=np.sort(perm[100:]),
-        fingerprint="tiny",
+        eval_idx=np.sort(perm[:n_eval]),
+        val_idx=np.sort(perm[n_eval : n_eval + n_val]),
+        pool_idx=np.sort(perm[n_eval + n_val :]),
+        fingerprint=f"tiny{resolution}",
     )
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> PreparedData:
+    """220 easy phantom images at 32 px: 60 held out, 40 validation, a pool of 120."""
+    return build_prepared(tmp_path_factory.mktemp("prepared"), 220, RES, 60, 40)
 
 
 def make_trial(**changes) -> TrialConfig:
@@ -247,8 +251,12 @@ def test_logreg_is_fitted_full_batch(tiny, tmp_path):
     assert torch.load(res.best_checkpoint, weights_only=True)["epoch"] == 1
 
 
-def test_ae_encoder_pretrains_once_and_is_reused(tiny, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_ae_encoder_pretrains_once_and_is_reused(tmp_path_factory, tmp_path, monkeypatch):
+    """The code (res/4) must survive DenseNet-121's /32 downsampling: 128 px is the smallest."""
     import lungray.models as models
+
+    tiny = build_prepared(tmp_path_factory.mktemp("prepared128"), 48, 128, 8, 8)
 
     calls = []
     real = models.ensure_autoencoder
@@ -261,9 +269,9 @@ def test_ae_encoder_pretrains_once_and_is_reused(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(models, "ensure_autoencoder", spy)
     trial = make_trial(
         model=ModelConfig(name="ae_encoder", head="linear"),
-        train_size=16,
+        train_size=8,
         schedule={"epochs": 1},
-        train={"ae_epochs": 1, "ae_pretrain_images": 32},
+        train={"ae_epochs": 1, "ae_pretrain_images": 16},
     )
     first = run(trial, tiny, tmp_path / "a")
     second = run(replace(trial, optimizer=replace(trial.optimizer, lr=1e-4)), tiny, tmp_path / "b")

@@ -88,8 +88,7 @@ def stage_groups(body: nn.Module, ends: list[str]) -> list[list[str]]:
 
     A parameter owned by module *m* goes to the first stage whose end module's subtree ends at
     or after *m* in ``named_modules`` order; parameters after the last end join the last stage.
-    Every parameter lands in exactly one stage. Stages that would hold no parameter (an end
-    module with nothing before it, e.g. a ReLU) are merged into the next one.
+    Every parameter lands in exactly one stage; stages left without parameters are dropped.
     """
     if not ends:
         return []
@@ -113,16 +112,9 @@ def stage_groups(body: nn.Module, ends: list[str]) -> list[list[str]]:
         p = pos.get(owner, 0)
         k = next((i for i, end in enumerate(subtree_end) if p <= end), len(ends) - 1)
         groups[k].append(pname)
-    # merge empty stages forward so N in last:N counts stages that have weights
-    out: list[list[str]] = []
-    carry: list[str] = []
-    for g in groups:
-        if g:
-            out.append(carry + g)
-            carry = []
-    if carry and out:
-        out[-1].extend(carry)
-    return out
+    # an end module with no weights of its own and none before it (e.g. a ReLU) makes an empty
+    # stage: drop it, so N in last:N counts stages that have weights
+    return [g for g in groups if g]
 
 
 def _feature_info_ends(body: nn.Module) -> list[str]:

@@ -224,7 +224,10 @@ def log_fake_sweep(
             }
         )
     )
-    (pdir / T.SPLITS_JSON).write_text(json.dumps({"eval": list(range(n_eval)), "val": [], "pool": [], "dropped": [5, 9, 11]}))
+    pool = list(range(n_eval, n_eval + max(sizes)))
+    subsets = {str(n): {str(s): [pool[(j + 7 * s) % len(pool)] for j in range(n)] for s in seeds} for n in sizes}
+    (pdir / T.SPLITS_JSON).write_text(json.dumps({"eval": list(range(n_eval)), "val": [], "pool": pool,
+                                                  "dropped": [5, 9, 11], "subsets": subsets}))
     client.log_artifacts(pid, str(pdir))
 
     n_max = max(sizes)

@@ -45,7 +45,8 @@ class ReportParts:
         self.labels = labels
 
     def study_table(self, metric: str = "accuracy") -> pd.DataFrame:
-        return TB.study_table(self.summary, metric)
+        """The model x size table of report section 2, as printed there."""
+        return TB.study_table_wide(self.summary, metric, self.labels, self.sweep.sizes)
 
     def learning_curves(self):
         return F.learning_curves_figure(self.summary, labels=self.labels)
@@ -87,15 +88,16 @@ def build_report(
     n_boot: int = 2000,
     seed: int = 0,
     device: Optional[str] = None,
-    log_to_mlflow: bool = True,
+    log_to_mlflow: bool = False,
     max_pointing_images: int = 200,
 ) -> Path:
     """Build ``<out_dir>/report.html`` (+ CSV tables and PNG figures) from MLflow; return its path.
 
     Give the experiment (its latest sweep is used) or the sweep's parent run id. The report
-    embeds every image as a data URI and references nothing outside the file. With
-    ``log_to_mlflow`` the output directory is also logged to the parent run under ``report/``
-    (:mod:`lungray.tracking`), so the report travels with the sweep's record. ``gradcam=False``
+    embeds every image as a data URI and references nothing outside the file. Reading is all it
+    does by default (a user with read-only access to a tracking server can build a report);
+    with ``log_to_mlflow`` the output directory is also logged to the parent run under
+    ``report/`` (:mod:`lungray.tracking`), as the sweep runner does at the end of a sweep. ``gradcam=False``
     skips sections 7-8 (no model is rebuilt, no torch import). ``n_boot`` and ``seed`` drive
     the bootstrap intervals; the same seed gives the same report.
     """
@@ -219,7 +221,7 @@ class _Builder:
                 continue
             self._csv(tab, f"table_{name}.csv")
             body.append(f"<h3>{H.esc(TB.METRICS[name].label)}</h3>")
-            body.append(H.study_table_html(tab, self.sizes, self.labels))
+            body.append(H.study_table_html(TB.study_table_wide(self.summary, name, self.labels, self.sizes)))
         return H.Section(
             "tables",
             title,
@@ -385,7 +387,8 @@ class _Builder:
             self._csv(df, "class_counts.csv")
             body.append("<h3>Class counts per split</h3>" + H.table(df, text_columns=["split"]))
             body.append(self._fig(F.class_balance_figure(counts), "class_balance", "Class balance per split"))
-        extra = {k: v for k, v in ds.items() if k not in ("class_counts",)}
+        extra = {k: v for k, v in ds.items() if k not in ("class_counts", "info")}
+        extra.update({f"info.{k}": v for k, v in (ds.get("info") or {}).items() if k not in ("class_counts", "leakage")})
         if extra:
             body.append("<h3>Dataset summary</h3>" + H.kv({k: _short(v) for k, v in extra.items()}))
         cfg = sw.config
@@ -402,6 +405,12 @@ class _Builder:
                 "class-balanced subsets": cfg.data.class_balanced,
                 "leakage policy": f"{cfg.data.leakage} (Hamming distance <= {cfg.data.leakage_max_distance})",
             }))
+        sub = _subsets_table(sw.splits)
+        if not sub.empty:
+            self._csv(sub, "subsets.csv")
+            body.append("<h3>Training subsets</h3>" + H.table(
+                sub, headers={"train_size": "size", "n_images": "images", "nested_in_next": "inside the next size's subset",
+                              "in_eval": "images also in the evaluation set"}, text_columns=["nested_in_next"]))
         body.append("<h3>Leakage audit</h3>" + _leakage_html(sw.leakage))
         body.append("<h3>Provenance</h3>" + H.kv({
             "study": sw.study,
@@ -432,6 +441,25 @@ class _Builder:
         return H.Section("provenance", "Data and provenance", "".join(body))
 
 
+def _subsets_table(splits: Optional[dict]) -> pd.DataFrame:
+    """Per (size, seed): subset length, whether it lies inside the next larger size's subset
+    of the same seed (nested subsets, STYLE.md practice 4) and its overlap with the evaluation
+    set (must be 0), from the parent run's ``splits.json``."""
+    if not splits or not isinstance(splits.get("subsets"), dict):
+        return pd.DataFrame()
+    ev = set(int(i) for i in splits.get("eval", []))
+    subs = {int(n): {int(s): set(map(int, idx)) for s, idx in d.items()} for n, d in splits["subsets"].items()}
+    sizes = sorted(subs)
+    rows = []
+    for i, n in enumerate(sizes):
+        for s, idx in sorted(subs[n].items()):
+            nxt = subs[sizes[i + 1]].get(s) if i + 1 < len(sizes) else None
+            rows.append({"train_size": n, "seed": s, "n_images": len(idx),
+                         "nested_in_next": "–" if nxt is None else ("yes" if idx <= nxt else "NO"),
+                         "in_eval": len(idx & ev)})
+    return pd.DataFrame(rows)
+
+
 def _n_ci(est: float, lo: float, hi: float) -> str:
     def f(x: float) -> str:
         if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -448,11 +476,12 @@ def _short(v, limit: int = 300) -> str:
     return s if len(s) <= limit else s[:limit] + f"... ({len(s)} characters)"
 
 
-def _leakage_html(leak: Optional[dict]) -> str:
-    """The leakage report (:meth:`lungray.data.leakage.LeakageReport.to_dict`): scalar fields as
-    a key/value list, pair lists as tables (first 50 rows)."""
+def _leakage_html(leak: Optional[dict], depth: int = 0) -> str:
+    """The leakage report as logged (a summary and the audit of
+    :meth:`lungray.data.leakage.LeakageReport.to_dict`): scalars as a key/value list, lists of
+    pairs as tables (first 50 rows), nested sections recursively."""
     if not leak:
-        return '<p class="muted">No leakage report was logged.</p>'
+        return '<p class="muted">No leakage report was logged.</p>' if depth == 0 else ""
     scalars = {k: v for k, v in leak.items() if not isinstance(v, (list, dict))}
     out = [H.kv(scalars)] if scalars else []
     for k, v in leak.items():
@@ -460,8 +489,10 @@ def _leakage_html(leak: Optional[dict]) -> str:
             out.append(f"<p><b>{H.esc(k)}</b>: {len(v)} pair(s)</p>" + H.table(pd.DataFrame(v).head(50)))
         elif isinstance(v, list):
             out.append(f"<p><b>{H.esc(k)}</b>: {len(v)} item(s) {H.esc(_short(v, 200))}</p>")
+        elif isinstance(v, dict) and depth < 2:
+            out.append(f"<p><b>{H.esc(k)}</b></p>" + _leakage_html(v, depth + 1))
         elif isinstance(v, dict):
-            out.append(f"<p><b>{H.esc(k)}</b></p>" + H.kv({kk: _short(vv) for kk, vv in v.items()}))
+            out.append(f"<p><b>{H.esc(k)}</b>: {H.esc(_short(v))}</p>")
     return "".join(out)
 
 
@@ -535,40 +566,50 @@ def _gradcam_sections(b: _Builder, device: Optional[str], max_pointing: int) -> 
         point_cols = [c for c, h in zip(point_cols, has) if h][:max_pointing]
 
     tol = G.POINTING_TOLERANCE * data.resolution
-    overlays, cell_titles, layer_info, point_rows_out, agree = [], [], [], [], []
+    overlays, cell_titles, layer_info, point_rows_out, agree, shown = [], [], [], [], [], []
+    import torch
+
+    from lungray.models import gradcam_target
+
     for k, (lab, r) in enumerate(chosen):
-        ck_path = download(sw.client(), r["run_id"], T.BEST_CHECKPOINT, b.tmp / "ckpt")
-        lm = G.load_checkpoint_model(ck_path, resolution=data.resolution, device=device)
-        from lungray.models import gradcam_target
-
-        layers, _ = gradcam_target(lm.model)
-        layer_info.append((lab, ", ".join(G.layer_names(lm.model, layers)), lm.epoch))
+        try:
+            ck_path = download(sw.client(), r["run_id"], T.BEST_CHECKPOINT, b.tmp / "ckpt")
+            lm = G.load_checkpoint_model(ck_path, resolution=data.resolution, device=device)
+            layers, _ = gradcam_target(lm.model)
+            info = (lab, ", ".join(G.layer_names(lm.model, layers)), lm.epoch)
+            if rows.size:
+                x = G.normalise_images(imgs, data.max_value, lm.norm)
+                with torch.no_grad():
+                    own = lm.model(x.to(lm.device)).argmax(1).cpu().numpy()
+                targets = [int(preds[k, i]) for i, _ in picks]
+                cams = G.compute_cams(lm.model, x, targets)
+                ov = [G.overlay(imgs01[j], cams[j]) for j in range(len(picks))]
+                titles = [f"{lab}\n→ {sw.class_names[preds[k, i]]} {'✓' if correct[k, i] else '✗'}" for i, _ in picks]
+            point = None
+            if masks is not None and point_cols:
+                pr = np.array([row_of[ids[i]] for i in point_cols], dtype=np.int64)
+                px = G.normalise_images(np.asarray(data.images[pr]), data.max_value, lm.norm)
+                pc = G.compute_cams(lm.model, px, [int(y[i]) for i in point_cols])
+                res = G.pointing_game(pc, np.asarray(masks[pr]), tolerance=tol)
+                point = {"model": lab, "run_id": r["run_id"], "train_size": size, "seed": seed, "images": res.n,
+                         "hits": res.hits, "score": res.score, "random_map_score": res.baseline, "lift": res.lift}
+            del lm
+        except Exception as e:  # noqa: BLE001 - one model's failure is reported, the others still shown
+            log.exception("Grad-CAM failed for %s", lab)
+            notes7.append(f"{lab}: Grad-CAM failed ({type(e).__name__}: {e})")
+            continue
+        layer_info.append(info)
         if rows.size:
-            x = G.normalise_images(imgs, data.max_value, lm.norm)
-            import torch
-
-            with torch.no_grad():
-                own = lm.model(x.to(lm.device)).argmax(1).cpu().numpy()
-            targets = [int(preds[k, i]) for i, _ in picks]
             agree.append((lab, int((own == np.array(targets)).sum()), len(targets)))
-            cams = G.compute_cams(lm.model, x, targets)
-            overlays.append([G.overlay(imgs01[j], cams[j]) for j in range(len(picks))])
-            cell_titles.append([f"{lab}\n→ {sw.class_names[preds[k, i]]} {'✓' if correct[k, i] else '✗'}" for i, _ in picks])
-        if masks is not None and point_cols:
-            pr = np.array([row_of[ids[i]] for i in point_cols], dtype=np.int64)
-            pim = np.asarray(data.images[pr])
-            pmask = np.asarray(masks[pr])
-            px = G.normalise_images(pim, data.max_value, lm.norm)
-            pc = G.compute_cams(lm.model, px, [int(y[i]) for i in point_cols])
-            res = G.pointing_game(pc, pmask, tolerance=tol)
-            point_rows_out.append({"model": lab, "run_id": r["run_id"], "train_size": size, "seed": seed,
-                                   "images": res.n, "hits": res.hits, "score": res.score,
-                                   "random_map_score": res.baseline, "lift": res.lift})
-        del lm
+            overlays.append(ov)
+            cell_titles.append(titles)
+            shown.append(lab)
+        if point is not None:
+            point_rows_out.append(point)
 
     body7 = ""
     if overlays:
-        fig = G.panel_figure(imgs01, row_titles, [lab for lab, _ in chosen], overlays, cell_titles)
+        fig = G.panel_figure(imgs01, row_titles, shown, overlays, cell_titles)
         body7 = b._fig(fig, "gradcam_panels", "Grad-CAM panels",
                        "Each row is one evaluation image (its class, and whether most models got it right); each "
                        "column a model, with the Grad-CAM heat map for the class it predicted (✓ right, ✗ wrong).")

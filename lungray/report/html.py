@@ -120,28 +120,19 @@ def table(
     return "".join(out)
 
 
-def study_table_html(tab: pd.DataFrame, sizes: Sequence[int], labels: Sequence[str], digits: int = 3) -> str:
-    """Model (x optimizer) rows by training-size columns, "mean [low, high]" cells, best per
-    size in bold with a star (a hollow star when its interval overlaps the runner-up's)."""
-    if tab.empty:
+def study_table_html(wide: pd.DataFrame) -> str:
+    """The model x size grid of :func:`lungray.report.tables.study_table_wide`; best cells
+    (marked with a star there) in bold."""
+    if wide.empty:
         return '<p class="muted">(no complete trials)</p>'
     out = ['<table><thead><tr><th class="txt">model</th>']
-    out += [f"<th>n = {int(n)}</th>" for n in sizes]
+    out += [f"<th>{esc(c)}</th>" for c in wide.columns]
     out.append("</tr></thead><tbody>")
-    for lab in labels:
+    for lab, row in wide.iterrows():
         out.append(f'<tr><td class="txt">{esc(lab)}</td>')
-        for n in sizes:
-            r = tab[(tab["label"] == lab) & (tab["train_size"] == n)]
-            if r.empty:
-                out.append('<td class="muted">missing</td>')
-                continue
-            r = r.iloc[0]
-            s = fmt_ci(r["mean"], r["ci_low"], r["ci_high"], int(r["n"]), digits)
-            if r["best"]:
-                star = "★" if r["best_clear"] else "☆"
-                out.append(f'<td class="best">{esc(s)} {star}</td>')
-            else:
-                out.append(f"<td>{esc(s)}</td>")
+        for v in row:
+            cls = "best" if ("★" in v or "☆" in v) else ("muted" if v == "missing" else "")
+            out.append(f'<td class="{cls}">{esc(v)}</td>')
         out.append("</tr>")
     out.append("</tbody></table>")
     return "".join(out)

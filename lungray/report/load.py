@@ -260,7 +260,6 @@ def load_sweep(
     CSVs are read into memory, so it may be deleted afterwards).
     """
     import mlflow
-    import yaml
     from mlflow import MlflowClient
 
     uri = tracking_uri or mlflow.get_tracking_uri()

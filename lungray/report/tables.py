@@ -25,6 +25,7 @@ __all__ = [
     "add_derived",
     "summarise",
     "study_table",
+    "study_table_wide",
     "per_class_table",
     "missed_as_normal_table",
     "confusion_matrices",
@@ -165,6 +166,32 @@ def study_table(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
     """
     s = summary[summary["metric"] == metric]
     return s[["label", "model", "optimizer", "train_size", "mean", "ci_low", "ci_high", "n", "best", "best_clear"]].reset_index(drop=True)
+
+
+def study_table_wide(summary: pd.DataFrame, metric: str, labels: Optional[Sequence[str]] = None,
+                     sizes: Optional[Sequence[int]] = None, digits: int = 3) -> pd.DataFrame:
+    """The studies' table as printed: rows model (x optimizer), columns ``n = <size>``, cells
+    ``"mean [low, high]"`` with ``★`` on the best mean of each size whose interval clears the
+    runner-up's, ``☆`` on a best mean whose interval overlaps, ``"missing"`` for an empty cell.
+    """
+    from lungray.report.html import fmt_ci
+
+    tab = study_table(summary, metric)
+    labels = list(labels) if labels is not None else list(pd.unique(tab["label"]))
+    sizes = list(sizes) if sizes is not None else sorted(int(n) for n in tab["train_size"].unique())
+    out = pd.DataFrame(index=pd.Index(labels, name="model"), columns=[f"n = {n}" for n in sizes], dtype=object)
+    for lab in labels:
+        for n in sizes:
+            r = tab[(tab["label"] == lab) & (tab["train_size"] == n)]
+            if r.empty:
+                out.loc[lab, f"n = {n}"] = "missing"
+                continue
+            r = r.iloc[0]
+            cell = fmt_ci(r["mean"], r["ci_low"], r["ci_high"], int(r["n"]), digits)
+            if r["best"]:
+                cell += " ★" if r["best_clear"] else " ☆"
+            out.loc[lab, f"n = {n}"] = cell
+    return out
 
 
 def per_class_table(runs: pd.DataFrame, class_names: Sequence[str], sizes: Sequence[int], level: float = 0.95) -> pd.DataFrame:

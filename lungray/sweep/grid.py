@@ -34,6 +34,27 @@ def trial_key(model: str, train_size: int, optimizer: str, seed: int) -> str:
     return f"{model}|n={int(train_size)}|{optimizer}|seed={int(seed)}"
 
 
+def trial_uid(trial: TrialConfig, lr_sampled: bool = False) -> str:
+    """A stable, filesystem- and MLflow-safe id for a trial, derived from its grid coordinates.
+
+    It names the trial's MLflow find-or-create tag, its Ray Train run (``train-<uid>``) and its
+    directory. Being a function of the grid (not of Tune's random trial ids), a trial keeps its
+    id even if a killed driver never saved Tune's experiment state: the restarted sweep finds
+    the same MLflow run, the same Train checkpoints and the same finished result. With the
+    learning-rate search the sampled rate is part of the id.
+    """
+    import hashlib
+    import re
+
+    key = trial_key(trial.model.key, trial.train_size, trial.optimizer.key, trial.seed)
+    if lr_sampled:
+        key += f"|lr={trial.optimizer.lr:.6g}"
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{trial.model.key}_n{trial.train_size}_{trial.optimizer.key}_s{trial.seed}").strip("-")
+    if lr_sampled:
+        slug += f"_lr{trial.optimizer.lr:.3g}"
+    return f"{slug[:80]}-{hashlib.sha1(key.encode()).hexdigest()[:6]}"
+
+
 def trial_lookup(cfg: StudyConfig) -> dict[str, TrialConfig]:
     """``trial_key(...) -> TrialConfig`` for every trial of the grid."""
     return {

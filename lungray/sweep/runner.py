@@ -342,7 +342,7 @@ def run_study(
         results, interrupted = _run_tune(cfg, ctx, pre, spec, total, exp_dir, resume=resume_dir is not None, done_before=done_before, echo=echo, verbose=verbose)
 
         # 5. results, summary, report
-        rows = collect_rows(exp_dir, results)
+        rows = collect_rows(exp_dir, results, ctx.trials)
         import pandas as pd
 
         trials_df = pd.DataFrame(rows)
@@ -455,12 +455,15 @@ def _run_tune(cfg, ctx, pre, spec, total, exp_dir: Path, *, resume: bool, done_b
         trial_res = {"cpu": cfg.resources.cpus_per_worker, "gpu": cfg.resources.gpus_per_worker}
     trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), trial_res)
     progress = make_callback(total, echo=echo, already_done=done_before if resume else 0)
-    # Trial-level retries cover a lost trial *driver* (its node died); worker failures are
-    # retried inside Ray Train from the last checkpoint (FailureConfig on the TorchTrainer).
+    # Worker failures are retried inside Ray Train from the last checkpoint (FailureConfig on
+    # each TorchTrainer, resources.max_failures). A trial that still fails is final for this
+    # run: a Tune-level retry would only repeat the Train retries. `--resume` retries errored
+    # trials (from their checkpoints), which also covers a trial driver lost with its node.
+    # Without Ray Train (use_ray_train=false) Tune's own retries resume from Tune checkpoints.
     run_config = tune.RunConfig(
         name=TUNE_NAME,
         storage_path=str(exp_dir),
-        failure_config=tune.FailureConfig(max_failures=1 if cfg.resources.max_failures > 0 else 0),
+        failure_config=tune.FailureConfig(max_failures=0 if ctx.use_ray_train else cfg.resources.max_failures),
         callbacks=[progress],
         verbose=1 if verbose else 0,
     )
@@ -496,7 +499,7 @@ def _run_tune(cfg, ctx, pre, spec, total, exp_dir: Path, *, resume: bool, done_b
     return results, False
 
 
-def collect_rows(exp_dir: Path, results: Any) -> list[dict]:
+def collect_rows(exp_dir: Path, results: Any, lookup: Optional[Mapping[str, Any]] = None) -> list[dict]:
     """One row per trial from the trial directories (finished) and Tune's results (errors)."""
     from lungray.sweep.trainable import read_result
 
@@ -509,7 +512,7 @@ def collect_rows(exp_dir: Path, results: Any) -> list[dict]:
                 rows[d.name] = _row(d.name, r, "done")
     if results is not None:
         for res in results:
-            tid = _trial_id_of(res)
+            tid = _trial_id_of(res, lookup)
             if tid in rows:
                 continue
             c = res.config or {}
@@ -545,15 +548,17 @@ def _row(trial_id: str, r: Mapping[str, Any], status: str) -> dict:
     return row
 
 
-def _trial_id_of(res: Any) -> str:
+def _trial_id_of(res: Any, lookup: Optional[Mapping[str, Any]] = None) -> str:
     m = res.metrics or {}
-    if m.get("trial_id"):
-        return str(m["trial_id"])
-    path = str(getattr(res, "path", "") or "")
-    # trial dirs look like tune_trial_<trial_id>_<index>_<params>...
-    name = Path(path).name
-    parts = name.split("_")
-    return "_".join(parts[2:4]) if len(parts) >= 4 else name
+    if m.get("lungray_trial_id"):
+        return str(m["lungray_trial_id"])
+    c = res.config or {}
+    if lookup is not None:
+        try:
+            return G.trial_uid(G.trial_from_params(lookup, c), lr_sampled=c.get("lr") is not None)
+        except (ConfigError, KeyError):
+            pass
+    return str(m.get("trial_id") or Path(str(getattr(res, "path", "") or "")).name)
 
 
 def _build_report(tracking_uri: str, experiment: str, parent_run_id: str, exp_dir: Path, gradcam: bool, echo) -> Optional[Path]:

@@ -53,6 +53,15 @@ class FakeTrialBody:
         fail_always: raise on every attempt (a trial that finally fails).
         attempts_file: append one line per attempt (``start_epoch``) to this file, so a test
             can see that a retry resumed from the checkpoint rather than from epoch 0.
+        crash_sizes, fail_sizes: restrict the crash / the failure to trials of these training
+            sizes (``None``: every trial), so one sweep can mix healthy, crashing and failing trials.
+        rendezvous_dir, rendezvous_sizes, rendezvous_timeout_s: trials of these sizes drop a
+            file in ``rendezvous_dir`` at their first epoch and wait (up to the timeout) until
+            all of them have: they can only all pass at once if they run concurrently, whatever
+            the machine's load. The count seen is reported as ``rendezvous_seen``.
+
+    Every epoch's metrics carry ``wall_time`` (seconds since the epoch, float) so tests can
+    compare when trials trained.
     """
 
     n_max: int
@@ -62,6 +71,11 @@ class FakeTrialBody:
     crash_marker: Optional[str] = None
     fail_always: bool = False
     attempts_file: Optional[str] = None
+    crash_sizes: Optional[tuple] = None
+    fail_sizes: Optional[tuple] = None
+    rendezvous_dir: Optional[str] = None
+    rendezvous_sizes: tuple = ()
+    rendezvous_timeout_s: float = 300.0
     extra_metrics: dict = field(default_factory=dict)
 
     def __call__(self, trial, data, *, workdir, report: Optional[Callable] = None, resume_from=None, stop_after_epoch=None):
@@ -78,13 +92,18 @@ class FakeTrialBody:
         if self.attempts_file and rank == 0:
             with open(self.attempts_file, "a") as f:
                 f.write(f"{trial.name} start_epoch={start}\n")
-        if self.fail_always:
+        if self.fail_always and (self.fail_sizes is None or trial.train_size in self.fail_sizes):
             raise RuntimeError(f"fake failure in {trial.name}")
+        crash = self.crash_at_epoch is not None and (self.crash_sizes is None or trial.train_size in self.crash_sizes)
+        seen = 0
+        if self.rendezvous_dir and trial.train_size in self.rendezvous_sizes:
+            seen = self._rendezvous(trial)
         for epoch in range(start, epochs):
             if self.sleep_s:
                 time.sleep(self.sleep_s)
             m = {
                 "epoch": epoch,
+                "wall_time": time.time(),
                 "train_loss": 1.0 - score + 1.0 / (epoch + 1),
                 "train_accuracy": score,
                 "val_loss": 1.0 - score + 0.5 / (epoch + 1),
@@ -99,7 +118,7 @@ class FakeTrialBody:
             if report is not None:
                 report(dict(m), str(ck) if rank == 0 else None)
             if (
-                self.crash_at_epoch is not None
+                crash
                 and epoch == self.crash_at_epoch
                 and self.crash_marker
                 and not os.path.exists(self.crash_marker)
@@ -127,6 +146,7 @@ class FakeTrialBody:
             "test_auc": score,
             "test_log_loss": 1.0 - score,
             **{f"test_recall__{c}": score for c in cls},
+            **({"rendezvous_seen": seen} if seen else {}),
             **self.extra_metrics,
         }
         return FakeTrialResult(
@@ -139,6 +159,19 @@ class FakeTrialBody:
             best_checkpoint=str(best),
             timings={"train_seconds": time.time() - t0, "eval_seconds": 0.0, "setup_seconds": 0.0},
         )
+
+
+    def _rendezvous(self, trial) -> int:
+        d = Path(self.rendezvous_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"n{trial.train_size}-s{trial.seed}").write_text(str(time.time()))
+        deadline = time.time() + self.rendezvous_timeout_s
+        want = len(self.rendezvous_sizes)
+        while True:
+            seen = len(list(d.iterdir()))
+            if seen >= want or time.time() > deadline:
+                return seen
+            time.sleep(0.2)
 
 
 def _rank() -> int:

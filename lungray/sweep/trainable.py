@@ -5,8 +5,9 @@ Ray 2.60, where ``tune.Tuner(TorchTrainer(...))`` fails with "Improper 'run'"):
 
 * :func:`tune_trial` is the Tune *function trainable*. It holds ~nothing (``{"cpu": 0.01}``),
   finds or creates the trial's MLflow run, builds a ``TorchTrainer`` named
-  ``train-<trial_id>`` (stable, so a retried or restored trial resumes the same Train run
-  from its last checkpoint), waits for it, and ends the MLflow run FINISHED or FAILED.
+  ``train-<trial_id>`` (stable: :func:`~lungray.sweep.grid.trial_uid` derives the id from the
+  grid coordinates, so a retried or restored trial resumes the same Train run from its last
+  checkpoint), waits for it, and ends the MLflow run FINISHED or FAILED.
 * :func:`train_worker` runs on every Train worker. It calls the trial body (by default
   :func:`lungray.train.run_trial`) with a ``report`` callback that turns each epoch into
   ``ray.train.report(metrics, checkpoint=...)`` (forwarded to Tune by
@@ -37,7 +38,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 from lungray import tracking as T
 from lungray.config import TrialConfig
-from lungray.sweep.grid import trial_from_params
+from lungray.sweep.grid import trial_from_params, trial_uid
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +112,13 @@ def tune_trial(config: dict, ctx: SweepContext) -> None:
     from lungray.sweep import mlflow_run as M
 
     t0 = time.time()
-    trial_id = tune.get_context().get_trial_id()
     trial = trial_from_params(ctx.trials, config)
+    trial_id = trial_uid(trial, lr_sampled=config.get("lr") is not None)
     tdir = ctx.trial_dir(trial_id)
     tdir.mkdir(parents=True, exist_ok=True)
-    (tdir / T.TRIAL_CONFIG).write_text(json.dumps({"trial_id": trial_id, "params": dict(config), "trial": trial.to_dict()}, indent=1))
+    (tdir / T.TRIAL_CONFIG).write_text(
+        json.dumps({"trial_id": trial_id, "tune_trial_id": tune.get_context().get_trial_id(), "params": dict(config), "trial": trial.to_dict()}, indent=1)
+    )
 
     run_id, _ = M.find_or_create_trial_run(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id, trial)
     (tdir / "mlflow_run_id").write_text(run_id)
@@ -152,6 +155,7 @@ def tune_trial(config: dict, ctx: SweepContext) -> None:
             "node_id": summary.get("node_id", "unknown"),
             "node_ip": summary.get("node_ip", "unknown"),
             "mlflow_run_id": run_id,
+            "lungray_trial_id": trial_id,
         }
     )
     tune.report(final)

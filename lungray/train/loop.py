@@ -234,6 +234,23 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
+def _sync_buffers(model: Any, world: int) -> None:
+    """Copy rank 0's buffers (batch-norm running statistics) to every rank before evaluating.
+
+    DDP averages gradients, so parameters agree across ranks, but each rank updates its BN
+    running statistics from its own shard after DDP's start-of-forward broadcast; without this
+    the ranks would evaluate slightly different models and could disagree on early stopping.
+    """
+    if world <= 1:
+        return
+    import torch.distributed as dist
+
+    from lungray.train.evaluate import unwrap
+
+    for buf in unwrap(model).buffers():
+        dist.broadcast(buf.data, src=0)
+
+
 def _wrap_distributed(model: Any, device: Any, world: int) -> Any:
     """DDP for world_size > 1: Ray's ``prepare_model`` inside Ray Train, torch DDP otherwise."""
     if world <= 1:
@@ -396,6 +413,7 @@ def _run(
     def evaluate_val() -> dict[str, float]:
         if len(val_idx) == 0:
             return {}
+        _sync_buffers(model, world)
         probs, y, _ = predict(
             model, val_ds, batch_size=tc.eval_batch_size, device=device, dtype=dtype,
             channels_last=channels_last, num_workers=tc.num_workers,
@@ -515,6 +533,7 @@ def _run(
 
     # -- final evaluation of the selected checkpoint on the held-out set ---------------------------
     t_eval = time.perf_counter()
+    _sync_buffers(model, world)
     net = unwrap(model)
     if best_state is not None:
         net.load_state_dict(best_state)
