@@ -11,7 +11,6 @@ import json
 import os
 
 import numpy as np
-import pytest
 
 from test_train_loop import make_trial, tiny  # noqa: F401  (fixture)
 
@@ -48,7 +47,6 @@ def _worker(rank: int, world: int, rdzv: str, data, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.slow
 def test_two_rank_ddp_trial(tiny, tmp_path):  # noqa: F811
     import torch.multiprocessing as mp
 

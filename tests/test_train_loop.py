@@ -251,7 +251,6 @@ def test_logreg_is_fitted_full_batch(tiny, tmp_path):
     assert torch.load(res.best_checkpoint, weights_only=True)["epoch"] == 1
 
 
-@pytest.mark.slow
 def test_ae_encoder_pretrains_once_and_is_reused(tmp_path_factory, tmp_path, monkeypatch):
     """The code (res/4) must survive DenseNet-121's /32 downsampling: 128 px is the smallest."""
     import lungray.models as models

@@ -322,9 +322,9 @@ class _Acquisition:
 
 def _acquisition(r: np.random.Generator, difficulty: float) -> _Acquisition:
     return _Acquisition(
-        angle=float(np.clip(r.normal(0, 4.0), -10, 10)) * math.pi / 180,
-        shift=(float(r.normal(0, 0.05)), float(r.normal(0.02, 0.06))),
-        zoom=r.uniform(0.84, 1.1),
+        angle=float(np.clip(r.normal(0, 5.0), -12, 12)) * math.pi / 180,
+        shift=(float(r.normal(0, 0.08)), float(r.normal(0.03, 0.1))),
+        zoom=r.uniform(0.75, 1.12),
         inspiration=r.uniform(-0.05, 0.05),
         gain=r.uniform(1.25, 1.6),
         lo=r.uniform(0.0, 0.08),
@@ -354,6 +354,32 @@ def _lungs(a: _Anatomy, q: _Acquisition, x: np.ndarray, y: np.ndarray) -> tuple[
         lung = np.maximum(lung, m)
         geo.append((side, top, base, w))
     return lung, geo
+
+
+def _devices(r: np.random.Generator, fr: _Frame) -> np.ndarray:
+    """Density of external objects: ECG electrodes with leads (half the images) and a lead
+    "L"/"R" side marker (most images), as in ICU and portable radiographs."""
+    x, y = fr.x, fr.y
+    out = np.zeros_like(x)
+    if r.random() < 0.5:
+        for _ in range(int(r.integers(1, 5))):
+            ex, ey = r.uniform(-0.75, 0.75), r.uniform(-0.75, 0.55)
+            rr = (x - ex) ** 2 + (y - ey) ** 2
+            out += 0.5 * np.exp(-rr / (2 * 0.02**2)) + 0.25 * np.exp(-(((np.sqrt(rr) - 0.04) / 0.008) ** 2))
+            th, kappa, amp, om, ph = r.uniform(0, 2 * np.pi), r.uniform(-0.6, 0.6), r.uniform(0, 0.08), r.uniform(3, 8), r.uniform(0, 2 * np.pi)
+            c, s = math.cos(th), math.sin(th)
+            along = (x - ex) * c + (y - ey) * s
+            off = -(x - ex) * s + (y - ey) * c - (kappa * along**2 + amp * np.sin(om * along + ph))
+            out += 0.3 * np.exp(-((off / 0.011) ** 2)) * _sig((along - 0.04) / 0.01)
+    if r.random() < 0.75:
+        # marker in detector (image) coordinates near a top corner: an L-shaped lead letter
+        mx = r.choice([-1.0, 1.0]) * r.uniform(0.6, 0.85)
+        my = r.uniform(-0.9, -0.55)
+        h, w, t = r.uniform(0.07, 0.1), r.uniform(0.05, 0.07), 0.022
+        X, Y = fr.X, fr.Y
+        box = lambda x0, x1, y0, y1: _sig((X - x0) / 0.004) * _sig((x1 - X) / 0.004) * _sig((Y - y0) / 0.004) * _sig((y1 - Y) / 0.004)
+        out += 2.0 * np.maximum(box(mx, mx + t, my, my + h), box(mx, mx + w, my + h - t, my + h))
+    return out
 
 
 def _silhouette(a: _Anatomy, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -460,6 +486,9 @@ def _render(a: _Anatomy, q: _Acquisition, kind: str, r: np.random.Generator, res
     d = (t - np.clip(np.round(t), 0, 5)) * a.rib_gap * 1.05
     A += 0.45 * a.bone * _tube(d, a.rib_half * 1.2, wall=0.25) * _sig((ax - 0.28) / 0.04) * _sig((a.body_w - 0.06 - ax) / 0.02)
 
+    # external objects (per image, any class): ECG electrodes and their leads, a side marker
+    A += _devices(r, fr)
+
     # the finding, restricted to the lungs
     if kind == "none":
         mask = np.zeros((resolution, resolution), dtype=np.uint8)
@@ -471,7 +500,16 @@ def _render(a: _Anatomy, q: _Acquisition, kind: str, r: np.random.Generator, res
     # detector: exposure, window, gamma, heel effect, quantum noise
     img = 1.0 - np.exp(-q.gain * np.clip(A, 0, None))
     img = np.clip((img - q.lo) / (q.hi - q.lo), 0, 1) ** q.gamma
-    img += q.heel[0] * fr.X + q.heel[1] * fr.Y + r.normal(0.0, q.noise, img.shape)
+    img += q.heel[0] * fr.X + q.heel[1] * fr.Y
+    # collimation: unexposed detector margins on some images are bright
+    if r.random() < 0.35:
+        col = np.zeros_like(img)
+        for side in r.permutation(4)[: int(r.integers(1, 4))]:
+            edge = 1.0 - r.uniform(0.03, 0.12)
+            coord = (fr.X, -fr.X, fr.Y, -fr.Y)[side]
+            col = np.maximum(col, _sig((coord - edge) / 0.006))
+        img = img * (1 - col) + col * r.uniform(0.75, 0.95)
+    img += r.normal(0.0, q.noise, img.shape)
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), mask
 
 

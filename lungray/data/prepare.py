@@ -139,6 +139,8 @@ def prepare_data(
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else output_dir / "cache"
 
     report = check_dataset(cfg, sizes=(), strict=bool(cfg.strict), echo=say)
+    if report.dataset_problems:  # e.g. an empty class: fail before decoding anything
+        raise DataError(f"{cfg.source} data cannot be used: " + "; ".join(report.dataset_problems))
     manifest = report.manifest
     root = build_cache(manifest, cfg, cache_dir, progress=progress, parallel=parallel)
 

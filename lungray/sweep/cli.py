@@ -131,6 +131,7 @@ def main(
             raise
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; finish it later with --resume <experiment directory>", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        where = str(e) if str(e) else "<experiment directory>"
+        print(f"{prog}: interrupted; finish it later with: {prog} --resume {where}", file=sys.stderr)
         return 130

@@ -44,8 +44,30 @@ def init_ray(address: Optional[str] = None, **kwargs: Any) -> bool:
     if ray.is_initialized():
         return False
     addr = resolve_address(address)
+    if addr not in (None, "local"):
+        _token_auth_for_existing_cluster()
     ray.init(address=addr, **kwargs)
     return True
+
+
+def _token_auth_for_existing_cluster() -> None:
+    """Join a token-authenticated cluster without extra setup.
+
+    Ray 2.60's ``ray start`` enables token auth by default, but a client joining it only sends
+    the token when ``RAY_AUTH_MODE=token`` is set. When the user left it unset and a token is
+    available (``~/.ray/auth_token``, ``$RAY_AUTH_TOKEN`` or ``$RAY_AUTH_TOKEN_PATH``), use it.
+    """
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    token_file = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.path.exists(token_file):
+        os.environ["RAY_AUTH_MODE"] = "token"
+        try:  # Ray caches its config at import; refresh it as Ray's own token set-up does
+            from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+            _enable_token_auth()
+        except ImportError:  # pragma: no cover - other Ray versions read the variable directly
+            pass
 
 
 def _load_yaml(path: str | os.PathLike) -> dict:

@@ -355,6 +355,9 @@ def run_study(
         echo(format_summary(done_rows, HEADLINE))
         if n_errors:
             echo(f"{n_errors} trial(s) did not finish; see {exp_dir / 'trials.csv'} and the lungray.error tag in MLflow")
+        over = pd.to_numeric(trials_df.get("trial_overhead_seconds", pd.Series(dtype=float)), errors="coerce").dropna()
+        if len(over):
+            echo(f"per-trial overhead (Ray Train start-up and teardown, not training): mean {over.mean():.1f}s, max {over.max():.1f}s")
         report_path = None
         want_report = cfg.report if report is None else report
         if want_report and not interrupted:
@@ -362,7 +365,7 @@ def run_study(
         M.log_json_artifacts(M.client(tracking_uri), parent_run_id, {"trials.csv": trials_df.to_csv(index=False), "summary.csv": summary.to_csv()})
         if interrupted:
             M.finish_run(tracking_uri, parent_run_id, "KILLED")
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt(str(exp_dir))
         M.set_tags(M.client(tracking_uri), parent_run_id, {"lungray.failed_trials": n_errors})
         M.finish_run(tracking_uri, parent_run_id, "FINISHED")
         echo(f"done: {len(trials_df) - n_errors}/{len(trials_df)} trials finished; experiment directory {exp_dir}")
@@ -541,6 +544,7 @@ def _row(trial_id: str, r: Mapping[str, Any], status: str) -> dict:
         "worker_start": r.get("worker_start"),
         "worker_end": r.get("worker_end"),
         "resumed": r.get("resumed"),
+        "trial_overhead_seconds": r.get("trial_overhead_seconds"),
     }
     for k, v in (r.get("metrics") or {}).items():
         if k.startswith(T.TEST_PREFIX) or k in ("best_epoch", "epochs_run", "train_seconds", "eval_seconds"):

@@ -122,11 +122,15 @@ def tune_trial(config: dict, ctx: SweepContext) -> None:
 
     run_id, _ = M.find_or_create_trial_run(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id, trial)
     (tdir / "mlflow_run_id").write_text(run_id)
+    previous = read_result(tdir)
+    if previous is not None and previous.get("complete") and "trial_overhead_seconds" in previous:
+        # Finished in an earlier driver's lifetime, before Tune recorded it: nothing to redo.
+        M.finish_run(ctx.tracking_uri, run_id, "FINISHED")
+        tune.report(_final_report(previous, run_id, trial_id))
+        return
     try:
-        previous = read_result(tdir)
         if previous is not None and previous.get("complete"):
-            # Finished in an earlier driver's lifetime, before Tune recorded it: nothing to redo.
-            summary = previous
+            summary = previous  # trained and logged; only the driver's bookkeeping was cut off
         elif ctx.use_ray_train:
             summary = _fit_with_ray_train(ctx, trial, trial_id, run_id, tdir)
         else:
@@ -140,25 +144,28 @@ def tune_trial(config: dict, ctx: SweepContext) -> None:
     overhead = max(0.0, wall - busy)
     c = M.client(ctx.tracking_uri)
     M.log_metrics(c, run_id, {"trial_overhead_seconds": overhead, "trial_wall_seconds": wall})
+    summary = {**summary, "trial_overhead_seconds": overhead, "trial_wall_seconds": wall, "trial_start": t0, "trial_end": time.time()}
+    write_result(tdir, summary)
     M.finish_run(ctx.tracking_uri, run_id, "FINISHED")
+    tune.report(_final_report(summary, run_id, trial_id))
+
+
+def _final_report(summary: Mapping[str, Any], run_id: str, trial_id: str) -> dict:
+    """The trial function's last Tune result: test metrics, timings and where it ran."""
     final = {k: v for k, v in summary.get("metrics", {}).items() if _is_number(v)}
     final.update(
         {
             "done": True,
             "best_epoch": summary.get("best_epoch", -1),
-            "trial_wall_seconds": wall,
-            "trial_overhead_seconds": overhead,
-            "trial_start": t0,
-            "trial_end": time.time(),
-            "worker_start": summary.get("worker_start", float("nan")),
-            "worker_end": summary.get("worker_end", float("nan")),
-            "node_id": summary.get("node_id", "unknown"),
-            "node_ip": summary.get("node_ip", "unknown"),
             "mlflow_run_id": run_id,
             "lungray_trial_id": trial_id,
+            "node_id": summary.get("node_id", "unknown"),
+            "node_ip": summary.get("node_ip", "unknown"),
         }
     )
-    tune.report(final)
+    for k in ("trial_wall_seconds", "trial_overhead_seconds", "trial_start", "trial_end", "worker_start", "worker_end"):
+        final[k] = summary.get(k, float("nan"))
+    return final
 
 
 def _fit_with_ray_train(ctx: SweepContext, trial: TrialConfig, trial_id: str, run_id: str, tdir: Path) -> dict:
@@ -184,6 +191,8 @@ def _fit_with_ray_train(ctx: SweepContext, trial: TrialConfig, trial_id: str, ru
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=ctx.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=ctx.checkpoints_to_keep),
+            # every worker sees the sweep's tracking server (lungray passes the URI explicitly too)
+            worker_runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": ctx.tracking_uri}},
         ),
     )
     trainer.fit()  # raises TrainingFailedError once the worker retries are spent
