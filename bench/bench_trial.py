@@ -335,7 +335,8 @@ def main(argv=None) -> int:
             ray_started = True
             print(f"ray.init: {t.s:.1f}s (excluded)")
             rv = RayVariants(args, data, trial, out)
-            variants["ray train, plain report"] = rv.plain
+            if not args.quick:  # --quick keeps only the sweep's worker (one Train start-up)
+                variants["ray train, plain report"] = rv.plain
             variants["ray train, sweep worker"] = rv.sweep
         ipe = images_per_epoch(trial, args.n_train)
         print(f"{args.model} at {args.resolution} px, batch {args.batch_size}, {ipe} images/epoch, {args.epochs} epochs "
@@ -361,7 +362,8 @@ def main(argv=None) -> int:
         if rv is not None:
             C.print_ratio("ray_trial_vs_bare", C.paired_ratio(res["ray train, sweep worker"], base), 0.95,
                           note="(the sweep's Train worker)")
-            C.print_ratio("ray_plain_vs_bare", C.paired_ratio(res["ray train, plain report"], base))
+            if "ray train, plain report" in res:
+                C.print_ratio("ray_plain_vs_bare", C.paired_ratio(res["ray train, plain report"], base))
             C.print_ratio("ray_sweep_vs_run_trial", C.paired_ratio(res["ray train, sweep worker"], res["run_trial"]))
     finally:
         if ray_started:

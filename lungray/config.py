@@ -543,6 +543,11 @@ def validate_study(cfg: StudyConfig) -> None:
         if not 0 <= m.drop_rate < 1:
             raise ConfigError(f"models[{i}].drop_rate must be in [0, 1), got {m.drop_rate}")
         check_model_config(m, f"models[{i}]")  # head/stem/pretrained combinations, weights path exists
+        if m.name == "ae_encoder" and (d.resolution % 4 or d.resolution < 128):
+            raise ConfigError(
+                f"models[{i}]: ae_encoder needs data.resolution divisible by 4 and >= 128 (its 64x64-style "
+                f"code at resolution/4 feeds a DenseNet-121, which downsamples 32x), got {d.resolution}"
+            )
         if m.key in seen:
             raise ConfigError(f"models[{i}]: two models are both called '{m.key}'; give one a label")
         seen.add(m.key)

@@ -107,7 +107,12 @@ def test_killed_worker_resumes_from_its_checkpoint_into_one_run(sweep):
     result, out, _ = sweep
     assert (out / "crashed.marker").exists()
     attempts = [ln for ln in (out / "attempts.txt").read_text().splitlines() if "n=40" in ln]
-    assert attempts == ["simple_cnn|n=40|adam|seed=0 start_epoch=0", "simple_cnn|n=40|adam|seed=0 start_epoch=2"]
+    # the worker died right after reporting epoch 1's checkpoint; the restarted worker resumes from
+    # the latest checkpoint Ray Train had registered: epoch 1's, or epoch 0's if the report had not
+    # reached the controller yet. Either way not from scratch, and MLflow gets each step once.
+    assert attempts[0] == "simple_cnn|n=40|adam|seed=0 start_epoch=0"
+    assert attempts[1] in ("simple_cnn|n=40|adam|seed=0 start_epoch=1", "simple_cnn|n=40|adam|seed=0 start_epoch=2")
+    assert len(attempts) == 2
     c, _, children = _runs(result)
     run = children[_uid(result, 40)]
     assert run.info.status == "FINISHED"

@@ -488,6 +488,9 @@ def _render(a: _Anatomy, q: _Acquisition, kind: str, r: np.random.Generator, res
 
     # external objects (per image, any class): ECG electrodes and their leads, a side marker
     A += _devices(r, fr)
+    # overlying soft tissue and scatter: a smooth random density field, different on every
+    # image, so no two radiographs share their low-frequency content by chance
+    A += 0.07 * body * _field(fr, _fourier(r, 12, 0.8, 4.0))
 
     # the finding, restricted to the lungs
     if kind == "none":

@@ -58,6 +58,14 @@ class SimpleCNNTrunk(nn.Module):
         self.flatten = nn.Flatten(1)
         self.dense = nn.Linear(chans[-1] * side * side, DENSE_UNITS)
         self.act = nn.ReLU(inplace=True)
+        # He (Kaiming) initialisation for ReLU layers, as Keras-era CNNs effectively had: with
+        # torch's default (kaiming_uniform, a=sqrt(5)) activations shrink ~3x per conv, BatchNorm's
+        # running variance (initialised to 1) then dwarfs the real one and the model sits at chance
+        # in eval mode for the first ~40 steps -- fatal for short CPU runs and small training sizes.
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.act(self.dense(self.flatten(self.blocks(x))))

@@ -257,15 +257,19 @@ def _wrap_distributed(model: Any, device: Any, world: int) -> Any:
         return model
     try:
         import ray.train
+
+        ray.train.get_context()  # raises outside a Ray Train worker
+        in_ray_train = True
+    except Exception:
+        in_ray_train = False
+    if in_ray_train:
         import ray.train.torch as rtt
 
-        ray.train.get_context()
         return rtt.prepare_model(model, move_to_device=False)
-    except Exception:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+    from torch.nn.parallel import DistributedDataParallel as DDP
 
-        ids = [device.index] if device.type == "cuda" and device.index is not None else None
-        return DDP(model, device_ids=ids)
+    ids = [device.index] if device.type == "cuda" and device.index is not None else None
+    return DDP(model, device_ids=ids)
 
 
 def _run(
