@@ -16,8 +16,10 @@ Issue 5, item 3. Three measurements:
    trials (first start to last end, i.e. without Ray start-up, data preparation and MLflow
    set-up). Wall time against the number of trials is fitted with a line: the slope is the
    marginal cost of a trial and R^2 says whether growth is linear.
-3. The health-check interval on the smallest sweep (default 2.0 s vs lungray's 0.2 s), and
-   optionally ``resources.use_ray_train=false`` (the loop runs in the Tune trial itself).
+3. Optional variants: the smallest sweep at the other health-check intervals (``--hc-sweep``)
+   and with longer trials (``--long-epochs N``: efficiency against trial length), the largest
+   with ``resources.use_ray_train=false`` (``--also-no-ray-train``: the loop runs in the Tune
+   trial itself, no Train controller or worker processes).
 
 Run: ``python bench/bench_sweep.py`` (default, ~5 min on 2 CPUs) or ``--quick`` (CI smoke).
 """
@@ -54,6 +56,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--slots", type=int, default=2, help="concurrent trials (resources.max_concurrent_trials)")
     p.add_argument("--hc", default="0.2,2.0", help="RAY_TRAIN_HEALTH_CHECK_INTERVAL_S values to compare")
     p.add_argument("--startup-repeats", type=int, default=2, help="interleaved no-op fits per health-check value")
+    p.add_argument("--hc-sweep", action="store_true",
+                   help="also run the smallest sweep at every other --hc value (the no-op fits compare them anyway)")
+    p.add_argument("--long-epochs", type=int, default=0,
+                   help="also run the smallest sweep with schedule.epochs=N (efficiency vs trial length)")
     p.add_argument("--also-no-ray-train", action="store_true",
                    help="also run the largest sweep with resources.use_ray_train=false")
     p.add_argument("--skip-startup", action="store_true")
@@ -83,7 +89,13 @@ def _noop_worker(config: dict) -> None:
     import time as _time
 
     t_enter = _time.time()
-    _json.dump({"t_enter": t_enter, "t_exit": _time.time()}, open(config["out"], "w"))
+    try:
+        import psutil
+
+        born = psutil.Process().create_time()  # when Ray spawned this worker process
+    except Exception:  # noqa: BLE001 - optional detail
+        born = float("nan")
+    _json.dump({"t_enter": t_enter, "t_born": born, "t_exit": _time.time()}, open(config["out"], "w"))
 
 
 def bench_startup(args, out: Path) -> None:
@@ -110,7 +122,8 @@ def bench_startup(args, out: Path) -> None:
                 ).fit()
                 t1 = time.time()
                 s = json.loads(stamp.read_text())
-                parts[hc].append({"startup": s["t_enter"] - t0, "teardown": t1 - s["t_exit"], "total": t1 - t0})
+                parts[hc].append({"startup": s["t_enter"] - t0, "teardown": t1 - s["t_exit"], "total": t1 - t0,
+                                  "to_process": s["t_born"] - t0, "in_process": s["t_enter"] - s["t_born"]})
                 return t1 - t0
 
             return _run
@@ -147,12 +160,16 @@ def bench_startup(args, out: Path) -> None:
     for h in args.hc_list:
         ps = parts[h]
         rows.append({"what": f"no-op fit, health check {h}s", "total s": C.median([p["total"] for p in ps]),
-                     "start-up s": C.median([p["startup"] for p in ps]), "teardown s": C.median([p["teardown"] for p in ps])})
+                     "start-up s": C.median([p["startup"] for p in ps]),
+                     "fit -> worker process": C.median([p["to_process"] for p in ps]),
+                     "worker process -> train fn": C.median([p["in_process"] for p in ps]),
+                     "teardown s": C.median([p["teardown"] for p in ps])})
+    nan = float("nan")
     rows.append({"what": "spawn one actor process (runtime env)", "total s": C.median(spawned["actor spawn"]),
-                 "start-up s": float("nan"), "teardown s": float("nan")})
+                 "start-up s": nan, "fit -> worker process": nan, "worker process -> train fn": nan, "teardown s": nan})
     rows.append({"what": "import torch + ray.train.torch", "total s": C.median(imports["import"]),
-                 "start-up s": float("nan"), "teardown s": float("nan")})
-    C.print_table(rows, "Ray Train start-up and teardown of one trial (medians)")
+                 "start-up s": nan, "fit -> worker process": nan, "worker process -> train fn": nan, "teardown s": nan})
+    C.print_table(rows, "Ray Train start-up and teardown of one trial (medians, seconds)")
     if len(args.hc_list) > 1:
         lo, hi = min(args.hc_list, key=float), max(args.hc_list, key=float)
         C.print_ratio(f"noop_fit_hc{hi}_vs_hc{lo}", C.median([p["total"] for p in parts[hi]]) / C.median([p["total"] for p in parts[lo]]),
@@ -172,11 +189,11 @@ def child(args) -> int:
     from lungray.sweep.runner import run_study
 
     out = Path(args.child).parent / f"sweep_{Path(args.child).stem}"
+    uri = f"sqlite:///{out / 'mlflow.db'}"
     overrides = [
         f"output_dir={out}",
         f"data.cache_dir={Path(args.child).parent / 'shared_cache'}",
-        f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}",
-        "tracking.log_checkpoints=true",
+        f"tracking.tracking_uri={uri}",
         f"resources.max_concurrent_trials={args.slots}",
         "report=false",
         *GRIDS[args.child_trials],
@@ -184,15 +201,18 @@ def child(args) -> int:
     ]
     cfg = load_study("smoke", overrides=overrides)
     t0 = time.time()
-    run_study(cfg)
+    result = run_study(cfg)
     t1 = time.time()
-    trials = read_trials(f"sqlite:///{out / 'mlflow.db'}", cfg.tracking.experiment or cfg.name)
+    trials = read_trials(uri, cfg.tracking.experiment or cfg.name, Path(result.experiment_dir))
     Path(args.child).write_text(json.dumps({"t0": t0, "t1": t1, "n_trials": len(cfg.trials()), "trials": trials}))
     return 0
 
 
-def read_trials(uri: str, experiment: str) -> list[dict]:
-    """Per-trial timings from the sweep's MLflow child runs (lungray/tracking.py names)."""
+def read_trials(uri: str, experiment: str, experiment_dir: Path | None = None) -> list[dict]:
+    """Per-trial timings: MLflow child runs (status, start/end, lungray/tracking.py metrics),
+    refined by the trial's ``result.json`` in the experiment directory when it is there
+    (``trial_start``/``trial_end`` of the Tune trial function, ``worker_start``/``worker_end``
+    of the Train worker's body), which splits the overhead into its parts."""
     from mlflow.tracking import MlflowClient
 
     from lungray import tracking as T
@@ -203,7 +223,7 @@ def read_trials(uri: str, experiment: str) -> list[dict]:
     out = []
     for r in runs:
         m = r.data.metrics
-        out.append({
+        rec = {
             "name": r.info.run_name,
             "status": r.info.status,
             "start": r.info.start_time / 1000.0,
@@ -212,7 +232,16 @@ def read_trials(uri: str, experiment: str) -> list[dict]:
             "train": float(m.get("train_seconds", float("nan"))),
             "eval": float(m.get("eval_seconds", float("nan"))),
             "overhead_logged": float(m.get("trial_overhead_seconds", float("nan"))),
-        })
+        }
+        tid = r.data.tags.get(T.TRIAL_ID)
+        rj = (experiment_dir / "trials" / str(tid) / "result.json") if experiment_dir is not None and tid else None
+        if rj is not None and rj.exists():
+            d = json.loads(rj.read_text())
+            for k in ("trial_start", "trial_end", "worker_start", "worker_end"):
+                v = d.get(k)
+                if isinstance(v, (int, float)):
+                    rec[k] = float(v)
+        out.append(rec)
     return out
 
 
@@ -240,6 +269,7 @@ def summarise(res: dict, slots: int) -> dict:
     wall = res["t1"] - res["t0"]
     span = (max(t["end"] for t in tr) - min(t["start"] for t in tr)) if tr else float("nan")
     overheads = [(t["end"] - t["start"]) - t["train"] - t["eval"] for t in tr]
+    parts = breakdown(tr)
     return {
         "trials": res["n_trials"],
         "finished": sum(t["status"] == "FINISHED" for t in tr),
@@ -251,6 +281,28 @@ def summarise(res: dict, slots: int) -> dict:
         "overhead s": C.median(overheads),
         "eff (run_study)": compute / (wall * slots) if wall else float("nan"),
         "eff (span)": compute / (span * slots) if span else float("nan"),
+        **parts,
+    }
+
+
+def breakdown(trials: list[dict]) -> dict:
+    """Median seconds per trial of each overhead part (needs the trials' result.json stamps):
+
+    * ``train start-up``: Tune trial function entered -> Train worker's body started (MLflow
+      find-or-create, TorchTrainer controller + worker processes, process group);
+    * ``setup``: run_trial's own set-up (model, data views, normalisation);
+    * ``outputs``: rest of the worker body (per-epoch reports and checkpoints, artifacts and
+      final MLflow logging);
+    * ``teardown``: worker body done -> trial function done (Train teardown, MLflow finish).
+    """
+    keys = ("trial_start", "trial_end", "worker_start", "worker_end")
+    tr = [t for t in trials if all(k in t for k in keys)]
+    if not tr:
+        return {}
+    return {
+        "train start-up s": C.median([t["worker_start"] - t["trial_start"] for t in tr]),
+        "outputs s": C.median([(t["worker_end"] - t["worker_start"]) - t["setup"] - t["train"] - t["eval"] for t in tr]),
+        "teardown s": C.median([t["trial_end"] - t["worker_end"] for t in tr]),
     }
 
 
@@ -266,28 +318,38 @@ def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
     return a, b, (1 - ss_res / ss_tot) if ss_tot else 1.0
 
 
+SWEEP_COLS = ("trials", "finished", "run_study s", "trial span s", "eff (run_study)", "eff (span)")
+TRIAL_COLS = ("trial wall s", "train+eval s", "overhead s", "setup s", "train start-up s", "outputs s", "teardown s")
+
+
 def bench_sweeps(args, out: Path) -> None:
     lo_hc = min(args.hc_list, key=float)
-    rows = []
+    runs: list[tuple[str, dict]] = []
     series = {}
     for k in args.trial_list:
         print(f"sweep: {k} trials, {args.slots} slots, health check {lo_hc}s ...", flush=True)
-        res = run_child(args, out, k, {HC: lo_hc})
-        s = summarise(res, args.slots)
+        s = summarise(run_child(args, out, k, {HC: lo_hc}), args.slots)
         series[k] = s
-        rows.append({"sweep": f"{k} trials, hc {lo_hc}s", **s})
+        runs.append((f"{k} trials, hc {lo_hc}s", s))
     k0 = min(args.trial_list)
-    for h in args.hc_list:
-        if h == lo_hc:
-            continue
-        print(f"sweep: {k0} trials, health check {h}s ...", flush=True)
-        rows.append({"sweep": f"{k0} trials, hc {h}s", **summarise(run_child(args, out, k0, {HC: h}), args.slots)})
+    if args.hc_sweep:
+        for h in args.hc_list:
+            if h != lo_hc:
+                print(f"sweep: {k0} trials, health check {h}s ...", flush=True)
+                runs.append((f"{k0} trials, hc {h}s", summarise(run_child(args, out, k0, {HC: h}), args.slots)))
+    if args.long_epochs:
+        print(f"sweep: {k0} trials x {args.long_epochs} epochs (longer trials) ...", flush=True)
+        runs.append((f"{k0} trials, {args.long_epochs} epochs", summarise(
+            run_child(args, out, k0, {HC: lo_hc}, sets=[f"schedule.epochs={args.long_epochs}"]), args.slots)))
     if args.also_no_ray_train:
         k1 = max(args.trial_list)
         print(f"sweep: {k1} trials, use_ray_train=false ...", flush=True)
-        rows.append({"sweep": f"{k1} trials, no Ray Train", **summarise(
-            run_child(args, out, k1, {HC: lo_hc}, sets=["resources.use_ray_train=false"]), args.slots)})
-    C.print_table(rows, f"sweeps on the smoke preset, {args.slots} concurrent slots (per-trial figures are medians)")
+        runs.append((f"{k1} trials, no Ray Train", summarise(
+            run_child(args, out, k1, {HC: lo_hc}, sets=["resources.use_ray_train=false"]), args.slots)))
+    C.print_table([{"sweep": name, **{c: s.get(c, float("nan")) for c in SWEEP_COLS}} for name, s in runs],
+                  f"sweeps on the smoke preset (and sub-grids), {args.slots} concurrent slots")
+    C.print_table([{"sweep": name, **{c: s.get(c, float("nan")) for c in TRIAL_COLS}} for name, s in runs],
+                  "per trial, medians in seconds (overhead = trial wall - train - eval)")
     kmax = max(args.trial_list)
     C.print_ratio(f"sweep_efficiency_{kmax}_trials", series[kmax]["eff (run_study)"], 0.85)
     C.print_ratio(f"sweep_efficiency_{kmax}_trials_span", series[kmax]["eff (span)"],
@@ -295,7 +357,8 @@ def bench_sweeps(args, out: Path) -> None:
     if len(series) >= 2:
         ks = sorted(series)
         a, b, r2 = fit_line([float(k) for k in ks], [series[k]["run_study s"] for k in ks])
-        print(f"wall time vs trials: {a:.1f}s fixed + {b:.1f}s per trial ({b * args.slots:.1f}s per trial per slot); R^2 {r2:.3f}")
+        print(f"wall time vs trials: {a:.1f}s fixed + {b:.1f}s per trial ({b * args.slots:.1f}s per trial per slot); "
+              f"R^2 {r2:.3f} over {ks}")
         C.print_ratio("sweep_wall_linear_r2", r2, note="(1.0 = wall time grows linearly with the number of trials)")
 
 

@@ -133,3 +133,8 @@ def test_dump_yaml_roundtrips(tmp_path):
     p = tmp_path / "resolved.yaml"
     p.write_text(dump_yaml(cfg))
     assert load_study("smoke", p) == cfg
+
+
+def test_ae_encoder_resolution_checked_at_config_time():
+    with pytest.raises(ConfigError, match="ae_encoder needs data.resolution"):
+        load_study("smoke", overrides=["models=[ae_encoder]", "data.resolution=64"])

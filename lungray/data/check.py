@@ -220,7 +220,7 @@ def _pool_problems(df: pd.DataFrame, cfg: Any, sizes: Sequence[int], names: Sequ
         try:
             nested_subsets(labels, pool_idx, [n], seed=0, groups=groups, balanced=bool(cfg.class_balanced), class_names=tuple(names))
         except DataError as e:
-            out.append(f"training size {n}: {e}")
+            out.append(str(e))
     return out
 
 
