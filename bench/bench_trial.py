@@ -229,6 +229,44 @@ def _stamped_body(trial, data, *, workdir, report, resume_from=None, stamps_path
     return result
 
 
+def checkpoint_probe(args, data, trial, out: Path, repeats: int = 3) -> dict:
+    """Time one resumable checkpoint of this model directly (the noisy end-to-end ratios above
+    cannot resolve a few hundred ms): ``state.pt`` as run_trial writes it every
+    ``checkpoint_every`` epochs (model + Adam state, plus the best model's weights once a
+    validation has run) through :func:`lungray.train.checkpoint.save_state` (fsync'd, atomic),
+    then the copy Ray makes when the directory is reported (a plain directory copy here)."""
+    import torch
+
+    from lungray.models import create_model
+    from lungray.train import checkpoint as ckpt
+
+    torch.manual_seed(0)
+    model = create_model(trial.model, data.num_classes, in_chans=1, resolution=data.resolution)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    x = torch.rand(4, 1, data.resolution, data.resolution)
+    torch.nn.functional.cross_entropy(model(x), torch.zeros(4, dtype=torch.long)).backward()
+    opt.step()  # Adam's moments exist now, as in every real checkpoint
+    res = {}
+    for label, best in (("model+optimizer", None), ("model+optimizer+best", ckpt.cpu_state_dict(model))):
+        state = {"trial": trial.to_dict(), "epoch": 1, "model": ckpt.cpu_state_dict(model), "optimizer": opt.state_dict(),
+                 "scheduler": None, "scaler": {}, "best_value": 0.0, "best_epoch": 1, "best_model": best, "bad_evals": 0,
+                 "done": False, "stopped_early": False, "history": [], "train_seconds": 0.0, "rng": ckpt.rng_state()}
+        writes, copies, size = [], [], 0
+        for i in range(repeats):
+            d = out / f"ckprobe_{label.count('+')}_{i}"
+            with C.Timer() as t:
+                ckpt.save_state(d, state)
+            writes.append(t.s)
+            size = (d / ckpt.STATE_FILE).stat().st_size
+            with C.Timer() as t:
+                shutil.copytree(d, out / f"ckprobe_copy_{label.count('+')}_{i}")
+            copies.append(t.s)
+            shutil.rmtree(d, ignore_errors=True)
+            shutil.rmtree(out / f"ckprobe_copy_{label.count('+')}_{i}", ignore_errors=True)
+        res[label] = {"mb": size / 2**20, "write": C.median(writes), "copy": C.median(copies)}
+    return res
+
+
 class RayVariants:
     """The two Ray Train variants; Ray and the MLflow experiment are set up once (excluded)."""
 
@@ -358,6 +396,12 @@ def main(argv=None) -> int:
                           f"(torch threads {rv.info[key][0]['threads']})")
         ckpt_cost = 1.0 / C.median(res["run_trial"]) - 1.0 / C.median(res["run_trial, ckpt at end"])
         print(f"per-epoch checkpoint cost (run_trial - ckpt at end): {ckpt_cost * ipe * 1000:.0f} ms/epoch")
+        probe = checkpoint_probe(args, data, trial, out)
+        bare_epoch = ipe / C.median(base)
+        for label, p in probe.items():
+            share = (p["write"] + p["copy"]) / bare_epoch
+            print(f"checkpoint probe, {label}: {p['mb']:.1f} MB, write {p['write'] * 1000:.0f} ms + copy "
+                  f"{p['copy'] * 1000:.0f} ms = {share:.2f} of a bare epoch ({bare_epoch * 1000:.0f} ms)")
         C.print_ratio("trial_loop_vs_bare", C.paired_ratio(res["run_trial"], base))
         if rv is not None:
             C.print_ratio("ray_trial_vs_bare", C.paired_ratio(res["ray train, sweep worker"], base), 0.95,

@@ -105,7 +105,7 @@ def test_killed_driver_resumes_only_unfinished_trials_without_duplicate_runs(tmp
     capsys.readouterr()
     rc = main(["--resume", str(exp_dir), "--preset", "smoke", *GRID, "--set", "seeds=[0,1,2]", *common], "smoke", prog="size_study.py")
     err = capsys.readouterr().err
-    assert rc == 2 and "the study changed since this sweep started" in err and "differs in: seeds;" in err
+    assert rc == 2 and "the study changed since this sweep started" in err and "differs in: seeds)" in err
 
     resumed = _start([str(attempts), "--resume", str(exp_dir), *common], tmp_path / "resume.log")
     try:

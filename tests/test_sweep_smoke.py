@@ -61,11 +61,13 @@ def test_smoke_preset_end_to_end_with_the_real_training_loop(tmp_path):
     for r in children:
         m = r.data.metrics
         assert r.data.params["optimizer.lr"] == "0.003" and r.data.params["schedule.epochs_resolved"] == "3"
-        assert 0.0 <= m["test_accuracy"] <= 1.0 and m["epochs_run"] == 3
+        assert 0.0 <= m["test_accuracy"] <= 1.0
+        # logreg is fitted in closed form: one "epoch"; the CNN trains its 3 epochs
+        assert m["epochs_run"] == (1 if r.data.params["model"] == "logreg" else 3)
         for cls in ("Normal", "COVID"):
             assert T.per_class_key("recall", cls) in m and T.per_class_key("precision", cls) in m
         steps = sorted(x.step for x in c.get_metric_history(r.info.run_id, "train_loss"))
-        assert steps == [1, 2, 3]  # one value per epoch, step = epoch
+        assert steps == list(range(1, int(m["epochs_run"]) + 1))  # one value per epoch, step = epoch
         arts = {a.path for a in c.list_artifacts(r.info.run_id)}
         assert {T.PREDICTIONS, T.PER_CLASS, T.CONFUSION_PNG, T.HISTORY, T.TRIAL_CONFIG, T.CHECKPOINT_DIR} <= arts
     parent_arts = {a.path for a in c.list_artifacts(parents[0].info.run_id)}

@@ -1,139 +1,232 @@
 """Leakage audit between the training pool and the held-out evaluation set.
 
-The public Kaggle chest sets are full of copies: byte-identical files, and augmented copies
-(resized, re-encoded, flipped, rotated by 90°) — the training-size study's CT set is *built* from
-them (``shared/PROTOCOLS.md`` section 1). A random split then scores a model partly on images it
-trained on. The audit finds, for every pool image, evaluation images that are
+Why: the Kaggle COVID-19 X-ray/CT set used by the training-size study is built from augmented
+copies (``shared/PROTOCOLS.md`` section 1), and the radiography sets hold duplicates across
+sources, so a random split puts copies of evaluation images into training and inflates every
+accuracy in the learning curve. The audit finds them before anything trains:
 
-* **exact** duplicates: same sha256 of the file bytes;
-* **near** duplicates: the pool image's 8 dihedral perceptual hashes
-  (:func:`lungray.data.hashing.dihedral_hashes`) against the evaluation image's identity hash,
-  minimum Hamming distance ``<= max_distance``. Taking the minimum over the dihedral group makes
-  a flipped or quarter-turned copy as visible as a resized or re-encoded one.
+* exact duplicates: equal sha256 of the file bytes;
+* near-duplicates: perceptual hashes (:mod:`lungray.data.hashing`) within ``max_distance``
+  bits, taking for each (pool, eval) pair the minimum over the pool image's 8 dihedral hashes
+  against the eval image's own hash, so resized, re-encoded, flipped and 90-degree-rotated
+  copies are caught. Byte-identical pairs are reported once, as exact.
 
-By default (``data.leakage: drop``) pool rows with any hit are dropped before subsets are drawn;
-the report lists counts and example pairs so a user can see what was removed and why.
-Comparisons run in chunks with ``np.bitwise_count``: 17k x 3k images x 8 variants is ~0.4 G
-popcounts, a few seconds.
+The comparison is vectorised in chunks of pool rows (XOR + ``np.bitwise_count``): 17,000 pool x
+3,000 eval images x 8 variants takes a few seconds on one core, with bounded memory.
+
+The audit only reports; ``drop_idx`` lists the pool rows that match some evaluation image, and
+the data layer drops them when ``data.leakage == "drop"`` (the default).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
-import pandas as pd
 
-from lungray.data.hashing import DIHEDRAL
+from lungray.errors import ConfigError, DataError
+from lungray.data.hashing import DIHEDRAL, INVERSE
 
-_PAIR_COLUMNS = ["pool_row", "eval_row", "distance", "transform"]
+PAIR_COLUMNS = ["pool_row", "eval_row", "distance", "transform"]
+
+# elements of one (pool chunk x eval) uint64 block: 4M x 8 bytes = 32 MB
+_BLOCK_ELEMENTS = 1 << 22
 
 
-@dataclass
+@dataclass(frozen=True)
 class LeakageReport:
-    """Pairs found by :func:`audit_leakage` and the pool rows to drop."""
+    """What the audit found.
 
-    exact: pd.DataFrame
-    near: pd.DataFrame
+    ``exact`` and ``near``: DataFrames of pairs with columns ``pool_row``, ``eval_row`` (row
+    indices into the dataset arrays), ``distance`` (Hamming bits; 0 for exact), ``transform``
+    (how the pool image relates to the eval image: ``pool = transform(eval)``, one of
+    :data:`lungray.data.hashing.DIHEDRAL`, or ``"identical"`` for byte-identical files), plus
+    ``pool_id`` and ``eval_id`` when ids were given. ``drop_idx``: sorted pool rows that match.
+    """
+
+    exact: Any  # pandas.DataFrame
+    near: Any  # pandas.DataFrame
     drop_idx: np.ndarray
-    max_distance: int
     n_pool: int
     n_eval: int
-    ids: Optional[np.ndarray] = field(default=None, repr=False)
+    max_distance: Optional[int]
 
-    def summary(self) -> str:
-        return (
-            f"leakage audit: {len(self.exact)} exact and {len(self.near)} near-duplicate pairs "
-            f"(Hamming <= {self.max_distance}) between {self.n_pool} pool and {self.n_eval} evaluation "
-            f"images; {len(self.drop_idx)} pool image(s) affected"
-        )
+    @property
+    def pairs(self):
+        """Exact and near pairs together, with a ``kind`` column."""
+        import pandas as pd
 
-    def to_dict(self, examples: int = 10) -> dict[str, Any]:
-        def rows(df: pd.DataFrame) -> list[dict[str, Any]]:
-            out = []
-            for r in df.head(examples).itertuples(index=False):
-                d = {"pool_row": int(r.pool_row), "eval_row": int(r.eval_row), "distance": int(r.distance),
-                     "transform": str(r.transform)}
-                if self.ids is not None:
-                    d["pool_id"] = str(self.ids[r.pool_row])
-                    d["eval_id"] = str(self.ids[r.eval_row])
-                out.append(d)
-            return out
+        return pd.concat([self.exact.assign(kind="exact"), self.near.assign(kind="near")], ignore_index=True)
 
-        by_transform = self.near["transform"].value_counts().to_dict() if len(self.near) else {}
+    def filter_pool(self, pool_idx: Sequence[int]) -> np.ndarray:
+        """``pool_idx`` without the flagged rows (order kept)."""
+        pool_idx = np.asarray(pool_idx, dtype=np.int64)
+        return pool_idx[~np.isin(pool_idx, self.drop_idx)]
+
+    def to_dict(self, max_examples: int = 20) -> dict[str, Any]:
+        """JSON-able summary: counts, counts by transform and distance, example pairs (with ids)."""
+        pairs = self.pairs
+        examples = []
+        for rec in pairs.head(max_examples).to_dict("records"):
+            examples.append({k: (v.item() if isinstance(v, np.generic) else v) for k, v in rec.items()})
         return {
-            "max_distance": int(self.max_distance),
+            "max_distance": self.max_distance,
             "n_pool": int(self.n_pool),
             "n_eval": int(self.n_eval),
             "exact_pairs": int(len(self.exact)),
             "near_pairs": int(len(self.near)),
-            "near_by_transform": {str(k): int(v) for k, v in by_transform.items()},
-            "pool_rows_affected": int(len(self.drop_idx)),
-            "exact_examples": rows(self.exact),
-            "near_examples": rows(self.near.sort_values("distance", kind="stable")),
-            "summary": self.summary(),
+            "pool_rows_flagged": int(len(self.drop_idx)),
+            "eval_rows_matched": int(pairs["eval_row"].nunique()) if len(pairs) else 0,
+            "by_transform": {str(k): int(v) for k, v in pairs["transform"].value_counts().sort_index().items()},
+            "by_distance": {str(int(k)): int(v) for k, v in pairs["distance"].value_counts().sort_index().items()},
+            "examples": examples,
         }
 
+    def summary(self) -> str:
+        """One line for logs and the CLI."""
+        near = f"{len(self.near)} near-duplicate pairs (Hamming <= {self.max_distance})" if self.max_distance is not None else "near-duplicates not searched"
+        by = self.pairs["transform"].value_counts()
+        detail = f" [{', '.join(f'{k} {v}' for k, v in by.items())}]" if len(by) else ""
+        return (
+            f"leakage audit, {self.n_pool} pool x {self.n_eval} eval images: {len(self.exact)} exact duplicate pairs, "
+            f"{near}{detail}; {len(self.drop_idx)} pool images flagged"
+        )
 
-def _empty_pairs() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype="int64" if c != "transform" else "object") for c in _PAIR_COLUMNS})
+
+def _as_index(idx: Sequence[int], n: int, what: str) -> np.ndarray:
+    a = np.asarray(idx)
+    if a.ndim != 1 or (a.size and not np.issubdtype(a.dtype, np.integer)):
+        raise DataError(f"{what} must be a 1-D array of row indices, got dtype {a.dtype} shape {a.shape}")
+    a = a.astype(np.int64)
+    if a.size and (a.min() < 0 or a.max() >= n):
+        raise DataError(f"{what} holds row indices outside 0..{n - 1} (min {a.min()}, max {a.max()})")
+    return a
+
+
+def _pairs_frame(pool_rows, eval_rows, dist, transform, ids):
+    import pandas as pd
+
+    df = pd.DataFrame(
+        {
+            "pool_row": np.asarray(pool_rows, dtype=np.int64),
+            "eval_row": np.asarray(eval_rows, dtype=np.int64),
+            "distance": np.asarray(dist, dtype=np.int64),
+            "transform": pd.Series(np.asarray(transform, dtype=object), dtype=object),
+        }
+    )
+    if ids is not None:
+        df["pool_id"] = pd.Series(ids[df["pool_row"].to_numpy()], dtype=object).astype(str).to_numpy()
+        df["eval_id"] = pd.Series(ids[df["eval_row"].to_numpy()], dtype=object).astype(str).to_numpy()
+    return df.sort_values(["eval_row", "pool_row"], kind="stable").reset_index(drop=True)
 
 
 def audit_leakage(
     pool_idx: Sequence[int],
     eval_idx: Sequence[int],
     hashes: np.ndarray,
-    sha256: Sequence[str],
-    max_distance: int = 6,
+    sha256: Sequence[Optional[str]],
+    max_distance: Optional[int] = 6,
     ids: Optional[Sequence[str]] = None,
-    chunk: int = 2048,
 ) -> LeakageReport:
-    """Exact and near-duplicate pairs (pool row, eval row) and the pool rows they implicate.
+    """Find exact and near-duplicates of evaluation images in the training pool.
 
-    ``hashes`` is ``(N, 8)`` uint64 (dihedral variants, column 0 the image itself) or ``(N,)``
-    (identity only: flips/rotations are then not detected); rows index the whole dataset.
-    A pair that is exact is not repeated among the near pairs.
+    Parameters
+    ----------
+    pool_idx, eval_idx : row indices of the training pool and of the evaluation set (disjoint).
+    hashes : (N, 8) uint64, row ``i`` = :func:`lungray.data.hashing.dihedral_hashes` of image
+        ``i`` (column 0 = the image itself).
+    sha256 : (N,) hex digests of the files' bytes; empty/None entries are never matched.
+    max_distance : Hamming threshold for near-duplicates (``data.leakage_max_distance``, default
+        6: see :mod:`lungray.data.hashing` for the measured copy and false-match distances);
+        ``None`` searches exact duplicates only.
+    ids : (N,) image ids, copied into the pair tables and the examples.
+
+    >>> from lungray.data.hashing import dihedral_hashes
+    >>> rng = np.random.default_rng(0)
+    >>> imgs = rng.integers(0, 255, (3, 32, 32)).astype(np.uint8)
+    >>> imgs[2] = imgs[0][:, ::-1]  # row 2 (pool) is a mirrored copy of row 0 (eval)
+    >>> H = np.stack([dihedral_hashes(im) for im in imgs])
+    >>> rep = audit_leakage([1, 2], [0], H, ["a", "b", "c"])
+    >>> rep.near[["pool_row", "eval_row", "distance", "transform"]].values.tolist()
+    [[2, 0, 0, 'hflip']]
+    >>> rep.drop_idx.tolist()
+    [2]
     """
-    pool = np.asarray(pool_idx, dtype=np.int64)
-    ev = np.asarray(eval_idx, dtype=np.int64)
-    h = np.asarray(hashes, dtype=np.uint64)
-    if h.ndim == 1:
-        h = h[:, None]
+    hashes = np.asarray(hashes)
+    if hashes.ndim != 2 or hashes.shape[1] != len(DIHEDRAL):
+        raise DataError(f"hashes must have shape (N, {len(DIHEDRAL)}) (lungray.data.hashing.dihedral_hashes per image), got {hashes.shape}")
+    if not np.issubdtype(hashes.dtype, np.integer):
+        raise DataError(f"hashes must be unsigned 64-bit integers, got dtype {hashes.dtype}")
+    hashes = hashes.astype(np.uint64, copy=False)
+    n = hashes.shape[0]
     sha = np.asarray(sha256, dtype=object)
+    if sha.shape != (n,):
+        raise DataError(f"sha256 must have one entry per row ({n}), got shape {sha.shape}")
+    if ids is not None:
+        ids = np.asarray(ids, dtype=object)
+        if ids.shape != (n,):
+            raise DataError(f"ids must have one entry per row ({n}), got shape {ids.shape}")
+    if max_distance is not None:
+        if isinstance(max_distance, bool) or not isinstance(max_distance, (int, np.integer)) or not 0 <= max_distance <= 64:
+            raise ConfigError(f"data.leakage_max_distance must be an integer in 0..64 (Hamming bits of a 64-bit hash), got {max_distance!r}")
+        max_distance = int(max_distance)
+    pool = _as_index(pool_idx, n, "pool_idx")
+    ev = _as_index(eval_idx, n, "eval_idx")
+    both = np.intersect1d(pool, ev)
+    if both.size:
+        raise DataError(
+            f"{both.size} rows are in both the training pool and the evaluation set (first: {both[:5].tolist()}); "
+            "the split is broken, rebuild it with lungray.data.splits.split_holdout"
+        )
 
-    # exact: join on sha256
-    eval_by_sha: dict[str, list[int]] = {}
+    # exact duplicates: equal sha256
+    by_sha: dict[str, list[int]] = {}
     for r in ev:
-        if sha[r]:
-            eval_by_sha.setdefault(str(sha[r]), []).append(int(r))
-    exact_rows = [(int(p), e, 0, "exact") for p in pool if sha[p] for e in eval_by_sha.get(str(sha[p]), [])]
-    exact = pd.DataFrame(exact_rows, columns=_PAIR_COLUMNS) if exact_rows else _empty_pairs()
-    exact_set = {(p, e) for p, e, _, _ in exact_rows}
+        s = sha[r]
+        if s:
+            by_sha.setdefault(str(s), []).append(int(r))
+    ex_p, ex_e = [], []
+    for r in pool:
+        s = sha[r]
+        if s and str(s) in by_sha:
+            for e in by_sha[str(s)]:
+                ex_p.append(int(r))
+                ex_e.append(e)
+    exact = _pairs_frame(ex_p, ex_e, np.zeros(len(ex_p)), ["identical"] * len(ex_p), ids)
 
-    # near: min over the pool image's variants vs the eval image's identity hash
-    near_rows = []
-    if len(pool) and len(ev) and max_distance >= 0:
-        eval_h = h[ev, 0]
-        for start in range(0, len(pool), chunk):
-            rows = pool[start : start + chunk]
-            d = np.bitwise_count(h[rows][:, :, None] ^ eval_h[None, None, :])  # (c, V, E)
-            best_v = d.argmin(axis=1)  # (c, E)
-            best = np.take_along_axis(d, best_v[:, None, :], axis=1)[:, 0, :]
-            pi, ei = np.nonzero(best <= max_distance)
-            for a, b in zip(pi, ei):
-                pair = (int(rows[a]), int(ev[b]))
-                if pair in exact_set:
-                    continue
-                near_rows.append((*pair, int(best[a, b]), DIHEDRAL[int(best_v[a, b])] if h.shape[1] == 8 else "identity"))
-    near = pd.DataFrame(near_rows, columns=_PAIR_COLUMNS) if near_rows else _empty_pairs()
-    drop = np.unique(np.concatenate([exact["pool_row"].to_numpy(np.int64), near["pool_row"].to_numpy(np.int64)]))
-    return LeakageReport(
-        exact=exact,
-        near=near,
-        drop_idx=drop.astype(np.int64),
-        max_distance=int(max_distance),
-        n_pool=len(pool),
-        n_eval=len(ev),
-        ids=None if ids is None else np.asarray(ids),
-    )
+    # near-duplicates: min over the pool image's dihedral variants vs the eval image itself
+    nr_p, nr_e, nr_d, nr_t = [], [], [], []
+    if max_distance is not None and pool.size and ev.size:
+        target = hashes[ev, 0]
+        step = max(1, _BLOCK_ELEMENTS // max(1, ev.size))
+        for start in range(0, pool.size, step):
+            rows = pool[start : start + step]
+            variants = hashes[rows]  # (B, 8)
+            best = np.full((rows.size, ev.size), 255, dtype=np.uint8)
+            arg = np.zeros((rows.size, ev.size), dtype=np.uint8)
+            for k in range(len(DIHEDRAL)):
+                d = np.bitwise_count(np.bitwise_xor(variants[:, k, None], target[None, :]))
+                better = d < best  # strict: ties keep the lower index (identity first)
+                best = np.where(better, d, best)
+                arg = np.where(better, np.uint8(k), arg)
+            i, j = np.nonzero(best <= max_distance)
+            nr_p.append(rows[i])
+            nr_e.append(ev[j])
+            nr_d.append(best[i, j])
+            nr_t.append(arg[i, j])
+    if nr_p:
+        p, e = np.concatenate(nr_p), np.concatenate(nr_e)
+        d, t = np.concatenate(nr_d), np.concatenate(nr_t)
+    else:
+        p = e = d = t = np.zeros(0, dtype=np.int64)
+    if len(exact):  # report byte-identical pairs once, as exact
+        exact_keys = set(zip(exact["pool_row"].tolist(), exact["eval_row"].tolist()))
+        keep = np.array([(int(a), int(b)) not in exact_keys for a, b in zip(p, e)], dtype=bool)
+        p, e, d, t = p[keep], e[keep], d[keep], t[keep]
+    # the k-th variant of the pool image matches the eval image, so pool = inverse(variant)(eval)
+    names = [INVERSE[DIHEDRAL[int(k)]] for k in t]
+    near = _pairs_frame(p, e, d, names, ids)
+
+    drop = np.unique(np.concatenate([exact["pool_row"].to_numpy(), near["pool_row"].to_numpy()]).astype(np.int64))
+    return LeakageReport(exact=exact, near=near, drop_idx=drop, n_pool=int(pool.size), n_eval=int(ev.size), max_distance=max_distance)

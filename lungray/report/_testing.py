@@ -148,9 +148,8 @@ def log_fake_sweep(
     ``probs_fn(trial_config) -> (n_eval, n_classes)`` replaces the planted predictions with real
     ones (a trained model's), the metrics then being computed from those.
     """
-    import yaml
     from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     from lungray import __version__
     from lungray.config import dump_yaml
@@ -283,6 +282,7 @@ def log_fake_sweep(
         probs = _probs(correct, y, k, np.random.default_rng([s, n, 7]))
         if probs_fn is not None:
             probs = np.asarray(probs_fn(trial), dtype=np.float64)
+            probs = probs / probs.sum(1, keepdims=True)  # float32 softmax rows sum to 1 +- 1e-7
             correct = probs.argmax(1) == y
             n_right = int(correct.sum())
         final, per_class, cm = _classification_metrics(y, probs, class_names)
