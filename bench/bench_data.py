@@ -1,6 +1,6 @@
 """Is data ever the bottleneck? Input pipeline vs pre-made tensors, and decoding into the cache.
 
-Issue 5, item 2. Two measurements, each side by side in one run:
+Issue 5, item 2. Three measurements, each side by side in one run:
 
 1. **Loader**: the same trainer (one model, one optimizer, fixed batch) fed by
 
@@ -9,16 +9,20 @@ Issue 5, item 2. Two measurements, each side by side in one run:
    * ``pipeline wK``: lungray's real input path, built exactly as :func:`lungray.train.run_trial`
      builds it (memory-mapped cache -> :class:`~lungray.data.dataset.ImageDataset` with the
      augmentation preset -> a fresh ``DataLoader`` per epoch with the loop's ``EpochSampler``)
-     with K = 0, 1, 2 loader workers.
+     with K = 0, 1, 2 loader workers; and ``pipeline wK, persistent workers``: one DataLoader
+     for the whole run whose workers survive the epoch (the proposed fix, see RESULTS.md).
 
    ratio = pipeline images/s / tensors images/s (target >= 0.95: data is never the
-   bottleneck). Also the loader alone (no model): the images/s one loader worker delivers,
-   which says how many workers an accelerator that trains at X images/s needs.
+   bottleneck).
 
 2. **Preprocessing**: phantom images written as PNG and DICOM files in a temp folder tree, then
    decoded into the cache (:func:`lungray.data.cache.build_cache`) serially vs through the Ray
    task path (Ray already running, as on a cluster; the cold start of a local Ray is reported
    once, separately), and the second run that finds the cache.
+
+3. **Loader alone** at the paper preset's 256 px with its rot30_zoom_flip augmentation (a cache
+   decoded from the PNG tree): images/s per loader worker count, steady state. A GPU that
+   trains at X images/s (``bench_gpu.py``) needs ceil(X / per-worker rate) loader workers.
 
 Numbers are medians over interleaved repeats; see ``bench/_common.py`` for why.
 
@@ -57,6 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--decode-repeats", type=int, default=2)
     p.add_argument("--skip-loader", action="store_true")
     p.add_argument("--skip-decode", action="store_true")
+    p.add_argument("--skip-alone", action="store_true")
+    p.add_argument("--alone-resolution", type=int, default=256, help="resolution of the loader-alone part (paper: 256)")
+    p.add_argument("--alone-augmentation", default="rot30_zoom_flip", help="augmentation of the loader-alone part")
     p.add_argument("--out", default=None, help="work folder (default: a temp dir, removed at the end)")
     a = p.parse_args(argv)
     if a.quick:
@@ -65,6 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         a.n_train, a.epochs, a.repeats, a.batch_size = 48, 2, 1, 16
         a.workers = "0,1"
         a.decode_images, a.native, a.decode_repeats = 24, 128, 1
+        a.alone_resolution = min(a.alone_resolution, 64)
     a.worker_list = [int(w) for w in str(a.workers).split(",") if w.strip() != ""]
     if a.epochs < 2:
         p.error("--epochs must be >= 2 (the first epoch is warm-up)")
@@ -150,9 +158,22 @@ def loader_for_epoch(ds, n_train: int, batch_size: int, seed: int, epoch: int, w
     )
 
 
-def bench_loader(args, out: Path) -> list[dict]:
+def persistent_loader(ds, batch_size: int, seed: int, workers: int):
+    """The proposed fix: ONE DataLoader per trial with persistent workers (no per-epoch worker
+    start-up). Throughput only: the workers keep the dataset's epoch from their start, which a
+    real fix must hand over another way (e.g. through the sampler's indices)."""
     import torch
 
+    from lungray.train.loop import EpochSampler, epoch_plan
+
+    _, drop_last = epoch_plan(len(ds), batch_size, 1)
+    sampler = EpochSampler(len(ds), seed)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                                         num_workers=workers, persistent_workers=workers > 0, pin_memory=False)
+    return loader, sampler
+
+
+def bench_loader(args, out: Path) -> list[dict]:
     from lungray.data.augment import normalization_stats
     from lungray.data.dataset import ImageDataset
 
@@ -183,48 +204,88 @@ def bench_loader(args, out: Path) -> list[dict]:
 
         return _run
 
-    def run_loader_only(workers: int):
+    def run_persistent(workers: int):
         def _run() -> float:
-            rates = []
+            loader, sampler = persistent_loader(ds, args.batch_size, 0, workers)
+            times = []
             for e in range(1, args.epochs + 1):
-                loader = loader_for_epoch(ds, len(idx), args.batch_size, 0, e, workers)
-                t0 = time.perf_counter()
-                n = sum(int(b[1].shape[0]) for b in loader)
-                rates.append(n / (time.perf_counter() - t0))
-            return C.median(rates[1:])
+                sampler.set_epoch(e)
+                n, s = trainer.epoch(loader)
+                times.append(s)
+            del loader  # shuts the persistent workers down
+            return n / C.median(times[1:])
 
         return _run
 
     variants = {"tensors (pre-made)": run_tensors}
     for w in args.worker_list:
         variants[f"pipeline w{w}"] = run_pipeline(w)
+    for w in args.worker_list:
+        if w > 0 and not args.quick:
+            variants[f"pipeline w{w}, persistent workers"] = run_persistent(w)
     print(f"loader part: {args.model} at {data.resolution} px, batch {args.batch_size}, {len(idx)} images/epoch, "
           f"augmentation {args.augmentation}, {args.threads} torch thread(s), {args.repeats} interleaved rounds")
     res = C.interleave(variants, args.repeats)
-    print("loader alone (no model):")
-    alone = C.interleave({f"loader-only w{w}": run_loader_only(w) for w in args.worker_list}, max(1, args.repeats - 1))
 
     base = res["tensors (pre-made)"]
-    rows = [{"variant": "tensors (pre-made)", "images/s (median)": C.median(base), "range": C.spread(base), "ratio": 1.0}]
+    rows = []
     ratios = {}
-    for w in args.worker_list:
-        v = res[f"pipeline w{w}"]
-        ratios[w] = C.paired_ratio(v, base)
-        rows.append({"variant": f"pipeline w{w}", "images/s (median)": C.median(v), "range": C.spread(v), "ratio": ratios[w]})
-    for w in args.worker_list:
-        v = alone[f"loader-only w{w}"]
-        rows.append({"variant": f"loader alone w{w}", "images/s (median)": C.median(v), "range": C.spread(v), "ratio": float("nan")})
+    for name, v in res.items():
+        ratios[name] = C.paired_ratio(v, base)
+        rows.append({"variant": name, "images/s (median)": C.median(v), "range": C.spread(v), "ratio": ratios[name]})
     C.print_table(rows, "trainer throughput by data source (ratio = paired median vs pre-made tensors)")
     for w in args.worker_list:
-        C.print_ratio(f"data_pipeline_w{w}", ratios[w], 0.95)
-    enough = [w for w in args.worker_list if ratios[w] >= 0.95]
-    print(f"loader workers needed for >= 0.95 here: {min(enough) if enough else 'none of ' + str(args.worker_list)}")
-    w1 = [w for w in args.worker_list if w >= 1]
-    if w1:
-        per_worker = C.median(alone[f"loader-only w{w1[0]}"]) / w1[0]
-        print(f"one loader worker delivers ~{per_worker:.0f} images/s at {data.resolution} px with {args.augmentation}: "
-              f"an accelerator training at X images/s needs ceil(X / {per_worker:.0f}) workers")
+        C.print_ratio(f"data_pipeline_w{w}", ratios[f"pipeline w{w}"], 0.95, note="(DataLoader per epoch, as run_trial)")
+    for w in args.worker_list:
+        if f"pipeline w{w}, persistent workers" in ratios:
+            C.print_ratio(f"data_pipeline_w{w}_persistent", ratios[f"pipeline w{w}, persistent workers"], 0.95)
+    enough = [w for w in args.worker_list if ratios[f"pipeline w{w}"] >= 0.95]
+    print(f"loader workers needed for >= 0.95 here (as run_trial builds the loader): "
+          f"{min(enough) if enough else 'none of ' + str(args.worker_list)}")
     return rows
+
+
+def bench_loader_alone(args, out: Path, png_tree: Path) -> None:
+    """Images/s the input pipeline alone delivers per worker count, at the paper preset's
+    resolution and augmentation (256 px, rot30_zoom_flip), from a cache decoded from the PNG
+    tree: what an accelerator needs. Steady state: persistent workers, 4 passes per epoch."""
+    import numpy as np
+
+    from lungray.config import DataConfig
+    from lungray.data import prepare_data
+    from lungray.data.augment import normalization_stats
+    from lungray.data.dataset import ImageDataset
+
+    res_px = args.alone_resolution
+    cfg = DataConfig(source="folder", path=str(png_tree), resolution=res_px, eval_size=8, val_size=4, leakage="off",
+                     cache_dir=str(out / "cache_alone"))
+    data = prepare_data(cfg, output_dir=str(out / "prepared_alone"), progress=False)
+    idx = np.tile(np.asarray(data.pool_idx), 4)
+    mean, std = normalization_stats("imagenet", data)
+    ds = ImageDataset(data, idx, augmentation=args.alone_augmentation, mean=mean, std=std, seed=0)
+
+    def alone(workers: int):
+        def _run() -> float:
+            loader, sampler = persistent_loader(ds, args.batch_size, 0, workers)
+            rates = []
+            for e in range(1, 3):
+                sampler.set_epoch(e)
+                t0 = time.perf_counter()
+                n = sum(int(b[1].shape[0]) for b in loader)
+                rates.append(n / (time.perf_counter() - t0))
+            del loader
+            return rates[-1]
+
+        return _run
+
+    print(f"input pipeline alone at {res_px} px with {args.alone_augmentation}, {len(idx)} images per pass:")
+    res = C.interleave({f"loader alone w{w}": alone(w) for w in args.worker_list}, max(1, args.repeats - 1))
+    rows = [{"workers": w, "images/s": C.median(res[f"loader alone w{w}"]), "range": C.spread(res[f"loader alone w{w}"])}
+            for w in args.worker_list]
+    C.print_table(rows, f"input pipeline alone (cache -> {args.alone_augmentation} -> batches), {res_px} px")
+    per_worker = max(r["images/s"] / max(r["workers"], 1) for r in rows)
+    C.print_ratio(f"loader_images_per_s_per_worker_{res_px}px", per_worker,
+                  note="(images/s, not a ratio: a GPU training at X images/s needs ceil(X / this) loader workers)")
 
 
 # ------------------------------------------------------------------------------------------
@@ -362,6 +423,11 @@ def main(argv=None) -> int:
             bench_loader(args, out)
         if not args.skip_decode:
             bench_decode(args, out)
+        if not args.skip_alone:
+            tree = out / "files_png"
+            if not tree.exists():
+                write_tree(tree, "png", args.decode_images, args.native)
+            bench_loader_alone(args, out, tree)
     finally:
         if not args.out:
             shutil.rmtree(out, ignore_errors=True)

@@ -8,11 +8,15 @@ Issue 5, item 1. The same model, batch, data and device, trained by
   resumable checkpoint every ``schedule.checkpoint_every`` epochs);
 * ``run_trial, ckpt at end``: the same with ``checkpoint_every = epochs`` (isolates the cost of
   the per-epoch checkpoint);
-* ``ray train, plain report``: ``run_trial`` inside a one-worker ``TorchTrainer`` whose report
-  callback only calls ``ray.train.report(metrics, checkpoint)``;
+* ``ray train, plain report`` (``--plain``): ``run_trial`` inside a one-worker
+  ``TorchTrainer`` whose report callback only calls ``ray.train.report(metrics, checkpoint)``;
 * ``ray train, sweep worker``: the sweep's own Train worker
   (:func:`lungray.sweep.trainable.train_worker`) around ``run_trial``: ``ray.train.report``
-  with the checkpoint plus per-epoch MLflow metrics from rank 0, exactly as in a sweep.
+  with the checkpoint plus per-epoch MLflow metrics from rank 0, exactly as in a sweep; and
+  the same with ``checkpoint_every = epochs``.
+
+A direct probe then times one resumable checkpoint of the model (write + copy), which the
+end-to-end ratios on a noisy machine cannot resolve.
 
 Steady-state throughput, not start-up: every variant stamps the end of each epoch (for
 ``run_trial`` after its ``report`` callback returned, so the checkpoint write and Ray's upload
@@ -49,7 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=5, help=">= 4: epochs 2..E-1 are timed")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads in every variant")
-    p.add_argument("--no-ray", action="store_true", help="skip the Ray Train variant")
+    p.add_argument("--no-ray", action="store_true", help="skip the Ray Train variants")
+    p.add_argument("--plain", action="store_true",
+                   help="also run run_trial in a TorchTrainer with a bare ray.train.report callback (no MLflow)")
     p.add_argument("--out", default=None, help="work folder (default: a temp dir, removed at the end)")
     a = p.parse_args(argv)
     if a.quick:
@@ -303,9 +309,10 @@ class RayVariants:
         self.info["plain"].append(info)
         return steady_rate(info["stamps"], images_per_epoch(self.trial, self.args.n_train))
 
-    def sweep(self) -> float:
+    def sweep(self, trial=None, key: str = "sweep") -> float:
         """The sweep's own Train worker (:func:`lungray.sweep.trainable.train_worker`): its report
         callback, checkpoint persistence and per-epoch MLflow logging, as in a real sweep."""
+        trial = trial or self.trial
         import functools
 
         import ray.train
@@ -324,7 +331,7 @@ class RayVariants:
         exp, parent = self._mlflow
         tag = time.time_ns()
         trial_id = f"bench{tag}"
-        run_id, _ = M.find_or_create_trial_run(uri, exp, parent, trial_id, self.trial)
+        run_id, _ = M.find_or_create_trial_run(uri, exp, parent, trial_id, trial)
         stamps_file = self.out / f"sweep_stamps_{tag}.json"
         ctx = SweepContext(
             study="bench_trial", experiment_dir=str(self.out / "experiment"), tracking_uri=uri, experiment_id=exp,
@@ -333,7 +340,7 @@ class RayVariants:
         )
         TorchTrainer(
             train_worker,
-            train_loop_config={"ctx": ctx, "trial": self.trial, "trial_id": trial_id, "run_id": run_id},
+            train_loop_config={"ctx": ctx, "trial": trial, "trial_id": trial_id, "run_id": run_id},
             scaling_config=self._scaling(),
             run_config=ray.train.RunConfig(
                 name=f"train-{trial_id}", storage_path=str(self.out / "experiment" / "train"),
@@ -342,8 +349,8 @@ class RayVariants:
         ).fit()
         M.finish_run(uri, run_id, "FINISHED")
         info = json.loads(stamps_file.read_text())
-        self.info["sweep"].append(info)
-        return steady_rate(info["stamps"], images_per_epoch(self.trial, self.args.n_train))
+        self.info.setdefault(key, []).append(info)
+        return steady_rate(info["stamps"], images_per_epoch(trial, self.args.n_train))
 
 
 def main(argv=None) -> int:
@@ -373,9 +380,11 @@ def main(argv=None) -> int:
             ray_started = True
             print(f"ray.init: {t.s:.1f}s (excluded)")
             rv = RayVariants(args, data, trial, out)
-            if not args.quick:  # --quick keeps only the sweep's worker (one Train start-up)
+            if args.plain:
                 variants["ray train, plain report"] = rv.plain
             variants["ray train, sweep worker"] = rv.sweep
+            if not args.quick:  # --quick keeps one Train start-up
+                variants["ray train, sweep worker, ckpt at end"] = lambda: rv.sweep(trial_end, "sweep_end")
         ipe = images_per_epoch(trial, args.n_train)
         print(f"{args.model} at {args.resolution} px, batch {args.batch_size}, {ipe} images/epoch, {args.epochs} epochs "
               f"(2..{args.epochs - 1} timed), {args.threads} thread(s), {args.repeats} interleaved rounds")
@@ -389,8 +398,9 @@ def main(argv=None) -> int:
         C.print_table(rows, "steady-state training throughput (vs bare: paired median ratio)")
         if rv is not None:
             for key, what in (("plain", "ray.train.report + checkpoint upload"),
-                              ("sweep", "sweep report: ray.train.report + upload + MLflow epoch metrics")):
-                if rv.info[key]:
+                              ("sweep", "sweep report: ray.train.report + upload + MLflow epoch metrics"),
+                              ("sweep_end", "sweep report without checkpoints: ray.train.report + MLflow epoch metrics")):
+                if rv.info.get(key):
                     per_epoch = C.median([i["report_seconds"] / args.epochs for i in rv.info[key]])
                     print(f"inside the Ray worker, {what}: {per_epoch * 1000:.0f} ms/epoch "
                           f"(torch threads {rv.info[key][0]['threads']})")
@@ -408,6 +418,9 @@ def main(argv=None) -> int:
                           note="(the sweep's Train worker)")
             if "ray train, plain report" in res:
                 C.print_ratio("ray_plain_vs_bare", C.paired_ratio(res["ray train, plain report"], base))
+            if "ray train, sweep worker, ckpt at end" in res:
+                C.print_ratio("ray_trial_ckpt_at_end_vs_bare", C.paired_ratio(res["ray train, sweep worker, ckpt at end"], base),
+                              0.95, note="(checkpoint only at the end)")
             C.print_ratio("ray_sweep_vs_run_trial", C.paired_ratio(res["ray train, sweep worker"], res["run_trial"]))
     finally:
         if ray_started:

@@ -6,7 +6,6 @@ Each test uses its own sqlite store in a temporary directory (a few seconds in a
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np

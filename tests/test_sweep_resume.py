@@ -115,6 +115,7 @@ def test_killed_driver_resumes_only_unfinished_trials_without_duplicate_runs(tmp
     log = (tmp_path / "resume.log").read_text()
     assert rc == 0, log[-3000:]
     assert "resuming" in log and f"({len(finished_first)} already finished)" in log
+    assert "[4/4] done" in log  # progress counts the trials finished before the kill
 
     # every trial finished exactly once; the ones done before the kill were not trained again
     assert len(_complete(out)) == 4

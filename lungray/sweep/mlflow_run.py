@@ -28,7 +28,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar
 
 from lungray import tracking as T
 

@@ -46,12 +46,24 @@ def trial_line(index: int, total: int, trial_name: str, metrics: Mapping[str, An
     return f"[{index}/{total}] {status:<6} {cell} {seed.replace('=', ' ')}  {val}  {format_seconds(seconds)}{eta_s}"
 
 
-def make_callback(total: int, echo: Callable[[str], None] = print, headline: str = HEADLINE, status_every_s: float = 60.0, already_done: int = 0):
-    """A Ray Tune ``Callback`` that prints trial lines, ETA and a periodic status line."""
-    return _callback_class()(total, echo, headline, status_every_s, already_done)
+def make_callback(total: int, echo: Callable[[str], None] = print, headline: str = HEADLINE, status_every_s: float = 60.0):
+    """A Ray Tune ``Callback`` that prints trial lines, ETA and a periodic status line.
+
+    Tune pickles its callbacks into the experiment state and ``Tuner.restore`` brings back
+    the pickled one, so the callback prints through :func:`set_echo`'s function (the current
+    driver's) and resets its clock and counts when an experiment (re)starts.
+    """
+    set_echo(echo)
+    return _callback_class()(total, headline, status_every_s)
 
 
 _CLASS: list = []
+_ECHO: list = [print]
+
+
+def set_echo(echo: Callable[[str], None]) -> None:
+    """Where progress lines go in this driver process (``print`` by default)."""
+    _ECHO[:] = [echo]
 
 
 def _callback_class():
@@ -61,25 +73,34 @@ def _callback_class():
     from ray.tune import Callback
 
     class SweepProgress(Callback):
-        def __init__(self, total: int, echo: Callable[[str], None], headline: str, status_every_s: float, already_done: int) -> None:
+        def __init__(self, total: int, headline: str, status_every_s: float) -> None:
             self.total = total
-            self.echo = echo
             self.headline = headline
             self.status_every_s = status_every_s
-            self.already_done = already_done
+            self.setup()
+
+        def setup(self, **info) -> None:
+            """Called by Tune when the experiment starts or is restored: a fresh clock."""
             self.t0 = time.time()
-            self.done = already_done
+            self.already_done: Optional[int] = None  # trials Tune restored as finished
+            self.done = 0
             self.new_done = 0
             self.last_status = time.time()
             self.started: dict[str, float] = {}
 
-        # Tune pickles its callbacks into the experiment state; the echo function stays behind.
-        def __getstate__(self) -> dict:
-            return {k: v for k, v in self.__dict__.items() if k != "echo"}
+        def echo(self, line: str) -> None:
+            # through the module, not a global captured when Tune pickled this class by value
+            from lungray.sweep import progress
 
-        def __setstate__(self, state: dict) -> None:
-            self.__dict__.update(state)
-            self.echo = print
+            progress._ECHO[0](line)
+
+        def _count_restored(self, trials) -> None:
+            if self.already_done is None:
+                self.already_done = sum(1 for t in trials if t.status == "TERMINATED")
+                self.done = self.already_done
+
+        def on_step_begin(self, iteration, trials, **info):
+            self._count_restored(trials)
 
         def _name(self, trial) -> str:
             c = trial.config
@@ -93,20 +114,22 @@ def _callback_class():
         def on_trial_start(self, iteration, trials, trial, **info):
             self.started[trial.trial_id] = time.time()
 
-        def _finish(self, trial, status: str) -> None:
+        def _finish(self, trials, trial, status: str) -> None:
+            self._count_restored(trials)
             self.done += 1
             self.new_done += 1
             seconds = time.time() - self.started.get(trial.trial_id, self.t0)
-            eta = eta_seconds(time.time() - self.t0, self.new_done, self.total - self.already_done)
+            eta = eta_seconds(time.time() - self.t0, self.new_done, self.total - (self.already_done or 0))
             self.echo(trial_line(self.done, self.total, self._name(trial), trial.last_result or {}, seconds, eta, self.headline, status))
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self._finish(trial, "done")
+            self._finish(trials, trial, "done")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._finish(trial, "FAILED")
+            self._finish(trials, trial, "FAILED")
 
         def on_step_end(self, iteration, trials, **info):
+            self._count_restored(trials)
             if time.time() - self.last_status < self.status_every_s:
                 return
             self.last_status = time.time()
@@ -114,7 +137,7 @@ def _callback_class():
             for t in trials:
                 counts[t.status] = counts.get(t.status, 0) + 1
             parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-            eta = eta_seconds(time.time() - self.t0, self.new_done, self.total - self.already_done)
+            eta = eta_seconds(time.time() - self.t0, self.new_done, self.total - (self.already_done or 0))
             self.echo(f"status: {parts} | elapsed {format_seconds(time.time() - self.t0)} | ETA {format_seconds(eta)}")
 
     _CLASS.append(SweepProgress)

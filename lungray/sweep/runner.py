@@ -22,14 +22,13 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from lungray import tracking as T
 from lungray.config import StudyConfig, dump_yaml, from_dict
-from lungray.errors import ConfigError, LungrayError
+from lungray.errors import ConfigError
 from lungray.sweep import grid as G
 from lungray.sweep.progress import HEADLINE, format_summary, make_callback, summary_table
 
@@ -473,7 +472,7 @@ def _run_tune(cfg, ctx, pre, spec, total, exp_dir: Path, *, resume: bool, done_b
             raise ConfigError("resources.use_ray_train=false runs one process per trial: set resources.workers=1")
         trial_res = {"cpu": cfg.resources.cpus_per_worker, "gpu": cfg.resources.gpus_per_worker}
     trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), trial_res)
-    progress = make_callback(total, echo=echo, already_done=done_before if resume else 0)
+    progress = make_callback(total, echo=echo)
     # Worker failures are retried inside Ray Train from the last checkpoint (FailureConfig on
     # each TorchTrainer, resources.max_failures). A trial that still fails is final for this
     # run: a Tune-level retry would only repeat the Train retries. `--resume` retries errored

@@ -31,7 +31,6 @@ import os
 import shutil
 import tempfile
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Union
@@ -483,7 +482,3 @@ def _root_cause(e: BaseException) -> str:
     msg = str(last).strip().splitlines()
     text = msg[-1] if msg else type(last).__name__
     return text if last is e else f"{text} (from {type(last).__name__})"
-
-
-def format_exception(e: BaseException) -> str:  # pragma: no cover - debugging aid
-    return "".join(traceback.format_exception(type(e), e, e.__traceback__))
