@@ -283,7 +283,8 @@ def bench_loader_alone(args, out: Path, png_tree: Path) -> None:
     rows = [{"workers": w, "images/s": C.median(res[f"loader alone w{w}"]), "range": C.spread(res[f"loader alone w{w}"])}
             for w in args.worker_list]
     C.print_table(rows, f"input pipeline alone (cache -> {args.alone_augmentation} -> batches), {res_px} px")
-    per_worker = max(r["images/s"] / max(r["workers"], 1) for r in rows)
+    with_workers = [r for r in rows if r["workers"] >= 1] or rows  # w0 loads in the training process itself
+    per_worker = max(r["images/s"] / max(r["workers"], 1) for r in with_workers)
     C.print_ratio(f"loader_images_per_s_per_worker_{res_px}px", per_worker,
                   note="(images/s, not a ratio: a GPU training at X images/s needs ceil(X / this) loader workers)")
 

@@ -19,7 +19,8 @@ Issue 5, item 3. Three measurements:
 3. Optional variants: the smallest sweep at the other health-check intervals (``--hc-sweep``)
    and with longer trials (``--long-epochs N``: efficiency against trial length), the largest
    with ``resources.use_ray_train=false`` (``--also-no-ray-train``: the loop runs in the Tune
-   trial itself, no Train controller or worker processes).
+   trial itself, no Train controller or worker processes), once as the sweep runs it and once
+   with Tune's ``reuse_actors`` forced on (a what-if for the fix proposed in RESULTS.md).
 
 Run: ``python bench/bench_sweep.py`` (default, ~5 min on 2 CPUs) or ``--quick`` (CI smoke).
 """
@@ -68,6 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: run one sweep, write JSON here
     p.add_argument("--child-trials", type=int, default=2, help=argparse.SUPPRESS)
     p.add_argument("--child-set", action="append", default=[], help=argparse.SUPPRESS)
+    p.add_argument("--child-reuse-actors", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.quick:
         a.trials, a.hc, a.startup_repeats = "2", "0.2", 1
@@ -200,6 +202,18 @@ def child(args) -> int:
         *args.child_set,
     ]
     cfg = load_study("smoke", overrides=overrides)
+    if args.child_reuse_actors:
+        # what-if for the proposed fix (RESULTS.md): Tune reuses a finished trial's actor for
+        # the next trial, so process start and imports are paid once per slot, not per trial
+        import ray.tune
+
+        original = ray.tune.TuneConfig
+
+        def _reusing(*a, **k):
+            k["reuse_actors"] = True
+            return original(*a, **k)
+
+        ray.tune.TuneConfig = _reusing
     t0 = time.time()
     result = run_study(cfg)
     t1 = time.time()
@@ -245,13 +259,15 @@ def read_trials(uri: str, experiment: str, experiment_dir: Path | None = None) -
     return out
 
 
-def run_child(args, out: Path, n_trials: int, env: dict, sets=()) -> dict:
+def run_child(args, out: Path, n_trials: int, env: dict, sets=(), reuse_actors: bool = False) -> dict:
     tag = f"k{n_trials}_{time.time_ns()}"
     path = out / f"{tag}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(path), "--child-trials", str(n_trials),
            "--slots", str(args.slots)]
     for s in sets:
         cmd += ["--child-set", s]
+    if reuse_actors:
+        cmd.append("--child-reuse-actors")
     full_env = {**os.environ, **env}
     t0 = time.time()
     r = subprocess.run(cmd, env=full_env, capture_output=True, text=True)
@@ -346,6 +362,9 @@ def bench_sweeps(args, out: Path) -> None:
         print(f"sweep: {k1} trials, use_ray_train=false ...", flush=True)
         runs.append((f"{k1} trials, no Ray Train", summarise(
             run_child(args, out, k1, {HC: lo_hc}, sets=["resources.use_ray_train=false"]), args.slots)))
+        print(f"sweep: {k1} trials, use_ray_train=false + Tune reuse_actors (what-if) ...", flush=True)
+        runs.append((f"{k1} trials, no Ray Train, reuse actors", summarise(
+            run_child(args, out, k1, {HC: lo_hc}, sets=["resources.use_ray_train=false"], reuse_actors=True), args.slots)))
     C.print_table([{"sweep": name, **{c: s.get(c, float("nan")) for c in SWEEP_COLS}} for name, s in runs],
                   f"sweeps on the smoke preset (and sub-grids), {args.slots} concurrent slots")
     C.print_table([{"sweep": name, **{c: s.get(c, float("nan")) for c in TRIAL_COLS}} for name, s in runs],

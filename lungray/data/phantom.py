@@ -83,6 +83,9 @@ FINDINGS: dict[str, str] = {
 _PATIENT_SIZES = np.array([1, 2, 3, 4])
 _PATIENT_SIZE_P = np.array([0.35, 0.30, 0.20, 0.15])
 
+# peak density of each finding at severity 1 and difficulty 1 (calibrated: module docstring)
+_AMPLITUDE = {"ground_glass": 1.2, "consolidation": 1.2, "interstitial": 0.9}
+
 # independent random streams: rng([seed, stream, key])
 _S_LAYOUT, _S_ANATOMY, _S_LABEL, _S_IMAGE = 11, 12, 13, 14
 
@@ -397,24 +400,30 @@ def _silhouette(a: _Anatomy, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return _sig((right - x) / 0.012) * _sig((x + left) / 0.012)
 
 
-def _finding(kind: str, a: _Anatomy, geo, r: np.random.Generator, fr: _Frame, amp_scale: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """A finding's density (before restriction to the lungs), its support in [0, 1] (the
-    region the mask marks) and its peak density."""
+def _finding(kind: str, a: _Anatomy, geo, r: np.random.Generator, fr: _Frame, contrast: float) -> tuple[np.ndarray, np.ndarray]:
+    """A finding's density (before restriction to the lungs) and its support (mask where > 1).
+
+    Every case has a severity in [0, 1] that sets its extent and density, so a class holds
+    obvious and subtle cases, as real ones do: a classifier learns the obvious ones from few
+    images and needs more images for the subtle ones, which is what makes learning curves rise
+    gradually instead of jumping.
+    """
     x, y = fr.x, fr.y
+    sev = r.random()
+    strength = contrast * _AMPLITUDE[kind] * (0.35 + 0.65 * sev)
     if kind == "ground_glass":
         # bilateral, peripheral, mid/lower zones: the typical COVID-19 distribution
-        n = int(r.integers(2, 6))
+        n = int(r.integers(2, 3 + int(round(3 * sev))))
         sides = [0, 1] + [int(s) for s in r.integers(0, 2, n - 2)]
         bumps = np.zeros_like(x)
         for k in sides:
             side, top, base, w = geo[k]
             cx = side * (a.lung_med + w * r.uniform(1.2, 1.85))
             cy = top + (base - top) * r.uniform(0.35, 0.95)
-            rx = r.uniform(0.07, 0.15)
-            bumps = np.maximum(bumps, r.uniform(0.6, 1.2) * _bump(x, y, cx, cy, rx, rx * r.uniform(0.8, 1.7), r.uniform(0, np.pi)))
+            rx = r.uniform(0.05, 0.08 + 0.08 * sev)
+            bumps = np.maximum(bumps, r.uniform(0.7, 1.0) * _bump(x, y, cx, cy, rx, rx * r.uniform(0.8, 1.7), r.uniform(0, np.pi)))
         tex = _field(fr, _fourier(r, 10, 2.0, 5.0))
-        peak = 0.24 * amp_scale
-        return peak * bumps * (0.8 + 0.2 * tex), bumps / 0.3, peak
+        return strength * bumps * (0.8 + 0.2 * tex), bumps / 0.3
     if kind == "consolidation":
         # one lobe of one lung: sharp border along the fissure, air bronchograms inside
         side, top, base, w = geo[int(r.integers(0, 2))]
@@ -423,11 +432,11 @@ def _finding(kind: str, a: _Anatomy, geo, r: np.random.Generator, fr: _Frame, am
         y_f = top + (base - top) * r.uniform(0.4, 0.6) + r.uniform(-0.25, 0.25) * (u - a.lung_med - w)
         lobe = _sig((y - y_f) / 0.02) if lower else _sig((y_f - y) / 0.02)
         cy = top + (base - top) * (r.uniform(0.7, 0.9) if lower else r.uniform(0.2, 0.4))
-        env = np.clip(1.6 * _bump(x, y, side * (a.lung_med + w * r.uniform(0.8, 1.2)), cy, r.uniform(0.3, 0.45), r.uniform(0.3, 0.45)), 0, 1)
+        rad = 0.2 + 0.2 * sev
+        env = np.clip(1.6 * _bump(x, y, side * (a.lung_med + w * r.uniform(0.8, 1.2)), cy, rad * r.uniform(0.9, 1.2), rad * r.uniform(0.9, 1.2)), 0, 1)
         tex = _field(fr, _fourier(r, 8, 1.5, 4.0))
         bronch = _ridged(_field(fr, _fourier(r, 10, 2.0, 4.5)), 0.12)
-        peak = 0.32 * amp_scale
-        return peak * lobe * env * (0.9 + 0.1 * tex - 0.25 * bronch), lobe * env / 0.3, peak
+        return strength * lobe * env * (0.9 + 0.1 * tex - 0.25 * bronch), lobe * env / 0.3
     if kind == "interstitial":
         # diffuse bilateral reticular pattern, perihilar-weighted
         perihilar = r.uniform(0.3, 1.0)
@@ -436,8 +445,7 @@ def _finding(kind: str, a: _Anatomy, geo, r: np.random.Generator, fr: _Frame, am
             hil = _bump(x, y, side * (a.lung_med + 0.5 * w), top + 0.55 * (base - top), 1.3 * w, 0.75 * (base - top))
             env = np.maximum(env, perihilar * np.clip(1.5 * hil, 0, 1) + (1 - perihilar) * 0.8)
         lines = _ridged(_field(fr, _fourier(r, 24, 5.0, 9.0)), 0.35)
-        peak = 0.2 * amp_scale
-        return peak * env * (0.35 + 0.65 * lines), env / 0.5, peak
+        return strength * env * (0.35 + 0.65 * lines), env / 0.5
     raise AssertionError(kind)
 
 
@@ -496,7 +504,7 @@ def _render(a: _Anatomy, q: _Acquisition, kind: str, r: np.random.Generator, res
     if kind == "none":
         mask = np.zeros((resolution, resolution), dtype=np.uint8)
     else:
-        dens, support, _ = _finding(kind, a, geo, r, fr, 1.0 / difficulty)
+        dens, support = _finding(kind, a, geo, r, fr, 1.0 / difficulty)
         A += dens * lung
         mask = ((support > 1.0) & (lung > 0.5)).astype(np.uint8)
 
