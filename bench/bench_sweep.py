@@ -357,6 +357,11 @@ def bench_sweeps(args, out: Path) -> None:
         print(f"sweep: {k0} trials x {args.long_epochs} epochs (longer trials) ...", flush=True)
         runs.append((f"{k0} trials, {args.long_epochs} epochs", summarise(
             run_child(args, out, k0, {HC: lo_hc}, sets=[f"schedule.epochs={args.long_epochs}"]), args.slots)))
+        if args.also_no_ray_train:
+            print(f"sweep: {k0} trials x {args.long_epochs} epochs, use_ray_train=false + reuse_actors ...", flush=True)
+            runs.append((f"{k0} trials, {args.long_epochs} epochs, no Ray Train, reuse", summarise(
+                run_child(args, out, k0, {HC: lo_hc}, sets=[f"schedule.epochs={args.long_epochs}", "resources.use_ray_train=false"],
+                          reuse_actors=True), args.slots)))
     if args.also_no_ray_train:
         k1 = max(args.trial_list)
         print(f"sweep: {k1} trials, use_ray_train=false ...", flush=True)

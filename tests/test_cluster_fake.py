@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -104,6 +105,7 @@ def fake_cluster(tmp_path):
         yield address, fake_yaml, env
     finally:
         _stop(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_smoke_sweep_runs_on_several_nodes_of_a_fake_cluster(fake_cluster, tmp_path):

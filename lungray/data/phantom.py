@@ -84,7 +84,7 @@ _PATIENT_SIZES = np.array([1, 2, 3, 4])
 _PATIENT_SIZE_P = np.array([0.35, 0.30, 0.20, 0.15])
 
 # peak density of each finding at severity 1 and difficulty 1 (calibrated: module docstring)
-_AMPLITUDE = {"ground_glass": 1.2, "consolidation": 1.2, "interstitial": 0.9}
+_AMPLITUDE = {"ground_glass": 0.8, "consolidation": 1.2, "interstitial": 0.6}
 
 # independent random streams: rng([seed, stream, key])
 _S_LAYOUT, _S_ANATOMY, _S_LABEL, _S_IMAGE = 11, 12, 13, 14
@@ -420,10 +420,10 @@ def _finding(kind: str, a: _Anatomy, geo, r: np.random.Generator, fr: _Frame, co
             side, top, base, w = geo[k]
             cx = side * (a.lung_med + w * r.uniform(1.2, 1.85))
             cy = top + (base - top) * r.uniform(0.35, 0.95)
-            rx = r.uniform(0.05, 0.08 + 0.08 * sev)
+            rx = r.uniform(0.08, 0.12 + 0.1 * sev)
             bumps = np.maximum(bumps, r.uniform(0.7, 1.0) * _bump(x, y, cx, cy, rx, rx * r.uniform(0.8, 1.7), r.uniform(0, np.pi)))
         tex = _field(fr, _fourier(r, 10, 2.0, 5.0))
-        return strength * bumps * (0.8 + 0.2 * tex), bumps / 0.3
+        return strength * bumps * (0.7 + 0.3 * tex), bumps / 0.3
     if kind == "consolidation":
         # one lobe of one lung: sharp border along the fissure, air bronchograms inside
         side, top, base, w = geo[int(r.integers(0, 2))]
@@ -445,7 +445,7 @@ def _finding(kind: str, a: _Anatomy, geo, r: np.random.Generator, fr: _Frame, co
             hil = _bump(x, y, side * (a.lung_med + 0.5 * w), top + 0.55 * (base - top), 1.3 * w, 0.75 * (base - top))
             env = np.maximum(env, perihilar * np.clip(1.5 * hil, 0, 1) + (1 - perihilar) * 0.8)
         lines = _ridged(_field(fr, _fourier(r, 24, 5.0, 9.0)), 0.35)
-        return strength * env * (0.35 + 0.65 * lines), env / 0.5
+        return strength * env * (0.5 + 0.5 * lines), env / 0.5
     raise AssertionError(kind)
 
 
