@@ -18,7 +18,9 @@ Issue 5, item 2. Three measurements, each side by side in one run:
 2. **Preprocessing**: phantom images written as PNG and DICOM files in a temp folder tree, then
    decoded into the cache (:func:`lungray.data.cache.build_cache`) serially vs through the Ray
    task path (Ray already running, as on a cluster; the cold start of a local Ray is reported
-   once, separately), and the second run that finds the cache.
+   once, separately), and the second run that finds the cache. The serial path also runs with
+   numpy's BLAS limited to one thread (``threadpoolctl``): the perceptual hashes are small
+   matrix products, which a multi-threaded BLAS slows down (Ray tasks run single-threaded).
 
 3. **Loader alone** at the paper preset's 256 px with its rot30_zoom_flip augmentation (a cache
    decoded from the PNG tree): images/s per loader worker count, steady state. A GPU that
@@ -343,12 +345,17 @@ def bench_decode(args, out: Path) -> list[dict]:
 
     counter = {"n": 0}
 
-    def decode(fmt: str, parallel: bool):
+    def decode(fmt: str, parallel: bool, blas1: bool = False):
         def _run() -> float:
+            import contextlib
+
+            from threadpoolctl import threadpool_limits
+
             cfg, m = manifest(fmt)
             counter["n"] += 1
             cache = out / f"cache_{fmt}_{counter['n']}"
-            with C.Timer() as t:
+            limit = threadpool_limits(1) if blas1 else contextlib.nullcontext()
+            with limit, C.Timer() as t:
                 build_cache(m, cfg, cache, progress=False, parallel=parallel, num_cpus=ncpu, chunk_rows=max(8, math.ceil(len(m) / (4 * ncpu))))
             shutil.rmtree(cache, ignore_errors=True)
             return len(m) / t.s
@@ -376,6 +383,7 @@ def bench_decode(args, out: Path) -> list[dict]:
         variants = {}
         for fmt in ("png", "dcm"):
             variants[f"{fmt} serial"] = decode(fmt, False)
+            variants[f"{fmt} serial, BLAS 1 thread"] = decode(fmt, False, blas1=True)
             variants[f"{fmt} ray x{ncpu}"] = decode(fmt, True)
         print(f"decode part: {args.decode_images} files per format at {args.native} px -> {min(args.resolution, 64)} px cache, "
               f"{args.decode_repeats} interleaved rounds")
@@ -399,8 +407,10 @@ def bench_decode(args, out: Path) -> list[dict]:
         hits[fmt] = (first.s, C.median(seconds))
 
     for fmt in ("png", "dcm"):
-        s, r = res[f"{fmt} serial"], res[f"{fmt} ray x{ncpu}"]
+        s, r, s1 = res[f"{fmt} serial"], res[f"{fmt} ray x{ncpu}"], res[f"{fmt} serial, BLAS 1 thread"]
         rows.append({"format": fmt, "path": "serial", "images/s": C.median(s), "range": C.spread(s), "speed-up": 1.0})
+        rows.append({"format": fmt, "path": "serial, BLAS 1 thread", "images/s": C.median(s1), "range": C.spread(s1),
+                     "speed-up": C.paired_ratio(s1, s)})
         rows.append({"format": fmt, "path": f"ray x{ncpu} (warm)", "images/s": C.median(r), "range": C.spread(r), "speed-up": C.paired_ratio(r, s)})
         first, second = hits[fmt]
         rows.append({"format": fmt, "path": "second run (cache hit)", "images/s": args.decode_images / second,
@@ -408,7 +418,9 @@ def bench_decode(args, out: Path) -> list[dict]:
     C.print_table(rows, "decoding into the cache (speed-up: ray vs serial, paired; cache hit vs first decode)")
     for fmt in ("png", "dcm"):
         C.print_ratio(f"decode_{fmt}_ray_vs_serial", C.paired_ratio(res[f"{fmt} ray x{ncpu}"], res[f"{fmt} serial"]),
-                      note=f"(ideal {ncpu}x on {ncpu} CPUs)")
+                      note="(serial as it runs in the driver, BLAS threads as numpy set them)")
+        C.print_ratio(f"decode_{fmt}_ray_vs_serial_blas1", C.paired_ratio(res[f"{fmt} ray x{ncpu}"], res[f"{fmt} serial, BLAS 1 thread"]),
+                      note=f"(one single-threaded worker vs {ncpu} Ray tasks; ideal {ncpu}x)")
         C.print_ratio(f"decode_{fmt}_cache_hit_speedup", hits[fmt][0] / hits[fmt][1])
     return rows
 

@@ -135,6 +135,7 @@ def test_bench_trial_quick():
 def test_bench_data_quick():
     out, ratios = run_script("bench_data.py", "--quick")
     want = {"data_pipeline_w0", "data_pipeline_w1", "decode_png_ray_vs_serial", "decode_dcm_ray_vs_serial",
+            "decode_png_ray_vs_serial_blas1", "decode_dcm_ray_vs_serial_blas1",
             "decode_png_cache_hit_speedup", "decode_dcm_cache_hit_speedup", "loader_images_per_s_per_worker_64px"}
     assert want <= set(ratios), out
     assert all(v > 0 for v in ratios.values()), ratios

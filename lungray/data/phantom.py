@@ -84,7 +84,7 @@ _PATIENT_SIZES = np.array([1, 2, 3, 4])
 _PATIENT_SIZE_P = np.array([0.35, 0.30, 0.20, 0.15])
 
 # peak density of each finding at severity 1 and difficulty 1 (calibrated: module docstring)
-_AMPLITUDE = {"ground_glass": 0.8, "consolidation": 1.2, "interstitial": 0.6}
+_AMPLITUDE = {"ground_glass": 1.2, "consolidation": 1.5, "interstitial": 0.9}
 
 # independent random streams: rng([seed, stream, key])
 _S_LAYOUT, _S_ANATOMY, _S_LABEL, _S_IMAGE = 11, 12, 13, 14
