@@ -224,6 +224,12 @@ def test_hand_made_hashes_distance_transform_and_chunks(monkeypatch):
     monkeypatch.setattr(leakage, "_BLOCK_ELEMENTS", 1)
     rep1 = audit_leakage([2, 3, 4, 5], [0, 1], H, sha, max_distance=6)
     assert rep1.near.equals(rep.near)
+    # nothing found: empty tables, a JSON-able report with zero counts
+    none = audit_leakage([4], [0, 1], H, sha, max_distance=6)
+    assert len(none.exact) == len(none.near) == len(none.drop_idx) == 0
+    d = json.loads(json.dumps(none.to_dict()))
+    assert (d["exact_pairs"], d["near_pairs"], d["pool_rows_flagged"], d["by_transform"], d["examples"]) == (0, 0, 0, {}, [])
+    assert none.summary().endswith("0 pool images flagged")
     # empty sha256 entries never match: row 5 has "" and so would eval rows with ""
     rep2 = audit_leakage([5], [0], H, ["", "b", "c", "d", "e", ""], max_distance=None)
     assert len(rep2.exact) == 0
@@ -231,13 +237,13 @@ def test_hand_made_hashes_distance_transform_and_chunks(monkeypatch):
 
 def test_chunked_audit_matches_brute_force(monkeypatch):
     rng = np.random.default_rng(5)
-    H = rng.integers(0, 2**63, (300, 8), dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, (300, 8), dtype=np.uint64)
+    H = rng.integers(0, 2**63, (180, 8), dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, (180, 8), dtype=np.uint64)
     # plant near copies: pool row 100 + k = eval row k with 0..5 bits flipped in some variant
     for k in range(6):
         H[100 + k, k % 8] = H[k, 0] ^ np.uint64((1 << k) - 1)
-    ev, pool = np.arange(0, 100), np.arange(100, 300)
-    monkeypatch.setattr(leakage, "_BLOCK_ELEMENTS", 700)  # several pool chunks of 7 rows
-    rep = audit_leakage(pool, ev, H, [""] * 300, max_distance=6)
+    ev, pool = np.arange(0, 60), np.arange(60, 180)
+    monkeypatch.setattr(leakage, "_BLOCK_ELEMENTS", 420)  # 18 pool chunks of 7 rows
+    rep = audit_leakage(pool, ev, H, [""] * 180, max_distance=6)
     brute = [
         (int(p), int(e), int(min(bin(int(H[p, v]) ^ int(H[e, 0])).count("1") for v in range(8))))
         for p in pool
