@@ -405,7 +405,7 @@ def main(argv=None) -> int:
                     print(f"inside the Ray worker, {what}: {per_epoch * 1000:.0f} ms/epoch "
                           f"(torch threads {rv.info[key][0]['threads']})")
         ckpt_cost = 1.0 / C.median(res["run_trial"]) - 1.0 / C.median(res["run_trial, ckpt at end"])
-        print(f"per-epoch checkpoint cost (run_trial - ckpt at end): {ckpt_cost * ipe * 1000:.0f} ms/epoch")
+        print(f"per-epoch checkpoint cost, end to end (run_trial - ckpt at end; noisy): {ckpt_cost * ipe * 1000:.0f} ms/epoch")
         probe = checkpoint_probe(args, data, trial, out)
         bare_epoch = ipe / C.median(base)
         for label, p in probe.items():

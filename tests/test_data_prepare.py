@@ -301,3 +301,17 @@ def test_image_dataset_rejects_bad_arguments(prepared_phantom):
         ImageDataset(prepared_phantom, [0, 10_000])
     with pytest.raises(ConfigError, match="unknown augmentation"):
         ImageDataset(prepared_phantom, [0], augmentation="nope")
+
+
+def test_prepared_root_is_absolute_so_ray_workers_find_it(prepared_phantom, tmp_path, monkeypatch):
+    """Ray workers do not run in the driver's cwd: a relative root must be resolved up front."""
+    import os
+    import pickle
+    from dataclasses import replace
+
+    monkeypatch.chdir(Path(prepared_phantom.root).parent)
+    rel = replace(prepared_phantom, root=os.path.basename(prepared_phantom.root))
+    assert Path(rel.root).is_absolute() and rel.root == prepared_phantom.root
+    monkeypatch.chdir(tmp_path)  # elsewhere, as a worker would be
+    shipped = pickle.loads(pickle.dumps(rel))
+    assert np.array_equal(shipped.labels, prepared_phantom.labels)

@@ -23,7 +23,8 @@ def smoke(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("smoke")
     uri = f"sqlite:///{out / 'mlflow.db'}"
-    cfg = load_study("smoke", overrides=[f"output_dir={out}", f"tracking.tracking_uri={uri}", "tracking.experiment=smoke"])
+    # one seed (4 trials) to fit the CI budget: the fake-sweep tests cover multi-seed intervals
+    cfg = load_study("smoke", overrides=[f"output_dir={out}", f"tracking.tracking_uri={uri}", "tracking.experiment=smoke", "seeds=[0]"])
     result = run_study(cfg, report=False, echo=lambda s: None)
     return {"cfg": cfg, "uri": uri, "out": out, "result": result}
 

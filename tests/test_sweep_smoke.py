@@ -36,9 +36,10 @@ def _env():
 def test_smoke_preset_end_to_end_with_the_real_training_loop(tmp_path):
     # the smoke preset with one seed instead of two (4 trials, not 8) to fit the CI budget;
     # the full `python sweeps/size_study.py --preset smoke` runs the same code path
+    # a RELATIVE --output, as in the README's main job: Ray workers run in another directory
     out = tmp_path / "runs"
-    p = subprocess.run([sys.executable, SCRIPT, "--preset", "smoke", "--set", "seeds=[0]", "--output", str(out), "--address", "local"],
-                       capture_output=True, text=True, cwd=REPO, env=_env(), timeout=1500)
+    p = subprocess.run([sys.executable, SCRIPT, "--preset", "smoke", "--set", "seeds=[0]", "--output", "runs", "--address", "local"],
+                       capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=1500)
     assert p.returncode == 0, (p.stdout[-4000:], p.stderr[-4000:])
     cfg = load_study("smoke", overrides=["seeds=[0]"])
     n = len(cfg.trials())

@@ -41,6 +41,11 @@ class PreparedData:
     dropped_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     info: dict = field(default_factory=dict)  # provenance: source, resolution, leakage summary...
 
+    def __post_init__(self) -> None:
+        # Absolute: Ray workers do not share the driver's working directory, so a relative
+        # root (the default output_dir is "lungray_runs") would point nowhere inside a trial.
+        object.__setattr__(self, "root", str(Path(self.root).expanduser().resolve()))
+
     # -- arrays, memory-mapped lazily per process --------------------------------------------
     def __getstate__(self) -> dict[str, Any]:  # drop cached memmaps when shipped to workers
         state = dict(self.__dict__)

@@ -42,14 +42,19 @@ Report = Callable[[dict[str, float], Optional[str]], None]
 # ------------------------------------------------------------------------------------------
 
 
-def validate_trial(trial: TrialConfig) -> None:
+def validate_trial(trial: TrialConfig, resolution: Optional[int] = None) -> None:
     """Run the study-level checks on a single trial (names, ranges, zero-step schedules).
 
     A trial built by hand (a test, a notebook) gets the same config-time errors as a study;
     the one-cell study reuses :func:`lungray.config.validate_study` so the rules live once.
+    ``resolution`` (the prepared data's, when known) enables the resolution-dependent model
+    checks; without it they are skipped (a 256 px stand-in passes them).
     """
+    from lungray.config import DataConfig
+
     StudyConfig(
         name=trial.study,
+        data=DataConfig(resolution=int(resolution) if resolution else 256),
         models=(trial.model,),
         sizes=(trial.train_size,),
         optimizers=(trial.optimizer,),
@@ -199,7 +204,7 @@ def run_trial(
     )
 
     t0 = time.perf_counter()
-    validate_trial(trial)
+    validate_trial(trial, resolution=(getattr(data, "info", None) or {}).get("resolution"))
     if stop_after_epoch is not None and stop_after_epoch < 1:
         raise ConfigError(f"stop_after_epoch must be >= 1, got {stop_after_epoch}")
     rank, world = distributed_info()
