@@ -44,10 +44,12 @@ def machine_info(device: Optional[str] = None) -> dict[str, str]:
             info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     except ImportError:  # pragma: no cover
         info["torch"] = "missing"
-    for mod in ("ray", "timm", "mlflow"):
+    from importlib import metadata
+
+    for dist in ("ray", "timm", "mlflow"):  # versions without importing them (seconds each)
         try:
-            info[mod] = __import__(mod).__version__
-        except Exception:  # pragma: no cover - optional in a given script
+            info[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:  # pragma: no cover
             pass
     return info
 

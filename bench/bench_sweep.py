@@ -145,8 +145,10 @@ def bench_startup(args, out: Path) -> None:
             ray.kill(a)
             return t1 - t0
 
-        print("fresh actor process with a runtime env (what the controller and each worker cost to spawn):")
-        spawned = C.interleave({"actor spawn": spawn}, max(1, args.startup_repeats))
+        spawned = {"actor spawn": []}
+        if not args.quick:
+            print("fresh actor process with a runtime env (what the controller and each worker cost to spawn):")
+            spawned = C.interleave({"actor spawn": spawn}, max(1, args.startup_repeats))
     finally:
         ray.shutdown()
 
@@ -155,8 +157,10 @@ def bench_startup(args, out: Path) -> None:
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         return float(r.stdout.strip().splitlines()[-1])
 
-    print("import torch + ray.train.torch in a new Python (each Train worker does this):")
-    imports = C.interleave({"import": imp}, max(1, args.startup_repeats))
+    imports = {"import": []}
+    if not args.quick:
+        print("import torch + ray.train.torch in a new Python (each Train worker does this):")
+        imports = C.interleave({"import": imp}, max(1, args.startup_repeats))
 
     rows = []
     for h in args.hc_list:
