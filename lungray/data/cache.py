@@ -82,7 +82,20 @@ def _array_sha256(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
-def decode_rows(
+def decode_rows(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Decode a chunk of manifest paths (see :func:`_decode_rows`) with BLAS held to one thread.
+
+    The per-image hash products are tiny (32x32) and a multi-threaded OpenBLAS made serial
+    decoding up to 3x slower (bench/bench_data.py); the parallelism is across chunks (Ray
+    tasks), not inside one.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return _decode_rows(*args, **kwargs)
+
+
+def _decode_rows(
     paths: Sequence[str],
     resolution: int,
     resize_mode: str,
