@@ -7,7 +7,6 @@ Chromium and executes the sweep notebook against it.
 
 from __future__ import annotations
 
-import re
 
 import numpy as np
 import pandas as pd
@@ -90,5 +89,6 @@ def test_sweep_notebook_on_the_smoke_sweep(smoke, report, tmp_path):
     text = outputs_text(nb)
     wide = pd.read_csv(report / "table_accuracy.csv")
     first = wide.iloc[0]
-    assert re.search(rf"{first['mean']:.3f} \[", text)  # the report's number, shown by the notebook
+    # the report's number, shown by the notebook (one seed here: a mean without an interval)
+    assert f"{first['mean']:.3f}" in text
     assert images_in(nb) == 1
