@@ -8,9 +8,10 @@ Issue 5, item 2. Three measurements, each side by side in one run:
      memory): the trainer's ceiling, no input pipeline at all;
    * ``pipeline wK``: lungray's real input path, built exactly as :func:`lungray.train.run_trial`
      builds it (memory-mapped cache -> :class:`~lungray.data.dataset.ImageDataset` with the
-     augmentation preset -> a fresh ``DataLoader`` per epoch with the loop's ``EpochSampler``)
-     with K = 0, 1, 2 loader workers; and ``pipeline wK, persistent workers``: one DataLoader
-     for the whole run whose workers survive the epoch (the proposed fix, see RESULTS.md).
+     augmentation preset -> ONE ``DataLoader`` per trial over the loop's ``EpochTagged``
+     sampler, whose K = 0, 1, 2 loader workers persist across epochs); and
+     ``pipeline wK, DataLoader per epoch (before)``: the loop as it was before this bench's
+     finding, a fresh ``DataLoader`` (and K fresh worker processes) every epoch.
 
    ratio = pipeline images/s / tensors images/s (target >= 0.95: data is never the
    bottleneck).
@@ -139,7 +140,7 @@ class Trainer:
 
 
 def loader_for_epoch(ds, n_train: int, batch_size: int, seed: int, epoch: int, workers: int):
-    """The DataLoader exactly as ``run_trial`` builds it for one epoch (see lungray/train/loop.py)."""
+    """The DataLoader as ``run_trial`` built it for every epoch before the fix (kept to compare)."""
     import torch
 
     from lungray.train.device import torch_generator
@@ -161,17 +162,18 @@ def loader_for_epoch(ds, n_train: int, batch_size: int, seed: int, epoch: int, w
 
 
 def persistent_loader(ds, batch_size: int, seed: int, workers: int):
-    """The proposed fix: ONE DataLoader per trial with persistent workers (no per-epoch worker
-    start-up). Throughput only: the workers keep the dataset's epoch from their start, which a
-    real fix must hand over another way (e.g. through the sampler's indices)."""
+    """The DataLoader exactly as ``run_trial`` builds it: ONE per trial, workers that persist
+    across epochs, the epoch handed to them with each index (``EpochTagged``)."""
     import torch
 
-    from lungray.train.loop import EpochSampler, epoch_plan
+    from lungray.train.device import torch_generator
+    from lungray.train.loop import EpochSampler, EpochTagged, epoch_plan
 
     _, drop_last = epoch_plan(len(ds), batch_size, 1)
     sampler = EpochSampler(len(ds), seed)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                                         num_workers=workers, persistent_workers=workers > 0, pin_memory=False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=EpochTagged(sampler), drop_last=drop_last,
+                                         num_workers=workers, persistent_workers=workers > 0, pin_memory=False,
+                                         generator=torch_generator(seed, 0, stream=2))
     return loader, sampler
 
 
@@ -221,10 +223,10 @@ def bench_loader(args, out: Path) -> list[dict]:
 
     variants = {"tensors (pre-made)": run_tensors}
     for w in args.worker_list:
-        variants[f"pipeline w{w}"] = run_pipeline(w)
+        variants[f"pipeline w{w}"] = run_persistent(w)
     for w in args.worker_list:
         if w > 0 and not args.quick:
-            variants[f"pipeline w{w}, persistent workers"] = run_persistent(w)
+            variants[f"pipeline w{w}, DataLoader per epoch (before)"] = run_pipeline(w)
     print(f"loader part: {args.model} at {data.resolution} px, batch {args.batch_size}, {len(idx)} images/epoch, "
           f"augmentation {args.augmentation}, {args.threads} torch thread(s), {args.repeats} interleaved rounds")
     res = C.interleave(variants, args.repeats)
@@ -237,10 +239,10 @@ def bench_loader(args, out: Path) -> list[dict]:
         rows.append({"variant": name, "images/s (median)": C.median(v), "range": C.spread(v), "ratio": ratios[name]})
     C.print_table(rows, "trainer throughput by data source (ratio = paired median vs pre-made tensors)")
     for w in args.worker_list:
-        C.print_ratio(f"data_pipeline_w{w}", ratios[f"pipeline w{w}"], 0.95, note="(DataLoader per epoch, as run_trial)")
+        C.print_ratio(f"data_pipeline_w{w}", ratios[f"pipeline w{w}"], 0.95, note="(one loader per trial, as run_trial)")
     for w in args.worker_list:
-        if f"pipeline w{w}, persistent workers" in ratios:
-            C.print_ratio(f"data_pipeline_w{w}_persistent", ratios[f"pipeline w{w}, persistent workers"], 0.95)
+        if f"pipeline w{w}, DataLoader per epoch (before)" in ratios:
+            C.print_ratio(f"data_pipeline_w{w}_per_epoch_before", ratios[f"pipeline w{w}, DataLoader per epoch (before)"], 0.95)
     enough = [w for w in args.worker_list if ratios[f"pipeline w{w}"] >= 0.95]
     print(f"loader workers needed for >= 0.95 here (as run_trial builds the loader): "
           f"{min(enough) if enough else 'none of ' + str(args.worker_list)}")

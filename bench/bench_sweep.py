@@ -16,11 +16,14 @@ Issue 5, item 3. Three measurements:
    trials (first start to last end, i.e. without Ray start-up, data preparation and MLflow
    set-up). Wall time against the number of trials is fitted with a line: the slope is the
    marginal cost of a trial and R^2 says whether growth is linear.
-3. Optional variants: the smallest sweep at the other health-check intervals (``--hc-sweep``)
-   and with longer trials (``--long-epochs N``: efficiency against trial length), the largest
-   with ``resources.use_ray_train=false`` (``--also-no-ray-train``: the loop runs in the Tune
-   trial itself, no Train controller or worker processes), once as the sweep runs it and once
-   with Tune's ``reuse_actors`` forced on (a what-if for the fix proposed in RESULTS.md).
+   The sweeps run as lungray runs them by default (one-worker trials train in the re-used Tune
+   trial process, a checkpoint at most once a minute).
+3. **Before and after**: the largest sweep again as lungray ran it before this bench's finding
+   (``--before``, on by default): every trial through a one-worker ``TorchTrainer``
+   (``resources.use_ray_train=true``) with a checkpoint every epoch
+   (``schedule.checkpoint_min_seconds=0``). Optional: the smallest sweep with longer trials
+   (``--long-epochs N``, efficiency against trial length; before and after with ``--before``)
+   and at the other health-check intervals (``--hc-sweep``, Ray Train path).
 
 Run: ``python bench/bench_sweep.py`` (default, ~5 min on 2 CPUs) or ``--quick`` (CI smoke).
 """
@@ -61,18 +64,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also run the smallest sweep at every other --hc value (the no-op fits compare them anyway)")
     p.add_argument("--long-epochs", type=int, default=0,
                    help="also run the smallest sweep with schedule.epochs=N (efficiency vs trial length)")
-    p.add_argument("--also-no-ray-train", action="store_true",
-                   help="also run the largest sweep with resources.use_ray_train=false")
+    p.add_argument("--no-before", dest="before", action="store_false",
+                   help="skip the largest sweep as lungray ran it before the fix (every trial through Ray Train, "
+                        "a checkpoint every epoch)")
     p.add_argument("--skip-startup", action="store_true")
     p.add_argument("--skip-sweeps", action="store_true")
     p.add_argument("--out", default=None, help="work folder (default: a temp dir, removed at the end)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: run one sweep, write JSON here
     p.add_argument("--child-trials", type=int, default=2, help=argparse.SUPPRESS)
     p.add_argument("--child-set", action="append", default=[], help=argparse.SUPPRESS)
-    p.add_argument("--child-reuse-actors", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.quick:
-        a.trials, a.hc, a.startup_repeats = "2", "0.2", 1
+        a.trials, a.hc, a.startup_repeats, a.before = "2", "0.2", 1, False
     a.trial_list = [int(t) for t in str(a.trials).split(",") if t.strip()]
     bad = [t for t in a.trial_list if t not in GRIDS]
     if bad:
@@ -206,18 +209,6 @@ def child(args) -> int:
         *args.child_set,
     ]
     cfg = load_study("smoke", overrides=overrides)
-    if args.child_reuse_actors:
-        # what-if for the proposed fix (RESULTS.md): Tune reuses a finished trial's actor for
-        # the next trial, so process start and imports are paid once per slot, not per trial
-        import ray.tune
-
-        original = ray.tune.TuneConfig
-
-        def _reusing(*a, **k):
-            k["reuse_actors"] = True
-            return original(*a, **k)
-
-        ray.tune.TuneConfig = _reusing
     t0 = time.time()
     result = run_study(cfg)
     t1 = time.time()
@@ -263,15 +254,17 @@ def read_trials(uri: str, experiment: str, experiment_dir: Path | None = None) -
     return out
 
 
-def run_child(args, out: Path, n_trials: int, env: dict, sets=(), reuse_actors: bool = False) -> dict:
+#: the sweep as lungray ran it before bench_sweep's finding (RESULTS.md, item 3)
+BEFORE = ["resources.use_ray_train=true", "schedule.checkpoint_min_seconds=0"]
+
+
+def run_child(args, out: Path, n_trials: int, env: dict, sets=()) -> dict:
     tag = f"k{n_trials}_{time.time_ns()}"
     path = out / f"{tag}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(path), "--child-trials", str(n_trials),
            "--slots", str(args.slots)]
     for s in sets:
         cmd += ["--child-set", s]
-    if reuse_actors:
-        cmd.append("--child-reuse-actors")
     full_env = {**os.environ, **env}
     t0 = time.time()
     r = subprocess.run(cmd, env=full_env, capture_output=True, text=True)
@@ -347,41 +340,42 @@ def bench_sweeps(args, out: Path) -> None:
     runs: list[tuple[str, dict]] = []
     series = {}
     for k in args.trial_list:
-        print(f"sweep: {k} trials, {args.slots} slots, health check {lo_hc}s ...", flush=True)
+        print(f"sweep: {k} trials, {args.slots} slots (as lungray runs it) ...", flush=True)
         s = summarise(run_child(args, out, k, {HC: lo_hc}), args.slots)
         series[k] = s
-        runs.append((f"{k} trials, hc {lo_hc}s", s))
-    k0 = min(args.trial_list)
+        runs.append((f"{k} trials", s))
+    k0, k1 = min(args.trial_list), max(args.trial_list)
+    before = None
+    if args.before:
+        print(f"sweep: {k1} trials, before the fix (Ray Train per trial, health check {lo_hc}s, checkpoint every epoch) ...", flush=True)
+        before = summarise(run_child(args, out, k1, {HC: lo_hc}, sets=BEFORE), args.slots)
+        runs.append((f"{k1} trials, before (Ray Train per trial, ckpt every epoch)", before))
+    if args.long_epochs:
+        long = [f"schedule.epochs={args.long_epochs}"]
+        print(f"sweep: {k0} trials x {args.long_epochs} epochs (longer trials) ...", flush=True)
+        runs.append((f"{k0} trials x {args.long_epochs} epochs", summarise(run_child(args, out, k0, {HC: lo_hc}, sets=long), args.slots)))
+        if args.before:
+            print(f"sweep: {k0} trials x {args.long_epochs} epochs, before the fix ...", flush=True)
+            runs.append((f"{k0} trials x {args.long_epochs} epochs, before", summarise(
+                run_child(args, out, k0, {HC: lo_hc}, sets=[*long, *BEFORE]), args.slots)))
     if args.hc_sweep:
         for h in args.hc_list:
             if h != lo_hc:
-                print(f"sweep: {k0} trials, health check {h}s ...", flush=True)
-                runs.append((f"{k0} trials, hc {h}s", summarise(run_child(args, out, k0, {HC: h}), args.slots)))
-    if args.long_epochs:
-        print(f"sweep: {k0} trials x {args.long_epochs} epochs (longer trials) ...", flush=True)
-        runs.append((f"{k0} trials, {args.long_epochs} epochs", summarise(
-            run_child(args, out, k0, {HC: lo_hc}, sets=[f"schedule.epochs={args.long_epochs}"]), args.slots)))
-        if args.also_no_ray_train:
-            print(f"sweep: {k0} trials x {args.long_epochs} epochs, use_ray_train=false + reuse_actors ...", flush=True)
-            runs.append((f"{k0} trials, {args.long_epochs} epochs, no Ray Train, reuse", summarise(
-                run_child(args, out, k0, {HC: lo_hc}, sets=[f"schedule.epochs={args.long_epochs}", "resources.use_ray_train=false"],
-                          reuse_actors=True), args.slots)))
-    if args.also_no_ray_train:
-        k1 = max(args.trial_list)
-        print(f"sweep: {k1} trials, use_ray_train=false ...", flush=True)
-        runs.append((f"{k1} trials, no Ray Train", summarise(
-            run_child(args, out, k1, {HC: lo_hc}, sets=["resources.use_ray_train=false"]), args.slots)))
-        print(f"sweep: {k1} trials, use_ray_train=false + Tune reuse_actors (what-if) ...", flush=True)
-        runs.append((f"{k1} trials, no Ray Train, reuse actors", summarise(
-            run_child(args, out, k1, {HC: lo_hc}, sets=["resources.use_ray_train=false"], reuse_actors=True), args.slots)))
+                print(f"sweep: {k0} trials through Ray Train, health check {h}s ...", flush=True)
+                runs.append((f"{k0} trials, Ray Train, hc {h}s", summarise(run_child(args, out, k0, {HC: h}, sets=BEFORE), args.slots)))
     C.print_table([{"sweep": name, **{c: s.get(c, float("nan")) for c in SWEEP_COLS}} for name, s in runs],
                   f"sweeps on the smoke preset (and sub-grids), {args.slots} concurrent slots")
     C.print_table([{"sweep": name, **{c: s.get(c, float("nan")) for c in TRIAL_COLS}} for name, s in runs],
                   "per trial, medians in seconds (overhead = trial wall - train - eval)")
-    kmax = max(args.trial_list)
-    C.print_ratio(f"sweep_efficiency_{kmax}_trials", series[kmax]["eff (run_study)"], 0.85)
-    C.print_ratio(f"sweep_efficiency_{kmax}_trials_span", series[kmax]["eff (span)"],
+    C.print_ratio(f"sweep_efficiency_{k1}_trials", series[k1]["eff (run_study)"], 0.85)
+    C.print_ratio(f"sweep_efficiency_{k1}_trials_span", series[k1]["eff (span)"],
                   note="(without ray.init, data preparation and MLflow set-up)")
+    if before is not None:
+        C.print_ratio(f"sweep_efficiency_{k1}_trials_before", before["eff (run_study)"], note="(Ray Train per trial)")
+        C.print_ratio(f"sweep_wall_{k1}_trials_after_vs_before", series[k1]["run_study s"] / before["run_study s"],
+                      note="(< 1: the sweep takes that fraction of its former wall time)")
+        C.print_ratio("trial_overhead_after_vs_before", series[k1]["overhead s"] / before["overhead s"],
+                      note="(median per-trial overhead)")
     if len(series) >= 2:
         ks = sorted(series)
         a, b, r2 = fit_line([float(k) for k in ks], [series[k]["run_study s"] for k in ks])

@@ -135,6 +135,12 @@ class ScheduleConfig:
     ``size_rules`` whose ``max_size`` >= n; the training-size study used batch 4 x 200 epochs up
     to 200 images and batch 16 x 100 epochs above), or ``steps`` (a fixed budget of
     ``max_steps`` optimisation steps at ``batch_size``, so every size gets the same compute).
+
+    Resumable checkpoints: every ``checkpoint_every`` epochs, but no sooner than
+    ``checkpoint_min_seconds`` after the previous one, and always at the end. A resnet18
+    checkpoint (model + optimizer + best weights) is 128-171 MB; written every epoch it cost
+    12-14 % of a CPU epoch and more than a whole GPU epoch of a small training size
+    (``bench/RESULTS.md``). A crash replays at most a minute of epochs, exactly.
     """
 
     rule: str = "fixed"
@@ -145,7 +151,8 @@ class ScheduleConfig:
     eval_every: int = 1
     early_stopping_patience: Optional[int] = None  # in evaluations; None = off
     monitor: str = "val_loss"  # "val_loss" (min) or a val metric such as "val_accuracy" (max)
-    checkpoint_every: int = 1  # epochs between resumable checkpoints
+    checkpoint_every: int = 1  # epochs between resumable checkpoints...
+    checkpoint_min_seconds: float = 60.0  # ...but at most one per this many seconds (0 = every checkpoint_every)
 
     def resolve(self, n_train: int) -> tuple[int, int]:
         """(batch_size, epochs) for a training size, per the rule."""
@@ -186,11 +193,22 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ResourcesConfig:
-    """Ray resources for one trial.
+    """Ray resources for one trial, and whether it trains through Ray Train.
 
-    The trial function itself holds almost nothing (``trial_cpu``, default 0.01) and its Train
-    workers hold the real CPUs/GPUs: a trial that held a whole CPU while its worker waited for
-    another deadlocks a 2-CPU machine. GPUs go on workers, never on the trial.
+    ``use_ray_train``: ``true`` trains every trial through a Ray Train ``TorchTrainer``;
+    ``false`` runs the loop inside the Tune trial process; ``"auto"`` (the default) uses Ray
+    Train when a trial has several workers (DDP) and the Tune trial itself for a one-worker
+    trial. Why: a ``TorchTrainer`` starts a controller, a worker and three helper processes for
+    every trial (about 7 s on an idle 2-CPU machine, 30-40 s on a busy one: ``bench/RESULTS.md``),
+    while a one-worker trial gets nothing from it that Tune does not already give (retries from
+    the last checkpoint, fractional GPUs, one MLflow run per trial); Tune also re-uses a trial
+    process for the next trial (``reuse_actors``) so imports are paid once per slot.
+
+    With Ray Train, the trial function holds almost nothing (``trial_cpu``, default 0.01) and
+    its Train workers hold the real CPUs/GPUs: a trial that held a whole CPU while its worker
+    waited for another deadlocks a 2-CPU machine; GPUs go on workers, never on the trial.
+    Without Ray Train, the trial itself holds one worker's ``cpus_per_worker`` and
+    ``gpus_per_worker``.
     """
 
     workers: int = 1
@@ -199,7 +217,14 @@ class ResourcesConfig:
     trial_cpu: float = 0.01
     max_concurrent_trials: Optional[int] = None  # None = derived from the cluster
     max_failures: int = 2  # retries of a trial from its last checkpoint
-    use_ray_train: bool = True  # False runs the loop inside the Tune trial (debugging)
+    use_ray_train: Union[bool, str] = "auto"  # true, false, or "auto" (Ray Train only for workers > 1)
+
+    @property
+    def ray_train(self) -> bool:
+        """Whether trials train through Ray Train (``use_ray_train`` with ``"auto"`` resolved)."""
+        if isinstance(self.use_ray_train, bool):
+            return self.use_ray_train
+        return self.workers > 1
 
 
 @dataclass(frozen=True)
@@ -590,6 +615,8 @@ def validate_study(cfg: StudyConfig) -> None:
         raise ConfigError("schedule.rule 'steps' needs schedule.max_steps > 0")
     if s.eval_every < 1 or s.checkpoint_every < 1:
         raise ConfigError("schedule.eval_every and schedule.checkpoint_every must be >= 1")
+    if not s.checkpoint_min_seconds >= 0:
+        raise ConfigError(f"schedule.checkpoint_min_seconds must be >= 0 (0 = no time floor), got {s.checkpoint_min_seconds}")
     if s.rule in ("fixed", "steps") and s.batch_size < 1:
         raise ConfigError(
             f"schedule.batch_size must be >= 1, got {s.batch_size}: it gives zero optimisation steps"
@@ -624,6 +651,13 @@ def validate_study(cfg: StudyConfig) -> None:
         raise ConfigError("resources: a worker needs some CPU or GPU (cpus_per_worker/gpus_per_worker)")
     if r.gpus_per_worker > 1 and not float(r.gpus_per_worker).is_integer():
         raise ConfigError(f"resources.gpus_per_worker above 1 must be a whole number, got {r.gpus_per_worker}")
+    if not isinstance(r.use_ray_train, bool):
+        _one_of("resources.use_ray_train", r.use_ray_train, ["auto"])
+    if r.use_ray_train is False and r.workers != 1:
+        raise ConfigError(
+            f"resources.use_ray_train=false runs each trial in one process but resources.workers={r.workers}: "
+            "set resources.workers=1, or use_ray_train=auto/true for DDP through Ray Train"
+        )
 
 
 def replace_in(cfg: Any, **changes: Any) -> Any:

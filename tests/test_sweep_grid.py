@@ -88,11 +88,29 @@ def test_lr_search_is_off_by_default_and_validated():
 
 
 def test_preflight_two_cpu_machine_runs_two_trials_at_once():
-    pre = G.preflight(smoke(), cpu_cluster(2))
-    # 0.01 (trial) + 0.99 (worker) = 1 CPU per trial -> 2 at once on 2 CPUs (issue 6)
+    # through Ray Train: 0.01 (trial) + 0.99 (worker) = 1 CPU per trial -> 2 at once on 2 CPUs (issue 6)
+    pre = G.preflight(smoke("resources.use_ray_train=true"), cpu_cluster(2))
     assert pre.capacity == 2 and pre.max_concurrent_trials == 2
+    assert pre.resources.ray_train
     assert pre.resources.worker_bundle == {"CPU": 0.99, "GPU": 0.0}
+    assert pre.resources.trial_bundle == {"cpu": 0.01}
     assert pre.resources.total == {"CPU": 1.0, "GPU": 0.0}
+    # one-worker trials by default ("auto"): the Tune trial trains and holds the worker's share
+    pre = G.preflight(smoke(), cpu_cluster(2))
+    assert pre.capacity == 2 and not pre.resources.ray_train
+    assert pre.resources.trial_bundle == {"cpu": 0.99, "gpu": 0.0}
+    assert pre.resources.total == {"CPU": 0.99, "GPU": 0.0}
+
+
+def test_use_ray_train_auto_means_ray_train_only_for_ddp():
+    assert smoke().resources.use_ray_train == "auto" and not smoke().resources.ray_train
+    assert smoke("resources.workers=2").resources.ray_train
+    assert smoke("resources.use_ray_train=true").resources.ray_train
+    assert not smoke("resources.use_ray_train=false").resources.ray_train
+    with pytest.raises(ConfigError, match="resources.use_ray_train=false runs each trial in one process but resources.workers=2"):
+        smoke("resources.use_ray_train=false", "resources.workers=2").validate()
+    with pytest.raises(ConfigError, match="resources.use_ray_train"):
+        smoke("resources.use_ray_train=sometimes").validate()
 
 
 def test_preflight_caps_concurrency_at_the_number_of_trials():
@@ -125,11 +143,15 @@ def test_preflight_refuses_more_workers_than_the_cluster_holds():
 
 
 def test_fractional_gpus_pack_within_a_gpu():
-    cfg = smoke("resources.gpus_per_worker=0.25", "resources.cpus_per_worker=1", "seeds=[0,1,2,3,4,5,6,7,8,9]")
+    cfg_sets = ("resources.gpus_per_worker=0.25", "resources.cpus_per_worker=1", "seeds=[0,1,2,3,4,5,6,7,8,9]")
+    cfg = smoke(*cfg_sets)
     pre = G.preflight(cfg, G.ClusterSpec(nodes=(G.NodeSpec("g", cpu=32, gpu=2),)))
     assert pre.capacity == 8  # 2 GPUs x 4 quarter-GPU workers; CPU would allow 31
     pre = G.preflight(cfg, G.ClusterSpec(nodes=(G.NodeSpec("g", cpu=3, gpu=2),)))
-    assert pre.capacity == 2  # now CPU-bound: 3 CPU / (1 + 0.01) per trial
+    assert pre.capacity == 3  # now CPU-bound: 3 CPU / 1 per trial (trained in the Tune trial)
+    assert pre.resources.trial_bundle == {"cpu": 1.0, "gpu": 0.25}
+    pre = G.preflight(smoke(*cfg_sets, "resources.use_ray_train=true"), G.ClusterSpec(nodes=(G.NodeSpec("g", cpu=3, gpu=2),)))
+    assert pre.capacity == 2  # through Ray Train: 3 CPU / (1 + 0.01) per trial
 
 
 def test_ddp_trials_need_all_workers_and_autoscaled_types_count():
@@ -176,7 +198,9 @@ def test_dry_run_text_lists_every_trial_with_its_budget():
     assert len(rows) == 8
     # smoke: batch 16 x 3 epochs; 40 images -> 3 steps/epoch -> 9 steps; 120 -> 8 -> 24
     assert [(r["train_size"], r["batch"], r["epochs"], r["steps"]) for r in rows[:3]] == [(40, 16, 3, 9), (40, 16, 3, 9), (120, 16, 3, 24)]
-    assert "resources per trial: 1 worker x 0.99 CPU (+0.01 CPU for the trial driver)" in text
+    assert "resources per trial: 1 worker x 0.99 CPU, trained in the Tune trial (no Ray Train" in text
+    text = G.dry_run_text(smoke("resources.use_ray_train=true"), G.preflight(smoke("resources.use_ray_train=true"), cpu_cluster(2)))
+    assert "resources per trial: 1 worker x 0.99 CPU through Ray Train (+0.01 CPU for the trial driver)" in text
     assert "max concurrent trials: 2 (capacity 2)" in text
     table = G.format_table(rows)
     assert table.count("\n") == 1 + 8 and "logreg" in table

@@ -1,13 +1,16 @@
-"""Ray Tune + Ray Train + MLflow plumbing with a fake trial body (exact metrics, no training).
+"""Ray Tune (+ Ray Train) + MLflow plumbing with a fake trial body (exact metrics, no training).
 
-One Ray session and ONE sweep serve most tests (Ray start-up and per-trial Train start-up cost
-seconds each on 2 CPUs). The sweep has three trials of one model, with
-``val_accuracy = test_accuracy = n / 60``:
+One Ray session and ONE sweep per trainer path serve most tests (Ray start-up and per-trial
+Train start-up cost seconds each on 2 CPUs): ``ray_train`` (``resources.use_ray_train=true``:
+every trial through a ``TorchTrainer``) and ``in_trial`` (the default for one-worker trials:
+the loop runs in the re-used Tune trial process). The sweep has three trials of one model,
+with ``val_accuracy = test_accuracy = n / 60``:
 
 * n=20 and n=40 meet at a rendezvous at their first epoch: they can only both pass it if
-  they train at the same time (two concurrent nested Tune -> Train trials on 2 CPUs);
-* n=40's worker process is killed (``os._exit``) after epoch 1 once; Ray Train restarts it
-  from the epoch-1 checkpoint;
+  they train at the same time (two concurrent trials on 2 CPUs; nested Tune -> Train ones
+  on the Ray Train path);
+* n=40's training process (the Train worker, or the Tune trial) is killed (``os._exit``)
+  after epoch 1 once; Ray Train (or Tune) restarts it from the epoch-1 checkpoint;
 * n=60 raises on every attempt: the trial finally fails.
 """
 
@@ -55,9 +58,9 @@ def _study(out: Path, *extra: str):
     )
 
 
-@pytest.fixture(scope="module")
-def sweep(ray_session, tmp_path_factory):
-    out = tmp_path_factory.mktemp("sweep")
+@pytest.fixture(scope="module", params=["ray_train", "in_trial"])
+def sweep(request, ray_session, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"sweep_{request.param}")
     data = make_prepared(out / "data", n=120, eval_n=20, val_n=10)
     body = FakeTrialBody(
         n_max=N_MAX,
@@ -72,7 +75,9 @@ def sweep(ray_session, tmp_path_factory):
         rendezvous_sizes=(20, 40),
     )
     lines: list[str] = []
-    result = run_study(_study(out), data=data, trial_body=body, echo=lines.append)
+    mode = "true" if request.param == "ray_train" else "auto"
+    result = run_study(_study(out, f"resources.use_ray_train={mode}"), data=data, trial_body=body, echo=lines.append)
+    assert result.preflight.resources.ray_train == (request.param == "ray_train")
     return result, out, lines
 
 
@@ -133,7 +138,7 @@ def test_a_trial_that_finally_fails_is_failed_in_mlflow(sweep):
     run = children[_uid(result, 60)]
     assert run.info.status == "FAILED"
     assert "RuntimeError" in run.data.tags[T.ERROR] and "fake failure in simple_cnn|n=60|adam|seed=0" in run.data.tags[T.ERROR]
-    # attempts: Ray Train retried the worker once (resources.max_failures=1), no more
+    # attempts: Ray Train (or Tune) retried the trial once (resources.max_failures=1), no more
     assert [ln for ln in (out / "attempts.txt").read_text().splitlines() if "n=60" in ln] == ["simple_cnn|n=60|adam|seed=0 start_epoch=0"] * 2
     assert any(ln.startswith("[") and "FAILED" in ln and "n=60" in ln for ln in lines)
 

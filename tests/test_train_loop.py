@@ -159,6 +159,57 @@ def test_stop_and_resume_equals_uninterrupted_run_exactly(tiny, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_checkpoints_follow_checkpoint_every_and_the_time_floor(tiny, tmp_path):
+    """Every epoch with no floor; with an unreachable floor only the final epoch's checkpoint."""
+    every = make_trial(schedule={"epochs": 3, "checkpoint_every": 1, "checkpoint_min_seconds": 0})
+    reports = []
+    res = run(every, tiny, tmp_path / "every", report=lambda m, c: reports.append(c))
+    assert all(c is not None for c in reports) and len(reports) == 3
+    assert [p.name for p in (tmp_path / "every" / "checkpoints").iterdir()] == ["epoch_0003"]
+
+    floor = make_trial(schedule={"epochs": 3, "checkpoint_every": 1, "checkpoint_min_seconds": 1e9})
+    reports = []
+    res_floor = run(floor, tiny, tmp_path / "floor", report=lambda m, c: reports.append(c))
+    assert reports[:2] == [None, None] and reports[2] is not None
+    # the floor changes when state is written, never what is trained
+    assert res_floor.history == res.history
+    assert_metrics_identical(res_floor.metrics, res.metrics)
+
+    # a pause still writes the state it needs to resume, floor or not
+    reports = []
+    part = run(floor, tiny, tmp_path / "part", stop_after_epoch=2, report=lambda m, c: reports.append(c))
+    assert reports == [None, part.checkpoint_dir] and part.checkpoint_dir is not None
+    resumed = run(floor, tiny, tmp_path / "resumed", resume_from=part.checkpoint_dir)
+    assert resumed.history == res.history
+
+
+def test_persistent_loader_workers_give_the_same_trial_as_in_process_loading(tiny, tmp_path):
+    """One DataLoader per trial: the epoch reaches worker processes with each index."""
+    base = {"schedule": {"epochs": 3}, "train": {"augmentation": "rot_hflip"}}
+    in_proc = run(make_trial(**base), tiny, tmp_path / "w0")
+    workers = run(make_trial(schedule={"epochs": 3}, train={"augmentation": "rot_hflip", "num_workers": 2}), tiny, tmp_path / "w2")
+    assert workers.history == in_proc.history  # same augmentation draws in every epoch
+    pd.testing.assert_frame_equal(workers.predictions, in_proc.predictions, check_exact=True)
+
+
+def test_epoch_tagged_sampler_carries_the_epoch_to_the_dataset(tiny):
+    from lungray.data.dataset import ImageDataset
+    from lungray.train.loop import EpochSampler, EpochTagged
+
+    sampler = EpochSampler(5, seed=3)
+    tagged = EpochTagged(sampler)
+    sampler.set_epoch(4)
+    pairs = list(tagged)
+    assert pairs == [(4, i) for i in sampler.indices()] and len(tagged) == 5
+    ds = ImageDataset(tiny, tiny.pool_idx[:5], augmentation="rot_hflip", seed=3)
+    ds.set_epoch(4)
+    x_set, y_set, r_set = ds[pairs[0][1]]
+    ds.set_epoch(0)  # a worker's stale copy: the pair still selects epoch 4's draw
+    x_pair, y_pair, r_pair = ds[pairs[0]]
+    assert torch.equal(x_set, x_pair) and (y_set, r_set) == (y_pair, r_pair)
+    assert not torch.equal(ds[pairs[0][1]][0], x_pair)  # epoch 0's draw differs
+
+
 def test_resume_refuses_a_checkpoint_of_another_trial(tiny, tmp_path):
     from lungray.errors import LungrayError
 

@@ -13,7 +13,7 @@ resumed at epoch ``e`` (``set_epoch(e)``) continues exactly where it stopped.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
@@ -99,12 +99,21 @@ class ImageDataset(Dataset):
         state["_built"] = False
         return state
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, i: Union[int, tuple[int, int]]) -> tuple[torch.Tensor, int, int]:
+        """Item ``i`` in the current epoch's stream, or ``(epoch, i)``.
+
+        The pair form carries the epoch with the index: persistent DataLoader workers hold their
+        own copy of the dataset, which :meth:`set_epoch` in the main process never reaches,
+        whereas the sampler runs in the main process (:class:`lungray.train.loop.EpochTagged`).
+        """
+        epoch = self.epoch
+        if isinstance(i, tuple):
+            epoch, i = i
         row = int(self.indices[i])
         img = np.asarray(self.data.images[row], dtype=np.float32) * self._scale
         pipe = self._get_pipeline() if self.augmentation != "none" else None
         if pipe is not None:
-            pipe.set_random_seed(item_seed(self.seed, self.epoch, row))
+            pipe.set_random_seed(item_seed(self.seed, epoch, row))
             img = np.asarray(pipe(image=img)["image"], dtype=np.float32)
             if img.ndim == 3:
                 img = img[..., 0]

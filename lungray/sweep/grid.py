@@ -158,17 +158,22 @@ def n_trials(cfg: StudyConfig) -> int:
 
 @dataclass(frozen=True)
 class TrialResources:
-    """What one trial asks Ray for: a near-empty Tune trial plus ``workers`` Train workers.
+    """What one trial asks Ray for.
 
+    Through Ray Train (``ray_train``): a near-empty Tune trial plus ``workers`` Train workers.
     The trial function only drives its ``TorchTrainer`` and holds ``trial_cpu`` (0.01 by
     default); the CPUs and GPUs sit on the workers. Measured on Ray 2.60 (issue 6): two trials
     holding a whole CPU each with 1-CPU workers deadlock a 2-CPU machine, 0.01 + 0.99 does not.
+
+    In the Tune trial (``ray_train`` false, one worker): the trial process trains, so it holds
+    the one worker's CPUs and GPUs itself and there is no separate driver share.
     """
 
     trial_cpu: float
     workers: int
     cpus_per_worker: float
     gpus_per_worker: float
+    ray_train: bool = True
 
     @property
     def worker_bundle(self) -> dict[str, float]:
@@ -176,9 +181,17 @@ class TrialResources:
         return {"CPU": float(self.cpus_per_worker), "GPU": float(self.gpus_per_worker)}
 
     @property
+    def trial_bundle(self) -> dict[str, float]:
+        """``tune.with_resources`` of the trial function."""
+        if self.ray_train:
+            return {"cpu": float(self.trial_cpu)}
+        return {"cpu": float(self.cpus_per_worker), "gpu": float(self.gpus_per_worker)}
+
+    @property
     def total(self) -> dict[str, float]:
+        driver = self.trial_cpu if self.ray_train else 0.0
         return {
-            "CPU": self.trial_cpu + self.workers * self.cpus_per_worker,
+            "CPU": driver + self.workers * self.cpus_per_worker,
             "GPU": self.workers * self.gpus_per_worker,
         }
 
@@ -186,7 +199,9 @@ class TrialResources:
         w = f"{self.workers} worker{'s' if self.workers != 1 else ''} x {_num(self.cpus_per_worker)} CPU"
         if self.gpus_per_worker:
             w += f" + {_num(self.gpus_per_worker)} GPU"
-        return f"{w} (+{_num(self.trial_cpu)} CPU for the trial driver)"
+        if not self.ray_train:
+            return f"{w}, trained in the Tune trial (no Ray Train; use_ray_train=true to force it)"
+        return f"{w} through Ray Train (+{_num(self.trial_cpu)} CPU for the trial driver)"
 
 
 def trial_resources(cfg: StudyConfig) -> TrialResources:
@@ -196,6 +211,7 @@ def trial_resources(cfg: StudyConfig) -> TrialResources:
         workers=int(r.workers),
         cpus_per_worker=float(r.cpus_per_worker),
         gpus_per_worker=float(r.gpus_per_worker),
+        ray_train=r.ray_train,
     )
 
 

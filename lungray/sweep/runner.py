@@ -332,7 +332,7 @@ def run_study(
             cpus_per_worker=r.cpus_per_worker,
             gpus_per_worker=r.gpus_per_worker,
             max_failures=r.max_failures,
-            use_ray_train=r.use_ray_train,
+            use_ray_train=r.ray_train,
             log_checkpoints=cfg.tracking.log_checkpoints,
             body=trial_body if trial_body is not None else DEFAULT_BODY,
             train_env=train_env(cluster, tracking_uri),
@@ -356,7 +356,8 @@ def run_study(
             echo(f"{n_errors} trial(s) did not finish; see {exp_dir / 'trials.csv'} and the lungray.error tag in MLflow")
         over = pd.to_numeric(trials_df.get("trial_overhead_seconds", pd.Series(dtype=float)), errors="coerce").dropna()
         if len(over):
-            echo(f"per-trial overhead (Ray Train start-up and teardown, not training): mean {over.mean():.1f}s, max {over.max():.1f}s")
+            what = "Ray Train start-up, MLflow outputs, teardown" if ctx.use_ray_train else "set-up, MLflow outputs"
+            echo(f"per-trial overhead ({what}; not training or evaluating): mean {over.mean():.1f}s, max {over.max():.1f}s")
         report_path = None
         want_report = cfg.report if report is None else report
         if want_report and not interrupted:
@@ -465,19 +466,14 @@ def _run_tune(cfg, ctx, pre, spec, total, exp_dir: Path, *, resume: bool, done_b
 
     from lungray.sweep.trainable import tune_trial
 
-    if ctx.use_ray_train:
-        trial_res = {"cpu": cfg.resources.trial_cpu}
-    else:
-        if cfg.resources.workers != 1:
-            raise ConfigError("resources.use_ray_train=false runs one process per trial: set resources.workers=1")
-        trial_res = {"cpu": cfg.resources.cpus_per_worker, "gpu": cfg.resources.gpus_per_worker}
-    trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), trial_res)
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), pre.resources.trial_bundle)
     progress = make_callback(total, echo=echo)
     # Worker failures are retried inside Ray Train from the last checkpoint (FailureConfig on
     # each TorchTrainer, resources.max_failures). A trial that still fails is final for this
     # run: a Tune-level retry would only repeat the Train retries. `--resume` retries errored
     # trials (from their checkpoints), which also covers a trial driver lost with its node.
-    # Without Ray Train (use_ray_train=false) Tune's own retries resume from Tune checkpoints.
+    # Without Ray Train (one-worker trials by default) Tune's own retries resume from the
+    # trial's last Tune checkpoint.
     run_config = tune.RunConfig(
         name=TUNE_NAME,
         storage_path=str(exp_dir),
@@ -506,7 +502,9 @@ def _run_tune(cfg, ctx, pre, spec, total, exp_dir: Path, *, resume: bool, done_b
             scheduler=scheduler,
             metric="val_loss" if scheduler else None,
             mode="min" if scheduler else None,
-            reuse_actors=True,  # one trial-driver process for successive trials: less start-up
+            # one trial process serves successive trials: imports (torch, timm, Ray Train) and a
+            # CUDA context are paid once per slot, not once per trial (bench/bench_sweep.py)
+            reuse_actors=True,
         )
         tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
     echo(f"running {total} trial(s) ({done_before} already finished)" if resume else f"running {total} trial(s)")

@@ -1,6 +1,12 @@
-"""What runs inside one Tune trial: a Ray Train run of one grid cell x seed.
+"""What runs inside one Tune trial: one grid cell x seed, trained through Ray Train or in place.
 
-Layout (Ray's ``doc/source/train/doc_code/train_tune_interop.py``, the supported way in
+A trial with several workers (DDP) always trains through Ray Train; a one-worker trial does so
+only with ``resources.use_ray_train=true``, and by default runs the same trial body in the Tune
+trial process (:func:`_fit_in_trial`), which Tune re-uses for the next trial: the per-trial
+start-up of a ``TorchTrainer`` dominated short trials (``bench/RESULTS.md``, item 3). Both
+paths write the same MLflow run, checkpoints and result files.
+
+Layout of the Ray Train path (Ray's ``doc/source/train/doc_code/train_tune_interop.py``, the supported way in
 Ray 2.60, where ``tune.Tuner(TorchTrainer(...))`` fails with "Improper 'run'"):
 
 * :func:`tune_trial` is the Tune *function trainable*. It holds ~nothing (``{"cpu": 0.01}``),
@@ -105,7 +111,7 @@ def node_info() -> dict[str, str]:
 
 
 def tune_trial(config: dict, ctx: SweepContext) -> None:
-    """Tune function trainable: run one trial through Ray Train and track it in MLflow."""
+    """Tune function trainable: train one trial (through Ray Train or in this process) and track it in MLflow."""
     from ray import tune
 
     from lungray.sweep import mlflow_run as M
@@ -202,7 +208,14 @@ def _fit_with_ray_train(ctx: SweepContext, trial: TrialConfig, trial_id: str, ru
 
 
 def _fit_in_trial(ctx: SweepContext, trial: TrialConfig, trial_id: str, run_id: str, tdir: Path) -> dict:
-    """``resources.use_ray_train=false``: the loop runs in the Tune trial itself (debugging)."""
+    """A one-worker trial without Ray Train (``resources.use_ray_train`` auto or false).
+
+    The loop runs in the Tune trial process. Tune persists each reported checkpoint and, after
+    a crash, restarts the trial from the last one (``FailureConfig``), which is what Ray
+    Train's worker retries would do for one worker, minus a controller and a worker process per
+    trial. The process is re-used for the next trial (``reuse_actors``), so what this trial
+    allocated is released before it returns.
+    """
     from ray import tune
 
     def _report(metrics: dict, checkpoint_dir: Optional[str]) -> None:
@@ -210,11 +223,28 @@ def _fit_in_trial(ctx: SweepContext, trial: TrialConfig, trial_id: str, run_id: 
         tune.report(metrics, checkpoint=ck)
 
     ckpt = tune.get_checkpoint()
-    _run_body(ctx, trial, trial_id, run_id, rank=0, report_fn=_report, checkpoint=ckpt)
+    try:
+        _run_body(ctx, trial, trial_id, run_id, rank=0, report_fn=_report, checkpoint=ckpt)
+    finally:
+        _release_memory()
     summary = read_result(tdir)
     if summary is None:
         raise RuntimeError(f"trial {trial_id}: training ended without writing {tdir / RESULT_FILE}")
     return summary
+
+
+def _release_memory() -> None:
+    """Free the finished trial's tensors in a re-used trial process (host and CUDA caches)."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - best effort
+        pass
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,8 +37,15 @@ def predict(
     dtype: Optional[Any] = None,
     channels_last: bool = False,
     num_workers: int = 0,
+    loader: Optional[Any] = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Softmax probabilities (n, K) float64, labels (n,) and dataset rows (n,), in dataset order."""
+    """Softmax probabilities (n, K) float64, labels (n,) and dataset rows (n,), in dataset order.
+
+    ``loader``: an existing ``DataLoader`` over ``dataset`` in order (the training loop keeps
+    one with persistent workers for its per-epoch validation, instead of starting
+    ``num_workers`` processes at every evaluation). Probabilities stay on the device until the
+    end: one host transfer per call, not one per batch (each is a sync on a GPU).
+    """
     import torch
 
     from lungray.train.device import autocast, to_channels_last
@@ -46,13 +53,14 @@ def predict(
     net = unwrap(model)
     was_training = net.training
     net.eval()
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=max(1, int(batch_size)),
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=getattr(device, "type", "cpu") == "cuda",
-    )
+    if loader is None:
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=max(1, int(batch_size)),
+            shuffle=False,
+            num_workers=num_workers,
+            pin_memory=getattr(device, "type", "cpu") == "cuda",
+        )
     probs, ys, rows = [], [], []
     try:
         with torch.inference_mode():
@@ -60,14 +68,14 @@ def predict(
                 x = to_channels_last(x.to(device, non_blocking=True), channels_last)
                 with autocast(device, dtype):
                     logits = net(x)
-                probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float64))
+                probs.append(torch.softmax(logits.float(), dim=1))
                 ys.append(np.asarray(y, dtype=np.int64))
                 rows.append(np.asarray(row, dtype=np.int64))
     finally:
         net.train(was_training)
     if not probs:
         return np.zeros((0, 0)), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    return np.concatenate(probs), np.concatenate(ys), np.concatenate(rows)
+    return torch.cat(probs).cpu().numpy().astype(np.float64), np.concatenate(ys), np.concatenate(rows)
 
 
 def val_metrics(y: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:

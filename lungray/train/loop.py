@@ -10,7 +10,9 @@ of events per epoch (1-based):
 3. every ``schedule.eval_every`` epochs (and at the last), evaluate on ``data.val_idx``, keep
    the best model state by ``schedule.monitor`` and count evaluations without improvement
    for early stopping;
-4. every ``schedule.checkpoint_every`` epochs (and when stopping), write ``state.pt``;
+4. every ``schedule.checkpoint_every`` epochs, but no sooner than
+   ``schedule.checkpoint_min_seconds`` after the last one (and always when stopping), write
+   ``state.pt``; a resumed trial replays the epochs since then exactly;
 5. hand the epoch's metrics and the checkpoint directory (or None) to ``report``.
 
 Then the best model state is evaluated once on ``data.eval_idx`` (the fixed held-out set) and
@@ -151,6 +153,26 @@ class EpochSampler:
 
     def __len__(self) -> int:
         return self.per_rank
+
+
+class EpochTagged:
+    """A sampler that yields ``(epoch, i)`` for each ``i`` of ``sampler``'s current epoch.
+
+    Lets one DataLoader with persistent workers serve every epoch: the sampler is iterated
+    in the main process (where ``set_epoch`` is called), and the epoch travels with each
+    index to the worker's copy of the dataset (:meth:`ImageDataset.__getitem__`). Building a
+    DataLoader per epoch instead re-spawns its workers every epoch (``bench/bench_data.py``).
+    """
+
+    def __init__(self, sampler: EpochSampler):
+        self.sampler = sampler
+
+    def __iter__(self):
+        e = self.sampler.epoch
+        return iter([(e, i) for i in self.sampler.indices()])
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 # ------------------------------------------------------------------------------------------
@@ -417,6 +439,27 @@ def _run(
         model = _wrap_distributed(model, device, world)
     ckpt_root = workdir / "checkpoints"
     last_ckpt: Optional[Path] = Path(resume_from) if resume_from is not None else None
+    # One loader per split for the whole trial; with loader workers they persist across epochs.
+    persistent = tc.num_workers > 0
+    pin = device.type == "cuda"
+    loader = val_loader = None
+    if not full_batch:
+        loader = torch.utils.data.DataLoader(
+            train_ds,
+            batch_size=batch_size,
+            sampler=EpochTagged(sampler),
+            drop_last=drop_last,
+            num_workers=tc.num_workers,
+            persistent_workers=persistent,
+            pin_memory=pin,
+            generator=torch_generator(trial.seed, 0, stream=2),  # worker seeds only; items are seeded
+        )
+    if len(val_idx):
+        val_loader = torch.utils.data.DataLoader(
+            val_ds, batch_size=max(1, int(tc.eval_batch_size)), shuffle=False,
+            num_workers=tc.num_workers, persistent_workers=persistent, pin_memory=pin,
+        )
+    last_ckpt_t = time.perf_counter()
     setup_seconds = time.perf_counter() - t0
 
     def evaluate_val() -> dict[str, float]:
@@ -425,7 +468,7 @@ def _run(
         _sync_buffers(model, world)
         probs, y, _ = predict(
             model, val_ds, batch_size=tc.eval_batch_size, device=device, dtype=dtype,
-            channels_last=channels_last, num_workers=tc.num_workers,
+            channels_last=channels_last, loader=val_loader,
         )
         return val_metrics(y, probs, class_names)
 
@@ -443,17 +486,12 @@ def _run(
             lr = float(optimizer.param_groups[0]["lr"])
             train_ds.set_epoch(epoch)
             sampler.set_epoch(epoch)
-            loader = torch.utils.data.DataLoader(
-                train_ds,
-                batch_size=batch_size,
-                sampler=sampler,
-                drop_last=drop_last,
-                num_workers=tc.num_workers,
-                pin_memory=device.type == "cuda",
-                generator=torch_generator(trial.seed, epoch, stream=2),
-            )
             model.train()
-            loss_sum, correct, seen = 0.0, 0, 0
+            # summed on the device and read once per epoch: a per-step float()/int() is a host
+            # sync that stalls the CUDA launch queue twice per step
+            loss_sum_t = torch.zeros((), dtype=torch.float64, device=device)
+            correct_t = torch.zeros((), dtype=torch.int64, device=device)
+            seen = 0
             params = [p for p in model.parameters() if p.requires_grad]
             for x, y, _ in loader:
                 x = to_channels_last(x.to(device, non_blocking=True), channels_last)
@@ -469,12 +507,12 @@ def _run(
                 scaler.step(optimizer)
                 scaler.update()
                 bs = int(y.shape[0])
-                loss_sum += float(loss.detach()) * bs
-                correct += int((logits.detach().argmax(1) == y).sum())
+                loss_sum_t += loss.detach().double() * bs
+                correct_t += (logits.detach().argmax(1) == y).sum()
                 seen += bs
             scheduler.step()
-            train_loss = loss_sum / max(seen, 1)
-            train_acc = correct / max(seen, 1)
+            train_loss = float(loss_sum_t) / max(seen, 1)
+            train_acc = int(correct_t) / max(seen, 1)
         row: dict[str, float] = {
             "epoch": int(epoch),
             "train_loss": float(train_loss),
@@ -496,7 +534,11 @@ def _run(
         log.debug("trial %s epoch %d: %s", trial.name, epoch, row)
 
         pause = stop_after_epoch is not None and epoch >= stop_after_epoch and not done
-        write = epoch % sch.checkpoint_every == 0 or done or pause
+        # a resumable checkpoint costs a full model + optimizer write (resnet18: 128-171 MB, 12-14 %
+        # of a CPU epoch, more than a whole GPU epoch: bench/RESULTS.md); write one every
+        # checkpoint_every epochs but at most every checkpoint_min_seconds, and always at the end
+        due = epoch % sch.checkpoint_every == 0 and time.perf_counter() - last_ckpt_t >= sch.checkpoint_min_seconds
+        write = due or done or pause
         ckpt_dir: Optional[Path] = None
         if write and is_main:
             ckpt_dir = ckpt.save_state(
@@ -519,6 +561,8 @@ def _run(
             )
         if report is not None:
             report(dict(row), str(ckpt_dir) if ckpt_dir is not None else None)
+        if write:
+            last_ckpt_t = time.perf_counter()  # only rank 0 writes, so its clock is the one that counts
         if ckpt_dir is not None:
             ckpt.remove_older(ckpt_root, keep=ckpt_dir)
             last_ckpt = ckpt_dir
