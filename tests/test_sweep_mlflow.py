@@ -116,6 +116,30 @@ def test_epochs_are_logged_exactly_once_across_a_restart(store):
     assert "epoch" not in M.client(uri).get_run(rid).data.metrics
 
 
+def test_buffered_epochs_reach_mlflow_in_one_batch_and_before_every_checkpoint(store):
+    uri, exp, tmp_path = store
+    cfg = _cfg(tmp_path)
+    pid = _parent(uri, exp, cfg, tmp_path)
+    t = cfg.trials()[0]
+    rid, _ = M.find_or_create_trial_run(uri, exp, pid, trial_uid(t), t)
+    c = M.client(uri)
+    logger = M.TrialLogger(uri, rid, flush_seconds=1e9)  # never by time: only explicit flushes
+    rep = EpochReporter(0, lambda m, d: None, logger)
+    rep({"epoch": 1, "val_loss": 0.9})
+    rep({"epoch": 2, "val_loss": float("nan")})  # NaN stays absent
+    assert c.get_metric_history(rid, "val_loss") == []  # queued, not written
+    ck = tmp_path / "ck3"
+    ck.mkdir()
+    rep({"epoch": 3, "val_loss": 0.7}, str(ck))
+    # the checkpoint's report flushed every earlier epoch; epoch 3 itself is in the checkpoint
+    assert [(m.step, m.value) for m in c.get_metric_history(rid, "val_loss")] == [(1, 0.9)]
+    assert json.loads((ck / EPOCH_FILE).read_text())["epoch"] == 3
+    assert logger.flush() == 1 and logger.flush() == 0
+    assert sorted((m.step, m.value) for m in c.get_metric_history(rid, "val_loss")) == [(1, 0.9), (3, 0.7)]
+    # a restarted logger sees the flushed steps (epoch 2 logged nothing but NaN)
+    assert M.TrialLogger(uri, rid).logged == {1, 3}
+
+
 def test_reporter_writes_the_epoch_into_the_checkpoint_and_catch_up_logs_it(store):
     uri, exp, tmp_path = store
     cfg = _cfg(tmp_path)

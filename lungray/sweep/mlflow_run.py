@@ -152,7 +152,17 @@ def log_metrics(c, run_id: str, metrics: Mapping[str, Any], step: int = 0, times
     from mlflow.entities import Metric
 
     ts = timestamp if timestamp is not None else int(time.time() * 1000)
-    items = []
+    items = [Metric(k[:MAX_KEY], v, ts, int(step)) for k, v in _finite(metrics).items()]
+    for i in range(0, len(items), MAX_METRICS_PER_BATCH):
+        chunk = items[i : i + MAX_METRICS_PER_BATCH]
+        retry(lambda: c.log_batch(run_id, metrics=chunk), what="log metrics")
+    return len(items)
+
+
+def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numeric entries as floats. NaN (e.g. AUC with one class present) stays
+    absent rather than poisoning means; booleans and strings are not metrics."""
+    out = {}
     for k, v in metrics.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             try:
@@ -166,12 +176,9 @@ def log_metrics(c, run_id: str, metrics: Mapping[str, Any], step: int = 0, times
                 continue
         v = float(v)
         if math.isnan(v) or math.isinf(v):
-            continue  # NaN (e.g. AUC with one class present) stays absent rather than poisoning means
-        items.append(Metric(k[:MAX_KEY], v, ts, int(step)))
-    for i in range(0, len(items), MAX_METRICS_PER_BATCH):
-        chunk = items[i : i + MAX_METRICS_PER_BATCH]
-        retry(lambda: c.log_batch(run_id, metrics=chunk), what="log metrics")
-    return len(items)
+            continue
+        out[k] = v
+    return out
 
 
 def set_tags(c, run_id: str, tags: Mapping[str, Any]) -> None:
@@ -402,26 +409,54 @@ class TrialLogger:
     from its last checkpoint, possibly after it had logged a later epoch), and
     :meth:`log_epoch` skips those. Steps are epochs, so the MLflow chart of a trial that was
     killed and resumed is one unbroken curve with no repeated step.
+
+    ``flush_seconds`` > 0 buffers epochs and writes them in one batch at most that often
+    (and on :meth:`flush`): one write per epoch cost ~10 ms on the default sqlite store, a
+    quarter of a short CPU trial's time (``bench/RESULTS.md``). The caller flushes before it
+    reports a checkpoint (so every epoch up to a persisted checkpoint is in MLflow or in that
+    checkpoint, for :func:`lungray.sweep.trainable._catch_up`) and at the end.
     """
 
-    def __init__(self, tracking_uri: str, run_id: str, keys: Sequence[str] = T.EPOCH_METRICS):
+    def __init__(self, tracking_uri: str, run_id: str, keys: Sequence[str] = T.EPOCH_METRICS, flush_seconds: float = 0.0):
         self.tracking_uri = tracking_uri
         self.run_id = run_id
         self.client = client(tracking_uri)
+        self.flush_seconds = float(flush_seconds)
         self.logged: set[int] = set()
+        self._pending: list[tuple[int, dict[str, Any], int]] = []
+        self._last_flush = time.monotonic()
         for k in keys:
             hist = retry(lambda: self.client.get_metric_history(run_id, k))
             self.logged.update(int(m.step) for m in hist)
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> bool:
-        """Log ``metrics`` at ``step=epoch`` unless that step is already in the run."""
+        """Log ``metrics`` at ``step=epoch`` unless that step is already in the run (or queued)."""
         epoch = int(epoch)
         if epoch in self.logged:
             return False
         values = {k: v for k, v in metrics.items() if k not in ("epoch", "checkpoint_path", "done")}
-        log_metrics(self.client, self.run_id, values, step=epoch)
+        self._pending.append((epoch, values, int(time.time() * 1000)))
         self.logged.add(epoch)
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
         return True
+
+    def flush(self) -> int:
+        """Write the queued epochs (one batch per MLflow batch limit); returns how many."""
+        from mlflow.entities import Metric
+
+        pending, self._pending = self._pending, []
+        self._last_flush = time.monotonic()
+        if not pending:
+            return 0
+        items = []
+        for epoch, values, ts in pending:
+            for k, v in _finite(values).items():
+                items.append(Metric(k[:MAX_KEY], v, ts, epoch))
+        for i in range(0, len(items), MAX_METRICS_PER_BATCH):
+            chunk = items[i : i + MAX_METRICS_PER_BATCH]
+            retry(lambda: self.client.log_batch(self.run_id, metrics=chunk), what="log metrics")
+        return len(pending)
 
     def log_final(self, metrics: Mapping[str, Any]) -> None:
         log_metrics(self.client, self.run_id, metrics, step=0)

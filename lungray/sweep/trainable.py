@@ -56,6 +56,10 @@ ARTIFACTS_DIR = "artifacts"
 
 DEFAULT_BODY = "lungray.train:run_trial"
 
+#: Per-epoch MLflow metrics are written in batches at most this often (and before every
+#: checkpoint and at the end): one sqlite write per epoch cost ~10 ms (bench/RESULTS.md).
+EPOCH_FLUSH_SECONDS = 2.0
+
 #: Ray Train knobs that cut the per-trial start-up/teardown cost (issue 6: a 1-worker
 #: ``TorchTrainer.fit()`` costs ~16 s with the default 2 s health-check interval, ~8 s at 0.2 s).
 TRAIN_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
@@ -223,6 +227,7 @@ def _fit_in_trial(ctx: SweepContext, trial: TrialConfig, trial_id: str, run_id: 
         tune.report(metrics, checkpoint=ck)
 
     ckpt = tune.get_checkpoint()
+    _freeze_heap()
     try:
         _run_body(ctx, trial, trial_id, run_id, rank=0, report_fn=_report, checkpoint=ckpt)
     finally:
@@ -231,6 +236,16 @@ def _fit_in_trial(ctx: SweepContext, trial: TrialConfig, trial_id: str, run_id: 
     if summary is None:
         raise RuntimeError(f"trial {trial_id}: training ended without writing {tdir / RESULT_FILE}")
     return summary
+
+
+def _freeze_heap() -> None:
+    """Move what the process holds before the trial (imported modules: torch, timm, Ray, MLflow)
+    out of the garbage collector's view, so :func:`_release_memory` scans only the trial's own
+    objects: a full ``gc.collect()`` over those imports took 0.35 s per trial, more than the
+    rest of a short trial's overhead."""
+    import gc
+
+    gc.freeze()
 
 
 def _release_memory() -> None:
@@ -297,6 +312,8 @@ class EpochReporter:
         clean["epoch"] = epoch
         if checkpoint_dir is not None and self.rank == 0:
             Path(checkpoint_dir, EPOCH_FILE).write_text(json.dumps({"epoch": epoch, "metrics": clean}))
+            if self.logger is not None:
+                self.logger.flush()  # every earlier epoch is in MLflow before this checkpoint persists
         self.report_fn(clean, checkpoint_dir if self.rank == 0 else None)
         if self.logger is not None:
             self.logger.log_epoch(epoch, clean)
@@ -318,14 +335,18 @@ def _run_body(ctx: SweepContext, trial: TrialConfig, trial_id: str, run_id: str,
 
     worker_start = time.time()
     body = resolve_body(ctx.body)
-    logger = M.TrialLogger(ctx.tracking_uri, run_id) if rank == 0 else None
+    logger = M.TrialLogger(ctx.tracking_uri, run_id, flush_seconds=EPOCH_FLUSH_SECONDS) if rank == 0 else None
     workdir = tempfile.mkdtemp(prefix=f"lungray-{trial_id}-r{rank}-")
     try:
         cm = checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext(None)
         with cm as resume_dir:
             _catch_up(logger, resume_dir)
             reporter = EpochReporter(rank, report_fn, logger)
-            result = body(trial, ctx.data, workdir=workdir, report=reporter, resume_from=resume_dir)
+            try:
+                result = body(trial, ctx.data, workdir=workdir, report=reporter, resume_from=resume_dir)
+            finally:
+                if logger is not None:
+                    logger.flush()  # epochs trained before a failure stay visible
         if rank == 0:
             write_trial_outputs(
                 ctx,
@@ -412,6 +433,7 @@ def log_outputs(logger, summary: Mapping[str, Any], art: Path, log_checkpoints: 
     for e in summary.get("history", []):  # epochs a crashed attempt reported but never logged
         if "epoch" in e:
             logger.log_epoch(int(e["epoch"]), e)
+    logger.flush()
     hist = M.retry(lambda: logger.client.get_metric_history(logger.run_id, "best_epoch"))
     if not hist:  # final metrics exactly once, even if a retry re-evaluates
         logger.log_final(summary["metrics"])
