@@ -26,7 +26,7 @@ def _worker(rank: int, world: int, rdzv: str, data, out_dir: str) -> None:
 
         reports = []
         res = run_trial(
-            make_trial(schedule={"epochs": 2}),
+            make_trial(schedule={"epochs": 2, "checkpoint_min_seconds": 0}),
             data,
             workdir=os.path.join(out_dir, "work"),
             report=lambda m, c: reports.append([m["epoch"], c]),
