@@ -62,6 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--startup-repeats", type=int, default=2, help="interleaved no-op fits per health-check value")
     p.add_argument("--hc-sweep", action="store_true",
                    help="also run the smallest sweep at every other --hc value (the no-op fits compare them anyway)")
+    p.add_argument("--epochs", type=int, default=0,
+                   help="schedule.epochs of every sweep in the main series (default: the smoke preset's 3); "
+                        "longer trials make the per-trial slope of wall time visible")
     p.add_argument("--long-epochs", type=int, default=0,
                    help="also run the smallest sweep with schedule.epochs=N (efficiency vs trial length)")
     p.add_argument("--no-before", dest="before", action="store_false",
@@ -339,17 +342,19 @@ def bench_sweeps(args, out: Path) -> None:
     lo_hc = min(args.hc_list, key=float)
     runs: list[tuple[str, dict]] = []
     series = {}
+    main_sets = [f"schedule.epochs={args.epochs}"] if args.epochs else []
+    label = f" x {args.epochs} epochs" if args.epochs else ""
     for k in args.trial_list:
-        print(f"sweep: {k} trials, {args.slots} slots (as lungray runs it) ...", flush=True)
-        s = summarise(run_child(args, out, k, {HC: lo_hc}), args.slots)
+        print(f"sweep: {k} trials{label}, {args.slots} slots (as lungray runs it) ...", flush=True)
+        s = summarise(run_child(args, out, k, {HC: lo_hc}, sets=main_sets), args.slots)
         series[k] = s
-        runs.append((f"{k} trials", s))
+        runs.append((f"{k} trials{label}", s))
     k0, k1 = min(args.trial_list), max(args.trial_list)
     before = None
     if args.before:
         print(f"sweep: {k1} trials, before the fix (Ray Train per trial, health check {lo_hc}s, checkpoint every epoch) ...", flush=True)
-        before = summarise(run_child(args, out, k1, {HC: lo_hc}, sets=BEFORE), args.slots)
-        runs.append((f"{k1} trials, before (Ray Train per trial, ckpt every epoch)", before))
+        before = summarise(run_child(args, out, k1, {HC: lo_hc}, sets=[*main_sets, *BEFORE]), args.slots)
+        runs.append((f"{k1} trials{label}, before (Ray Train per trial, ckpt every epoch)", before))
     if args.long_epochs:
         long = [f"schedule.epochs={args.long_epochs}"]
         print(f"sweep: {k0} trials x {args.long_epochs} epochs (longer trials) ...", flush=True)

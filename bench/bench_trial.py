@@ -11,6 +11,9 @@ Issue 5, item 1. The same model, batch, data and device, trained by
   loop as it was before this bench's finding (isolates the cost of the per-epoch checkpoint);
 * ``ray train, plain report`` (``--plain``): ``run_trial`` inside a one-worker
   ``TorchTrainer`` whose report callback only calls ``ray.train.report(metrics, checkpoint)``;
+* ``tune trial, sweep default``: the sweep's default path for a one-worker trial, the same trial
+  body and report callback (Tune report, checkpoint persistence, batched MLflow epoch metrics)
+  run by :func:`lungray.sweep.trainable._fit_in_trial` in a Tune trial, without Ray Train;
 * ``ray train, sweep worker``: the sweep's own Train worker
   (:func:`lungray.sweep.trainable.train_worker`) around ``run_trial``: ``ray.train.report``
   with the checkpoint plus per-epoch MLflow metrics from rank 0, exactly as in a sweep; and
@@ -276,7 +279,7 @@ def checkpoint_probe(args, data, trial, out: Path, repeats: int = 3) -> dict:
 
 
 class RayVariants:
-    """The two Ray Train variants; Ray and the MLflow experiment are set up once (excluded)."""
+    """The Ray variants (Ray Train and Tune); Ray and the MLflow experiment are set up once (excluded)."""
 
     def __init__(self, args, data, trial, out: Path):
         import torch
@@ -311,9 +314,31 @@ class RayVariants:
         self.info["plain"].append(info)
         return steady_rate(info["stamps"], images_per_epoch(self.trial, self.args.n_train))
 
-    def sweep(self, trial=None, key: str = "sweep") -> float:
+    def _in_tune_trial(self, ctx, trial, trial_id: str, run_id: str, tag: int) -> None:
+        """One Tune trial running the sweep's in-trial path (:func:`lungray.sweep.trainable._fit_in_trial`)."""
+        from ray import tune
+
+        from lungray.sweep.trainable import _fit_in_trial
+
+        def fn(config):
+            _fit_in_trial(ctx, trial, trial_id, run_id, ctx.trial_dir(trial_id))
+
+        res = {"cpu": 0.99, "gpu": 1.0 if self.use_gpu else 0.0}
+        grid = tune.Tuner(
+            tune.with_resources(fn, res),
+            run_config=tune.RunConfig(name=f"bench-tune-{tag}", storage_path=str(self.out / "tune_results"), verbose=0),
+        ).fit()
+        if grid.errors:
+            raise RuntimeError(f"the Tune trial failed: {grid.errors[0]}")
+
+    def tune(self, trial=None, key: str = "tune") -> float:
+        """The sweep's default path for a one-worker trial: the loop in the Tune trial itself."""
+        return self.sweep(trial, key, via="tune")
+
+    def sweep(self, trial=None, key: str = "sweep", via: str = "ray_train") -> float:
         """The sweep's own Train worker (:func:`lungray.sweep.trainable.train_worker`): its report
-        callback, checkpoint persistence and per-epoch MLflow logging, as in a real sweep."""
+        callback, checkpoint persistence and per-epoch MLflow logging, as in a real sweep
+        (``via="tune"``: the same body and callbacks in a Tune trial, without Ray Train)."""
         trial = trial or self.trial
         import functools
 
@@ -340,6 +365,12 @@ class RayVariants:
             parent_run_id=parent, data=self.data, trials={},
             body=functools.partial(_stamped_body, stamps_path=str(stamps_file), threads=self.args.threads),
         )
+        if via == "tune":
+            self._in_tune_trial(ctx, trial, trial_id, run_id, tag)
+            M.finish_run(uri, run_id, "FINISHED")
+            info = json.loads(stamps_file.read_text())
+            self.info.setdefault(key, []).append(info)
+            return steady_rate(info["stamps"], images_per_epoch(trial, self.args.n_train))
         TorchTrainer(
             train_worker,
             train_loop_config={"ctx": ctx, "trial": trial, "trial_id": trial_id, "run_id": run_id},
@@ -384,6 +415,7 @@ def main(argv=None) -> int:
             rv = RayVariants(args, data, trial, out)
             if args.plain:
                 variants["ray train, plain report"] = rv.plain
+            variants["tune trial, sweep default (no Ray Train)"] = rv.tune
             variants["ray train, sweep worker"] = rv.sweep
             if not args.quick:  # --quick keeps one Train start-up
                 variants["ray train, sweep worker, ckpt every epoch (before)"] = lambda: rv.sweep(trial_every, "sweep_every")
@@ -399,7 +431,8 @@ def main(argv=None) -> int:
                          "vs bare": C.paired_ratio(vals, base)})
         C.print_table(rows, "steady-state training throughput (vs bare: paired median ratio)")
         if rv is not None:
-            for key, what in (("plain", "ray.train.report + checkpoint upload"),
+            for key, what in (("tune", "Tune trial report (default checkpoint rule): tune.report + MLflow epoch metrics"),
+                              ("plain", "ray.train.report + checkpoint upload"),
                               ("sweep", "sweep report (default checkpoint rule): ray.train.report + MLflow epoch metrics"),
                               ("sweep_every", "sweep report with a checkpoint every epoch: ray.train.report + upload + MLflow")):
                 if rv.info.get(key):
@@ -424,6 +457,8 @@ def main(argv=None) -> int:
                 C.print_ratio("ray_trial_ckpt_every_epoch_vs_bare",
                               C.paired_ratio(res["ray train, sweep worker, ckpt every epoch (before)"], base),
                               0.95, note="(before: a checkpoint every epoch)")
+            C.print_ratio("tune_trial_vs_bare", C.paired_ratio(res["tune trial, sweep default (no Ray Train)"], base), 0.95,
+                          note="(the sweep's default one-worker trial)")
             C.print_ratio("ray_sweep_vs_run_trial", C.paired_ratio(res["ray train, sweep worker"], res["run_trial"]))
     finally:
         if ray_started:

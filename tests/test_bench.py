@@ -125,7 +125,7 @@ def test_print_ratio_format(capsys):
 @pytest.mark.slow
 def test_bench_trial_quick():
     out, ratios = run_script("bench_trial.py", "--quick")
-    assert {"trial_loop_vs_bare", "ray_trial_vs_bare", "ray_sweep_vs_run_trial"} <= set(ratios), out
+    assert {"trial_loop_vs_bare", "ray_trial_vs_bare", "tune_trial_vs_bare", "ray_sweep_vs_run_trial"} <= set(ratios), out
     assert all(v > 0 for v in ratios.values()), ratios
     for variant in ("bare", "run_trial", "run_trial, ckpt every epoch (before)", "ray train, sweep worker"):
         assert f"  {variant} " in out

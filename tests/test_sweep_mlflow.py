@@ -140,6 +140,20 @@ def test_buffered_epochs_reach_mlflow_in_one_batch_and_before_every_checkpoint(s
     assert M.TrialLogger(uri, rid).logged == {1, 3}
 
 
+def test_tune_reports_are_throttled_except_checkpoints():
+    from lungray.sweep.trainable import ReportThrottle
+
+    t = [0.0]
+    due = ReportThrottle(1.0, clock=lambda: t[0])
+    got = []
+    for now, ck in [(0.0, False), (0.3, False), (0.6, True), (0.9, False), (1.7, False), (1.8, False), (2.0, True)]:
+        t[0] = now
+        got.append(due(ck))
+    assert got == [True, False, True, False, True, False, True]
+    every = ReportThrottle(0.0, clock=lambda: 5.0)  # with a scheduler: every epoch
+    assert [every(False) for _ in range(3)] == [True, True, True]
+
+
 def test_reporter_writes_the_epoch_into_the_checkpoint_and_catch_up_logs_it(store):
     uri, exp, tmp_path = store
     cfg = _cfg(tmp_path)

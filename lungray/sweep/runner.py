@@ -336,6 +336,7 @@ def run_study(
             log_checkpoints=cfg.tracking.log_checkpoints,
             body=trial_body if trial_body is not None else DEFAULT_BODY,
             train_env=train_env(cluster, tracking_uri),
+            tune_report_seconds=0.0 if (spec is not None and spec.asha) else 1.0,
         )
         done_before = _count_done(exp_dir)
         results, interrupted = _run_tune(cfg, ctx, pre, spec, total, exp_dir, resume=resume_dir is not None, done_before=done_before, echo=echo, verbose=verbose)
