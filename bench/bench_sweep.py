@@ -9,21 +9,24 @@ Issue 5, item 3. Three measurements:
    start-up is made of on one node: spawning a fresh actor process with a runtime env (the
    Train controller and each worker get one) and importing torch + Ray Train in a new Python.
 2. **Sweeps** (each in its own subprocess, so every run gets a fresh Ray with its own
-   environment): :func:`lungray.sweep.runner.run_study` on the ``smoke`` preset and sub-grids of
-   it, 2 concurrent trial slots. From each trial's MLflow child run: wall time (run start to
-   end), setup/train/eval seconds. Per-trial overhead = wall - train - eval. Sweep efficiency =
-   sum(train + eval) / (wall x slots), for the whole ``run_study`` call and for the span of the
-   trials (first start to last end, i.e. without Ray start-up, data preparation and MLflow
-   set-up). Wall time against the number of trials is fitted with a line: the slope is the
-   marginal cost of a trial and R^2 says whether growth is linear.
-   The sweeps run as lungray runs them by default (one-worker trials train in the re-used Tune
-   trial process, a checkpoint at most once a minute).
-3. **Before and after**: the largest sweep again as lungray ran it before this bench's finding
+   environment and a fresh sqlite MLflow store, as a user's first run):
+   :func:`lungray.sweep.runner.run_study` on the ``smoke`` preset (8 trials: the efficiency
+   target) and on a series of k identical trials (simple_cnn at 120 images, k seeds, ``--trials``:
+   how wall time grows with the number of trials), 2 concurrent trial slots. From each trial's
+   MLflow child run: wall time (run start to end), setup/train/eval seconds. Per-trial
+   overhead = wall - train - eval. Sweep efficiency = sum(train + eval) / (wall x slots), for
+   the whole ``run_study`` call and for the span of the trials (first start to last end, i.e.
+   without Ray start-up, data preparation and MLflow set-up). Wall time against k is fitted
+   with a line: the slope is the marginal cost of a trial and R^2 says whether growth is
+   linear. The sweeps run as lungray runs them by default (one-worker trials train in the
+   re-used Tune trial process, a checkpoint at most once a minute). ``--epochs N`` lengthens
+   every trial.
+3. **Before and after**: the smoke grid again as lungray ran it before this bench's finding
    (``--before``, on by default): every trial through a one-worker ``TorchTrainer``
    (``resources.use_ray_train=true``) with a checkpoint every epoch
-   (``schedule.checkpoint_min_seconds=0``). Optional: the smallest sweep with longer trials
-   (``--long-epochs N``, efficiency against trial length; before and after with ``--before``)
-   and at the other health-check intervals (``--hc-sweep``, Ray Train path).
+   (``schedule.checkpoint_min_seconds=0``). Optional: the smoke grid with longer trials
+   (``--long-epochs N``; before and after with ``--before``) and at the other health-check
+   intervals (``--hc-sweep``, Ray Train path).
 
 Run: ``python bench/bench_sweep.py`` (default, ~5 min on 2 CPUs) or ``--quick`` (CI smoke).
 """
@@ -45,18 +48,27 @@ import _common as C  # noqa: E402
 
 HC = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
-#: the smoke preset and two sub-grids of it: (label, overrides) -> 2, 4, 8 trials
-GRIDS = {
-    2: ["models=[{name: simple_cnn, width: 8}]", "sizes=[40]"],
-    4: ["models=[{name: simple_cnn, width: 8}]"],
-    8: [],
-}
+#: grids by key: "smoke" is the smoke preset itself (2 models x 2 sizes x 2 seeds = 8 trials,
+#: what the efficiency target is about); an integer k is k identical trials (simple_cnn at 120
+#: images, seeds 0..k-1), the series that shows how wall time grows with the number of trials
+SMOKE = 0
+SERIES_CELL = ["models=[{name: simple_cnn, width: 16}]", "sizes=[120]"]
+
+
+def grid_overrides(key: int) -> list[str]:
+    if key == SMOKE:
+        return []
+    return [*SERIES_CELL, f"seeds=[{','.join(str(i) for i in range(key))}]"]
+
+
+def grid_label(key: int) -> str:
+    return "smoke grid (8 trials)" if key == SMOKE else f"{key} x simple_cnn n=120"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one tiny sweep and one start-up sample (CI smoke)")
-    p.add_argument("--trials", default="2,4,8", help="sweep sizes (sub-grids of the smoke preset: 2, 4 or 8)")
+    p.add_argument("--trials", default="2,4,8", help="numbers of identical trials for the wall-time series (0: skip the series)")
     p.add_argument("--slots", type=int, default=2, help="concurrent trials (resources.max_concurrent_trials)")
     p.add_argument("--hc", default="0.2,2.0", help="RAY_TRAIN_HEALTH_CHECK_INTERVAL_S values to compare")
     p.add_argument("--startup-repeats", type=int, default=2, help="interleaved no-op fits per health-check value")
@@ -78,11 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--child-set", action="append", default=[], help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.quick:
-        a.trials, a.hc, a.startup_repeats, a.before = "2", "0.2", 1, False
-    a.trial_list = [int(t) for t in str(a.trials).split(",") if t.strip()]
-    bad = [t for t in a.trial_list if t not in GRIDS]
-    if bad:
-        p.error(f"--trials: {bad} not available; choose from {sorted(GRIDS)}")
+        a.trials, a.hc, a.startup_repeats, a.before = "", "0.2", 1, False  # the smoke grid only
+    a.trial_list = [int(t) for t in str(a.trials).split(",") if t.strip() and int(t) > 0]
     a.hc_list = [h.strip() for h in str(a.hc).split(",") if h.strip()]
     return a
 
@@ -208,7 +217,7 @@ def child(args) -> int:
         f"tracking.tracking_uri={uri}",
         f"resources.max_concurrent_trials={args.slots}",
         "report=false",
-        *GRIDS[args.child_trials],
+        *grid_overrides(args.child_trials),
         *args.child_set,
     ]
     cfg = load_study("smoke", overrides=overrides)
@@ -262,6 +271,7 @@ BEFORE = ["resources.use_ray_train=true", "schedule.checkpoint_min_seconds=0"]
 
 
 def run_child(args, out: Path, n_trials: int, env: dict, sets=()) -> dict:
+    """One sweep in a subprocess; ``n_trials`` is a grid key (``SMOKE`` or k identical trials)."""
     tag = f"k{n_trials}_{time.time_ns()}"
     path = out / f"{tag}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(path), "--child-trials", str(n_trials),
@@ -341,51 +351,46 @@ TRIAL_COLS = ("trial wall s", "train+eval s", "overhead s", "setup s", "train st
 def bench_sweeps(args, out: Path) -> None:
     lo_hc = min(args.hc_list, key=float)
     runs: list[tuple[str, dict]] = []
-    series = {}
     main_sets = [f"schedule.epochs={args.epochs}"] if args.epochs else []
     label = f" x {args.epochs} epochs" if args.epochs else ""
-    for k in args.trial_list:
-        print(f"sweep: {k} trials{label}, {args.slots} slots (as lungray runs it) ...", flush=True)
-        s = summarise(run_child(args, out, k, {HC: lo_hc}, sets=main_sets), args.slots)
-        series[k] = s
-        runs.append((f"{k} trials{label}", s))
-    k0, k1 = min(args.trial_list), max(args.trial_list)
-    before = None
-    if args.before:
-        print(f"sweep: {k1} trials, before the fix (Ray Train per trial, health check {lo_hc}s, checkpoint every epoch) ...", flush=True)
-        before = summarise(run_child(args, out, k1, {HC: lo_hc}, sets=[*main_sets, *BEFORE]), args.slots)
-        runs.append((f"{k1} trials{label}, before (Ray Train per trial, ckpt every epoch)", before))
+    env = {HC: lo_hc}
+
+    def sweep(key: int, sets=(), what: str = "") -> dict:
+        name = f"{grid_label(key)}{label}{what}"
+        print(f"sweep: {name}, {args.slots} slots ...", flush=True)
+        res = summarise(run_child(args, out, key, env, sets=[*main_sets, *sets]), args.slots)
+        runs.append((name, res))
+        return res
+
+    smoke = sweep(SMOKE)
+    before = sweep(SMOKE, BEFORE, ", before (Ray Train per trial, ckpt every epoch)") if args.before else None
+    series = {k: sweep(k) for k in args.trial_list}
     if args.long_epochs:
         long = [f"schedule.epochs={args.long_epochs}"]
-        print(f"sweep: {k0} trials x {args.long_epochs} epochs (longer trials) ...", flush=True)
-        runs.append((f"{k0} trials x {args.long_epochs} epochs", summarise(run_child(args, out, k0, {HC: lo_hc}, sets=long), args.slots)))
+        sweep(SMOKE, long, f", {args.long_epochs} epochs")
         if args.before:
-            print(f"sweep: {k0} trials x {args.long_epochs} epochs, before the fix ...", flush=True)
-            runs.append((f"{k0} trials x {args.long_epochs} epochs, before", summarise(
-                run_child(args, out, k0, {HC: lo_hc}, sets=[*long, *BEFORE]), args.slots)))
+            sweep(SMOKE, [*long, *BEFORE], f", {args.long_epochs} epochs, before")
     if args.hc_sweep:
         for h in args.hc_list:
             if h != lo_hc:
-                print(f"sweep: {k0} trials through Ray Train, health check {h}s ...", flush=True)
-                runs.append((f"{k0} trials, Ray Train, hc {h}s", summarise(run_child(args, out, k0, {HC: h}, sets=BEFORE), args.slots)))
+                env = {HC: h}
+                sweep(SMOKE, BEFORE, f", Ray Train, health check {h}s")
     C.print_table([{"sweep": name, **{c: s.get(c, float("nan")) for c in SWEEP_COLS}} for name, s in runs],
-                  f"sweeps on the smoke preset (and sub-grids), {args.slots} concurrent slots")
+                  f"sweeps on the smoke preset and a series of identical trials, {args.slots} concurrent slots")
     C.print_table([{"sweep": name, **{c: s.get(c, float("nan")) for c in TRIAL_COLS}} for name, s in runs],
                   "per trial, medians in seconds (overhead = trial wall - train - eval)")
-    C.print_ratio(f"sweep_efficiency_{k1}_trials", series[k1]["eff (run_study)"], 0.85)
-    C.print_ratio(f"sweep_efficiency_{k1}_trials_span", series[k1]["eff (span)"],
-                  note="(without ray.init, data preparation and MLflow set-up)")
+    C.print_ratio("sweep_efficiency_smoke", smoke["eff (run_study)"], 0.85)
+    C.print_ratio("sweep_efficiency_smoke_span", smoke["eff (span)"], note="(without ray.init, data preparation and MLflow set-up)")
     if before is not None:
-        C.print_ratio(f"sweep_efficiency_{k1}_trials_before", before["eff (run_study)"], note="(Ray Train per trial)")
-        C.print_ratio(f"sweep_wall_{k1}_trials_after_vs_before", series[k1]["run_study s"] / before["run_study s"],
+        C.print_ratio("sweep_efficiency_smoke_before", before["eff (run_study)"], note="(Ray Train per trial)")
+        C.print_ratio("sweep_wall_smoke_after_vs_before", smoke["run_study s"] / before["run_study s"],
                       note="(< 1: the sweep takes that fraction of its former wall time)")
-        C.print_ratio("trial_overhead_after_vs_before", series[k1]["overhead s"] / before["overhead s"],
-                      note="(median per-trial overhead)")
+        C.print_ratio("trial_overhead_after_vs_before", smoke["overhead s"] / before["overhead s"], note="(median per-trial overhead)")
     if len(series) >= 2:
         ks = sorted(series)
         a, b, r2 = fit_line([float(k) for k in ks], [series[k]["run_study s"] for k in ks])
-        print(f"wall time vs trials: {a:.1f}s fixed + {b:.1f}s per trial ({b * args.slots:.1f}s per trial per slot); "
-              f"R^2 {r2:.3f} over {ks}")
+        print(f"wall time vs identical trials: {a:.1f}s fixed + {b:.2f}s per trial ({b * args.slots:.2f}s per trial per slot; "
+              f"a trial's median wall {C.median([series[k]['trial wall s'] for k in ks]):.2f}s); R^2 {r2:.3f} over {ks}")
         C.print_ratio("sweep_wall_linear_r2", r2, note="(1.0 = wall time grows linearly with the number of trials)")
 
 

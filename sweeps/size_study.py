@@ -13,8 +13,9 @@ Methods (PROTOCOLS.md section 1, the ``paper`` preset; ``default`` is its laptop
    rotation 30 / zoom 0.1 / flips; 256 px.
 5. Three seeds per cell (the published study ran one), so each point gets a mean and an
    interval and two models can be compared pairwise on the same held-out images.
-6. Every trial is one Ray Tune trial trained by Ray Train and logged to MLflow; the report
-   (learning curves with CIs, per-class metrics, confusion matrices, Grad-CAM) closes the run.
+6. Every trial is one Ray Tune trial (trained through Ray Train when it spans several GPUs)
+   and logged to MLflow; the report (learning curves with CIs, per-class metrics, confusion
+   matrices, Grad-CAM) closes the run.
 
 Run:  python sweeps/size_study.py               (phantom, one laptop CPU, < 15 min)
       python sweeps/size_study.py --preset paper --data /path/to/covid_ct_xray

@@ -145,11 +145,24 @@ def test_bench_data_quick():
 @pytest.mark.slow
 def test_bench_sweep_quick():
     out, ratios = run_script("bench_sweep.py", "--quick")
-    assert {"noop_fit_seconds", "sweep_efficiency_2_trials", "sweep_efficiency_2_trials_span"} <= set(ratios), out
+    assert {"noop_fit_seconds", "sweep_efficiency_smoke", "sweep_efficiency_smoke_span"} <= set(ratios), out
     assert all(v > 0 for v in ratios.values()), ratios
-    # the 2-trial sweep really ran both trials to the end
-    row = next(line for line in out.splitlines() if line.strip().startswith("2 trials "))
-    assert row.split()[2:4] == ["2", "2"], row  # trials, finished
+    # the smoke grid really ran its 8 trials to the end
+    row = next(line for line in out.splitlines() if line.strip().startswith("smoke grid (8 trials) "))
+    assert row.split()[4:6] == ["8", "8"], row  # trials, finished
+
+
+def test_sweep_series_grids_are_k_identical_trials():
+    import bench_sweep
+
+    from lungray.config import load_study
+
+    assert bench_sweep.grid_overrides(bench_sweep.SMOKE) == []
+    cfg = load_study("smoke", overrides=bench_sweep.grid_overrides(4))
+    trials = cfg.trials()
+    assert [t.seed for t in trials] == [0, 1, 2, 3]
+    assert {(t.model.name, t.model.width, t.train_size) for t in trials} == {("simple_cnn", 16, 120)}
+    assert len(load_study("smoke").trials()) == 8
 
 
 def test_bench_gpu_quick_skips_or_runs():

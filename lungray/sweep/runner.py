@@ -11,7 +11,8 @@ Layout of one sweep (``<output_dir>/<study>_<timestamp>/``, the *experiment dire
 ``config.yaml``   the resolved study config (also logged to the parent run)
 ``sweep.json``    fingerprint, tracking URI, experiment and parent run ids (used by --resume)
 ``tune/``         the Ray Tune experiment (``Tuner.restore`` reads it)
-``train/``        one Ray Train run per trial, ``train-<trial_id>/`` with its checkpoints
+``train/``        trials through Ray Train (DDP, or ``use_ray_train=true``): ``train-<trial_id>/``
+                  with its checkpoints (in-trial checkpoints live in ``tune/``)
 ``trials/<trial_id>/``  the trial's results and artifacts (source of truth for mlflow-sync)
 ``trials.csv``, ``summary.csv``   per-trial results and the model x size summary
 ``report/``       the HTML report (when it builds)
