@@ -196,3 +196,20 @@ def test_bootstrap_power_law_flags_a_poor_fit():
     res = stats.bootstrap_power_law(n, err, n_boot=30, seed=0)
     assert not res.reliable
     assert any("poor fit" in r for r in res.reasons)
+
+
+def test_quantiles_with_inf_match_numpy_on_finite_and_stay_infinite():
+    import warnings
+
+    from lungray.report.stats import quantiles_with_inf
+
+    x = np.array([5.0, 1.0, 3.0, 2.0, 4.0])
+    np.testing.assert_allclose(quantiles_with_inf(x, [0.0, 0.1, 0.5, 0.975, 1.0]), np.quantile(x, [0.0, 0.1, 0.5, 0.975, 1.0]), rtol=1e-15)
+    # 10 replicates, 3 never reach the target: the upper 97.5 % bound is unbounded, the lower one finite
+    boot = np.array([100.0, 120.0, 90.0, np.inf, 110.0, np.inf, 95.0, 105.0, np.inf, 115.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's own quantile warns (inf - inf) and returns NaN here
+        lo, hi = quantiles_with_inf(boot, [0.025, 0.975])
+    assert lo == pytest.approx(90.0 + (95.0 - 90.0) * 0.225) and hi == np.inf
+    # exactly on a finite sample next to an infinite one: that sample (numpy: NaN from inf * 0)
+    assert quantiles_with_inf(np.array([1.0, 2.0, np.inf]), [0.5]) == [2.0]

@@ -336,6 +336,30 @@ class PowerLawBootstrap:
     grid: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
 
 
+def quantiles_with_inf(x: np.ndarray, qs: Sequence[float]) -> list[float]:
+    """``np.quantile(x, qs)`` (linear interpolation) for samples that may hold +inf.
+
+    A bootstrap of "images needed to reach an error" gives +inf where a replicate's curve never
+    gets there. numpy interpolates ``inf - inf`` to NaN (with a RuntimeWarning) and
+    ``finite + inf * 0`` to NaN; here a quantile that touches an infinite sample with non-zero
+    weight is +inf, and otherwise equals numpy's.
+    """
+    v = np.sort(np.asarray(x, dtype=np.float64))
+    out = []
+    for q in qs:
+        pos = float(q) * (v.size - 1)
+        i, frac = int(math.floor(pos)), pos - math.floor(pos)
+        j = min(i + 1, v.size - 1)
+        a, b = v[i], v[j]
+        if frac == 0.0:
+            out.append(float(a))
+        elif math.isinf(a) or math.isinf(b):
+            out.append(math.inf)
+        else:
+            out.append(float(a + (b - a) * frac))
+    return out
+
+
 def bootstrap_power_law(
     sizes: Sequence[float],
     errors: Sequence[float],
@@ -407,7 +431,7 @@ def bootstrap_power_law(
         boot_n = np.array([size_for_target(a, b, c, t) for a, b, c in P], dtype=np.float64)
         if boot_n.size >= 2:
             # inf (unreachable) sorts last, so quantiles of the finite+inf array are meaningful
-            lo, hi = np.quantile(np.where(np.isnan(boot_n), np.inf, boot_n), [alpha, 1.0 - alpha])
+            lo, hi = quantiles_with_inf(np.where(np.isnan(boot_n), np.inf, boot_n), [alpha, 1.0 - alpha])
             targets[t] = CI(est, float(lo), float(hi), int(boot_n.size), level)
         else:
             targets[t] = CI(est, math.nan, math.nan, int(boot_n.size), level)

@@ -233,6 +233,9 @@ def _fit_in_trial(ctx: SweepContext, trial: TrialConfig, trial_id: str, run_id: 
         ck = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(metrics, checkpoint=ck)
 
+    # Ray logs "Checkpoint successfully created at ..." for every persisted checkpoint, which
+    # floods the driver's console with one line per trial epoch; lungray prints its own progress
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     ckpt = tune.get_checkpoint()
     _freeze_heap()
     try:
