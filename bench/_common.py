@@ -9,14 +9,17 @@ Nothing here asserts a time: the tests only check that the scripts ran and print
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as `python bench/x.py` from anywhere without installing
@@ -137,6 +140,18 @@ def print_ratio(name: str, value: float, target: Optional[float] = None, note: s
     if target is not None:
         t = f"  (target >= {target:g}: {'met' if value >= target else 'MISSED'})"
     print(f"RATIO {name} = {value:.3f}{t}{'  ' + note if note else ''}", flush=True)
+
+
+@contextlib.contextmanager
+def work_dir(out: Optional[str], prefix: str) -> Iterator[Path]:
+    """The script's work folder: ``--out`` (kept) or a temp dir removed at the end, even on failure."""
+    path = Path(out) if out else Path(tempfile.mkdtemp(prefix=prefix))
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    finally:
+        if not out:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class Timer:

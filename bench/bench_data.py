@@ -39,7 +39,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -431,9 +430,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     C.set_threads(args.threads)
     C.print_header("bench_data: input pipeline and preprocessing", args, device="cpu")
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="lungray_bench_data_"))
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    with C.work_dir(args.out, "lungray_bench_data_") as out:
         if not args.skip_loader:
             bench_loader(args, out)
         if not args.skip_decode:
@@ -443,9 +440,6 @@ def main(argv=None) -> int:
             if not tree.exists():
                 write_tree(tree, "png", args.decode_images, args.native)
             bench_loader_alone(args, out, tree)
-    finally:
-        if not args.out:
-            shutil.rmtree(out, ignore_errors=True)
     C.print_load()
     return 0
 

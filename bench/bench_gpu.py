@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -241,15 +239,10 @@ def main(argv=None) -> int:
         args.skip_pack = True
         torch.set_num_threads(1)
         print("--allow-cpu: part 1 on the CPU at 32 px (a code-path check, not a figure); packing skipped")
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="lungray_bench_gpu_"))
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    with C.work_dir(args.out, "lungray_bench_gpu_") as out:
         bench_precision(args, device)
         if not args.skip_pack:
             bench_pack(args, out)
-    finally:
-        if not args.out:
-            shutil.rmtree(out, ignore_errors=True)
     C.print_load()
     return 0
 

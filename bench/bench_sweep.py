@@ -36,10 +36,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -400,16 +398,11 @@ def main(argv=None) -> int:
         return child(args)
     os.environ.setdefault(HC, "0.2")
     C.print_header("bench_sweep: orchestration overhead", args, device="cpu")
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="lungray_bench_sweep_"))
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    with C.work_dir(args.out, "lungray_bench_sweep_") as out:
         if not args.skip_startup:
             bench_startup(args, out)
         if not args.skip_sweeps:
             bench_sweeps(args, out)
-    finally:
-        if not args.out:
-            shutil.rmtree(out, ignore_errors=True)
     C.print_load()
     return 0
 

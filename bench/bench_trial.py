@@ -39,7 +39,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -391,82 +390,79 @@ def main(argv=None) -> int:
     C.set_threads(args.threads)
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     C.print_header("bench_trial: lungray's trial loop vs a bare PyTorch loop", args)
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="lungray_bench_trial_"))
-    out.mkdir(parents=True, exist_ok=True)
-    ray_started = False
-    try:
-        data = prepare(args, out)
-        trial = make_trial(args)
-        trial_every = make_trial(args, checkpoint_min_seconds=0.0)
-        variants = {
-            "bare": lambda: bare_loop(args, data, trial),
-            "run_trial": lambda: direct_trial(args, data, trial, out, "every"),
-            "run_trial, ckpt every epoch (before)": lambda: direct_trial(args, data, trial_every, out, "every_epoch"),
-        }
-        rv = None
-        if not args.no_ray:
-            import ray
+    with C.work_dir(args.out, "lungray_bench_trial_") as out:
+        ray_started = False
+        try:
+            data = prepare(args, out)
+            trial = make_trial(args)
+            trial_every = make_trial(args, checkpoint_min_seconds=0.0)
+            variants = {
+                "bare": lambda: bare_loop(args, data, trial),
+                "run_trial": lambda: direct_trial(args, data, trial, out, "every"),
+                "run_trial, ckpt every epoch (before)": lambda: direct_trial(args, data, trial_every, out, "every_epoch"),
+            }
+            rv = None
+            if not args.no_ray:
+                import ray
 
-            ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            with C.Timer() as t:
-                ray.init(num_cpus=ncpu, include_dashboard=False, log_to_driver=False, configure_logging=False)
-            ray_started = True
-            print(f"ray.init: {t.s:.1f}s (excluded)")
-            rv = RayVariants(args, data, trial, out)
-            if args.plain:
-                variants["ray train, plain report"] = rv.plain
-            variants["tune trial, sweep default (no Ray Train)"] = rv.tune
-            variants["ray train, sweep worker"] = rv.sweep
-            if not args.quick:  # --quick keeps one Train start-up
-                variants["ray train, sweep worker, ckpt every epoch (before)"] = lambda: rv.sweep(trial_every, "sweep_every")
-        ipe = images_per_epoch(trial, args.n_train)
-        print(f"{args.model} at {args.resolution} px, batch {args.batch_size}, {ipe} images/epoch, {args.epochs} epochs "
-              f"(2..{args.epochs - 1} timed), {args.threads} thread(s), {args.repeats} interleaved rounds")
-        res = C.interleave(variants, args.repeats)
+                ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+                with C.Timer() as t:
+                    ray.init(num_cpus=ncpu, include_dashboard=False, log_to_driver=False, configure_logging=False)
+                ray_started = True
+                print(f"ray.init: {t.s:.1f}s (excluded)")
+                rv = RayVariants(args, data, trial, out)
+                if args.plain:
+                    variants["ray train, plain report"] = rv.plain
+                variants["tune trial, sweep default (no Ray Train)"] = rv.tune
+                variants["ray train, sweep worker"] = rv.sweep
+                if not args.quick:  # --quick keeps one Train start-up
+                    variants["ray train, sweep worker, ckpt every epoch (before)"] = lambda: rv.sweep(trial_every, "sweep_every")
+            ipe = images_per_epoch(trial, args.n_train)
+            print(f"{args.model} at {args.resolution} px, batch {args.batch_size}, {ipe} images/epoch, {args.epochs} epochs "
+                  f"(2..{args.epochs - 1} timed), {args.threads} thread(s), {args.repeats} interleaved rounds")
+            res = C.interleave(variants, args.repeats)
 
-        base = res["bare"]
-        rows = []
-        for name, vals in res.items():
-            rows.append({"variant": name, "images/s (median)": C.median(vals), "range": C.spread(vals),
-                         "vs bare": C.paired_ratio(vals, base)})
-        C.print_table(rows, "steady-state training throughput (vs bare: paired median ratio)")
-        if rv is not None:
-            for key, what in (("tune", "Tune trial report (default checkpoint rule): tune.report + MLflow epoch metrics"),
-                              ("plain", "ray.train.report + checkpoint upload"),
-                              ("sweep", "sweep report (default checkpoint rule): ray.train.report + MLflow epoch metrics"),
-                              ("sweep_every", "sweep report with a checkpoint every epoch: ray.train.report + upload + MLflow")):
-                if rv.info.get(key):
-                    per_epoch = C.median([i["report_seconds"] / args.epochs for i in rv.info[key]])
-                    print(f"inside the Ray worker, {what}: {per_epoch * 1000:.0f} ms/epoch "
-                          f"(torch threads {rv.info[key][0]['threads']})")
-        ckpt_cost = 1.0 / C.median(res["run_trial, ckpt every epoch (before)"]) - 1.0 / C.median(res["run_trial"])
-        print(f"per-epoch checkpoint cost, end to end (ckpt every epoch - run_trial; noisy): {ckpt_cost * ipe * 1000:.0f} ms/epoch")
-        probe = checkpoint_probe(args, data, trial, out)
-        bare_epoch = ipe / C.median(base)
-        for label, p in probe.items():
-            share = (p["write"] + p["copy"]) / bare_epoch
-            print(f"checkpoint probe, {label}: {p['mb']:.1f} MB, write {p['write'] * 1000:.0f} ms + copy "
-                  f"{p['copy'] * 1000:.0f} ms = {share:.2f} of a bare epoch ({bare_epoch * 1000:.0f} ms)")
-        C.print_ratio("trial_loop_vs_bare", C.paired_ratio(res["run_trial"], base), 0.95)
-        if rv is not None:
-            C.print_ratio("ray_trial_vs_bare", C.paired_ratio(res["ray train, sweep worker"], base), 0.95,
-                          note="(the sweep's Train worker)")
-            if "ray train, plain report" in res:
-                C.print_ratio("ray_plain_vs_bare", C.paired_ratio(res["ray train, plain report"], base))
-            if "ray train, sweep worker, ckpt every epoch (before)" in res:
-                C.print_ratio("ray_trial_ckpt_every_epoch_vs_bare",
-                              C.paired_ratio(res["ray train, sweep worker, ckpt every epoch (before)"], base),
-                              0.95, note="(before: a checkpoint every epoch)")
-            C.print_ratio("tune_trial_vs_bare", C.paired_ratio(res["tune trial, sweep default (no Ray Train)"], base), 0.95,
-                          note="(the sweep's default one-worker trial)")
-            C.print_ratio("ray_sweep_vs_run_trial", C.paired_ratio(res["ray train, sweep worker"], res["run_trial"]))
-    finally:
-        if ray_started:
-            import ray
+            base = res["bare"]
+            rows = []
+            for name, vals in res.items():
+                rows.append({"variant": name, "images/s (median)": C.median(vals), "range": C.spread(vals),
+                             "vs bare": C.paired_ratio(vals, base)})
+            C.print_table(rows, "steady-state training throughput (vs bare: paired median ratio)")
+            if rv is not None:
+                for key, what in (("tune", "Tune trial report (default checkpoint rule): tune.report + MLflow epoch metrics"),
+                                  ("plain", "ray.train.report + checkpoint upload"),
+                                  ("sweep", "sweep report (default checkpoint rule): ray.train.report + MLflow epoch metrics"),
+                                  ("sweep_every", "sweep report with a checkpoint every epoch: ray.train.report + upload + MLflow")):
+                    if rv.info.get(key):
+                        per_epoch = C.median([i["report_seconds"] / args.epochs for i in rv.info[key]])
+                        print(f"inside the Ray worker, {what}: {per_epoch * 1000:.0f} ms/epoch "
+                              f"(torch threads {rv.info[key][0]['threads']})")
+            ckpt_cost = 1.0 / C.median(res["run_trial, ckpt every epoch (before)"]) - 1.0 / C.median(res["run_trial"])
+            print(f"per-epoch checkpoint cost, end to end (ckpt every epoch - run_trial; noisy): {ckpt_cost * ipe * 1000:.0f} ms/epoch")
+            probe = checkpoint_probe(args, data, trial, out)
+            bare_epoch = ipe / C.median(base)
+            for label, p in probe.items():
+                share = (p["write"] + p["copy"]) / bare_epoch
+                print(f"checkpoint probe, {label}: {p['mb']:.1f} MB, write {p['write'] * 1000:.0f} ms + copy "
+                      f"{p['copy'] * 1000:.0f} ms = {share:.2f} of a bare epoch ({bare_epoch * 1000:.0f} ms)")
+            C.print_ratio("trial_loop_vs_bare", C.paired_ratio(res["run_trial"], base), 0.95)
+            if rv is not None:
+                C.print_ratio("ray_trial_vs_bare", C.paired_ratio(res["ray train, sweep worker"], base), 0.95,
+                              note="(the sweep's Train worker)")
+                if "ray train, plain report" in res:
+                    C.print_ratio("ray_plain_vs_bare", C.paired_ratio(res["ray train, plain report"], base))
+                if "ray train, sweep worker, ckpt every epoch (before)" in res:
+                    C.print_ratio("ray_trial_ckpt_every_epoch_vs_bare",
+                                  C.paired_ratio(res["ray train, sweep worker, ckpt every epoch (before)"], base),
+                                  0.95, note="(before: a checkpoint every epoch)")
+                C.print_ratio("tune_trial_vs_bare", C.paired_ratio(res["tune trial, sweep default (no Ray Train)"], base), 0.95,
+                              note="(the sweep's default one-worker trial)")
+                C.print_ratio("ray_sweep_vs_run_trial", C.paired_ratio(res["ray train, sweep worker"], res["run_trial"]))
+        finally:
+            if ray_started:
+                import ray
 
-            ray.shutdown()
-        if not args.out:
-            shutil.rmtree(out, ignore_errors=True)
+                ray.shutdown()
     C.print_load()
     return 0
 

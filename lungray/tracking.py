@@ -96,3 +96,11 @@ def default_tracking_uri(output_dir: str) -> str:
     p = Path(output_dir).resolve() / "mlflow.db"
     p.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{p}"
+
+
+def default_artifact_root(output_dir: str) -> str:
+    """Where a new experiment keeps its artifacts: ``<output_dir>/mlartifacts`` (absolute), next
+    to the sqlite store; the sweep and ``lungray mlflow-sync`` must agree on it."""
+    from pathlib import Path
+
+    return str(Path(output_dir).resolve() / "mlartifacts")

@@ -278,7 +278,7 @@ def run_study(
         experiment = cfg.tracking.experiment or cfg.name
         exp_dir.mkdir(parents=True, exist_ok=True)
         if state is None:
-            experiment_id = M.ensure_experiment(tracking_uri, experiment, artifact_root=str(Path(cfg.output_dir).resolve() / "mlartifacts"))
+            experiment_id = M.ensure_experiment(tracking_uri, experiment, artifact_root=T.default_artifact_root(cfg.output_dir))
             (exp_dir / CONFIG_YAML).write_text(dump_yaml(cfg))
             parent_run_id = M.create_parent_run(
                 tracking_uri,

@@ -63,7 +63,7 @@ def sync_mlflow(experiment_dir: Union[str, Path], tracking_uri: Optional[str] = 
     cfg = load_saved_config(exp_dir)
     uri = tracking_uri or state.get("tracking_uri") or T.default_tracking_uri(cfg.output_dir)
     experiment = state.get("experiment") or cfg.tracking.experiment or cfg.name
-    experiment_id = M.ensure_experiment(uri, experiment, artifact_root=str(Path(cfg.output_dir).resolve() / "mlartifacts"))
+    experiment_id = M.ensure_experiment(uri, experiment, artifact_root=T.default_artifact_root(cfg.output_dir))
 
     parent = state.get("parent_run_id") if uri == state.get("tracking_uri") else None
     if not _run_exists(uri, parent):
