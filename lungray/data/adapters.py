@@ -259,6 +259,29 @@ def _find_layout_root(root: Path, wanted: Sequence[str], min_hits: int = 2, dept
     return None
 
 
+def _attach_sibling_masks(rows: list[dict[str, Any]], class_dirs: Sequence[Path]) -> None:
+    """Set ``mask_path`` of ``<class>/images/<rel>`` rows to ``<class>/masks/<rel>`` when it exists.
+
+    The Radiography Database ships a lung mask per image under the same file name; an image
+    without one keeps an empty ``mask_path`` (its mask is unknown, not empty).
+    """
+    pairs = []
+    for d in class_dirs:
+        subs = _subdirs(d)
+        images = [s for s in subs if norm_name(s.name) == "images"]
+        masks = [s for s in subs if norm_name(s.name) in MASK_DIRS]
+        if images and masks:
+            pairs.append((images[0], masks[0]))
+    for r in rows:
+        p = Path(r["path"])
+        for img_dir, mask_dir in pairs:
+            if p.is_relative_to(img_dir):
+                cand = mask_dir / p.relative_to(img_dir)
+                if cand.is_file():
+                    r["mask_path"] = str(cand)
+                break
+
+
 @ADAPTERS.register("covid_radiography")
 def covid_radiography_adapter(cfg: Any) -> pd.DataFrame:
     """COVID-19 Radiography Database (class/images/*.png, masks/ ignored)."""
@@ -277,6 +300,7 @@ def covid_radiography_adapter(cfg: Any) -> pd.DataFrame:
             continue
         cdirs.append((canon.get(key, d.name), d))
     rows = _rows_from_class_dirs(cdirs, root, image_subdir="images", modality="XR")
+    _attach_sibling_masks(rows, [d for _, d in cdirs])
     present = [c for c, _ in cdirs]
     canonical = [c for c in RADIOGRAPHY_CLASSES if c in present] + sorted(set(present) - set(RADIOGRAPHY_CLASSES))
     return _finish(rows, cfg, "covid_radiography", canonical=canonical)

@@ -9,7 +9,10 @@ into ``<cache_dir>/<key>/``:
 
 ``images.npy``        (N, R, R) uint8 or uint16, memory-mapped by every trial
 ``labels.npy``        (N,) int64 class indices
-``masks.npy``         (N, R, R) uint8 lesion masks (phantom only)
+``masks.npy``         (N, R, R) uint8 class index per pixel, same geometry as the image, for
+                      datasets with masks (:mod:`lungray.data.masks`: phantom lesions, RSNA
+                      boxes filled, Radiography Database lung masks); ``meta.json`` names the
+                      ``mask_kind`` (``null`` and no file otherwise)
 ``hashes.npy``        (N, 8) uint64 dihedral perceptual hashes of the decoded image (leakage audit)
 ``manifest.parquet``  the N good rows in array order, ``sha256``/``phash``/``width``/``height``
                       filled (and, for DICOM, ``modality`` and the hashed ``patient_id``)
@@ -54,9 +57,17 @@ PARALLEL_MIN_ROWS = 2000
 HASH_SIZE = 128
 
 
-def cache_key(fingerprint: str, resolution: int, resize: str, preprocess: str, dtype: str) -> str:
-    """The cache folder name for a manifest fingerprint and the decode settings."""
-    s = json.dumps([CACHE_VERSION, fingerprint, int(resolution), resize, preprocess, dtype])
+def cache_key(fingerprint: str, resolution: int, resize: str, preprocess: str, dtype: str, masks: str = "") -> str:
+    """The cache folder name for a manifest fingerprint and the decode settings.
+
+    ``masks`` is :func:`lungray.data.masks.mask_fingerprint` (``""`` without masks, which keeps
+    the key of mask-less datasets unchanged, while a dataset with masks never reuses a cache
+    written before masks existed).
+    """
+    parts: list[Any] = [CACHE_VERSION, fingerprint, int(resolution), resize, preprocess, dtype]
+    if masks:
+        parts.append(masks)
+    s = json.dumps(parts)
     return hashlib.sha256(s.encode()).hexdigest()[:16]
 
 
@@ -102,19 +113,27 @@ def _decode_rows(
     preprocess: str,
     dtype: str,
     salt: str,
+    mask_kind: Optional[str] = None,
+    mask_specs: Optional[Sequence[str]] = None,
 ) -> dict[str, Any]:
     """Decode a chunk of manifest paths into cache-ready arrays.
 
     Returns ``images`` (k, R, R) in ``dtype``, ``hashes`` (k, 8) uint64 and per-row lists
     ``sha256``, ``width``, ``height``, ``modality``, ``patient_id``, ``problem`` ('' when the
-    row decoded). Failed rows get zero images and a problem reason.
+    row decoded). Failed rows get zero images and a problem reason. With ``mask_kind``
+    (``lesion_boxes`` or ``lung``) and one ``mask_specs`` entry per path (boxes JSON or mask
+    file), also ``masks`` (k, R, R) uint8 in the image's geometry and ``mask_problem`` per row
+    (a mask file that cannot be read leaves the image usable and its mask all ``IGNORE``).
     """
     from lungray.data.decode import decode, dicom_info, npz_row, resize, sniff, to_storage
     from lungray.data.hashing import dihedral_hashes, sha256_file
+    from lungray.data.masks import IGNORE, row_mask
     from lungray.data.preprocess import apply_preprocessing
 
     k = len(paths)
     images = np.zeros((k, resolution, resolution), dtype=dtype)
+    masks = np.full((k, resolution, resolution), IGNORE, dtype=np.uint8) if mask_kind else None
+    mask_problem = [""] * k
     hashes = np.zeros((k, 8), dtype=np.uint64)
     out: dict[str, list] = {key: [""] * k for key in ("sha256", "modality", "patient_id", "problem")}
     out["width"] = [0] * k
@@ -126,6 +145,11 @@ def _decode_rows(
             hashes[i] = dihedral_hashes(_hash_input(img))
             small = resize(img, resolution, resize_mode)
             images[i] = to_storage(apply_preprocessing(preprocess, small, resolution), dtype)
+            if masks is not None:
+                try:
+                    masks[i] = row_mask(mask_kind, mask_specs[i], img.shape[0], img.shape[1], resolution, resize_mode)
+                except (DataError, ValueError) as e:
+                    mask_problem[i] = f"mask unusable ({str(e).splitlines()[0][:160]})"
             if NPZ_SEP in path:
                 out["sha256"][i] = _array_sha256(npz_row(path))
             else:
@@ -140,7 +164,11 @@ def _decode_rows(
             out["problem"][i] = str(e)
         except Exception as e:  # a decoder bug on one file must not kill a 20k-image job
             out["problem"][i] = f"decode failed ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
-    return {"images": images, "hashes": hashes, **out}
+    res = {"images": images, "hashes": hashes, **out}
+    if masks is not None:
+        res["masks"] = masks
+        res["mask_problem"] = mask_problem
+    return res
 
 
 def _phantom_rows(paths: Sequence[str], resolution: int, preprocess: str, dtype: str) -> dict[str, Any]:
@@ -192,6 +220,7 @@ def _run_chunks(
     chunks: list[list[str]],
     args: tuple,
     *,
+    chunk_kwargs: Optional[list[dict[str, Any]]] = None,
     parallel: bool,
     num_cpus: Optional[int],
     progress: bool,
@@ -204,7 +233,7 @@ def _run_chunks(
     try:
         if not parallel:
             for ci, ch in enumerate(chunks):
-                res = decode_rows(ch, *args)
+                res = decode_rows(ch, *args, **(chunk_kwargs[ci] if chunk_kwargs else {}))
                 bar.update(len(ch))
                 yield ci, res
             return
@@ -227,7 +256,8 @@ def _run_chunks(
             next_chunk = 0
             while next_chunk < len(chunks) or pending:
                 while next_chunk < len(chunks) and len(pending) < limit:
-                    pending[task.remote(chunks[next_chunk], *args)] = next_chunk
+                    kw = chunk_kwargs[next_chunk] if chunk_kwargs else {}
+                    pending[task.remote(chunks[next_chunk], *args, **kw)] = next_chunk
                     next_chunk += 1
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
@@ -240,6 +270,15 @@ def _run_chunks(
                 ray.shutdown()
     finally:
         bar.close()
+
+
+def _compact(full: np.ndarray, keep: np.ndarray, path: Path, block: int = 1024) -> None:
+    """Write rows ``keep`` of a memory-mapped array to a new ``.npy`` in blocks (bounded memory)."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=full.dtype, shape=(len(keep),) + full.shape[1:])
+    for s in range(0, len(keep), block):
+        out[s : s + block] = full[keep[s : s + block]]
+    out.flush()
+    del out
 
 
 def build_cache(
@@ -260,11 +299,13 @@ def build_cache(
     A complete cache with the same key is reused without decoding anything.
     """
     from lungray.data.manifest import class_names_of, id_salt, manifest_fingerprint, validate_manifest
+    from lungray.data.masks import mask_fingerprint, mask_kind_of
 
     validate_manifest(manifest)
     names = class_names_of(manifest)
     fp = manifest_fingerprint(manifest)
-    key = cache_key(fp, cfg.resolution, cfg.resize, cfg.preprocess, cfg.cache_dtype)
+    mask_kind = mask_kind_of(manifest)
+    key = cache_key(fp, cfg.resolution, cfg.resize, cfg.preprocess, cfg.cache_dtype, mask_fingerprint(manifest, mask_kind))
     cache_dir = Path(cache_dir)
     target = cache_dir / key
     if is_complete(target):
@@ -288,7 +329,8 @@ def build_cache(
     try:
         images = np.lib.format.open_memmap(tmp / "images.full.npy", mode="w+", dtype=dtype, shape=(n, R, R))
         hashes = np.zeros((n, 8), dtype=np.uint64)
-        masks = np.zeros((n, R, R), dtype=np.uint8) if is_phantom.any() else None
+        masks = np.lib.format.open_memmap(tmp / "masks.full.npy", mode="w+", dtype=np.uint8, shape=(n, R, R)) if mask_kind else None
+        mask_problem = [""] * n
         cols: dict[str, list] = {c: [""] * n for c in ("sha256", "modality", "patient_id", "problem")}
         cols["width"] = [0] * n
         cols["height"] = [0] * n
@@ -298,6 +340,8 @@ def build_cache(
             hashes[rows] = res["hashes"]
             if masks is not None and "masks" in res:
                 masks[rows] = res["masks"]
+            for r, v in zip(rows, res.get("mask_problem", ())):
+                mask_problem[r] = v
             for c in cols:
                 vals = res[c]
                 for r, v in zip(rows, vals):
@@ -312,7 +356,13 @@ def build_cache(
             row_chunks = [file_rows[i : i + chunk_rows] for i in range(0, len(file_rows), chunk_rows)]
             chunks = [[paths[i] for i in rc] for rc in row_chunks]
             args = (R, cfg.resize, cfg.preprocess, dtype, salt)
-            for ci, res in _run_chunks(chunks, args, parallel=bool(use_ray), num_cpus=num_cpus, progress=progress, total=len(file_rows)):
+            chunk_kwargs = None
+            if mask_kind in ("lesion_boxes", "lung"):
+                col = good["boxes" if mask_kind == "lesion_boxes" else "mask_path"].astype(str).tolist()
+                chunk_kwargs = [{"mask_kind": mask_kind, "mask_specs": [col[i] for i in rc]} for rc in row_chunks]
+            for ci, res in _run_chunks(
+                chunks, args, chunk_kwargs=chunk_kwargs, parallel=bool(use_ray), num_cpus=num_cpus, progress=progress, total=len(file_rows)
+            ):
                 _store(row_chunks[ci], res)
         images.flush()
 
@@ -329,19 +379,24 @@ def build_cache(
         decoded["problem"] = cols["problem"]
         ok = (decoded["problem"] == "").to_numpy()
         keep = np.flatnonzero(ok)
-        final = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=dtype, shape=(len(keep), R, R))
-        for s in range(0, len(keep), 1024):
-            final[s : s + 1024] = images[keep[s : s + 1024]]
-        final.flush()
-        del final, images
+        _compact(images, keep, tmp / "images.npy")
+        del images
         (tmp / "images.full.npy").unlink()
         kept = decoded.iloc[keep].reset_index(drop=True)
         kept.attrs["class_names"] = list(names)
         kept.attrs["source"] = source
         np.save(tmp / "labels.npy", kept["class_index"].to_numpy().astype(np.int64))
         np.save(tmp / "hashes.npy", hashes[keep])
+        n_mask_unknown = 0
         if masks is not None:
-            np.save(tmp / "masks.npy", masks[keep])
+            _compact(masks, keep, tmp / "masks.npy")
+            del masks
+            (tmp / "masks.full.npy").unlink()
+            no_file = (good["mask_path"].astype(str) == "").to_numpy() if mask_kind == "lung" else np.zeros(n, dtype=bool)
+            n_mask_unknown = int(sum(bool(mask_problem[i]) or bool(no_file[i]) for i in keep))
+            bad_masks = [(good["image_id"].iloc[i], mask_problem[i]) for i in keep if mask_problem[i]]
+            if bad_masks:
+                log.warning("%d mask file(s) could not be used (their masks are unknown): %s: %s", len(bad_masks), *bad_masks[0])
         kept.to_parquet(tmp / "manifest.parquet", index=False)
         quarantined = pd.concat([upfront_bad, decoded[~ok]], ignore_index=True)
         quarantined.attrs["class_names"] = list(names)
@@ -359,6 +414,8 @@ def build_cache(
             "dtype": dtype,
             "n_images": int(len(keep)),
             "n_quarantined": int(len(quarantined)),
+            "mask_kind": mask_kind,
+            "n_masks_unknown": n_mask_unknown,
             "decode_seconds": round(time.time() - t0, 3),
             "cache_version": CACHE_VERSION,
             "lungray_version": __version__,

@@ -3,7 +3,10 @@
 Items are read from the memory-mapped cache (never decoded again), optionally augmented, scaled
 to ``[0, 1]`` and normalised: ``(x, y, row)`` with ``x`` a float32 tensor ``(1, H, W)``, ``y``
 the class index and ``row`` the dataset row (so predictions and Grad-CAM panels can name the
-image).
+image). With ``target="mask"`` (segmentation), ``y`` is the row's mask as an int64 tensor
+``(H, W)`` of class indices (255 = unknown, see :mod:`lungray.data.masks`), and the augmentation
+moves image and mask with the SAME geometric transform (albumentations ``mask=`` target:
+nearest-neighbour for the mask, so it stays a class-index map).
 
 Augmentation randomness is a pure function of ``(seed, epoch, row)``: the pipeline is reseeded
 from ``numpy.random.SeedSequence([seed, epoch, row])`` before each item. An epoch therefore
@@ -22,6 +25,10 @@ from torch.utils.data import Dataset
 from lungray.data.augment import build_augmentation
 from lungray.data.prepared import PreparedData
 from lungray.errors import ConfigError
+
+
+#: what an item's ``y`` is: the class index or the segmentation mask
+TARGETS = ("label", "mask")
 
 
 def item_seed(seed: int, epoch: int, row: int) -> int:
@@ -44,6 +51,10 @@ class ImageDataset(Dataset):
         Normalisation in ``[0, 1]`` units (see :func:`~lungray.data.augment.normalization_stats`).
     seed : int
         The trial seed; with the epoch and the row it fixes every augmentation draw.
+    target : str
+        ``"label"`` (the class index, classification) or ``"mask"`` (the row's mask,
+        segmentation; the prepared data must have masks). The image stream is the same for
+        both: the mask rides along with the image's draw.
     """
 
     def __init__(
@@ -55,6 +66,7 @@ class ImageDataset(Dataset):
         mean: float = 0.0,
         std: float = 1.0,
         seed: int = 0,
+        target: str = "label",
     ):
         self.data = data
         self.indices = np.asarray(indices, dtype=np.int64)
@@ -65,6 +77,14 @@ class ImageDataset(Dataset):
             raise ConfigError(f"ImageDataset indices must lie in [0, {n}), got {self.indices.min()}..{self.indices.max()}")
         if not std > 0:
             raise ConfigError(f"ImageDataset std must be > 0, got {std}")
+        if target not in TARGETS:
+            raise ConfigError(f"ImageDataset target '{target}' is not valid; valid choices: {', '.join(TARGETS)}")
+        if target == "mask" and data.masks is None:
+            raise ConfigError(
+                f"ImageDataset target 'mask': the prepared data at {data.root} has no masks "
+                "(sources with masks: phantom, rsna, covid_radiography with masks/ folders)"
+            )
+        self.target = target
         self.augmentation = augmentation
         self.mean = float(mean)
         self.std = float(std)
@@ -99,7 +119,7 @@ class ImageDataset(Dataset):
         state["_built"] = False
         return state
 
-    def __getitem__(self, i: Union[int, tuple[int, int]]) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, i: Union[int, tuple[int, int]]) -> tuple[torch.Tensor, Union[int, torch.Tensor], int]:
         """Item ``i`` in the current epoch's stream, or ``(epoch, i)``.
 
         The pair form carries the epoch with the index: persistent DataLoader workers hold their
@@ -111,11 +131,18 @@ class ImageDataset(Dataset):
             epoch, i = i
         row = int(self.indices[i])
         img = np.asarray(self.data.images[row], dtype=np.float32) * self._scale
+        mask = np.asarray(self.data.masks[row]) if self.target == "mask" else None
         pipe = self._get_pipeline() if self.augmentation != "none" else None
         if pipe is not None:
             pipe.set_random_seed(item_seed(self.seed, epoch, row))
-            img = np.asarray(pipe(image=img)["image"], dtype=np.float32)
+            if mask is None:
+                img = np.asarray(pipe(image=img)["image"], dtype=np.float32)
+            else:
+                out = pipe(image=img, mask=mask)
+                img, mask = np.asarray(out["image"], dtype=np.float32), np.asarray(out["mask"])
             if img.ndim == 3:
                 img = img[..., 0]
-        x = (img - self.mean) / self.std
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None], int(self.data.labels[row]), row
+        x = torch.from_numpy(np.ascontiguousarray((img - self.mean) / self.std, dtype=np.float32))[None]
+        if mask is not None:
+            return x, torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)), row
+        return x, int(self.data.labels[row]), row

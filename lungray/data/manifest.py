@@ -19,6 +19,7 @@ Columns (all present, in this order; strings are never NaN, empty means unknown)
 ``phash``       16-hex-digit perceptual hash of the decoded image (filled by the cache)
 ``width``, ``height``  native size in pixels (filled by the cache; 0 when not decoded yet)
 ``boxes``       JSON list of ``[x, y, w, h]`` boxes (RSNA), ``"[]"`` otherwise
+``mask_path``   the image's segmentation mask file (Radiography Database ``masks/``), else empty
 ``split``       a predefined split (``train``/``val``/``test``) from the source, else empty
 ``problem``     why the row is quarantined (empty for good rows)
 
@@ -52,6 +53,7 @@ COLUMNS: dict[str, str] = {
     "width": "int",
     "height": "int",
     "boxes": "str",
+    "mask_path": "str",
     "split": "str",
     "problem": "str",
 }
@@ -65,6 +67,7 @@ _DEFAULTS: dict[str, Any] = {
     "width": 0,
     "height": 0,
     "boxes": "[]",
+    "mask_path": "",
     "split": "",
     "problem": "",
 }

@@ -243,6 +243,7 @@ def prepare_data(
         "split_key": skey,
         "cache_key": meta["key"],
         "patient_grouped": groups is not None,
+        "mask_kind": meta.get("mask_kind"),
         "leakage": leak_summary,
     }
     data = PreparedData(

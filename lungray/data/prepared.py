@@ -4,7 +4,9 @@ A prepared dataset is a directory written once per (manifest, resolution, prepro
 
 ``images.npy``      (N, H, W) uint8 or uint16, decoded, resized, preprocessed; memory-mapped
 ``labels.npy``      (N,) int64 class indices into ``class_names``
-``masks.npy``       optional (N, H, W) uint8 lesion masks (the phantom; later segmentation)
+``masks.npy``       optional (N, H, W) uint8 class index per pixel (0 background, 1 foreground,
+                    255 unknown), same geometry as the image; ``meta.json`` ``mask_kind`` says
+                    what they mark (:mod:`lungray.data.masks`)
 ``manifest.parquet`` the validated manifest rows, in array order (quarantined rows excluded)
 ``meta.json``       class names, fingerprint, resolution, dtype, preprocessing, resize mode
 
@@ -65,9 +67,20 @@ class PreparedData:
         return np.load(Path(self.root) / "labels.npy")
 
     @cached_property
+    def mask_kind(self) -> Optional[str]:
+        """What the masks mark: ``lesion`` (phantom), ``lesion_boxes`` (RSNA boxes filled),
+        ``lung`` (Radiography Database), or ``None`` when the dataset has no masks."""
+        return self.meta().get("mask_kind")
+
+    @cached_property
     def masks(self) -> Optional[np.ndarray]:
+        """(N, H, W) uint8 masks in row order (memory-mapped), or ``None`` without masks.
+
+        A cache whose ``meta.json`` names no ``mask_kind`` (written before masks existed) has
+        no usable masks, whatever files it holds.
+        """
         p = Path(self.root) / "masks.npy"
-        return np.load(p, mmap_mode="r") if p.exists() else None
+        return np.load(p, mmap_mode="r") if self.mask_kind is not None and p.exists() else None
 
     @cached_property
     def ids(self) -> np.ndarray:
