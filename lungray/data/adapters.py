@@ -19,7 +19,8 @@ Layouts (the real downloads):
 ``covid_radiography``
     the COVID-19 Radiography Database: ``COVID/``, ``Lung_Opacity/``, ``Normal/``,
     ``Viral Pneumonia/``, each with ``images/*.png`` beside a ``masks/`` folder that is not a
-    class, and ``<class>.metadata.xlsx`` files (not needed: they hold URLs, not labels). The
+    class (its lung mask of the same name fills ``mask_path``: segmentation masks in the
+    cache), and ``<class>.metadata.xlsx`` files (not needed: they hold URLs, not labels). The
     older release with PNGs directly in the class folders is read too. The root may be the
     download folder that contains ``COVID-19_Radiography_Dataset/``.
 ``covid_ct_xray``
@@ -36,8 +37,9 @@ Layouts (the real downloads):
     (``patientId,class``). Classes: 2-class from ``Target`` (``Lung Opacity`` vs
     ``No Lung Opacity``) by default; when ``data.class_map`` names one of the detailed classes
     (``Normal`` or ``No Lung Opacity / Not Normal``), the 3 detailed classes are the source
-    labels. Boxes are kept per image (JSON ``[[x, y, w, h], ...]``) for a later segmentation
-    task. The patientId is also the DICOM PatientID, so image ids are salted hashes too.
+    labels. Boxes are kept per image (JSON ``[[x, y, w, h], ...]``); the cache fills them into
+    segmentation masks (:mod:`lungray.data.masks`). The patientId is also the DICOM PatientID,
+    so image ids are salted hashes too.
 ``csv``
     a CSV with ``path,label[,patient_id][,split][,image_id]``; relative paths are resolved
     against the CSV's folder; missing files are reported with their CSV row and line numbers.
@@ -284,7 +286,7 @@ def _attach_sibling_masks(rows: list[dict[str, Any]], class_dirs: Sequence[Path]
 
 @ADAPTERS.register("covid_radiography")
 def covid_radiography_adapter(cfg: Any) -> pd.DataFrame:
-    """COVID-19 Radiography Database (class/images/*.png, masks/ ignored)."""
+    """COVID-19 Radiography Database (class/images/*.png; class/masks/*.png as mask_path)."""
     top = _root(cfg)
     root = _find_layout_root(top, RADIOGRAPHY_CLASSES)
     if root is None:

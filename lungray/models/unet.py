@@ -265,8 +265,12 @@ def build_smp_unet(cfg: Any, num_classes: int, *, in_chans: int = 1, resolution:
     elif isinstance(cfg.pretrained, str):
         # timm loads a state dict given in the pretrained config before it wraps the model for
         # features_only, so the names match the classification model's
+        import timm
+
         sd = encoder_state_dict(encoder, cfg.pretrained, in_chans=channels, resolution=resolution)
-        kwargs["pretrained_cfg_overlay"] = {"state_dict": sd}
+        size = tuple(getattr(timm.get_pretrained_cfg(encoder), "input_size", None) or (3, 224, 224))
+        # the state dict is already folded to `channels`: say so, or timm warns on every build
+        kwargs["pretrained_cfg_overlay"] = {"state_dict": sd, "input_size": (channels,) + size[1:]}
         weights = True
     try:
         net = smp.Unet(
