@@ -190,7 +190,7 @@ def report_from_confusion(
     pred_has = conf.sum(axis=1) > 0
     per_class = {}
     for c in range(1, k):
-        pos = truth_has[:, c] & known
+        pos = truth_has[:, c]
         per_class[names[c]] = {
             "dice_pos": _mean(dice[pos, c]),
             "dice_all": _mean(dice[:, c]),

@@ -281,8 +281,6 @@ def build_smp_unet(cfg: Any, num_classes: int, *, in_chans: int = 1, resolution:
             decoder_channels=(16 * w, 8 * w, 4 * w, 2 * w, w),
             **kwargs,
         )
-    except ConfigError:
-        raise
     except Exception as e:
         if cfg.pretrained is True:
             raise _hub_error(cfg.name, e) from e

@@ -557,7 +557,7 @@ def _gradcam_sections(b: _Builder, device: Optional[str], max_pointing: int) -> 
     imgs01 = imgs.astype(np.float32) / data.max_value
     row_titles = [f"{sw.class_names[y[i]]} ({kind})\n{ids[i]}" for i, kind in picks]
 
-    masks = data.masks
+    masks = data.masks if data.mask_kind in ("lesion", "lesion_boxes") else None  # lesion locations only, not lung masks
     nrm = TB.normal_class(sw.class_names)
     point_cols = [i for i in range(ids.size) if (nrm is None or y[i] != nrm)]
     point_rows = np.array([row_of[ids[i]] for i in point_cols], dtype=np.int64)
