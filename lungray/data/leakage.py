@@ -15,8 +15,16 @@ The comparison is vectorised in chunks of pool rows (XOR + ``np.bitwise_count``)
 memory (32 MB blocks): 17,000 pool x 3,000 eval images x 8 variants, the size of the
 training-size study's dataset, took 2.4 s of CPU time on one core.
 
-The audit only reports; ``drop_idx`` lists the pool rows that match some evaluation image, and
-the data layer drops them when ``data.leakage == "drop"`` (the default).
+:func:`audit_leakage` compares one pool with one evaluation set by these two stages.
+
+What ``prepare_data`` uses (issue 11.1) is the search over the WHOLE dataset, every pair once:
+:func:`find_duplicates` (sha256, perceptual hash, then keypoints with geometric and photometric
+verification, :mod:`lungray.data.keypoints`, which catches the Keras-style rotated, zoomed and
+shifted copies the hash misses), cached next to the decoded images. :func:`connected_groups`
+turns the pairs (and patient ids) into union-find components, which become the split groups,
+so a cluster of copies never straddles pool/val/eval; :func:`cross_split_pairs` and
+:func:`leakage_doc` audit a split (pool-eval, val-eval and pool-val) and describe it for the
+report.
 """
 
 from __future__ import annotations
