@@ -320,7 +320,7 @@ def test_leakage_section_reads_like_prose_not_a_dump(report):
     assert "Policy <b>drop</b>" in sec
     assert "grouped by patient id and by the audit" in sec
     # the counts table: exact 1, perceptual hash 1, keypoints 2, nothing across the split
-    cells = re.findall(r"<tr>(.*?)</tr>", sec)
+    cells = re.findall(r"<tr>(.*?)</tr>", sec[: sec.index("</table>")])  # the counts table
     rows = [re.findall(r"<td[^>]*>(.*?)</td>", c) for c in cells if "<td" in c]
     assert [(r[0], r[2], r[3], r[4], r[5]) for r in rows] == [("exact", "1", "0", "0", "0"), ("near", "1", "0", "0", "0"), ("near", "2", "0", "0", "0")]
     assert "2 duplicate cluster(s) holding 5 images; the largest has 3 images" in sec
@@ -346,3 +346,7 @@ def test_leakage_html_examples_as_thumbnails_and_image_level_split():
     assert _leakage_html({"summary": {"mode": "off", "grouping": "image-level split (no patient ids; leakage audit off)"}}) == (
         "<p>Policy <b>off</b>: no audit was run. Split: image-level split (no patient ids; leakage audit off).</p>")
     assert "No leakage report" in _leakage_html(None)
+    from lungray.report.build import _pair_figure
+
+    fig = _pair_figure(np.zeros((12, 8, 8), np.uint8), 255.0, leak["audit"]["examples"])
+    assert len(fig.axes) == 4 and fig.axes[0].get_title() == "pool"
