@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--val-size", type=float, default=0.1)
     chk.add_argument("--strict", action="store_true", help="fail on any problem instead of quarantining")
     chk.add_argument("--manifest-out", default=None, help="write the manifest (with problem reasons) here")
+    chk.add_argument("--no-duplicates", action="store_true", help="skip the duplicate search (it decodes every image once)")
+    chk.add_argument("--cache-dir", default="lungray_runs/cache", help="decoded cache for the duplicate search")
 
     ph = sub.add_parser("phantom", help="write a sample sheet (and optionally DICOMs) of the phantom")
     ph.add_argument("--out", default="phantom_sheet.png")
@@ -100,6 +102,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             strict=args.strict,
         )
         report = check_dataset(cfg, sizes=tuple(args.sizes), strict=args.strict, echo=print)
+        if not args.no_duplicates and not report.dataset_problems:
+            from lungray.data.check import report_duplicates
+
+            report_duplicates(cfg, report.manifest, args.cache_dir, echo=print)
         if args.manifest_out:
             report.manifest.to_parquet(args.manifest_out)
         return 0 if report.ok else 1

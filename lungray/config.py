@@ -65,8 +65,11 @@ class DataConfig:
     split_seed: int = 0  # the held-out set is fixed across seeds: it has its own seed
     class_balanced: bool = False  # class-balanced nested subsets
     # leakage audit
-    leakage: str = "drop"  # "drop" near-duplicates of eval images from the pool, "report", "off"
-    leakage_max_distance: int = 6  # Hamming distance on 64-bit perceptual hashes
+    # duplicate clusters are split groups (no copy crosses a holdout split); "drop" removes training-side
+    # copies of val/eval images where a source's own predefined split lets them cross, "report" lists them,
+    # "off" skips the duplicate search (patient groups only)
+    leakage: str = "drop"
+    leakage_max_distance: int = 6  # Hamming distance on 64-bit perceptual hashes (stage 1 of the search)
     strict: bool = False  # fail on any quarantined row instead of dropping it
 
 

@@ -143,6 +143,15 @@ def test_bench_data_quick():
 
 
 @pytest.mark.slow
+def test_bench_leakage_quick():
+    out, ratios = run_script("bench_leakage.py", "--quick")
+    assert "recall per transform" in out and "false pairs (different patients / different real files)" in out
+    assert set(ratios) >= {"recall_keras_mix", "false_pair_rate"}
+    for t in ("rotation 30", "zoom 0.9", "shift 10%", "keras mix"):
+        assert f"phantom  {t}" in out
+
+
+@pytest.mark.slow
 def test_bench_sweep_quick():
     out, ratios = run_script("bench_sweep.py", "--quick")
     assert {"noop_fit_seconds", "sweep_efficiency_smoke", "sweep_efficiency_smoke_span"} <= set(ratios), out

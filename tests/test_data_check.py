@@ -171,3 +171,38 @@ def test_guess_source(tmp_path, imgs):
     assert guess_source(tmp_path / "x.csv") == "csv" and guess_source(tmp_path / "m.npz") == "medmnist"
     with pytest.raises(DataError, match="does not exist"):
         guess_source(tmp_path / "nowhere")
+
+
+def test_data_check_reports_duplicate_clusters(tmp_path, capsys):
+    """``lungray data check`` runs the leakage audit's duplicate search and prints the clusters
+    (issue 11.1): a rotated+zoomed Keras-style copy and a flipped, brightened copy of one image,
+    a byte-identical copy of another; the folder has no patient ids."""
+    from PIL import Image
+
+    from lungray.cli import main
+    from lungray.data.keypoints import keras_transform
+    from lungray.data.phantom import _patient_of, render_case
+
+    patient = _patient_of(40, 5)
+    first = np.flatnonzero(np.r_[True, patient[1:] != patient[:-1]])[:8]
+    root = tmp_path / "ds"
+    for k, i in enumerate(first):
+        c = render_case(int(i), resolution=128, seed=5)
+        (root / c.class_name).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(c.image).save(root / c.class_name / f"im{k}.png")
+        if k == 0:
+            Image.fromarray(keras_transform(c.image, theta=17, zx=1.06, zy=0.95, tx=6)).save(root / c.class_name / "im0_rot.png")
+            Image.fromarray(keras_transform(c.image, flip=True, brightness=1.2, theta=-8)).save(root / c.class_name / "im0_flip.png")
+        if k == 1:
+            (root / c.class_name / "im1_copy.png").write_bytes((root / c.class_name / "im1.png").read_bytes())
+    rc = main(["data", "check", str(root), "--cache-dir", str(tmp_path / "cache")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    line = next(ln for ln in out.splitlines() if ln.startswith("duplicates:"))
+    assert line.startswith("duplicates: 1 exact pair(s), 3 near-duplicate pair(s)")
+    assert line.endswith("2 cluster(s) holding 5 images, the largest 3")
+    biggest = next(ln for ln in out.splitlines() if "cluster of 3" in ln)
+    assert all(name in biggest for name in ("im0", "im0_rot", "im0_flip"))
+    assert "no patient ids: a split of this dataset is image-level, grouped only by these clusters" in out
+    assert main(["data", "check", str(root), "--no-duplicates"]) == 0
+    assert "duplicates:" not in capsys.readouterr().out

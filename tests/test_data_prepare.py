@@ -141,39 +141,69 @@ def _pairs(d: PreparedData, copies: dict[str, str]) -> list[tuple[int, int]]:
 
 
 @pytest.mark.parametrize("mode", ["drop", "report", "off"])
-def test_planted_copies_across_the_split_are_found(leaky_tree, tmp_path, mode):
+def test_planted_copies_are_found_and_never_straddle_the_split(leaky_tree, tmp_path, mode):
+    """Duplicate clusters are split groups (issue 11.1): with the audit on, every planted copy is
+    found and lands on the same side as its original, so nothing is left to drop; with the audit
+    off, the same split seed puts copies across the split, as an image-level split does."""
     root, copies = leaky_tree
     cfg = DataConfig(source="folder", path=str(root), resolution=32, eval_size=20, val_size=4, leakage=mode, split_seed=5)
     d = prepare_data(cfg, output_dir=tmp_path, progress=False)
-    ev = set(d.eval_idx.tolist())
-    pool_before = set(d.pool_idx.tolist()) | set(d.dropped_idx.tolist())
-    crossing = set()
-    for c, o in _pairs(d, copies):
-        if c in ev and o in pool_before:
-            crossing.add(o)
-        if o in ev and c in pool_before:
-            crossing.add(c)
-    assert crossing, "the fixture must plant at least one copy across the split"
+    side = {int(r): name for name, rows in (("eval", d.eval_idx), ("val", d.val_idx), ("pool", d.pool_idx)) for r in rows}
+    planted = _pairs(d, copies)
+    crossing = [(c, o) for c, o in planted if side[c] != side[o]]
     leak_file = Path(d.root) / f"leakage-{d.info['split_key']}.json"
     if mode == "off":
-        assert d.info["leakage"] == {"mode": "off"} and len(d.dropped_idx) == 0
-        assert not leak_file.exists()
+        assert crossing, "the fixture must put a copy across an image-level split"
+        assert d.info["leakage"] == {"mode": "off", "grouping": "image-level split (no patient ids; leakage audit off)"}
+        assert not leak_file.exists() and len(d.dropped_idx) == 0
         return
-    assert leak_file.is_file()
-    # the wiring: exactly what the audit flags on the cached hashes, for the pool before drops
-    from lungray.data.leakage import audit_leakage
+    assert crossing == [] and len(d.dropped_idx) == 0
+    pairs = pd.read_parquet(next(Path(d.root).glob("duplicates-*.parquet")))
+    found = set(zip(pairs.row_a, pairs.row_b))
+    assert {(min(c, o), max(c, o)) for c, o in planted} <= found  # every flip / rot90 / resized / JPEG copy
+    # each copy is in its original's group; 12 clusters of 2
+    assert all(d.groups[c] == d.groups[o] for c, o in planted)
+    doc = json.loads(leak_file.read_text())
+    assert doc["clusters"]["n_clusters"] == 12 and doc["clusters"]["largest"] == 2
+    assert doc["cross_split"]["pool-eval"] == {"sha256": 0, "phash": 0, "keypoints": 0}
+    info = d.info["leakage"]
+    assert info["cross_split_pairs"] == 0 and info["clusters"] == 12 and info["mode"] == mode
+    assert info["grouping"].startswith("image-level split: folder has no patient ids, so the split is grouped only by the audit's duplicate clusters")
 
-    man = d.manifest()
-    rep = audit_leakage(sorted(pool_before), d.eval_idx, np.load(Path(d.root) / "hashes.npy"), man["sha256"].to_numpy(), max_distance=6)
-    flagged = set(rep.drop_idx.tolist())
-    assert crossing <= flagged  # every planted flip / rot90 / resized / JPEG copy is found
-    assert d.info["leakage"]["pool_images_flagged"] == len(flagged)
-    assert json.loads(leak_file.read_text())["near_pairs"] == len(rep.near)
+
+@pytest.mark.parametrize("mode", ["drop", "report"])
+def test_predefined_split_copies_are_dropped_or_reported(tmp_path, mode):
+    """A source's own train/val/test split cannot be regrouped: a train image that copies a test
+    image, and a val image that copies a test image, are what ``drop`` removes."""
+    from lungray.data.phantom import generate_phantom
+
+    ph = generate_phantom(30, resolution=48, seed=4)
+    _, first = np.unique(ph.patient_ids, return_index=True)
+    rows, img_dir = [], tmp_path / "imgs"
+    img_dir.mkdir()
+    picks = np.sort(first)[:14]
+    for i, k in enumerate(picks):
+        split = "test" if i < 4 else ("val" if i < 6 else "train")
+        Image.fromarray(ph.images[k]).save(img_dir / f"{i}.png")
+        rows.append((f"imgs/{i}.png", ph.class_names[int(ph.labels[k])], split))
+    Image.fromarray(np.ascontiguousarray(ph.images[picks[0]][:, ::-1])).save(img_dir / "copy_train.png")  # train copy of test 0
+    Image.fromarray(ph.images[picks[1]]).save(img_dir / "copy_val.png")  # val copy of test 1
+    rows += [("imgs/copy_train.png", ph.class_names[int(ph.labels[picks[0]])], "train"),
+             ("imgs/copy_val.png", ph.class_names[int(ph.labels[picks[1]])], "val")]
+    pd.DataFrame(rows, columns=["path", "label", "split"]).to_csv(tmp_path / "labels.csv", index=False)
+    cfg = DataConfig(source="csv", path=str(tmp_path / "labels.csv"), resolution=32, leakage=mode)
+    d = prepare_data(cfg, output_dir=tmp_path / "out", progress=False)
+    ids = list(d.ids)
+    copy_train = next(i for i, v in enumerate(ids) if "copy_train" in v)
+    copy_val = next(i for i, v in enumerate(ids) if "copy_val" in v)
+    info = d.info["leakage"]
+    assert d.info["splits"] == "predefined" and info["grouping"].startswith("the source's own train/val/test split")
+    assert info["pool_images_flagged"] == 1 and info["val_images_flagged"] == 1 and info["cross_split_pairs"] == 2
     if mode == "drop":
-        assert set(d.dropped_idx.tolist()) == flagged
-        assert not flagged & set(d.pool_idx.tolist())
+        assert d.dropped_idx.tolist() == sorted([copy_train, copy_val]) and info["dropped"] == 2
+        assert copy_train not in d.pool_idx and copy_val not in d.val_idx
     else:
-        assert len(d.dropped_idx) == 0 and flagged <= set(d.pool_idx.tolist())
+        assert len(d.dropped_idx) == 0 and copy_train in d.pool_idx and copy_val in d.val_idx
 
 
 def test_predefined_splits_are_kept(tmp_path):

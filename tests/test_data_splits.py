@@ -259,3 +259,42 @@ def test_phantom_patients_are_split_disjointly():
     assert not set(ph.patient_ids[v]) & set(ph.patient_ids[p])
     sub = nested_subsets(ph.labels, p, [20], seed=0, groups=ph.patient_ids, class_names=ph.class_names)[20]
     assert len(sub) == 20 and set(sub) <= set(p)
+
+
+def test_duplicate_clusters_are_groups_of_every_split():
+    """Issue 11.1: duplicate clusters (union-find over near-duplicate pairs) merged with patient
+    ids are the split groups, so no cluster or patient straddles eval/val/pool, and the nested
+    subsets stay nested, stratified and keep each cluster whole except the last one cut."""
+    import pandas as pd
+
+    from lungray.data.leakage import connected_groups
+
+    rng = np.random.default_rng(7)
+    n = 400
+    patients = np.where(rng.random(n) < 0.5, np.arange(n) // 2, -1 - np.arange(n))  # half the rows in 2-image patients
+    # 40 clusters of copies: chains (a, b), (b, c), ..., some linking two patients
+    pairs, used = [], set()
+    for _ in range(40):
+        k = int(rng.integers(2, 5))
+        members = [int(r) for r in rng.choice(n, k, replace=False) if int(r) not in used]
+        used |= set(members)
+        pairs += list(zip(members[:-1], members[1:]))
+    p = pd.DataFrame({"row_a": [min(a, b) for a, b in pairs], "row_b": [max(a, b) for a, b in pairs]})
+    groups = connected_groups(n, p, patients.astype(str))
+    # labels constant within a final group (a patient and its copies share the finding)
+    _, inv = np.unique(groups, return_inverse=True)
+    y = rng.integers(0, 2, inv.max() + 1)[inv]
+    e, v, pool = split_holdout(y, eval_size=100, val_size=40, seed=3, groups=groups)
+    side = np.empty(n, dtype=object)
+    side[e], side[v], side[pool] = "eval", "val", "pool"
+    for a, b in pairs:
+        assert side[a] == side[b], (a, b)
+    for pid in np.unique(patients):
+        assert len(set(side[patients == pid])) == 1
+    subs = nested_subsets(y, pool, [40, 80, 160], seed=1, groups=groups)
+    assert set(subs[40]) <= set(subs[80]) <= set(subs[160])
+    for s, rows in subs.items():
+        share = np.bincount(y[rows], minlength=2)[1] / s
+        assert abs(share - np.bincount(y[pool], minlength=2)[1] / len(pool)) < 0.08
+        cut = [g for g in np.unique(groups[rows]) if (groups[pool] == g).sum() != (groups[rows] == g).sum()]
+        assert len(cut) <= 1  # whole groups, except possibly the last one trimmed to hit s exactly

@@ -183,7 +183,7 @@ def test_partial_report_names_failed_and_missing_trials(fake, report):
         ("gamma", 200, 2, "missing"),
     ]
     # provenance from the parent run's tags and artifacts
-    for text in ("fakefingerprint0123", "0123456789abcdef", "Leakage audit", "pool_row", "Resolved config"):
+    for text in ("fakefingerprint0123", "0123456789abcdef", "Leakage audit", "2 duplicate cluster(s)", "Resolved config"):
         assert text in html
     sub = pd.read_csv(report / "subsets.csv")
     assert len(sub) == len(SIZES) * 3 and (sub.n_images == sub.train_size).all() and (sub.in_eval == 0).all()
@@ -306,3 +306,47 @@ def test_chromium_check_catches_a_page_that_fetches(tmp_path):
     res = chromium_check(bad, tmp_path / "chromium", width=300, height=200)
     assert res.images == [[False, 0, "http://127.0.0.1:9/x.p"]]
     assert sorted(res.page_requests) == ["http://127.0.0.1:9/x.png", "https://example.invalid/x.css"]
+
+
+def test_leakage_section_reads_like_prose_not_a_dump(report):
+    """Issue 13.5: counts per kind and stage, clusters, example pairs; no raw dict/list dumps,
+    no empty headings; the dataset summary names each key once."""
+    import re
+
+    html = (report / "report.html").read_text()
+    sec = html[html.index("<h3>Leakage audit</h3>") : html.index("<h3>Provenance</h3>")]
+    for raw in ("{", "}", "[]", "item(s)", "by_transform", "by_distance", "examples:", "pool_row"):
+        assert raw not in sec, raw
+    assert "Policy <b>drop</b>" in sec
+    assert "grouped by patient id and by the audit" in sec
+    # the counts table: exact 1, perceptual hash 1, keypoints 2, nothing across the split
+    cells = re.findall(r"<tr>(.*?)</tr>", sec[: sec.index("</table>")])  # the counts table
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", c) for c in cells if "<td" in c]
+    assert [(r[0], r[2], r[3], r[4], r[5]) for r in rows] == [("exact", "1", "0", "0", "0"), ("near", "1", "0", "0", "0"), ("near", "2", "0", "0", "0")]
+    assert "2 duplicate cluster(s) holding 5 images; the largest has 3 images" in sec
+    assert "img-005, img-009, img-011" in sec and "rot +12 deg, zoom 1.04, mirrored" in sec
+    assert "none: no copy crosses the split" in sec
+    summary = html[html.index("<h3>Dataset summary</h3>") :]
+    summary = summary[: summary.index("</dl>")]
+    keys = re.findall(r"<dt>(.*?)</dt>", summary)
+    assert len(keys) == len(set(keys)) and not any(k.startswith("info.") for k in keys)
+
+
+def test_leakage_html_examples_as_thumbnails_and_image_level_split():
+    from lungray.report.build import _leakage_html
+    from lungray.report._testing import _fake_leakage
+
+    leak = _fake_leakage(100)
+    leak["summary"]["grouping"] = ("image-level split: covid_ct_xray has no patient ids, so the split is grouped only by "
+                                   "the audit's duplicate clusters")
+    drawn = []
+    out = _leakage_html(leak, thumbs=lambda ex: drawn.append([e["id_b"] for e in ex]) or "<figure>pairs</figure>")
+    assert drawn == [["img-009", "img-011"]] and "<figure>pairs</figure>" in out and "Example pairs" not in out
+    assert "covid_ct_xray has no patient ids, so the split is grouped only by the audit" in out
+    assert _leakage_html({"summary": {"mode": "off", "grouping": "image-level split (no patient ids; leakage audit off)"}}) == (
+        "<p>Policy <b>off</b>: no audit was run. Split: image-level split (no patient ids; leakage audit off).</p>")
+    assert "No leakage report" in _leakage_html(None)
+    from lungray.report.build import _pair_figure
+
+    fig = _pair_figure(np.zeros((12, 8, 8), np.uint8), 255.0, leak["audit"]["examples"])
+    assert len(fig.axes) == 4 and fig.axes[0].get_title() == "pool"

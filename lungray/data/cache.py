@@ -14,6 +14,10 @@ into ``<cache_dir>/<key>/``:
                       boxes filled, Radiography Database lung masks); ``meta.json`` names the
                       ``mask_kind`` (``null`` and no file otherwise)
 ``hashes.npy``        (N, 8) uint64 dihedral perceptual hashes of the decoded image (leakage audit)
+``kp_*.npy``, ``thumbs.npy``  keypoint features of the decoded image for the leakage audit's second
+                      stage (:class:`lungray.data.keypoints.Features`: ORB descriptors of the image and
+                      its mirror, positions, counts, a 128-px thumbnail; about 26 KB per image).
+                      Phantom rows get none: the generator never copies an image
 ``manifest.parquet``  the N good rows in array order, ``sha256``/``phash``/``width``/``height``
                       filled (and, for DICOM, ``modality`` and the hashed ``patient_id``)
 ``quarantined.parquet`` every row that was not cached, with its ``problem`` reason
@@ -47,7 +51,8 @@ from lungray.errors import DataError
 log = logging.getLogger(__name__)
 
 #: bump when the decode/resize/hash rules change, so old caches are not reused
-CACHE_VERSION = 1
+#: (2: keypoint features for the leakage audit, :data:`lungray.data.keypoints.FEATURE_VERSION`)
+CACHE_VERSION = 2
 #: rows per Ray task (big enough to amortise task overhead, small enough for a smooth progress bar)
 CHUNK_ROWS = 128
 #: datasets at least this large decode with Ray when ``parallel`` is left to ``None``
@@ -62,9 +67,12 @@ def cache_key(fingerprint: str, resolution: int, resize: str, preprocess: str, d
 
     ``masks`` is :func:`lungray.data.masks.mask_fingerprint` (``""`` without masks, which keeps
     the key of mask-less datasets unchanged, while a dataset with masks never reuses a cache
-    written before masks existed).
+    written before masks existed). The keypoint feature version is part of every key, so a
+    cache built by an older leakage audit is never reused.
     """
-    parts: list[Any] = [CACHE_VERSION, fingerprint, int(resolution), resize, preprocess, dtype]
+    from lungray.data.keypoints import FEATURE_VERSION
+
+    parts: list[Any] = [CACHE_VERSION, FEATURE_VERSION, fingerprint, int(resolution), resize, preprocess, dtype]
     if masks:
         parts.append(masks)
     s = json.dumps(parts)
@@ -118,7 +126,8 @@ def _decode_rows(
 ) -> dict[str, Any]:
     """Decode a chunk of manifest paths into cache-ready arrays.
 
-    Returns ``images`` (k, R, R) in ``dtype``, ``hashes`` (k, 8) uint64 and per-row lists
+    Returns ``images`` (k, R, R) in ``dtype``, ``hashes`` (k, 8) uint64, keypoint features
+    (``kp_desc``, ``kp_xy``, ``kp_count``, ``thumbs``: :class:`lungray.data.keypoints.Features`) and per-row lists
     ``sha256``, ``width``, ``height``, ``modality``, ``patient_id``, ``problem`` ('' when the
     row decoded). Failed rows get zero images and a problem reason. With ``mask_kind``
     (``lesion_boxes`` or ``lung``) and one ``mask_specs`` entry per path (boxes JSON or mask
@@ -128,6 +137,7 @@ def _decode_rows(
     from lungray.data.decode import decode, dicom_info, npz_row, resize, sniff, to_storage
     from lungray.data.hashing import dihedral_hashes, sha256_file
     from lungray.data.masks import IGNORE, row_mask
+    from lungray.data.keypoints import Features, describe
     from lungray.data.preprocess import apply_preprocessing
 
     k = len(paths)
@@ -135,6 +145,7 @@ def _decode_rows(
     masks = np.full((k, resolution, resolution), IGNORE, dtype=np.uint8) if mask_kind else None
     mask_problem = [""] * k
     hashes = np.zeros((k, 8), dtype=np.uint64)
+    feats = Features.empty(k)
     out: dict[str, list] = {key: [""] * k for key in ("sha256", "modality", "patient_id", "problem")}
     out["width"] = [0] * k
     out["height"] = [0] * k
@@ -143,6 +154,7 @@ def _decode_rows(
             img = decode(path)
             out["height"][i], out["width"][i] = int(img.shape[0]), int(img.shape[1])
             hashes[i] = dihedral_hashes(_hash_input(img))
+            feats.desc[i], feats.xy[i], feats.count[i], feats.thumbs[i] = describe(img)
             small = resize(img, resolution, resize_mode)
             images[i] = to_storage(apply_preprocessing(preprocess, small, resolution), dtype)
             if masks is not None:
@@ -164,11 +176,33 @@ def _decode_rows(
             out["problem"][i] = str(e)
         except Exception as e:  # a decoder bug on one file must not kill a 20k-image job
             out["problem"][i] = f"decode failed ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
-    res = {"images": images, "hashes": hashes, **out}
+    res = {"images": images, "hashes": hashes, **_feature_dict(feats), **out}
     if masks is not None:
         res["masks"] = masks
         res["mask_problem"] = mask_problem
     return res
+
+
+_FEATURE_FILES = {"kp_desc": "desc", "kp_xy": "xy", "kp_count": "count", "thumbs": "thumbs"}
+
+
+def _feature_dict(f: Any) -> dict[str, np.ndarray]:
+    return {name: getattr(f, attr) for name, attr in _FEATURE_FILES.items()}
+
+
+def load_features(root: str | Path, mmap: bool = True) -> Any:
+    """The keypoint features of a cache (:class:`lungray.data.keypoints.Features`), memory-mapped."""
+    from lungray.data.keypoints import Features
+
+    root = Path(root)
+    missing = [f"{n}.npy" for n in _FEATURE_FILES if not (root / f"{n}.npy").is_file()]
+    if missing:
+        raise DataError(
+            f"decoded cache {root} has no keypoint features ({', '.join(missing)} missing): it was built by an older "
+            "lungray; delete the folder and run again to rebuild it"
+        )
+    mode = "r" if mmap else None
+    return Features(**{attr: np.load(root / f"{n}.npy", mmap_mode=mode) for n, attr in _FEATURE_FILES.items()})
 
 
 def _phantom_rows(paths: Sequence[str], resolution: int, preprocess: str, dtype: str) -> dict[str, Any]:
@@ -176,6 +210,7 @@ def _phantom_rows(paths: Sequence[str], resolution: int, preprocess: str, dtype:
     from lungray.data.adapters import parse_phantom_uri, phantom_arrays
     from lungray.data.decode import to_storage
     from lungray.data.hashing import dihedral_hashes_batch
+    from lungray.data.keypoints import Features
     from lungray.data.preprocess import apply_preprocessing
 
     parsed = [parse_phantom_uri(p) for p in paths]
@@ -202,6 +237,7 @@ def _phantom_rows(paths: Sequence[str], resolution: int, preprocess: str, dtype:
         "images": images,
         "masks": masks,
         "hashes": hashes,
+        **_feature_dict(Features.empty(k)),  # no keypoints: the generator never copies an image
         "sha256": sha,
         "width": [resolution] * k,
         "height": [resolution] * k,
@@ -331,6 +367,11 @@ def build_cache(
         hashes = np.zeros((n, 8), dtype=np.uint64)
         masks = np.lib.format.open_memmap(tmp / "masks.full.npy", mode="w+", dtype=np.uint8, shape=(n, R, R)) if mask_kind else None
         mask_problem = [""] * n
+        from lungray.data.keypoints import Features
+
+        proto = _feature_dict(Features.empty(1))
+        feats = {name: np.lib.format.open_memmap(tmp / f"{name}.full.npy", mode="w+", dtype=a.dtype, shape=(n, *a.shape[1:]))
+                 for name, a in proto.items()}
         cols: dict[str, list] = {c: [""] * n for c in ("sha256", "modality", "patient_id", "problem")}
         cols["width"] = [0] * n
         cols["height"] = [0] * n
@@ -338,6 +379,8 @@ def build_cache(
         def _store(rows: np.ndarray, res: dict[str, Any]) -> None:
             images[rows] = res["images"]
             hashes[rows] = res["hashes"]
+            for name, arr in feats.items():
+                arr[rows] = res[name]
             if masks is not None and "masks" in res:
                 masks[rows] = res["masks"]
             for r, v in zip(rows, res.get("mask_problem", ())):
@@ -387,6 +430,10 @@ def build_cache(
         kept.attrs["source"] = source
         np.save(tmp / "labels.npy", kept["class_index"].to_numpy().astype(np.int64))
         np.save(tmp / "hashes.npy", hashes[keep])
+        for name, arr in feats.items():
+            _compact(arr, keep, tmp / f"{name}.npy")
+            (tmp / f"{name}.full.npy").unlink()
+        del feats
         n_mask_unknown = 0
         if masks is not None:
             _compact(masks, keep, tmp / "masks.npy")

@@ -261,3 +261,44 @@ def guess_source(path: str | Path) -> str:
                 return "covid_ct_xray"
         frontier = [s for d in frontier for s in _subdirs(d)]
     return "folder"
+
+
+def report_duplicates(
+    cfg: Any,
+    manifest: pd.DataFrame,
+    cache_dir: str | Path,
+    echo: Optional[Callable[[str], Any]] = print,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The leakage audit's duplicate clusters of a checked dataset (issue 11.1), printed.
+
+    Decodes the good rows into the cache (reused by a study with the same cache folder and
+    settings) and runs the duplicate search over all of them
+    (:func:`lungray.data.prepare.find_dataset_duplicates`). Duplicates are not problems: a study
+    keeps each cluster on one side of its split. Returns :func:`lungray.data.leakage.cluster_summary`
+    plus ``pairs_by_stage``.
+    """
+    from lungray.data.cache import build_cache
+    from lungray.data.leakage import cluster_summary
+    from lungray.data.prepare import find_dataset_duplicates
+
+    out = echo or (lambda s: None)
+    good = manifest[manifest["problem"] == ""].reset_index(drop=True)
+    good.attrs.update(manifest.attrs)
+    if good.empty:
+        return {"n_clusters": 0, "n_images_in_clusters": 0, "largest": 0, "examples": [], "pairs_by_stage": {}}
+    root = build_cache(good, cfg, cache_dir, progress=progress)
+    pairs = find_dataset_duplicates(root, int(cfg.leakage_max_distance), progress=progress)
+    cached = pd.read_parquet(root / "manifest.parquet", columns=["image_id", "patient_id"])
+    s = cluster_summary(pairs, len(cached), cached["image_id"].to_numpy())
+    by = {k: int((pairs["stage"] == k).sum()) for k in ("sha256", "phash", "keypoints")}
+    out(
+        f"duplicates: {by['sha256']} exact pair(s), {by['phash'] + by['keypoints']} near-duplicate pair(s) "
+        f"({by['phash']} by perceptual hash, {by['keypoints']} by keypoints); {s['n_clusters']} cluster(s) holding "
+        f"{s['n_images_in_clusters']} images, the largest {s['largest']}"
+    )
+    for e in s["examples"][:3]:
+        out(f"  cluster of {e['size']}: {', '.join(map(str, e['members']))}" + (f" and {e['more']} more" if e["more"] else ""))
+    if s["n_clusters"] and (cached["patient_id"] == "").all():
+        out("  no patient ids: a split of this dataset is image-level, grouped only by these clusters")
+    return {**s, "pairs_by_stage": by}

@@ -35,6 +35,10 @@ collections with many near-identical acquisitions (same device, positioning, fol
 will have more; patient-disjoint splits keep same-patient films out of the audit, and the
 leakage report lists every pair so it can be checked.
 
+This hash is the cheap first near-duplicate stage. It is not invariant to rotations by other
+angles, zooms or shifts (Keras-style augmented copies: 0-4 % recall, ``bench/RESULTS.md``); the
+second stage, :mod:`lungray.data.keypoints`, catches those.
+
 Hashes are ``numpy.uint64``; :func:`hamming` counts differing bits, vectorised with
 ``np.bitwise_count``. Pure numpy: no OpenCV/PIL needed, cheap to import.
 """

@@ -15,8 +15,16 @@ The comparison is vectorised in chunks of pool rows (XOR + ``np.bitwise_count``)
 memory (32 MB blocks): 17,000 pool x 3,000 eval images x 8 variants, the size of the
 training-size study's dataset, took 2.4 s of CPU time on one core.
 
-The audit only reports; ``drop_idx`` lists the pool rows that match some evaluation image, and
-the data layer drops them when ``data.leakage == "drop"`` (the default).
+:func:`audit_leakage` compares one pool with one evaluation set by these two stages.
+
+What ``prepare_data`` uses (issue 11.1) is the search over the WHOLE dataset, every pair once:
+:func:`find_duplicates` (sha256, perceptual hash, then keypoints with geometric and photometric
+verification, :mod:`lungray.data.keypoints`, which catches the Keras-style rotated, zoomed and
+shifted copies the hash misses), cached next to the decoded images. :func:`connected_groups`
+turns the pairs (and patient ids) into union-find components, which become the split groups,
+so a cluster of copies never straddles pool/val/eval; :func:`cross_split_pairs` and
+:func:`leakage_doc` audit a split (pool-eval, val-eval and pool-val) and describe it for the
+report.
 """
 
 from __future__ import annotations
@@ -231,3 +239,234 @@ def audit_leakage(
 
     drop = np.unique(np.concatenate([exact["pool_row"].to_numpy(), near["pool_row"].to_numpy()]).astype(np.int64))
     return LeakageReport(exact=exact, near=near, drop_idx=drop, n_pool=int(pool.size), n_eval=int(ev.size), max_distance=max_distance)
+
+
+# --------------------------------------------------------------------------------------------
+# every duplicate pair of a dataset, clusters, and the audit of a split
+# --------------------------------------------------------------------------------------------
+
+AUDIT_VERSION = 2
+"""Bump when the duplicate search changes (part of the split key and of the pair-file name, so
+splits and audits made by an older search are never reused)."""
+
+DUPLICATE_COLUMNS = ["row_a", "row_b", "kind", "stage", "distance", "ncc", "transform"]
+STAGES = {
+    "sha256": "exact: identical bytes (sha256)",
+    "phash": "near: perceptual hash (resized, re-encoded, flipped, quarter-turned)",
+    "keypoints": "near: keypoints + affine RANSAC + photometric check (rotated, zoomed, shifted, flipped, brightened)",
+}
+
+
+def _phash_all_pairs(hashes: np.ndarray, rows: np.ndarray, max_distance: int):
+    """(a, b, distance, k) for every a < b of ``rows`` whose hashes are within ``max_distance``:
+    the minimum over a's 8 dihedral variants against b's own hash (``b = DIHEDRAL[k](a)``)."""
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    target = hashes[rows, 0]
+    out_a, out_b, out_d, out_k = [], [], [], []
+    step = max(1, _BLOCK_ELEMENTS // max(1, rows.size))
+    for start in range(0, rows.size, step):
+        blk = np.arange(start, min(start + step, rows.size))
+        variants = hashes[rows[blk]]  # (B, 8)
+        best = np.full((blk.size, rows.size), 255, dtype=np.uint8)
+        arg = np.zeros((blk.size, rows.size), dtype=np.uint8)
+        for k in range(len(DIHEDRAL)):
+            d = np.bitwise_count(np.bitwise_xor(variants[:, k, None], target[None, :]))
+            better = d < best
+            best = np.where(better, d, best)
+            arg = np.where(better, np.uint8(k), arg)
+        i, j = np.nonzero((best <= max_distance) & (np.arange(rows.size)[None, :] > blk[:, None]))
+        out_a.append(rows[blk[i]])
+        out_b.append(rows[j])
+        out_d.append(best[i, j])
+        out_k.append(arg[i, j])
+    if not out_a:
+        return (np.zeros(0, np.int64),) * 4
+    return tuple(np.concatenate(x).astype(np.int64) for x in (out_a, out_b, out_d, out_k))
+
+
+def find_duplicates(
+    hashes: np.ndarray,
+    sha256: Sequence[Optional[str]],
+    max_distance: Optional[int] = 6,
+    features: Any = None,
+    progress: Optional[Any] = None,
+):
+    """Every exact or near-duplicate pair among all rows of a dataset, each pair once (``row_a < row_b``).
+
+    Three stages, cheapest first; a pair found by an earlier stage is not searched again:
+    ``sha256`` (identical bytes), ``phash`` (dihedral perceptual hash within ``max_distance``
+    bits; ``transform`` says how ``row_b`` = transform(``row_a``)) and, when ``features``
+    (:class:`lungray.data.keypoints.Features`) are given, ``keypoints`` (:mod:`lungray.data.keypoints`:
+    ``distance`` is then the number of RANSAC inliers and ``ncc`` the photometric score).
+    ``max_distance=None`` keeps the exact stage only. ``progress(k)`` is called as candidates are verified.
+
+    Returns a DataFrame with :data:`DUPLICATE_COLUMNS`.
+    """
+    import pandas as pd
+
+    hashes = np.asarray(hashes).astype(np.uint64, copy=False)
+    n = hashes.shape[0]
+    sha = np.asarray(sha256, dtype=object)
+    if sha.shape != (n,):
+        raise DataError(f"sha256 must have one entry per row ({n}), got shape {sha.shape}")
+    frames = []
+    by_sha: dict[str, list[int]] = {}
+    for r, s in enumerate(sha):
+        if s:
+            by_sha.setdefault(str(s), []).append(r)
+    ex = [(a, b) for rows in by_sha.values() if len(rows) > 1 for i, a in enumerate(rows) for b in rows[i + 1 :]]
+    frames.append(pd.DataFrame({"row_a": [a for a, _ in ex], "row_b": [b for _, b in ex], "kind": "exact", "stage": "sha256",
+                                "distance": 0.0, "ncc": np.nan, "transform": "identical"}))
+    known = set(ex)
+    if max_distance is not None and n > 1:
+        a, b, d, k = _phash_all_pairs(hashes, np.arange(n), int(max_distance))
+        keep = np.array([(int(x), int(y)) not in known for x, y in zip(a, b)], dtype=bool)
+        a, b, d, k = a[keep], b[keep], d[keep], k[keep]
+        known |= set(zip(a.tolist(), b.tolist()))
+        frames.append(pd.DataFrame({"row_a": a, "row_b": b, "kind": "near", "stage": "phash", "distance": d.astype(float),
+                                    "ncc": np.nan, "transform": [DIHEDRAL[int(x)] for x in k]}))
+        if features is not None and len(features):
+            from lungray.data.keypoints import keypoint_pairs
+
+            kp = keypoint_pairs(features, progress=progress)
+            kp = kp[np.array([(int(x), int(y)) not in known for x, y in zip(kp["row_a"], kp["row_b"])], dtype=bool)]
+            frames.append(pd.DataFrame({"row_a": kp["row_a"].to_numpy(), "row_b": kp["row_b"].to_numpy(), "kind": "near",
+                                        "stage": "keypoints", "distance": kp["inliers"].to_numpy(dtype=float),
+                                        "ncc": kp["ncc"].to_numpy(dtype=float), "transform": kp["transform"].to_numpy()}))
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(DUPLICATE_COLUMNS, [np.int64, np.int64, object, object, float, float, object])})
+    out = pd.concat(frames, ignore_index=True)[DUPLICATE_COLUMNS]
+    out = out.astype({"row_a": np.int64, "row_b": np.int64, "distance": float, "ncc": float})
+    return out.sort_values(["row_a", "row_b"], kind="stable").reset_index(drop=True)
+
+
+def connected_groups(n: int, pairs: Any = None, groups: Optional[Sequence] = None) -> np.ndarray:
+    """(n,) int64 component labels of the graph whose edges are the duplicate ``pairs`` (``row_a``,
+    ``row_b``) and "same group" (e.g. the same patient id in ``groups``): union-find, so two
+    images end up together when a chain of copies and shared patients links them.
+
+    Labels are numbered by each component's smallest row (deterministic).
+
+    >>> import pandas as pd
+    >>> connected_groups(5, pd.DataFrame({"row_a": [0, 3], "row_b": [2, 4]}), groups=["p", "q", "q", "r", "s"]).tolist()
+    [0, 0, 0, 1, 1]
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    src: list[np.ndarray] = [np.arange(n)]
+    dst: list[np.ndarray] = [np.arange(n)]
+    if pairs is not None and len(pairs):
+        src.append(np.asarray(pairs["row_a"], dtype=np.int64))
+        dst.append(np.asarray(pairs["row_b"], dtype=np.int64))
+    if groups is not None:
+        g = np.asarray(groups)
+        if g.shape != (n,):
+            raise DataError(f"groups has shape {g.shape} for {n} rows; give one group per row")
+        _, first, inv = np.unique(g.astype(str), return_index=True, return_inverse=True)
+        src.append(np.arange(n))
+        dst.append(first[inv.reshape(-1)])
+    s, d = np.concatenate(src), np.concatenate(dst)
+    _, lab = connected_components(coo_matrix((np.ones(len(s)), (s, d)), shape=(n, n)), directed=False)
+    # renumber by smallest member row
+    first_row = np.full(lab.max() + 1 if n else 0, n, dtype=np.int64)
+    np.minimum.at(first_row, lab, np.arange(n))
+    rank = np.argsort(np.argsort(first_row, kind="stable"), kind="stable")
+    return rank[lab].astype(np.int64)
+
+
+def cluster_summary(pairs: Any, n: int, ids: Optional[Sequence[str]] = None, max_examples: int = 5) -> dict[str, Any]:
+    """Duplicate clusters (connected components of ``pairs`` alone) with 2 or more images:
+    how many, how many images they hold, the largest, and a few examples (ids, largest first)."""
+    lab = connected_groups(n, pairs)
+    sizes = np.bincount(lab, minlength=int(lab.max()) + 1 if n else 0)
+    multi = np.flatnonzero(sizes > 1)
+    ex = []
+    for c in multi[np.argsort(-sizes[multi], kind="stable")][:max_examples]:
+        rows = np.flatnonzero(lab == c)
+        names = [str(ids[r]) for r in rows[:6]] if ids is not None else [int(r) for r in rows[:6]]
+        ex.append({"size": int(sizes[c]), "members": names, "more": int(max(0, len(rows) - 6))})
+    return {
+        "n_clusters": int(len(multi)),
+        "n_images_in_clusters": int(sizes[multi].sum()) if len(multi) else 0,
+        "largest": int(sizes[multi].max()) if len(multi) else 0,
+        "examples": ex,
+    }
+
+
+def cross_split_pairs(pairs: Any, splits: dict[str, Sequence[int]]):
+    """The duplicate pairs whose two images lie in different splits, with a ``splits`` column
+    ("pool-eval", "val-eval", "pool-val"; in the order of ``splits``' keys, ``eval`` last)."""
+    n = int(max([int(np.max(v)) + 1 for v in splits.values() if len(v)] + [0]))
+    if pairs is not None and len(pairs):
+        n = max(n, int(pairs["row_a"].max()) + 1, int(pairs["row_b"].max()) + 1)
+    where = np.full(n, -1, dtype=np.int64)
+    names = list(splits)
+    for k, name in enumerate(names):
+        where[np.asarray(splits[name], dtype=np.int64)] = k
+    if pairs is None or not len(pairs):
+        return pairs.assign(splits=[]) if pairs is not None else None
+    sa, sb = where[pairs["row_a"].to_numpy()], where[pairs["row_b"].to_numpy()]
+    cross = (sa >= 0) & (sb >= 0) & (sa != sb)
+    lo, hi = np.minimum(sa, sb), np.maximum(sa, sb)
+    label = np.array([f"{names[x]}-{names[y]}" if c else "" for x, y, c in zip(lo, hi, cross)], dtype=object)
+    return pairs.assign(splits=label)[cross].reset_index(drop=True)
+
+
+def leakage_doc(
+    pairs: Any,
+    n: int,
+    splits: dict[str, Sequence[int]],
+    ids: Optional[Sequence[str]] = None,
+    max_examples: int = 12,
+) -> dict[str, Any]:
+    """The JSON document of an audit (``leakage-<key>.json``, logged to MLflow, rendered by the report).
+
+    ``pairs``: :func:`find_duplicates` over the whole dataset; ``splits``: ``{"pool": rows,
+    "val": rows, "eval": rows}`` (as finally used).
+    """
+    by_stage = {s: int((pairs["stage"] == s).sum()) for s in STAGES} if len(pairs) else {s: 0 for s in STAGES}
+    cross = cross_split_pairs(pairs, splits)
+    names = list(splits)
+    combos = [f"{names[i]}-{names[j]}" for i in range(len(names)) for j in range(i + 1, len(names))]
+    cross_counts = {c: {s: int(((cross["splits"] == c) & (cross["stage"] == s)).sum()) for s in STAGES} for c in combos}
+    where = {}
+    for name, rows in splits.items():
+        for r in np.asarray(rows, dtype=np.int64):
+            where[int(r)] = name
+    # examples: cross-split pairs first, then one pair per stage, then the rest
+    ex_frame = _example_pairs(cross, pairs, max_examples)
+    examples = []
+    for r in ex_frame.itertuples():
+        examples.append({
+            "row_a": int(r.row_a), "row_b": int(r.row_b),
+            "id_a": str(ids[r.row_a]) if ids is not None else str(r.row_a),
+            "id_b": str(ids[r.row_b]) if ids is not None else str(r.row_b),
+            "split_a": where.get(int(r.row_a), "-"), "split_b": where.get(int(r.row_b), "-"),
+            "stage": r.stage, "transform": r.transform,
+            "distance": None if np.isnan(r.distance) else float(r.distance),
+            "ncc": None if np.isnan(r.ncc) else float(r.ncc),
+        })
+    return {
+        "audit_version": AUDIT_VERSION,
+        "n_images": int(n),
+        "pairs_by_stage": by_stage,
+        "clusters": cluster_summary(pairs, n, ids),
+        "cross_split": cross_counts,
+        "examples": examples,
+    }
+
+
+def _example_pairs(first: Any, rest: Any, k: int):
+    """Up to ``k`` rows: ``first``'s, then one of ``rest`` per stage, then the rest, without repeats."""
+    import pandas as pd
+
+    picks = [first.head(k)] if first is not None and len(first) else []
+    if len(rest):
+        picks.append(rest.groupby("stage", sort=False).head(1))
+        picks.append(rest)
+    if not picks:
+        return rest.head(0)
+    out = pd.concat([p[DUPLICATE_COLUMNS] for p in picks], ignore_index=True).drop_duplicates(["row_a", "row_b"])
+    return out.head(k)

@@ -6,16 +6,22 @@ The steps, each of which can stop the study *before* anything trains:
 2. :func:`~lungray.data.check.check_dataset` quarantines bad rows (``data.strict`` fails);
 3. :func:`~lungray.data.cache.build_cache` decodes the good rows once (Ray tasks for large
    datasets, a progress bar, reused on the next run); decode failures are quarantined too;
-4. the fixed held-out evaluation set, the validation set and the training pool
-   (:func:`lungray.data.splits.split_holdout`: stratified, patient-disjoint when patient ids
-   exist, seeded by ``data.split_seed`` so every seed of the study shares one test set). A
-   source with predefined splits for every row (MedMNIST, a CSV ``split`` column, a
-   ``train/val/test`` folder tree) keeps them: ``test`` is the evaluation set;
-5. the leakage audit between the pool and the evaluation set
-   (:func:`lungray.data.leakage.audit_leakage`: sha256 and dihedral perceptual hashes). The
-   public Kaggle sets contain re-encoded, flipped and rotated copies (PROTOCOLS.md section 1), so
-   by default (``data.leakage: drop``) pool images that near-duplicate an evaluation image are
-   dropped; ``report`` only records them, ``off`` skips the audit;
+4. the duplicate search over the whole dataset (:func:`find_dataset_duplicates`, stored in the
+   cache as ``duplicates-<key>.parquet``): exact copies (sha256), near copies by perceptual hash
+   and by keypoints with geometric verification (:mod:`lungray.data.leakage`,
+   :mod:`lungray.data.keypoints`). The public Kaggle sets hold re-encoded, flipped, rotated,
+   zoomed and shifted copies (PROTOCOLS.md section 1). Duplicate clusters (union-find over the
+   pairs) are merged with patient ids into the split *groups*;
+5. the fixed held-out evaluation set, the validation set and the training pool
+   (:func:`lungray.data.splits.split_holdout`: stratified, group-disjoint, seeded by
+   ``data.split_seed`` so every seed of the study shares one test set). Because clusters are
+   groups, no found copy straddles pool/val/eval, and the nested subsets keep a cluster
+   together. A source with predefined splits for every row (MedMNIST, a CSV ``split`` column, a
+   ``train/val/test`` folder tree) keeps them (``test`` is the evaluation set); there copies can
+   cross the source's own split, and ``data.leakage: drop`` (the default) drops pool images
+   with a copy in val or eval and val images with a copy in eval; ``report`` only records
+   them. For holdout splits the audit of pool/val/eval then finds nothing to drop by
+   construction. ``off`` skips the search: patient groups only, as before the audit;
 6. every requested training size is checked against the pool for every seed
    (:func:`lungray.data.splits.nested_subsets` raises with the pool per class).
 
@@ -88,8 +94,49 @@ def make_splits(
 
 
 def _split_key(cache_key: str, cfg: Any) -> str:
-    s = json.dumps([cache_key, cfg.eval_size, cfg.val_size, cfg.split_seed, cfg.leakage, cfg.leakage_max_distance])
+    from lungray.data.leakage import AUDIT_VERSION
+
+    s = json.dumps([cache_key, AUDIT_VERSION, cfg.eval_size, cfg.val_size, cfg.split_seed, cfg.leakage, cfg.leakage_max_distance])
     return hashlib.sha256(s.encode()).hexdigest()[:12]
+
+
+def find_dataset_duplicates(root: str | Path, max_distance: int, *, progress: bool = True) -> pd.DataFrame:
+    """Every duplicate pair of a decoded cache (:func:`lungray.data.leakage.find_duplicates` on its
+    hashes and keypoint features), computed once and kept as ``duplicates-<key>.parquet`` in the cache."""
+    from lungray.data.cache import load_features
+    from lungray.data.leakage import AUDIT_VERSION, find_duplicates
+
+    root = Path(root)
+    key = hashlib.sha256(json.dumps([AUDIT_VERSION, int(max_distance)]).encode()).hexdigest()[:12]
+    path = root / f"duplicates-{key}.parquet"
+    if path.is_file():
+        return pd.read_parquet(path)
+    from tqdm.auto import tqdm
+
+    cached = pd.read_parquet(root / "manifest.parquet", columns=["sha256"])
+    bar = tqdm(desc="verifying duplicate candidates", unit="pair", disable=not progress)
+    try:
+        pairs = find_duplicates(np.load(root / "hashes.npy"), cached["sha256"].to_numpy(), int(max_distance),
+                                features=load_features(root), progress=bar.update)
+    finally:
+        bar.close()
+    tmp = path.with_name(f".{path.name}.tmp")
+    pairs.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return pairs
+
+
+def _grouping_note(source: str, patient_grouped: bool, how: str, mode: str) -> str:
+    """One sentence for the report: what keeps copies and patients on one side of the split."""
+    if how == "predefined":
+        return (f"the source's own train/val/test split (predefined), kept as it is; duplicate clusters cannot regroup it, "
+                f"so copies across it are {'dropped from the training side' if mode == 'drop' else 'only reported'}")
+    if mode == "off":
+        return "grouped by patient id (leakage audit off)" if patient_grouped else "image-level split (no patient ids; leakage audit off)"
+    if patient_grouped:
+        return "grouped by patient id and by the audit's duplicate clusters"
+    return (f"image-level split: {source} has no patient ids, so the split is grouped only by the audit's duplicate "
+            "clusters (two films of one patient can still land on both sides)")
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -162,6 +209,13 @@ def prepare_data(
             f"(per class: {dict(zip(class_names, map(int, counts)))}); fix the data or drop them with data.class_map"
         )
     groups = groups_of(cached["patient_id"].to_numpy())
+    patient_grouped = groups is not None
+    pairs = None
+    if cfg.leakage != "off":
+        from lungray.data.leakage import connected_groups
+
+        pairs = find_dataset_duplicates(root, int(cfg.leakage_max_distance), progress=progress)
+        groups = connected_groups(len(labels), pairs, groups)  # patients + duplicate clusters
 
     skey = _split_key(meta["key"], cfg)
     splits_path = root / f"splits-{skey}.json"
@@ -175,35 +229,39 @@ def prepare_data(
     else:
         eval_idx, val_idx, pool_idx, how = make_splits(labels, groups, cached["split"].to_numpy(), cfg)
         dropped = np.zeros(0, dtype=np.int64)
-        leak_summary: dict[str, Any] = {"mode": "off"}
-        if cfg.leakage != "off":
-            from lungray.data.leakage import audit_leakage
+        leak_summary: dict[str, Any] = {"mode": "off", "grouping": _grouping_note(cfg.source, patient_grouped, how, "off")}
+        if pairs is not None:
+            from lungray.data.leakage import cross_split_pairs, leakage_doc
 
-            hashes = np.load(root / "hashes.npy")
-            rep = audit_leakage(
-                pool_idx,
-                eval_idx,
-                hashes,
-                cached["sha256"].to_numpy(),
-                max_distance=int(cfg.leakage_max_distance),
-                ids=cached["image_id"].to_numpy(),
-            )
-            drop = _ints(rep.drop_idx)
+            splits = {"pool": pool_idx, "val": val_idx, "eval": eval_idx}
+            cross = cross_split_pairs(pairs, splits)
+            # the training side of each crossing pair: pool rows with a copy in val/eval, val rows with one in eval
+            flagged: dict[str, set] = {"pool": set(), "val": set()}
+            members = {k: set(v.tolist()) for k, v in splits.items()}
+            for r in cross.itertuples():
+                side = "pool" if r.splits.startswith("pool") else "val"
+                flagged[side] |= {x for x in (int(r.row_a), int(r.row_b)) if x in members[side]}
+            doc = leakage_doc(pairs, len(labels), splits, ids=cached["image_id"].to_numpy())
+            stage = doc["pairs_by_stage"]
             leak_summary = {
                 "mode": cfg.leakage,
                 "max_distance": int(cfg.leakage_max_distance),
-                "exact_pairs": int(len(rep.exact)),
-                "near_pairs": int(len(rep.near)),
-                "pool_images_flagged": int(len(drop)),
-                "dropped": int(len(drop)) if cfg.leakage == "drop" else 0,
+                "grouping": _grouping_note(cfg.source, patient_grouped, how, cfg.leakage),
+                "exact_pairs": stage["sha256"],
+                "near_pairs": stage["phash"] + stage["keypoints"],
+                "clusters": doc["clusters"]["n_clusters"],
+                "largest_cluster": doc["clusters"]["largest"],
+                "cross_split_pairs": int(len(cross)),
+                "pool_images_flagged": len(flagged["pool"]),
+                "val_images_flagged": len(flagged["val"]),
+                "dropped": len(flagged["pool"]) + len(flagged["val"]) if cfg.leakage == "drop" else 0,
             }
-            leak_doc = rep.to_dict()
-            if isinstance(leak_doc, dict):
-                leak_doc = {**leak_doc, "settings": leak_summary}
-            _write_json(leak_path, leak_doc)
-            if cfg.leakage == "drop" and len(drop):
-                dropped = np.intersect1d(drop, pool_idx)
+            doc["settings"] = leak_summary
+            _write_json(leak_path, doc)
+            if cfg.leakage == "drop":
+                dropped = np.array(sorted(flagged["pool"] | flagged["val"]), dtype=np.int64)
                 pool_idx = np.setdiff1d(pool_idx, dropped)
+                val_idx = np.setdiff1d(val_idx, dropped)
         _write_json(
             splits_path,
             {
@@ -242,7 +300,7 @@ def prepare_data(
         "splits": how,
         "split_key": skey,
         "cache_key": meta["key"],
-        "patient_grouped": groups is not None,
+        "patient_grouped": patient_grouped,
         "mask_kind": meta.get("mask_kind"),
         "leakage": leak_summary,
     }

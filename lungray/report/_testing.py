@@ -192,21 +192,7 @@ def log_fake_sweep(
     pdir.mkdir()
     (pdir / T.CONFIG_YAML).write_text(dump_yaml(cfg))
     n_pool = 400 - n_eval
-    (pdir / T.LEAKAGE_JSON).write_text(
-        json.dumps(
-            {
-                "n_exact": 1,
-                "n_near": 2,
-                "max_distance": 6,
-                "drop_idx": [5, 9, 11],
-                "exact": [{"pool_row": 5, "eval_row": 300, "distance": 0, "transform": "identity"}],
-                "near": [
-                    {"pool_row": 9, "eval_row": 301, "distance": 3, "transform": "hflip"},
-                    {"pool_row": 11, "eval_row": 302, "distance": 5, "transform": "rot90"},
-                ],
-            }
-        )
-    )
+    (pdir / T.LEAKAGE_JSON).write_text(json.dumps(_fake_leakage(n_eval)))
     counts = {s: {c: int(n // k) for c in class_names} for s, n in (("eval", n_eval), ("val", 40), ("pool", n_pool))}
     (pdir / T.DATA_SUMMARY).write_text(
         json.dumps(
@@ -409,3 +395,28 @@ def chromium_check(html_path: str | Path, workdir: str | Path, *, width: int = 1
     if images is None:
         raise RuntimeError("the image probe did not run in Chromium (no lungray-image-probe element in the DOM)")
     return BrowserCheck(shot, images, page_requests_from_net_log(net), net)
+
+
+def _fake_leakage(n_eval: int) -> dict:
+    """The leakage payload a sweep logs (:func:`lungray.sweep.runner.leakage_payload`): the data
+    layer's summary and the audit document of :func:`lungray.data.leakage.leakage_doc`."""
+    summary = {"mode": "drop", "max_distance": 6, "grouping": "grouped by patient id and by the audit's duplicate clusters",
+               "exact_pairs": 1, "near_pairs": 3, "clusters": 2, "largest_cluster": 3, "cross_split_pairs": 0,
+               "pool_images_flagged": 0, "val_images_flagged": 0, "dropped": 0}
+    zero = {"sha256": 0, "phash": 0, "keypoints": 0}
+    audit = {
+        "audit_version": 2, "n_images": 400, "pairs_by_stage": {"sha256": 1, "phash": 1, "keypoints": 2},
+        "clusters": {"n_clusters": 2, "n_images_in_clusters": 5, "largest": 3,
+                     "examples": [{"size": 3, "members": ["img-005", "img-009", "img-011"], "more": 0},
+                                  {"size": 2, "members": ["img-300", "img-301"], "more": 0}]},
+        "cross_split": {"pool-val": dict(zero), "pool-eval": dict(zero), "val-eval": dict(zero)},
+        "examples": [
+            {"row_a": 5, "row_b": 9, "id_a": "img-005", "id_b": "img-009", "split_a": "pool", "split_b": "pool",
+             "stage": "sha256", "transform": "identical", "distance": 0.0, "ncc": None},
+            {"row_a": 5, "row_b": 11, "id_a": "img-005", "id_b": "img-011", "split_a": "pool", "split_b": "pool",
+             "stage": "keypoints", "transform": "rot +12 deg, zoom 1.04, mirrored", "distance": 57.0, "ncc": 0.93},
+        ],
+        "settings": summary,
+    }
+    return {"summary": summary, "audit": audit}
+

@@ -14,7 +14,7 @@ import logging
 import math
 import tempfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -372,6 +372,23 @@ class _Builder:
         return [panels, pointing]
 
     # -- 9 ----------------------------------------------------------------------------------------
+    def _leakage(self) -> str:
+        """The leakage audit, example pairs drawn from the prepared images when they are reachable."""
+        root = self.sweep.parent_tags.get(T.DATA_ROOT, "")
+
+        def thumbs(examples: list[dict]) -> str:
+            if not root or not (Path(root) / "images.npy").exists():
+                return ""
+            images = np.load(Path(root) / "images.npy", mmap_mode="r")
+            if any(max(int(e["row_a"]), int(e["row_b"])) >= len(images) for e in examples):
+                return ""
+            full = float(np.iinfo(images.dtype).max) if np.issubdtype(images.dtype, np.integer) else 1.0
+            return self._fig(_pair_figure(images, full, examples), "duplicate_pairs", "Example duplicate pairs",
+                             "Example duplicate pairs: each column is one pair (top image, bottom copy) with the split each "
+                             "image is in and the stage that found it.")
+
+        return _leakage_html(self.sweep.leakage, thumbs)
+
     def provenance(self) -> H.Section:
         from lungray import __version__
 
@@ -388,7 +405,10 @@ class _Builder:
             body.append("<h3>Class counts per split</h3>" + H.table(df, text_columns=["split"]))
             body.append(self._fig(F.class_balance_figure(counts), "class_balance", "Class balance per split"))
         extra = {k: v for k, v in ds.items() if k not in ("class_counts", "info")}
-        extra.update({f"info.{k}": v for k, v in (ds.get("info") or {}).items() if k not in ("class_counts", "leakage")})
+        same = {"preprocessing": "preprocess"}  # the data layer's name for a key the summary already has
+        for k, v in (ds.get("info") or {}).items():  # each key once: the summary's own value wins
+            if k not in ("class_counts", "leakage") and same.get(k, k) not in extra:
+                extra[k] = v
         if extra:
             body.append("<h3>Dataset summary</h3>" + H.kv({k: _short(v) for k, v in extra.items()}))
         cfg = sw.config
@@ -411,7 +431,7 @@ class _Builder:
             body.append("<h3>Training subsets</h3>" + H.table(
                 sub, headers={"train_size": "size", "n_images": "images", "nested_in_next": "inside the next size's subset",
                               "in_eval": "images also in the evaluation set"}, text_columns=["nested_in_next"]))
-        body.append("<h3>Leakage audit</h3>" + _leakage_html(sw.leakage))
+        body.append("<h3>Leakage audit</h3>" + self._leakage())
         body.append("<h3>Provenance</h3>" + H.kv({
             "study": sw.study,
             "sweep run": sw.parent_id,
@@ -476,24 +496,87 @@ def _short(v, limit: int = 300) -> str:
     return s if len(s) <= limit else s[:limit] + f"... ({len(s)} characters)"
 
 
-def _leakage_html(leak: Optional[dict], depth: int = 0) -> str:
-    """The leakage report as logged (a summary and the audit of
-    :meth:`lungray.data.leakage.LeakageReport.to_dict`): scalars as a key/value list, lists of
-    pairs as tables (first 50 rows), nested sections recursively."""
+_PAIR_STAGES = (
+    ("sha256", "exact", "identical bytes (sha256)"),
+    ("phash", "near", "perceptual hash: resized, re-encoded, flipped, quarter-turned"),
+    ("keypoints", "near", "keypoints + affine RANSAC + photometric check: rotated, zoomed, shifted, flipped"),
+)
+
+
+def _leakage_html(leak: Optional[dict], thumbs: Optional[Callable[[list[dict]], str]] = None) -> str:
+    """The leakage audit as a reader wants it (issue 13.5): the policy and how the split was
+    grouped in words, pairs per kind and stage (in the dataset and across splits), the duplicate
+    clusters, what was dropped, and a few example pairs (thumbnails when ``thumbs`` can draw
+    them, else a table). ``leak`` is the logged payload: ``{"summary": ..., "audit": ...}``
+    (:func:`lungray.sweep.runner.leakage_payload`; the audit is
+    :func:`lungray.data.leakage.leakage_doc`)."""
     if not leak:
-        return '<p class="muted">No leakage report was logged.</p>' if depth == 0 else ""
-    scalars = {k: v for k, v in leak.items() if not isinstance(v, (list, dict))}
-    out = [H.kv(scalars)] if scalars else []
-    for k, v in leak.items():
-        if isinstance(v, list) and v and isinstance(v[0], dict):
-            out.append(f"<p><b>{H.esc(k)}</b>: {len(v)} pair(s)</p>" + H.table(pd.DataFrame(v).head(50)))
-        elif isinstance(v, list):
-            out.append(f"<p><b>{H.esc(k)}</b>: {len(v)} item(s) {H.esc(_short(v, 200))}</p>")
-        elif isinstance(v, dict) and depth < 2:
-            out.append(f"<p><b>{H.esc(k)}</b></p>" + _leakage_html(v, depth + 1))
-        elif isinstance(v, dict):
-            out.append(f"<p><b>{H.esc(k)}</b>: {H.esc(_short(v))}</p>")
+        return '<p class="muted">No leakage report was logged.</p>'
+    summ = leak.get("summary") or {}
+    audit = leak.get("audit") or {}
+    mode = summ.get("mode", "unknown")
+    out = []
+    policy = {"drop": "copies across the split are dropped from the training side",
+              "report": "copies across the split are only reported", "off": "no audit was run"}.get(mode, "")
+    out.append(f"<p>Policy <b>{H.esc(mode)}</b>{': ' + H.esc(policy) if policy else ''}."
+               + (f" Split: {H.esc(summ['grouping'])}." if summ.get("grouping") else "") + "</p>")
+    if mode == "off" or not audit:
+        return "".join(out)
+    by_stage = audit.get("pairs_by_stage") or {}
+    cross = audit.get("cross_split") or {}
+    rows = []
+    for key, kind, how in _PAIR_STAGES:
+        row = {"kind": kind, "found by": how, "pairs in the dataset": int(by_stage.get(key, 0))}
+        for combo, counts in cross.items():
+            row[f"across {combo.replace('-', ' / ')}"] = int((counts or {}).get(key, 0))
+        rows.append(row)
+    out.append(H.table(pd.DataFrame(rows), text_columns=["kind", "found by"]))
+    cl = audit.get("clusters") or {}
+    if cl.get("n_clusters"):
+        ex = "; ".join(", ".join(map(str, e["members"])) + (f" and {e['more']} more" if e.get("more") else "")
+                       for e in cl.get("examples", [])[:3])
+        out.append(f"<p>{cl['n_clusters']:,} duplicate cluster(s) holding {cl['n_images_in_clusters']:,} images; the largest has "
+                   f"{cl['largest']:,} images. Each cluster is one group of the split, so it lies on one side only. "
+                   f"Largest: {H.esc(ex)}.</p>")
+    else:
+        out.append("<p>No duplicate cluster was found.</p>")
+    n_cross = int(summ.get("cross_split_pairs", 0))
+    if mode == "drop":
+        out.append(f"<p>Dropped: {int(summ.get('pool_images_flagged', 0)):,} training-pool and "
+                   f"{int(summ.get('val_images_flagged', 0)):,} validation image(s) with a copy on the evaluation side"
+                   + ("" if n_cross else " (none: no copy crosses the split)") + ".</p>")
+    elif n_cross:
+        out.append(f"<p class=\"note\">{n_cross:,} pair(s) cross the split and were kept (policy report).</p>")
+    ex = audit.get("examples") or []
+    if ex:
+        drawn = thumbs(ex[:6]) if thumbs is not None else ""
+        if drawn:
+            out.append(drawn)
+        else:
+            df = pd.DataFrame([{"image": f"{e['id_a']} ({e['split_a']})", "copy": f"{e['id_b']} ({e['split_b']})",
+                                "found by": e["stage"], "how": e["transform"]} for e in ex[:6]])
+            out.append("<p>Example pairs</p>" + H.table(df, text_columns=list(df.columns)))
     return "".join(out)
+
+
+def _pair_figure(images: np.ndarray, max_value: float, examples: list[dict]):
+    """Example duplicate pairs side by side, one pair per column, captioned with splits and how found."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(examples)
+    fig, axes = plt.subplots(2, k, figsize=(1.9 * k, 4.2), squeeze=False)
+    for c, e in enumerate(examples):
+        for r, (row, split) in enumerate(((e["row_a"], e["split_a"]), (e["row_b"], e["split_b"]))):
+            ax = axes[r][c]
+            ax.imshow(np.asarray(images[int(row)], dtype=np.float32) / max_value, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(f"{split}", fontsize=8)
+        axes[1][c].set_xlabel(f"{e['stage']}\n{e['transform']}", fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------
