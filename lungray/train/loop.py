@@ -17,6 +17,14 @@ of events per epoch (1-based):
 
 Then the best model state is evaluated once on ``data.eval_idx`` (the fixed held-out set) and
 written as ``<workdir>/checkpoint/best.pt`` in the :mod:`lungray.tracking` format.
+
+The trial runs in four stages, :func:`_set_up` (subset, budget, normalisation, datasets),
+:func:`_build_model` (the model spec's ``prepare`` hook, the network, criterion, sampler and
+optimizer), :func:`_fit` (the epochs above, fresh or resumed) and :func:`_final_evaluation`.
+Nothing here knows what is predicted: datasets, loss, training statistics, validation metrics,
+the held-out report and the predictions table come from the trial's task
+(:mod:`lungray.train.tasks`, ``train.task``), and model-specific steps (autoencoder
+pretraining, a closed-form fit) from hooks on the model's spec (:class:`lungray.models.ModelSpec`).
 """
 
 from __future__ import annotations
@@ -53,7 +61,7 @@ def validate_trial(trial: TrialConfig, resolution: Optional[int] = None) -> None
     """Run the study-level checks on a single trial (names, ranges, zero-step schedules).
 
     A trial built by hand (a test, a notebook) gets the same config-time errors as a study;
-    the one-cell study reuses :func:`lungray.config.validate_study` so the rules live once.
+    the one-cell study reuses :func:`lungray.validate.validate_study` so the rules live once.
     ``resolution`` (the prepared data's, when known) enables the resolution-dependent model
     checks; without it they are skipped (a 256 px stand-in passes them).
     """
@@ -406,7 +414,7 @@ def _set_up(ctx: _Context) -> _SetUp:
         train_idx=train_idx,
         val_idx=val_idx,
         targets=task.targets(data, train_idx),
-        class_names=[str(c) for c in data.class_names],
+        class_names=task.class_names(data),
         mean=mean,
         std=std,
         train_ds=task.dataset(data, train_idx, augmentation=tc.augmentation, mean=mean, std=std, seed=trial.seed),

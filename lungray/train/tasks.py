@@ -92,7 +92,14 @@ class Task:
         time after the generic ones (e.g. segmentation: a data source with masks)."""
 
     # -- data --------------------------------------------------------------------------------
+    def class_names(self, data: Any) -> list[str]:
+        """The K output channels' names (the logits' class axis)."""
+        return [str(c) for c in data.class_names]
+
     def dataset(self, data: Any, idx: np.ndarray, *, augmentation: str, mean: float, std: float, seed: int) -> Any:
+        """The dataset of rows ``idx``: items ``(x, target, row)`` for an index ``i`` or an
+        ``(epoch, i)`` pair, and ``set_epoch(e)`` (see :class:`lungray.data.dataset.ImageDataset`:
+        augmentation draws are a function of (seed, epoch, row), so resumes replay exactly)."""
         raise NotImplementedError
 
     def targets(self, data: Any, idx: np.ndarray) -> np.ndarray:
