@@ -9,8 +9,9 @@ A study is resolved from three layers, in order (Ray's ``experiment_config.py`` 
 Unknown keys are rejected at every level with the list of valid keys, and every registry name
 (model, head, freeze policy, optimizer, scheduler, augmentation, adapter, task...) is checked
 before any data is read or any GPU is touched (:mod:`lungray.validate`, which this module calls
-but never imports at load time: the registries import this module). The resolved config is printed, written next to the
-results and logged to MLflow, so a run can always be reproduced from its own record.
+but never imports at load time: the registries import this module). The resolved config is
+printed, written next to the results and logged to MLflow, so a run can always be reproduced
+from its own record.
 
 The trial-level config (:class:`TrialConfig`) is a study config collapsed to one grid cell: one
 model, one training size, one optimizer, one seed. It is what a Ray Train worker receives.
@@ -151,7 +152,7 @@ class ScheduleConfig:
     max_steps: Optional[int] = None
     eval_every: int = 1
     early_stopping_patience: Optional[int] = None  # in evaluations; None = off
-    monitor: str = "val_loss"  # "val_loss" (min) or a val metric such as "val_accuracy" (max)
+    monitor: str = "val_loss"  # one of the task's validation metrics, each with its direction (lungray.train.tasks)
     checkpoint_every: int = 1  # epochs between resumable checkpoints...
     checkpoint_min_seconds: float = 60.0  # ...but at most one per this many seconds (0 = every checkpoint_every)
 
@@ -177,7 +178,7 @@ class ScheduleConfig:
 class TrainConfig:
     """Everything about the training loop that is not the model, optimizer or budget."""
 
-    task: str = "classification"  # "classification" now; "segmentation" later
+    task: str = "classification"  # a lungray.train.tasks.TASKS name: "classification" now; "segmentation" later
     augmentation: str = "none"  # an augmentation preset name
     normalization: str = "pool"  # "imagenet", "pool" (mean/std of the training pool), "none"
     imbalance: str = "none"  # "none", "weighted_loss", "weighted_sampler"

@@ -75,7 +75,8 @@ def test_monitor_is_checked_against_the_tasks_own_metrics(monkeypatch):
     monkeypatch.setitem(TASKS._items, "toy_pixels", PixelTask())
     cfg = load_study("smoke", overrides=["train.task=toy_pixels", "schedule.monitor=val_dice"])
     assert cfg.train.task == "toy_pixels"
-    with pytest.raises(ConfigError, match=r"'val_accuracy' is not a validation metric of task 'toy_pixels'; valid choices: val_loss, val_dice"):
+    pattern = r"'val_accuracy' is not a validation metric of task 'toy_pixels'; valid choices: val_loss, val_dice"
+    with pytest.raises(ConfigError, match=pattern):
         load_study("smoke", overrides=["train.task=toy_pixels", "schedule.monitor=val_accuracy"])
 
 
@@ -255,7 +256,9 @@ def test_full_batch_model_equals_a_direct_fit(prepared_phantom, tmp_path):
     from lungray.train import run_trial
 
     data = prepared_phantom
-    trial = make_trial(model=ModelConfig(name="logreg"), train={"imbalance": "weighted_loss"}, schedule={"monitor": "val_auc"})
+    trial = make_trial(
+        model=ModelConfig(name="logreg"), train={"imbalance": "weighted_loss"}, schedule={"monitor": "val_auc"}
+    )
 
     def closed_form(model, train_ds, y):
         x = torch.stack([train_ds[i][0] for i in range(len(train_ds))])
@@ -306,7 +309,14 @@ class PixelTask(Task):
     name = "toy_pixels"
     target_kind = "mask"
     monitors = {"val_loss": "min", "val_dice": "max"}
-    report_spec = ReportSpec("dice", ("dice", "pixel_accuracy"), (), ("train_loss", "train_pixel_accuracy", "val_loss", "val_dice", "lr"), "overlay", ())
+    report_spec = ReportSpec(
+        primary_metric="dice",
+        headline_metrics=("dice", "pixel_accuracy"),
+        per_class_metrics=(),
+        epoch_metrics=("train_loss", "train_pixel_accuracy", "val_loss", "val_dice", "lr"),
+        explanation="overlay",
+        artifacts=(),
+    )
     thr = 0
 
     def class_names(self, data):

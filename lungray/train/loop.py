@@ -344,8 +344,8 @@ class _Fitted:
     """Where training stopped: the history, the selected state and whether the trial is done."""
 
     trial_dict: dict[str, Any]
+    stopper: EarlyStopping
     history: list[dict[str, float]] = field(default_factory=list)
-    stopper: Optional[EarlyStopping] = None
     best_state: Optional[dict[str, Any]] = None
     done: bool = False
     stopped_early: bool = False

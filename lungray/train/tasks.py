@@ -109,10 +109,14 @@ class Task:
     def criterion(self, trial: "TrialConfig", targets: np.ndarray, num_classes: int, device: Any) -> Any:
         raise NotImplementedError
 
-    def sampler_weights(self, trial: "TrialConfig", targets: np.ndarray, num_classes: int) -> Optional[np.ndarray]:
+    def sampler_weights(
+        self, trial: "TrialConfig", targets: np.ndarray, num_classes: int
+    ) -> Optional[np.ndarray]:
         return None
 
-    def full_batch_weights(self, trial: "TrialConfig", targets: np.ndarray, num_classes: int) -> Optional[np.ndarray]:
+    def full_batch_weights(
+        self, trial: "TrialConfig", targets: np.ndarray, num_classes: int
+    ) -> Optional[np.ndarray]:
         """Per-sample loss weights for a model fitted in one call (``ModelSpec.full_batch``)."""
         return None
 
@@ -135,7 +139,9 @@ class Task:
     def val_metrics(self, targets: np.ndarray, outputs: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
         raise NotImplementedError
 
-    def report(self, targets: np.ndarray, outputs: np.ndarray, class_names: Sequence[str]) -> tuple[dict[str, float], Any, Any]:
+    def report(
+        self, targets: np.ndarray, outputs: np.ndarray, class_names: Sequence[str]
+    ) -> tuple[dict[str, float], Any, Any]:
         raise NotImplementedError
 
     def predictions_frame(
