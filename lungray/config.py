@@ -7,9 +7,11 @@ A study is resolved from three layers, in order (Ray's ``experiment_config.py`` 
 3. ``a.b.c=value`` overrides from the command line (values parsed as YAML scalars/lists).
 
 Unknown keys are rejected at every level with the list of valid keys, and every registry name
-(model, head, freeze policy, optimizer, scheduler, augmentation, adapter...) is checked before
-any data is read or any GPU is touched. The resolved config is printed, written next to the
-results and logged to MLflow, so a run can always be reproduced from its own record.
+(model, head, freeze policy, optimizer, scheduler, augmentation, adapter, task...) is checked
+before any data is read or any GPU is touched (:mod:`lungray.validate`, which this module calls
+but never imports at load time: the registries import this module). The resolved config is
+printed, written next to the results and logged to MLflow, so a run can always be reproduced
+from its own record.
 
 The trial-level config (:class:`TrialConfig`) is a study config collapsed to one grid cell: one
 model, one training size, one optimizer, one seed. It is what a Ray Train worker receives.
@@ -153,7 +155,7 @@ class ScheduleConfig:
     max_steps: Optional[int] = None
     eval_every: int = 1
     early_stopping_patience: Optional[int] = None  # in evaluations; None = off
-    monitor: str = "val_loss"  # "val_loss" (min) or a val metric such as "val_accuracy" (max)
+    monitor: str = "val_loss"  # one of the task's validation metrics, each with its direction (lungray.train.tasks)
     checkpoint_every: int = 1  # epochs between resumable checkpoints...
     checkpoint_min_seconds: float = 60.0  # ...but at most one per this many seconds (0 = every checkpoint_every)
 
@@ -179,7 +181,7 @@ class ScheduleConfig:
 class TrainConfig:
     """Everything about the training loop that is not the model, optimizer or budget."""
 
-    task: str = "classification"  # "classification" now; "segmentation" later
+    task: str = "classification"  # a lungray.train.tasks.TASKS name: "classification" now; "segmentation" later
     augmentation: str = "none"  # an augmentation preset name
     normalization: str = "pool"  # "imagenet", "pool" (mean/std of the training pool), "none"
     imbalance: str = "none"  # "none", "weighted_loss", "weighted_sampler"
@@ -521,146 +523,16 @@ def dump_yaml(cfg: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Validation (registries imported lazily so config stays cheap)
+# Validation lives in lungray.validate, next to no dataclass: it reads the registries (data,
+# models, tasks, optimizers), and those import this module, never the other way round.
 # --------------------------------------------------------------------------------------------
 
 
-def _one_of(where: str, value: Any, choices: Sequence[Any]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{where}: '{value}' is not valid; valid choices: {', '.join(map(str, choices))}")
-
-
 def validate_study(cfg: StudyConfig) -> None:
-    """Every check that needs no data: names, ranges, schedules that yield zero steps."""
-    from lungray.data.adapters import ADAPTERS
-    from lungray.data.augment import AUGMENTATIONS, NORMALIZATIONS
-    from lungray.data.preprocess import PREPROCESSING
-    from lungray.models import FREEZE_POLICIES, HEADS, check_model_config, check_model_name
-    from lungray.train.optim import OPTIMIZERS, SCHEDULERS
+    """Every check that needs no data; see :func:`lungray.validate.validate_study`."""
+    from lungray.validate import validate_study as _validate
 
-    d = cfg.data
-    ADAPTERS.check(d.source)
-    PREPROCESSING.check(d.preprocess)
-    _one_of("data.resize", d.resize, ["stretch", "letterbox"])
-    _one_of("data.cache_dtype", d.cache_dtype, ["uint8", "uint16"])
-    _one_of("data.leakage", d.leakage, ["drop", "report", "off"])
-    if d.resolution < 8:
-        raise ConfigError(f"data.resolution must be >= 8 pixels, got {d.resolution}")
-    for k in ("eval_size", "val_size"):
-        v = getattr(d, k)
-        if v < 0 or (isinstance(v, float) and not v < 1 and not float(v).is_integer()):
-            raise ConfigError(f"data.{k} must be a count >= 0 or a fraction in [0, 1), got {v}")
-    if d.source != "phantom" and not d.path:
-        raise ConfigError(
-            f"data.path is required for data.source '{d.source}': pass --data PATH (or set data.path)"
-        )
-
-    if not cfg.models:
-        raise ConfigError("models: at least one model is required")
-    seen = set()
-    for i, m in enumerate(cfg.models):
-        check_model_name(m.name)
-        HEADS.check(m.head)
-        FREEZE_POLICIES.check(m.freeze.split(":")[0] if m.freeze.startswith("last:") else m.freeze)
-        if m.freeze.startswith("last:"):
-            n = m.freeze.split(":", 1)[1]
-            if not n.isdigit() or int(n) < 1:
-                raise ConfigError(f"models[{i}].freeze '{m.freeze}': N in last:N must be a positive integer")
-        _one_of(f"models[{i}].input_mode", m.input_mode, ["in_chans1", "repeat3"])
-        _one_of(f"models[{i}].stem", m.stem, ["none", "conv8_conv3"])
-        if not 0 <= m.drop_rate < 1:
-            raise ConfigError(f"models[{i}].drop_rate must be in [0, 1), got {m.drop_rate}")
-        check_model_config(m, f"models[{i}]")  # head/stem/pretrained combinations, weights path exists
-        if m.name == "ae_encoder" and (d.resolution % 4 or d.resolution < 128):
-            raise ConfigError(
-                f"models[{i}]: ae_encoder needs data.resolution divisible by 4 and >= 128 (its 64x64-style "
-                f"code at resolution/4 feeds a DenseNet-121, which downsamples 32x), got {d.resolution}"
-            )
-        if m.key in seen:
-            raise ConfigError(f"models[{i}]: two models are both called '{m.key}'; give one a label")
-        seen.add(m.key)
-
-    if not cfg.optimizers:
-        raise ConfigError("optimizers: at least one optimizer is required")
-    seen = set()
-    for i, o in enumerate(cfg.optimizers):
-        OPTIMIZERS.check(o.name)
-        SCHEDULERS.check(o.scheduler)
-        if not o.lr > 0:
-            raise ConfigError(f"optimizers[{i}].lr must be > 0, got {o.lr}")
-        if o.weight_decay < 0:
-            raise ConfigError(f"optimizers[{i}].weight_decay must be >= 0, got {o.weight_decay}")
-        if o.scheduler == "step" and o.step_size < 1:
-            raise ConfigError(f"optimizers[{i}].step_size must be >= 1, got {o.step_size}")
-        if o.grad_clip is not None and not o.grad_clip > 0:
-            raise ConfigError(f"optimizers[{i}].grad_clip must be > 0 or null, got {o.grad_clip}")
-        if o.key in seen:
-            raise ConfigError(f"optimizers[{i}]: two optimizers are both called '{o.key}'; give one a label")
-        seen.add(o.key)
-
-    if not cfg.sizes:
-        raise ConfigError("sizes: at least one training size is required")
-    if any(n < 1 for n in cfg.sizes):
-        raise ConfigError(f"sizes must be positive counts, got {list(cfg.sizes)}")
-    if len(set(cfg.sizes)) != len(cfg.sizes):
-        raise ConfigError(f"sizes contain duplicates: {list(cfg.sizes)}")
-    if not cfg.seeds:
-        raise ConfigError("seeds: at least one seed is required")
-    if len(set(cfg.seeds)) != len(cfg.seeds):
-        raise ConfigError(f"seeds contain duplicates: {list(cfg.seeds)}")
-
-    s = cfg.schedule
-    _one_of("schedule.rule", s.rule, ["fixed", "size", "steps"])
-    _one_of("schedule.monitor", s.monitor, ["val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "val_auc"])
-    if s.rule == "size" and not s.size_rules:
-        raise ConfigError("schedule.rule 'size' needs schedule.size_rules (max_size, batch_size, epochs)")
-    if s.rule == "steps" and not (s.max_steps and s.max_steps > 0):
-        raise ConfigError("schedule.rule 'steps' needs schedule.max_steps > 0")
-    if s.eval_every < 1 or s.checkpoint_every < 1:
-        raise ConfigError("schedule.eval_every and schedule.checkpoint_every must be >= 1")
-    if not s.checkpoint_min_seconds >= 0:
-        raise ConfigError(f"schedule.checkpoint_min_seconds must be >= 0 (0 = no time floor), got {s.checkpoint_min_seconds}")
-    if s.rule in ("fixed", "steps") and s.batch_size < 1:
-        raise ConfigError(
-            f"schedule.batch_size must be >= 1, got {s.batch_size}: it gives zero optimisation steps"
-        )
-    if s.early_stopping_patience is not None and s.early_stopping_patience < 1:
-        raise ConfigError(
-            f"schedule.early_stopping_patience must be >= 1 evaluation or null (off), got {s.early_stopping_patience}"
-        )
-    for n in cfg.sizes:
-        bs, ep = s.resolve(n)
-        if bs < 1 or ep < 1:
-            raise ConfigError(
-                f"schedule gives {ep} epochs x batch {bs} at training size {n}: zero optimisation steps; "
-                "set schedule.epochs/batch_size (or size_rules/max_steps) >= 1"
-            )
-
-    t = cfg.train
-    _one_of("train.task", t.task, ["classification"])
-    AUGMENTATIONS.check(t.augmentation)
-    NORMALIZATIONS.check(t.normalization)
-    _one_of("train.imbalance", t.imbalance, ["none", "weighted_loss", "weighted_sampler"])
-    _one_of("train.amp", t.amp, ["auto", "bf16", "fp16", "off"])
-    if not 0 <= t.label_smoothing < 1:
-        raise ConfigError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
-    if t.eval_batch_size < 1:
-        raise ConfigError(f"train.eval_batch_size must be >= 1, got {t.eval_batch_size}")
-
-    r = cfg.resources
-    if r.workers < 1:
-        raise ConfigError(f"resources.workers must be >= 1, got {r.workers}")
-    if r.cpus_per_worker <= 0 and r.gpus_per_worker <= 0:
-        raise ConfigError("resources: a worker needs some CPU or GPU (cpus_per_worker/gpus_per_worker)")
-    if r.gpus_per_worker > 1 and not float(r.gpus_per_worker).is_integer():
-        raise ConfigError(f"resources.gpus_per_worker above 1 must be a whole number, got {r.gpus_per_worker}")
-    if not isinstance(r.use_ray_train, bool):
-        _one_of("resources.use_ray_train", r.use_ray_train, ["auto"])
-    if r.use_ray_train is False and r.workers != 1:
-        raise ConfigError(
-            f"resources.use_ray_train=false runs each trial in one process but resources.workers={r.workers}: "
-            "set resources.workers=1, or use_ray_train=auto/true for DDP through Ray Train"
-        )
+    _validate(cfg)
 
 
 def replace_in(cfg: Any, **changes: Any) -> Any:

@@ -24,7 +24,7 @@ Grayscale input (the cached images have one channel) is handled in one of two st
               keeps its RGB filters unchanged (what the studies did with 3-channel JPEGs).
 
 This module only holds registries and thin wrappers: it imports neither torch nor timm, so
-config validation (``lungray.config.validate_study``) stays cheap. The networks live in
+config validation (:mod:`lungray.validate`) stays cheap. The networks live in
 submodules imported on first use.
 """
 
@@ -52,6 +52,7 @@ __all__ = [
     "HeadSpec",
     "check_model_name",
     "check_model_config",
+    "model_spec",
     "parse_freeze",
     "create_model",
     "gradcam_target",
@@ -77,6 +78,15 @@ class ModelSpec:
     ``stem`` whether ``stem: conv8_conv3`` may precede it; ``pretrained_hub`` whether
     ``pretrained: true`` has a meaning (downloadable weights exist for part of it);
     ``pretrained_file`` whether a local weights file may be given.
+
+    Hooks the training loop and config validation call, so neither names a model:
+    ``check(cfg, resolution, where)`` raises a :class:`ConfigError` for a data resolution the
+    model cannot use; ``prepare(data, trial, *, device, mean, std)`` runs once per trial before
+    the model is built (on rank 0 first, then the others) and returns extra keyword arguments
+    for ``build`` (``ae_encoder``: pretrain the autoencoder or find it cached ->
+    ``{"ae_weights": path}``); ``full_batch`` says the built network is fitted in one call of
+    its ``fit_full_batch(x, y, sample_weight=)`` on the whole training set instead of
+    optimizer epochs (``logreg``).
     """
 
     name: str
@@ -86,6 +96,34 @@ class ModelSpec:
     pretrained_hub: bool = False
     pretrained_file: bool = True
     doc: str = ""
+    check: Optional[Callable[..., None]] = None
+    prepare: Optional[Callable[..., dict[str, Any]]] = None
+    full_batch: bool = False
+
+
+def _check_ae_resolution(cfg: "ModelConfig", resolution: int, where: str) -> None:
+    if resolution % 4 or resolution < 128:
+        raise ConfigError(
+            f"{where}: ae_encoder needs data.resolution divisible by 4 and >= 128 (its 64x64-style "
+            f"code at resolution/4 feeds a DenseNet-121, which downsamples 32x), got {resolution}"
+        )
+
+
+def _prepare_ae_encoder(data: "PreparedData", trial: Any, *, device: Any, mean: float, std: float) -> dict[str, Any]:
+    """Pretrain the autoencoder on the unlabelled training pool (or find it cached): section 1's
+    encoder is trained on reconstruction before the classifier sees any label."""
+    tc = trial.train
+    path = ensure_autoencoder(
+        data,
+        trial.seed,
+        epochs=tc.ae_epochs,
+        device=device,
+        resolution=data.resolution,
+        max_images=tc.ae_pretrain_images,
+        mean=mean,
+        std=std,
+    )
+    return {"ae_weights": path}
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
@@ -107,6 +145,7 @@ MODELS.register(
         heads=("linear",),
         stem=False,
         pretrained_file=False,
+        full_batch=True,
         doc="logistic regression on average-pooled pixels, fitted like scikit-learn (section 4 baseline)",
     ),
     doc="logistic regression on downsampled pixels, fitted in closed form (PROTOCOLS.md section 4 baseline)",
@@ -118,6 +157,8 @@ MODELS.register(
         build=lazy("lungray.models.autoencoder", "build_ae_encoder"),
         stem=False,
         pretrained_hub=True,
+        check=_check_ae_resolution,
+        prepare=_prepare_ae_encoder,
         doc="conv autoencoder's encoder (res -> res/4 x res/4 x 3 code) feeding DenseNet-121 (section 1)",
     ),
     doc="the training-size study's encoder-based classifier: AE encoder -> DenseNet-121 (PROTOCOLS.md section 1)",
@@ -248,12 +289,18 @@ def check_model_name(name: str) -> str:
     raise ConfigError(f"unknown model '{name}'{hint}; {_choices_hint()}")
 
 
-def check_model_config(cfg: "ModelConfig", where: str = "model") -> None:
+def model_spec(name: str) -> Optional[ModelSpec]:
+    """The :class:`ModelSpec` of one of lungray's own models; None for a timm/torchvision name."""
+    return MODELS.get(name) if name in MODELS else None
+
+
+def check_model_config(cfg: "ModelConfig", where: str = "model", resolution: Optional[int] = None) -> None:
     """Every model check that needs no weights: name, head, stem, freeze, pretrained path.
 
     Called at config time (before any data is read) so that a combination that can never be
     built (``logreg`` with an MLP head, a stem in front of the autoencoder, a pretrained file
-    that does not exist) fails with one readable line.
+    that does not exist) fails with one readable line. With ``resolution`` (the study's
+    ``data.resolution``) the model's own resolution check (``ModelSpec.check``) runs too.
     """
     check_model_name(cfg.name)
     HEADS.check(cfg.head)
@@ -264,8 +311,10 @@ def check_model_config(cfg: "ModelConfig", where: str = "model") -> None:
         raise ConfigError(f"{where}.input_mode: '{cfg.input_mode}' is not valid; valid choices: in_chans1, repeat3")
     if cfg.width is not None and cfg.width < 1:
         raise ConfigError(f"{where}.width must be a positive integer or null, got {cfg.width}")
-    spec = MODELS.get(cfg.name) if cfg.name in MODELS else None
+    spec = model_spec(cfg.name)
     if spec is not None:
+        if resolution is not None and spec.check is not None:
+            spec.check(cfg, int(resolution), where)
         if spec.heads is not None and cfg.head not in spec.heads:
             raise ConfigError(
                 f"{where}.head: {cfg.name} only takes head {', '.join(spec.heads)}, got '{cfg.head}'"

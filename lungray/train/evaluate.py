@@ -7,20 +7,9 @@ metrics and therefore takes identical early-stopping decisions without a collect
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
-
-from lungray.metrics import classification_report
-
-# monitor name -> key in classification_report's flat dict
-VAL_KEYS = {
-    "val_loss": "log_loss",
-    "val_accuracy": "accuracy",
-    "val_auc": "auc",
-    "val_balanced_accuracy": "balanced_accuracy",
-    "val_macro_f1": "macro_f1",
-}
 
 
 def unwrap(model: Any) -> Any:
@@ -38,8 +27,14 @@ def predict(
     channels_last: bool = False,
     num_workers: int = 0,
     loader: Optional[Any] = None,
+    output_fn: Optional[Callable[[Any], Any]] = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Softmax probabilities (n, K) float64, labels (n,) and dataset rows (n,), in dataset order.
+    """Softmax probabilities (n, K) float64, targets (n,) and dataset rows (n,), in dataset order.
+
+    ``output_fn`` maps the float32 logits of a batch to what is kept per image (the task's
+    :meth:`~lungray.train.tasks.Task.outputs`); softmax over dimension 1 by default, which is
+    the class axis of both ``[B, K]`` and ``[B, K, H, W]`` logits. Targets keep their shape
+    (class indices, or masks).
 
     ``loader``: an existing ``DataLoader`` over ``dataset`` in order (the training loop keeps
     one with persistent workers for its per-epoch validation, instead of starting
@@ -68,7 +63,8 @@ def predict(
                 x = to_channels_last(x.to(device, non_blocking=True), channels_last)
                 with autocast(device, dtype):
                     logits = net(x)
-                probs.append(torch.softmax(logits.float(), dim=1))
+                out = logits.float()
+                probs.append(torch.softmax(out, dim=1) if output_fn is None else output_fn(out))
                 ys.append(np.asarray(y, dtype=np.int64))
                 rows.append(np.asarray(row, dtype=np.int64))
     finally:
@@ -78,14 +74,10 @@ def predict(
     return torch.cat(probs).cpu().numpy().astype(np.float64), np.concatenate(ys), np.concatenate(rows)
 
 
-def val_metrics(y: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
-    """The per-epoch validation metrics (every name ``schedule.monitor`` may pick)."""
-    flat, _, _ = classification_report(y, probs, class_names)
-    return {k: float(flat[v]) for k, v in VAL_KEYS.items()}
-
-
-def is_better(value: float, best: Optional[float], monitor: str) -> bool:
-    """Strict improvement of ``monitor`` (min for ``val_loss``, max otherwise); NaN never improves.
+def is_better(value: float, best: Optional[float], monitor: str, mode: Optional[str] = None) -> bool:
+    """Strict improvement of ``monitor`` in direction ``mode`` ("min"/"max", from the task's
+    :attr:`~lungray.train.tasks.Task.monitors`; by default min for ``val_loss``, max otherwise);
+    NaN never improves.
 
     The first evaluation always counts as the best so far, so a trial whose validation metric
     is undefined (e.g. AUC on a single-class validation split) still selects a checkpoint.
@@ -96,11 +88,14 @@ def is_better(value: float, best: Optional[float], monitor: str) -> bool:
         return False
     if best != best:
         return True
-    return value < best if monitor == "val_loss" else value > best
+    mode = mode or ("min" if monitor == "val_loss" else "max")
+    return value < best if mode == "min" else value > best
 
 
 class EarlyStopping:
     """Best-so-far tracking and patience on ``schedule.monitor``, counted in evaluations.
+
+    ``mode`` ("min"/"max") is the task's direction for ``monitor`` (see :func:`is_better`).
 
     ``update(value, epoch)`` returns ``(improved, stop)``: ``improved`` when ``value`` is the
     new best (the loop then keeps that model state), ``stop`` once ``patience`` consecutive
@@ -115,15 +110,16 @@ class EarlyStopping:
     (0.39, 5)
     """
 
-    def __init__(self, monitor: str, patience: Optional[int] = None):
+    def __init__(self, monitor: str, patience: Optional[int] = None, mode: Optional[str] = None):
         self.monitor = monitor
         self.patience = patience
+        self.mode = mode
         self.best: Optional[float] = None
         self.best_epoch: Optional[int] = None
         self.bad = 0
 
     def update(self, value: float, epoch: int) -> tuple[bool, bool]:
-        if is_better(value, self.best, self.monitor):
+        if is_better(value, self.best, self.monitor, self.mode):
             self.best, self.best_epoch, self.bad = float(value), int(epoch), 0
             return True, False
         self.bad += 1

@@ -17,6 +17,14 @@ of events per epoch (1-based):
 
 Then the best model state is evaluated once on ``data.eval_idx`` (the fixed held-out set) and
 written as ``<workdir>/checkpoint/best.pt`` in the :mod:`lungray.tracking` format.
+
+The trial runs in four stages, :func:`_set_up` (subset, budget, normalisation, datasets),
+:func:`_build_model` (the model spec's ``prepare`` hook, the network, criterion, sampler and
+optimizer), :func:`_fit` (the epochs above, fresh or resumed) and :func:`_final_evaluation`.
+Nothing here knows what is predicted: datasets, loss, training statistics, validation metrics,
+the held-out report and the predictions table come from the trial's task
+(:mod:`lungray.train.tasks`, ``train.task``), and model-specific steps (autoencoder
+pretraining, a closed-form fit) from hooks on the model's spec (:class:`lungray.models.ModelSpec`).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -32,7 +41,11 @@ import numpy as np
 
 from lungray.config import StudyConfig, TrialConfig
 from lungray.errors import ConfigError, LungrayError
+from lungray.train.evaluate import EarlyStopping
 from lungray.train.result import TrialResult
+from lungray.train.tasks import TASKS, Task, class_weights, sample_weights
+
+__all__ = ["run_trial", "validate_trial", "epoch_plan", "EpochSampler", "EpochTagged", "class_weights", "sample_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +61,7 @@ def validate_trial(trial: TrialConfig, resolution: Optional[int] = None) -> None
     """Run the study-level checks on a single trial (names, ranges, zero-step schedules).
 
     A trial built by hand (a test, a notebook) gets the same config-time errors as a study;
-    the one-cell study reuses :func:`lungray.config.validate_study` so the rules live once.
+    the one-cell study reuses :func:`lungray.validate.validate_study` so the rules live once.
     ``resolution`` (the prepared data's, when known) enables the resolution-dependent model
     checks; without it they are skipped (a 256 px stand-in passes them).
     """
@@ -64,34 +77,6 @@ def validate_trial(trial: TrialConfig, resolution: Optional[int] = None) -> None
         schedule=trial.schedule,
         train=trial.train,
     ).validate()
-
-
-def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
-    """``n / (K * count_c)`` per class (scikit-learn's "balanced"); 0 for an absent class.
-
-    Used for ``train.imbalance = weighted_loss``: on the 4-class set (PROTOCOLS.md section 4,
-    10,192 Normal vs 1,345 Viral Pneumonia) the rare class then weighs as much in the loss as
-    the common one.
-
-    >>> class_weights(np.array([0, 0, 0, 1]), 2).tolist()
-    [0.6666666666666666, 2.0]
-    """
-    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=n_classes).astype(np.float64)
-    w = np.zeros(n_classes, dtype=np.float64)
-    present = counts > 0
-    w[present] = len(y) / (n_classes * counts[present])
-    return w
-
-
-def sample_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
-    """Per-sample weights ``1 / count[y_i]`` (``train.imbalance = weighted_sampler``): every class
-    is drawn equally often in expectation.
-
-    >>> sample_weights(np.array([0, 0, 0, 1]), 2).tolist()
-    [0.3333333333333333, 0.3333333333333333, 0.3333333333333333, 1.0]
-    """
-    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=n_classes).astype(np.float64)
-    return 1.0 / counts[np.asarray(y, dtype=np.int64)]
 
 
 def epoch_plan(n_train: int, batch_size: int, world_size: int = 1) -> tuple[int, bool]:
@@ -215,8 +200,6 @@ def run_trial(
         Stop after this epoch with a checkpoint (``completed=False``); for tests and for
         splitting a long trial.
     """
-    import torch
-
     from lungray.train.device import (
         amp_dtype,
         configure_backends,
@@ -234,22 +217,20 @@ def run_trial(
     dtype = amp_dtype(device, trial.train.amp)
     channels_last = bool(trial.train.channels_last and device.type == "cuda")
     prev = configure_backends(device, trial.train.deterministic)
+    ctx = _Context(
+        trial=trial,
+        data=data,
+        task=TASKS.get(trial.train.task),
+        workdir=Path(workdir),
+        device=device,
+        dtype=dtype,
+        channels_last=channels_last,
+        rank=rank,
+        world=world,
+        t0=t0,
+    )
     try:
-        return _run(
-            trial,
-            data,
-            workdir=Path(workdir),
-            report=report,
-            resume_from=resume_from,
-            stop_after_epoch=stop_after_epoch,
-            device=device,
-            dtype=dtype,
-            channels_last=channels_last,
-            rank=rank,
-            world=world,
-            t0=t0,
-            torch=torch,
-        )
+        return _run(ctx, report=report, resume_from=resume_from, stop_after_epoch=stop_after_epoch)
     finally:
         restore_backends(prev)
 
@@ -299,263 +280,328 @@ def _wrap_distributed(model: Any, device: Any, world: int) -> Any:
     return DDP(model, device_ids=ids)
 
 
+@dataclass
+class _Context:
+    """What every stage of one trial reads: the config, the data, the task, where it runs."""
+
+    trial: TrialConfig
+    data: Any
+    task: Task
+    workdir: Path
+    device: Any
+    dtype: Any
+    channels_last: bool
+    rank: int
+    world: int
+    t0: float
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class _SetUp:
+    """The data side of a trial: its subsets, targets, normalisation, datasets and budget."""
+
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    targets: np.ndarray  # training targets (class weights, samplers, full-batch fits)
+    class_names: list[str]
+    mean: float
+    std: float
+    train_ds: Any
+    val_ds: Any
+    batch_size: int
+    epochs: int
+    drop_last: bool
+    resolved: dict[str, Any]
+
+    @property
+    def k(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def norm(self) -> tuple[float, float]:
+        return float(self.mean), float(self.std)
+
+
+@dataclass
+class _Model:
+    """The network and everything that updates it."""
+
+    net: Any  # wrapped for DDP by :func:`_fit` when world > 1
+    full_batch: bool
+    criterion: Any
+    sampler: EpochSampler
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+
+
+@dataclass
+class _Fitted:
+    """Where training stopped: the history, the selected state and whether the trial is done."""
+
+    trial_dict: dict[str, Any]
+    stopper: EarlyStopping
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_state: Optional[dict[str, Any]] = None
+    done: bool = False
+    stopped_early: bool = False
+    paused: bool = False
+    train_seconds: float = 0.0
+    setup_seconds: float = 0.0
+    last_ckpt: Optional[Path] = None
+
+    @property
+    def epochs_run(self) -> int:
+        return int(self.history[-1]["epoch"]) if self.history else 0
+
+
 def _run(
-    trial: TrialConfig,
-    data: Any,
+    ctx: _Context,
     *,
-    workdir: Path,
     report: Optional[Report],
     resume_from: Optional[str | Path],
     stop_after_epoch: Optional[int],
-    device: Any,
-    dtype: Any,
-    channels_last: bool,
-    rank: int,
-    world: int,
-    t0: float,
-    torch: Any,
 ) -> TrialResult:
-    from lungray.data.augment import normalization_stats
-    from lungray.data.dataset import ImageDataset
-    from lungray.models import create_model
-    from lungray.train import checkpoint as ckpt
-    from lungray.train.device import autocast, make_scaler, seed_everything, to_channels_last, torch_generator
-    from lungray.train.evaluate import EarlyStopping, predict, unwrap, val_metrics
-    from lungray.train.optim import build_optimizer, build_scheduler, clip_gradients
+    setup = _set_up(ctx)
+    model = _build_model(ctx, setup)
+    fitted = _fit(ctx, setup, model, report=report, resume_from=resume_from, stop_after_epoch=stop_after_epoch)
+    if fitted.paused:
+        return TrialResult(
+            metrics={},
+            per_class=None,
+            confusion=None,
+            predictions=None,
+            history=fitted.history,
+            best_epoch=fitted.stopper.best_epoch,
+            best_checkpoint=None,
+            timings={"setup_seconds": fitted.setup_seconds, "train_seconds": fitted.train_seconds, "eval_seconds": 0.0},
+            epochs_run=fitted.epochs_run,
+            completed=False,
+            stopped_early=False,
+            checkpoint_dir=str(fitted.last_ckpt) if fitted.last_ckpt is not None else None,
+            resolved=setup.resolved,
+        )
+    return _final_evaluation(ctx, setup, model, fitted)
 
-    is_main = rank == 0
+
+def _set_up(ctx: _Context) -> _SetUp:
+    """Subset, budget, normalisation and the training/validation datasets (no model yet)."""
+    from lungray.data.augment import normalization_stats
+    from lungray.train.device import seed_everything
+
+    trial, data, task = ctx.trial, ctx.data, ctx.task
     sch, tc = trial.schedule, trial.train
-    if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
     seed_everything(trial.seed)
 
-    # -- data --------------------------------------------------------------------------------
     train_idx = np.asarray(data.subset(trial.train_size, trial.seed), dtype=np.int64)
     n_train = len(train_idx)
     batch_size, epochs = sch.resolve(n_train)
-    steps_per_epoch, drop_last = epoch_plan(n_train, batch_size, world)
+    steps_per_epoch, drop_last = epoch_plan(n_train, batch_size, ctx.world)
     if epochs < 1:
         raise ConfigError(
             f"schedule gives {epochs} epochs at training size {n_train}: zero optimisation steps; "
             "set schedule.epochs (or size_rules/max_steps) >= 1"
         )
-    k = data.num_classes
-    class_names = [str(c) for c in data.class_names]
-    y_train = np.asarray(data.labels[train_idx], dtype=np.int64)
     mean, std = normalization_stats(tc.normalization, data)
-    norm = (float(mean), float(std))
-    train_ds = ImageDataset(data, train_idx, augmentation=tc.augmentation, mean=mean, std=std, seed=trial.seed)
     val_idx = np.asarray(data.val_idx, dtype=np.int64)
-    val_ds = ImageDataset(data, val_idx, augmentation="none", mean=mean, std=std, seed=trial.seed)
-    resolved = {
-        "n_train": n_train,
-        "batch_size": int(batch_size),
-        "epochs": int(epochs),
-        "steps_per_epoch": int(steps_per_epoch),
-        "drop_last": bool(drop_last),
-        "norm_mean": norm[0],
-        "norm_std": norm[1],
-        "device": str(device),
-        "amp": str(dtype).replace("torch.", "") if dtype is not None else "off",
-        "world_size": world,
-    }
-
-    # -- model ---------------------------------------------------------------------------------
-    ae_weights = None
-    if trial.model.name == "ae_encoder":
-        from lungray.models import ensure_autoencoder
-
-        # rank 0 pretrains (or finds the cache) first so ranks never race on the cache file
-        for turn in ((True,) if world == 1 else (is_main, not is_main)):
-            if turn:
-                ae_weights = ensure_autoencoder(
-                    data,
-                    trial.seed,
-                    epochs=tc.ae_epochs,
-                    device=device,
-                    resolution=data.resolution,
-                    max_images=tc.ae_pretrain_images,
-                    mean=norm[0],
-                    std=norm[1],
-                )
-            _barrier(world)
-    seed_everything(trial.seed)  # weight init independent of what ran before (AE pretraining)
-    model = create_model(trial.model, k, in_chans=1, resolution=data.resolution, ae_weights=ae_weights)
-    model = to_channels_last(model.to(device), channels_last)
-    full_batch = hasattr(unwrap(model), "fit_full_batch")
-    if full_batch:
-        epochs = 1
-        resolved.update(epochs=1, steps_per_epoch=1, batch_size=n_train, drop_last=False)
-
-    cw = class_weights(y_train, k) if tc.imbalance == "weighted_loss" else None
-    criterion = torch.nn.CrossEntropyLoss(
-        weight=None if cw is None else torch.as_tensor(cw, dtype=torch.float32, device=device),
-        label_smoothing=tc.label_smoothing,
+    return _SetUp(
+        train_idx=train_idx,
+        val_idx=val_idx,
+        targets=task.targets(data, train_idx),
+        class_names=task.class_names(data),
+        mean=mean,
+        std=std,
+        train_ds=task.dataset(data, train_idx, augmentation=tc.augmentation, mean=mean, std=std, seed=trial.seed),
+        val_ds=task.dataset(data, val_idx, augmentation="none", mean=mean, std=std, seed=trial.seed),
+        batch_size=int(batch_size),
+        epochs=int(epochs),
+        drop_last=bool(drop_last),
+        resolved={
+            "n_train": n_train,
+            "batch_size": int(batch_size),
+            "epochs": int(epochs),
+            "steps_per_epoch": int(steps_per_epoch),
+            "drop_last": bool(drop_last),
+            "norm_mean": float(mean),
+            "norm_std": float(std),
+            "device": str(ctx.device),
+            "amp": str(ctx.dtype).replace("torch.", "") if ctx.dtype is not None else "off",
+            "world_size": ctx.world,
+        },
     )
+
+
+def _build_model(ctx: _Context, setup: _SetUp) -> _Model:
+    """The model (after its spec's ``prepare`` hook), the criterion, sampler and optimizer.
+
+    A model whose spec says ``full_batch`` is fitted once on the whole training set: one
+    "epoch", no optimizer, no scheduler.
+    """
+    from lungray.models import create_model, model_spec
+    from lungray.train.device import make_scaler, seed_everything, to_channels_last
+    from lungray.train.optim import build_optimizer, build_scheduler
+
+    trial, data = ctx.trial, ctx.data
+    spec = model_spec(trial.model.name)
+    build_kwargs: dict[str, Any] = {}
+    if spec is not None and spec.prepare is not None:
+        # rank 0 prepares (or finds the cache) first so ranks never race on a cache file
+        for turn in ((True,) if ctx.world == 1 else (ctx.is_main, not ctx.is_main)):
+            if turn:
+                build_kwargs = spec.prepare(data, trial, device=ctx.device, mean=setup.norm[0], std=setup.norm[1])
+            _barrier(ctx.world)
+    seed_everything(trial.seed)  # weight init independent of what ran before (e.g. AE pretraining)
+    net = create_model(trial.model, setup.k, in_chans=1, resolution=data.resolution, **build_kwargs)
+    net = to_channels_last(net.to(ctx.device), ctx.channels_last)
+    full_batch = spec is not None and spec.full_batch
+    if full_batch:
+        setup.epochs = 1
+        setup.resolved.update(epochs=1, steps_per_epoch=1, batch_size=len(setup.train_idx), drop_last=False)
+
+    criterion = ctx.task.criterion(trial, setup.targets, setup.k, ctx.device)
     sampler = EpochSampler(
-        n_train,
+        len(setup.train_idx),
         trial.seed,
-        weights=sample_weights(y_train, k) if tc.imbalance == "weighted_sampler" else None,
-        rank=rank,
-        world_size=world,
+        weights=ctx.task.sampler_weights(trial, setup.targets, setup.k),
+        rank=ctx.rank,
+        world_size=ctx.world,
     )
     optimizer = scheduler = None
     if not full_batch:
-        optimizer = build_optimizer(model, trial.optimizer)
-        scheduler = build_scheduler(optimizer, trial.optimizer, epochs)
-    scaler = make_scaler(device, dtype)
+        optimizer = build_optimizer(net, trial.optimizer)
+        scheduler = build_scheduler(optimizer, trial.optimizer, setup.epochs)
+    return _Model(net, full_batch, criterion, sampler, optimizer, scheduler, make_scaler(ctx.device, ctx.dtype))
 
-    # -- state (fresh or resumed) --------------------------------------------------------------
-    trial_dict = json.loads(json.dumps(trial.to_dict()))
+
+def _fit(
+    ctx: _Context,
+    setup: _SetUp,
+    m: _Model,
+    *,
+    report: Optional[Report],
+    resume_from: Optional[str | Path],
+    stop_after_epoch: Optional[int],
+) -> _Fitted:
+    """Epochs, validation, early stopping, checkpoints and per-epoch reports (fresh or resumed).
+
+    Returns with ``paused`` set when ``stop_after_epoch`` stopped an unfinished trial.
+    """
+    import torch
+
+    from lungray.train import checkpoint as ckpt
+    from lungray.train.device import torch_generator
+    from lungray.train.evaluate import unwrap
+
+    trial, task = ctx.trial, ctx.task
+    sch, tc = trial.schedule, trial.train
+    f = _Fitted(
+        trial_dict=json.loads(json.dumps(trial.to_dict())),
+        stopper=EarlyStopping(sch.monitor, sch.early_stopping_patience, mode=task.mode(sch.monitor)),
+    )
     start_epoch = 0
-    history: list[dict[str, float]] = []
-    stopper = EarlyStopping(sch.monitor, sch.early_stopping_patience)
-    best_state: Optional[dict[str, Any]] = None
-    done = False
-    stopped_early = False
-    train_seconds = 0.0
     if resume_from is not None:
         st = ckpt.load_state(resume_from)
-        if json.dumps(st["trial"], sort_keys=True) != json.dumps(trial_dict, sort_keys=True):
+        if json.dumps(st["trial"], sort_keys=True) != json.dumps(f.trial_dict, sort_keys=True):
             raise LungrayError(
                 f"resume_from {resume_from}: the checkpoint belongs to trial '{st['trial'].get('study')}' "
                 f"with a different config than '{trial.name}'; resume the same trial or start afresh"
             )
-        unwrap(model).load_state_dict(st["model"])
-        if optimizer is not None:
-            optimizer.load_state_dict(st["optimizer"])
-            scheduler.load_state_dict(st["scheduler"])
+        unwrap(m.net).load_state_dict(st["model"])
+        if m.optimizer is not None:
+            m.optimizer.load_state_dict(st["optimizer"])
+            m.scheduler.load_state_dict(st["scheduler"])
         if st.get("scaler"):
-            scaler.load_state_dict(st["scaler"])
+            m.scaler.load_state_dict(st["scaler"])
         start_epoch = int(st["epoch"])
-        history = [dict(h) for h in st["history"]]
-        stopper.load_state_dict(st["early_stopping"])
-        best_state = st["best_model"]
-        done = bool(st["done"])
-        stopped_early = bool(st["stopped_early"])
-        train_seconds = float(st["train_seconds"])
+        f.history = [dict(h) for h in st["history"]]
+        f.stopper.load_state_dict(st["early_stopping"])
+        f.best_state = st["best_model"]
+        f.done = bool(st["done"])
+        f.stopped_early = bool(st["stopped_early"])
+        f.train_seconds = float(st["train_seconds"])
         ckpt.set_rng_state(st["rng"])
-    if not full_batch:
-        model = _wrap_distributed(model, device, world)
-    ckpt_root = workdir / "checkpoints"
-    last_ckpt: Optional[Path] = Path(resume_from) if resume_from is not None else None
+        f.last_ckpt = Path(resume_from)
+    if not m.full_batch:
+        m.net = _wrap_distributed(m.net, ctx.device, ctx.world)
+    ckpt_root = ctx.workdir / "checkpoints"
     # One loader per split for the whole trial; with loader workers they persist across epochs.
     persistent = tc.num_workers > 0
-    pin = device.type == "cuda"
+    pin = ctx.device.type == "cuda"
     loader = val_loader = None
-    if not full_batch:
+    if not m.full_batch:
         loader = torch.utils.data.DataLoader(
-            train_ds,
-            batch_size=batch_size,
-            sampler=EpochTagged(sampler),
-            drop_last=drop_last,
+            setup.train_ds,
+            batch_size=setup.batch_size,
+            sampler=EpochTagged(m.sampler),
+            drop_last=setup.drop_last,
             num_workers=tc.num_workers,
             persistent_workers=persistent,
             pin_memory=pin,
             generator=torch_generator(trial.seed, 0, stream=2),  # worker seeds only; items are seeded
         )
-    if len(val_idx):
+    if len(setup.val_idx):
         val_loader = torch.utils.data.DataLoader(
-            val_ds, batch_size=max(1, int(tc.eval_batch_size)), shuffle=False,
+            setup.val_ds, batch_size=max(1, int(tc.eval_batch_size)), shuffle=False,
             num_workers=tc.num_workers, persistent_workers=persistent, pin_memory=pin,
         )
     last_ckpt_t = time.perf_counter()
-    setup_seconds = time.perf_counter() - t0
+    f.setup_seconds = time.perf_counter() - ctx.t0
 
-    def evaluate_val() -> dict[str, float]:
-        if len(val_idx) == 0:
-            return {}
-        _sync_buffers(model, world)
-        probs, y, _ = predict(
-            model, val_ds, batch_size=tc.eval_batch_size, device=device, dtype=dtype,
-            channels_last=channels_last, loader=val_loader,
-        )
-        return val_metrics(y, probs, class_names)
-
-    # -- epochs --------------------------------------------------------------------------------
-    epoch = start_epoch
+    epochs = setup.epochs
     for epoch in range(start_epoch + 1, epochs + 1):
-        if done:
+        if f.done:
             break
         t_ep = time.perf_counter()
-        if full_batch:
+        if m.full_batch:
             lr = float("nan")
-            plain = ImageDataset(data, train_idx, augmentation="none", mean=mean, std=std, seed=trial.seed)
-            train_loss, train_acc = _fit_full_batch(model, plain, y_train, tc, k, device, dtype, channels_last)
+            stats = _fit_full_batch(ctx, setup, m.net)
         else:
-            lr = float(optimizer.param_groups[0]["lr"])
-            train_ds.set_epoch(epoch)
-            sampler.set_epoch(epoch)
-            model.train()
-            # summed on the device and read once per epoch: a per-step float()/int() is a host
-            # sync that stalls the CUDA launch queue twice per step
-            loss_sum_t = torch.zeros((), dtype=torch.float64, device=device)
-            correct_t = torch.zeros((), dtype=torch.int64, device=device)
-            seen = 0
-            params = [p for p in model.parameters() if p.requires_grad]
-            for x, y, _ in loader:
-                x = to_channels_last(x.to(device, non_blocking=True), channels_last)
-                y = y.to(device, non_blocking=True)
-                with autocast(device, dtype):
-                    logits = model(x)
-                loss = criterion(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if trial.optimizer.grad_clip is not None:
-                    scaler.unscale_(optimizer)
-                    clip_gradients(params, trial.optimizer.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                bs = int(y.shape[0])
-                loss_sum_t += loss.detach().double() * bs
-                correct_t += (logits.detach().argmax(1) == y).sum()
-                seen += bs
-            scheduler.step()
-            train_loss = float(loss_sum_t) / max(seen, 1)
-            train_acc = int(correct_t) / max(seen, 1)
-        row: dict[str, float] = {
-            "epoch": int(epoch),
-            "train_loss": float(train_loss),
-            "train_accuracy": float(train_acc),
-            "lr": lr,
-        }
-        if len(val_idx) and (epoch % sch.eval_every == 0 or epoch == epochs):
-            vm = evaluate_val()
+            lr = float(m.optimizer.param_groups[0]["lr"])
+            stats = _train_epoch(ctx, setup, m, loader, epoch)
+        row: dict[str, float] = {"epoch": int(epoch), **{k: float(v) for k, v in stats.items()}, "lr": lr}
+        if len(setup.val_idx) and (epoch % sch.eval_every == 0 or epoch == epochs):
+            vm = _validate(ctx, setup, m.net, val_loader)
             row.update(vm)
-            improved, stop = stopper.update(vm[sch.monitor], epoch)
+            improved, stop = f.stopper.update(vm[sch.monitor], epoch)
             if improved:
-                best_state = ckpt.cpu_state_dict(model)
+                f.best_state = ckpt.cpu_state_dict(m.net)
             if stop:
-                done = stopped_early = True
+                f.done = f.stopped_early = True
         if epoch == epochs:
-            done = True
-        train_seconds += time.perf_counter() - t_ep
-        history.append(row)
+            f.done = True
+        f.train_seconds += time.perf_counter() - t_ep
+        f.history.append(row)
         log.debug("trial %s epoch %d: %s", trial.name, epoch, row)
 
-        pause = stop_after_epoch is not None and epoch >= stop_after_epoch and not done
+        pause = stop_after_epoch is not None and epoch >= stop_after_epoch and not f.done
         # a resumable checkpoint costs a full model + optimizer write (resnet18: 128-171 MB, 12-14 %
         # of a CPU epoch, more than a whole GPU epoch: bench/RESULTS.md); write one every
         # checkpoint_every epochs but at most every checkpoint_min_seconds, and always at the end
         due = epoch % sch.checkpoint_every == 0 and time.perf_counter() - last_ckpt_t >= sch.checkpoint_min_seconds
-        write = due or done or pause
+        write = due or f.done or pause
         ckpt_dir: Optional[Path] = None
-        if write and is_main:
+        if write and ctx.is_main:
             ckpt_dir = ckpt.save_state(
                 ckpt_root / f"epoch_{epoch:04d}",
                 {
-                    "trial": trial_dict,
+                    "trial": f.trial_dict,
                     "epoch": int(epoch),
-                    "model": ckpt.cpu_state_dict(model),
-                    "optimizer": optimizer.state_dict() if optimizer is not None else None,
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "scaler": scaler.state_dict(),
-                    "early_stopping": stopper.state_dict(),
-                    "best_model": best_state,
-                    "done": bool(done),
-                    "stopped_early": bool(stopped_early),
-                    "history": history,
-                    "train_seconds": float(train_seconds),
+                    "model": ckpt.cpu_state_dict(m.net),
+                    "optimizer": m.optimizer.state_dict() if m.optimizer is not None else None,
+                    "scheduler": m.scheduler.state_dict() if m.scheduler is not None else None,
+                    "scaler": m.scaler.state_dict(),
+                    "early_stopping": f.stopper.state_dict(),
+                    "best_model": f.best_state,
+                    "done": bool(f.done),
+                    "stopped_early": bool(f.stopped_early),
+                    "history": f.history,
+                    "train_seconds": float(f.train_seconds),
                     "rng": ckpt.rng_state(),
                 },
             )
@@ -565,78 +611,68 @@ def _run(
             last_ckpt_t = time.perf_counter()  # only rank 0 writes, so its clock is the one that counts
         if ckpt_dir is not None:
             ckpt.remove_older(ckpt_root, keep=ckpt_dir)
-            last_ckpt = ckpt_dir
+            f.last_ckpt = ckpt_dir
         if pause:
-            return TrialResult(
-                metrics={},
-                per_class=None,
-                confusion=None,
-                predictions=None,
-                history=history,
-                best_epoch=stopper.best_epoch,
-                best_checkpoint=None,
-                timings={"setup_seconds": setup_seconds, "train_seconds": train_seconds, "eval_seconds": 0.0},
-                epochs_run=int(epoch),
-                completed=False,
-                stopped_early=False,
-                checkpoint_dir=str(last_ckpt) if last_ckpt is not None else None,
-                resolved=resolved,
-            )
-    epochs_run = int(history[-1]["epoch"]) if history else 0
+            f.paused = True
+            break
+    return f
 
-    # -- final evaluation of the selected checkpoint on the held-out set ---------------------------
-    t_eval = time.perf_counter()
-    _sync_buffers(model, world)
-    net = unwrap(model)
-    if best_state is not None:
-        net.load_state_dict(best_state)
-        best_epoch = stopper.best_epoch
-    else:  # no validation split: the last epoch is the selected one
-        best_epoch = epochs_run
-        best_state = ckpt.cpu_state_dict(net)
-    from lungray.metrics import classification_report
-    from lungray.tracking import TEST_PREFIX
 
-    eval_ds = ImageDataset(data, np.asarray(data.eval_idx, dtype=np.int64), augmentation="none", mean=mean, std=std, seed=trial.seed)
-    probs, y, rows = predict(
-        net, eval_ds, batch_size=tc.eval_batch_size, device=device, dtype=dtype,
-        channels_last=channels_last, num_workers=tc.num_workers,
+def _train_epoch(ctx: _Context, setup: _SetUp, m: _Model, loader: Any, epoch: int) -> dict[str, float]:
+    """One epoch of optimizer steps; the task's statistics, read from the device once."""
+    import torch
+
+    from lungray.train.device import autocast, to_channels_last
+    from lungray.train.optim import clip_gradients
+
+    device, grad_clip = ctx.device, ctx.trial.optimizer.grad_clip
+    setup.train_ds.set_epoch(epoch)
+    m.sampler.set_epoch(epoch)
+    m.net.train()
+    # summed on the device and read once per epoch: a per-step float()/int() is a host
+    # sync that stalls the CUDA launch queue twice per step
+    loss_sum_t = torch.zeros((), dtype=torch.float64, device=device)
+    sums: dict[str, Any] = {}
+    seen = 0
+    params = [p for p in m.net.parameters() if p.requires_grad]
+    for x, y, _ in loader:
+        x = to_channels_last(x.to(device, non_blocking=True), ctx.channels_last)
+        y = y.to(device, non_blocking=True)
+        with autocast(device, ctx.dtype):
+            logits = m.net(x)
+        loss = m.criterion(logits.float(), y)
+        m.optimizer.zero_grad(set_to_none=True)
+        m.scaler.scale(loss).backward()
+        if grad_clip is not None:
+            m.scaler.unscale_(m.optimizer)
+            clip_gradients(params, grad_clip)
+        m.scaler.step(m.optimizer)
+        m.scaler.update()
+        bs = int(y.shape[0])
+        loss_sum_t += loss.detach().double() * bs
+        for key, v in ctx.task.batch_stats(logits, y).items():
+            sums[key] = sums[key] + v if key in sums else v
+        seen += bs
+    m.scheduler.step()
+    return ctx.task.epoch_stats(float(loss_sum_t), sums, seen)
+
+
+def _validate(ctx: _Context, setup: _SetUp, model: Any, val_loader: Any) -> dict[str, float]:
+    """The task's validation metrics of the current weights on ``data.val_idx``."""
+    from lungray.train.evaluate import predict
+
+    _sync_buffers(model, ctx.world)
+    tc = ctx.trial.train
+    outputs, y, _ = predict(
+        model, setup.val_ds, batch_size=tc.eval_batch_size, device=ctx.device, dtype=ctx.dtype,
+        channels_last=ctx.channels_last, loader=val_loader, output_fn=ctx.task.outputs,
     )
-    if probs.shape[0] == 0:
-        probs = np.zeros((0, k))
-    flat, per_class, cm = classification_report(y, probs, class_names)
-    metrics = {f"{TEST_PREFIX}{key}": float(v) for key, v in flat.items()}
-    predictions = _predictions_frame(data, rows, y, probs, class_names)
-    best_path: Optional[Path] = None
-    if is_main:
-        best_path = ckpt.write_best(
-            workdir / "checkpoint" / ckpt.BEST_FILE,
-            model_state=best_state,
-            class_names=class_names,
-            trial=trial_dict,
-            norm=norm,
-            epoch=int(best_epoch or 0),
-        )
-    eval_seconds = time.perf_counter() - t_eval
-    return TrialResult(
-        metrics=metrics,
-        per_class=per_class,
-        confusion=cm,
-        predictions=predictions,
-        history=history,
-        best_epoch=best_epoch,
-        best_checkpoint=str(best_path) if best_path is not None else None,
-        timings={"setup_seconds": setup_seconds, "train_seconds": train_seconds, "eval_seconds": eval_seconds},
-        epochs_run=epochs_run,
-        completed=True,
-        stopped_early=stopped_early,
-        checkpoint_dir=str(last_ckpt) if last_ckpt is not None else None,
-        resolved=resolved,
-    )
+    return ctx.task.val_metrics(y, outputs, setup.class_names)
 
 
-def _fit_full_batch(model, plain, y_train, tc, k, device, dtype, channels_last) -> tuple[float, float]:
-    """Closed-form / full-batch fit (``logreg``): all training images at once, no SGD epochs.
+def _fit_full_batch(ctx: _Context, setup: _SetUp, model: Any) -> dict[str, float]:
+    """Closed-form / full-batch fit (``ModelSpec.full_batch``: ``logreg``): all training images
+    at once, no SGD epochs.
 
     The 4-class study's logistic-regression baseline (PROTOCOLS.md section 4) is a convex fit
     on pixels; solving it exactly (as scikit-learn does) instead of with a few SGD epochs makes
@@ -644,30 +680,76 @@ def _fit_full_batch(model, plain, y_train, tc, k, device, dtype, channels_last) 
     """
     import torch
 
-    from lungray.metrics import accuracy, log_loss
     from lungray.train.evaluate import predict, unwrap
 
+    trial, task, device = ctx.trial, ctx.task, ctx.device
+    plain = task.dataset(ctx.data, setup.train_idx, augmentation="none", mean=setup.mean, std=setup.std, seed=trial.seed)
     xs, ys = [], []
     for i in range(len(plain)):
         x, y, _ = plain[i]
         xs.append(torch.as_tensor(x))
-        ys.append(int(y))
+        ys.append(torch.as_tensor(y))
     x = torch.stack(xs).to(device)
-    y = torch.as_tensor(ys, dtype=torch.int64, device=device)
-    sw = None
-    if tc.imbalance in ("weighted_loss", "weighted_sampler"):
-        sw = torch.as_tensor(sample_weights(y_train, k) * len(y_train) / k, dtype=torch.float32, device=device)
+    y = torch.stack(ys).to(device=device, dtype=torch.int64)
+    w = task.full_batch_weights(trial, setup.targets, setup.k)
+    sw = None if w is None else torch.as_tensor(w, dtype=torch.float32, device=device)
     unwrap(model).fit_full_batch(x, y, sample_weight=sw)
-    probs, yy, _ = predict(model, plain, batch_size=max(1, tc.eval_batch_size), device=device, dtype=dtype, channels_last=channels_last)
-    return log_loss(yy, probs), accuracy(yy, probs.argmax(1))
+    outputs, yy, _ = predict(
+        model, plain, batch_size=max(1, trial.train.eval_batch_size), device=device, dtype=ctx.dtype,
+        channels_last=ctx.channels_last, output_fn=task.outputs,
+    )
+    return task.output_stats(yy, outputs)
 
 
-def _predictions_frame(data, rows, y, probs, class_names):
-    import pandas as pd
+def _final_evaluation(ctx: _Context, setup: _SetUp, m: _Model, f: _Fitted) -> TrialResult:
+    """Evaluate the selected state once on the held-out ``data.eval_idx``; write ``best.pt``."""
+    from lungray.tracking import TEST_PREFIX
+    from lungray.train import checkpoint as ckpt
+    from lungray.train.evaluate import predict, unwrap
 
-    ids = np.asarray(data.ids)[rows] if len(rows) else np.zeros(0, dtype=object)
-    df = pd.DataFrame({"image_id": ids.astype(str), "y_true": y.astype(np.int64)})
-    for j, c in enumerate(class_names):
-        df[f"prob_{c}"] = probs[:, j] if probs.shape[0] else np.zeros(0)
-    df["row"] = rows.astype(np.int64)
-    return df
+    trial, data, task = ctx.trial, ctx.data, ctx.task
+    t_eval = time.perf_counter()
+    _sync_buffers(m.net, ctx.world)
+    net = unwrap(m.net)
+    best_state = f.best_state
+    if best_state is not None:
+        net.load_state_dict(best_state)
+        best_epoch = f.stopper.best_epoch
+    else:  # no validation split: the last epoch is the selected one
+        best_epoch = f.epochs_run
+        best_state = ckpt.cpu_state_dict(net)
+    eval_idx = np.asarray(data.eval_idx, dtype=np.int64)
+    eval_ds = task.dataset(data, eval_idx, augmentation="none", mean=setup.mean, std=setup.std, seed=trial.seed)
+    outputs, y, rows = predict(
+        net, eval_ds, batch_size=trial.train.eval_batch_size, device=ctx.device, dtype=ctx.dtype,
+        channels_last=ctx.channels_last, num_workers=trial.train.num_workers, output_fn=task.outputs,
+    )
+    flat, per_class, confusion = task.report(y, outputs, setup.class_names)
+    metrics = {f"{TEST_PREFIX}{key}": float(v) for key, v in flat.items()}
+    predictions = task.predictions_frame(data, rows, y, outputs, setup.class_names)
+    best_path: Optional[Path] = None
+    if ctx.is_main:
+        best_path = ckpt.write_best(
+            ctx.workdir / "checkpoint" / ckpt.BEST_FILE,
+            model_state=best_state,
+            class_names=setup.class_names,
+            trial=f.trial_dict,
+            norm=setup.norm,
+            epoch=int(best_epoch or 0),
+        )
+    eval_seconds = time.perf_counter() - t_eval
+    return TrialResult(
+        metrics=metrics,
+        per_class=per_class,
+        confusion=confusion,
+        predictions=predictions,
+        history=f.history,
+        best_epoch=best_epoch,
+        best_checkpoint=str(best_path) if best_path is not None else None,
+        timings={"setup_seconds": f.setup_seconds, "train_seconds": f.train_seconds, "eval_seconds": eval_seconds},
+        epochs_run=f.epochs_run,
+        completed=True,
+        stopped_early=f.stopped_early,
+        checkpoint_dir=str(f.last_ckpt) if f.last_ckpt is not None else None,
+        resolved=setup.resolved,
+    )

@@ -1,7 +1,7 @@
 """Optimizers and per-epoch learning-rate schedules, by name.
 
-Both registries must stay importable without torch (``lungray.config.validate_study`` checks
-names against them before anything heavy loads), so optimizer factories import torch inside
+Both registries must stay importable without torch (:func:`lungray.validate.validate_study`
+checks names against them before anything heavy loads), so optimizer factories import torch inside
 and schedules are pure functions ``factor(epoch, cfg, epochs) -> float`` (the multiplier of the
 base learning rate during 0-based ``epoch``), wrapped in a ``LambdaLR`` only when a trial runs.
 Pure schedules are also what makes them testable with exact numbers.
@@ -67,6 +67,20 @@ def build_optimizer(model: Any, cfg: OptimizerConfig):
             "use a freeze policy that leaves the head trainable (none, backbone, last:N)"
         )
     return OPTIMIZERS.get(cfg.name)(params, cfg)
+
+
+def check_optimizer_config(cfg: OptimizerConfig, where: str = "optimizer") -> None:
+    """Config-time checks of one optimizer: registered names, ranges (no torch)."""
+    OPTIMIZERS.check(cfg.name)
+    SCHEDULERS.check(cfg.scheduler)
+    if not cfg.lr > 0:
+        raise ConfigError(f"{where}.lr must be > 0, got {cfg.lr}")
+    if cfg.weight_decay < 0:
+        raise ConfigError(f"{where}.weight_decay must be >= 0, got {cfg.weight_decay}")
+    if cfg.scheduler == "step" and cfg.step_size < 1:
+        raise ConfigError(f"{where}.step_size must be >= 1, got {cfg.step_size}")
+    if cfg.grad_clip is not None and not cfg.grad_clip > 0:
+        raise ConfigError(f"{where}.grad_clip must be > 0 or null, got {cfg.grad_clip}")
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,0 +1,155 @@
+"""Config-time validation of a study: every check that needs no data, before any GPU is touched.
+
+The checks read the registries where each name lives (dataset adapters and preprocessing in
+:mod:`lungray.data`, models/heads/freeze policies in :mod:`lungray.models`, tasks and their
+monitors in :mod:`lungray.train.tasks`, optimizers and schedulers in
+:mod:`lungray.train.optim`); model- and optimizer-specific rules are the registries' own
+(:func:`lungray.models.check_model_config`, :func:`lungray.train.optim.check_optimizer_config`).
+Those modules import :mod:`lungray.config` for its dataclasses, so the config module must not
+import them: it calls :func:`validate_study` from inside ``StudyConfig.validate``, and the import
+graph stays one-way (config <- registries <- validate).
+
+Nothing here imports torch, timm or ray for lungray's own models (a timm or torchvision name
+is looked up in timm/torchvision: that is the only way to know it exists).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from lungray.config import StudyConfig
+from lungray.errors import ConfigError
+
+__all__ = ["validate_study", "one_of"]
+
+
+def one_of(where: str, value: Any, choices: Sequence[Any]) -> None:
+    """Raise ``<where>: '<value>' is not valid; valid choices: ...`` unless ``value`` is a choice."""
+    if value not in choices:
+        raise ConfigError(f"{where}: '{value}' is not valid; valid choices: {', '.join(map(str, choices))}")
+
+
+def validate_study(cfg: StudyConfig) -> None:
+    """Every check that needs no data: names, ranges, schedules that yield zero steps."""
+    from lungray.data.adapters import ADAPTERS
+    from lungray.data.augment import AUGMENTATIONS, NORMALIZATIONS
+    from lungray.data.preprocess import PREPROCESSING
+    from lungray.models import FREEZE_POLICIES, HEADS, check_model_config, check_model_name
+    from lungray.train.optim import check_optimizer_config
+    from lungray.train.tasks import TASKS
+
+    d = cfg.data
+    ADAPTERS.check(d.source)
+    PREPROCESSING.check(d.preprocess)
+    one_of("data.resize", d.resize, ["stretch", "letterbox"])
+    one_of("data.cache_dtype", d.cache_dtype, ["uint8", "uint16"])
+    one_of("data.leakage", d.leakage, ["drop", "report", "off"])
+    if d.resolution < 8:
+        raise ConfigError(f"data.resolution must be >= 8 pixels, got {d.resolution}")
+    for k in ("eval_size", "val_size"):
+        v = getattr(d, k)
+        if v < 0 or (isinstance(v, float) and not v < 1 and not float(v).is_integer()):
+            raise ConfigError(f"data.{k} must be a count >= 0 or a fraction in [0, 1), got {v}")
+    if d.source != "phantom" and not d.path:
+        raise ConfigError(
+            f"data.path is required for data.source '{d.source}': pass --data PATH (or set data.path)"
+        )
+
+    if not cfg.models:
+        raise ConfigError("models: at least one model is required")
+    seen = set()
+    for i, m in enumerate(cfg.models):
+        check_model_name(m.name)
+        HEADS.check(m.head)
+        FREEZE_POLICIES.check(m.freeze.split(":")[0] if m.freeze.startswith("last:") else m.freeze)
+        if m.freeze.startswith("last:"):
+            n = m.freeze.split(":", 1)[1]
+            if not n.isdigit() or int(n) < 1:
+                raise ConfigError(f"models[{i}].freeze '{m.freeze}': N in last:N must be a positive integer")
+        one_of(f"models[{i}].input_mode", m.input_mode, ["in_chans1", "repeat3"])
+        one_of(f"models[{i}].stem", m.stem, ["none", "conv8_conv3"])
+        if not 0 <= m.drop_rate < 1:
+            raise ConfigError(f"models[{i}].drop_rate must be in [0, 1), got {m.drop_rate}")
+        # head/stem/pretrained combinations, weights path exists, the model's resolution rule
+        check_model_config(m, f"models[{i}]", resolution=d.resolution)
+        if m.key in seen:
+            raise ConfigError(f"models[{i}]: two models are both called '{m.key}'; give one a label")
+        seen.add(m.key)
+
+    if not cfg.optimizers:
+        raise ConfigError("optimizers: at least one optimizer is required")
+    seen = set()
+    for i, o in enumerate(cfg.optimizers):
+        check_optimizer_config(o, f"optimizers[{i}]")
+        if o.key in seen:
+            raise ConfigError(f"optimizers[{i}]: two optimizers are both called '{o.key}'; give one a label")
+        seen.add(o.key)
+
+    if not cfg.sizes:
+        raise ConfigError("sizes: at least one training size is required")
+    if any(n < 1 for n in cfg.sizes):
+        raise ConfigError(f"sizes must be positive counts, got {list(cfg.sizes)}")
+    if len(set(cfg.sizes)) != len(cfg.sizes):
+        raise ConfigError(f"sizes contain duplicates: {list(cfg.sizes)}")
+    if not cfg.seeds:
+        raise ConfigError("seeds: at least one seed is required")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError(f"seeds contain duplicates: {list(cfg.seeds)}")
+
+    t = cfg.train
+    task = TASKS.get(t.task)  # before the schedule: the monitor is one of the task's metrics
+    s = cfg.schedule
+    one_of("schedule.rule", s.rule, ["fixed", "size", "steps"])
+    if s.monitor not in task.monitors:
+        raise ConfigError(
+            f"schedule.monitor: '{s.monitor}' is not a validation metric of task '{task.name}'; "
+            f"valid choices: {', '.join(task.monitors)}"
+        )
+    if s.rule == "size" and not s.size_rules:
+        raise ConfigError("schedule.rule 'size' needs schedule.size_rules (max_size, batch_size, epochs)")
+    if s.rule == "steps" and not (s.max_steps and s.max_steps > 0):
+        raise ConfigError("schedule.rule 'steps' needs schedule.max_steps > 0")
+    if s.eval_every < 1 or s.checkpoint_every < 1:
+        raise ConfigError("schedule.eval_every and schedule.checkpoint_every must be >= 1")
+    if not s.checkpoint_min_seconds >= 0:
+        raise ConfigError(f"schedule.checkpoint_min_seconds must be >= 0 (0 = no time floor), got {s.checkpoint_min_seconds}")
+    if s.rule in ("fixed", "steps") and s.batch_size < 1:
+        raise ConfigError(
+            f"schedule.batch_size must be >= 1, got {s.batch_size}: it gives zero optimisation steps"
+        )
+    if s.early_stopping_patience is not None and s.early_stopping_patience < 1:
+        raise ConfigError(
+            f"schedule.early_stopping_patience must be >= 1 evaluation or null (off), got {s.early_stopping_patience}"
+        )
+    for n in cfg.sizes:
+        bs, ep = s.resolve(n)
+        if bs < 1 or ep < 1:
+            raise ConfigError(
+                f"schedule gives {ep} epochs x batch {bs} at training size {n}: zero optimisation steps; "
+                "set schedule.epochs/batch_size (or size_rules/max_steps) >= 1"
+            )
+
+    AUGMENTATIONS.check(t.augmentation)
+    NORMALIZATIONS.check(t.normalization)
+    one_of("train.imbalance", t.imbalance, ["none", "weighted_loss", "weighted_sampler"])
+    one_of("train.amp", t.amp, ["auto", "bf16", "fp16", "off"])
+    if not 0 <= t.label_smoothing < 1:
+        raise ConfigError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
+    if t.eval_batch_size < 1:
+        raise ConfigError(f"train.eval_batch_size must be >= 1, got {t.eval_batch_size}")
+    task.check(cfg)
+
+    r = cfg.resources
+    if r.workers < 1:
+        raise ConfigError(f"resources.workers must be >= 1, got {r.workers}")
+    if r.cpus_per_worker <= 0 and r.gpus_per_worker <= 0:
+        raise ConfigError("resources: a worker needs some CPU or GPU (cpus_per_worker/gpus_per_worker)")
+    if r.gpus_per_worker > 1 and not float(r.gpus_per_worker).is_integer():
+        raise ConfigError(f"resources.gpus_per_worker above 1 must be a whole number, got {r.gpus_per_worker}")
+    if not isinstance(r.use_ray_train, bool):
+        one_of("resources.use_ray_train", r.use_ray_train, ["auto"])
+    if r.use_ray_train is False and r.workers != 1:
+        raise ConfigError(
+            f"resources.use_ray_train=false runs each trial in one process but resources.workers={r.workers}: "
+            "set resources.workers=1, or use_ray_train=auto/true for DDP through Ray Train"
+        )
