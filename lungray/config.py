@@ -68,6 +68,8 @@ class DataConfig:
     leakage: str = "drop"  # "drop" near-duplicates of eval images from the pool, "report", "off"
     leakage_max_distance: int = 6  # Hamming distance on 64-bit perceptual hashes
     strict: bool = False  # fail on any quarantined row instead of dropping it
+    # csv rows may only point under the CSV's folder unless this is set (lungray.data.adapters)
+    allow_outside_root: bool = False
 
 
 @dataclass(frozen=True)

@@ -117,13 +117,17 @@ def test_csv_missing_file_row_number_and_duplicate_ids(tmp_path, imgs):
     )
     lines: list[str] = []
     rep = check_dataset(DataConfig(source="csv", path=str(csv)), echo=lines.append)
-    assert rep.problems == [
+    assert rep.problems[:3] == [
         f"{(tmp_path / 'img' / 'missing.png').resolve().relative_to(tmp_path.resolve()).as_posix()}: "
         "missing file 'img/missing.png' (study.csv row 3 (line 4))",
         "img/2.png: duplicate image_id",
         "img/3.png: duplicate image_id",
     ]
     assert rep.class_counts == {"COVID": 1, "Normal": 1}
+    # one usable image per class: the held-out split cannot both evaluate and train each class
+    assert [w.split(":")[0] for w in rep.warnings] == [
+        "class 'COVID' has 1 usable image(s)", "class 'Normal' has 1 usable image(s)"
+    ] and rep.problems[3:] == rep.warnings
 
 
 def test_pool_too_small_for_requested_sizes(tmp_path, imgs):

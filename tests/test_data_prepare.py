@@ -136,8 +136,11 @@ def leaky_tree(tmp_path_factory):
 
 
 def _pairs(d: PreparedData, copies: dict[str, str]) -> list[tuple[int, int]]:
-    ids = {v: i for i, v in enumerate(d.ids)}
-    return [(ids[c], ids[o]) for c, o in copies.items()]
+    from lungray.data.manifest import hash_image_id, id_salt
+
+    ids = {v: i for i, v in enumerate(d.ids)}  # ids are salted hashes of the relative paths
+    h = lambda rel: hash_image_id(rel, id_salt("folder"))  # noqa: E731
+    return [(ids[h(c)], ids[h(o)]) for c, o in copies.items()]
 
 
 @pytest.mark.parametrize("mode", ["drop", "report", "off"])
