@@ -114,7 +114,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0 if len(found) == len(set(args.image_id)) else 1
     if args.command == "data":
         from lungray.config import DataConfig
-        from lungray.data.check import check_dataset, guess_source
+        from lungray.data.check import check_dataset, exit_status, guess_source
 
         source = args.source or (guess_source(args.path) if args.path else "phantom")
         cfg = DataConfig(
@@ -130,13 +130,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         report = check_dataset(cfg, sizes=tuple(args.sizes), echo=print, decode_files=not args.quick)
         if args.manifest_out:
             report.manifest.to_parquet(args.manifest_out)
+        status = exit_status(report, strict=args.strict)
         if not report.usable:
             print(f"data check failed: the dataset cannot be used ({len(report.dataset_problems)} error(s) above)", file=sys.stderr)
-            return 1
-        if args.strict and not report.ok:
+        elif status:
             print(f"data check failed (--strict): {len(report.problems)} problem(s) above", file=sys.stderr)
-            return 1
-        return 0
+        return status
     if args.command == "phantom":
         from lungray.data.phantom import write_sample_sheet
 

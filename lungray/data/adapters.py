@@ -301,6 +301,25 @@ def _loose_files(folder: Path) -> list[Path]:
     return [f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")]
 
 
+def _canonical_class_dirs(dirs: Sequence[Path], canonical: Sequence[str]) -> list[tuple[str, Path]]:
+    """(class name, folder): a folder whose :func:`norm_name` is a canonical class's takes that
+    spelling ('NORMAL' -> 'Normal'). When several folders claim one class ('COVID' and 'Covid'),
+    only one takes it (the exact spelling, else the first) and the others keep their own names, so
+    ``data check`` reports them as near-identical classes instead of merging two folders silently.
+    """
+    canon = {norm_name(c): c for c in canonical}
+    claims: dict[str, list[Path]] = {}
+    for d in dirs:
+        if norm_name(d.name) in canon:
+            claims.setdefault(canon[norm_name(d.name)], []).append(d)
+    owner = {c: next((d for d in ds if d.name == c), ds[0]) for c, ds in claims.items()}
+    out = []
+    for d in dirs:
+        c = canon.get(norm_name(d.name))
+        out.append((c if c is not None and owner[c] == d else d.name, d))
+    return out
+
+
 def _find_layout_root(root: Path, wanted: Sequence[str], min_hits: int = 2, depth: int = 2) -> Optional[Path]:
     """``root`` or a folder at most ``depth`` levels below it holding >= min_hits of ``wanted``."""
     keys = {norm_name(w) for w in wanted}
@@ -309,7 +328,7 @@ def _find_layout_root(root: Path, wanted: Sequence[str], min_hits: int = 2, dept
         nxt = []
         for d in frontier:
             subs = _subdirs(d)
-            if sum(norm_name(s.name) in keys for s in subs) >= min_hits:
+            if len({norm_name(s.name) for s in subs} & keys) >= min_hits:
                 return d
             nxt += subs
         frontier = nxt
@@ -326,13 +345,7 @@ def covid_radiography_adapter(cfg: Any) -> pd.DataFrame:
             f"{top}: no COVID-19 Radiography Database class folders ({', '.join(RADIOGRAPHY_CLASSES)}) found "
             "within two levels; point data.path at the extracted download or use data.source=folder"
         )
-    canon = {norm_name(c): c for c in RADIOGRAPHY_CLASSES}
-    cdirs = []
-    for d in _subdirs(root):
-        key = norm_name(d.name)
-        if key in MASK_DIRS:
-            continue
-        cdirs.append((canon.get(key, d.name), d))
+    cdirs = _canonical_class_dirs([d for d in _subdirs(root) if norm_name(d.name) not in MASK_DIRS], RADIOGRAPHY_CLASSES)
     ignored: list[Path] = []
     rows = _rows_from_class_dirs(cdirs, root, image_subdir="images", modality="XR", ignored=ignored)
     present = [c for c, _ in cdirs]
@@ -373,8 +386,7 @@ def covid_ct_xray_adapter(cfg: Any) -> pd.DataFrame:
             f"{top}: no '{mod_name}' folder found within three levels; the layout is "
             "'COVID-19 Dataset/CT/{COVID,Non-COVID}' and 'COVID-19 Dataset/X-ray/{COVID,Non-COVID}'"
         )
-    canon = {norm_name(c): c for c in CT_XRAY_CLASSES}
-    cdirs = [(canon.get(norm_name(d.name), d.name), d) for d in _subdirs(tree) if norm_name(d.name) not in MASK_DIRS]
+    cdirs = _canonical_class_dirs([d for d in _subdirs(tree) if norm_name(d.name) not in MASK_DIRS], CT_XRAY_CLASSES)
     if not cdirs:
         raise DataError(f"{tree}: no class folders (COVID, Non-COVID) in the {mod_name} tree")
     ignored: list[Path] = []

@@ -42,7 +42,10 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from lungray.data.decode import hint_for, problem_kind
 from lungray.errors import DataError
+
+__all__ = ["check_dataset", "check_file", "CheckReport", "exit_status", "printable", "problem_kind", "hint_for"]
 
 #: show at most this many lines per problem kind before summarising the rest
 MAX_LINES_PER_KIND = 20
@@ -83,17 +86,6 @@ class CheckReport:
         return int((self.manifest["problem"] != "").sum())
 
 
-def problem_kind(reason: str) -> str:
-    """The kind of a problem reason, without file names and row numbers.
-
-    >>> problem_kind("missing file 'a/b.png' (labels.csv row 3 (line 4))")
-    'missing file'
-    >>> problem_kind("multi-frame DICOM (10 frames)")
-    'multi-frame DICOM'
-    """
-    return re.split(r"\s*[('\":]", reason, maxsplit=1)[0].strip() or reason
-
-
 def printable(text: Any) -> str:
     """``text`` with control and format characters escaped, so that one line stays one line.
 
@@ -118,7 +110,9 @@ def _display(row: Any, root: Optional[Path], source: str) -> str:
     if source == "rsna":
         return str(row["image_id"])  # RSNA file names are patient ids: name the hash only
     path = str(row["path"])
-    if "://" in path or "::" in path or not path:
+    if not path:
+        return ""  # an empty CSV path: the reason names the row
+    if "://" in path or "::" in path:
         return str(row["image_id"])
     if root is not None:
         try:
@@ -126,6 +120,15 @@ def _display(row: Any, root: Optional[Path], source: str) -> str:
         except ValueError:
             pass
     return path
+
+
+def _row_line(row: Any, root: Optional[Path], source: str) -> str:
+    """``<file>: <reason>; <what to do>`` (the manifest's problem column holds the reason only)."""
+    where = _display(row, root, source)
+    reason = str(row["problem"])
+    hint = hint_for(reason)
+    line = f"{where}: {reason}" if where else reason
+    return f"{line}; {hint}" if hint and hint not in reason else line
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,11 +358,14 @@ def _label_findings(
     k = len(names)
     n_ev, n_va, n_po = (np.bincount(labels[np.asarray(ix, dtype=np.int64)], minlength=k) for ix in (ev, va, po))
     for c in range(k):
-        if counts[names[c]] == 0 or (n_ev[c] > 0 and n_po[c] > 0):
+        missing = [
+            what
+            for what, n, wanted in (("evaluated", n_ev[c], True), ("validated", n_va[c], len(va) > 0), ("trained on", n_po[c], True))
+            if wanted and n == 0
+        ]
+        if counts[names[c]] == 0 or not missing:
             continue
-        what = "never evaluated" if n_ev[c] == 0 else "never trained on"
-        if n_ev[c] == 0 and n_po[c] == 0:
-            what = "neither trained on nor evaluated"
+        what = "never " + (" or ".join(missing) if len(missing) < 3 else "evaluated, validated or trained on")
         warnings.append(
             f"class '{names[c]}' has {counts[names[c]]} usable image(s): the held-out split gives it "
             f"{n_ev[c]} evaluation, {n_va[c]} validation and {n_po[c]} training-pool image(s), so it is {what}; "
@@ -414,7 +420,7 @@ def check_dataset(
     shown: Counter = Counter()
     for _, row in bad.iterrows():
         k = problem_kind(row["problem"])
-        line = printable(f"{_display(row, root, source)}: {row['problem']}")
+        line = printable(_row_line(row, root, source))
         lines.append(line)
         shown[k] += 1
         if shown[k] <= MAX_LINES_PER_KIND:
@@ -467,6 +473,15 @@ def check_dataset(
     return report
 
 
+def exit_status(report: CheckReport, strict: bool = False) -> int:
+    """``lungray data check``'s exit status (issue 12): 0 when the dataset can be used, with
+    quarantined files and warnings listed (the sweep would train on it too, so a CI gate must not
+    fail where the sweep goes on); 1 when it cannot be used, or under ``strict`` on any problem."""
+    if not report.usable or (strict and not report.ok):
+        return 1
+    return 0
+
+
 def class_counts(manifest: pd.DataFrame, class_names: Sequence[str]) -> dict[str, int]:
     good = manifest[manifest["problem"] == ""]
     counts = np.bincount(good["class_index"].to_numpy(), minlength=len(class_names))
@@ -478,12 +493,12 @@ def _ignored_note(df: pd.DataFrame) -> Optional[str]:
     n = int(ign.get("count", 0) or 0)
     if not n:
         return None
-    by = ", ".join(f"{k or '(no suffix)'} {v}" for k, v in sorted(ign.get("by_suffix", {}).items(), key=lambda kv: -kv[1]))
+    by = ", ".join(f"{k or '(no suffix)'} {v}" for k, v in sorted(ign.get("by_suffix", {}).items(), key=lambda kv: (-kv[1], kv[0])))
     ex = ign.get("example", "")
     return (
-        f"note: {n} file(s) in the class folders were not read, their suffix is not an image type ({by})"
+        f"note: {n} file(s) not read, outside any class folder or not an image suffix ({by})"
         + (f", e.g. '{ex}'" if ex else "")
-        + "; lungray reads .png .jpg .jpeg .bmp .tif .tiff .gif .webp .dcm .dicom .dic"
+        + "; lungray reads .png .jpg .jpeg .bmp .tif .tiff .gif .webp .dcm .dicom .dic in class folders"
     )
 
 
@@ -508,7 +523,7 @@ def quarantine_report(
         k = problem_kind(str(row["problem"]))
         shown[k] += 1
         if shown[k] <= MAX_LINES_PER_KIND:
-            echo(printable(f"{_display(row, root, source)}: {row['problem']}"))
+            echo(printable(_row_line(row, root, source)))
     kinds = Counter(problem_kind(str(p)) for p in quarantined["problem"]) if len(quarantined) else Counter()
     total = n_usable + len(quarantined)
     line = f"data: {n_usable} of {total} images usable, {len(quarantined)} quarantined" + (

@@ -79,25 +79,81 @@ WORK_PIXELS = 4096 * 4096
 #: Images with a side shorter than this are quarantined (1x1 and icon-sized files are export
 #: errors; MedMNIST's 28 px is the smallest real dataset lungray reads).
 MIN_SIDE = 16
-_TOO_LARGE_HINT = "downscale it (4096 px per side is plenty for a radiograph) or remove it"
+
+
+def problem_kind(reason: str) -> str:
+    """The kind of a problem reason, without file names, counts and row numbers.
+
+    >>> problem_kind("missing file 'a/b.png' (labels.csv row 3 (line 4))")
+    'missing file'
+    >>> problem_kind("multi-frame DICOM (10 frames)")
+    'multi-frame DICOM'
+    """
+    import re
+
+    return re.split(r"\s*[('\":]", reason, maxsplit=1)[0].strip() or reason
+
+
+_REREAD = "re-download or remove it"
+_REEXPORT = "re-export it or remove it"
+_ONE_FRAME = "lungray reads one image per file; save the frame you want as its own file"
+#: what to do, per problem kind (the ``problem`` column holds the reason only; messages add this)
+HINTS = {
+    "missing file": "fix the path or remove the row",
+    "missing DICOM file": "fix the path or remove the row",
+    "zero-byte file": _REREAD,
+    "truncated image": _REREAD,
+    "truncated or corrupt image": _REREAD,
+    "truncated DICOM pixel data": _REREAD,
+    "unreadable image": _REREAD,
+    "unreadable file": _REREAD,
+    "unreadable npz row": _REREAD,
+    "not an image": "remove it or fix its format",
+    "not a readable DICOM file": _REEXPORT,
+    "DICOM without pixel data": "it is not an image (report, RT plan...); remove it",
+    "DICOM pixel data could not be decoded": _REEXPORT,
+    "multi-frame DICOM": _ONE_FRAME,
+    "multi-page TIFF": _ONE_FRAME,
+    "animated image": _ONE_FRAME,
+    "unsupported DICOM PhotometricInterpretation": "re-export it as MONOCHROME2 (or RGB) or remove it",
+    "image too large": "downscale it (4096 px per side is plenty for a radiograph) or remove it",
+    "image too small": "remove it (an export error?)",
+    "non-finite pixel values": "re-export it with finite pixel values or remove it",
+    "blank image": _REEXPORT,
+    "decode failed": _REEXPORT + " (and report the decoder error)",
+    "compressed DICOM": "install pylibjpeg, pylibjpeg-openjpeg, pylibjpeg-libjpeg and pylibjpeg-rle "
+    "(or python-gdcm), or convert the file to an uncompressed transfer syntax",
+    "unknown label": "add the class to data.class_map (or map it to null) or remove the file",
+    "duplicate image_id": "make the image ids unique",
+    "label conflict": "keep the file under its right label and delete the other copy",
+    "empty path": "fill in the path or remove the row",
+    "empty label": "fill in the label or remove the row",
+    "unknown split": "use train, val or test",
+    "non-numeric box": "fix the box or remove the row",
+    "incomplete box": "fix the box or remove the row",
+    "no class in": "add the class or remove the row",
+}
+
+
+def hint_for(reason: str) -> str:
+    """What to do about a problem reason ('' when the reason already says it)."""
+    return HINTS.get(problem_kind(reason), "")
 
 
 class ImageError(DataError):
-    """A file that cannot become an image. ``reason`` is the short text for the ``problem`` column."""
+    """A file that cannot become an image. ``reason`` is the short text for the ``problem`` column;
+    the message adds what to do (:data:`HINTS`, or ``hint``)."""
 
     def __init__(self, path: Any, reason: str, hint: str = ""):
         self.path = str(path)
         self.reason = reason
-        self.hint = hint
-        super().__init__(f"{path}: {reason}" + (f"; {hint}" if hint else ""))
+        self.hint = hint or hint_for(reason)
+        super().__init__(f"{path}: {reason}" + (f"; {self.hint}" if self.hint else ""))
 
 
 class PixelError(ValueError):
     """Pixel values no image may have (NaN/inf); raised where no file name is at hand
     (:func:`array_to_unit`), turned into an :class:`ImageError` naming the file by :func:`decode`."""
-
-
-_PIXEL_HINT = "re-export the image with finite pixel values or remove it"
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,14 +287,13 @@ _PIL_CLASSES = {
     "gif": ("GifImagePlugin", "GifImageFile"),
     "webp": ("WebPImagePlugin", "WebPImageFile"),
 }
-_REREAD_HINT = "re-download or remove it"
 
 
 def _unreadable(p: Path, e: BaseException) -> ImageError:
     msg = (str(e).splitlines() or [""])[0][:100]
     if "truncat" in msg.lower() or isinstance(e, EOFError):
-        return ImageError(p, "truncated image", _REREAD_HINT)
-    return ImageError(p, f"unreadable image ({msg or type(e).__name__})", _REREAD_HINT)
+        return ImageError(p, "truncated image")
+    return ImageError(p, f"unreadable image ({msg or type(e).__name__})")
 
 
 def _open_pil(p: Path, kind: str) -> Any:
@@ -260,14 +315,10 @@ def _check_size(p: Path, width: int, height: int) -> None:
     pixels = int(width) * int(height)
     if pixels > MAX_PIXELS:
         raise ImageError(
-            p,
-            f"image too large ({width}x{height} px = {pixels / 1e6:.1f} megapixels; the limit is {MAX_PIXELS / 1e6:.1f})",
-            _TOO_LARGE_HINT,
+            p, f"image too large ({width}x{height} px = {pixels / 1e6:.1f} megapixels; the limit is {MAX_PIXELS / 1e6:.1f})"
         )
     if min(int(width), int(height)) < MIN_SIDE:
-        raise ImageError(
-            p, f"image too small ({width}x{height} px; at least {MIN_SIDE} px per side)", "remove it (an export error?)"
-        )
+        raise ImageError(p, f"image too small ({width}x{height} px; at least {MIN_SIDE} px per side)")
 
 
 def _check_raster_header(p: Path, kind: str, im: Any) -> None:
@@ -279,7 +330,7 @@ def _check_raster_header(p: Path, kind: str, im: Any) -> None:
         raise _unreadable(p, e) from None
     if frames > 1:
         what = f"multi-page TIFF ({frames} pages)" if kind == "tiff" else f"animated image ({frames} frames)"
-        raise ImageError(p, what, "lungray reads one image per file; save the page you want as its own file")
+        raise ImageError(p, what)
 
 
 def _check_raster_stream(p: Path, kind: str) -> None:
@@ -296,7 +347,7 @@ def _check_raster_stream(p: Path, kind: str) -> None:
         with open(p, "rb") as f:
             f.seek(-2, os.SEEK_END)
             if f.read(2) != b"\xff\xd9":
-                raise ImageError(p, "truncated image", _REREAD_HINT)
+                raise ImageError(p, "truncated image")
 
 
 def _reduce_factor(width: int, height: int) -> int:
@@ -309,7 +360,7 @@ def decode_raster(path: str | Path) -> np.ndarray:
     p = Path(path)
     kind, _ = _preflight(p)
     if kind == "dicom":
-        raise ImageError(p, "not an image (unrecognised content)", "remove it or fix its format")
+        raise ImageError(p, "not an image (unrecognised content)")
     if kind == "png":
         depth, colour = _png_bit_depth(p)
         if depth == 16 and colour in (2, 6):  # 16-bit RGB / RGBA: PIL would drop to 8 bits
@@ -388,7 +439,7 @@ def _decode_cv2(p: Path) -> np.ndarray:
     buf = np.fromfile(p, dtype=np.uint8)
     arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if arr is None:
-        raise ImageError(p, "truncated or corrupt image", _REREAD_HINT)
+        raise ImageError(p, "truncated or corrupt image")
     arr = block_mean(arr, _reduce_factor(arr.shape[1], arr.shape[0]))
     return array_to_unit(arr, bgr=arr.ndim == 3)
 
@@ -397,10 +448,6 @@ def _decode_cv2(p: Path) -> np.ndarray:
 # DICOM
 # --------------------------------------------------------------------------------------------
 
-_NO_DECODER_HINT = (
-    "install pylibjpeg, pylibjpeg-openjpeg, pylibjpeg-libjpeg and pylibjpeg-rle "
-    "(or python-gdcm), or convert the file to an uncompressed transfer syntax"
-)
 
 
 def _read_dicom(p: Path, *, defer: bool = True) -> Any:
@@ -408,12 +455,12 @@ def _read_dicom(p: Path, *, defer: bool = True) -> Any:
     from pydicom.errors import InvalidDicomError
 
     if sniff(p) == "empty":
-        raise ImageError(p, "zero-byte file", "re-download or remove it")
+        raise ImageError(p, "zero-byte file")
     try:
         # defer_size: large values (the pixel data) are read only when touched
         return pydicom.dcmread(p, defer_size="64 KB" if defer else None, force=p.suffix.lower() in DICOM_SUFFIXES)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as e:
-        raise ImageError(p, f"not a readable DICOM file ({type(e).__name__})", "re-export or remove it") from None
+        raise ImageError(p, f"not a readable DICOM file ({type(e).__name__})") from None
 
 
 #: PhotometricInterpretation -> samples per pixel lungray can turn into one gray image
@@ -434,26 +481,16 @@ def _check_dicom_pixels(p: Path, ds: Any) -> None:
     """Raise for the DICOM cases that can never become one 2-D image (header and pixel-data
     length only: nothing is decoded)."""
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise ImageError(
-            p, "DICOM without pixel data", "it is not an image (report, RT plan...); remove it"
-        )
+        raise ImageError(p, "DICOM without pixel data")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
-        raise ImageError(
-            p,
-            f"multi-frame DICOM ({frames} frames)",
-            "lungray reads single-frame radiographs; export the frame you want as its own file",
-        )
+        raise ImageError(p, f"multi-frame DICOM ({frames} frames)")
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     _check_size(p, cols, rows)
     photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
     if _PHOTOMETRIC.get(photometric) != spp:
-        raise ImageError(
-            p,
-            f"unsupported DICOM PhotometricInterpretation '{photometric}' with {spp} sample(s) per pixel",
-            "re-export it as MONOCHROME2 (or RGB) or remove it",
-        )
+        raise ImageError(p, f"unsupported DICOM PhotometricInterpretation '{photometric}' with {spp} sample(s) per pixel")
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if ts is not None and ts.is_compressed:
         from pydicom.pixels.decoders.base import get_decoder
@@ -463,7 +500,7 @@ def _check_dicom_pixels(p: Path, ds: Any) -> None:
         except NotImplementedError:
             available = False
         if not available:
-            raise ImageError(p, f"compressed DICOM ({ts.name}) with no decoder installed", _NO_DECODER_HINT)
+            raise ImageError(p, f"compressed DICOM ({ts.name}) with no decoder installed")
     elif "PixelData" in ds:
         bits = int(ds.get("BitsAllocated", 8) or 8)
         n = rows * cols * spp
@@ -473,7 +510,7 @@ def _check_dicom_pixels(p: Path, ds: Any) -> None:
         except Exception:  # a deferred read past the end of a cut file
             have = 0
         if have < expected:
-            raise ImageError(p, f"truncated DICOM pixel data ({have} of {expected} bytes)", _REREAD_HINT)
+            raise ImageError(p, f"truncated DICOM pixel data ({have} of {expected} bytes)")
 
 
 def decode_dicom(path: str | Path) -> np.ndarray:
@@ -481,12 +518,12 @@ def decode_dicom(path: str | Path) -> np.ndarray:
     p = Path(path)
     kind, ds = _preflight(p)
     if kind != "dicom":
-        raise ImageError(p, "not a readable DICOM file (no DICOM header)", "re-export or remove it")
+        raise ImageError(p, "not a readable DICOM file (no DICOM header)")
     try:
         arr = ds.pixel_array
     except Exception as e:  # decoder plugins raise many types on corrupt streams
         msg = (str(e).splitlines() or [""])[0][:100]
-        raise ImageError(p, f"DICOM pixel data could not be decoded ({type(e).__name__}: {msg})", "re-export or remove it") from None
+        raise ImageError(p, f"DICOM pixel data could not be decoded ({type(e).__name__}: {msg})") from None
     arr = block_mean(arr, _reduce_factor(arr.shape[1], arr.shape[0]))
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if arr.ndim == 3:  # colour (pydicom already converted YBR to RGB)
@@ -614,12 +651,12 @@ def _preflight(p: Path) -> tuple[str, Any]:
     check``), so a file the probe rejects is rejected by the decode with the same reason.
     """
     if not p.is_file():
-        raise ImageError(p, "missing file", "fix the path or remove the row")
+        raise ImageError(p, "missing file")
     if p.stat().st_size == 0:
-        raise ImageError(p, "zero-byte file", _REREAD_HINT)
+        raise ImageError(p, "zero-byte file")
     kind = sniff(p)
     if kind == "unknown":
-        raise ImageError(p, "not an image (unrecognised content)", "remove it or fix its format")
+        raise ImageError(p, "not an image (unrecognised content)")
     if kind == "dicom":
         ds = _read_dicom(p)
         _check_dicom_pixels(p, ds)
@@ -635,7 +672,7 @@ def _preflight(p: Path) -> tuple[str, Any]:
 
 def _check_content(p: Path, img: np.ndarray) -> np.ndarray:
     if img.size and float(img.min()) == float(img.max()):
-        raise ImageError(p, "blank image (every pixel has the same value)", "re-export it or remove it")
+        raise ImageError(p, "blank image (every pixel has the same value)")
     return img
 
 
@@ -657,7 +694,7 @@ def decode(path: str | Path) -> np.ndarray:
         kind = sniff(p) if p.is_file() and p.stat().st_size else ""
         img = decode_dicom(p) if kind == "dicom" else decode_raster(p)
     except PixelError as e:
-        raise ImageError(s, str(e), _PIXEL_HINT) from None
+        raise ImageError(s, str(e)) from None
     return _check_content(p, img)
 
 
