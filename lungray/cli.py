@@ -110,7 +110,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         found = find_image_ids(args.image_id, args.cache_dir or Path(args.output) / "cache")
         for image_id in args.image_id:
             hit = found.get(image_id)
-            print(printable(f"{image_id}\t{hit['path']}\t{hit['label']}" if hit else f"{image_id}\tnot found"))
+            fields = (image_id, hit["path"], hit["label"]) if hit else (image_id, "not found")
+            print("\t".join(printable(f) for f in fields))
         return 0 if len(found) == len(set(args.image_id)) else 1
     if args.command == "data":
         from lungray.config import DataConfig

@@ -180,3 +180,53 @@ def test_guess_source(tmp_path, imgs):
     assert guess_source(tmp_path / "x.csv") == "csv" and guess_source(tmp_path / "m.npz") == "medmnist"
     with pytest.raises(DataError, match="does not exist"):
         guess_source(tmp_path / "nowhere")
+
+
+# --------------------------------------------------------------------------------------------
+# the command line: exit status (issue 12), escaped names, `data which`
+# --------------------------------------------------------------------------------------------
+
+
+def _run(argv, capsys):
+    from lungray.cli import main
+
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_cli_exit_status_quarantine_strict_unusable(tmp_path, imgs, capsys):
+    for i in range(8):
+        _png(tmp_path / "ds" / "A" / f"{i}.png", imgs[i])
+        _png(tmp_path / "ds" / "B" / f"{i}.png", imgs[10 + i])
+    (tmp_path / "ds" / "A" / "bad\nB: fake.png").write_bytes(b"")
+    ds = str(tmp_path / "ds")
+    rc, out, err = _run(["data", "check", ds, "--val-size", "2"], capsys)
+    # one bad PNG: quarantined with a warning line, and the gate passes as the sweep would
+    assert rc == 0 and "A/bad\\nB: fake.png: zero-byte file; re-download or remove it\n" in out
+    assert out.count("\n") == 2 and out.splitlines()[-1].startswith("1 of 17 images quarantined")
+    rc, out, err = _run(["data", "check", ds, "--val-size", "2", "--strict"], capsys)
+    assert rc == 1 and err == "data check failed (--strict): 1 problem(s) above\n"
+    (tmp_path / "one" / "A").mkdir(parents=True)
+    _png(tmp_path / "one" / "A" / "0.png", imgs[0])
+    rc, out, err = _run(["data", "check", str(tmp_path / "one")], capsys)
+    assert rc == 1 and "fewer than 2 classes with usable images (A 1)" in out
+    assert err == "data check failed: the dataset cannot be used (1 error(s) above)\n"
+    rc, out, err = _run(["data", "check", str(tmp_path / "nowhere")], capsys)
+    assert rc == 2 and err.startswith("lungray: error: dataset path") and "does not exist" in err
+
+
+def test_cli_which_maps_a_hashed_id_back_to_its_file(tmp_path, imgs, capsys):
+    from lungray.config import DataConfig
+    from lungray.data.prepare import prepare_data
+
+    for i in range(8):
+        _png(tmp_path / "ds" / "A" / f"PAT-{i}.png", imgs[i])
+        _png(tmp_path / "ds" / "B" / f"PAT-{10 + i}.png", imgs[10 + i])
+    cfg = DataConfig(source="folder", path=str(tmp_path / "ds"), resolution=16, val_size=2)
+    d = prepare_data(cfg, output_dir=tmp_path / "out", progress=False, parallel=False)
+    image_id = str(d.ids[3])
+    assert image_id.startswith("img_") and "PAT" not in "".join(map(str, d.ids))
+    rc, out, _ = _run(["data", "which", image_id, "img_0000000000000000", "--output", str(tmp_path / "out")], capsys)
+    path = d.manifest()["path"].iloc[3]
+    assert rc == 1 and out.splitlines() == [f"{image_id}\t{path}\t{d.manifest()['label'].iloc[3]}", "img_0000000000000000\tnot found"]
