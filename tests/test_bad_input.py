@@ -657,3 +657,70 @@ def test_table_is_in_sync_and_covers_30_kinds():
 if __name__ == "__main__":
     TABLE.write_text(table())
     print(f"wrote {TABLE} ({len(CASES)} kinds)")
+
+
+# --------------------------------------------------------------------------------------------
+# image bombs and big images, at their real size (issue 15 item 4)
+# --------------------------------------------------------------------------------------------
+
+# peak RSS from VmHWM (ru_maxrss survives exec on Linux: it would report pytest's own peak)
+_HWM = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) // 1024"
+_MEASURE = f"""
+import sys
+from lungray.data.decode import decode
+base = {_HWM}
+img = decode(sys.argv[1])
+print(img.shape[0], img.shape[1], {_HWM} - base)
+"""
+
+
+def _real_png(path: Path, width: int, height: int, channels: int = 1, gradient: bool = True) -> Path:
+    """A valid 8-bit PNG (a smooth gradient, or zeros: the bomb), written row by row."""
+    comp = zlib.compressobj(9)
+    row = (np.linspace(0, 255, width * channels) * gradient).astype(np.uint8).tobytes()
+    color = {1: 0, 3: 2}[channels]
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color, 0, 0, 0)))
+        data = []
+        for _ in range(height):
+            data.append(comp.compress(b"\x00" + row))
+        data.append(comp.flush())
+        f.write(_png_chunk(b"IDAT", b"".join(data)))
+        f.write(_png_chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.slow
+def test_real_decompression_bomb_is_quarantined_without_decoding(tmp_path):
+    """A 30000 x 30000 PNG (under 1 MB on disk, 900 MB decoded): ``data check`` quarantines it
+    from the header, prints no raw Pillow warning, and never allocates its pixels."""
+    import subprocess
+    import sys
+
+    root = base(tmp_path / "ds")
+    bomb = _real_png(root / "COVID" / "bomb.png", 30000, 30000, gradient=False)
+    assert bomb.stat().st_size < 1_000_000
+    code = f"import sys; from lungray.cli import main; rc = main(sys.argv[1:]); print('maxrss_mb', {_HWM}); sys.exit(rc)"
+    p = subprocess.run([sys.executable, "-c", code, "data", "check", str(root), "--val-size", "2"],
+                       capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "PYTHONWARNINGS": "always"})
+    assert p.returncode == 0, p.stderr
+    assert "COVID/bomb.png: image too large (30000x30000 px = 900.0 megapixels; the limit is 89.5); downscale it" in p.stdout
+    assert "DecompressionBomb" not in p.stdout + p.stderr and "Traceback" not in p.stderr
+    assert int(p.stdout.split("maxrss_mb")[1]) < 600  # the pixels alone would be 900 MB
+
+
+@pytest.mark.slow
+def test_big_rgb_png_decodes_reduced_in_bounded_memory(tmp_path):
+    """An 8000 x 8000 RGB PNG (64 MP, under the limit): decoded reduced by 4 to 2000 x 2000. The
+    full-size float pipeline took +2.4 GB (float64 RGB + luma, measured); reduced, the peak is
+    Pillow's own 256 MB buffer (RGB is stored 4 bytes a pixel) plus small change."""
+    import subprocess
+    import sys
+
+    big = _real_png(tmp_path / "big.png", 8000, 8000, channels=3)
+    p = subprocess.run([sys.executable, "-c", _MEASURE, str(big)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    h, w, extra_mb = map(int, p.stdout.split())
+    assert (h, w) == (2000, 2000)
+    print(f"decode of an 8000 x 8000 RGB PNG: +{extra_mb} MB peak RSS")
+    assert extra_mb < 400, extra_mb

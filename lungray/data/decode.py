@@ -23,10 +23,11 @@ DICOM (pydicom 3; JPEG 2000 / JPEG-LS / JPEG lossless / RLE through pylibjpeg)
 Size and content limits, the same for every container (issue 15 items 4-5)
     * more than :data:`MAX_PIXELS` pixels (89.5 megapixels, about 9459 x 9459: Pillow's own
       decompression-bomb threshold) -> quarantined from the header, nothing decoded;
-    * more than :data:`WORK_PIXELS` (4096 x 4096) -> decoded *reduced* by an integer factor
+    * more than :data:`WORK_PIXELS` (2048 x 2048) -> decoded *reduced* by an integer factor
       (JPEG inside the DCT via ``draft``, other rasters with Pillow's ``reduce`` right after
       loading, DICOM and 16-bit colour PNGs by block means), so the float pipeline never holds
-      more than ~17 megapixels whatever the file;
+      more than ~4 megapixels whatever the file (an 8000 x 8000 RGB PNG: +263 MB peak, Pillow's
+      own buffer, instead of +2.4 GB through float64 RGB at full size before this rule);
     * a side shorter than :data:`MIN_SIDE` (16 px), several frames/pages (multi-page TIFF,
       animated GIF/PNG/WebP, multi-frame DICOM), NaN/inf pixel values, an image whose pixels
       all have one value, an unsupported DICOM PhotometricInterpretation and DICOM pixel data
@@ -74,8 +75,10 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 #: radiograph is at most ~4300 x 3500 px (15 MP), so anything this big is an export error or a
 #: bomb (a 30000 x 30000 PNG of zeros is 875 KB on disk and 900 MB decoded).
 MAX_PIXELS = 89_478_485
-#: Images with more pixels are decoded reduced by an integer factor (see the module docstring).
-WORK_PIXELS = 4096 * 4096
+#: Images with more pixels are decoded reduced by an integer factor (see the module docstring):
+#: twice the largest study resolution (512 px) and more, so no study loses detail, while the
+#: float pipeline's memory stays bounded.
+WORK_PIXELS = 2048 * 2048
 #: Images with a side shorter than this are quarantined (1x1 and icon-sized files are export
 #: errors; MedMNIST's 28 px is the smallest real dataset lungray reads).
 MIN_SIDE = 16

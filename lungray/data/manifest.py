@@ -23,7 +23,7 @@ Columns (all present, in this order; strings are never NaN, empty means unknown)
                 label conflicts)
 ``phash``       16-hex-digit perceptual hash of the decoded image (filled by ``data check`` and
                 the cache)
-``width``, ``height``  decoded size in pixels (images over 16.8 megapixels are decoded reduced by
+``width``, ``height``  decoded size in pixels (images over 2048 x 2048 px are decoded reduced by
                 an integer factor, see :mod:`lungray.data.decode`; 0 when not decoded yet)
 ``boxes``       JSON list of ``[x, y, w, h]`` boxes (RSNA), ``"[]"`` otherwise
 ``split``       a predefined split (``train``/``val``/``test``) from the source, else empty
