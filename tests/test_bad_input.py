@@ -253,7 +253,7 @@ CASES: list[Case] = [
          ("COVID/bad.png: unreadable image (broken PNG file (bad header checksum in b'IDAT')); re-download or remove it",), "header"),
     Case("bomb_png", "decompression bomb: a PNG declaring 30000 x 30000 px",
          bad_file("bomb.png", lambda: bomb_png_header(30000, 30000)), "quarantined",
-         ("COVID/bomb.png: image too large (30000x30000 px = 900.0 megapixels; the limit is 89.5); downscale it (4096 px per side is plenty for a radiograph) or remove it",), "header"),
+         ("COVID/bomb.png: image too large (30000x30000 px = 900.0 megapixels; the limit is 89.5); downscale it (lungray decodes at most 2048 x 2048 px of it anyway) or remove it",), "header"),
     Case("tiny_1x1", "1 x 1 px PNG", bad_file("dot.png", lambda: png_bytes(np.full((1, 1), 7, np.uint8))), "quarantined",
          ("COVID/dot.png: image too small (1x1 px; at least 16 px per side); remove it (an export error?)",), "header"),
     Case("tiny_thumbnail", "20 x 12 px thumbnail", bad_file("thumb.png", lambda: png_bytes(imgs()[39][:12, :20])),

@@ -119,7 +119,7 @@ HINTS = {
     "multi-page TIFF": _ONE_FRAME,
     "animated image": _ONE_FRAME,
     "unsupported DICOM PhotometricInterpretation": "re-export it as MONOCHROME2 (or RGB) or remove it",
-    "image too large": "downscale it (4096 px per side is plenty for a radiograph) or remove it",
+    "image too large": "downscale it (lungray decodes at most 2048 x 2048 px of it anyway) or remove it",
     "image too small": "remove it (an export error?)",
     "non-finite pixel values": "re-export it with finite pixel values or remove it",
     "blank image": _REEXPORT,
@@ -154,7 +154,7 @@ class ImageError(DataError):
         super().__init__(f"{path}: {reason}" + (f"; {self.hint}" if self.hint else ""))
 
 
-class PixelError(ValueError):
+class PixelError(Exception):
     """Pixel values no image may have (NaN/inf); raised where no file name is at hand
     (:func:`array_to_unit`), turned into an :class:`ImageError` naming the file by :func:`decode`."""
 
@@ -364,6 +364,10 @@ def decode_raster(path: str | Path) -> np.ndarray:
     kind, _ = _preflight(p)
     if kind == "dicom":
         raise ImageError(p, "not an image (unrecognised content)")
+    return _decode_raster(p, kind)
+
+
+def _decode_raster(p: Path, kind: str) -> np.ndarray:
     if kind == "png":
         depth, colour = _png_bit_depth(p)
         if depth == 16 and colour in (2, 6):  # 16-bit RGB / RGBA: PIL would drop to 8 bits
@@ -380,8 +384,6 @@ def decode_raster(path: str | Path) -> np.ndarray:
             im = _pil_reduce(im, k)
         return _pil_to_unit(im)
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
-        if isinstance(e, PixelError):
-            raise
         raise _unreadable(p, e) from None
     finally:
         im.close()
@@ -450,7 +452,6 @@ def _decode_cv2(p: Path) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # DICOM
 # --------------------------------------------------------------------------------------------
-
 
 
 def _read_dicom(p: Path, *, defer: bool = True) -> Any:
@@ -522,6 +523,10 @@ def decode_dicom(path: str | Path) -> np.ndarray:
     kind, ds = _preflight(p)
     if kind != "dicom":
         raise ImageError(p, "not a readable DICOM file (no DICOM header)")
+    return _decode_dicom(p, ds)
+
+
+def _decode_dicom(p: Path, ds: Any) -> np.ndarray:
     try:
         arr = ds.pixel_array
     except Exception as e:  # decoder plugins raise many types on corrupt streams
@@ -653,24 +658,27 @@ def _preflight(p: Path) -> tuple[str, Any]:
     Shared by :func:`probe` (the cheap pass) and :func:`decode` (the cache and ``lungray data
     check``), so a file the probe rejects is rejected by the decode with the same reason.
     """
-    if not p.is_file():
-        raise ImageError(p, "missing file")
-    if p.stat().st_size == 0:
-        raise ImageError(p, "zero-byte file")
-    kind = sniff(p)
-    if kind == "unknown":
-        raise ImageError(p, "not an image (unrecognised content)")
-    if kind == "dicom":
-        ds = _read_dicom(p)
-        _check_dicom_pixels(p, ds)
-        return kind, ds
-    im = _open_pil(p, kind)
     try:
-        _check_raster_header(p, kind, im)
-    finally:
-        im.close()
-    _check_raster_stream(p, kind)
-    return kind, None
+        if not p.is_file():
+            raise ImageError(p, "missing file")
+        if p.stat().st_size == 0:
+            raise ImageError(p, "zero-byte file")
+        kind = sniff(p)
+        if kind == "unknown":
+            raise ImageError(p, "not an image (unrecognised content)")
+        if kind == "dicom":
+            ds = _read_dicom(p)
+            _check_dicom_pixels(p, ds)
+            return kind, ds
+        im = _open_pil(p, kind)
+        try:
+            _check_raster_header(p, kind, im)
+        finally:
+            im.close()
+        _check_raster_stream(p, kind)
+        return kind, None
+    except OSError as e:  # permissions, I/O errors: the same reason from probe and decode
+        raise ImageError(p, f"unreadable file ({type(e).__name__})") from None
 
 
 def _check_content(p: Path, img: np.ndarray) -> np.ndarray:
@@ -694,8 +702,8 @@ def decode(path: str | Path) -> np.ndarray:
         if NPZ_SEP in s:
             return _check_content(Path(s), array_to_unit(npz_row(s)))
         p = Path(s)
-        kind = sniff(p) if p.is_file() and p.stat().st_size else ""
-        img = decode_dicom(p) if kind == "dicom" else decode_raster(p)
+        kind, ds = _preflight(p)
+        img = _decode_dicom(p, ds) if kind == "dicom" else _decode_raster(p, kind)
     except PixelError as e:
         raise ImageError(s, str(e)) from None
     return _check_content(p, img)
@@ -718,8 +726,6 @@ def probe(path: str | Path) -> str:
         return ""
     except ImageError as e:
         return e.reason
-    except OSError as e:
-        return f"unreadable file ({type(e).__name__})"
 
 
 def resize(img: np.ndarray, resolution: int, mode: str = "stretch") -> np.ndarray:
