@@ -230,3 +230,27 @@ def test_cli_which_maps_a_hashed_id_back_to_its_file(tmp_path, imgs, capsys):
     rc, out, _ = _run(["data", "which", image_id, "img_0000000000000000", "--output", str(tmp_path / "out")], capsys)
     path = d.manifest()["path"].iloc[3]
     assert rc == 1 and out.splitlines() == [f"{image_id}\t{path}\t{d.manifest()['label'].iloc[3]}", "img_0000000000000000\tnot found"]
+
+
+def test_check_manifest_carries_the_hashes_the_cache_computes(tmp_path, imgs, capsys):
+    """Issue 13 item 8: ``--manifest-out`` has sha256 (of the file bytes) and phash/width/height (of
+    the decode), equal to what the sweep's cache computes for the same images."""
+    import hashlib
+
+    import pandas as pd
+
+    from lungray.data.prepare import prepare_data
+
+    for i in range(8):
+        _png(tmp_path / "ds" / "A" / f"{i}.png", imgs[i])
+        _png(tmp_path / "ds" / "B" / f"{i}.png", imgs[10 + i][:, :20])  # 24 x 20
+    rc, _, _ = _run(["data", "check", str(tmp_path / "ds"), "--val-size", "2", "--manifest-out", str(tmp_path / "m.parquet")], capsys)
+    m = pd.read_parquet(tmp_path / "m.parquet").set_index("image_id")
+    assert rc == 0 and len(m) == 16
+    for image_id, r in m.iterrows():
+        assert r["sha256"] == hashlib.sha256(Path(r["path"]).read_bytes()).hexdigest()
+        assert (r["width"], r["height"]) == ((24, 24) if "/A/" in r["path"] else (20, 24))
+    cfg = DataConfig(source="folder", path=str(tmp_path / "ds"), resolution=16, val_size=2)
+    cached = prepare_data(cfg, output_dir=tmp_path / "out", progress=False, parallel=False).manifest().set_index("image_id")
+    cols = ["sha256", "phash", "width", "height", "path", "label"]
+    pd.testing.assert_frame_equal(m.loc[cached.index, cols], cached[cols])

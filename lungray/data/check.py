@@ -18,7 +18,7 @@
 - per dataset, *warnings* (it would train, probably not as meant; refused under ``strict``):
   near-identical class names (case, whitespace, ``-``/``_``, look-alike letters ``l/I/1``,
   ``O/0``, Cyrillic/Greek homoglyphs) with the exact ``data.class_map`` line that merges them,
-  and classes the held-out split leaves with no evaluation (or no training) image.
+  and classes the held-out split leaves with no evaluation, validation or training image.
 
 Default: bad rows are *quarantined* (their ``problem`` column says why; every later step skips
 them) and the run goes on with warnings. ``strict`` raises :class:`~lungray.errors.DataError`
