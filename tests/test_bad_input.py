@@ -103,6 +103,19 @@ def base_csv(root: Path, extra: str = "", header: str = "path,label") -> dict:
     return {"source": "csv", "path": str(root / "labels.csv")}
 
 
+def plus(files: dict, classes=CLASSES, **over: Any) -> Callable[..., dict]:
+    """The base dataset (of ``classes``) plus ``files`` (relative path -> ``make(root)`` bytes, or
+    None for an empty folder); ``over`` are DataConfig overrides (``path`` relative to the root)."""
+
+    def build(root: Path, tmp: Path) -> dict:
+        base(root, classes=classes)
+        for rel, make in files.items():
+            (root / rel).mkdir(parents=True) if make is None else put(root / rel, make(root))
+        return {**over, **({"path": str(root / over["path"])} if "path" in over else {})}
+
+    return build
+
+
 def bad_file(name: str, data: Callable[[], bytes]) -> Callable[..., None]:
     def build(root: Path, tmp: Path) -> None:
         base(root)
@@ -296,7 +309,7 @@ CASES: list[Case] = [
          bad_file("x\u202egnp.png", lambda: b""), "quarantined",
          ("COVID/x\\u202egnp.png: zero-byte file; re-download or remove it",), "header"),
     Case("label_conflict", "the same bytes filed under two labels",
-         lambda root, tmp: (base(root), put(root / "Normal" / "dup.png", (root / "COVID" / "0.png").read_bytes()))[0] and None,
+         plus({"Normal/dup.png": lambda root: (root / "COVID" / "0.png").read_bytes()}),
          "quarantined",
          ("COVID/0.png: label conflict: same bytes as 'Normal/dup.png' labelled 'Normal'; keep the file under its right label and delete the other copy",
           "Normal/dup.png: label conflict: same bytes as 'COVID/0.png' labelled 'COVID'; keep the file under its right label and delete the other copy"),
@@ -375,40 +388,40 @@ CASES: list[Case] = [
           "data.class_map",),
          counts={"COVID": 8, "Normal": 8, "Rare": 2}),
     # ---- the dataset cannot be used --------------------------------------------------------------
-    Case("empty_class", "an empty class folder", lambda root, tmp: (base(root), (root / "Empty").mkdir())[0] and None,
+    Case("empty_class", "an empty class folder", plus({"Empty": None}),
          "error",
          ("class 'Empty' has no usable images; add images, fix the quarantined ones, or drop it with data.class_map",),
          counts={"COVID": 8, "Empty": 0, "Normal": 8}),
     Case("all_bad_class", "a class whose every file is broken",
-         lambda root, tmp: (base(root), put(root / "Broken" / "a.png", b""), put(root / "Broken" / "b.png", b"x"))[0] and None,
+         plus({"Broken/a.png": lambda root: b"", "Broken/b.png": lambda root: b"x"}),
          "error",
          ("Broken/a.png: zero-byte file; re-download or remove it", "Broken/b.png: not an image (unrecognised content); remove it or fix its format",
           "class 'Broken' has no usable images; add images, fix the quarantined ones, or drop it with data.class_map"),
          counts={"Broken": 0, "COVID": 8, "Normal": 8}),
-    Case("single_class", "only one class", lambda root, tmp: base(root, classes=("COVID",)) and None, "error",
+    Case("single_class", "only one class", plus({}, classes=("COVID",)), "error",
          ("fewer than 2 classes with usable images (COVID 8); a classifier needs at least two",), counts={"COVID": 8}),
     Case("no_images", "class folders with no image in them",
-         lambda root, tmp: (put(root / "COVID" / "a.txt", b"x"), put(root / "Normal" / "b.txt", b"x"))[0] and None,
+         plus({"COVID/a.txt": lambda root: b"x", "Normal/b.txt": lambda root: b"x"}, classes=()),
          "error", ("no images found: the dataset has no labelled image; check data.path and data.source",),
          counts={"COVID": 0, "Normal": 0}),
-    Case("size_over_pool", "a training size larger than the pool", lambda root, tmp: (base(root), {"sizes": (500,)})[1],
+    Case("size_over_pool", "a training size larger than the pool", plus({}, sizes=(500,)),
          "error", ("training size 500 is larger than the training pool of 10 images (COVID: 5, Normal: 5); ",), prefix=True),
     Case("split_no_pool", "an evaluation set that leaves no training pool",
-         lambda root, tmp: (base(root), {"eval_size": 16, "val_size": 0})[1], "error",
+         plus({}, eval_size=16, val_size=0), "error",
          ("the held-out split cannot be made: eval_size=16 and val_size=0 leave no training pool out of 16 images",),
          prefix=True),
     # ---- information only ------------------------------------------------------------------------
     Case("non_image_files", "non-image files in the class folders (.txt, .xlsx)",
-         lambda root, tmp: (base(root), put(root / "COVID" / "notes.txt", b"x"), put(root / "Normal" / "meta.xlsx", b"x"))[0] and None,
+         plus({"COVID/notes.txt": lambda root: b"x", "Normal/meta.xlsx": lambda root: b"x"}),
          "note",
          ("note: 2 file(s) not read, outside any class folder or not an image suffix (.txt 1, .xlsx 1), e.g. "
           "'COVID/notes.txt'; lungray reads .png .jpg .jpeg .bmp .tif .tiff .gif .webp .dcm .dicom .dic in class folders",)),
     Case("stray_root_image", "an image outside any class folder",
-         lambda root, tmp: (base(root), put(root / "stray.png", png_bytes(imgs()[39])))[0] and None, "note",
+         plus({"stray.png": lambda root: png_bytes(imgs()[39])}), "note",
          ("note: 1 file(s) not read, outside any class folder or not an image suffix (.png 1), e.g. 'stray.png'; "
           "lungray reads .png .jpg .jpeg .bmp .tif .tiff .gif .webp .dcm .dicom .dic in class folders",)),
     Case("same_label_copy", "the same bytes twice under one label",
-         lambda root, tmp: (base(root), put(root / "COVID" / "copy.png", (root / "COVID" / "0.png").read_bytes()))[0] and None,
+         plus({"COVID/copy.png": lambda root: (root / "COVID" / "0.png").read_bytes()}),
          "note",
          ("note: 1 file(s) are byte-identical copies of another file with the same label (e.g. 'COVID/copy.png' = "
           "'COVID/0.png'); they count as separate training images, and copies of evaluation images are handled by the "
@@ -429,13 +442,13 @@ CASES: list[Case] = [
     Case("csv_no_label_column", "CSV without a label column", csv_case("", header="path,diagnosis"), "raises",
          (r"{root}/labels.csv: missing column\(s\) label; found path, diagnosis \(expected path, label\)",)),
     Case("csv_not_text", "a binary file named .csv",
-         lambda root, tmp: (put(root / "labels.csv", b"\xff\xfe\x00\x81" * 50), {"source": "csv", "path": str(root / "labels.csv")})[1],
+         plus({"labels.csv": lambda root: b"\xff\xfe\x00\x81" * 50}, classes=(), source="csv", path="labels.csv"),
          "raises", (r"{root}/labels.csv: not a readable CSV \(UnicodeDecodeError: .*\)",)),
-    Case("unknown_source", "an unknown data.source", lambda root, tmp: (base(root), {"source": "kaggle"})[1], "raises",
+    Case("unknown_source", "an unknown data.source", plus({}, source="kaggle"), "raises",
          (r"unknown dataset adapter 'kaggle'; valid choices: .*csv.*folder.*",)),
     Case("missing_root", "data.path that does not exist", lambda root, tmp: {"path": str(root / "nowhere")}, "raises",
          (r"data.path '{root}/nowhere' does not exist \(data.source 'folder'\); check the path",)),
-    Case("no_class_folders", "a folder without class folders", lambda root, tmp: put(root / "a.png", png_bytes(imgs()[0])) and None,
+    Case("no_class_folders", "a folder without class folders", plus({"a.png": lambda root: png_bytes(imgs()[0])}, classes=()),
          "raises", (r"{root}: no class folders found; the folder layout needs one subfolder per class",)),
     Case("medmnist_mismatch", "a MedMNIST .npz whose labels and images differ in length",
          lambda root, tmp: _npz(root), "raises", (r"{root}/m.npz: 'train_labels' has 3 rows but 'train_images' has 4",)),
