@@ -210,11 +210,6 @@ def check_files(
     return df
 
 
-def probe_manifest(manifest: pd.DataFrame, *, workers: int = 4, progress: bool = False) -> pd.DataFrame:
-    """Fill ``problem`` (and ``sha256``) for good rows with the cheap probe (no pixel decoding)."""
-    return check_files(manifest, decode_pixels=False, workers=workers, progress=progress)
-
-
 # --------------------------------------------------------------------------------------------
 # labels
 # --------------------------------------------------------------------------------------------
