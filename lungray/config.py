@@ -73,6 +73,8 @@ class DataConfig:
     leakage: str = "drop"
     leakage_max_distance: int = 6  # Hamming distance on 64-bit perceptual hashes (stage 1 of the search)
     strict: bool = False  # fail on any quarantined row instead of dropping it
+    # csv rows may only point under the CSV's folder unless this is set (lungray.data.adapters)
+    allow_outside_root: bool = False
 
 
 @dataclass(frozen=True)

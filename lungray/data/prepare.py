@@ -197,6 +197,9 @@ def prepare_data(
     from lungray.data.cache import load_quarantined
 
     quarantined = load_quarantined(root)
+    from lungray.data.check import quarantine_report
+
+    quarantine_report(quarantined, report, int(meta["n_images"]), say, cfg=cfg)  # always shown
     if cfg.strict and len(quarantined):
         first = "; ".join(f"{r.image_id}: {r.problem}" for r in quarantined.head(3).itertuples())
         raise DataError(f"data check failed (strict): {len(quarantined)} image(s) could not be used: {first}")

@@ -247,7 +247,7 @@ def run_study(
         from lungray.data.prepare import prepare_data
 
         echo(f"preparing data ({cfg.data.source}) ...")
-        data = prepare_data(cfg.data, output_dir=cfg.output_dir, sizes=cfg.sizes, seeds=cfg.seeds, progress=verbose)
+        data = prepare_data(cfg.data, output_dir=cfg.output_dir, sizes=cfg.sizes, seeds=cfg.seeds, progress=verbose, echo=echo)
     else:
         _check_sizes_against_pool(data, cfg)
     if state is not None and state.get("dataset_fingerprint") not in (None, data.fingerprint):
