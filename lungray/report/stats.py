@@ -183,7 +183,8 @@ def _two_level(theta: np.ndarray, v_shared: np.ndarray, v_each: np.ndarray, n_im
 
     * the between-run variance ``s^2`` of the runs' scores estimates ``sigma_a^2 +
       sigma_e^2/N``, so ``var_seed = s^2/S`` is the usual seeds-only variance (with ``S - 1``
-      degrees of freedom) and already holds the run-image interaction;
+      degrees of freedom) and already holds the run-image interaction (flooring it at the
+      interaction's own estimate made the interval conservative: coverage 0.97-0.995);
     * ``v_shared``, the image-level (bootstrap) variance of the mean over runs, estimates
       ``sigma_b^2/N + sigma_e^2/(S N)``, and ``v_each``, that of each run's own score,
       ``(sigma_b^2 + sigma_e^2)/N``; so ``var_image = (S v_shared - mean(v_each))/(S - 1)``
