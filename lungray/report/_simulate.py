@@ -111,3 +111,177 @@ def curve_runs(rng: np.random.Generator, cv: Curve, sizes, seeds: int, images: i
     z = rng.normal(size=(sizes.size, images))
     wrong = math.sqrt(cv.rho) * u + math.sqrt(1 - cv.rho) * z < norm.ppf(e)[:, None]
     return sizes, ~wrong
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements: each returns the rates it measured (and is what the tests assert on)
+# ---------------------------------------------------------------------------------------------
+
+
+def binomial_se(rate: float, reps: int) -> float:
+    """Monte Carlo standard error of a measured rate."""
+    return math.sqrt(max(rate * (1 - rate), 1e-12) / reps)
+
+
+def cell_coverage(sc: Crossed, *, reps: int, seeds: int, images: int, seed: int = 0) -> dict:
+    """Coverage of the cell interval (:func:`stats.two_level_ci_scores`) and of the old
+    seeds-only t-interval for the true expected accuracy, with a fresh evaluation set per rep."""
+    from lungray.report import stats
+
+    rng = np.random.default_rng(seed)
+    c = crossed_correct(rng, sc, reps, seeds, images).astype(np.float64)
+    two = np.mean([stats.two_level_ci_scores(c[r]).covers(sc.truth) for r in range(reps)])
+    old = np.mean([stats.mean_ci(c[r].mean(1)).covers(sc.truth) for r in range(reps)])
+    return {"two_level": float(two), "seeds_only": float(old), "reps": reps}
+
+
+def cell_coverage_with_stuck(sc: Crossed, *, p_stuck: float, reps: int, seeds: int, images: int, seed: int = 0) -> dict:
+    """Runs collapse (a constant output, accuracy = the majority rate 0.5 on balanced labels)
+    with probability ``p_stuck``. Measures how often the chance check flags a collapsed run
+    (``recall``) and a working one (``false_flags``), and the coverage of the report's cell
+    interval (working runs only) for the working runs' expected accuracy, next to that of the
+    seeds-only t over all runs (the old table)."""
+    from lungray.report import stats
+
+    rng = np.random.default_rng(seed)
+    c = crossed_correct(rng, sc, reps, seeds, images)
+    y = np.arange(images) % 2
+    stuck = rng.random((reps, seeds)) < p_stuck
+    hits = flags_true = n_true = flags_false = n_false = 0
+    cov_new = cov_old = n_cov = 0
+    const = np.tile([0.55, 0.45], (images, 1))
+    for r in range(reps):
+        runs = np.where(stuck[r][:, None], (y == 0)[None, :], c[r])
+        flagged = np.zeros(seeds, bool)
+        for s in range(seeds):
+            if stuck[r, s]:
+                probs = const
+            else:
+                pt = np.where(runs[s], 0.75, 0.25)
+                probs = np.stack([np.where(y == 0, pt, 1 - pt), np.where(y == 1, pt, 1 - pt)], 1)
+            flagged[s] = stats.chance_check(y, probs).stuck
+        flags_true += int((flagged & stuck[r]).sum())
+        n_true += int(stuck[r].sum())
+        flags_false += int((flagged & ~stuck[r]).sum())
+        n_false += int((~stuck[r]).sum())
+        if stuck[r].any():
+            use = runs[~flagged] if (~flagged).sum() >= 2 else None
+            if use is not None:
+                n_cov += 1
+                cov_new += stats.two_level_ci_scores(use.astype(np.float64)).covers(sc.truth)
+                cov_old += stats.mean_ci(runs.mean(1)).covers(sc.truth)
+    return {"recall": flags_true / max(1, n_true), "false_flags": flags_false / max(1, n_false),
+            "coverage_working": cov_new / max(1, n_cov), "coverage_old_all_runs": cov_old / max(1, n_cov),
+            "reps_with_stuck": n_cov}
+
+
+def paired_size(sc: Crossed, *, sigma_g: float, reps: int, seeds: int, images: int, alpha: float = 0.05,
+                seed: int = 0) -> dict:
+    """Type-I error at ``alpha`` of the report's paired test and of the paired t on per-seed
+    differences (seeds only), under the null of equal expected accuracy."""
+    from scipy import stats as st
+
+    from lungray.report import stats
+
+    rng = np.random.default_rng(seed)
+    ca, cb = paired_null(rng, sc, reps, seeds, images, sigma_g=sigma_g)
+    new = old = 0
+    for r in range(reps):
+        a, b = ca[r].astype(np.float64), cb[r].astype(np.float64)
+        new += stats.paired_test(a, b).p < alpha
+        d = a.mean(1) - b.mean(1)
+        if d.std() > 0:
+            old += st.ttest_1samp(d, 0.0).pvalue < alpha
+    return {"paired_test": new / reps, "seeds_only_t": old / reps, "reps": reps}
+
+
+def mcnemar_size(sc: Crossed, *, sigma_g: float, reps: int, seeds: int, images: int, alpha: float = 0.05,
+                 seed: int = 0) -> dict:
+    """Type-I error of the clustered McNemar and of pooling the seeds' tables as independent
+    (one exact McNemar on all image-runs), under McNemar's null: A's and B's trained runs
+    equally good (same run skills), images random."""
+    from lungray.report import stats
+
+    rng = np.random.default_rng(seed)
+    ca, cb = paired_null(rng, sc, reps, seeds, images, sigma_g=sigma_g, same_runs=True)
+    clus = pooled = 0
+    for r in range(reps):
+        clus += stats.mcnemar_clustered(ca[r], cb[r]).p < alpha
+        pooled += stats.mcnemar_exact(ca[r].ravel(), cb[r].ravel())[2] < alpha
+    return {"clustered": clus / reps, "pooled_as_independent": pooled / reps, "reps": reps}
+
+
+def multiplicity(*, reps: int, m: int, rho: float, n_true: int = 0, effect: float = 3.0, alpha: float = 0.05,
+                 seed: int = 0) -> dict:
+    """Family-wise error (any false rejection) and false discovery rate of unadjusted, Holm and
+    Benjamini-Hochberg decisions over ``m`` equicorrelated tests, ``n_true`` of them real."""
+    from lungray.report import stats
+
+    rng = np.random.default_rng(seed)
+    eff = np.zeros(m)
+    eff[:n_true] = effect
+    p = correlated_pvalues(rng, reps, m, rho, eff)
+    null = eff == 0
+    out = {"reps": reps, "m": m}
+    for name, adj in (("unadjusted", lambda x: x), ("holm", stats.holm), ("bh", stats.benjamini_hochberg)):
+        rej = np.stack([adj(row) for row in p]) < alpha
+        false = (rej & null[None, :]).sum(1)
+        out[f"fwer_{name}"] = float(np.mean(false > 0))
+        out[f"fdr_{name}"] = float(np.mean(false / np.maximum(1, rej.sum(1))))
+    return out
+
+
+def target_coverage(cv: Curve, *, sizes, seeds: int, images: int, target_error: float, reps: int,
+                    n_boot: int = 300, eval_noise: bool = True, seed: int = 0) -> dict:
+    """Coverage of the report's interval for the training size reaching ``target_error``
+    (:func:`stats.bootstrap_power_law`) for the true size, and how often it is undefined."""
+    from lungray.report import stats
+
+    rng = np.random.default_rng(seed)
+    truth = cv.size_for(target_error)
+    cov = defined = 0
+    widths = []
+    for r in range(reps):
+        n, correct = curve_runs(rng, cv, sizes, seeds, images)
+        err = 1 - correct.mean(1)
+        res = stats.bootstrap_power_law(n, err, correct=correct if eval_noise else None,
+                                        target_errors=[target_error], n_boot=n_boot, seed=r)
+        ci = res.targets[target_error]
+        if np.isfinite(ci.low):
+            defined += 1
+            cov += ci.low <= truth <= ci.high
+            widths.append(ci.high / max(ci.low, 1e-9))
+    return {"coverage": cov / max(1, defined), "defined": defined / reps, "truth": truth,
+            "median_high_over_low": float(np.median(widths)) if widths else math.nan, "reps": reps}
+
+
+def mdd_power(*, n_images: int, discordance: float, reps: int, alpha: float = 0.05, power: float = 0.8,
+              seed: int = 0) -> dict:
+    """Measured power of McNemar's test at the difference :func:`stats.mcnemar_detectable_difference`
+    says is detectable: paired outcomes with P(only A right) = (psi + d)/2, P(only B right) = (psi - d)/2."""
+    from scipy import stats as st
+
+    from lungray.report import stats
+
+    rng = np.random.default_rng(seed)
+    d = stats.mcnemar_detectable_difference(n_images, discordance, alpha, power)
+    probs = [(discordance + d) / 2, (discordance - d) / 2, 1 - discordance]
+    counts = rng.multinomial(n_images, probs, size=reps)
+    b, c = counts[:, 0], counts[:, 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z2 = np.where(b + c > 0, (b - c) ** 2 / (b + c), 0.0)
+    asym = float(np.mean(st.chi2.sf(z2, 1) < alpha))
+    exact = float(np.mean([2 * st.binom.cdf(min(x, y), x + y, 0.5) < alpha if x + y else False for x, y in zip(b, c)]))
+    return {"difference": d, "power_asymptotic": asym, "power_exact": exact, "reps": reps}
+
+
+def binom_coverage(*, n: int, p: float, method: str, reps: int = 0) -> float:
+    """Exact coverage of :func:`stats.binom_ci` at (n, p): the binomial probability of the k
+    whose interval holds p (no simulation needed)."""
+    from scipy import stats as st
+
+    from lungray.report import stats
+
+    ks = np.arange(n + 1)
+    hold = np.array([stats.binom_ci(int(k), n, method=method).covers(p) for k in ks])
+    return float(st.binom.pmf(ks, n, p)[hold].sum())
