@@ -123,16 +123,29 @@ def binomial_se(rate: float, reps: int) -> float:
     return math.sqrt(max(rate * (1 - rate), 1e-12) / reps)
 
 
-def cell_coverage(sc: Crossed, *, reps: int, seeds: int, images: int, seed: int = 0) -> dict:
-    """Coverage of the cell interval (:func:`stats.two_level_ci_scores`) and of the old
-    seeds-only t-interval for the true expected accuracy, with a fresh evaluation set per rep."""
+def _t_half(var_seed, var_image, df, level: float = 0.95):
+    from scipy import stats as st
+
+    return st.t.ppf((1 + level) / 2, df) * np.sqrt(var_seed + var_image)
+
+
+def cell_coverage(sc: Crossed, *, reps: int, seeds: int, images: int, seed: int = 0, chunk: int = 250) -> dict:
+    """Coverage of the cell interval (:func:`stats.two_level_ci_scores`, vectorised through
+    :func:`stats.two_level_arrays`) and of the old seeds-only t-interval for the true expected
+    accuracy, with a fresh evaluation set per rep."""
+    from scipy import stats as st
+
     from lungray.report import stats
 
     rng = np.random.default_rng(seed)
-    c = crossed_correct(rng, sc, reps, seeds, images).astype(np.float64)
-    two = np.mean([stats.two_level_ci_scores(c[r]).covers(sc.truth) for r in range(reps)])
-    old = np.mean([stats.mean_ci(c[r].mean(1)).covers(sc.truth) for r in range(reps)])
-    return {"two_level": float(two), "seeds_only": float(old), "reps": reps}
+    two = old = 0
+    for start in range(0, reps, chunk):
+        c = crossed_correct(rng, sc, min(chunk, reps - start), seeds, images).astype(np.float32)
+        est, vs, vi, df = stats.two_level_arrays(c)
+        two += int(np.sum(np.abs(est - sc.truth) <= _t_half(vs, vi, df)))
+        half_old = st.t.ppf(0.975, seeds - 1) * np.sqrt(vs)
+        old += int(np.sum(np.abs(est - sc.truth) <= half_old))
+    return {"two_level": two / reps, "seeds_only": old / reps, "reps": reps}
 
 
 def cell_coverage_with_stuck(sc: Crossed, *, p_stuck: float, reps: int, seeds: int, images: int, seed: int = 0) -> dict:
@@ -176,22 +189,25 @@ def cell_coverage_with_stuck(sc: Crossed, *, p_stuck: float, reps: int, seeds: i
 
 
 def paired_size(sc: Crossed, *, sigma_g: float, reps: int, seeds: int, images: int, alpha: float = 0.05,
-                seed: int = 0) -> dict:
-    """Type-I error at ``alpha`` of the report's paired test and of the paired t on per-seed
+                seed: int = 0, chunk: int = 250) -> dict:
+    """Type-I error at ``alpha`` of the report's paired test (:func:`stats.paired_test`,
+    vectorised through :func:`stats.two_level_arrays`) and of the paired t on per-seed
     differences (seeds only), under the null of equal expected accuracy."""
     from scipy import stats as st
 
     from lungray.report import stats
 
     rng = np.random.default_rng(seed)
-    ca, cb = paired_null(rng, sc, reps, seeds, images, sigma_g=sigma_g)
     new = old = 0
-    for r in range(reps):
-        a, b = ca[r].astype(np.float64), cb[r].astype(np.float64)
-        new += stats.paired_test(a, b).p < alpha
-        d = a.mean(1) - b.mean(1)
-        if d.std() > 0:
-            old += st.ttest_1samp(d, 0.0).pvalue < alpha
+    for start in range(0, reps, chunk):
+        ca, cb = paired_null(rng, sc, min(chunk, reps - start), seeds, images, sigma_g=sigma_g)
+        d = ca.astype(np.float32) - cb.astype(np.float32)
+        est, vs, vi, df = stats.two_level_arrays(d)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            t = np.abs(est) / np.sqrt(vs + vi)
+            t_old = np.abs(est) / np.sqrt(vs)
+        new += int(np.sum(2 * st.t.sf(t, df) < alpha))
+        old += int(np.sum(2 * st.t.sf(t_old, seeds - 1) < alpha))
     return {"paired_test": new / reps, "seeds_only_t": old / reps, "reps": reps}
 
 

@@ -259,11 +259,20 @@ def two_level_ci_scores(
         return TwoLevelCI(math.nan, math.nan, math.nan, n_s, level, n_images=n_i)
     if n_s == 1 or n_i < 2:
         return TwoLevelCI(float(x.mean()), math.nan, math.nan, n_s, level, n_images=n_i)
-    theta = x.mean(1)
-    v_each = x.var(1, ddof=1) / n_i
-    v_shared = x.mean(0).var(ddof=1) / n_i
-    est, vs, vi, df = _two_level(theta, v_shared, v_each, n_i)
+    est, vs, vi, df = two_level_arrays(x)
     return _finish(est, vs, vi, df, n_s, n_i, level, bounds, "seeds+images")
+
+
+def two_level_arrays(scores: np.ndarray):
+    """:func:`_two_level` of per-image scores ``(..., runs, images)``, vectorised over the
+    leading axes (the simulations run thousands of cells at once): ``(estimate, var_seed,
+    var_image, df)``. The image-level variances are the exact bootstrap ones (``ddof=1``)."""
+    x = np.asarray(scores)
+    n_i = x.shape[-1]
+    theta = x.mean(-1)
+    v_each = x.var(-1, ddof=1) / n_i
+    v_shared = x.mean(-2).var(-1, ddof=1) / n_i
+    return _two_level(theta, v_shared, v_each, n_i)
 
 
 def two_level_ci_boot(
