@@ -192,6 +192,16 @@ def test_html_table_shows_the_same_numbers(fake, report):
     assert "conditional on the fixed training pool" in html  # the report says what the interval is
 
 
+def test_planted_near_chance_cells_are_named_at_chance(report):
+    """0.43-0.55 accuracy on 200 balanced images, with scores that hardly rank the classes, is not
+    distinguishable from chance (majority rate 0.5, AUC 0.5): the cell says so (issue 11.2)."""
+    tab = pd.read_csv(report / "table_accuracy.csv")
+    at25 = tab[tab.train_size == 25].set_index("model")
+    assert (at25.loc[["alpha", "beta", "gamma"], "n_at_chance"] == 3).all()
+    assert (tab[tab.train_size >= 100].n_at_chance == 0).all()
+    assert "all 3 runs at chance" in (report / "report.html").read_text()
+
+
 # -- paired comparisons ----------------------------------------------------------------------------
 
 

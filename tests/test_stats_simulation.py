@@ -219,3 +219,21 @@ def test_vectorised_measurement_is_the_report_function():
         ci = stats.two_level_ci_scores(ca[r].astype(float))
         e2, v2, i2, f2 = stats.two_level_arrays(ca[r].astype(float))
         assert (ci.estimate, ci.var_seed, ci.var_image, ci.df) == pytest.approx(tuple(map(float, (e2, v2, i2, f2))), rel=1e-10)
+
+
+@pytest.mark.slow
+def test_bench_stats_quick_prints_the_table():
+    """bench/bench_stats.py (the bench/RESULTS.md table) runs end to end."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(repo / "bench" / "bench_stats.py"), "--quick"], cwd=repo,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and "**" in line]
+    assert len(rows) >= 20
+    for prop in ("cell interval coverage", "paired test type-I error", "McNemar over seeds", "family-wise error, Holm",
+                 "false discovery rate, BH", "size-for-target interval coverage", "Clopper-Pearson"):
+        assert any(prop in line for line in rows), prop
