@@ -68,7 +68,7 @@ class ReportParts:
         return TB.study_table_wide(self.summary, metric, self.labels, self.sweep.sizes)
 
     def learning_curves(self):
-        return F.learning_curves_figure(self.summary, labels=self.labels)
+        return F.learning_curves_figure(self.summary, labels=self.labels, runs=self.runs)
 
 
 def _with_labels(sweep: Sweep, predictions: Optional[dict] = None) -> tuple[pd.DataFrame, list[str]]:
@@ -93,7 +93,6 @@ def report_parts(
     preds = TB.prediction_arrays(sweep)
     runs, labels = _with_labels(sweep, preds)
     return ReportParts(sweep, runs, TB.summarise(runs, predictions=preds, n_boot=CELL_BOOT), labels)
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,7 +222,8 @@ class _Builder:
             F.learning_curves_figure(self.summary, labels=self.labels, runs=self.runs),
             "learning_curves",
             "Learning curves: metrics against training size",
-            "Mean over seeds (runs at chance, marked x, left out); the band is the 95% interval over seeds and "
+            "Mean over seeds (runs at chance, marked x, are left out unless every run of the cell is); the band is "
+            "the 95% interval over seeds and "
             "evaluation images (none with one seed). Validation loss is taken at each trial's best epoch; held-out "
             "log loss on the evaluation set.",
         )
@@ -351,7 +351,7 @@ class _Builder:
                      "p": "p", "p_holm": "p (Holm)", "q_bh": "q (BH)", "mcnemar_b": "only A right (image-runs)",
                      "mcnemar_c": "only B right", "mcnemar_p": "McNemar p (all seeds)", "mcnemar_p_holm": "McNemar p (Holm)"},
             formats={**{c: (lambda v: H.fmt(v, 1)) for c in ("diff_points", "low_points", "high_points")},
-                     **{c: TB._p for c in ("p", "p_holm", "q_bh", "mcnemar_p", "mcnemar_p_holm")}},
+                     **{c: H.fmt_p for c in ("p", "p_holm", "q_bh", "mcnemar_p", "mcnemar_p_holm")}},
             text_columns=["optimizer", "model_a", "model_b"],
         )
         body += adequacy
@@ -385,7 +385,9 @@ class _Builder:
         for (n, o), g in ad.groupby(["train_size", "optimizer"], sort=True):
             r = g.iloc[0]
             where = f"{int(n)} training images" + (f" ({o})" if ad["optimizer"].nunique() > 1 else "")
-            items.append(f"<li>{H.esc(f'At {where}: {int(r.n_images):,} evaluation images resolve a difference of ≥ {g.mdd_points.min():.1f}-{g.mdd_points.max():.1f} points between two models; one run is known to ±{g.halfwidth_points.max():.1f} points.')}</li>")
+            lo, hi = f"{g.mdd_points.min():.1f}", f"{g.mdd_points.max():.1f}"
+            mdd = lo if lo == hi else f"{lo}-{hi}"
+            items.append(f"<li>{H.esc(f'At {where}: {int(r.n_images):,} evaluation images resolve a difference of ≥ {mdd} points between two models; one run is known to ±{g.halfwidth_points.max():.1f} points.')}</li>")
         out.append('<ul class="sentences">' + "".join(items) + "</ul>")
         out.append(H.table(ad, ["train_size", "label", "n_images", "accuracy", "halfwidth_points", "discordance",
                                 "discordance_source", "mdd_points"],
@@ -719,17 +721,18 @@ def _gradcam_sections(b: _Builder, device: Optional[str], max_pointing: int) -> 
                              "randomised_score_": "randomised weights [95% CI]",
                              "random_map_score": "uniform random map", "p_vs_prior": "p vs fixed point",
                              "p_vs_randomised": "p vs randomised", "train_size": "size"},
-                    formats={"p_vs_prior": TB._p, "p_vs_randomised": TB._p},
+                    formats={"p_vs_prior": H.fmt_p, "p_vs_randomised": H.fmt_p},
                     text_columns=["model", "score_", "prior_score_", "randomised_score_"])
     notes8 = [prior_note] if prior_note else []
     for r in point_rows_out:
         if np.isfinite(r["prior_score"]) and not (r["p_vs_prior"] < 0.05 and r["score"] > r["prior_score"]):
             notes8.append(f"{r['model']}: pointing score {r['score']:.2f} is not significantly above a fixed point at "
-                          f"the usual lesion position ({r['prior_score']:.2f}, exact McNemar p = {TB._p(r['p_vs_prior'])}): "
-                          "its heat maps show where lesions usually are, not where this image's lesion is.")
+                          f"the usual lesion position ({r['prior_score']:.2f}, exact McNemar {H.fmt_p_eq(r['p_vs_prior'])}): "
+                          "its heat maps do not locate this image's lesion better than knowing where lesions usually are.")
         if np.isfinite(r["randomised_score"]) and not (r["p_vs_randomised"] < 0.05 and r["score"] > r["randomised_score"]):
-            notes8.append(f"{r['model']}: the same architecture with random weights points as well "
-                          f"({r['randomised_score']:.2f} vs {r['score']:.2f}): the maps do not depend on what the model learned.")
+            notes8.append(f"{r['model']}: pointing score {r['score']:.2f} is not significantly above the same architecture "
+                          f"with random weights ({r['randomised_score']:.2f}, exact McNemar {H.fmt_p_eq(r['p_vs_randomised'])}): "
+                          "the maps cannot be shown to depend on what the model learned.")
     sec8 = H.Section("pointing", t8, body8, notes=notes8,
                      intro="Pointing game on the positive evaluation images (lesion masks known): the share whose "
                      f"heat-map maximum falls within {tol:.1f} px of the lesion (15 px at 224 px, as in the original "

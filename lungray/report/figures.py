@@ -142,7 +142,7 @@ def learning_curves_figure(
     names = list(labels)
     if stuck is not None and len(stuck):
         handles.append(Line2D([], [], color="k", marker="x", ls="none", ms=5))
-        names.append("run at chance (not in the mean)")
+        names.append("run at chance (left out of the mean unless all runs of the size are)")
     if metrics:
         _shared_legend(fig, handles, names)
     return fig
@@ -298,10 +298,10 @@ def fit_figure(runs: pd.DataFrame, fits: dict, target_accuracies: Sequence[float
     nmin, nmax = (min(sizes), max(sizes)) if sizes else (1, 1)
     ymax = float(np.nanmax(1 - done["test_accuracy"])) if len(done) else 0.5
     if sizes:
-        ax.axvspan(nmin, nmax, color="0.93", lw=0, zorder=0, label=f"measured sizes ({nmin:,}-{nmax:,})")
+        ax.axvspan(nmin, nmax, color="0.93", lw=0, zorder=0, label=f"measured sizes ({int(nmin):,}-{int(nmax):,})")
     for lab in labels:
         g = done[done["label"] == lab]
-        ax.plot(g["train_size"], 1 - g["test_accuracy"], "o", color=colors[lab], alpha=0.6, ms=3.5)
+        ax.plot(g["train_size"], 1 - g["test_accuracy"], "o", color=colors[lab], alpha=0.6, ms=3.5, label=f"{lab}: runs")
         res = fits.get(lab)
         if res is None or not res.fit.ok:
             continue
@@ -310,7 +310,7 @@ def fit_figure(runs: pd.DataFrame, fits: dict, target_accuracies: Sequence[float
         inside = (grid >= nmin) & (grid <= nmax)
         gi = np.r_[nmin, grid[inside], nmax]
         ax.plot(gi, np.clip(res.fit.predict(gi), 0, 1), "-", color=colors[lab], lw=1.5,
-                label=f"{lab}: {res.fit.a:.2g}·n^-{res.fit.b:.2f} + {res.fit.c:.3f}")
+                label=f"{lab}: fit {res.fit.a:.2g}·n^-{res.fit.b:.2f} + {res.fit.c:.3f}")
         left, right = grid <= nmin, grid >= nmax
         ax.plot(np.r_[grid[left], nmin], np.r_[pred[left], np.clip(res.fit.predict(nmin), 0, 1)], ":", color=colors[lab], lw=1.3)
         ax.plot(np.r_[nmax, grid[right]], np.r_[np.clip(res.fit.predict(nmax), 0, 1), pred[right]], ":", color=colors[lab], lw=1.3)

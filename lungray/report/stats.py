@@ -398,7 +398,8 @@ class PairedTest:
         return bool(np.isfinite(self.low) and (self.low > 0 or self.high < 0))
 
 
-def paired_test(score_a: np.ndarray, score_b: np.ndarray, level: float = 0.95) -> PairedTest:
+def paired_test(score_a: np.ndarray, score_b: np.ndarray, level: float = 0.95,
+                bounds: Optional[tuple[float, float]] = None) -> PairedTest:
     """Is recipe A better than recipe B? A t test on the paired differences whose variance
     holds both the run-to-run and the evaluation-image term.
 
@@ -411,7 +412,8 @@ def paired_test(score_a: np.ndarray, score_b: np.ndarray, level: float = 0.95) -
     with Satterthwaite degrees of freedom. Why not the paired bootstrap this replaced: a
     bootstrap over 3 seeds sees at most 10 distinct resamples and a variance (S-1)/S too
     small; its measured type-I error was 0.08-0.13 at a nominal 0.05 (issue 11).
-    ``tests/test_stats_simulation.py`` measures the size of this test.
+    ``tests/test_stats_simulation.py`` measures the size of this test. ``bounds`` clips the
+    interval (not the test) to the range of a difference, e.g. ``(-1, 1)`` for accuracies.
     """
     from scipy import stats as st
 
@@ -427,12 +429,13 @@ def paired_test(score_a: np.ndarray, score_b: np.ndarray, level: float = 0.95) -
         return PairedTest(est, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, n_s, n_i, level)
     ci = two_level_ci_scores(a - b, level)
     se = ci.se
+    lo, hi = (max(ci.low, bounds[0]), min(ci.high, bounds[1])) if bounds is not None else (ci.low, ci.high)
     if se == 0:
         p = 1.0 if ci.estimate == 0 else 0.0
     else:
         tstat = ci.estimate / se
         p = float(2 * st.t.sf(abs(tstat), ci.df)) if np.isfinite(ci.df) else float(2 * st.norm.sf(abs(tstat)))
-    return PairedTest(ci.estimate, ci.low, ci.high, p, ci.df, ci.var_seed, ci.var_image, n_s, n_i, level)
+    return PairedTest(ci.estimate, lo, hi, p, ci.df, ci.var_seed, ci.var_image, n_s, n_i, level)
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:

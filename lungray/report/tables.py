@@ -463,7 +463,7 @@ def paired_comparisons(sweep: Sweep, *, level: float = 0.95, alpha: float = PAIR
                 continue
             if ca.mean() < cb.mean():
                 a, b, ca, cb = b, a, cb, ca
-            d = stats.paired_test(ca.astype(float), cb.astype(float), level)
+            d = stats.paired_test(ca.astype(float), cb.astype(float), level, bounds=(-1.0, 1.0))
             mc = stats.mcnemar_clustered(ca, cb)
             rows.append(
                 {
@@ -491,6 +491,9 @@ def paired_comparisons(sweep: Sweep, *, level: float = 0.95, alpha: float = PAIR
     out = pd.DataFrame(rows)
     if out.empty:
         return out
+    from lungray.report.html import fmt_p as _p
+    from lungray.report.html import fmt_p_eq
+
     out["p_holm"] = stats.holm(out["p"].to_numpy())
     out["q_bh"] = stats.benjamini_hochberg(out["p"].to_numpy())
     out["mcnemar_p_holm"] = stats.holm(out["mcnemar_p"].to_numpy())
@@ -500,18 +503,12 @@ def paired_comparisons(sweep: Sweep, *, level: float = 0.95, alpha: float = PAIR
     def sentence(r) -> str:
         head = f"{r.model_a} - {r.model_b} at {r.where}: {r.diff_points:+.1f} points"
         if not np.isfinite(r.p):
-            return head + f" (one seed: no test of the recipes; McNemar p = {_p(r.mcnemar_p)})"
-        return head + f" [{r.low_points:+.1f}, {r.high_points:+.1f}], p = {_p(r.p)}, Holm-adjusted {_p(r.p_holm)}"
+            return head + f" (one seed: no test of the recipes; McNemar {fmt_p_eq(r.mcnemar_p)})"
+        return head + f" [{r.low_points:+.1f}, {r.high_points:+.1f}], {fmt_p_eq(r.p)}, Holm-adjusted {_p(r.p_holm)}"
 
     out["sentence"] = [sentence(r) for r in out.itertuples()]
     out["verdict"] = ["difference (Holm-adjusted p < %g)" % alpha if s_ else "within noise" for s_ in out["significant"]]
     return out
-
-
-def _p(p: float) -> str:
-    if not np.isfinite(p):
-        return "–"
-    return "<0.0001" if p < 1e-4 else f"{p:.2g}"
 
 
 def adequacy_table(summary: pd.DataFrame, paired: pd.DataFrame, *, alpha: float = 0.05, power: float = 0.8,
