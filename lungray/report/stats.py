@@ -6,23 +6,29 @@ training size in the training-size study (section 1), with one seed each. These 
 what the report uses to say whether such a gap is larger than seed and test-set noise:
 
 * :func:`mean_ci` - mean over seeds with a Student-t 95% interval (few seeds, so not a normal
-  interval);
-* :func:`bootstrap_ci` - a percentile bootstrap interval for any statistic;
-* :func:`paired_bootstrap_diff` - the difference in accuracy between two models trained on the
-  SAME subsets (seeds) and scored on the SAME evaluation images, resampling seeds and images;
-* :func:`mcnemar_exact` - the exact (binomial) McNemar test on one seed's paired predictions;
+  interval); conditional on the evaluation images;
+* :func:`two_level_ci_scores`, :func:`two_level_ci_boot` - the report's cell interval: the mean
+  over runs with the run-to-run AND the evaluation-image noise (variance components, guarded
+  Satterthwaite degrees of freedom); :func:`chance_check` - is a run distinguishable from chance?
+* :func:`paired_test` - the difference in accuracy between two models trained on the SAME
+  subsets (seeds) and scored on the SAME evaluation images, with both noise terms;
+  :func:`holm`, :func:`benjamini_hochberg` - the corrections over the report's family;
+* :func:`mcnemar_exact`, :func:`mcnemar_clustered` - exact McNemar on one seed, and one test
+  over all seeds with the image as the cluster;
+* :func:`binom_ci` (Clopper-Pearson, Wilson), :func:`mcnemar_detectable_difference` - the
+  pointing game's interval and the test-set adequacy line;
 * :func:`fit_power_law`, :func:`bootstrap_power_law`, :func:`size_for_target` - the learning
   curve ``error(n) = a * n**-b + c`` and the training size it predicts for a target.
 
 Everything is deterministic given its ``seed`` argument (``numpy.random.default_rng``), takes
 and returns plain arrays/floats, and never reads files, so each is tested on hand-computed cases
-(``tests/test_report_stats.py``).
+(``tests/test_report_stats.py``); what each promises (coverage, type-I error) is measured by
+simulation in ``tests/test_stats_simulation.py`` and ``bench/bench_stats.py``.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -32,12 +38,28 @@ __all__ = [
     "CI",
     "mean_ci",
     "bootstrap_ci",
-    "PairedDiff",
-    "paired_bootstrap_diff",
+    "TwoLevelCI",
+    "two_level_ci_scores",
+    "two_level_ci_boot",
+    "two_level_arrays",
+    "seed_only_ci",
+    "ChanceCheck",
+    "chance_check",
+    "PairedTest",
+    "paired_test",
+    "holm",
+    "benjamini_hochberg",
     "mcnemar_exact",
+    "McNemarResult",
+    "mcnemar_clustered",
+    "binom_ci",
+    "mcnemar_detectable_difference",
     "PowerLawFit",
     "power_law",
     "fit_power_law",
+    "fit_power_law_batch",
+    "bound_flags",
+    "target_where",
     "bootstrap_power_law",
     "size_for_target",
 ]

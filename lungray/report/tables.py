@@ -449,8 +449,10 @@ def paired_comparisons(sweep: Sweep, *, level: float = 0.95, alpha: float = PAIR
     comparison combines the seeds with the image as the cluster
     (:func:`stats.mcnemar_clustered`), with its own Holm adjustment. ``discordance`` is the
     share of image-runs on which exactly one of the two models is right (for
-    :func:`adequacy_table`). Pairs are ordered so the difference is "higher mean minus lower
-    mean"; ``sentence`` is the line the report prints.
+    :func:`adequacy_table`). With one seed there is no test of the recipes (``p`` NaN, out of the
+    family): the interval is then over images only, for these two trained models
+    (``interval = "images only (one seed)"``). Pairs are ordered so the difference is "higher
+    mean minus lower mean"; ``sentence`` is the line the report prints.
     """
     rows = []
     done = sweep.complete
@@ -465,6 +467,10 @@ def paired_comparisons(sweep: Sweep, *, level: float = 0.95, alpha: float = PAIR
                 a, b, ca, cb = b, a, cb, ca
             d = stats.paired_test(ca.astype(float), cb.astype(float), level, bounds=(-1.0, 1.0))
             mc = stats.mcnemar_clustered(ca, cb)
+            low, high, kind = d.low, d.high, "seeds+images"
+            if d.n_seeds == 1:  # no recipe-level test: the interval of THESE two trained models, over images
+                one = stats.mean_ci(ca[0].astype(float) - cb[0].astype(float), level, (-1.0, 1.0))
+                low, high, kind = one.low, one.high, "images only (one seed)"
             rows.append(
                 {
                     "train_size": int(n),
@@ -474,8 +480,9 @@ def paired_comparisons(sweep: Sweep, *, level: float = 0.95, alpha: float = PAIR
                     "n_seeds": d.n_seeds,
                     "n_images": d.n_images,
                     "diff_points": 100 * d.diff,
-                    "low_points": 100 * d.low,
-                    "high_points": 100 * d.high,
+                    "low_points": 100 * low,
+                    "high_points": 100 * high,
+                    "interval": kind,
                     "p": d.p,
                     "df": d.df,
                     "se_seed_points": 100 * math.sqrt(d.var_seed) if np.isfinite(d.var_seed) else math.nan,
@@ -502,9 +509,11 @@ def paired_comparisons(sweep: Sweep, *, level: float = 0.95, alpha: float = PAIR
 
     def sentence(r) -> str:
         head = f"{r.model_a} - {r.model_b} at {r.where}: {r.diff_points:+.1f} points"
+        head += f" [{r.low_points:+.1f}, {r.high_points:+.1f}]"
         if not np.isfinite(r.p):
-            return head + f" (one seed: no test of the recipes; McNemar {fmt_p_eq(r.mcnemar_p)})"
-        return head + f" [{r.low_points:+.1f}, {r.high_points:+.1f}], {fmt_p_eq(r.p)}, Holm-adjusted {_p(r.p_holm)}"
+            return head + (f" (one seed: these two trained models, over images; no test of the recipes), "
+                           f"McNemar {fmt_p_eq(r.mcnemar_p)}")
+        return head + f", {fmt_p_eq(r.p)}, Holm-adjusted {_p(r.p_holm)}"
 
     out["sentence"] = [sentence(r) for r in out.itertuples()]
     out["verdict"] = ["difference (Holm-adjusted p < %g)" % alpha if s_ else "within noise" for s_ in out["significant"]]
