@@ -13,15 +13,17 @@ same picture reproducible and checkable:
 * the same evaluation images (per class, a correct and a wrong prediction) are shown for every
   model at the largest training size and one fixed seed;
 * on data with lesion masks (the phantom), the pointing game (share of positive images whose
-  heat-map maximum lies inside the lesion) is compared with what a uniformly random map scores
-  (the lesion's share of the image). A heat map from the wrong layer, or from a model that
-  learned nothing, scores near that baseline.
+  heat-map maximum lies inside the lesion, with a Clopper-Pearson interval) is compared with a
+  fixed point (the peak of the mean training lesion mask: where lesions usually are), with the
+  same architecture with randomised weights (Adebayo et al. 2018) and with a uniformly random
+  map (the lesion's share of the image). A heat map from the wrong layer, or from a model that
+  learned nothing, scores near those baselines.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -36,6 +38,10 @@ __all__ = [
     "compute_cams",
     "PointingResult",
     "pointing_game",
+    "prior_point",
+    "fixed_point_pointing",
+    "randomised_copy",
+    "pointing_baselines",
     "overlay",
     "layer_names",
     "select_panel_images",
@@ -161,17 +167,25 @@ def compute_cams(
 
 @dataclass(frozen=True)
 class PointingResult:
-    """Pointing game: ``hits`` of ``n`` heat-map maxima inside the lesion; ``baseline`` is the
-    mean lesion share of the image (the expected score of a uniformly random map)."""
+    """Pointing game: ``hits`` of ``n`` heat-map maxima within the tolerance of the lesion;
+    ``baseline`` is the mean share of the image within that tolerance (the expected score of a
+    uniformly random map); ``hit`` the per-image outcomes (for paired comparisons)."""
 
     score: float
     hits: int
     n: int
     baseline: float
+    hit: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False, compare=False)
 
     @property
     def lift(self) -> float:
         return self.score / self.baseline if self.baseline > 0 else float("nan")
+
+    def interval(self, level: float = 0.95):
+        """Clopper-Pearson (exact binomial) interval of the score: hits out of n images."""
+        from lungray.report.stats import binom_ci
+
+        return binom_ci(self.hits, self.n, level, "clopper-pearson")
 
 
 #: Pointing-game tolerance as a fraction of the image side: 15 px at 224 px, as in the
@@ -189,7 +203,9 @@ def pointing_game(cams: np.ndarray, masks: np.ndarray, tolerance: float = 0.0) -
     Images with an empty mask are skipped (nothing to point at). ``cams`` and ``masks`` are
     ``(B, H, W)`` of the same size. The baseline is the share of pixels within ``tolerance`` of
     the mask, averaged over images: what a map with a uniformly random maximum would score
-    with the same tolerance.
+    with the same tolerance. That is a weak baseline when lesions sit in the same region of
+    every image (a fixed point scored 6-7x it on the phantom, issue 11): compare with
+    :func:`prior_point` and a randomised-weights model too (:func:`pointing_baselines`).
 
     >>> cams = np.zeros((2, 4, 4)); cams[0, 1, 1] = 1; cams[1, 3, 3] = 1
     >>> masks = np.zeros((2, 4, 4)); masks[:, :2, :2] = 1
@@ -210,9 +226,75 @@ def pointing_game(cams: np.ndarray, masks: np.ndarray, tolerance: float = 0.0) -
 
         masks = np.stack([distance_transform_edt(~m) <= tolerance for m in masks])
     flat = cams.reshape(n, -1).argmax(1)
-    hits = int(masks.reshape(n, -1)[np.arange(n), flat].sum())
+    hit = masks.reshape(n, -1)[np.arange(n), flat]
     baseline = float(masks.reshape(n, -1).mean(1).mean())
-    return PointingResult(hits / n, hits, n, baseline)
+    return PointingResult(int(hit.sum()) / n, int(hit.sum()), n, baseline, hit)
+
+
+def prior_point(train_masks: np.ndarray) -> tuple[int, int]:
+    """The peak of the mean TRAINING lesion mask: where lesions are most often, a point that
+    needs no image at all. A heat map that scores no better than this fixed point in the
+    pointing game shows where lesions usually are, not where this image's lesion is."""
+    m = np.asarray(train_masks) > 0
+    m = m[m.reshape(len(m), -1).any(1)]
+    if not len(m):
+        raise ValueError("no training image has a lesion mask: no prior point")
+    mean = m.mean(0)
+    return tuple(int(v) for v in np.unravel_index(int(mean.argmax()), mean.shape))
+
+
+def fixed_point_pointing(point: tuple[int, int], masks: np.ndarray, tolerance: float = 0.0) -> PointingResult:
+    """The pointing game of a heat map that always peaks at ``point``."""
+    masks = np.asarray(masks)
+    cams = np.zeros(masks.shape, dtype=np.float32)
+    cams[:, point[0], point[1]] = 1.0
+    return pointing_game(cams, masks, tolerance)
+
+
+def randomised_copy(model, seed: int = 0):
+    """The same architecture with every parameter re-initialised: the full-randomisation model
+    of Adebayo et al. (2018, "Sanity checks for saliency maps", NeurIPS). A heat map that looks
+    (or points) the same for the trained and the randomised model does not depend on what the
+    model learned. Modules' own ``reset_parameters`` are used under a seeded generator
+    (``torch.random.fork_rng``: the caller's global RNG state is left as it was); BatchNorm
+    running statistics are reset too."""
+    import copy
+
+    import torch
+
+    rnd = copy.deepcopy(_unwrap(model))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in rnd.modules():
+            if hasattr(m, "reset_running_stats"):
+                m.reset_running_stats()
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    return rnd.eval()
+
+
+@dataclass(frozen=True)
+class PointingComparison:
+    """A model's pointing game next to its baselines, with exact intervals and paired tests."""
+
+    model: PointingResult
+    prior: PointingResult
+    randomised: Optional[PointingResult]
+    p_vs_prior: float  # exact McNemar on the per-image hits (model vs fixed point), two-sided
+    p_vs_randomised: float
+
+
+def pointing_baselines(model: PointingResult, prior: PointingResult,
+                       randomised: Optional[PointingResult] = None) -> PointingComparison:
+    """Compare a model's hits with the fixed-point prior's and the randomised model's on the
+    SAME images (exact McNemar on the paired hits, :func:`lungray.report.stats.mcnemar_exact`)."""
+    from lungray.report.stats import mcnemar_exact
+
+    if prior.n != model.n or (randomised is not None and randomised.n != model.n):
+        raise ValueError("the model and its baselines must be scored on the same images")
+    p_prior = mcnemar_exact(model.hit, prior.hit)[2] if model.n else float("nan")
+    p_rand = mcnemar_exact(model.hit, randomised.hit)[2] if randomised is not None and model.n else float("nan")
+    return PointingComparison(model, prior, randomised, p_prior, p_rand)
 
 
 def overlay(image01: np.ndarray, cam: np.ndarray, image_weight: float = 0.55) -> np.ndarray:

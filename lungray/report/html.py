@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import pandas as pd
 
-__all__ = ["esc", "fmt", "fmt_ci", "table", "study_table_html", "figure", "note", "Section", "page"]
+__all__ = ["esc", "fmt", "fmt_ci", "fmt_p", "fmt_p_eq", "table", "study_table_html", "figure", "note", "Section", "page"]
 
 CSS = """
 :root { --fg:#1d232a; --muted:#5b6570; --line:#d9dee3; --accent:#0b5cad; --warn:#8a5300; --warnbg:#fff6e5; --bad:#a4161a; }
@@ -80,6 +80,20 @@ def fmt_ci(mean: float, low: float, high: float, n: Optional[int] = None, digits
     if _isnan(low) or _isnan(high):
         return f"{mean:.{digits}f} (n={n}, no interval)" if n is not None else f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def fmt_p(p: object) -> str:
+    """A p-value for a table or a sentence: two significant digits, "<0.0001" below that."""
+    if _isnan(p):
+        return "–"
+    p = float(p)
+    return "<0.0001" if p < 1e-4 else f"{p:.2g}"
+
+
+def fmt_p_eq(p: object) -> str:
+    """``"p = 0.12"`` or ``"p < 0.0001"`` for a sentence."""
+    s = fmt_p(p)
+    return "p " + s.replace("<", "< ") if s.startswith("<") else f"p = {s}"
 
 
 def table(
