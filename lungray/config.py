@@ -90,6 +90,12 @@ class ModelConfig:
     drop_rate: float = 0.5
     width: Optional[int] = None  # optional width for lungray's own small models
     label: Optional[str] = None
+    # Grad-CAM target: "auto" (the family's default: ResNet's last block, DenseNet's norm5, the ReLU
+    # after VGG's/AlexNet's last conv), "last_conv" (the studies' layer: the last convolution, e.g.
+    # ResNet50 conv5_block3_3_conv = layer4[-1].conv3, PROTOCOLS.md sections 2 and 4) or a module path
+    # inside the model ("backbone.body.layer4.2.conv2")
+    gradcam_layer: str = "auto"
+    padding: str = "same"  # simple_cnn's 3x3 convolutions: "same" or "valid" (section 5: 18,129,890 weights at 299 px)
 
     @property
     def key(self) -> str:
@@ -112,6 +118,7 @@ class OptimizerConfig:
     warmup_epochs: int = 0
     grad_clip: Optional[float] = None
     label: Optional[str] = None
+    decay: Optional[float] = None  # scheduler "inverse_time": Keras' decay per iteration; None = lr / epochs (section 2)
 
     @property
     def key(self) -> str:
@@ -189,6 +196,11 @@ class TrainConfig:
     eval_batch_size: int = 64
     ae_epochs: int = 20  # ae_encoder reconstruction pretraining epochs
     ae_pretrain_images: Optional[int] = None  # None = the whole unlabelled training pool
+    ae_pretrain_class: Optional[str] = None  # pretrain on the pool images of this class only (section 1: 4000 COVID images)
+    # normalization "fixed": mean/std in [0, 1] units, one number or one per input channel (the
+    # 4-class study's radiograph-specific statistics, PROTOCOLS.md section 4)
+    norm_mean: Optional[tuple[float, ...]] = None
+    norm_std: Optional[tuple[float, ...]] = None
 
 
 @dataclass(frozen=True)
@@ -236,13 +248,39 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class VariantConfig:
+    """One preprocessing x normalisation arm of the grid (the ``variants`` axis).
+
+    The 4-class study (PROTOCOLS.md section 4) compared CLAHE on/off and ImageNet vs
+    radiograph-specific normalisation; as variants of one sweep those comparisons are paired
+    (same subsets, same evaluation images). ``None`` keeps the study's ``data.preprocess`` /
+    ``train.normalization`` / ``train.norm_mean`` / ``train.norm_std``. Each preprocessing gets
+    its own decoded cache with the same rows and splits. A trial's *arm* (what the report
+    compares and the grid key) is ``<model key>@<variant key>`` when the variant has a key.
+    """
+
+    label: Optional[str] = None
+    preprocess: Optional[str] = None
+    normalization: Optional[str] = None
+    norm_mean: Optional[tuple[float, ...]] = None
+    norm_std: Optional[tuple[float, ...]] = None
+
+    @property
+    def key(self) -> str:
+        """``label``, else the settings it changes joined by ``+`` (``""`` for the study's own)."""
+        return self.label or "+".join(str(v) for v in (self.preprocess, self.normalization) if v is not None)
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """A whole study: the grid model x training size x optimizer x seed, and how to run it."""
 
     name: str = "study"
     data: DataConfig = field(default_factory=DataConfig)
     models: tuple[ModelConfig, ...] = (ModelConfig(),)
-    sizes: tuple[int, ...] = (50, 100, 200)
+    # training sizes: counts, or "all" (also -1): the whole training pool, resolved when the
+    # data is prepared (the 4-class study trained on all 16,932 pool images)
+    sizes: tuple[Union[int, str], ...] = (50, 100, 200)
     optimizers: tuple[OptimizerConfig, ...] = (OptimizerConfig(),)
     seeds: tuple[int, ...] = (0, 1, 2)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -252,10 +290,12 @@ class StudyConfig:
     output_dir: str = "lungray_runs"
     lr_search: Optional[Mapping[str, Any]] = None  # {"samples": 4, "low": 1e-5, "high": 1e-2}; off by default
     report: bool = True
+    variants: tuple[VariantConfig, ...] = (VariantConfig(),)  # preprocessing x normalisation arms (section 4)
 
     # -- derived ---------------------------------------------------------------------------
-    def validate(self) -> "StudyConfig":
-        validate_study(self)
+    def validate(self, require_data: bool = True) -> "StudyConfig":
+        """Run :func:`validate_study`; ``require_data=False`` (a dry run) allows no ``data.path``."""
+        validate_study(self, require_data=require_data)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -269,24 +309,62 @@ class StudyConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def trials(self) -> list["TrialConfig"]:
-        """The grid, in a stable order: model x size x optimizer x seed."""
+        """The grid, in a stable order: model x variant x size x optimizer x seed.
+
+        A variant's normalisation is resolved into the trial's ``train`` section, so a trial
+        carries the settings it ran with; its preprocessing stays on ``trial.variant``.
+        """
         out = []
         for m in self.models:
-            for n in self.sizes:
-                for o in self.optimizers:
-                    for s in self.seeds:
-                        out.append(
-                            TrialConfig(
-                                study=self.name,
-                                model=m,
-                                train_size=n,
-                                optimizer=o,
-                                seed=s,
-                                schedule=self.schedule,
-                                train=self.train,
+            for v in self.variants:
+                train = self.variant_train(v)
+                for n in self.sizes:
+                    for o in self.optimizers:
+                        for s in self.seeds:
+                            out.append(
+                                TrialConfig(
+                                    study=self.name,
+                                    model=m,
+                                    train_size=n,
+                                    optimizer=o,
+                                    seed=s,
+                                    schedule=self.schedule,
+                                    train=train,
+                                    variant=v,
+                                )
                             )
-                        )
         return out
+
+    def variant_train(self, v: VariantConfig) -> TrainConfig:
+        """``train`` with the variant's normalisation settings applied."""
+        if v.normalization is None and v.norm_mean is None and v.norm_std is None:
+            return self.train
+        t = self.train
+        return replace(
+            t,
+            normalization=v.normalization or t.normalization,
+            norm_mean=v.norm_mean if v.norm_mean is not None else t.norm_mean,
+            norm_std=v.norm_std if v.norm_std is not None else t.norm_std,
+        )
+
+    @property
+    def pool_sizes(self) -> bool:
+        """Whether a training size means "the whole pool" (``all`` / -1), resolved with the data."""
+        return any(is_pool_size(n) for n in self.sizes)
+
+    def with_pool_size(self, n_pool: int) -> "StudyConfig":
+        """This study with ``all`` / -1 sizes replaced by the pool's real count ``n_pool``."""
+        sizes: list[Union[int, str]] = []
+        for n in self.sizes:
+            n = int(n_pool) if is_pool_size(n) else n
+            if n not in sizes:
+                sizes.append(n)
+        return replace(self, sizes=tuple(sizes))
+
+
+def is_pool_size(n: Any) -> bool:
+    """``"all"`` or -1: a training size meaning the whole training pool."""
+    return (isinstance(n, str) and n.strip().lower() == "all") or (isinstance(n, int) and not isinstance(n, bool) and n == -1)
 
 
 @dataclass(frozen=True)
@@ -300,10 +378,16 @@ class TrialConfig:
     seed: int
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    variant: VariantConfig = field(default_factory=VariantConfig)
+
+    @property
+    def arm(self) -> str:
+        """What the grid and the report compare: the model key, ``@<variant key>`` when set."""
+        return f"{self.model.key}@{self.variant.key}" if self.variant.key else self.model.key
 
     @property
     def cell(self) -> str:
-        return f"{self.model.key}|n={self.train_size}|{self.optimizer.key}"
+        return f"{self.arm}|n={self.train_size}|{self.optimizer.key}"
 
     @property
     def name(self) -> str:
@@ -527,17 +611,21 @@ def _one_of(where: str, value: Any, choices: Sequence[Any]) -> None:
         raise ConfigError(f"{where}: '{value}' is not valid; valid choices: {', '.join(map(str, choices))}")
 
 
-def validate_study(cfg: StudyConfig) -> None:
-    """Every check that needs no data: names, ranges, schedules that yield zero steps."""
+def validate_study(cfg: StudyConfig, require_data: bool = True) -> None:
+    """Every check that needs no data: names, ranges, schedules that yield zero steps.
+
+    ``require_data=False`` accepts a missing ``data.path`` (``--dry-run`` shows a study's grid
+    before the dataset is at hand).
+    """
     from lungray.data.adapters import ADAPTERS
     from lungray.data.augment import AUGMENTATIONS, NORMALIZATIONS
-    from lungray.data.preprocess import PREPROCESSING
-    from lungray.models import FREEZE_POLICIES, HEADS, check_model_config, check_model_name
+    from lungray.data.preprocess import check_preprocessing
+    from lungray.models import FREEZE_POLICIES, HEADS, check_model_config, check_model_name, simple_cnn_feature_side
     from lungray.train.optim import OPTIMIZERS, SCHEDULERS
 
     d = cfg.data
     ADAPTERS.check(d.source)
-    PREPROCESSING.check(d.preprocess)
+    check_preprocessing(d.preprocess, "data.preprocess")
     _one_of("data.resize", d.resize, ["stretch", "letterbox"])
     _one_of("data.cache_dtype", d.cache_dtype, ["uint8", "uint16"])
     _one_of("data.leakage", d.leakage, ["drop", "report", "off"])
@@ -547,7 +635,7 @@ def validate_study(cfg: StudyConfig) -> None:
         v = getattr(d, k)
         if v < 0 or (isinstance(v, float) and not v < 1 and not float(v).is_integer()):
             raise ConfigError(f"data.{k} must be a count >= 0 or a fraction in [0, 1), got {v}")
-    if d.source != "phantom" and not d.path:
+    if require_data and d.source != "phantom" and not d.path:
         raise ConfigError(
             f"data.path is required for data.source '{d.source}': pass --data PATH (or set data.path)"
         )
@@ -565,6 +653,7 @@ def validate_study(cfg: StudyConfig) -> None:
                 raise ConfigError(f"models[{i}].freeze '{m.freeze}': N in last:N must be a positive integer")
         _one_of(f"models[{i}].input_mode", m.input_mode, ["in_chans1", "repeat3"])
         _one_of(f"models[{i}].stem", m.stem, ["none", "conv8_conv3"])
+        _one_of(f"models[{i}].padding", m.padding, ["same", "valid"])
         if not 0 <= m.drop_rate < 1:
             raise ConfigError(f"models[{i}].drop_rate must be in [0, 1), got {m.drop_rate}")
         check_model_config(m, f"models[{i}]")  # head/stem/pretrained combinations, weights path exists
@@ -572,6 +661,11 @@ def validate_study(cfg: StudyConfig) -> None:
             raise ConfigError(
                 f"models[{i}]: ae_encoder needs data.resolution divisible by 4 and >= 128 (its 64x64-style "
                 f"code at resolution/4 feeds a DenseNet-121, which downsamples 32x), got {d.resolution}"
+            )
+        if m.name == "simple_cnn" and simple_cnn_feature_side(d.resolution, m.padding) < 1:
+            raise ConfigError(
+                f"models[{i}]: simple_cnn with {m.padding} padding cannot run at data.resolution {d.resolution} "
+                "(three [conv, conv, 2x2 pool] blocks leave no pixel); raise the resolution or use padding same"
             )
         if m.key in seen:
             raise ConfigError(f"models[{i}]: two models are both called '{m.key}'; give one a label")
@@ -589,6 +683,8 @@ def validate_study(cfg: StudyConfig) -> None:
             raise ConfigError(f"optimizers[{i}].weight_decay must be >= 0, got {o.weight_decay}")
         if o.scheduler == "step" and o.step_size < 1:
             raise ConfigError(f"optimizers[{i}].step_size must be >= 1, got {o.step_size}")
+        if o.decay is not None and o.decay < 0:
+            raise ConfigError(f"optimizers[{i}].decay must be >= 0 or null (lr / epochs), got {o.decay}")
         if o.grad_clip is not None and not o.grad_clip > 0:
             raise ConfigError(f"optimizers[{i}].grad_clip must be > 0 or null, got {o.grad_clip}")
         if o.key in seen:
@@ -597,8 +693,8 @@ def validate_study(cfg: StudyConfig) -> None:
 
     if not cfg.sizes:
         raise ConfigError("sizes: at least one training size is required")
-    if any(n < 1 for n in cfg.sizes):
-        raise ConfigError(f"sizes must be positive counts, got {list(cfg.sizes)}")
+    if any(not is_pool_size(n) and (isinstance(n, str) or n < 1) for n in cfg.sizes):
+        raise ConfigError(f"sizes must be positive counts or 'all' (the whole training pool), got {list(cfg.sizes)}")
     if len(set(cfg.sizes)) != len(cfg.sizes):
         raise ConfigError(f"sizes contain duplicates: {list(cfg.sizes)}")
     if not cfg.seeds:
@@ -626,6 +722,8 @@ def validate_study(cfg: StudyConfig) -> None:
             f"schedule.early_stopping_patience must be >= 1 evaluation or null (off), got {s.early_stopping_patience}"
         )
     for n in cfg.sizes:
+        if is_pool_size(n):
+            continue  # resolved against the pool when the data is prepared
         bs, ep = s.resolve(n)
         if bs < 1 or ep < 1:
             raise ConfigError(
@@ -637,6 +735,7 @@ def validate_study(cfg: StudyConfig) -> None:
     _one_of("train.task", t.task, ["classification"])
     AUGMENTATIONS.check(t.augmentation)
     NORMALIZATIONS.check(t.normalization)
+    _check_variants(cfg)
     _one_of("train.imbalance", t.imbalance, ["none", "weighted_loss", "weighted_sampler"])
     _one_of("train.amp", t.amp, ["auto", "bf16", "fp16", "off"])
     if not 0 <= t.label_smoothing < 1:
@@ -658,6 +757,26 @@ def validate_study(cfg: StudyConfig) -> None:
             f"resources.use_ray_train=false runs each trial in one process but resources.workers={r.workers}: "
             "set resources.workers=1, or use_ray_train=auto/true for DDP through Ray Train"
         )
+
+
+def _check_variants(cfg: StudyConfig) -> None:
+    """The ``variants`` axis: names exist, keys are unique, ``fixed`` statistics are given."""
+    from lungray.data.augment import NORMALIZATIONS, check_fixed_stats
+    from lungray.data.preprocess import check_preprocessing
+
+    if not cfg.variants:
+        raise ConfigError("variants: at least one variant is required (an empty mapping {} keeps the study's settings)")
+    seen = set()
+    for i, v in enumerate(cfg.variants):
+        if v.preprocess is not None:
+            check_preprocessing(v.preprocess, f"variants[{i}].preprocess")
+        if v.normalization is not None:
+            NORMALIZATIONS.check(v.normalization)
+        if v.key in seen:
+            raise ConfigError(f"variants[{i}]: two variants are both called '{v.key}'; give one a label")
+        seen.add(v.key)
+        t = cfg.variant_train(v)
+        check_fixed_stats(t.normalization, t.norm_mean, t.norm_std, f"variants[{i}]" if v.key else "train")
 
 
 def replace_in(cfg: Any, **changes: Any) -> Any:

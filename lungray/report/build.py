@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from lungray import tracking as T
+from lungray.errors import LungrayError
 from lungray.report import figures as F
 from lungray.report import html as H
 from lungray.report import tables as TB
@@ -27,9 +28,25 @@ from lungray.report.load import Sweep, download, load_sweep, prediction_matrix, 
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_report", "ReportParts", "report_parts"]
+__all__ = ["build_report", "ReportParts", "report_parts", "ReportIncomplete"]
 
 REPORT_HTML = "report.html"
+
+
+class ReportIncomplete(LungrayError):
+    """The report was written, but some of it failed (each failure is a red box in it).
+
+    Raised by :func:`build_report` *after* the HTML is on disk, so a sweep's results and the
+    rest of the report are kept while the caller (the sweep, ``lungray report``) exits non-zero
+    with this one-line message instead of a logged traceback and exit 0.
+    """
+
+    def __init__(self, path: Path, failures: Sequence[str]):
+        self.path = Path(path)
+        self.failures = list(failures)
+        first = self.failures[0] if self.failures else ""
+        more = f" (+{len(self.failures) - 1} more)" if len(self.failures) > 1 else ""
+        super().__init__(f"report {self.path} has {len(self.failures)} failed part(s): {first}{more}")
 
 
 class ReportParts:
@@ -97,7 +114,9 @@ def build_report(
     embeds every image as a data URI and references nothing outside the file. Reading is all it
     does by default (a user with read-only access to a tracking server can build a report);
     with ``log_to_mlflow`` the output directory is also logged to the parent run under
-    ``report/`` (:mod:`lungray.tracking`), as the sweep runner does at the end of a sweep. ``gradcam=False``
+    ``report/`` (:mod:`lungray.tracking`), as the sweep runner does at the end of a sweep. A part
+    that fails (a Grad-CAM model that cannot be rebuilt...) is a red "FAILED" box in its section,
+    and :class:`ReportIncomplete` is raised once the whole report is written. ``gradcam=False``
     skips sections 7-8 (no model is rebuilt, no torch import). ``n_boot`` and ``seed`` drive
     the bootstrap intervals; the same seed gives the same report.
     """
@@ -128,6 +147,9 @@ def build_report(
     log.info("wrote %s", path)
     if log_to_mlflow:
         sweep.client().log_artifacts(sweep.parent_id, str(out), artifact_path="report")
+    failures = [f"{sec.title}: {e}" for sec in sections for e in sec.errors]
+    if failures:
+        raise ReportIncomplete(path, failures)
     return path
 
 
@@ -365,10 +387,10 @@ class _Builder:
         t7, t8 = "Grad-CAM panels", "Sanity of the heat maps"
         try:
             panels, pointing = _gradcam_sections(self, device, max_pointing)
-        except Exception as e:  # noqa: BLE001 - shown in the report and logged, never silent
-            log.exception("Grad-CAM sections failed")
-            msg = f"Grad-CAM could not be computed: {type(e).__name__}: {e}"
-            return [H.Section("gradcam", t7, "", notes=[msg]), H.Section("pointing", t8, "", notes=[msg])]
+        except Exception as e:  # noqa: BLE001 - a red box in the report and a non-zero exit, never silent
+            log.debug("Grad-CAM sections failed", exc_info=True)
+            msg = f"Grad-CAM could not be computed: {type(e).__name__}: {_first_line(e)}"
+            return [H.Section("gradcam", t7, "", errors=[msg]), H.Section("pointing", t8, "", notes=[msg])]
         return [panels, pointing]
 
     # -- 9 ----------------------------------------------------------------------------------------
@@ -458,6 +480,11 @@ def _subsets_table(splits: Optional[dict]) -> pd.DataFrame:
                          "nested_in_next": "–" if nxt is None else ("yes" if idx <= nxt else "NO"),
                          "in_eval": len(idx & ev)})
     return pd.DataFrame(rows)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _n_ci(est: float, lo: float, hi: float) -> str:
@@ -566,7 +593,7 @@ def _gradcam_sections(b: _Builder, device: Optional[str], max_pointing: int) -> 
         point_cols = [c for c, h in zip(point_cols, has) if h][:max_pointing]
 
     tol = G.POINTING_TOLERANCE * data.resolution
-    overlays, cell_titles, layer_info, point_rows_out, agree, shown = [], [], [], [], [], []
+    overlays, cell_titles, layer_info, point_rows_out, agree, shown, errors7 = [], [], [], [], [], [], []
     import torch
 
     from lungray.models import gradcam_target
@@ -576,7 +603,7 @@ def _gradcam_sections(b: _Builder, device: Optional[str], max_pointing: int) -> 
             ck_path = download(sw.client(), r["run_id"], T.BEST_CHECKPOINT, b.tmp / "ckpt")
             lm = G.load_checkpoint_model(ck_path, resolution=data.resolution, device=device)
             layers, _ = gradcam_target(lm.model)
-            info = (lab, ", ".join(G.layer_names(lm.model, layers)), lm.epoch)
+            info = (lab, lm.trial.model.gradcam_layer, ", ".join(G.layer_names(lm.model, layers)), lm.epoch)
             if rows.size:
                 x = G.normalise_images(imgs, data.max_value, lm.norm)
                 with torch.no_grad():
@@ -594,9 +621,9 @@ def _gradcam_sections(b: _Builder, device: Optional[str], max_pointing: int) -> 
                 point = {"model": lab, "run_id": r["run_id"], "train_size": size, "seed": seed, "images": res.n,
                          "hits": res.hits, "score": res.score, "random_map_score": res.baseline, "lift": res.lift}
             del lm
-        except Exception as e:  # noqa: BLE001 - one model's failure is reported, the others still shown
-            log.exception("Grad-CAM failed for %s", lab)
-            notes7.append(f"{lab}: Grad-CAM failed ({type(e).__name__}: {e})")
+        except Exception as e:  # noqa: BLE001 - one model's failure is a red box, the others still shown
+            log.debug("Grad-CAM failed for %s", lab, exc_info=True)
+            errors7.append(f"{lab}: no Grad-CAM panel ({type(e).__name__}: {_first_line(e)})")
             continue
         layer_info.append(info)
         if rows.size:
@@ -613,15 +640,18 @@ def _gradcam_sections(b: _Builder, device: Optional[str], max_pointing: int) -> 
         body7 = b._fig(fig, "gradcam_panels", "Grad-CAM panels",
                        "Each row is one evaluation image (its class, and whether most models got it right); each "
                        "column a model, with the Grad-CAM heat map for the class it predicted (✓ right, ✗ wrong).")
-    lay = pd.DataFrame(layer_info, columns=["model", "target layer", "checkpoint epoch"])
-    body7 += "<h3>Target layers (from the per-family registry)</h3>" + H.table(lay, text_columns=["model", "target layer"])
+    lay = pd.DataFrame(layer_info, columns=["model", "gradcam_layer", "target layer", "checkpoint epoch"])
+    body7 += ("<h3>Target layers</h3>"
+              '<p class="muted">gradcam_layer: auto = the backbone family\'s layer, last_conv = the last convolution '
+              "(the studies' choice), or a module path; target layer: the module the heat maps were read from.</p>"
+              + H.table(lay, text_columns=["model", "gradcam_layer", "target layer"]))
     if agree:
         ag = pd.DataFrame(agree, columns=["model", "same prediction as predictions.csv", "images"])
         if (ag.iloc[:, 1] < ag.iloc[:, 2]).any():
             notes7.append("A rebuilt checkpoint does not reproduce some logged predictions: the checkpoint, its "
                           "normalisation or the image cache may not match the sweep's.")
         body7 += "<h3>Checkpoint check</h3>" + H.table(ag, text_columns=["model"])
-    sec7 = H.Section("gradcam", t7, body7, notes=notes7,
+    sec7 = H.Section("gradcam", t7, body7, notes=notes7, errors=errors7,
                      intro=f"The same evaluation images for every model, at the largest training size (n = {size}) and "
                      f"seed {seed}, from each trial's best checkpoint; computed with pytorch-grad-cam.")
     if masks is None:
