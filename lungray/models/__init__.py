@@ -461,8 +461,10 @@ def ensure_autoencoder(
     resolution: Optional[int] = None,
     batch_size: int = 32,
     max_images: Optional[int] = None,
-    mean: Optional[float] = None,
-    std: Optional[float] = None,
+    mean: Optional[Any] = None,
+    std: Optional[Any] = None,
+    in_chans: int = 1,
+    pretrain_class: Optional[str] = None,
 ) -> Path:
     """Pretrain (once) the ``ae_encoder`` autoencoder on the training pool; return its file.
 
@@ -480,4 +482,6 @@ def ensure_autoencoder(
         max_images=max_images,
         mean=mean,
         std=std,
+        in_chans=in_chans,
+        pretrain_class=pretrain_class,
     )

@@ -317,7 +317,7 @@ def _run(
 ) -> TrialResult:
     from lungray.data.augment import normalization_stats
     from lungray.data.dataset import ImageDataset
-    from lungray.models import create_model
+    from lungray.models import create_model, input_channels
     from lungray.train import checkpoint as ckpt
     from lungray.train.device import autocast, make_scaler, seed_everything, to_channels_last, torch_generator
     from lungray.train.evaluate import EarlyStopping, predict, unwrap, val_metrics
@@ -328,6 +328,7 @@ def _run(
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
     seed_everything(trial.seed)
+    data = data.for_preprocess(trial.variant.preprocess)  # a variant's cache: same rows and splits
 
     # -- data --------------------------------------------------------------------------------
     train_idx = np.asarray(data.subset(trial.train_size, trial.seed), dtype=np.int64)
@@ -342,8 +343,10 @@ def _run(
     k = data.num_classes
     class_names = [str(c) for c in data.class_names]
     y_train = np.asarray(data.labels[train_idx], dtype=np.int64)
-    mean, std = normalization_stats(tc.normalization, data)
-    norm = (float(mean), float(std))
+    # repeat3 models get 3 channels, each normalised with its own statistics (ImageNet's three)
+    channels = input_channels(trial.model)
+    mean, std = normalization_stats(tc.normalization, data, channels, fixed=(tc.norm_mean, tc.norm_std))
+    norm = (_stat(mean), _stat(std))
     train_ds = ImageDataset(data, train_idx, augmentation=tc.augmentation, mean=mean, std=std, seed=trial.seed)
     val_idx = np.asarray(data.val_idx, dtype=np.int64)
     val_ds = ImageDataset(data, val_idx, augmentation="none", mean=mean, std=std, seed=trial.seed)
@@ -377,10 +380,12 @@ def _run(
                     max_images=tc.ae_pretrain_images,
                     mean=norm[0],
                     std=norm[1],
+                    in_chans=channels,
+                    pretrain_class=tc.ae_pretrain_class,
                 )
             _barrier(world)
     seed_everything(trial.seed)  # weight init independent of what ran before (AE pretraining)
-    model = create_model(trial.model, k, in_chans=1, resolution=data.resolution, ae_weights=ae_weights)
+    model = create_model(trial.model, k, in_chans=channels, resolution=data.resolution, ae_weights=ae_weights)
     model = to_channels_last(model.to(device), channels_last)
     full_batch = hasattr(unwrap(model), "fit_full_batch")
     if full_batch:
@@ -402,7 +407,7 @@ def _run(
     optimizer = scheduler = None
     if not full_batch:
         optimizer = build_optimizer(model, trial.optimizer)
-        scheduler = build_scheduler(optimizer, trial.optimizer, epochs)
+        scheduler = build_scheduler(optimizer, trial.optimizer, epochs, steps_per_epoch=steps_per_epoch)
     scaler = make_scaler(device, dtype)
 
     # -- state (fresh or resumed) --------------------------------------------------------------
@@ -506,11 +511,11 @@ def _run(
                     clip_gradients(params, trial.optimizer.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
+                scheduler.step()  # per optimisation step: epoch schedules count steps_per_epoch (optim.py)
                 bs = int(y.shape[0])
                 loss_sum_t += loss.detach().double() * bs
                 correct_t += (logits.detach().argmax(1) == y).sum()
                 seen += bs
-            scheduler.step()
             train_loss = float(loss_sum_t) / max(seen, 1)
             train_acc = int(correct_t) / max(seen, 1)
         row: dict[str, float] = {
@@ -660,6 +665,11 @@ def _fit_full_batch(model, plain, y_train, tc, k, device, dtype, channels_last) 
     unwrap(model).fit_full_batch(x, y, sample_weight=sw)
     probs, yy, _ = predict(model, plain, batch_size=max(1, tc.eval_batch_size), device=device, dtype=dtype, channels_last=channels_last)
     return log_loss(yy, probs), accuracy(yy, probs.argmax(1))
+
+
+def _stat(v: Any) -> Any:
+    """A normalisation statistic as JSON-able numbers: a float, or a list per channel."""
+    return float(v) if np.ndim(v) == 0 else [float(x) for x in v]
 
 
 def _predictions_frame(data, rows, y, probs, class_names):
