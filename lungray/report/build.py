@@ -482,6 +482,19 @@ def _subsets_table(splits: Optional[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _variant_data(sw: Sweep, data, preprocess: Optional[str]):
+    """The prepared images of a variant's preprocessing (same rows), from the sweep's data summary."""
+    roots = ((sw.data_summary or {}).get("info") or {}).get("preprocess_roots") or {}
+    root = roots.get(preprocess) if preprocess else None
+    if not root or Path(root).resolve() == Path(data.root).resolve():
+        return data
+    if not (Path(root) / "images.npy").exists():
+        raise LungrayError(f"the '{preprocess}' images ({root}) are not reachable from here")
+    from dataclasses import replace
+
+    return replace(data, root=root)
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else ""
@@ -604,18 +617,21 @@ def _gradcam_sections(b: _Builder, device: Optional[str], max_pointing: int) -> 
             lm = G.load_checkpoint_model(ck_path, resolution=data.resolution, device=device)
             layers, _ = gradcam_target(lm.model)
             info = (lab, lm.trial.model.gradcam_layer, ", ".join(G.layer_names(lm.model, layers)), lm.epoch)
+            # a variant with its own preprocessing (CLAHE...) is shown the images it was trained on
+            vdata = _variant_data(sw, data, lm.trial.variant.preprocess)
             if rows.size:
-                x = G.normalise_images(imgs, data.max_value, lm.norm)
+                vimgs = imgs if vdata is data else np.asarray(vdata.images[rows])
+                x = G.normalise_images(vimgs, data.max_value, lm.norm)
                 with torch.no_grad():
                     own = lm.model(x.to(lm.device)).argmax(1).cpu().numpy()
                 targets = [int(preds[k, i]) for i, _ in picks]
                 cams = G.compute_cams(lm.model, x, targets)
-                ov = [G.overlay(imgs01[j], cams[j]) for j in range(len(picks))]
+                ov = [G.overlay(vimgs[j].astype(np.float32) / data.max_value, cams[j]) for j in range(len(picks))]
                 titles = [f"{lab}\n→ {sw.class_names[preds[k, i]]} {'✓' if correct[k, i] else '✗'}" for i, _ in picks]
             point = None
             if masks is not None and point_cols:
                 pr = np.array([row_of[ids[i]] for i in point_cols], dtype=np.int64)
-                px = G.normalise_images(np.asarray(data.images[pr]), data.max_value, lm.norm)
+                px = G.normalise_images(np.asarray(vdata.images[pr]), data.max_value, lm.norm)
                 pc = G.compute_cams(lm.model, px, [int(y[i]) for i in point_cols])
                 res = G.pointing_game(pc, np.asarray(masks[pr]), tolerance=tol)
                 point = {"model": lab, "run_id": r["run_id"], "train_size": size, "seed": seed, "images": res.n,

@@ -14,7 +14,7 @@ from lungray.config import StudyConfig, is_pool_size
 
 
 def dataset_checks(cfg: StudyConfig) -> tuple[list[str], list[str], Optional[int]]:
-    """``(lines, problems, n_pool)`` for a study whose ``data.path`` is set (``--data``).
+    """``(lines, problems, n_pool)`` for a study whose ``data.path`` is set (``--data``) or the phantom.
 
     Builds the manifest and probes the files as ``lungray data check`` does (no decoding),
     makes the same held-out split ``prepare_data`` will and checks every training size against
@@ -22,9 +22,7 @@ def dataset_checks(cfg: StudyConfig) -> tuple[list[str], list[str], Optional[int
     to show ``sizes: all`` as a count; ``None`` when no dataset was given.
     """
     d = cfg.data
-    if not d.path:
-        if d.source == "phantom":
-            return [], [], None
+    if not d.path and d.source != "phantom":  # the built-in phantom needs no path and no files
         return [f"data: no --data given: training sizes not checked against a {d.source} dataset"], [], None
     import numpy as np
 
@@ -37,7 +35,7 @@ def dataset_checks(cfg: StudyConfig) -> tuple[list[str], list[str], Optional[int
         rep = check_dataset(d, sizes=counts, echo=None)
     except DataError as e:
         return [f"data: {e}"], [str(e)], None
-    lines = [f"data: {d.source} at {d.path}: {rep.summary}"]
+    lines = [f"data: {d.source}{' at ' + str(d.path) if d.path else ''}: {rep.summary}"]
     problems = list(rep.dataset_problems)
     good = rep.manifest[rep.manifest["problem"] == ""].reset_index(drop=True)
     n_pool = None
