@@ -84,11 +84,11 @@ class Registry(Generic[T]):
 def suggest(name: str, candidates: Iterable[str], n: int = 3, cutoff: float = 0.6) -> list[str]:
     """The closest ``candidates`` to a mistyped ``name`` (difflib ratio, case-insensitive), best first.
 
-    A candidate that ends with ``:name`` or ``.name`` (a namespaced spelling of the same
-    name, e.g. ``tv:alexnet`` for ``alexnet``) comes first whatever its ratio.
+    A candidate that ends with ``:name`` (a namespaced spelling of the same name, e.g.
+    ``tv:alexnet`` for ``alexnet``) comes first whatever its ratio.
 
     >>> suggest("alexnet", ["haloregnetz_b", "tv:alexnet", "resnet50"])
-    ['tv:alexnet']
+    ['tv:alexnet', 'haloregnetz_b']
     >>> suggest("densnet121", ["densenet121", "densenet161", "resnet50"])
     ['densenet121', 'densenet161']
     """

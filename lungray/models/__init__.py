@@ -298,17 +298,23 @@ def check_model_name(name: str) -> str:
 def suggest_model_names(name: str, timm_names: Sequence[str], tv_names: Sequence[str], n: int = 5) -> list[str]:
     """Close matches for a mistyped model name across lungray's own, timm's and ``tv:`` names.
 
-    The same architecture in the other namespace comes first: ``alexnet`` (not in timm)
-    suggests ``tv:alexnet``, ``tv:resnet5`` suggests ``tv:resnet50`` and timm's ``resnet50``.
+    The same architecture in the other namespace comes first (``alexnet``, which timm does not
+    have, suggests ``tv:alexnet``), then the closest names of the namespace asked for and of
+    the other one, alternating: ``tv:resnet5`` suggests ``tv:resnet50, resnet50, ...``.
 
     >>> suggest_model_names("alexnet", ["haloregnetz_b", "resnet50"], ["alexnet", "vgg16"])
-    ['tv:alexnet']
+    ['tv:alexnet', 'haloregnetz_b']
     """
-    bare = name[len(TV_PREFIX) :] if name.startswith(TV_PREFIX) else name
-    cands = list(MODELS.names()) + list(timm_names) + [TV_PREFIX + t for t in tv_names]
-    first = [c for c in (TV_PREFIX + bare, bare) if c != name and c in set(cands)]
-    close = [c for c in suggest(bare, cands, n=n) if c != name]
-    return list(dict.fromkeys(first + close))[:n]
+    is_tv = name.startswith(TV_PREFIX)
+    bare = name[len(TV_PREFIX) :] if is_tv else name
+    timm_side = list(MODELS.names()) + list(timm_names)
+    tv_side = list(tv_names)
+    counterpart = [bare] if is_tv and bare in set(timm_side) else ([TV_PREFIX + bare] if not is_tv and bare in set(tv_side) else [])
+    tv_close = [TV_PREFIX + c for c in suggest(bare, tv_side, n=n)]
+    timm_close = suggest(bare, timm_side, n=n)
+    same, other = (tv_close, timm_close) if is_tv else (timm_close, tv_close)
+    mixed = [c for pair in zip(same + [""] * n, other + [""] * n) for c in pair if c]
+    return [c for c in dict.fromkeys(counterpart + mixed) if c != name][:n]
 
 
 def check_model_config(cfg: "ModelConfig", where: str = "model") -> None:

@@ -39,12 +39,13 @@ def dataset_checks(cfg: StudyConfig) -> tuple[list[str], list[str], Optional[int
     problems = list(rep.dataset_problems)
     good = rep.manifest[rep.manifest["problem"] == ""].reset_index(drop=True)
     n_pool = None
-    if len(good) and not problems:
+    if len(good) and all(rep.class_counts.values()):
         labels = good["class_index"].to_numpy().astype(np.int64)
         try:
             _, _, pool, how = make_splits(labels, groups_of(good["patient_id"].to_numpy()), good["split"].to_numpy(), d)
         except DataError as e:
-            problems.append(str(e))
+            if str(e) not in problems:
+                problems.append(str(e))
         else:
             n_pool = int(len(pool))
             lines.append(f"data: training pool {n_pool} images ({how} split, before the leakage audit drops near-duplicates)")
