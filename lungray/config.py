@@ -340,11 +340,13 @@ class StudyConfig:
         if v.normalization is None and v.norm_mean is None and v.norm_std is None:
             return self.train
         t = self.train
+        # a variant that switches to another normalisation does not inherit fixed numbers
+        keep = v.normalization is None or v.normalization == t.normalization
         return replace(
             t,
             normalization=v.normalization or t.normalization,
-            norm_mean=v.norm_mean if v.norm_mean is not None else t.norm_mean,
-            norm_std=v.norm_std if v.norm_std is not None else t.norm_std,
+            norm_mean=v.norm_mean if v.norm_mean is not None else (t.norm_mean if keep else None),
+            norm_std=v.norm_std if v.norm_std is not None else (t.norm_std if keep else None),
         )
 
     @property
@@ -653,7 +655,6 @@ def validate_study(cfg: StudyConfig, require_data: bool = True) -> None:
                 raise ConfigError(f"models[{i}].freeze '{m.freeze}': N in last:N must be a positive integer")
         _one_of(f"models[{i}].input_mode", m.input_mode, ["in_chans1", "repeat3"])
         _one_of(f"models[{i}].stem", m.stem, ["none", "conv8_conv3"])
-        _one_of(f"models[{i}].padding", m.padding, ["same", "valid"])
         if not 0 <= m.drop_rate < 1:
             raise ConfigError(f"models[{i}].drop_rate must be in [0, 1), got {m.drop_rate}")
         check_model_config(m, f"models[{i}]")  # head/stem/pretrained combinations, weights path exists

@@ -100,19 +100,20 @@ def load_checkpoint_model(path: str | Path, *, resolution: int, device: Optional
     from lungray.config import TrialConfig
     from lungray.models import create_model
 
-    from lungray.models import input_channels
-
     device = device or default_device()
     ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     trial = TrialConfig.from_dict(ckpt["trial"])
     class_names = tuple(ckpt["class_names"])
+    norm = ckpt.get("norm", (0.0, 1.0))
+    # the input had one channel per normalisation statistic (3 for a repeat3 model's per-channel
+    # statistics, 1 otherwise: also every checkpoint written before repeat3 meant 3 channels)
+    in_chans = len(norm[0]) if isinstance(norm[0], (list, tuple)) else 1
     # weights come from the checkpoint: never download pretrained ones to rebuild the network
     spec = dataclasses.replace(trial.model, pretrained=False)
-    model = create_model(spec, len(class_names), in_chans=input_channels(trial.model), resolution=resolution)
+    model = create_model(spec, len(class_names), in_chans=in_chans, resolution=resolution)
     model = _unwrap(model)
     model.load_state_dict(_strip_prefixes(ckpt["model"]))
     model.to(device).eval()
-    norm = ckpt.get("norm", (0.0, 1.0))
     return LoadedModel(model, trial, class_names, (norm[0], norm[1]), int(ckpt.get("epoch", -1)), device)
 
 
