@@ -107,8 +107,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train": {"augmentation": "rot_hflip", "normalization": "imagenet"},
         "resources": {"workers": 1, "cpus_per_worker": 4, "gpus_per_worker": 0.5},
     },
-    # The CI twin of ``transfer`` (every protocol element of sections 2-4 on the 4-class
-    # phantom at 64 px, random init, a couple of minutes on 2 CPUs): frozen trunks read by
+    # The CI twin of ``transfer`` (the protocol elements of sections 2-4 on the 4-class
+    # phantom at 64 px, random init, a few minutes on 2 CPUs): frozen trunks read by
     # Grad-CAM at their last convolution, a torchvision classifier with only its last layer
     # trained, partial fine-tuning, Keras inverse-time decay, and the preprocessing x
     # normalisation variants (ImageNet per channel, fixed radiograph numbers, CLAHE) as one
@@ -118,7 +118,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {"source": "phantom", "phantom_n": 240, "phantom_classes": 4, "resolution": 64, "eval_size": 64,
                  "val_size": 24, "split_seed": 1},
         "models": [
-            {"name": "resnet18", "freeze": "backbone", "head": "bn_pool_mlp64", "input_mode": "repeat3", "gradcam_layer": "last_conv"},
+            # torchvision's ResNet: timm zero-initialises each block's last batch norm, so a frozen
+            # random timm trunk gives its last conv no gradient (a blank map) until trained
+            {"name": "tv:resnet18", "freeze": "backbone", "head": "bn_pool_mlp64", "input_mode": "repeat3", "gradcam_layer": "last_conv"},
             {"name": "tv:alexnet", "freeze": "fc_only", "head": "tv_classifier", "input_mode": "repeat3", "gradcam_layer": "last_conv"},
             {"name": "logreg"},
         ],

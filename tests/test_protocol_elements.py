@@ -176,14 +176,14 @@ def test_variants_are_an_axis_of_the_grid():
     cfg = load_study("transfer_smoke")
     trials = cfg.trials()
     assert len(trials) == len(cfg.models) * 3 * len(cfg.sizes) * len(cfg.optimizers) * len(cfg.seeds) == G.n_trials(cfg)
-    t = [t for t in trials if t.arm == "resnet18[backbone]@radiograph"][0]
+    t = [t for t in trials if t.arm == "tv:resnet18[backbone]@radiograph"][0]
     assert t.train.normalization == "fixed" and t.train.norm_mean == (0.5,) and t.variant.preprocess is None
-    assert t.cell == "resnet18[backbone]@radiograph|n=all|adam+inverse_time"
+    assert t.cell == "tv:resnet18[backbone]@radiograph|n=all|adam+inverse_time"
     clahe = [t for t in trials if t.arm == "logreg@clahe"][0]
     assert clahe.variant.preprocess == "clahe" and clahe.train.normalization == "imagenet"
     resolved = cfg.with_pool_size(150)
     axes = G.param_space_axes(resolved)
-    assert axes["model"][:3] == ["resnet18[backbone]@imagenet", "resnet18[backbone]@radiograph", "resnet18[backbone]@clahe"]
+    assert axes["model"][:3] == ["tv:resnet18[backbone]@imagenet", "tv:resnet18[backbone]@radiograph", "tv:resnet18[backbone]@clahe"]
     assert axes["train_size"] == [150]
     t = resolved.trials()[1]
     assert t.train_size == 150 and trial_tags(t, "x", "p")["lungray.variant"] == "radiograph"

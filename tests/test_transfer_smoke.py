@@ -59,9 +59,9 @@ def test_transfer_smoke_twin_end_to_end_with_a_panel_for_every_arm(tmp_path):
     children = [r for r in c.search_runs([state["experiment_id"]]) if r.data.tags.get(T.ROLE) == T.ROLE_TRIAL]
     by_arm = {r.data.params["model"]: r.data.params for r in children}
     assert sorted(by_arm) == sorted(arms)
-    assert by_arm["resnet18[backbone]@clahe"]["variant.preprocess"] == "clahe"
-    assert by_arm["resnet18[backbone]@radiograph"]["train.normalization"] == "fixed"
-    assert by_arm["resnet18[backbone]@radiograph"]["train.norm_mean"] == "[0.5]"
+    assert by_arm["tv:resnet18[backbone]@clahe"]["variant.preprocess"] == "clahe"
+    assert by_arm["tv:resnet18[backbone]@radiograph"]["train.normalization"] == "fixed"
+    assert by_arm["tv:resnet18[backbone]@radiograph"]["train.norm_mean"] == "[0.5]"
     assert by_arm["tv:alexnet[fc_only]@imagenet"]["optimizer.scheduler"] == "inverse_time"
     assert {r.data.tags["lungray.variant"] for r in children} == {"imagenet", "radiograph", "clahe"}
 
@@ -79,5 +79,5 @@ def test_transfer_smoke_twin_end_to_end_with_a_panel_for_every_arm(tmp_path):
     assert len(rows) == len(arms) and all(a == b for _, a, b in rows), rows
     # the variants are paired: same subsets, same evaluation images
     paired = pd.read_csv(exp_dir / "report" / "paired.csv")
-    pair = paired[(paired.model_a == "resnet18[backbone]@imagenet") & (paired.model_b == "resnet18[backbone]@clahe")]
+    pair = paired[(paired.model_a == "tv:resnet18[backbone]@imagenet") & (paired.model_b == "tv:resnet18[backbone]@clahe")]
     assert len(pair) == 1 and int(pair.n_images.iloc[0]) == cfg.data.eval_size
