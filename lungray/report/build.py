@@ -422,6 +422,10 @@ class _Builder:
                 "preprocess": cfg.data.preprocess,
                 "augmentation": cfg.train.augmentation,
                 "normalization": cfg.train.normalization,
+                **({"variants (paired arms <model>@<variant>)": "; ".join(
+                    f"{v.key}: " + ", ".join(f"{k}={getattr(v, k)}" for k in ("preprocess", "normalization", "norm_mean", "norm_std")
+                                             if getattr(v, k) is not None)
+                    for v in cfg.variants)} if any(v.key for v in cfg.variants) else {}),
                 "eval_size / val_size": f"{cfg.data.eval_size} / {cfg.data.val_size} (split seed {cfg.data.split_seed})",
                 "training sizes": ", ".join(map(str, cfg.sizes)),
                 "class-balanced subsets": cfg.data.class_balanced,
