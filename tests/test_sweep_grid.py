@@ -70,7 +70,7 @@ def test_trial_uid_is_stable_safe_and_unique():
     t = cfg.trials()[0]
     assert G.trial_uid(t, lr_sampled=True) != G.trial_uid(t)
     assert uids[0].startswith("vgg16-backbone-n500-adam-s0-") and len(uids[0]) == len("vgg16-backbone-n500-adam-s0-") + 6
-    assert sum(u.startswith("resnet50-layer3-4-n500-adam-s0-") for u in uids) == 1  # label "resnet50[layer3+4]"
+    assert sum(u.startswith("resnet50-layer3-4-fc-n500-adam-s0-") for u in uids) == 1  # label "resnet50[layer3+4+fc]"
 
 
 def test_lr_search_is_off_by_default_and_validated():
