@@ -31,7 +31,7 @@ FAMILIES = [
     pytest.param("convnext_atto", 64, {}, id="convnext_atto", marks=slow),  # convnext
     pytest.param("vit_tiny_patch16_224", 64, {}, id="vit", marks=slow),  # vit
     pytest.param("simple_cnn", 32, {"width": 8}, id="simple_cnn"),  # lungray's own
-    pytest.param("ae_encoder", 128, {}, id="ae_encoder", marks=slow),  # encoder -> densenet
+    pytest.param("ae_encoder", 256, {}, id="ae_encoder", marks=slow),  # encoder -> densenet (2x2 map at 256 px)
     pytest.param("logreg", 32, {}, id="logreg"),  # no backbone stages
 ]
 POLICIES = ["none", "backbone", "fc_only", "last:1"]
