@@ -253,8 +253,8 @@ def test_strict_fails_before_decoding(tmp_path):
 
 
 def test_registries():
-    assert AUGMENTATIONS.names() == ["none", "rot30_zoom_flip", "rot_hflip", "shift_shear_zoom"]
-    assert NORMALIZATIONS.names() == ["imagenet", "none", "pool"]
+    assert AUGMENTATIONS.names() == ["none", "rot15_nearest", "rot30_zoom_flip", "rot_hflip", "shift_shear_zoom"]
+    assert NORMALIZATIONS.names() == ["fixed", "imagenet", "none", "pool"]
     with pytest.raises(ConfigError, match="unknown augmentation 'flip'; valid choices"):
         build_augmentation("flip", 32)
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from lungray import tracking as T
+from lungray.errors import LungrayError
 from lungray.report import figures as F
 from lungray.report import html as H
 from lungray.report import tables as TB
@@ -27,7 +28,7 @@ from lungray.report.load import Sweep, download, load_sweep, prediction_matrix, 
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_report", "ReportParts", "report_parts"]
+__all__ = ["build_report", "ReportParts", "report_parts", "ReportIncomplete"]
 
 REPORT_HTML = "report.html"
 
@@ -49,6 +50,22 @@ INTERVAL_MEANING = (
     "above the majority-class rate AND AUC not above 0.5, one-sided tests at 0.05) are left out of the "
     "interval and named in the cell; with one run there is no interval."
 )
+
+
+class ReportIncomplete(LungrayError):
+    """The report was written, but some of it failed (each failure is a red box in it).
+
+    Raised by :func:`build_report` *after* the HTML is on disk, so a sweep's results and the
+    rest of the report are kept while the caller (the sweep, ``lungray report``) exits non-zero
+    with this one-line message instead of a logged traceback and exit 0.
+    """
+
+    def __init__(self, path: Path, failures: Sequence[str]):
+        self.path = Path(path)
+        self.failures = list(failures)
+        first = self.failures[0] if self.failures else ""
+        more = f" (+{len(self.failures) - 1} more)" if len(self.failures) > 1 else ""
+        super().__init__(f"report {self.path} has {len(self.failures)} failed part(s): {first}{more}")
 
 
 class ReportParts:
@@ -118,7 +135,9 @@ def build_report(
     embeds every image as a data URI and references nothing outside the file. Reading is all it
     does by default (a user with read-only access to a tracking server can build a report);
     with ``log_to_mlflow`` the output directory is also logged to the parent run under
-    ``report/`` (:mod:`lungray.tracking`), as the sweep runner does at the end of a sweep. ``gradcam=False``
+    ``report/`` (:mod:`lungray.tracking`), as the sweep runner does at the end of a sweep. A part
+    that fails (a Grad-CAM model that cannot be rebuilt...) is a red "FAILED" box in its section,
+    and :class:`ReportIncomplete` is raised once the whole report is written. ``gradcam=False``
     skips sections 7-8 (no model is rebuilt, no torch import). ``n_boot`` and ``seed`` drive
     the bootstrap intervals; the same seed gives the same report.
     """
@@ -149,6 +168,9 @@ def build_report(
     log.info("wrote %s", path)
     if log_to_mlflow:
         sweep.client().log_artifacts(sweep.parent_id, str(out), artifact_path="report")
+    failures = [f"{sec.title}: {e}" for sec in sections for e in sec.errors]
+    if failures:
+        raise ReportIncomplete(path, failures)
     return path
 
 
@@ -444,10 +466,10 @@ class _Builder:
         t7, t8 = "Grad-CAM panels", "Sanity of the heat maps"
         try:
             panels, pointing = _gradcam_sections(self, device, max_pointing)
-        except Exception as e:  # noqa: BLE001 - shown in the report and logged, never silent
-            log.exception("Grad-CAM sections failed")
-            msg = f"Grad-CAM could not be computed: {type(e).__name__}: {e}"
-            return [H.Section("gradcam", t7, "", notes=[msg]), H.Section("pointing", t8, "", notes=[msg])]
+        except Exception as e:  # noqa: BLE001 - a red box in the report and a non-zero exit, never silent
+            log.debug("Grad-CAM sections failed", exc_info=True)
+            msg = f"Grad-CAM could not be computed: {type(e).__name__}: {_first_line(e)}"
+            return [H.Section("gradcam", t7, "", errors=[msg]), H.Section("pointing", t8, "", notes=[msg])]
         return [panels, pointing]
 
     # -- 9 ----------------------------------------------------------------------------------------
@@ -499,6 +521,10 @@ class _Builder:
                 "preprocess": cfg.data.preprocess,
                 "augmentation": cfg.train.augmentation,
                 "normalization": cfg.train.normalization,
+                **({"variants (paired arms <model>@<variant>)": "; ".join(
+                    f"{v.key}: " + ", ".join(f"{k}={getattr(v, k)}" for k in ("preprocess", "normalization", "norm_mean", "norm_std")
+                                             if getattr(v, k) is not None)
+                    for v in cfg.variants)} if any(v.key for v in cfg.variants) else {}),
                 "eval_size / val_size": f"{cfg.data.eval_size} / {cfg.data.val_size} (split seed {cfg.data.split_seed})",
                 "training sizes": ", ".join(map(str, cfg.sizes)),
                 "class-balanced subsets": cfg.data.class_balanced,
@@ -557,6 +583,24 @@ def _subsets_table(splits: Optional[dict]) -> pd.DataFrame:
                          "nested_in_next": "–" if nxt is None else ("yes" if idx <= nxt else "NO"),
                          "in_eval": len(idx & ev)})
     return pd.DataFrame(rows)
+
+
+def _variant_data(sw: Sweep, data, preprocess: Optional[str]):
+    """The prepared images of a variant's preprocessing (same rows), from the sweep's data summary."""
+    roots = ((sw.data_summary or {}).get("info") or {}).get("preprocess_roots") or {}
+    root = roots.get(preprocess) if preprocess else None
+    if not root or Path(root).resolve() == Path(data.root).resolve():
+        return data
+    if not (Path(root) / "images.npy").exists():
+        raise LungrayError(f"the '{preprocess}' images ({root}) are not reachable from here")
+    from dataclasses import replace
+
+    return replace(data, root=root)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _n_ci(est: float, lo: float, hi: float) -> str:
@@ -729,7 +773,7 @@ def _gradcam_sections(b: _Builder, device: Optional[str], max_pointing: int) -> 
 
     tol = G.POINTING_TOLERANCE * data.resolution
     prior, prior_note = _training_prior(sw, masks, size, seed)
-    overlays, cell_titles, layer_info, point_rows_out, agree, shown = [], [], [], [], [], []
+    overlays, cell_titles, layer_info, point_rows_out, agree, shown, errors7 = [], [], [], [], [], [], []
     import torch
 
     from lungray.models import gradcam_target
@@ -739,28 +783,31 @@ def _gradcam_sections(b: _Builder, device: Optional[str], max_pointing: int) -> 
             ck_path = download(sw.client(), r["run_id"], T.BEST_CHECKPOINT, b.tmp / "ckpt")
             lm = G.load_checkpoint_model(ck_path, resolution=data.resolution, device=device)
             layers, _ = gradcam_target(lm.model)
-            info = (lab, ", ".join(G.layer_names(lm.model, layers)), lm.epoch)
+            info = (lab, lm.trial.model.gradcam_layer, ", ".join(G.layer_names(lm.model, layers)), lm.epoch)
+            # a variant with its own preprocessing (CLAHE...) is shown the images it was trained on
+            vdata = _variant_data(sw, data, lm.trial.variant.preprocess)
             if rows.size:
-                x = G.normalise_images(imgs, data.max_value, lm.norm)
+                vimgs = imgs if vdata is data else np.asarray(vdata.images[rows])
+                x = G.normalise_images(vimgs, data.max_value, lm.norm)
                 with torch.no_grad():
                     own = lm.model(x.to(lm.device)).argmax(1).cpu().numpy()
                 targets = [int(preds[k, i]) for i, _ in picks]
                 cams = G.compute_cams(lm.model, x, targets)
-                ov = [G.overlay(imgs01[j], cams[j]) for j in range(len(picks))]
+                ov = [G.overlay(vimgs[j].astype(np.float32) / data.max_value, cams[j]) for j in range(len(picks))]
                 titles = [f"{lab}\n→ {sw.class_names[preds[k, i]]} {'✓' if correct[k, i] else '✗'}" for i, _ in picks]
             point = None
             if masks is not None and point_cols:
                 pr = np.array([row_of[ids[i]] for i in point_cols], dtype=np.int64)
-                px = G.normalise_images(np.asarray(data.images[pr]), data.max_value, lm.norm)
+                px = G.normalise_images(np.asarray(vdata.images[pr]), data.max_value, lm.norm)
                 pc = G.compute_cams(lm.model, px, [int(y[i]) for i in point_cols])
                 res = G.pointing_game(pc, np.asarray(masks[pr]), tolerance=tol)
                 point = _pointing_row(G, lm.model, px, [int(y[i]) for i in point_cols], np.asarray(masks[pr]), tol,
                                       res, prior, seed)
                 point.update({"model": lab, "run_id": r["run_id"], "train_size": size, "seed": seed})
             del lm
-        except Exception as e:  # noqa: BLE001 - one model's failure is reported, the others still shown
-            log.exception("Grad-CAM failed for %s", lab)
-            notes7.append(f"{lab}: Grad-CAM failed ({type(e).__name__}: {e})")
+        except Exception as e:  # noqa: BLE001 - one model's failure is a red box, the others still shown
+            log.debug("Grad-CAM failed for %s", lab, exc_info=True)
+            errors7.append(f"{lab}: no Grad-CAM panel ({type(e).__name__}: {_first_line(e)})")
             continue
         layer_info.append(info)
         if rows.size:
@@ -777,15 +824,18 @@ def _gradcam_sections(b: _Builder, device: Optional[str], max_pointing: int) -> 
         body7 = b._fig(fig, "gradcam_panels", "Grad-CAM panels",
                        "Each row is one evaluation image (its class, and whether most models got it right); each "
                        "column a model, with the Grad-CAM heat map for the class it predicted (✓ right, ✗ wrong).")
-    lay = pd.DataFrame(layer_info, columns=["model", "target layer", "checkpoint epoch"])
-    body7 += "<h3>Target layers (from the per-family registry)</h3>" + H.table(lay, text_columns=["model", "target layer"])
+    lay = pd.DataFrame(layer_info, columns=["model", "gradcam_layer", "target layer", "checkpoint epoch"])
+    body7 += ("<h3>Target layers</h3>"
+              '<p class="muted">gradcam_layer: auto = the backbone family\'s layer, last_conv = the last convolution '
+              "(the studies' choice), or a module path; target layer: the module the heat maps were read from.</p>"
+              + H.table(lay, text_columns=["model", "gradcam_layer", "target layer"]))
     if agree:
         ag = pd.DataFrame(agree, columns=["model", "same prediction as predictions.csv", "images"])
         if (ag.iloc[:, 1] < ag.iloc[:, 2]).any():
             notes7.append("A rebuilt checkpoint does not reproduce some logged predictions: the checkpoint, its "
                           "normalisation or the image cache may not match the sweep's.")
         body7 += "<h3>Checkpoint check</h3>" + H.table(ag, text_columns=["model"])
-    sec7 = H.Section("gradcam", t7, body7, notes=notes7,
+    sec7 = H.Section("gradcam", t7, body7, notes=notes7, errors=errors7,
                      intro=f"The same evaluation images for every model, at the largest training size (n = {size}) and "
                      f"seed {seed}, from each trial's best checkpoint; computed with pytorch-grad-cam.")
     if masks is None:

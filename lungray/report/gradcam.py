@@ -6,8 +6,14 @@ same picture reproducible and checkable:
 
 * models are rebuilt from each trial's ``checkpoint/best.pt`` (format in
   :mod:`lungray.tracking`) with :func:`lungray.models.create_model`, unwrapped from DDP, and
-  the target layer comes from :func:`lungray.models.gradcam_target` (one rule per model
-  family, ViT reshape included), never a hard-coded layer name;
+  the target layer comes from :func:`lungray.models.gradcam_target` (the model's
+  ``gradcam_layer``: one rule per model family, the studies' last convolution, or a module
+  path; ViT reshape included), never a hard-coded layer name; the report names the layer;
+* a frozen backbone (``freeze: backbone``) still gets a heat map: the input is made to require
+  gradients, so the target activation is in the autograd graph even when no parameter before
+  it trains (pytorch-grad-cam only records gradients of outputs that require them), and
+  in-place activations are switched off while the maps are computed so the recorded
+  activation is the layer's own output, not the ReLU applied over it;
 * CAM objects are pytorch-grad-cam's, used as context managers (their hooks are released even
   on error) and fed in batches;
 * the same evaluation images (per class, a correct and a wrong prediction) are shown for every
@@ -22,6 +28,8 @@ same picture reproducible and checkable:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,25 +110,48 @@ def load_checkpoint_model(path: str | Path, *, resolution: int, device: Optional
     ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     trial = TrialConfig.from_dict(ckpt["trial"])
     class_names = tuple(ckpt["class_names"])
-    model = create_model(trial.model, len(class_names), in_chans=1, resolution=resolution)
+    norm = ckpt.get("norm", (0.0, 1.0))
+    # the input had one channel per normalisation statistic (3 for a repeat3 model's per-channel
+    # statistics, 1 otherwise: also every checkpoint written before repeat3 meant 3 channels)
+    in_chans = len(norm[0]) if isinstance(norm[0], (list, tuple)) else 1
+    # weights come from the checkpoint: never download pretrained ones to rebuild the network
+    spec = dataclasses.replace(trial.model, pretrained=False)
+    model = create_model(spec, len(class_names), in_chans=in_chans, resolution=resolution)
     model = _unwrap(model)
     model.load_state_dict(_strip_prefixes(ckpt["model"]))
     model.to(device).eval()
-    norm = ckpt.get("norm", (0.0, 1.0))
     return LoadedModel(model, trial, class_names, (norm[0], norm[1]), int(ckpt.get("epoch", -1)), device)
 
 
 def normalise_images(images: np.ndarray, max_value: float, norm: tuple[Any, Any]):
-    """``(B, H, W)`` cached pixels -> ``(B, 1, H, W)`` float tensor, normalised as in training
-    (``(x / max_value - mean) / std``, the ``norm`` stored in the checkpoint)."""
+    """``(B, H, W)`` cached pixels -> ``(B, C, H, W)`` float tensor, normalised as in training
+    (``(x / max_value - mean) / std``, the ``norm`` stored in the checkpoint). Per-channel
+    statistics (a ``repeat3`` model: ImageNet's three) give C = 3 copies of the gray image,
+    each normalised with its own mean/std, exactly as :class:`lungray.data.dataset.ImageDataset`."""
     import torch
 
     x = torch.from_numpy(np.asarray(images, dtype=np.float32) / float(max_value))[:, None]
-    mean = np.asarray(norm[0], dtype=np.float32).reshape(-1)
-    std = np.asarray(norm[1], dtype=np.float32).reshape(-1)
-    if mean.size > 1 or std.size > 1:  # per-channel stats on a 1-channel input: use their mean
-        mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
-    return (x - float(mean[0])) / float(std[0])
+    mean = np.asarray(norm[0], dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(norm[1], dtype=np.float32).reshape(1, -1, 1, 1)
+    return (x - torch.from_numpy(mean)) / torch.from_numpy(std)
+
+
+@contextlib.contextmanager
+def no_inplace(model):
+    """Switch every in-place activation of ``model`` off for the duration.
+
+    pytorch-grad-cam keeps the target layer's output tensor; an in-place ReLU right after the
+    layer (AlexNet's and VGG's last conv, torchvision ResNet blocks) would overwrite it, so
+    the map would be computed from the ReLU's output, not the chosen layer's.
+    """
+    changed = [m for m in model.modules() if getattr(m, "inplace", None) is True]
+    for m in changed:
+        m.inplace = False
+    try:
+        yield
+    finally:
+        for m in changed:
+            m.inplace = True
 
 
 def compute_cams(
@@ -153,9 +184,12 @@ def compute_cams(
     device = next(model.parameters()).device
     out = []
     targets_all = [int(t) for t in target_classes]
-    with cam_cls(model=model, target_layers=list(target_layers), reshape_transform=reshape_transform) as cam:
+    with no_inplace(model), cam_cls(model=model, target_layers=list(target_layers), reshape_transform=reshape_transform) as cam:
         for i in range(0, len(targets_all), batch_size):
-            xb = x[i : i + batch_size].to(device)
+            # the input requires gradients, so the target activation does too even when every
+            # parameter before it is frozen (freeze: backbone): otherwise pytorch-grad-cam
+            # records no gradient and fails on every frozen trunk
+            xb = x[i : i + batch_size].detach().to(device).requires_grad_(True)
             with torch.enable_grad():
                 maps = cam(input_tensor=xb, targets=[ClassifierOutputTarget(t) for t in targets_all[i : i + batch_size]])
             out.append(np.asarray(maps, dtype=np.float32))

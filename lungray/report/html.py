@@ -37,6 +37,7 @@ td.txt, th.txt { text-align: left; }
 td.best { font-weight: 700; background: #eaf4ea; }
 td.bad { color: var(--bad); }
 .note { background: var(--warnbg); color: var(--warn); border-left: 4px solid #e0a030; padding: 6px 10px; margin: 8px 0; max-width: 1100px; }
+.error { background: #fdecec; color: #8a1c1c; border-left: 4px solid #c0392b; padding: 6px 10px; margin: 8px 0; max-width: 1100px; font-weight: 600; }
 .ok { background: #eef7ee; color: #245c24; border-left: 4px solid #4a9a4a; padding: 6px 10px; margin: 8px 0; }
 figure { margin: 8px 0 16px 0; }
 figure img { max-width: 100%; border: 1px solid var(--line); }
@@ -175,11 +176,13 @@ class Section:
     body: str
     intro: str = ""
     notes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # what failed: a red box at the top, never only a log line
 
     def render(self, number: int) -> str:
         intro = f'<p class="intro">{esc(self.intro)}</p>' if self.intro else ""
+        errors = "".join(note("FAILED: " + e, "error") for e in self.errors)
         notes = "".join(note(n) for n in self.notes)
-        return f'<section id="{esc(self.id)}"><h2>{number}. {esc(self.title)}</h2>{intro}{notes}{self.body}</section>'
+        return f'<section id="{esc(self.id)}"><h2>{number}. {esc(self.title)}</h2>{errors}{intro}{notes}{self.body}</section>'
 
 
 def page(title: str, subtitle: str, header_body: str, sections: Sequence[Section]) -> str:
