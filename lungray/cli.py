@@ -72,12 +72,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    from lungray.redact import install_log_redaction, redact
+
+    install_log_redaction()
     try:
         return _dispatch(args)
     except (LungrayError, FileNotFoundError) as e:
         if args.verbose:
             raise
-        print(f"lungray: error: {e}", file=sys.stderr)
+        print(f"lungray: error: {redact(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lungray: interrupted", file=sys.stderr)

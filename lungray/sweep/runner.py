@@ -31,6 +31,10 @@ from lungray import tracking as T
 from lungray.config import StudyConfig, dump_yaml, from_dict
 from lungray.errors import ConfigError
 from lungray.sweep import grid as G
+from lungray.redact import redact, redacting, usable_uri
+from lungray.sweep import sync as S
+from lungray.sweep.faults import failpoint
+from lungray.sweep.lock import ExperimentLock, claim_new_dir
 from lungray.sweep.progress import HEADLINE, format_summary, make_callback, summary_table
 
 log = logging.getLogger(__name__)
@@ -229,6 +233,7 @@ def run_study(
     """
     if validate:
         cfg.validate()
+    echo = redacting(echo)  # credentials never reach the console (issue 15)
     spec = G.lr_search_spec(cfg)
     total = G.n_trials(cfg)
 
@@ -236,11 +241,22 @@ def run_study(
         return _dry_run(cfg, address, autoscaling_config, echo)
 
     state: Optional[dict] = None
+    locks: list[ExperimentLock] = []  # one driver per experiment directory (released on any exit)
     if resume_dir is not None:
         state = check_resume(cfg, resume_dir)
         exp_dir = Path(resume_dir).resolve()
+        locks.append(ExperimentLock(exp_dir, "sweep", echo=echo).acquire())
     else:
         exp_dir = new_experiment_dir(cfg)
+    try:
+        return _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscaling_config, trial_body, data, echo, verbose, report)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscaling_config, trial_body, data, echo, verbose, report) -> SweepResult:
+    """:func:`run_study` after the dry-run branch, with the experiment directory decided."""
 
     # 1. data: every data problem surfaces here, before Ray, MLflow or any trial
     if data is None:
@@ -276,10 +292,11 @@ def run_study(
 
         tracking_uri = cfg.tracking.tracking_uri or T.default_tracking_uri(cfg.output_dir)
         experiment = cfg.tracking.experiment or cfg.name
-        exp_dir.mkdir(parents=True, exist_ok=True)
         if state is None:
             experiment_id = M.ensure_experiment(tracking_uri, experiment, artifact_root=T.default_artifact_root(cfg.output_dir))
-            (exp_dir / CONFIG_YAML).write_text(dump_yaml(cfg))
+            exp_dir = claim_new_dir(exp_dir)  # atomic: two sweeps started in one second get two directories
+            locks.append(ExperimentLock(exp_dir, "sweep", echo=echo).acquire())
+            (exp_dir / CONFIG_YAML).write_text(redact(dump_yaml(cfg)))
             parent_run_id = M.create_parent_run(
                 tracking_uri,
                 experiment_id,
@@ -307,15 +324,21 @@ def run_study(
                 "created": _dt.datetime.now().isoformat(timespec="seconds"),
                 "n_trials": total,
             }
-            (exp_dir / SWEEP_JSON).write_text(json.dumps(state, indent=1))
+            S.write_state(exp_dir, state)
             echo(f"experiment directory: {exp_dir}")
             echo(f"MLflow: {tracking_uri} experiment '{experiment}' parent run {parent_run_id}")
         else:
-            tracking_uri = cfg.tracking.tracking_uri or state["tracking_uri"]
+            tracking_uri = usable_uri(cfg.tracking.tracking_uri or state["tracking_uri"], f"{exp_dir / SWEEP_JSON}: tracking_uri")
             experiment_id, parent_run_id = state["experiment_id"], state["parent_run_id"]
-            M.reopen_run(tracking_uri, parent_run_id)
+            for k in ("status", "failed_trials", "finished"):  # the end recorded by a previous driver
+                state.pop(k, None)
+            S.write_state(exp_dir, state)
+            try:
+                M.reopen_run(tracking_uri, parent_run_id)
+            except M.TrackingUnavailable as e:
+                echo(f"warning: {e}; the sweep runs on and its MLflow view is replayed when the store is back")
             echo(f"resuming {exp_dir} (MLflow parent run {parent_run_id})")
-        echo(dump_yaml(cfg) if verbose else f"config: {exp_dir / CONFIG_YAML}")
+        echo(dump_yaml(cfg) if verbose else f"config: {exp_dir / CONFIG_YAML}")  # echo redacts
 
         # 4. Tune
         from lungray.sweep.trainable import DEFAULT_BODY, SweepContext
@@ -340,6 +363,7 @@ def run_study(
             tune_report_seconds=0.0 if (spec is not None and spec.asha) else 1.0,
         )
         done_before = _count_done(exp_dir)
+        S.set_watch(tracking_uri)
         results, interrupted = _run_tune(cfg, ctx, pre, spec, total, exp_dir, resume=resume_dir is not None, done_before=done_before, echo=echo, verbose=verbose)
 
         # 5. results, summary, report
@@ -360,16 +384,25 @@ def run_study(
         if len(over):
             what = "Ray Train start-up, MLflow outputs, teardown" if ctx.use_ray_train else "set-up, MLflow outputs"
             echo(f"per-trial overhead ({what}; not training or evaluating): mean {over.mean():.1f}s, max {over.max():.1f}s")
+        # the end, files first (sweep.json records it), then MLflow: queued trial writes replayed,
+        # the report, the parent run; whatever the store still misses waits for mlflow-sync
+        state.update(status="KILLED" if interrupted else "FINISHED", failed_trials=n_errors, finished=_dt.datetime.now().isoformat(timespec="seconds"))
+        S.write_state(exp_dir, state)
+        failpoint("driver.before_finish", cfg.name)
+        replayed, queued = S.replay_pending(exp_dir, tracking_uri, experiment_id, parent_run_id, cfg.tracking.log_checkpoints)
+        if replayed:
+            echo(f"MLflow: replayed the queued writes of {replayed} trial(s)")
         report_path = None
         want_report = cfg.report if report is None else report
-        if want_report and not interrupted:
+        if want_report and not interrupted and not queued:
             report_path = _build_report(tracking_uri, experiment, parent_run_id, exp_dir, cfg.tracking.gradcam, echo)
-        M.log_json_artifacts(M.client(tracking_uri), parent_run_id, {"trials.csv": trials_df.to_csv(index=False), "summary.csv": summary.to_csv()})
+        parent_done = not queued and S.finish_parent(exp_dir, tracking_uri, parent_run_id, state["status"], n_errors)
+        if not parent_done:
+            S.mark_parent_pending(exp_dir)
+            echo(f"{S.outage_line(exp_dir) or 'MLflow writes are queued'}; the results are complete in {exp_dir}: "
+                 f"once the store is back run: lungray mlflow-sync {exp_dir}")
         if interrupted:
-            M.finish_run(tracking_uri, parent_run_id, "KILLED")
             raise KeyboardInterrupt(str(exp_dir))
-        M.set_tags(M.client(tracking_uri), parent_run_id, {"lungray.failed_trials": n_errors})
-        M.finish_run(tracking_uri, parent_run_id, "FINISHED")
         echo(f"done: {len(trials_df) - n_errors}/{len(trials_df)} trials finished; experiment directory {exp_dir}")
         return SweepResult(
             experiment_dir=exp_dir,
@@ -480,7 +513,7 @@ def _run_tune(cfg, ctx, pre, spec, total, exp_dir: Path, *, resume: bool, done_b
         name=TUNE_NAME,
         storage_path=str(exp_dir),
         failure_config=tune.FailureConfig(max_failures=0 if ctx.use_ray_train else cfg.resources.max_failures),
-        callbacks=[progress],
+        callbacks=[progress, S.outage_watch(str(exp_dir))],
         verbose=1 if verbose else 0,
     )
     tune_path = exp_dir / TUNE_NAME
@@ -541,7 +574,7 @@ def collect_rows(exp_dir: Path, results: Any, lookup: Optional[Mapping[str, Any]
                 "optimizer": c.get("optimizer"),
                 "seed": c.get("seed"),
                 "status": "error" if res.error else "incomplete",
-                "error": str(res.error).strip().splitlines()[-1][:300] if res.error else "",
+                "error": redact(str(res.error).strip().splitlines()[-1][:300]) if res.error else "",
             }
     return sorted(rows.values(), key=lambda r: (str(r.get("model")), int(r.get("train_size") or 0), str(r.get("optimizer")), int(r.get("seed") or 0)))
 
