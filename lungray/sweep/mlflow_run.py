@@ -59,8 +59,13 @@ ATTEMPT_TAG = "lungray.attempts"
 #: MLflow's own HTTP client retries 7 times with exponential back-off (~4 min per call, on top of
 #: a 120 s timeout), and lungray retried that again: a stopped server cost up to ~33 min per
 #: call (issue 15, item 3). lungray turns MLflow's retries off and bounds each call itself
-#: (:func:`retry`); a user's own setting of these variables wins.
-HTTP_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+#: (:func:`retry`); a user's own setting of these variables wins. MLflow also prints "View run
+#: ... at: <tracking URI>" to stdout for every run it ends, credentials included: off.
+MLFLOW_ENV_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
 #: seconds lungray keeps retrying one transient failure before it queues the write (env override)
 RETRY_SECONDS_ENV = "LUNGRAY_MLFLOW_RETRY_SECONDS"
 RETRY_SECONDS = 20.0
@@ -80,16 +85,38 @@ def bound_http_env() -> None:
 
     MLflow reads them at each request (``mlflow.utils.rest_utils.http_request``), so this holds
     in every process that calls :func:`client` (driver, Tune trials, Train workers)."""
-    for k, v in HTTP_ENV_DEFAULTS.items():
+    for k, v in MLFLOW_ENV_DEFAULTS.items():
         os.environ.setdefault(k, v)
 
 
+def credentials_to_env(tracking_uri: str) -> str:
+    """``http://user:pw@host`` -> ``http://host``, with ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` set.
+
+    MLflow reads those variables at each request; a URI it is given is echoed in its
+    exceptions ("API request to http://user:pw@host/... failed"). With the credentials moved
+    out, MLflow never holds them in a string, and :func:`lungray.redact.redact` masks the
+    variable's value wherever it might still appear."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(tracking_uri)
+    if parts.scheme not in ("http", "https") or parts.password is None:
+        return tracking_uri
+    os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username or "")
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 def client(tracking_uri: str):
-    """An :class:`mlflow.MlflowClient` bound to ``tracking_uri`` (imports mlflow lazily)."""
+    """An :class:`mlflow.MlflowClient` bound to ``tracking_uri`` (imports mlflow lazily), with
+    lungray's HTTP bounds and any credentials of the URI moved to MLflow's variables."""
     from mlflow import MlflowClient
 
     bound_http_env()
-    return MlflowClient(tracking_uri=tracking_uri)
+    return MlflowClient(tracking_uri=credentials_to_env(tracking_uri))
 
 
 class TrackingUnavailable(LungrayError):

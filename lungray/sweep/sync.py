@@ -267,6 +267,9 @@ def _watch_class():
     from ray.tune import Callback
 
     class OutageWatch(Callback):
+        # Tune pickles its callbacks into the experiment directory, and cloudpickle takes a class
+        # built here by value, with the globals its methods name: every name is looked up
+        # through the module at call time, so the tracking URI (credentials) is never pickled.
         def __init__(self, exp_dir: str, poll_s: float, every_s: float) -> None:
             self.exp_dir, self.poll_s, self.every_s = exp_dir, poll_s, every_s
             self.setup()
@@ -275,33 +278,36 @@ def _watch_class():
             self.last_poll = self.last_line = 0.0
             self.down = False
 
-        def echo(self, line: str) -> None:
-            from lungray.sweep import progress
-
-            progress._ECHO[0](line)
-
         def on_step_end(self, iteration, trials, **info) -> None:
-            now = time.time()
-            if now - self.last_poll < self.poll_s:
-                return
-            self.last_poll = now
-            since, writes, n = pending_summary(self.exp_dir)
-            if since is None:
-                if self.down:
-                    self.echo("MLflow tracking reachable again; the queued writes were replayed")
-                    self.down = False
-                return
-            if self.down and now - self.last_line < self.every_s:
-                return
-            self.last_line = now
-            if self.down and ping(_WATCH_URI[0]):
-                self.echo(f"MLflow tracking reachable again; {writes} queued write(s) of {n} trial(s) are replayed at the end of the sweep")
-                return
-            self.down = True
-            self.echo(outage_line(self.exp_dir) or "")
+            from lungray.sweep import sync
+
+            sync._watch_step(self, time.time())
 
     _WATCH_CLASS.append(OutageWatch)
     return OutageWatch
+
+
+def _watch_step(w, now: float) -> None:
+    """One poll of :func:`outage_watch`'s callback ``w`` (state on ``w``, printing through progress)."""
+    from lungray.sweep import progress
+
+    if now - w.last_poll < w.poll_s:
+        return
+    w.last_poll = now
+    since, writes, n = pending_summary(w.exp_dir)
+    if since is None:
+        if w.down:
+            progress._ECHO[0]("MLflow tracking reachable again; the queued writes were replayed")
+            w.down = False
+        return
+    if w.down and now - w.last_line < w.every_s:
+        return
+    w.last_line = now
+    if w.down and ping(_WATCH_URI[0]):
+        progress._ECHO[0](f"MLflow tracking reachable again; {writes} queued write(s) of {n} trial(s) are replayed at the end of the sweep")
+        return
+    w.down = True
+    progress._ECHO[0](outage_line(w.exp_dir) or "")
 
 
 def finish_parent(

@@ -162,7 +162,10 @@ def tune_trial(config: dict, ctx: SweepContext) -> None:
     except Exception as e:  # noqa: BLE001 - recorded (file, then MLflow), then re-raised for Tune
         S.record_failure(tdir, f"{type(e).__name__}: {_root_cause(e)}")
         sync(run_id=run_id)
-        raise
+        clean = _redacted(e)
+        if clean is e:
+            raise
+        raise clean from None
     failpoint("trial.after_result", trial.name)
     wall = time.time() - t0
     timings = summary.get("timings", {})
@@ -564,6 +567,21 @@ def _plain(v: Any) -> Any:
     except ImportError:  # pragma: no cover
         pass
     return v
+
+
+def _redacted(e: BaseException) -> BaseException:
+    """``e`` itself, unless its text (or its traceback's) holds a credential: then a RuntimeError
+    with the redacted traceback as its message, chain cut, so neither Tune's console lines nor
+    its ``error.txt``/``error.pkl`` in the experiment directory carry the secret (issue 15)."""
+    import traceback
+
+    from lungray.redact import redact_text
+
+    text = "".join(traceback.format_exception(e))
+    clean = redact_text(text)
+    if clean == text:
+        return e
+    return RuntimeError(f"{type(e).__name__}: {redact_text(str(e))}\n(original traceback, redacted)\n{clean}")
 
 
 def _root_cause(e: BaseException) -> str:
