@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     sync = sub.add_parser("mlflow-sync", help="rebuild the MLflow view of a sweep from its Ray experiment directory")
     sync.add_argument("experiment_dir")
     sync.add_argument("--tracking-uri", default=None)
+
+    cc = sub.add_parser("check-cluster", help="validate a Ray cluster YAML (Ray's schema + lungray's security rules) before `ray up`")
+    cc.add_argument("path", nargs="?", default="cluster.yaml")
     return p
 
 
@@ -137,6 +140,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         n = sync_mlflow(args.experiment_dir, tracking_uri=args.tracking_uri)
         print(f"synced {n} trial(s) to MLflow")
+        return 0
+    if args.command == "check-cluster":
+        from lungray.sweep.cluster import validate_cluster_yaml
+
+        validate_cluster_yaml(args.path)
+        print(f"{args.path}: OK (Ray's schema, SSH from your group only, MLflow with authentication, a private /efs/lungray)")
         return 0
     raise LungrayError(f"unknown command {args.command}")
 

@@ -148,3 +148,45 @@ def claim_new_dir(candidate: Path) -> Path:
         except FileExistsError:
             i += 1
             d = candidate.with_name(f"{candidate.name}-{i}")
+
+
+def check_private(exp_dir: Union[str, os.PathLike]) -> None:
+    """Refuse to resume from Tune state another account could have written (issue 15, item 7).
+
+    ``--resume`` unpickles ``tune/`` (``tuner.pkl``, the experiment state, trial checkpoints'
+    metadata): whoever can write a file there, or swap the directory through a parent they can
+    write to, can run code as the user who resumes. Refused, with one line naming the path:
+    anything in ``tune/`` (or the experiment directory) owned by another user or writable by
+    others, and a parent directory writable by others without the sticky bit (``/tmp``'s 1777
+    is fine, an NFS root at 0777 is not). Group-writable is allowed (Debian's per-user groups
+    make it the default for many accounts).
+    """
+    exp_dir = Path(exp_dir).resolve()
+    me = os.getuid()
+
+    def refuse(path: Path, why: str, fix: str) -> None:
+        raise ConfigError(
+            f"--resume {exp_dir}: refusing to load Tune's pickled state: {path} {why}, so another account could "
+            f"make --resume run its code; {fix}, or start a new sweep"
+        )
+
+    for d in exp_dir.parents:
+        st = d.stat()
+        if st.st_mode & 0o002 and not st.st_mode & 0o1000:
+            refuse(d, f"is writable by every user (mode {st.st_mode & 0o7777:o}) without the sticky bit", f"chmod o-w {d} (or chmod +t)")
+        if st.st_uid not in (me, 0):
+            refuse(d, f"belongs to uid {st.st_uid}", "move the experiment directory under a folder of your own")
+    tune = exp_dir / "tune"
+    paths = [exp_dir]
+    for root, dirs, files in os.walk(tune):
+        paths += [Path(root) / n for n in dirs + files]
+    paths.insert(1, tune)
+    for p in paths:
+        try:
+            st = p.lstat()
+        except FileNotFoundError:
+            continue
+        if st.st_uid != me:
+            refuse(p, f"belongs to uid {st.st_uid}, not you (uid {me})", f"check it, then chown -R $(id -u) {exp_dir}")
+        if st.st_mode & 0o002 and not (p.is_symlink()):
+            refuse(p, f"is writable by every user (mode {st.st_mode & 0o7777:o})", f"check it, then chmod -R o-w {exp_dir}")

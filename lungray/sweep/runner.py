@@ -34,7 +34,7 @@ from lungray.sweep import grid as G
 from lungray.redact import redact, redacting, usable_uri
 from lungray.sweep import sync as S
 from lungray.sweep.faults import failpoint
-from lungray.sweep.lock import ExperimentLock, claim_new_dir
+from lungray.sweep.lock import ExperimentLock, check_private, claim_new_dir
 from lungray.sweep.progress import HEADLINE, format_summary, make_callback, summary_table
 
 log = logging.getLogger(__name__)
@@ -245,6 +245,7 @@ def run_study(
     if resume_dir is not None:
         state = check_resume(cfg, resume_dir)
         exp_dir = Path(resume_dir).resolve()
+        check_private(exp_dir)  # --resume unpickles tune/: nobody else may have written it
         locks.append(ExperimentLock(exp_dir, "sweep", echo=echo).acquire())
     else:
         exp_dir = new_experiment_dir(cfg)
