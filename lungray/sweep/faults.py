@@ -35,11 +35,13 @@ _DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", -1)}
 _DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded", "database or disk is full")
 
 
-class DiskFullError(LungrayError, OSError):
-    """A write failed because the volume or the quota is full (one line, names the folder)."""
+class DiskFullError(LungrayError):
+    """A write failed because the volume or the quota is full (one line, names the folder).
 
-    def __str__(self) -> str:
-        return str(self.strerror)
+    Not an ``OSError`` subclass: Ray re-creates a trial's exception as a class deriving from
+    both it and ``RayTaskError``, which recursed without end for ``OSError``'s constructor."""
+
+    errno = errno.ENOSPC
 
 
 def is_disk_full(e: BaseException) -> bool:
@@ -60,16 +62,28 @@ def is_disk_full(e: BaseException) -> bool:
 
 def disk_full_error(e: BaseException, folder: str | os.PathLike, what: str, resume_dir: str | os.PathLike) -> DiskFullError:
     """The one-line error for a full disk while writing ``what`` into ``folder``."""
-    if isinstance(e, DiskFullError):
-        return e
     name = "EDQUOT, quota exceeded" if getattr(e, "errno", None) == getattr(errno, "EDQUOT", -1) or "quota" in str(e).lower() else "ENOSPC"
     path = getattr(e, "filename", None)
     at = f" ({path})" if path and str(path) != str(folder) else ""
     return DiskFullError(
-        errno.ENOSPC,
         f"no space left ({name}) writing {what} to {folder}{at}; "
         f"finished trials are kept: free space or raise the quota, then run with --resume {resume_dir}",
     )
+
+
+def no_space_left(folder: str | os.PathLike, probe_bytes: int = 1 << 16) -> bool:
+    """Whether ``folder``'s volume refuses a small write (ENOSPC/EDQUOT): Tune's driver dies on a
+    full disk with unrelated errors (an empty ``error.pkl``: ``EOFError``), so ask the disk."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder) as f:
+            f.write(b"\0" * probe_bytes)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return is_disk_full(e)
+    return False
 
 
 def failpoint(point: str, key: str = "") -> None:

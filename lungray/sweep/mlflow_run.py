@@ -21,6 +21,7 @@ The names of tags, params, metrics and artifacts come from :mod:`lungray.trackin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -225,6 +226,26 @@ def is_local_store(tracking_uri: str) -> bool:
     return tracking_uri.startswith("sqlite:") or tracking_uri.startswith("file:") or "://" not in tracking_uri
 
 
+@contextlib.contextmanager
+def _schema_lock(tracking_uri: str):
+    """Hold an exclusive file lock next to a local sqlite store while the first MLflow call
+    creates its tables: two sweeps started at once into one output folder both ran MLflow's
+    schema migration, and the second died ("table _alembic_tmp_latest_metrics already exists")."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(tracking_uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".init.lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def ensure_experiment(tracking_uri: str, name: str, artifact_root: Optional[str] = None) -> str:
     """Id of experiment ``name``, created if missing (restored if it was deleted).
 
@@ -232,8 +253,9 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_root: Optional[str]
     instead of MLflow's default ``./mlruns`` relative to wherever the driver was started.
     A tracking server with ``--serve-artifacts`` picks its own artifact root.
     """
-    c = client(tracking_uri)
-    exp = retry(lambda: c.get_experiment_by_name(name))
+    with _schema_lock(tracking_uri):  # the first client creates the sqlite schema
+        c = client(tracking_uri)
+        exp = retry(lambda: c.get_experiment_by_name(name))
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             retry(lambda: c.restore_experiment(exp.experiment_id))
@@ -565,14 +587,20 @@ EPOCH_JOURNAL = "epochs.jsonl"
 
 
 def mark_pending(directory: Path, kind: str, n: int, error: BaseException | str = "") -> None:
-    """Record ``n`` queued writes of ``kind`` (``epochs``, ``result``, ``status``, ``parent``)."""
+    """Record ``n`` queued writes of ``kind`` (``epochs``, ``result``, ``status``, ``parent``).
+
+    Best effort: on a full disk the record is lost, not the results (``mlflow-sync`` replays
+    every trial directory anyway)."""
     p = Path(directory) / PENDING_FILE
     d = read_pending(directory) or {"since": OUTAGE.since or time.time(), "queued": {}}
     if isinstance(error, TrackingUnavailable):
         d["since"] = min(float(d.get("since", error.since)), error.since)
     d["error"] = one_line(getattr(error, "error", error), 300) if error else d.get("error", "")
     d["queued"] = {**d.get("queued", {}), kind: int(n)}
-    atomic_write_text(p, json.dumps(d))
+    try:
+        atomic_write_text(p, json.dumps(d))
+    except OSError as e:
+        log.warning("could not record queued MLflow writes in %s: %s", p, e)
 
 
 def clear_pending(directory: Path, kind: Optional[str] = None) -> None:

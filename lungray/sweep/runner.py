@@ -33,7 +33,7 @@ from lungray.errors import ConfigError
 from lungray.sweep import grid as G
 from lungray.redact import redact, redacting, usable_uri
 from lungray.sweep import sync as S
-from lungray.sweep.faults import failpoint
+from lungray.sweep.faults import DiskFullError, failpoint, is_disk_full, no_space_left
 from lungray.sweep.lock import ExperimentLock, check_private, claim_new_dir
 from lungray.sweep.progress import HEADLINE, format_summary, make_callback, summary_table
 
@@ -518,7 +518,7 @@ def _run_tune(cfg, ctx, pre, spec, total, exp_dir: Path, *, resume: bool, done_b
         verbose=1 if verbose else 0,
     )
     tune_path = exp_dir / TUNE_NAME
-    if resume and tune_path.exists() and tune.Tuner.can_restore(str(tune_path)):
+    if resume and tune_path.exists() and tune.Tuner.can_restore(str(tune_path)) and not _tune_state_damaged(tune_path, echo):
         tuner = tune.Tuner.restore(str(tune_path), trainable=trainable, resume_unfinished=True, resume_errored=True, restart_errored=False)
     else:
         axes = G.param_space_axes(cfg)
@@ -548,7 +548,34 @@ def _run_tune(cfg, ctx, pre, spec, total, exp_dir: Path, *, resume: bool, done_b
         results = tuner.fit()
     except KeyboardInterrupt:
         return None, True
+    except Exception as e:  # noqa: BLE001 - Tune's driver itself died; a full disk gets one line
+        if is_disk_full(e) or no_space_left(exp_dir):
+            raise DiskFullError(
+                f"the sweep stopped: no space left on the device of {exp_dir} (Tune could not write its state: "
+                f"{type(e).__name__}); finished trials are kept: free space or raise the quota, then run with --resume {exp_dir}"
+            ) from e
+        raise
     return results, False
+
+
+def _tune_state_damaged(tune_path: Path, echo) -> bool:
+    """Whether Tune's saved state cannot be resumed (Ray 2.60 writes it in place: a full disk
+    left trials without their config, which then failed with ``KeyError: 'model'``). The
+    damaged state is moved aside and the sweep starts Tune afresh: finished trials are kept (their
+    ``result.json`` makes the new trial return at once), unfinished ones start over."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        trials = ExperimentAnalysis(str(tune_path)).trials
+        why = "" if trials and all("model" in (t.config or {}) for t in trials) else "trials without their config"
+    except Exception as e:  # noqa: BLE001 - any failure to read it is damage
+        why = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+    if not why:
+        return False
+    aside = tune_path.with_name(f"{tune_path.name}.damaged-{_dt.datetime.now():%Y%m%d-%H%M%S}")
+    tune_path.rename(aside)
+    echo(f"note: Tune's state in {tune_path} is damaged ({why}); kept as {aside.name}, unfinished trials start afresh, finished ones are kept")
+    return True
 
 
 def collect_rows(exp_dir: Path, results: Any, lookup: Optional[Mapping[str, Any]] = None) -> list[dict]:

@@ -45,9 +45,13 @@ FAILURE_FILE = "failure.json"
 
 
 def record_failure(tdir: Path, error: str) -> None:
+    """``failure.json``; best effort (on a full disk the error still reaches Tune and MLflow)."""
     from lungray.sweep.mlflow_run import atomic_write_text
 
-    atomic_write_text(Path(tdir) / FAILURE_FILE, json.dumps({"error": redact(error), "time": time.time()}))
+    try:
+        atomic_write_text(Path(tdir) / FAILURE_FILE, json.dumps({"error": redact(error), "time": time.time()}))
+    except OSError as e:
+        log.warning("could not record the failure of %s in %s: %s", tdir.name, tdir, e)
 
 
 def read_failure(tdir: Path) -> Optional[dict]:
@@ -78,8 +82,12 @@ def sync_trial(
     log_checkpoints: bool = True,
     run_id: Optional[str] = None,
     count_attempt: bool = False,
+    error: Optional[str] = None,
 ) -> str:
     """Make the MLflow run of the trial in ``tdir`` agree with its files; returns its status.
+
+    ``error``: the failure of the attempt that just ended, when ``failure.json`` could not be
+    written (a full disk).
 
     Raises :class:`~lungray.sweep.mlflow_run.TrackingUnavailable` when the store cannot be
     reached (nothing is lost: the files stay, the caller records the queue).
@@ -94,7 +102,7 @@ def sync_trial(
         raise ConfigError(f"{tdir}: no readable {T.TRIAL_CONFIG}; not a lungray trial directory")
     result = read_result(tdir)
     complete = bool(result and result.get("complete"))
-    failure = None if complete else read_failure(tdir)
+    failure = None if complete else ({"error": error} if error is not None else read_failure(tdir))
     if run_id is None:
         run_id, _ = M.find_or_create_trial_run(tracking_uri, experiment_id, parent_run_id, tdir.name, trial, count_attempt=count_attempt)
     logger = M.TrialLogger(tracking_uri, run_id)
@@ -143,7 +151,9 @@ def _upload_missing(logger, art: Path, log_checkpoints: bool) -> None:
                 logger.log_file(p, T.CHECKPOINT_DIR)
 
 
-def sync_or_queue(tracking_uri: str, experiment_id: str, parent_run_id: str, tdir: Path, *, log_checkpoints: bool, run_id: Optional[str]) -> bool:
+def sync_or_queue(
+    tracking_uri: str, experiment_id: str, parent_run_id: str, tdir: Path, *, log_checkpoints: bool, run_id: Optional[str], error: Optional[str] = None
+) -> bool:
     """:func:`sync_trial`, or the write recorded as queued when it fails; True if synced.
 
     A trial's results never fail on MLflow: an unreachable store (or a store that refuses the
@@ -152,7 +162,7 @@ def sync_or_queue(tracking_uri: str, experiment_id: str, parent_run_id: str, tdi
     from lungray.sweep import mlflow_run as M
 
     try:
-        sync_trial(tracking_uri, experiment_id, parent_run_id, tdir, log_checkpoints=log_checkpoints, run_id=run_id)
+        sync_trial(tracking_uri, experiment_id, parent_run_id, tdir, log_checkpoints=log_checkpoints, run_id=run_id, error=error)
         return True
     except Exception as e:  # noqa: BLE001 - queued, not lost; reported by the replay
         if not isinstance(e, M.TrackingUnavailable):

@@ -63,6 +63,7 @@ class FakeTrialBody:
         kill_epochs, kill_marker_dir: ``{train_size: epoch}``: SIGKILL the training process right
             after that epoch's report (its checkpoint), once per trial (a marker file per trial in
             ``kill_marker_dir``): a kill -9 at a chosen point, for the fault tests.
+        ckpt_bytes: pad every checkpoint to about this many bytes.
         pause_at, pause_dir: ``((train_size, epoch), ...)``: after that epoch's report, create
             ``pause_dir/at-n<size>-e<epoch>`` and wait (up to ``rendezvous_timeout_s``) for
             ``pause_dir/go-n<size>-e<epoch>``, so a test can act (stop the tracking server, say)
@@ -86,6 +87,7 @@ class FakeTrialBody:
     rendezvous_timeout_s: float = 300.0
     extra_metrics: dict = field(default_factory=dict)
     kill_epochs: dict = field(default_factory=dict)
+    ckpt_bytes: int = 0
     kill_marker_dir: Optional[str] = None
     pause_at: tuple = ()
     pause_dir: Optional[str] = None
@@ -127,6 +129,8 @@ class FakeTrialBody:
             ck = Path(workdir) / f"ckpt-{epoch}"
             ck.mkdir(parents=True, exist_ok=True)
             (ck / "fake_state.json").write_text(json.dumps({"epoch": epoch, "history": history}))
+            if self.ckpt_bytes:  # a checkpoint of a realistic size, for the disk-full tests
+                (ck / "pad.bin").write_bytes(b"\0" * self.ckpt_bytes)
             if report is not None:
                 report(dict(m), str(ck) if rank == 0 else None)
             if (

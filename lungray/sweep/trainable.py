@@ -45,7 +45,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 from lungray import tracking as T
 from lungray.config import TrialConfig
 from lungray.sweep import sync as S
-from lungray.sweep.faults import disk_full_error, failpoint, is_disk_full
+from lungray.sweep.faults import DiskFullError, disk_full_error, failpoint, is_disk_full
 from lungray.sweep.grid import trial_from_params, trial_uid
 
 log = logging.getLogger(__name__)
@@ -160,8 +160,9 @@ def tune_trial(config: dict, ctx: SweepContext) -> None:
         else:
             summary = _fit_in_trial(ctx, trial, trial_id, run_id, tdir)
     except Exception as e:  # noqa: BLE001 - recorded (file, then MLflow), then re-raised for Tune
-        S.record_failure(tdir, f"{type(e).__name__}: {_root_cause(e)}")
-        sync(run_id=run_id)
+        error = f"{type(e).__name__}: {_root_cause(e)}"
+        S.record_failure(tdir, error)
+        sync(run_id=run_id, error=error)
         clean = _redacted(e)
         if clean is e:
             raise
@@ -414,7 +415,7 @@ def _run_body(ctx: SweepContext, trial: TrialConfig, trial_id: str, run_id: str,
 
 
 @contextlib.contextmanager
-def disk_full_names(ctx: SweepContext, folder: Union[str, Path], what: str, checkpoint: bool = True):
+def disk_full_names(ctx: SweepContext, folder: Union[str, Path], what: str, checkpoint: bool = False):
     """Turn a full disk or quota (``ENOSPC``/``EDQUOT``, however Ray or pyarrow wrap it) into one
     :class:`~lungray.sweep.faults.DiskFullError` line naming ``folder`` (issue 14)."""
     try:
@@ -422,7 +423,7 @@ def disk_full_names(ctx: SweepContext, folder: Union[str, Path], what: str, chec
             failpoint("checkpoint.write", what)
         yield
     except Exception as e:  # noqa: BLE001 - re-raised, renamed only when the disk is full
-        if is_disk_full(e):
+        if is_disk_full(e) and not isinstance(e, DiskFullError):  # an inner one already named its folder
             raise disk_full_error(e, folder, what, ctx.experiment_dir) from e
         raise
 
@@ -585,13 +586,18 @@ def _redacted(e: BaseException) -> BaseException:
 
 
 def _root_cause(e: BaseException) -> str:
-    """The innermost error message (Ray wraps worker errors several times)."""
+    """The innermost error message (Ray wraps worker errors several times); a lungray error
+    (written for the user: the disk-full line) is taken as it is, not its low-level cause."""
+    from lungray.errors import LungrayError
+
     seen = set()
     cur: Optional[BaseException] = e
     last = e
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
         last = cur
+        if isinstance(cur, LungrayError):
+            return str(cur).strip() if cur is e else f"{type(cur).__name__}: {str(cur).strip()}"
         cur = cur.__cause__ or cur.__context__
     msg = str(last).strip().splitlines()
     text = msg[-1] if msg else type(last).__name__
