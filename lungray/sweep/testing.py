@@ -60,7 +60,7 @@ class FakeTrialBody:
             all of them have: they can only all pass at once if they run concurrently, whatever
             the machine's load. The count seen is reported as ``rendezvous_seen``.
 
-        kill_epochs, kill_marker_dir: ``{train_size: epoch}``: SIGKILL the training process right
+        kill_epochs, kill_marker_dir: ``{train_size: epoch}`` (or ``{(train_size, seed): epoch}``): SIGKILL the training process right
             after that epoch's report (its checkpoint), once per trial (a marker file per trial in
             ``kill_marker_dir``): a kill -9 at a chosen point, for the fault tests.
         ckpt_bytes: pad every checkpoint to about this many bytes.
@@ -180,7 +180,8 @@ class FakeTrialBody:
 
 
     def _fault_points(self, trial, epoch: int) -> None:
-        if self.kill_epochs.get(trial.train_size) == epoch and self.kill_marker_dir:
+        at = self.kill_epochs.get((trial.train_size, trial.seed), self.kill_epochs.get(trial.train_size))
+        if at == epoch and self.kill_marker_dir:
             marker = Path(self.kill_marker_dir) / f"killed-n{trial.train_size}-s{trial.seed}"
             try:
                 fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
