@@ -138,6 +138,13 @@ class _Outage:
         self.since: Optional[float] = None
         self.error = ""
         self.next_probe = 0.0
+        self.sweep: Optional[str] = None
+
+    def for_sweep(self, sweep: Optional[str]) -> None:
+        """Forget an outage seen by another sweep (Ray re-uses worker processes across sweeps;
+        a test process runs several): the breaker holds within one sweep only."""
+        if sweep != self.sweep or sweep is None:
+            self.since, self.next_probe, self.sweep = None, 0.0, sweep
 
     def start(self, e: BaseException) -> None:
         if self.since is None:

@@ -293,6 +293,7 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
 
         tracking_uri = cfg.tracking.tracking_uri or T.default_tracking_uri(cfg.output_dir)
         experiment = cfg.tracking.experiment or cfg.name
+        M.OUTAGE.for_sweep(None)  # a fresh start: whatever this process saw before is history
         if state is None:
             experiment_id = M.ensure_experiment(tracking_uri, experiment, artifact_root=T.default_artifact_root(cfg.output_dir))
             exp_dir = claim_new_dir(exp_dir)  # atomic: two sweeps started in one second get two directories

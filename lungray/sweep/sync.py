@@ -334,7 +334,7 @@ def finish_parent(
         if files:
             M.log_json_artifacts(c, parent_run_id, files)
         report = exp_dir / "report"
-        if (report / "report.html").is_file():
+        if (report / "report.html").is_file() and not M.retry(lambda: c.list_artifacts(parent_run_id, "report")):
             M.retry(lambda: c.log_artifacts(parent_run_id, str(report), "report"), what="log the report")
         if failed_trials is not None:
             M.set_tags(c, parent_run_id, {"lungray.failed_trials": failed_trials})
@@ -392,7 +392,7 @@ def sync_mlflow(experiment_dir: Union[str, Path], tracking_uri: Optional[str] = 
         saved = state.get("tracking_uri")
         uri = tracking_uri or usable_uri(saved, f"{exp_dir / SWEEP_JSON}: tracking_uri") or T.default_tracking_uri(cfg.output_dir)
         experiment = state.get("experiment") or cfg.tracking.experiment or cfg.name
-        M.OUTAGE.next_probe = 0.0
+        M.OUTAGE.for_sweep(None)
         experiment_id = M.ensure_experiment(uri, experiment, artifact_root=T.default_artifact_root(cfg.output_dir))
 
         parent = state.get("parent_run_id") if saved is not None and redact(uri) == saved else None

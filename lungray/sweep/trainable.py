@@ -136,6 +136,7 @@ def tune_trial(config: dict, ctx: SweepContext) -> None:
     )
 
     (tdir / S.FAILURE_FILE).unlink(missing_ok=True)  # a new attempt supersedes the last failure
+    M.OUTAGE.for_sweep(ctx.parent_run_id)
     # Files first, MLflow second: the trial trains even if the store is down (the run is then
     # created when its results are replayed), and what MLflow missed is queued in tdir.
     try:
