@@ -384,7 +384,7 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
             echo(f"{n_errors} trial(s) did not finish; see {exp_dir / 'trials.csv'} and the lungray.error tag in MLflow")
         over = pd.to_numeric(trials_df.get("trial_overhead_seconds", pd.Series(dtype=float)), errors="coerce").dropna()
         if len(over):
-            what = "Ray Train start-up, MLflow outputs, teardown" if ctx.use_ray_train else "set-up, MLflow outputs"
+            what = "Ray Train start-up, result files, teardown" if ctx.use_ray_train else "set-up, result files"
             echo(f"per-trial overhead ({what}; not training or evaluating): mean {over.mean():.1f}s, max {over.max():.1f}s")
         # the end, files first (sweep.json records it), then MLflow: queued trial writes replayed,
         # the report, the parent run; whatever the store still misses waits for mlflow-sync
