@@ -777,9 +777,6 @@ class TrialLogger:
     def log_final(self, metrics: Mapping[str, Any]) -> None:
         log_metrics(self.client, self.run_id, metrics, step=0)
 
-    def log_dir(self, local_dir: str | os.PathLike, artifact_path: Optional[str] = None) -> None:
-        retry(lambda: self.client.log_artifacts(self.run_id, str(local_dir), artifact_path), what="log artifacts")
-
     def log_file(self, path: str | os.PathLike, artifact_path: Optional[str] = None) -> None:
         retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path), what="log artifact")
 
