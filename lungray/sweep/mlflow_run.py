@@ -726,8 +726,12 @@ class TrialLogger:
         values = {k: v for k, v in metrics.items() if k not in ("epoch", "checkpoint_path", "done")}
         ts = int(ts) if ts is not None else int(time.time() * 1000)
         if self.trial_dir is not None:
-            with open(self.trial_dir / EPOCH_JOURNAL, "a") as f:
-                f.write(json.dumps({"epoch": epoch, "ts": ts, "metrics": _finite(values)}) + "\n")
+            try:
+                self.trial_dir.mkdir(parents=True, exist_ok=True)
+                with open(self.trial_dir / EPOCH_JOURNAL, "a") as f:
+                    f.write(json.dumps({"epoch": epoch, "ts": ts, "metrics": _finite(values)}) + "\n")
+            except OSError as e:  # a full disk is reported where the checkpoint fails, naming its folder
+                log.warning("could not journal epoch %d in %s: %s", epoch, self.trial_dir, e)
         self._pending.append((epoch, values, ts))
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
