@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     sync = sub.add_parser("mlflow-sync", help="rebuild the MLflow view of a sweep from its Ray experiment directory")
     sync.add_argument("experiment_dir")
     sync.add_argument("--tracking-uri", default=None)
+
+    cc = sub.add_parser("check-cluster", help="validate a Ray cluster YAML (Ray's schema + lungray's security rules) before `ray up`")
+    cc.add_argument("path", nargs="?", default="cluster.yaml")
     return p
 
 
@@ -90,6 +93,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    from lungray.redact import install_log_redaction, redact
+
+    install_log_redaction()
     try:
         return _dispatch(args)
     except (LungrayError, FileNotFoundError) as e:
@@ -97,7 +103,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         from lungray.data.check import printable  # a file or class name must not forge lines
 
-        print(printable(f"lungray: error: {e}"), file=sys.stderr)
+        print(printable(f"lungray: error: {redact(str(e))}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lungray: interrupted", file=sys.stderr)
@@ -174,6 +180,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         n = sync_mlflow(args.experiment_dir, tracking_uri=args.tracking_uri)
         print(f"synced {n} trial(s) to MLflow")
+        return 0
+    if args.command == "check-cluster":
+        from lungray.sweep.cluster import validate_cluster_yaml
+
+        validate_cluster_yaml(args.path)
+        print(f"{args.path}: OK (Ray's schema, SSH from your group only, MLflow with authentication, a private /efs/lungray)")
         return 0
     raise LungrayError(f"unknown command {args.command}")
 

@@ -195,7 +195,7 @@ def _fake_sweep_dir(tmp_path: Path, n_trials_done: int = 2, experiment: str = "s
         uid = trial_uid(t)
         ctx.trial_dir(uid).mkdir(parents=True)
         (ctx.trial_dir(uid) / T.TRIAL_CONFIG).write_text(json.dumps({"trial_id": uid, "trial": t.to_dict()}))
-        write_trial_outputs(ctx, t, uid, result, logger=None, extra={"node_id": "node-a", "node_ip": "10.0.0.1"})
+        write_trial_outputs(ctx, t, uid, result, extra={"node_id": "node-a", "node_ip": "10.0.0.1"})
     return cfg, exp_dir
 
 

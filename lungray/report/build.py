@@ -24,6 +24,7 @@ from lungray.errors import LungrayError
 from lungray.report import figures as F
 from lungray.report import html as H
 from lungray.report import tables as TB
+from lungray.redact import redact
 from lungray.report.load import Sweep, download, load_sweep, prediction_matrix, safe_uri
 
 log = logging.getLogger(__name__)
@@ -562,7 +563,7 @@ class _Builder:
         body.append(H.table(missing, ["model", "train_size", "optimizer", "seed", "state", "error"],
                             headers={"train_size": "size"}, text_columns=["model", "optimizer", "state", "error"]))
         if sw.config_text:
-            body.append(f"<h3>Resolved config</h3><pre>{H.esc(sw.config_text)}</pre>")
+            body.append(f"<h3>Resolved config</h3><pre>{H.esc(redact(sw.config_text))}</pre>")
         return H.Section("provenance", "Data and provenance", "".join(body))
 
 

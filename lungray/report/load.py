@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,8 +118,10 @@ def _ordered(values: pd.Series, preferred: Optional[list[str]]) -> list[str]:
 
 
 def safe_uri(uri: str) -> str:
-    """A tracking URI with any ``user:password@`` removed, fit to print in a report."""
-    return re.sub(r"(//)[^/@]*@", r"\1", uri)
+    """A tracking URI with its credentials masked (:func:`lungray.redact.redact`), fit to print in a report."""
+    from lungray.redact import redact
+
+    return redact(uri)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -108,13 +108,16 @@ def main(
     parser = build_parser(prog, default_preset, description)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
+    from lungray.redact import install_log_redaction, redact
+
+    install_log_redaction()
     try:
         from lungray.config import dump_yaml
         from lungray.sweep.runner import run_study
 
         cfg = resolve_config(args, default_preset)
         print(f"# resolved config ({'resumed from ' + args.resume if args.resume else args.preset or default_preset})")
-        print(dump_yaml(cfg).rstrip())
+        print(redact(dump_yaml(cfg)).rstrip())
         print(f"# grid fingerprint {cfg.fingerprint()}")
         result = run_study(
             cfg,
@@ -130,7 +133,7 @@ def main(
     except LungrayError as e:
         if args.verbose:
             raise
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {redact(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         where = str(e) if str(e) else "<experiment directory>"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -126,8 +127,11 @@ def local_cluster_spec() -> ClusterSpec:
 # --------------------------------------------------------------------------------------------
 
 
-def validate_cluster_yaml(path: str | os.PathLike) -> dict:
+def validate_cluster_yaml(path: str | os.PathLike, allow_placeholders: bool = False) -> dict:
     """Ray's ``prepare_config`` + ``validate_config``, then lungray's own rules; returns the prepared config.
+
+    ``allow_placeholders`` accepts the ``REPLACE_ME`` values of the template in the repository
+    (the security group, the EFS id); a config about to be launched must have them filled in.
 
     Raises:
         ConfigError: one line naming the file, the key and what to change.
@@ -143,11 +147,17 @@ def validate_cluster_yaml(path: str | os.PathLike) -> dict:
         where = "/".join(str(p) for p in getattr(e, "absolute_path", []) or [])
         raise ConfigError(f"{path}: Ray rejects the cluster config{' at ' + where if where else ''}: {msg}") from None
     check_cluster_policy(prepared, path)
+    if not allow_placeholders:
+        import yaml
+
+        left = sorted(set(re.findall(r"[\w.-]*REPLACE_ME[\w.-]*", yaml.safe_dump(raw))))
+        if left:
+            raise ConfigError(f"{path}: still has the template's placeholders {', '.join(left)}; put your security group and EFS ids there (see the comment at its top)")
     return prepared
 
 
 def check_cluster_policy(cfg: Mapping[str, Any], path: Any = "cluster.yaml") -> None:
-    """lungray's rules for a cluster config (on top of Ray's schema)."""
+    """lungray's rules for a cluster config (on top of Ray's schema), issue 15 item 7 included."""
     prov = cfg.get("provider", {})
     if prov.get("cache_stopped_nodes", True):
         raise ConfigError(f"{path}: provider.cache_stopped_nodes must be false (stopped GPU nodes keep billing EBS and an old install)")
@@ -158,6 +168,15 @@ def check_cluster_policy(cfg: Mapping[str, Any], path: Any = "cluster.yaml") -> 
                 f"{path}: provider.security_group.IpPermissions opens ports {ports}; inbound must be SSH (22) only, "
                 "reach the dashboard and MLflow through SSH port-forwards"
             )
+        if any(r.get("CidrIp") in ("0.0.0.0/0",) for r in rule.get("IpRanges", [])) or any(r.get("CidrIpv6") == "::/0" for r in rule.get("Ipv6Ranges", [])):
+            raise ConfigError(f"{path}: provider.security_group.IpPermissions opens SSH to the whole internet; allow your CIDR only")
+    if prov.get("type") == "aws":
+        for name, t in (cfg.get("available_node_types") or {}).items():
+            if not (t.get("node_config") or {}).get("SecurityGroupIds"):
+                raise ConfigError(
+                    f"{path}: available_node_types.{name}.node_config has no SecurityGroupIds: the group Ray would create "
+                    "opens SSH to 0.0.0.0/0; name a group that allows SSH from your CIDR only (see the comment at the top)"
+                )
     types = cfg.get("available_node_types", {})
     head = cfg.get("head_node_type")
     workers = {k: v for k, v in types.items() if k != head}
@@ -170,6 +189,29 @@ def check_cluster_policy(cfg: Mapping[str, Any], path: Any = "cluster.yaml") -> 
         raise ConfigError(f"{path}: head_start_ray_commands binds a server to 0.0.0.0; bind MLflow/dashboard to the internal address")
     if "--serve-artifacts" not in start or "--backend-store-uri" not in start:
         raise ConfigError(f"{path}: 'mlflow server' needs --backend-store-uri (SQL) and --serve-artifacts")
+    if "--app-name basic-auth" not in start and "--host 127.0.0.1" not in start:
+        raise ConfigError(
+            f"{path}: 'mlflow server' listens on the cluster network without authentication; "
+            "run it with --app-name basic-auth (or bind it to 127.0.0.1 and reach it through an SSH tunnel)"
+        )
+    workers = re.search(r"--workers\s+(\d+)", start)
+    if "sqlite:" in start and (workers is None or int(workers.group(1)) != 1):
+        raise ConfigError(f"{path}: 'mlflow server' on SQLite over NFS needs --workers 1 (one writing process); use PostgreSQL for more")
+    commands = [c for k in ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
+                            "head_start_ray_commands", "worker_start_ray_commands") for c in cfg.get(k, []) or []]
+    for c in commands:
+        if re.search(r"chmod\s+(-\w+\s+)*(0?[0-7]?[0-7][0-7][2367]\b|\S*[oa]\+\w*w)", c):
+            raise ConfigError(
+                f"{path}: '{c.strip()[:80]}' makes a folder writable by every user; the experiment directory holds Tune's "
+                "pickled state, which --resume unpickles: keep it the cluster user's (0750)"
+            )
+    mounts = cfg.get("file_mounts") or {}
+    if any(str(v).rstrip("/") in (".", "./") or Path(os.path.expanduser(str(v))).resolve() == Path.cwd().resolve() for v in mounts.values()):
+        if ".gitignore" not in (cfg.get("rsync_filter") or []) and not any("lungray_runs" in str(x) for x in cfg.get("rsync_exclude") or []):
+            raise ConfigError(
+                f"{path}: file_mounts uploads the checkout with its git-ignored run folders (lungray_runs/, mlflow.db) to every node; "
+                "add rsync_filter: [.gitignore] (and rsync_exclude for lungray_runs)"
+            )
 
 
 def fake_cluster_config(

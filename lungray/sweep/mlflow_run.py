@@ -21,6 +21,7 @@ The names of tags, params, metrics and artifacts come from :mod:`lungray.trackin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar
 
 from lungray import tracking as T
+from lungray.errors import LungrayError
+from lungray.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -54,37 +57,200 @@ ATTEMPT_TAG = "lungray.attempts"
 # --------------------------------------------------------------------------------------------
 
 
+#: MLflow's own HTTP client retries 7 times with exponential back-off (~4 min per call, on top of
+#: a 120 s timeout), and lungray retried that again: a stopped server cost up to ~33 min per
+#: call (issue 15, item 3). lungray turns MLflow's retries off and bounds each call itself
+#: (:func:`retry`); a user's own setting of these variables wins. MLflow also prints "View run
+#: ... at: <tracking URI>" to stdout for every run it ends, credentials included: off.
+MLFLOW_ENV_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+#: seconds lungray keeps retrying one transient failure before it queues the write (env override)
+RETRY_SECONDS_ENV = "LUNGRAY_MLFLOW_RETRY_SECONDS"
+RETRY_SECONDS = 20.0
+#: while the server is unreachable, one probe at most this often; other writes queue at once
+PROBE_SECONDS_ENV = "LUNGRAY_MLFLOW_PROBE_SECONDS"
+PROBE_SECONDS = 30.0
+
+_TRANSIENT = (
+    "database is locked", "busy", "timed out", "timeout", "temporarily", "connection", "max retries exceeded",
+    "remote end closed", "reset by peer", "broken pipe", "unable to open database", "disk i/o error",
+    "database or disk is full", "503", "502", "504", "429",
+)
+
+
+def bound_http_env() -> None:
+    """Set MLflow's HTTP retry/timeout variables to lungray's bounds unless the user set them.
+
+    MLflow reads them at each request (``mlflow.utils.rest_utils.http_request``), so this holds
+    in every process that calls :func:`client` (driver, Tune trials, Train workers)."""
+    for k, v in MLFLOW_ENV_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+
+
+def credentials_to_env(tracking_uri: str) -> str:
+    """``http://user:pw@host`` -> ``http://host``, with ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` set.
+
+    MLflow reads those variables at each request; a URI it is given is echoed in its
+    exceptions ("API request to http://user:pw@host/... failed"). With the credentials moved
+    out, MLflow never holds them in a string, and :func:`lungray.redact.redact` masks the
+    variable's value wherever it might still appear."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(tracking_uri)
+    if parts.scheme not in ("http", "https") or parts.password is None:
+        return tracking_uri
+    os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username or "")
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 def client(tracking_uri: str):
-    """An :class:`mlflow.MlflowClient` bound to ``tracking_uri`` (imports mlflow lazily)."""
+    """An :class:`mlflow.MlflowClient` bound to ``tracking_uri`` (imports mlflow lazily), with
+    lungray's HTTP bounds and any credentials of the URI moved to MLflow's variables."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri)
+    bound_http_env()
+    return MlflowClient(tracking_uri=credentials_to_env(tracking_uri))
 
 
-def retry(fn: Callable[[], R], *, attempts: int = 8, what: str = "MLflow call") -> R:
-    """Call ``fn`` and retry transient store errors (sqlite 'database is locked', HTTP 5xx).
+class TrackingUnavailable(LungrayError):
+    """The tracking store did not answer within lungray's bound; the write was not made (queue it)."""
 
-    Concurrent trials share one sqlite file by default; SQLite serialises writers and can
-    refuse one that waits too long. A short exponential back-off is enough at the write rate
-    of a sweep (a few writes per trial epoch).
+    def __init__(self, since: float, error: str):
+        self.since = since
+        self.error = redact(one_line(error, 300))
+        super().__init__(f"MLflow tracking unreachable since {clock(since)} ({self.error})")
+
+
+class _Outage:
+    """Process-wide circuit breaker: after one call gave up, later calls fail at once (queued)
+    instead of each waiting out the retries, and one probe per ``PROBE_SECONDS`` checks
+    whether the store is back."""
+
+    def __init__(self) -> None:
+        self.since: Optional[float] = None
+        self.error = ""
+        self.next_probe = 0.0
+        self.sweep: Optional[str] = None
+
+    def for_sweep(self, sweep: Optional[str]) -> None:
+        """Forget an outage seen by another sweep (Ray re-uses worker processes across sweeps;
+        a test process runs several): the breaker holds within one sweep only."""
+        if sweep != self.sweep or sweep is None:
+            self.since, self.next_probe, self.sweep = None, 0.0, sweep
+
+    def start(self, e: BaseException) -> None:
+        if self.since is None:
+            self.since = time.time()
+            log.info("MLflow unreachable (%s); writes are queued", redact(one_line(str(e), 300)))
+        self.error = str(e)
+        self.next_probe = time.monotonic() + _env_float(PROBE_SECONDS_ENV, PROBE_SECONDS)
+
+    def clear(self) -> None:
+        if self.since is not None:
+            log.info("MLflow reachable again (unreachable since %s)", clock(self.since))
+        self.since = None
+
+    def unavailable(self, cause: Optional[BaseException] = None) -> TrackingUnavailable:
+        return TrackingUnavailable(self.since or time.time(), str(cause) if cause is not None else self.error)
+
+
+OUTAGE = _Outage()
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def clock(t: float) -> str:
+    """``2026-05-03 14:02:11`` (local time), for "unreachable since" lines."""
+    import datetime as _dt
+
+    return _dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def is_transient(e: BaseException) -> bool:
+    """A failure worth retrying/queuing (store unreachable, overloaded, locked), not a bad request."""
+    if isinstance(e, TrackingUnavailable):
+        return True
+    if isinstance(e, (ConnectionError, TimeoutError)):
+        return True
+    text = str(e).lower()
+    return any(s in text for s in _TRANSIENT)
+
+
+def retry(fn: Callable[[], R], *, attempts: Optional[int] = None, what: str = "MLflow call") -> R:
+    """Call ``fn``, retrying transient store errors for at most ``LUNGRAY_MLFLOW_RETRY_SECONDS``.
+
+    Transient: sqlite 'database is locked' (concurrent trials share one file), HTTP 5xx/429,
+    refused or timed-out connections. When the bound is spent the process enters an outage
+    (:data:`OUTAGE`) and raises :class:`TrackingUnavailable`: the caller queues the write on
+    disk, and until the next probe every further call raises at once, so a stopped server
+    costs a trial one bound, not one bound per write. Other errors are raised as they are.
+    ``attempts`` caps the number of tries (tests).
     """
-    delay = 0.2
-    for i in range(attempts):
+    if OUTAGE.since is not None:
+        if time.monotonic() < OUTAGE.next_probe:
+            raise OUTAGE.unavailable()
+        try:  # the probe: one attempt
+            out = fn()
+        except Exception as e:  # noqa: BLE001 - classified
+            if not is_transient(e):
+                OUTAGE.clear()  # the server answered
+                raise
+            OUTAGE.start(e)
+            raise OUTAGE.unavailable(e) from e
+        OUTAGE.clear()
+        return out
+    deadline = time.monotonic() + _env_float(RETRY_SECONDS_ENV, RETRY_SECONDS)
+    delay, i = 0.25, 0
+    while True:
+        i += 1
         try:
             return fn()
         except Exception as e:  # noqa: BLE001 - classified below
-            text = str(e).lower()
-            transient = any(s in text for s in ("database is locked", "busy", "timed out", "temporarily", "503", "502", "connection"))
-            if not transient or i == attempts - 1:
+            if not is_transient(e):
                 raise
-            log.debug("%s failed (%s); retrying in %.1fs", what, e, delay)
+            if time.monotonic() + delay > deadline or (attempts is not None and i >= attempts):
+                OUTAGE.start(e)
+                raise OUTAGE.unavailable(e) from e
+            log.debug("%s failed (%s); retrying in %.1fs", what, redact(one_line(str(e), 300)), delay)
             time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-    raise AssertionError("unreachable")  # pragma: no cover
+            delay = min(delay * 2, 4.0)
 
 
 def is_local_store(tracking_uri: str) -> bool:
     return tracking_uri.startswith("sqlite:") or tracking_uri.startswith("file:") or "://" not in tracking_uri
+
+
+@contextlib.contextmanager
+def _schema_lock(tracking_uri: str):
+    """Hold an exclusive file lock next to a local sqlite store while the first MLflow call
+    creates its tables: two sweeps started at once into one output folder both ran MLflow's
+    schema migration, and the second died ("table _alembic_tmp_latest_metrics already exists")."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(tracking_uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".init.lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def ensure_experiment(tracking_uri: str, name: str, artifact_root: Optional[str] = None) -> str:
@@ -94,8 +260,9 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_root: Optional[str]
     instead of MLflow's default ``./mlruns`` relative to wherever the driver was started.
     A tracking server with ``--serve-artifacts`` picks its own artifact root.
     """
-    c = client(tracking_uri)
-    exp = retry(lambda: c.get_experiment_by_name(name))
+    with _schema_lock(tracking_uri):  # the first client creates the sqlite schema
+        c = client(tracking_uri)
+        exp = retry(lambda: c.get_experiment_by_name(name))
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             retry(lambda: c.restore_experiment(exp.experiment_id))
@@ -138,10 +305,10 @@ def param_value(v: Any) -> str:
 
 
 def log_params(c, run_id: str, params: Mapping[str, Any]) -> None:
-    """Log params in batches of MLflow's limit; keys/values truncated to its limits."""
+    """Log params in batches of MLflow's limit; keys/values redacted and truncated to its limits."""
     from mlflow.entities import Param
 
-    items = [Param(k[:MAX_KEY], param_value(v)) for k, v in params.items()]
+    items = [Param(k[:MAX_KEY], redact(param_value(v))) for k, v in params.items()]
     for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
         chunk = items[i : i + MAX_PARAMS_PER_BATCH]
         retry(lambda: c.log_batch(run_id, params=chunk), what="log params")
@@ -184,7 +351,7 @@ def _finite(metrics: Mapping[str, Any]) -> dict[str, float]:
 def set_tags(c, run_id: str, tags: Mapping[str, Any]) -> None:
     from mlflow.entities import RunTag
 
-    items = [RunTag(k[:MAX_KEY], str(v)[:MAX_TAG_VALUE]) for k, v in tags.items()]
+    items = [RunTag(k[:MAX_KEY], redact(str(v))[:MAX_TAG_VALUE]) for k, v in tags.items()]
     for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
         chunk = items[i : i + MAX_PARAMS_PER_BATCH]
         retry(lambda: c.log_batch(run_id, tags=chunk), what="set tags")
@@ -251,7 +418,7 @@ def create_parent_run(
         T.STORAGE_PATH: storage_path,
         T.DATA_ROOT: data_root,
     }
-    run = retry(lambda: c.create_run(experiment_id, run_name=f"sweep:{study_name}", tags=tags))
+    run = retry(lambda: c.create_run(experiment_id, run_name=f"sweep:{study_name}", tags=redact(tags)))
     run_id = run.info.run_id
     log_params(c, run_id, flatten(config_dict))
     log_json_artifacts(c, run_id, artifacts)
@@ -264,7 +431,7 @@ def log_json_artifacts(c, run_id: str, artifacts: Mapping[str, Any], artifact_pa
     with tempfile.TemporaryDirectory(prefix="lungray-art-") as d:
         for name, content in artifacts.items():
             p = Path(d) / name
-            p.write_text(content if isinstance(content, str) else json.dumps(content, indent=1, default=_json_default))
+            p.write_text(redact(content if isinstance(content, str) else json.dumps(content, indent=1, default=_json_default)))
         retry(lambda: c.log_artifacts(run_id, d, artifact_path), what="log artifacts")
 
 
@@ -304,7 +471,8 @@ def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED", error: 
 
 
 def one_line(text: str, limit: int = 1000) -> str:
-    s = " ".join(str(text).split())
+    """``text`` on one line, redacted, at most ``limit`` characters (error tags, console lines)."""
+    s = redact(" ".join(str(text).split()))
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
@@ -349,23 +517,24 @@ def trial_params(trial) -> dict[str, Any]:
     return params
 
 
-def find_trial_runs(tracking_uri: str, experiment_id: str, parent_run_id: str, trial_id: Optional[str] = None) -> list:
-    """The child runs of a parent (optionally only those of one trial id), oldest first."""
-    c = client(tracking_uri)
+def _search_trial_runs(c, experiment_id: str, parent_run_id: str, trial_id: Optional[str] = None) -> list:
     f = f"tags.`{T.PARENT}` = '{parent_run_id}' and tags.`{T.ROLE}` = '{T.ROLE_TRIAL}'"
     if trial_id is not None:
         f += f" and tags.`{T.TRIAL_ID}` = '{trial_id}'"
     runs = []
     token = None
     while True:
-        page = retry(
-            lambda: c.search_runs([experiment_id], filter_string=f, max_results=1000, order_by=["attributes.start_time ASC"], page_token=token)
-        )
+        page = c.search_runs([experiment_id], filter_string=f, max_results=1000, order_by=["attributes.start_time ASC"], page_token=token)
         runs.extend(page)
         token = page.token
         if not token:
-            break
-    return runs
+            return runs
+
+
+def find_trial_runs(tracking_uri: str, experiment_id: str, parent_run_id: str, trial_id: Optional[str] = None) -> list:
+    """The child runs of a parent (optionally only those of one trial id), oldest first."""
+    c = client(tracking_uri)
+    return retry(lambda: _search_trial_runs(c, experiment_id, parent_run_id, trial_id), what="search runs")
 
 
 def find_or_create_trial_run(
@@ -381,28 +550,118 @@ def find_or_create_trial_run(
 
     Returns ``(run_id, created)``. A retried, restored or re-synced trial gets its existing
     run back (status set to RUNNING again, attempt counter bumped), so there is exactly one
-    run per trial whatever happened to the driver or the workers.
+    run per trial whatever happened to the driver or the workers. Find and create are retried
+    as one step: a ``create_run`` whose answer was lost (the server made the run, the client
+    timed out) is found by the next attempt instead of being created twice; should two runs
+    exist anyway, the newer ones are deleted (MLflow's soft delete) and the oldest is kept.
     """
     c = client(tracking_uri)
-    found = find_trial_runs(tracking_uri, experiment_id, parent_run_id, trial_id)
-    if found:
-        run = found[0]
-        run_id = run.info.run_id
-        if len(found) > 1:  # pragma: no cover - guarded against, kept visible if it ever happens
-            log.warning("trial %s has %d MLflow runs; using the oldest (%s)", trial_id, len(found), run_id)
-        tags = dict(extra_tags or {})
-        if count_attempt:
-            tags[ATTEMPT_TAG] = int(run.data.tags.get(ATTEMPT_TAG, "1")) + 1
-        if tags:
-            set_tags(c, run_id, tags)
-        if run.info.status != "RUNNING":
-            retry(lambda: c.update_run(run_id, status="RUNNING"))
-        return run_id, False
-    tags = {**trial_tags(trial, trial_id, parent_run_id), ATTEMPT_TAG: "1", **{k: str(v) for k, v in (extra_tags or {}).items()}}
-    run = retry(lambda: c.create_run(experiment_id, run_name=trial.name, tags=tags))
+
+    def _once():
+        found = _search_trial_runs(c, experiment_id, parent_run_id, trial_id)
+        if found:
+            return found, False
+        tags = {**trial_tags(trial, trial_id, parent_run_id), ATTEMPT_TAG: "1", **{k: str(v) for k, v in (extra_tags or {}).items()}}
+        return [c.create_run(experiment_id, run_name=trial.name, tags=redact(tags))], True
+
+    found, created = retry(_once, what="find or create the trial run")
+    run = found[0]
     run_id = run.info.run_id
-    log_params(c, run_id, trial_params(trial))
-    return run_id, True
+    for dup in found[1:]:
+        log.warning("trial %s had %d MLflow runs; kept the oldest (%s), deleted %s", trial_id, len(found), run_id, dup.info.run_id)
+        retry(lambda: c.delete_run(dup.info.run_id), what="delete a duplicate run")
+    if created or not run.data.params:  # a run whose params were cut off by an outage gets them now
+        log_params(c, run_id, trial_params(trial))
+    if created:
+        return run_id, True
+    tags = dict(extra_tags or {})
+    if count_attempt:
+        tags[ATTEMPT_TAG] = int(run.data.tags.get(ATTEMPT_TAG, "1")) + 1
+    if tags:
+        set_tags(c, run_id, tags)
+    if run.info.status != "RUNNING":
+        retry(lambda: c.update_run(run_id, status="RUNNING"))
+    return run_id, False
+
+
+# --------------------------------------------------------------------------------------------
+# the queue: what could not reach MLflow, recorded next to the results
+# --------------------------------------------------------------------------------------------
+
+#: In a trial directory (and the experiment directory, for the parent run): MLflow writes that
+#: did not happen. Its presence means "this directory's MLflow view is behind"; the sweep's end
+#: and ``lungray mlflow-sync`` replay it from the files (:mod:`lungray.sweep.sync`).
+PENDING_FILE = "mlflow_pending.json"
+#: Per-epoch metrics of a trial, appended (rank 0) before they go to MLflow.
+EPOCH_JOURNAL = "epochs.jsonl"
+
+
+def mark_pending(directory: Path, kind: str, n: int, error: BaseException | str = "") -> None:
+    """Record ``n`` queued writes of ``kind`` (``epochs``, ``result``, ``status``, ``parent``).
+
+    Best effort: on a full disk the record is lost, not the results (``mlflow-sync`` replays
+    every trial directory anyway)."""
+    p = Path(directory) / PENDING_FILE
+    d = read_pending(directory) or {"since": OUTAGE.since or time.time(), "queued": {}}
+    if isinstance(error, TrackingUnavailable):
+        d["since"] = min(float(d.get("since", error.since)), error.since)
+    d["error"] = one_line(getattr(error, "error", error), 300) if error else d.get("error", "")
+    d["queued"] = {**d.get("queued", {}), kind: int(n)}
+    try:
+        atomic_write_text(p, json.dumps(d))
+    except OSError as e:
+        log.warning("could not record queued MLflow writes in %s: %s", p, e)
+
+
+def clear_pending(directory: Path, kind: Optional[str] = None) -> None:
+    """Forget the queued writes of ``kind`` (all when None); the file goes when nothing is left."""
+    p = Path(directory) / PENDING_FILE
+    d = read_pending(directory)
+    if d is None:
+        return
+    if kind is not None:
+        d["queued"] = {k: v for k, v in d.get("queued", {}).items() if k != kind}
+    if kind is None or not any(d["queued"].values()):
+        p.unlink(missing_ok=True)
+    else:
+        atomic_write_text(p, json.dumps(d))
+
+
+def read_pending(directory: Path) -> Optional[dict]:
+    p = Path(directory) / PENDING_FILE
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def queued_writes(d: Optional[Mapping[str, Any]]) -> int:
+    return sum(int(v) for v in (d or {}).get("queued", {}).values())
+
+
+def atomic_write_text(p: Path, text: str) -> None:
+    """Write ``p`` through a temporary file and a rename: a reader (or a kill) never sees half of it,
+    and a full disk leaves the previous version in place."""
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, p)
+
+
+def read_journal(directory: Path) -> list[dict]:
+    """The epochs a trial journaled (first record per epoch: the one MLflow got first)."""
+    p = Path(directory) / EPOCH_JOURNAL
+    out: dict[int, dict] = {}
+    try:
+        lines = p.read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            d = json.loads(line)
+        except ValueError:  # a line cut off by a kill
+            continue
+        out.setdefault(int(d["epoch"]), d)
+    return [out[k] for k in sorted(out)]
 
 
 class TrialLogger:
@@ -416,56 +675,114 @@ class TrialLogger:
     ``flush_seconds`` > 0 buffers epochs and writes them in one batch at most that often
     (and on :meth:`flush`): one write per epoch cost ~10 ms on the default sqlite store, a
     quarter of a short CPU trial's time (``bench/RESULTS.md``). The caller flushes before it
-    reports a checkpoint (so every epoch up to a persisted checkpoint is in MLflow or in that
-    checkpoint, for :func:`lungray.sweep.trainable._catch_up`) and at the end.
+    reports a checkpoint and at the end.
+
+    Files first: with ``trial_dir``, each epoch is appended to ``epochs.jsonl`` there before it
+    is queued for MLflow. When MLflow is unreachable (:class:`TrackingUnavailable`), epochs
+    stay queued (in memory and in the journal, counted in ``mlflow_pending.json``) and
+    training goes on; the next flush after the store is back writes them with their original
+    timestamps. ``run_id=None`` (the run could not be created when the trial started) journals
+    only: the trial's end (or ``mlflow-sync``) creates the run and replays the journal.
     """
 
-    def __init__(self, tracking_uri: str, run_id: str, keys: Sequence[str] = T.EPOCH_METRICS, flush_seconds: float = 0.0):
+    def __init__(
+        self,
+        tracking_uri: str,
+        run_id: Optional[str],
+        keys: Sequence[str] = T.EPOCH_METRICS,
+        flush_seconds: float = 0.0,
+        trial_dir: Optional[Path] = None,
+    ):
         self.tracking_uri = tracking_uri
         self.run_id = run_id
+        self.keys = tuple(keys)
         self.client = client(tracking_uri)
         self.flush_seconds = float(flush_seconds)
+        self.trial_dir = Path(trial_dir) if trial_dir is not None else None
         self.logged: set[int] = set()
+        self._known = False  # whether `logged` reflects the run (False while unreachable)
         self._pending: list[tuple[int, dict[str, Any], int]] = []
         self._last_flush = time.monotonic()
-        for k in keys:
-            hist = retry(lambda: self.client.get_metric_history(run_id, k))
-            self.logged.update(int(m.step) for m in hist)
+        self._load_logged()
 
-    def log_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> bool:
-        """Log ``metrics`` at ``step=epoch`` unless that step is already in the run (or queued)."""
+    def _load_logged(self) -> bool:
+        if self._known:
+            return True
+        if self.run_id is None:
+            return False
+        try:
+            for k in self.keys:
+                hist = retry(lambda: self.client.get_metric_history(self.run_id, k), what="read metric history")
+                self.logged.update(int(m.step) for m in hist)
+        except TrackingUnavailable:
+            return False
+        self._known = True
+        return True
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, Any], ts: Optional[int] = None) -> bool:
+        """Queue ``metrics`` at ``step=epoch`` unless that step is already in the run (or queued).
+
+        ``ts`` (ms): the epoch's original timestamp when replaying a journal."""
         epoch = int(epoch)
-        if epoch in self.logged:
+        if epoch in self.logged or any(e == epoch for e, _, _ in self._pending):
             return False
         values = {k: v for k, v in metrics.items() if k not in ("epoch", "checkpoint_path", "done")}
-        self._pending.append((epoch, values, int(time.time() * 1000)))
-        self.logged.add(epoch)
+        ts = int(ts) if ts is not None else int(time.time() * 1000)
+        if self.trial_dir is not None:
+            try:
+                self.trial_dir.mkdir(parents=True, exist_ok=True)
+                with open(self.trial_dir / EPOCH_JOURNAL, "a") as f:
+                    f.write(json.dumps({"epoch": epoch, "ts": ts, "metrics": _finite(values)}) + "\n")
+            except OSError as e:  # a full disk is reported where the checkpoint fails, naming its folder
+                log.warning("could not journal epoch %d in %s: %s", epoch, self.trial_dir, e)
+        self._pending.append((epoch, values, ts))
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
         return True
 
     def flush(self) -> int:
-        """Write the queued epochs (one batch per MLflow batch limit); returns how many."""
+        """Write the queued epochs (one batch per MLflow batch limit); returns how many were written.
+
+        Never raises for an unreachable store: the epochs stay queued and are counted in the
+        trial directory's ``mlflow_pending.json``."""
         from mlflow.entities import Metric
 
-        pending, self._pending = self._pending, []
         self._last_flush = time.monotonic()
-        if not pending:
+        if not self._pending:
             return 0
-        items = []
-        for epoch, values, ts in pending:
-            for k, v in _finite(values).items():
-                items.append(Metric(k[:MAX_KEY], v, ts, epoch))
-        for i in range(0, len(items), MAX_METRICS_PER_BATCH):
-            chunk = items[i : i + MAX_METRICS_PER_BATCH]
-            retry(lambda: self.client.log_batch(self.run_id, metrics=chunk), what="log metrics")
-        return len(pending)
+        if not self._load_logged():
+            self._queued(OUTAGE.unavailable())
+            return 0
+        self._pending = [p for p in self._pending if p[0] not in self.logged]
+        written = 0
+        while self._pending:
+            # whole epochs per batch, so a batch that fails leaves whole epochs queued
+            per = max(1, MAX_METRICS_PER_BATCH // max(1, len(self._pending[0][1])))
+            batch = self._pending[:per]
+            items = [Metric(k[:MAX_KEY], v, ts, epoch) for epoch, values, ts in batch for k, v in _finite(values).items()]
+            try:
+                if items:
+                    retry(lambda: self.client.log_batch(self.run_id, metrics=items), what="log metrics")
+            except TrackingUnavailable as e:
+                self._queued(e)
+                return written
+            self._pending = self._pending[len(batch):]
+            self.logged.update(e for e, _, _ in batch)
+            written += len(batch)
+        if self.trial_dir is not None:
+            clear_pending(self.trial_dir, "epochs")
+        return written
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    def _queued(self, e: BaseException) -> None:
+        if self.trial_dir is not None:
+            mark_pending(self.trial_dir, "epochs", len(self._pending), e)
 
     def log_final(self, metrics: Mapping[str, Any]) -> None:
         log_metrics(self.client, self.run_id, metrics, step=0)
-
-    def log_dir(self, local_dir: str | os.PathLike, artifact_path: Optional[str] = None) -> None:
-        retry(lambda: self.client.log_artifacts(self.run_id, str(local_dir), artifact_path), what="log artifacts")
 
     def log_file(self, path: str | os.PathLike, artifact_path: Optional[str] = None) -> None:
         retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path), what="log artifact")

@@ -31,6 +31,10 @@ from lungray import tracking as T
 from lungray.config import StudyConfig, dump_yaml, from_dict, is_pool_size
 from lungray.errors import ConfigError
 from lungray.sweep import grid as G
+from lungray.redact import redact, redacting, usable_uri
+from lungray.sweep import sync as S
+from lungray.sweep.faults import DiskFullError, failpoint, is_disk_full, no_space_left
+from lungray.sweep.lock import ExperimentLock, check_private, claim_new_dir
 from lungray.sweep.progress import HEADLINE, format_summary, make_callback, summary_table
 
 log = logging.getLogger(__name__)
@@ -231,6 +235,7 @@ def run_study(
     """
     if validate:
         cfg.validate(require_data=not dry_run)
+    echo = redacting(echo)  # credentials never reach the console (issue 15)
     spec = G.lr_search_spec(cfg)
     total = G.n_trials(cfg)
 
@@ -238,12 +243,24 @@ def run_study(
         return _dry_run(cfg, address, autoscaling_config, echo)
 
     state: Optional[dict] = None
+    locks: list[ExperimentLock] = []  # one driver per experiment directory (released on any exit)
     if resume_dir is not None:
         # a size of 'all' is only known once the data is prepared: check the grid then
         state = None if cfg.pool_sizes else check_resume(cfg, resume_dir)
         exp_dir = Path(resume_dir).resolve()
+        check_private(exp_dir)  # --resume unpickles tune/: nobody else may have written it
+        locks.append(ExperimentLock(exp_dir, "sweep", echo=echo).acquire())
     else:
         exp_dir = new_experiment_dir(cfg)
+    try:
+        return _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscaling_config, trial_body, data, echo, verbose, report)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscaling_config, trial_body, data, echo, verbose, report) -> SweepResult:
+    """:func:`run_study` after the dry-run branch, with the experiment directory decided."""
 
     # 1. data: every data problem surfaces here, before Ray, MLflow or any trial
     counts = [n for n in cfg.sizes if not is_pool_size(n)]
@@ -293,10 +310,12 @@ def run_study(
 
         tracking_uri = cfg.tracking.tracking_uri or T.default_tracking_uri(cfg.output_dir)
         experiment = cfg.tracking.experiment or cfg.name
-        exp_dir.mkdir(parents=True, exist_ok=True)
+        M.OUTAGE.for_sweep(None)  # a fresh start: whatever this process saw before is history
         if state is None:
             experiment_id = M.ensure_experiment(tracking_uri, experiment, artifact_root=T.default_artifact_root(cfg.output_dir))
-            (exp_dir / CONFIG_YAML).write_text(dump_yaml(cfg))
+            exp_dir = claim_new_dir(exp_dir)  # atomic: two sweeps started in one second get two directories
+            locks.append(ExperimentLock(exp_dir, "sweep", echo=echo).acquire())
+            (exp_dir / CONFIG_YAML).write_text(redact(dump_yaml(cfg)))
             parent_run_id = M.create_parent_run(
                 tracking_uri,
                 experiment_id,
@@ -324,15 +343,21 @@ def run_study(
                 "created": _dt.datetime.now().isoformat(timespec="seconds"),
                 "n_trials": total,
             }
-            (exp_dir / SWEEP_JSON).write_text(json.dumps(state, indent=1))
+            S.write_state(exp_dir, state)
             echo(f"experiment directory: {exp_dir}")
             echo(f"MLflow: {tracking_uri} experiment '{experiment}' parent run {parent_run_id}")
         else:
-            tracking_uri = cfg.tracking.tracking_uri or state["tracking_uri"]
+            tracking_uri = usable_uri(cfg.tracking.tracking_uri or state["tracking_uri"], f"{exp_dir / SWEEP_JSON}: tracking_uri")
             experiment_id, parent_run_id = state["experiment_id"], state["parent_run_id"]
-            M.reopen_run(tracking_uri, parent_run_id)
+            for k in ("status", "failed_trials", "finished"):  # the end recorded by a previous driver
+                state.pop(k, None)
+            S.write_state(exp_dir, state)
+            try:
+                M.reopen_run(tracking_uri, parent_run_id)
+            except M.TrackingUnavailable as e:
+                echo(f"warning: {e}; the sweep runs on and its MLflow view is replayed when the store is back")
             echo(f"resuming {exp_dir} (MLflow parent run {parent_run_id})")
-        echo(dump_yaml(cfg) if verbose else f"config: {exp_dir / CONFIG_YAML}")
+        echo(dump_yaml(cfg) if verbose else f"config: {exp_dir / CONFIG_YAML}")  # echo redacts
 
         # 4. Tune
         from lungray.sweep.trainable import DEFAULT_BODY, SweepContext
@@ -357,6 +382,7 @@ def run_study(
             tune_report_seconds=0.0 if (spec is not None and spec.asha) else 1.0,
         )
         done_before = _count_done(exp_dir)
+        S.set_watch(tracking_uri)
         results, interrupted = _run_tune(cfg, ctx, pre, spec, total, exp_dir, resume=resume_dir is not None, done_before=done_before, echo=echo, verbose=verbose)
 
         # 5. results, summary, report
@@ -375,18 +401,27 @@ def run_study(
             echo(f"{n_errors} trial(s) did not finish; see {exp_dir / 'trials.csv'} and the lungray.error tag in MLflow")
         over = pd.to_numeric(trials_df.get("trial_overhead_seconds", pd.Series(dtype=float)), errors="coerce").dropna()
         if len(over):
-            what = "Ray Train start-up, MLflow outputs, teardown" if ctx.use_ray_train else "set-up, MLflow outputs"
+            what = "Ray Train start-up, result files, teardown" if ctx.use_ray_train else "set-up, result files"
             echo(f"per-trial overhead ({what}; not training or evaluating): mean {over.mean():.1f}s, max {over.max():.1f}s")
+        # the end, files first (sweep.json records it), then MLflow: queued trial writes replayed,
+        # the report, the parent run; whatever the store still misses waits for mlflow-sync
+        state.update(status="KILLED" if interrupted else "FINISHED", failed_trials=n_errors, finished=_dt.datetime.now().isoformat(timespec="seconds"))
+        S.write_state(exp_dir, state)
+        failpoint("driver.before_finish", cfg.name)
+        replayed, queued = S.replay_pending(exp_dir, tracking_uri, experiment_id, parent_run_id, cfg.tracking.log_checkpoints)
+        if replayed:
+            echo(f"MLflow: replayed the queued writes of {replayed} trial(s)")
         report_path = report_error = None
         want_report = cfg.report if report is None else report
-        if want_report and not interrupted:
+        if want_report and not interrupted and not queued:
             report_path, report_error = _build_report(tracking_uri, experiment, parent_run_id, exp_dir, cfg.tracking.gradcam, echo)
-        M.log_json_artifacts(M.client(tracking_uri), parent_run_id, {"trials.csv": trials_df.to_csv(index=False), "summary.csv": summary.to_csv()})
+        parent_done = not queued and S.finish_parent(exp_dir, tracking_uri, parent_run_id, state["status"], n_errors)
+        if not parent_done:
+            S.mark_parent_pending(exp_dir)
+            echo(f"{S.outage_line(exp_dir) or 'MLflow writes are queued'}; the results are complete in {exp_dir}: "
+                 f"once the store is back run: lungray mlflow-sync {exp_dir}")
         if interrupted:
-            M.finish_run(tracking_uri, parent_run_id, "KILLED")
             raise KeyboardInterrupt(str(exp_dir))
-        M.set_tags(M.client(tracking_uri), parent_run_id, {"lungray.failed_trials": n_errors})
-        M.finish_run(tracking_uri, parent_run_id, "FINISHED")
         echo(f"done: {len(trials_df) - n_errors}/{len(trials_df)} trials finished; experiment directory {exp_dir}")
         return SweepResult(
             experiment_dir=exp_dir,
@@ -519,11 +554,11 @@ def _run_tune(cfg, ctx, pre, spec, total, exp_dir: Path, *, resume: bool, done_b
         name=TUNE_NAME,
         storage_path=str(exp_dir),
         failure_config=tune.FailureConfig(max_failures=0 if ctx.use_ray_train else cfg.resources.max_failures),
-        callbacks=[progress],
+        callbacks=[progress, S.outage_watch(str(exp_dir))],
         verbose=1 if verbose else 0,
     )
     tune_path = exp_dir / TUNE_NAME
-    if resume and tune_path.exists() and tune.Tuner.can_restore(str(tune_path)):
+    if resume and tune_path.exists() and tune.Tuner.can_restore(str(tune_path)) and not _tune_state_damaged(tune_path, echo):
         tuner = tune.Tuner.restore(str(tune_path), trainable=trainable, resume_unfinished=True, resume_errored=True, restart_errored=False)
     else:
         axes = G.param_space_axes(cfg)
@@ -553,7 +588,34 @@ def _run_tune(cfg, ctx, pre, spec, total, exp_dir: Path, *, resume: bool, done_b
         results = tuner.fit()
     except KeyboardInterrupt:
         return None, True
+    except Exception as e:  # noqa: BLE001 - Tune's driver itself died; a full disk gets one line
+        if is_disk_full(e) or no_space_left(exp_dir):
+            raise DiskFullError(
+                f"the sweep stopped: no space left on the device of {exp_dir} (Tune could not write its state: "
+                f"{type(e).__name__}); finished trials are kept: free space or raise the quota, then run with --resume {exp_dir}"
+            ) from e
+        raise
     return results, False
+
+
+def _tune_state_damaged(tune_path: Path, echo) -> bool:
+    """Whether Tune's saved state cannot be resumed (Ray 2.60 writes it in place: a full disk
+    left trials without their config, which then failed with ``KeyError: 'model'``). The
+    damaged state is moved aside and the sweep starts Tune afresh: finished trials are kept (their
+    ``result.json`` makes the new trial return at once), unfinished ones start over."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        trials = ExperimentAnalysis(str(tune_path)).trials
+        why = "" if trials and all("model" in (t.config or {}) for t in trials) else "trials without their config"
+    except Exception as e:  # noqa: BLE001 - any failure to read it is damage
+        why = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+    if not why:
+        return False
+    aside = tune_path.with_name(f"{tune_path.name}.damaged-{_dt.datetime.now():%Y%m%d-%H%M%S}")
+    tune_path.rename(aside)
+    echo(f"note: Tune's state in {tune_path} is damaged ({why}); kept as {aside.name}, unfinished trials start afresh, finished ones are kept")
+    return True
 
 
 def collect_rows(exp_dir: Path, results: Any, lookup: Optional[Mapping[str, Any]] = None) -> list[dict]:
@@ -580,7 +642,7 @@ def collect_rows(exp_dir: Path, results: Any, lookup: Optional[Mapping[str, Any]
                 "optimizer": c.get("optimizer"),
                 "seed": c.get("seed"),
                 "status": "error" if res.error else "incomplete",
-                "error": str(res.error).strip().splitlines()[-1][:300] if res.error else "",
+                "error": redact(str(res.error).strip().splitlines()[-1][:300]) if res.error else "",
             }
     return sorted(rows.values(), key=lambda r: (str(r.get("model")), int(r.get("train_size") or 0), str(r.get("optimizer")), int(r.get("seed") or 0)))
 

@@ -60,6 +60,15 @@ class FakeTrialBody:
             all of them have: they can only all pass at once if they run concurrently, whatever
             the machine's load. The count seen is reported as ``rendezvous_seen``.
 
+        kill_epochs, kill_marker_dir: ``{train_size: epoch}`` (or ``{(train_size, seed): epoch}``): SIGKILL the training process right
+            after that epoch's report (its checkpoint), once per trial (a marker file per trial in
+            ``kill_marker_dir``): a kill -9 at a chosen point, for the fault tests.
+        ckpt_bytes: pad every checkpoint to about this many bytes.
+        pause_at, pause_dir: ``((train_size, epoch), ...)``: after that epoch's report, create
+            ``pause_dir/at-n<size>-e<epoch>`` and wait (up to ``rendezvous_timeout_s``) for
+            ``pause_dir/go-n<size>-e<epoch>``, so a test can act (stop the tracking server, say)
+            while the trial is mid-training.
+
     Every epoch's metrics carry ``wall_time`` (seconds since the epoch, float) so tests can
     compare when trials trained.
     """
@@ -77,6 +86,11 @@ class FakeTrialBody:
     rendezvous_sizes: tuple = ()
     rendezvous_timeout_s: float = 300.0
     extra_metrics: dict = field(default_factory=dict)
+    kill_epochs: dict = field(default_factory=dict)
+    ckpt_bytes: int = 0
+    kill_marker_dir: Optional[str] = None
+    pause_at: tuple = ()
+    pause_dir: Optional[str] = None
 
     def __call__(self, trial, data, *, workdir, report: Optional[Callable] = None, resume_from=None, stop_after_epoch=None):
         import pandas as pd
@@ -115,6 +129,8 @@ class FakeTrialBody:
             ck = Path(workdir) / f"ckpt-{epoch}"
             ck.mkdir(parents=True, exist_ok=True)
             (ck / "fake_state.json").write_text(json.dumps({"epoch": epoch, "history": history}))
+            if self.ckpt_bytes:  # a checkpoint of a realistic size, for the disk-full tests
+                (ck / "pad.bin").write_bytes(b"\0" * self.ckpt_bytes)
             if report is not None:
                 report(dict(m), str(ck) if rank == 0 else None)
             if (
@@ -125,6 +141,8 @@ class FakeTrialBody:
             ):
                 Path(self.crash_marker).write_text(f"{trial.name} crashed at epoch {epoch}\n")
                 os._exit(1)
+            if rank == 0:
+                self._fault_points(trial, epoch)
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
                 break
         best = Path(workdir) / "best.pt"
@@ -160,6 +178,28 @@ class FakeTrialBody:
             timings={"train_seconds": time.time() - t0, "eval_seconds": 0.0, "setup_seconds": 0.0},
         )
 
+
+    def _fault_points(self, trial, epoch: int) -> None:
+        at = self.kill_epochs.get((trial.train_size, trial.seed), self.kill_epochs.get(trial.train_size))
+        if at == epoch and self.kill_marker_dir:
+            marker = Path(self.kill_marker_dir) / f"killed-n{trial.train_size}-s{trial.seed}"
+            try:
+                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                fd = None
+            if fd is not None:
+                os.write(fd, f"{trial.name} epoch {epoch}\n".encode())
+                os.close(fd)
+                import signal
+
+                os.kill(os.getpid(), signal.SIGKILL)
+        if self.pause_dir and (trial.train_size, epoch) in {tuple(p) for p in self.pause_at}:
+            d = Path(self.pause_dir)
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"at-n{trial.train_size}-e{epoch}").write_text(trial.name)
+            deadline = time.time() + self.rendezvous_timeout_s
+            while not (d / f"go-n{trial.train_size}-e{epoch}").exists() and time.time() < deadline:
+                time.sleep(0.1)
 
     def _rendezvous(self, trial) -> int:
         d = Path(self.rendezvous_dir)

@@ -29,6 +29,7 @@ the cache path; workers memory-map the decoded cache), never as pixels.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
 import logging
@@ -43,6 +44,8 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 from lungray import tracking as T
 from lungray.config import TrialConfig
+from lungray.sweep import sync as S
+from lungray.sweep.faults import DiskFullError, disk_full_error, failpoint, is_disk_full
 from lungray.sweep.grid import trial_from_params, trial_uid
 
 log = logging.getLogger(__name__)
@@ -132,33 +135,49 @@ def tune_trial(config: dict, ctx: SweepContext) -> None:
         json.dumps({"trial_id": trial_id, "tune_trial_id": tune.get_context().get_trial_id(), "params": dict(config), "trial": trial.to_dict()}, indent=1)
     )
 
-    run_id, _ = M.find_or_create_trial_run(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id, trial)
-    (tdir / "mlflow_run_id").write_text(run_id)
+    (tdir / S.FAILURE_FILE).unlink(missing_ok=True)  # a new attempt supersedes the last failure
+    M.OUTAGE.for_sweep(ctx.parent_run_id)
+    # Files first, MLflow second: the trial trains even if the store is down (the run is then
+    # created when its results are replayed), and what MLflow missed is queued in tdir.
+    try:
+        run_id: Optional[str] = M.find_or_create_trial_run(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id, trial)[0]
+        (tdir / "mlflow_run_id").write_text(run_id)
+    except M.TrackingUnavailable as e:
+        run_id = None
+        M.mark_pending(tdir, "result", 1, e)
+    failpoint("trial.after_run", trial.name)
+    sync = functools.partial(S.sync_or_queue, ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, tdir, log_checkpoints=ctx.log_checkpoints)
     previous = read_result(tdir)
     if previous is not None and previous.get("complete") and "trial_overhead_seconds" in previous:
         # Finished in an earlier driver's lifetime, before Tune recorded it: nothing to redo.
-        M.finish_run(ctx.tracking_uri, run_id, "FINISHED")
+        sync(run_id=run_id)
         tune.report(_final_report(previous, run_id, trial_id))
         return
     try:
         if previous is not None and previous.get("complete"):
-            summary = previous  # trained and logged; only the driver's bookkeeping was cut off
+            summary = previous  # trained; only the bookkeeping after it was cut off
         elif ctx.use_ray_train:
             summary = _fit_with_ray_train(ctx, trial, trial_id, run_id, tdir)
         else:
             summary = _fit_in_trial(ctx, trial, trial_id, run_id, tdir)
-    except Exception as e:  # noqa: BLE001 - recorded in MLflow, then re-raised for Tune
-        M.finish_run(ctx.tracking_uri, run_id, "FAILED", error=f"{type(e).__name__}: {_root_cause(e)}")
-        raise
+    except Exception as e:  # noqa: BLE001 - recorded (file, then MLflow), then re-raised for Tune
+        error = f"{type(e).__name__}: {_root_cause(e)}"
+        S.record_failure(tdir, error)
+        sync(run_id=run_id, error=error)
+        clean = _redacted(e)
+        if clean is e:
+            raise
+        raise clean from None
+    failpoint("trial.after_result", trial.name)
     wall = time.time() - t0
     timings = summary.get("timings", {})
     busy = float(timings.get("train_seconds", 0.0)) + float(timings.get("eval_seconds", 0.0))
     overhead = max(0.0, wall - busy)
-    c = M.client(ctx.tracking_uri)
-    M.log_metrics(c, run_id, {"trial_overhead_seconds": overhead, "trial_wall_seconds": wall})
-    summary = {**summary, "trial_overhead_seconds": overhead, "trial_wall_seconds": wall, "trial_start": t0, "trial_end": time.time()}
+    metrics = {**summary.get("metrics", {}), "trial_overhead_seconds": overhead, "trial_wall_seconds": wall}
+    summary = {**summary, "metrics": metrics, "trial_overhead_seconds": overhead, "trial_wall_seconds": wall, "trial_start": t0, "trial_end": time.time()}
     write_result(tdir, summary)
-    M.finish_run(ctx.tracking_uri, run_id, "FINISHED")
+    sync(run_id=run_id)
+    failpoint("trial.before_report", trial.name)
     tune.report(_final_report(summary, run_id, trial_id))
 
 
@@ -231,7 +250,8 @@ def _fit_in_trial(ctx: SweepContext, trial: TrialConfig, trial_id: str, run_id: 
         if not due(checkpoint_dir is not None):
             return
         ck = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report(metrics, checkpoint=ck)
+        with disk_full_names(ctx, Path(ctx.experiment_dir) / "tune", f"a checkpoint of {trial.name}", ck is not None):
+            tune.report(metrics, checkpoint=ck)
 
     # Ray logs "Checkpoint successfully created at ..." for every persisted checkpoint, which
     # floods the driver's console with one line per trial epoch; lungray prints its own progress
@@ -309,7 +329,8 @@ def train_worker(loop_config: dict) -> None:
 
     def _report(metrics: dict, checkpoint_dir: Optional[str]) -> None:
         ck = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=ck)
+        with disk_full_names(ctx, Path(ctx.experiment_dir) / "train", f"a checkpoint of {loop_config['trial'].name}", ck is not None):
+            ray.train.report(metrics, checkpoint=ck)
 
     _run_body(
         ctx,
@@ -368,7 +389,7 @@ def _run_body(ctx: SweepContext, trial: TrialConfig, trial_id: str, run_id: str,
 
     worker_start = time.time()
     body = resolve_body(ctx.body)
-    logger = M.TrialLogger(ctx.tracking_uri, run_id, flush_seconds=EPOCH_FLUSH_SECONDS) if rank == 0 else None
+    logger = M.TrialLogger(ctx.tracking_uri, run_id, flush_seconds=EPOCH_FLUSH_SECONDS, trial_dir=ctx.trial_dir(trial_id)) if rank == 0 else None
     workdir = tempfile.mkdtemp(prefix=f"lungray-{trial_id}-r{rank}-")
     try:
         cm = checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext(None)
@@ -376,21 +397,36 @@ def _run_body(ctx: SweepContext, trial: TrialConfig, trial_id: str, run_id: str,
             _catch_up(logger, resume_dir)
             reporter = EpochReporter(rank, report_fn, logger)
             try:
-                result = body(trial, ctx.data, workdir=workdir, report=reporter, resume_from=resume_dir)
+                with disk_full_names(ctx, workdir, f"the working files of {trial.name}"):
+                    result = body(trial, ctx.data, workdir=workdir, report=reporter, resume_from=resume_dir)
             finally:
                 if logger is not None:
-                    logger.flush()  # epochs trained before a failure stay visible
+                    logger.flush()  # epochs trained before a failure stay visible (or queued)
         if rank == 0:
-            write_trial_outputs(
-                ctx,
-                trial,
-                trial_id,
-                result,
-                logger,
-                extra={"worker_start": worker_start, "worker_end": time.time(), **node_info(), "resumed": resume_dir is not None},
-            )
+            with disk_full_names(ctx, ctx.trial_dir(trial_id), f"the results of {trial.name}"):
+                write_trial_outputs(
+                    ctx,
+                    trial,
+                    trial_id,
+                    result,
+                    extra={"worker_start": worker_start, "worker_end": time.time(), **node_info(), "resumed": resume_dir is not None},
+                )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def disk_full_names(ctx: SweepContext, folder: Union[str, Path], what: str, checkpoint: bool = False):
+    """Turn a full disk or quota (``ENOSPC``/``EDQUOT``, however Ray or pyarrow wrap it) into one
+    :class:`~lungray.sweep.faults.DiskFullError` line naming ``folder`` (issue 14)."""
+    try:
+        if checkpoint:
+            failpoint("checkpoint.write", what)
+        yield
+    except Exception as e:  # noqa: BLE001 - re-raised, renamed only when the disk is full
+        if is_disk_full(e) and not isinstance(e, DiskFullError):  # an inner one already named its folder
+            raise disk_full_error(e, folder, what, ctx.experiment_dir) from e
+        raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,10 +448,11 @@ def final_metrics(result: Any) -> dict[str, float]:
     return out
 
 
-def write_trial_outputs(ctx: SweepContext, trial: TrialConfig, trial_id: str, result: Any, logger, extra: Mapping[str, Any]) -> dict:
-    """Write the trial's artifacts and ``result.json`` to its trial dir, then log them to MLflow.
+def write_trial_outputs(ctx: SweepContext, trial: TrialConfig, trial_id: str, result: Any, extra: Mapping[str, Any]) -> dict:
+    """Write the trial's artifacts and ``result.json`` (``complete``) to its trial dir.
 
-    The files come first: they are the source of truth that ``mlflow-sync`` replays.
+    No MLflow call here: the files are the record written first; :func:`tune_trial` then
+    uploads them (:func:`lungray.sweep.sync.sync_trial`, the same code ``mlflow-sync`` runs).
     """
     tdir = ctx.trial_dir(trial_id)
     art = tdir / ARTIFACTS_DIR
@@ -452,31 +489,9 @@ def write_trial_outputs(ctx: SweepContext, trial: TrialConfig, trial_id: str, re
         "timings": {k: _plain(v) for k, v in (result.timings or {}).items()},
         **{k: _plain(v) for k, v in extra.items()},
     }
-    if logger is not None:
-        log_outputs(logger, summary, art, ctx.log_checkpoints)
     summary["complete"] = True
     write_result(tdir, summary)
     return summary
-
-
-def log_outputs(logger, summary: Mapping[str, Any], art: Path, log_checkpoints: bool) -> None:
-    """Final metrics, node tags and artifacts of one trial into its MLflow run (idempotent)."""
-    from lungray.sweep import mlflow_run as M
-
-    for e in summary.get("history", []):  # epochs a crashed attempt reported but never logged
-        if "epoch" in e:
-            logger.log_epoch(int(e["epoch"]), e)
-    logger.flush()
-    hist = M.retry(lambda: logger.client.get_metric_history(logger.run_id, "best_epoch"))
-    if not hist:  # final metrics exactly once, even if a retry re-evaluates
-        logger.log_final(summary["metrics"])
-    logger.set_tags({M.NODE_ID_TAG: summary.get("node_id", "unknown"), M.NODE_IP_TAG: summary.get("node_ip", "unknown")})
-    for p in sorted(art.iterdir()):
-        if p.is_file():
-            logger.log_file(p)
-    ck = art / T.CHECKPOINT_DIR
-    if log_checkpoints and ck.is_dir():
-        logger.log_dir(ck, T.CHECKPOINT_DIR)
 
 
 def write_confusion(out_dir: Path, cm: Any, class_names: list[str], title: str = "") -> None:
@@ -520,10 +535,11 @@ def read_result(tdir: Path) -> Optional[dict]:
 
 
 def write_result(tdir: Path, summary: Mapping[str, Any]) -> None:
-    p = Path(tdir) / RESULT_FILE
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=1, default=str))
-    os.replace(tmp, p)  # atomic: a reader never sees half a file
+    """``result.json``, replaced atomically: a reader never sees half a file, and a write that
+    fails (full disk, kill) leaves the previous version."""
+    from lungray.sweep.mlflow_run import atomic_write_text
+
+    atomic_write_text(Path(tdir) / RESULT_FILE, json.dumps(summary, indent=1, default=str))
 
 
 # --------------------------------------------------------------------------------------------
@@ -555,14 +571,34 @@ def _plain(v: Any) -> Any:
     return v
 
 
+def _redacted(e: BaseException) -> BaseException:
+    """``e`` itself, unless its text (or its traceback's) holds a credential: then a RuntimeError
+    with the redacted traceback as its message, chain cut, so neither Tune's console lines nor
+    its ``error.txt``/``error.pkl`` in the experiment directory carry the secret (issue 15)."""
+    import traceback
+
+    from lungray.redact import redact_text
+
+    text = "".join(traceback.format_exception(e))
+    clean = redact_text(text)
+    if clean == text:
+        return e
+    return RuntimeError(f"{type(e).__name__}: {redact_text(str(e))}\n(original traceback, redacted)\n{clean}")
+
+
 def _root_cause(e: BaseException) -> str:
-    """The innermost error message (Ray wraps worker errors several times)."""
+    """The innermost error message (Ray wraps worker errors several times); a lungray error
+    (written for the user: the disk-full line) is taken as it is, not its low-level cause."""
+    from lungray.errors import LungrayError
+
     seen = set()
     cur: Optional[BaseException] = e
     last = e
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
         last = cur
+        if isinstance(cur, LungrayError):
+            return str(cur).strip() if cur is e else f"{type(cur).__name__}: {str(cur).strip()}"
         cur = cur.__cause__ or cur.__context__
     msg = str(last).strip().splitlines()
     text = msg[-1] if msg else type(last).__name__
