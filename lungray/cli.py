@@ -68,10 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def configure_logging(verbose: bool, level: int = logging.INFO) -> None:
+    """Console logging at ``level``; ``-v`` adds lungray's debug lines and libraries' INFO lines,
+    never their DEBUG lines (PIL alone writes one per PNG chunk it reads)."""
+    logging.basicConfig(level=logging.INFO if verbose else level, format="%(message)s")
+    if verbose:
+        logging.getLogger("lungray").setLevel(logging.DEBUG)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    configure_logging(args.verbose)
     try:
         return _dispatch(args)
     except (LungrayError, FileNotFoundError) as e:

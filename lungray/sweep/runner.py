@@ -10,19 +10,23 @@ Layout of one sweep (``<output_dir>/<study>_<timestamp>/``, the *experiment dire
 
 ``config.yaml``   the resolved study config (also logged to the parent run)
 ``sweep.json``    fingerprint, tracking URI, experiment and parent run ids (used by --resume)
-``tune/``         the Ray Tune experiment (``Tuner.restore`` reads it)
-``train/``        trials through Ray Train (DDP, or ``use_ray_train=true``): ``train-<trial_id>/``
-                  with its checkpoints (in-trial checkpoints live in ``tune/``)
-``trials/<trial_id>/``  the trial's results and artifacts (source of truth for mlflow-sync)
+``tune/``         the Ray Tune experiment (``Tuner.restore`` reads it; no checkpoints)
+``train/``        Ray Train's run state for trials through Ray Train (DDP, ``use_ray_train=true``)
+``trials/<trial_id>/``  the trial's results and artifacts (source of truth for mlflow-sync),
+                  ``artifacts/checkpoint/best.pt`` (the best weights, once), and while it runs
+                  ``work/`` (its one resumable checkpoint: :mod:`lungray.sweep.trainable`)
 ``trials.csv``, ``summary.csv``   per-trial results and the model x size summary
 ``report/``       the HTML report (when it builds)
+``ray_instance.json``   the local Ray instance the driver started (:mod:`lungray.sweep.local_ray`)
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
@@ -31,7 +35,7 @@ from lungray import tracking as T
 from lungray.config import StudyConfig, dump_yaml, from_dict
 from lungray.errors import ConfigError
 from lungray.sweep import grid as G
-from lungray.sweep.progress import HEADLINE, format_summary, make_callback, summary_table
+from lungray.sweep.progress import HEADLINE, disk_line, format_summary, make_callback, summary_table
 
 log = logging.getLogger(__name__)
 
@@ -260,9 +264,17 @@ def run_study(
     # 2. Ray and the preflight
     import ray
 
-    from lungray.sweep.cluster import cluster_spec, init_ray
+    from lungray.sweep import local_ray as LR
+    from lungray.sweep.cluster import cluster_spec, init_ray, resolve_address
 
-    started_ray = init_ray(address)
+    # what a killed earlier driver of this output directory (or of this sweep) left running
+    LR.stop_leftovers(LR.records_for(cfg.output_dir, exp_dir if state is not None else None), echo=echo)
+    quiet_ray_console(verbose)
+    started_ray = init_ray(address, logging_level=logging.INFO if verbose else logging.WARNING)
+    instance = LR.started_instance() if started_ray and resolve_address(address) in (None, "local") else None
+    ray_records = [LR.record_dir(cfg.output_dir) / f"{os.getpid()}.json"] if instance else []
+    for rec in ray_records:
+        LR.record(rec, instance)
     try:
         cluster = cluster_spec(autoscaling_config)
         pre = G.preflight(cfg, cluster, total)
@@ -277,8 +289,14 @@ def run_study(
         tracking_uri = cfg.tracking.tracking_uri or T.default_tracking_uri(cfg.output_dir)
         experiment = cfg.tracking.experiment or cfg.name
         exp_dir.mkdir(parents=True, exist_ok=True)
+        if instance:
+            LR.record(exp_dir / LR.EXPERIMENT_RECORD, instance)
+            ray_records.append(exp_dir / LR.EXPERIMENT_RECORD)
         if state is None:
             experiment_id = M.ensure_experiment(tracking_uri, experiment, artifact_root=T.default_artifact_root(cfg.output_dir))
+            c = M.client(tracking_uri)
+            for k, v in T.experiment_tags().items():  # the UI opens on the runs table of the grid
+                M.retry(lambda k=k, v=v: c.set_experiment_tag(experiment_id, k, v), what="set experiment tag")
             (exp_dir / CONFIG_YAML).write_text(dump_yaml(cfg))
             parent_run_id = M.create_parent_run(
                 tracking_uri,
@@ -315,7 +333,7 @@ def run_study(
             experiment_id, parent_run_id = state["experiment_id"], state["parent_run_id"]
             M.reopen_run(tracking_uri, parent_run_id)
             echo(f"resuming {exp_dir} (MLflow parent run {parent_run_id})")
-        echo(dump_yaml(cfg) if verbose else f"config: {exp_dir / CONFIG_YAML}")
+        echo(dump_yaml(cfg) if verbose else f"full config: {exp_dir / CONFIG_YAML}")
 
         # 4. Tune
         from lungray.sweep.trainable import DEFAULT_BODY, SweepContext
@@ -341,6 +359,7 @@ def run_study(
         )
         done_before = _count_done(exp_dir)
         results, interrupted = _run_tune(cfg, ctx, pre, spec, total, exp_dir, resume=resume_dir is not None, done_before=done_before, echo=echo, verbose=verbose)
+        remove_finished_work(exp_dir)
 
         # 5. results, summary, report
         rows = collect_rows(exp_dir, results, ctx.trials)
@@ -360,16 +379,20 @@ def run_study(
         if len(over):
             what = "Ray Train start-up, MLflow outputs, teardown" if ctx.use_ray_train else "set-up, MLflow outputs"
             echo(f"per-trial overhead ({what}; not training or evaluating): mean {over.mean():.1f}s, max {over.max():.1f}s")
-        report_path = None
-        want_report = cfg.report if report is None else report
-        if want_report and not interrupted:
-            report_path = _build_report(tracking_uri, experiment, parent_run_id, exp_dir, cfg.tracking.gradcam, echo)
         M.log_json_artifacts(M.client(tracking_uri), parent_run_id, {"trials.csv": trials_df.to_csv(index=False), "summary.csv": summary.to_csv()})
         if interrupted:
             M.finish_run(tracking_uri, parent_run_id, "KILLED")
             raise KeyboardInterrupt(str(exp_dir))
+        # the parent run is closed before the report reads it: the report (and its copy logged
+        # to MLflow) shows the sweep's final status, not RUNNING under a "Complete" banner
         M.set_tags(M.client(tracking_uri), parent_run_id, {"lungray.failed_trials": n_errors})
         M.finish_run(tracking_uri, parent_run_id, "FINISHED")
+        report_path = None
+        want_report = cfg.report if report is None else report
+        if want_report:
+            report_path = _build_report(tracking_uri, experiment, parent_run_id, exp_dir, cfg.tracking.gradcam, echo)
+        echo(ui_line(tracking_uri, experiment_id, cfg.output_dir))
+        echo(disk_line(exp_dir, Path(cfg.output_dir)))
         echo(f"done: {len(trials_df) - n_errors}/{len(trials_df)} trials finished; experiment directory {exp_dir}")
         return SweepResult(
             experiment_dir=exp_dir,
@@ -387,6 +410,52 @@ def run_study(
     finally:
         if started_ray:
             ray.shutdown()
+            LR.forget(ray_records)
+
+
+def quiet_ray_console(verbose: bool) -> None:
+    """Keep Ray's start-up chatter off the sweep's console (``-v`` keeps it).
+
+    Ray 2.60 logs "Token authentication is enabled for this Ray cluster..." at WARNING on every
+    local start, though enabling it is its secure default: the line is dropped (the warning for a
+    cluster WITHOUT authentication is not). ``ray.init(logging_level=...)`` handles Ray's INFO
+    lines ("Started a local Ray instance"), and MLflow's "Creating initial MLflow database
+    tables..." INFO lines are raised to WARNING.
+    """
+    if verbose:
+        return
+    auth = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _DropTokenEnabled) for f in auth.filters):
+        auth.addFilter(_DropTokenEnabled())
+    import mlflow  # noqa: F401 - configures its loggers at import; set the level after that
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+class _DropTokenEnabled(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Token authentication is enabled")
+
+
+def ui_line(tracking_uri: str, experiment_id: str, output_dir: str) -> str:
+    """Where to look at the runs: the experiment's runs table in the MLflow UI."""
+    if T.is_sqlite(tracking_uri):
+        return (f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri} --default-artifact-root "
+                f"{T.default_artifact_root(output_dir)} --port 5000, then open {T.ui_url('http://127.0.0.1:5000', experiment_id)}")
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith("http") else "<your MLflow server>"
+    return f"MLflow UI: {T.ui_url(base, experiment_id)}"
+
+
+def remove_finished_work(exp_dir: Path) -> None:
+    """Delete the working folders (resumable checkpoints) that finished trials left behind
+    (a driver killed between a trial's result and its clean-up); unfinished trials keep theirs
+    for ``--resume``."""
+    from lungray.sweep.trainable import read_result, remove_work
+
+    d = exp_dir / "trials"
+    for t in sorted(d.iterdir()) if d.exists() else []:
+        if (read_result(t) or {}).get("complete"):
+            remove_work(t)
 
 
 def train_env(cluster: G.ClusterSpec, tracking_uri: str) -> dict[str, str]:
@@ -469,7 +538,9 @@ def _run_tune(cfg, ctx, pre, spec, total, exp_dir: Path, *, resume: bool, done_b
     from lungray.sweep.trainable import tune_trial
 
     trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), pre.resources.trial_bundle)
-    progress = make_callback(total, echo=echo)
+    samples = spec.samples if spec is not None else 1
+    cells = [(t.model.key, int(t.train_size)) for t in cfg.trials()] * samples
+    progress = make_callback(total, echo=echo, cells=cells, slots=pre.max_concurrent_trials)
     # Worker failures are retried inside Ray Train from the last checkpoint (FailureConfig on
     # each TorchTrainer, resources.max_failures). A trial that still fails is final for this
     # run: a Tune-level retry would only repeat the Train retries. `--resume` retries errored
@@ -511,10 +582,29 @@ def _run_tune(cfg, ctx, pre, spec, total, exp_dir: Path, *, resume: bool, done_b
         tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
     echo(f"running {total} trial(s) ({done_before} already finished)" if resume else f"running {total} trial(s)")
     try:
-        results = tuner.fit()
+        # Tune's new output engine prints its configuration box, "View detailed results here"
+        # and a TensorBoard hint even at verbose=0; the legacy engine at 0 prints nothing, and
+        # lungray prints one line per finished trial instead (``-v`` keeps Tune's tables)
+        with _env({} if verbose else {"RAY_AIR_NEW_OUTPUT": "0"}):
+            results = tuner.fit()
     except KeyboardInterrupt:
         return None, True
     return results, False
+
+
+@contextlib.contextmanager
+def _env(values: Mapping[str, str]):
+    """Set environment variables for the duration of the block, then restore them."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def collect_rows(exp_dir: Path, results: Any, lookup: Optional[Mapping[str, Any]] = None) -> list[dict]:
