@@ -317,6 +317,19 @@ def test_cli_refuses_an_unschedulable_grid_in_one_line(capsys, tmp_path):
     assert rc == 2 and len(err) == 1 and err[0].startswith("size_study.py: error: resources.gpus_per_worker=1")
 
 
+def test_cli_dry_run_refuses_sizes_larger_than_the_phantom_pool(capsys, tmp_path):
+    from lungray.sweep.cli import main
+
+    # smoke: 360 phantom images, 120 held out, 40 for validation -> a pool of 200
+    assert main(["--preset", "smoke", "--dry-run", "--set", "sizes=[40,200]", "--output", str(tmp_path)], prog="size_study.py") == 0
+    capsys.readouterr()
+    rc = main(["--preset", "smoke", "--dry-run", "--set", "sizes=[40,201]", "--output", str(tmp_path)], prog="size_study.py")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["size_study.py: error: training size(s) [201] exceed the phantom's training pool of at most 200 "
+                               "images (data.phantom_n=360 minus 120 held out and 40 for validation); lower sizes or raise data.phantom_n"]
+    assert not any(tmp_path.iterdir())
+
+
 def test_cli_rejects_unknown_keys_before_anything_runs(capsys, tmp_path):
     from lungray.sweep.cli import main
 

@@ -487,6 +487,29 @@ def _check_sizes_against_pool(data: Any, cfg: StudyConfig) -> None:
         )
 
 
+def _check_sizes_against_known_pool(cfg: StudyConfig) -> None:
+    """For a dry run: refuse sizes the pool cannot hold when the config alone fixes the data.
+
+    The phantom's pool is at most ``phantom_n`` minus the held-out and validation images
+    (fractions rounded down, so the bound is never below the real pool); other datasets are
+    only counted by data preparation.
+    """
+    from lungray.errors import DataError
+
+    d = cfg.data
+    if d.source != "phantom":
+        return
+    held = [int(v) if v >= 1 else int(v * d.phantom_n) for v in (d.eval_size, d.val_size)]
+    pool = d.phantom_n - sum(held)
+    too_big = [n for n in cfg.sizes if n > pool]
+    if too_big:
+        raise DataError(
+            f"training size(s) {too_big} exceed the phantom's training pool of at most {pool} images "
+            f"(data.phantom_n={d.phantom_n} minus {held[0]} held out and {held[1]} for validation); "
+            "lower sizes or raise data.phantom_n"
+        )
+
+
 def _data_line(data: Any) -> str:
     counts = data.class_counts()
     parts = [f"{k} " + ", ".join(f"{c}={v}" for c, v in counts[k].items()) for k in ("eval", "val", "pool")]
@@ -512,6 +535,7 @@ def _dry_run(cfg: StudyConfig, address: Optional[str], autoscaling_config: Optio
         p = autoscaling_config_path(autoscaling_config)
         if p is not None:
             cluster = cluster.with_autoscaling(_load_yaml(p))
+    _check_sizes_against_known_pool(cfg)
     try:
         pre = G.preflight(cfg, cluster)
     except ConfigError as e:

@@ -99,10 +99,11 @@ class _HashingWriter:
         self.f.flush()
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> dict[str, Any]:
+def _atomic_torch_save(obj: Any, path: Path, where: Optional[Path] = None) -> dict[str, Any]:
     """``torch.save`` to a temporary name, fsync, rename; returns ``{"size", "sha256"}`` of the bytes written.
 
-    A failed write (full disk, quota) raises :class:`CheckpointError` naming the folder.
+    A failed write (full disk, quota) raises :class:`CheckpointError` naming ``where`` (default
+    ``path``).
     """
     import torch
 
@@ -119,7 +120,7 @@ def _atomic_torch_save(obj: Any, path: Path) -> dict[str, Any]:
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        raise CheckpointError(f"writing {path.name} in {path.parent} failed: {e.strerror or e}; free space there or point --output elsewhere") from e
+        raise CheckpointError(f"writing checkpoint {where or path} failed: {e.strerror or e}; free space there or point --output elsewhere") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -240,7 +241,7 @@ def save_state(checkpoint_dir: str | os.PathLike, state: dict[str, Any]) -> Path
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        digest = _atomic_torch_save({"format": FORMAT_VERSION, **state}, tmp_dir / STATE_FILE)
+        digest = _atomic_torch_save({"format": FORMAT_VERSION, **state}, tmp_dir / STATE_FILE, where=final)
         write_manifest(tmp_dir, int(state.get("epoch", -1)), {STATE_FILE: digest})
         if final.exists():
             shutil.rmtree(final)
