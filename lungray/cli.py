@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -54,10 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--seed", type=int, default=0)
     ph.add_argument("--dicom-dir", default=None, help="also write the images as DICOM files here")
 
-    rep = sub.add_parser("report", help="build the HTML report of a sweep from MLflow")
-    rep.add_argument("--tracking-uri", default=None)
-    g = rep.add_mutually_exclusive_group(required=True)
-    g.add_argument("--experiment", default=None)
+    rep = sub.add_parser("report", help="build the HTML report of a sweep from MLflow (default: the latest sweep in lungray_runs/)")
+    rep.add_argument("--tracking-uri", default=None,
+                     help="MLflow store (default: $MLFLOW_TRACKING_URI, else the sweeps' default sqlite:///lungray_runs/mlflow.db)")
+    g = rep.add_mutually_exclusive_group()
+    g.add_argument("--experiment", default=None, help="experiment name (default: the latest sweep's)")
     g.add_argument("--run-id", default=None, help="the sweep's parent run id")
     rep.add_argument("--out", default="report")
     rep.add_argument("--no-gradcam", action="store_true")
@@ -128,13 +130,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "report":
         from lungray.report import build_report
 
-        out = build_report(
-            tracking_uri=args.tracking_uri,
-            experiment=args.experiment,
-            parent_run_id=args.run_id,
-            out_dir=args.out,
-            gradcam=not args.no_gradcam,
-        )
+        uri = report_tracking_uri(args.tracking_uri)
+        run_id = args.run_id or (None if args.experiment else latest_sweep(uri))
+        try:
+            out = build_report(tracking_uri=uri, experiment=args.experiment, parent_run_id=run_id, out_dir=args.out, gradcam=not args.no_gradcam)
+        except LungrayError as e:
+            raise LungrayError(f"{e} (tracking URI searched: {uri})") from e
         print(f"wrote {out}")
         return 0
     if args.command == "mlflow-sync":
@@ -144,6 +145,40 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"synced {n} trial(s) to MLflow")
         return 0
     raise LungrayError(f"unknown command {args.command}")
+
+
+def report_tracking_uri(explicit: Optional[str]) -> str:
+    """The store ``lungray report`` reads: ``--tracking-uri``, else where a sweep writes by default
+    (``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/lungray_runs/mlflow.db``). A sqlite file that
+    does not exist is an error naming it, never a new empty store created in passing."""
+    from pathlib import Path
+
+    from lungray.config import StudyConfig
+    from lungray.tracking import is_sqlite
+
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(StudyConfig.output_dir).resolve() / 'mlflow.db')}"
+    if is_sqlite(uri):
+        path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+        if path is not None and not path.is_file():
+            raise LungrayError(
+                f"no MLflow store at {uri}: run a sweep first (python sweeps/size_study.py writes lungray_runs/mlflow.db), "
+                "run this from the folder that holds lungray_runs/, or pass --tracking-uri (a sweep prints its URI)"
+            )
+    return uri
+
+
+def latest_sweep(uri: str) -> str:
+    """The parent run id of the most recently started lungray sweep in ``uri``."""
+    from lungray import tracking as T
+    from lungray.sweep import mlflow_run as M
+
+    c = M.client(uri)
+    exps = [e.experiment_id for e in M.retry(lambda: c.search_experiments())]
+    runs = M.retry(lambda: c.search_runs(exps, filter_string=f"tags.`{T.ROLE}` = '{T.ROLE_SWEEP}'",
+                                         order_by=["attributes.start_time DESC"], max_results=1)) if exps else []
+    if not runs:
+        raise LungrayError(f"no lungray sweep in {uri}; pass --tracking-uri of the store a sweep wrote to")
+    return runs[0].info.run_id
 
 
 if __name__ == "__main__":

@@ -32,9 +32,10 @@ Child run (one per trial), nested under the parent (``mlflow.parentRunId`` tag),
     "trial": TrialConfig.to_dict(), "norm": [mean, std], "epoch": int}``
 
 Experiment tags (set by the sweep): ``mlflow.experimentKind = custom_model_development`` and a
-shared view ``mlflow.sharedViewState.lungray-grid`` (the trial runs, flat, with the grid axes and
-headline metrics as columns), so :func:`ui_url` opens MLflow 3's runs table rather than its GenAI
-overview.
+shared view ``mlflow.sharedViewState.lungray-grid`` (the trial runs grouped by grid cell, seeds
+listed under each cell's mean, the grid axes and headline metrics as columns), so
+:func:`ui_url` opens MLflow 3's runs table on the grid rather than its GenAI overview with the
+trials collapsed under the sweep's parent run.
 
 Class names in metric keys are sanitised with :func:`metric_key` (MLflow allows only
 alphanumerics, ``_ - . / space``).
@@ -92,21 +93,21 @@ EXPERIMENT_KIND = "custom_model_development"
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 VIEW_KEY = "lungray-grid"
 UI_COLUMNS = (
+    *(f"metrics.`{TEST_PREFIX}{m}`" for m in ("accuracy", "balanced_accuracy", "auc")),
     *(f"params.`{a}`" for a in AXES),
-    f"metrics.`{TEST_PREFIX}accuracy`",
-    f"metrics.`{TEST_PREFIX}auc`",
-    f"metrics.`{TEST_PREFIX}macro_f1`",
-    "metrics.`best_epoch`",
 )
 
 
 def experiment_tags() -> dict[str, str]:
     """Tags the sweep sets on its MLflow experiment (see the module docstring)."""
     view = {
-        "searchFilter": f"tags.`{ROLE}` = '{ROLE_TRIAL}'",  # trial runs, not collapsed under the parent
+        "searchFilter": f"tags.`{ROLE}` = '{ROLE_TRIAL}'",
         "orderByKey": "attributes.start_time",
         "orderByAsc": False,
         "selectedColumns": list(UI_COLUMNS),
+        # one group per grid cell (its seeds under it, the group row showing their mean): the
+        # trials are listed, not collapsed under the sweep's parent run
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": CELL}]},
     }
     return {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, VIEW_TAG_PREFIX + VIEW_KEY: json.dumps(view)}
 

@@ -265,13 +265,13 @@ def run_study(
     import ray
 
     from lungray.sweep import local_ray as LR
-    from lungray.sweep.cluster import cluster_spec, init_ray, resolve_address
+    from lungray.sweep.cluster import cluster_spec, init_ray
 
     # what a killed earlier driver of this output directory (or of this sweep) left running
     LR.stop_leftovers(LR.records_for(cfg.output_dir, exp_dir if state is not None else None), echo=echo)
     quiet_ray_console(verbose)
     started_ray = init_ray(address, logging_level=logging.INFO if verbose else logging.WARNING)
-    instance = LR.started_instance() if started_ray and resolve_address(address) in (None, "local") else None
+    instance = LR.started_instance() if started_ray else None  # None when it joined a running cluster
     ray_records = [LR.record_dir(cfg.output_dir) / f"{os.getpid()}.json"] if instance else []
     for rec in ray_records:
         LR.record(rec, instance)
