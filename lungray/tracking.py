@@ -113,8 +113,17 @@ def experiment_tags() -> dict[str, str]:
 
 
 def ui_url(base: str, experiment_id: str) -> str:
-    """The MLflow UI page of an experiment's runs table with the grid columns (``base``: the UI's address)."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+    """The MLflow UI page of an experiment's runs table with the grid columns (``base``: the UI's
+    address; credentials in it are dropped, the page is printed).
+
+    >>> ui_url("http://user:secret@mlflow.internal:5000/", "3")
+    'http://mlflow.internal:5000/#/experiments/3/runs?workflowType=machine_learning&viewStateShareKey=lungray-grid'
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    u = urlsplit(base.rstrip("/"))
+    netloc = u.netloc.rpartition("@")[2]
+    return f"{urlunsplit((u.scheme, netloc, u.path, '', ''))}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
 
 
 def is_sqlite(tracking_uri: str) -> bool:

@@ -438,12 +438,12 @@ class _DropTokenEnabled(logging.Filter):
 
 
 def ui_line(tracking_uri: str, experiment_id: str, output_dir: str) -> str:
-    """Where to look at the runs: the experiment's runs table in the MLflow UI."""
-    if T.is_sqlite(tracking_uri):
-        return (f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri} --default-artifact-root "
-                f"{T.default_artifact_root(output_dir)} --port 5000, then open {T.ui_url('http://127.0.0.1:5000', experiment_id)}")
-    base = tracking_uri.rstrip("/") if tracking_uri.startswith("http") else "<your MLflow server>"
-    return f"MLflow UI: {T.ui_url(base, experiment_id)}"
+    """Where to look at the runs: the experiment's runs table in the MLflow UI (a tracking
+    server's own page, or the ``mlflow ui`` command for a local store and the page it serves)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"MLflow UI: {T.ui_url(tracking_uri, experiment_id)}"
+    return (f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri} --default-artifact-root "
+            f"{T.default_artifact_root(output_dir)} --port 5000, then open {T.ui_url('http://127.0.0.1:5000', experiment_id)}")
 
 
 def remove_finished_work(exp_dir: Path) -> None:
