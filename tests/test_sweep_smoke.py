@@ -141,6 +141,8 @@ def test_smoke_preset_end_to_end_with_the_real_training_loop(user):
     # the report closes the sweep, is logged to the parent run, and shows the sweep FINISHED
     report = (exp_dir / "report" / "report.html").read_text()
     assert "report" in parent_arts and "FINISHED" in report and "RUNNING" not in report
+    gradcam = report[report.index('id="gradcam"'):report.index('id="pointing"')]
+    assert "Grad-CAM failed" not in gradcam and '<img src="data:image/png;base64,' in gradcam, re.findall(r"Grad-CAM failed[^<]*", gradcam)
     exp = c.get_experiment(state["experiment_id"])
     assert exp.tags[T.EXPERIMENT_KIND_TAG] == T.EXPERIMENT_KIND and T.VIEW_TAG_PREFIX + T.VIEW_KEY in exp.tags
 
@@ -203,8 +205,10 @@ def test_readme_cpu_examples_run_as_written(user):
         assert p.returncode == 0, (cmd, p.stdout[-3000:], p.stderr[-3000:])
         if cmd.startswith("lungray report"):
             html = (home / "report" / "report.html").read_text()
-            # the report of the latest sweep, with Grad-CAM rebuilt from the (hard-linked) best weights
-            assert "Grad-CAM failed" not in html and "gradcam_panels" in html and state["parent_run_id"] in html
+            # the report of the latest sweep, with Grad-CAM panels rebuilt from the (hard-linked) best weights
+            gradcam = html[html.index('id="gradcam"'):html.index('id="pointing"')]
+            assert "Grad-CAM failed" not in gradcam and '<img src="data:image/png;base64,' in gradcam, re.findall(r"Grad-CAM failed[^<]*", gradcam)
+            assert state["parent_run_id"] in html
         if "--resume" in cmd:
             assert "(8 already finished)" in p.stdout and "done: 8/8 trials finished" in p.stdout
     assert (home / "phantom_sheet.png").stat().st_size > 1000
