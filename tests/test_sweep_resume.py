@@ -190,7 +190,8 @@ def test_killed_driver_resumes_only_unfinished_trials_without_duplicate_runs(tmp
     # the killed driver's Ray leftovers were stopped, by record, and nothing else
     assert not alive_after and bystander_alive
     (stopped,) = [ln for ln in log.splitlines() if ln.startswith("stopped ")]
-    assert stopped.startswith(f"stopped {len(leftovers)} Ray process(es)") and f"driver (pid {proc.pid})" in stopped
+    n_stopped = int(stopped.split()[1])  # some of the leftovers may still have been on their way out
+    assert 1 <= n_stopped <= len(leftovers) and f"left by an earlier driver (pid {proc.pid})" in stopped, stopped
     assert not (out / ".lungray" / "ray" / f"{proc.pid}.json").exists()
     # each trial with corrupt checkpoints restarted from scratch, with one line saying why
     notes = [ln for ln in log.splitlines() if ln.startswith("note: ")]

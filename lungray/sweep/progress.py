@@ -224,36 +224,36 @@ def _callback_class():
 
 
 def disk_usage(paths: Sequence[Any], seen: Optional[set] = None) -> int:
-    """Bytes of the files under ``paths``, each inode counted once (``seen`` carries over calls:
-    best weights hard-linked into MLflow's artifact store count where they were first seen)."""
+    """Bytes of the files at or under ``paths``, each inode counted once (``seen`` carries over
+    calls: best weights hard-linked into MLflow's artifact store count where first seen)."""
     import os
 
     seen = set() if seen is None else seen
-    total = 0
-    for root in paths:
-        for dirpath, _, files in os.walk(root):
-            for name in files:
-                try:
-                    st = os.lstat(os.path.join(dirpath, name))
-                except OSError:
-                    continue
-                if (st.st_dev, st.st_ino) not in seen:
-                    seen.add((st.st_dev, st.st_ino))
-                    total += st.st_size
+    files: list[str] = []
+    for root in map(str, paths):
         if os.path.isfile(root):
-            st = os.lstat(root)
-            if (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                total += st.st_size
+            files.append(root)
+        for dirpath, _, names in os.walk(root):
+            files.extend(os.path.join(dirpath, n) for n in names)
+    total = 0
+    for f in files:
+        try:
+            st = os.lstat(f)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
     return total
 
 
 def format_bytes(n: float) -> str:
+    """``812 KB``, ``5.3 MB``, ``412 MB``, ``2.8 GB`` (decimal units, as ``du --si``)."""
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit in ("B", "KB") else f"{n:.1f} {unit}" if n < 10 else f"{n:.0f} {unit}"
+            break
         n /= 1000
-    return f"{n:.0f} TB"  # pragma: no cover
+    return f"{n:.1f} {unit}" if unit in ("MB", "GB") and n < 10 else f"{n:.0f} {unit}"
 
 
 def disk_breakdown(exp_dir: Any, output_dir: Any) -> tuple[dict[str, int], dict[str, int], int]:
