@@ -278,8 +278,10 @@ def test_eta_prices_each_remaining_trial_by_its_model_and_size():
     assert eta_by_cell(done, [(r50, 30.0)], [cnn50, r450, cnn450], slots=2) == 100.0
     # a running trial past its cell's mean has nothing left
     assert eta_by_cell(done, [(r50, 130.0)], [cnn50, cnn50, cnn50, cnn50], slots=2) == 20.0
-    # a cell of an unseen model costs the mean of all finished trials (40 s)
+    # a cell of an unseen model costs the mean of all finished trials (40 s) ...
     assert eta_by_cell(done, [], [("vit", 50)], slots=1) == 40.0
+    # ... or, if longer, what its running trial has taken so far: 90 s (0 s left for the running one)
+    assert eta_by_cell(done, [(("vit", 50), 90.0)], [("vit", 450)], slots=2) == 90.0
     # once r450 has finished trials, they price it, not r18 at 50
     assert eta_by_cell({**done, r450: [300.0]}, [], [r450, r450], slots=2) == 300.0
     assert eta_by_cell(done, [], [], slots=2) == 0.0

@@ -44,7 +44,9 @@ def eta_by_cell(
     ``running`` holds ``(cell, seconds so far)``; ``pending`` one cell per trial not started;
     ``slots`` how many trials run at once. A cell costs the mean of its finished trials, else
     the mean of its model's finished trials (at other sizes), else the mean of all finished
-    trials. The remaining work (pending trials, plus what running ones still need) is shared by
+    trials but at least as long as its model's longest-running trial so far (a resnet18 trial
+    still running after 7 minutes says more about resnet18 than the simple_cnn trials that
+    finished in 2). The remaining work (pending trials, plus what running ones still need) is shared by
     ``min(slots, trials left)`` slots, but takes no less than the longest single trial left (a
     trial does not split across slots). NaN before any trial finishes.
 
@@ -60,12 +62,16 @@ def eta_by_cell(
     for cell, v in finished.items():
         by_model.setdefault(_model_of(cell), []).extend(float(x) for x in v)
 
+    running_for: dict[Any, float] = {}
+    for cell, t in running:
+        running_for[_model_of(cell)] = max(running_for.get(_model_of(cell), 0.0), float(t))
+
     def cost(cell: Hashable) -> float:
         own = finished.get(cell)
         if own:
             return sum(own) / len(own)
         same = by_model.get(_model_of(cell))
-        return sum(same) / len(same) if same else overall
+        return sum(same) / len(same) if same else max(overall, running_for.get(_model_of(cell), 0.0))
 
     each = [cost(c) for c in pending] + [max(cost(c) - float(t), 0.0) for c, t in running]
     if not each:
