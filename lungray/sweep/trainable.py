@@ -123,6 +123,8 @@ def node_info() -> dict[str, str]:
     """Where this process runs (recorded per trial: the multi-node test checks it)."""
     import ray
 
+    if not ray.is_initialized():  # a trial body called outside Ray (tests): never start Ray for this
+        return {"node_id": "unknown", "node_ip": "unknown"}
     try:
         ctx = ray.get_runtime_context()
         return {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address()}
