@@ -263,8 +263,8 @@ def _fit_in_trial(ctx: SweepContext, trial: TrialConfig, trial_id: str, run_id: 
 
 
 class ReportThrottle:
-    """Whether an epoch's result goes to Tune: always with a checkpoint, else at most every
-    ``seconds`` (0: every epoch).
+    """Whether an epoch's result goes to Tune: always on a checkpoint epoch or with a console
+    note, else at most every ``seconds`` (0: every epoch).
 
     Each ``tune.report`` is a round trip through the Tune driver (~6 ms per epoch with two
     trials on 2 CPUs, ``bench/RESULTS.md``). Without a scheduler nothing reads per-epoch Tune
