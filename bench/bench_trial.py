@@ -374,10 +374,7 @@ class RayVariants:
             train_worker,
             train_loop_config={"ctx": ctx, "trial": trial, "trial_id": trial_id, "run_id": run_id},
             scaling_config=self._scaling(),
-            run_config=ray.train.RunConfig(
-                name=f"train-{trial_id}", storage_path=str(self.out / "experiment" / "train"),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=ctx.checkpoints_to_keep),
-            ),
+            run_config=ray.train.RunConfig(name=f"train-{trial_id}", storage_path=str(self.out / "experiment" / "train")),
         ).fit()
         M.finish_run(uri, run_id, "FINISHED")
         info = json.loads(stamps_file.read_text())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -72,10 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--seed", type=int, default=0)
     ph.add_argument("--dicom-dir", default=None, help="also write the images as DICOM files here")
 
-    rep = sub.add_parser("report", help="build the HTML report of a sweep from MLflow")
-    rep.add_argument("--tracking-uri", default=None)
-    g = rep.add_mutually_exclusive_group(required=True)
-    g.add_argument("--experiment", default=None)
+    rep = sub.add_parser("report", help="build the HTML report of a sweep from MLflow (default: the latest sweep in lungray_runs/)")
+    rep.add_argument("--tracking-uri", default=None,
+                     help="MLflow store (default: $MLFLOW_TRACKING_URI, else the sweeps' default sqlite:///lungray_runs/mlflow.db)")
+    g = rep.add_mutually_exclusive_group()
+    g.add_argument("--experiment", default=None, help="experiment name (default: the latest sweep's)")
     g.add_argument("--run-id", default=None, help="the sweep's parent run id")
     rep.add_argument("--out", default="report")
     rep.add_argument("--no-gradcam", action="store_true")
@@ -89,13 +91,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def configure_logging(verbose: bool, level: int = logging.INFO) -> None:
+    """Console logging at ``level``; ``-v`` adds lungray's debug lines and libraries' INFO lines,
+    never their DEBUG lines (PIL alone writes one per PNG chunk it reads). Every record is
+    redacted (:func:`lungray.redact.install_log_redaction`)."""
+    from lungray.redact import install_log_redaction
+
+    logging.basicConfig(level=logging.INFO if verbose else level, format="%(message)s")
+    if verbose:
+        logging.getLogger("lungray").setLevel(logging.DEBUG)
+    install_log_redaction()  # credentials never reach the console (issue 15)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    from lungray.redact import install_log_redaction, redact
-
-    install_log_redaction()
+    configure_logging(args.verbose)
+    from lungray.redact import redact
     try:
         return _dispatch(args)
     except (LungrayError, FileNotFoundError) as e:
@@ -166,13 +178,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "report":
         from lungray.report import build_report
 
-        out = build_report(
-            tracking_uri=args.tracking_uri,
-            experiment=args.experiment,
-            parent_run_id=args.run_id,
-            out_dir=args.out,
-            gradcam=not args.no_gradcam,
-        )
+        uri = report_tracking_uri(args.tracking_uri)
+        run_id = args.run_id or (None if args.experiment else latest_sweep(uri))
+        try:
+            out = build_report(tracking_uri=uri, experiment=args.experiment, parent_run_id=run_id, out_dir=args.out, gradcam=not args.no_gradcam)
+        except LungrayError as e:
+            raise LungrayError(f"{e} (tracking URI searched: {uri})") from e
         print(f"wrote {out}")
         return 0
     if args.command == "mlflow-sync":
@@ -188,6 +199,40 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"{args.path}: OK (Ray's schema, SSH from your group only, MLflow with authentication, a private /efs/lungray)")
         return 0
     raise LungrayError(f"unknown command {args.command}")
+
+
+def report_tracking_uri(explicit: Optional[str]) -> str:
+    """The store ``lungray report`` reads: ``--tracking-uri``, else where a sweep writes by default
+    (``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/lungray_runs/mlflow.db``). A sqlite file that
+    does not exist is an error naming it, never a new empty store created in passing."""
+    from pathlib import Path
+
+    from lungray.config import StudyConfig
+    from lungray.tracking import is_sqlite
+
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(StudyConfig.output_dir).resolve() / 'mlflow.db')}"
+    if is_sqlite(uri):
+        path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+        if path is not None and not path.is_file():
+            raise LungrayError(
+                f"no MLflow store at {uri}: run a sweep first (python sweeps/size_study.py writes lungray_runs/mlflow.db), "
+                "run this from the folder that holds lungray_runs/, or pass --tracking-uri (a sweep prints its URI)"
+            )
+    return uri
+
+
+def latest_sweep(uri: str) -> str:
+    """The parent run id of the most recently started lungray sweep in ``uri``."""
+    from lungray import tracking as T
+    from lungray.sweep import mlflow_run as M
+
+    c = M.client(uri)
+    exps = [e.experiment_id for e in M.retry(lambda: c.search_experiments())]
+    runs = M.retry(lambda: c.search_runs(exps, filter_string=f"tags.`{T.ROLE}` = '{T.ROLE_SWEEP}'",
+                                         order_by=["attributes.start_time DESC"], max_results=1)) if exps else []
+    if not runs:
+        raise LungrayError(f"no lungray sweep in {uri}; pass --tracking-uri of the store a sweep wrote to")
+    return runs[0].info.run_id
 
 
 if __name__ == "__main__":

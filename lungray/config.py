@@ -534,35 +534,69 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def apply_overrides(d: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides. ``models=[resnet50, densenet121]`` takes names too."""
+    """Apply ``a.b.c=value`` overrides. ``models=[resnet50, densenet121]`` takes names too.
+
+    List entries are addressed by index, ``optimizers[0].lr=0.01`` or ``optimizers.0.lr=0.01``;
+    a mistake gets an error that shows the form that works (issue 13: ``optimizers.lr=0.01``
+    used to say "index 'lr' is out of range", ``seeds=0,1,2`` did not mention ``[0,1,2]``).
+    """
+    import re
+
     out = to_dict(d)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key.sub=value")
         key, text = item.split("=", 1)
-        parts = key.strip().split(".")
+        parts = re.sub(r"\[(\d+)\]", r".\1", key.strip()).split(".")
         cur: Any = out
-        for p in parts[:-1]:
+        path: list[str] = []
+        for i, p in enumerate(parts[:-1]):
             if isinstance(cur, list):  # models.0.freeze=backbone
-                if not p.isdigit() or int(p) >= len(cur):
-                    raise ConfigError(f"override '{item}': index '{p}' is out of range (0..{len(cur) - 1})")
-                if isinstance(cur[int(p)], str):  # shorthand "resnet50" -> {"name": "resnet50"}
-                    cur[int(p)] = {"name": cur[int(p)]}
-                cur = cur[int(p)]
+                cur = cur[_list_index(item, ".".join(path), cur, p, parts[i + 1 :], text)]
+                if isinstance(cur, str):  # shorthand "resnet50" -> {"name": "resnet50"}
+                    parent = _walk(out, path)
+                    parent[int(p)] = cur = {"name": cur}
+                path.append(p)
                 continue
             if cur.get(p) is None:
                 cur[p] = {}
             if not isinstance(cur[p], (dict, list)):
-                raise ConfigError(f"override '{item}': '{p}' is not a section")
+                raise ConfigError(f"override '{item}': '{'.'.join(path + [p])}' is a value, not a section")
             cur = cur[p]
+            path.append(p)
         last = parts[-1]
+        value = _parse_scalar(text)
         if isinstance(cur, list):
-            if not last.isdigit() or int(last) >= len(cur):
-                raise ConfigError(f"override '{item}': index '{last}' is out of range (0..{len(cur) - 1})")
-            cur[int(last)] = _parse_scalar(text)
-        else:
-            cur[last] = _parse_scalar(text)
+            cur[_list_index(item, ".".join(path), cur, last, [], text)] = value
+            continue
+        if isinstance(cur.get(last), list) and isinstance(value, str) and "," in value:
+            pieces = [_parse_scalar(x.strip()) for x in value.split(",")]
+            raise ConfigError(
+                f"override '{item}': {'.'.join(path + [last])} takes a list, written in brackets: "
+                f"{key.strip()}=[{','.join(str(x) for x in pieces)}]"
+            )
+        cur[last] = value
     return out
+
+
+def _walk(d: Any, path: Sequence[str]) -> Any:
+    for p in path:
+        d = d[int(p)] if isinstance(d, list) else d[p]
+    return d
+
+
+def _list_index(item: str, where: str, lst: list, p: str, rest: Sequence[str], text: str) -> int:
+    """``p`` as an index into ``lst`` (the list at ``where``), or an error showing the indexed form."""
+    if p.isdigit() and int(p) < len(lst):
+        return int(p)
+    n = len(lst)
+    entries = f"{n} entr{'y' if n == 1 else 'ies'}"
+    if not p.isdigit():
+        tail = ".".join([p, *rest])
+        forms = " or ".join(f"{where}[{i}].{tail}={text}" for i in range(min(n, 2)))
+        more = f" (one override per entry, {n} in all)" if n > 2 else ""
+        raise ConfigError(f"override '{item}': {where} is a list ({entries}); set an entry by its index: {forms}{more}")
+    raise ConfigError(f"override '{item}': index {p} is out of range: {where} has {entries} (0..{n - 1})")
 
 
 def _normalise_lists(d: dict[str, Any]) -> dict[str, Any]:

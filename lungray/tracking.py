@@ -31,12 +31,19 @@ Child run (one per trial), nested under the parent (``mlflow.parentRunId`` tag),
     ``torch.load(weights_only=True)``: ``{"model": state_dict, "class_names": [...],
     "trial": TrialConfig.to_dict(), "norm": [mean, std], "epoch": int}``
 
+Experiment tags (set by the sweep): ``mlflow.experimentKind = custom_model_development`` and a
+shared view ``mlflow.sharedViewState.lungray-grid`` (the trial runs grouped by grid cell, seeds
+listed under each cell's mean, the grid axes and headline metrics as columns), so
+:func:`ui_url` opens MLflow 3's runs table on the grid rather than its GenAI overview with the
+trials collapsed under the sweep's parent run.
+
 Class names in metric keys are sanitised with :func:`metric_key` (MLflow allows only
 alphanumerics, ``_ - . / space``).
 """
 
 from __future__ import annotations
 
+import json
 import re
 
 ROLE = "lungray.role"
@@ -74,6 +81,53 @@ HISTORY = "history.csv"
 TRIAL_CONFIG = "trial_config.json"
 CHECKPOINT_DIR = "checkpoint"
 BEST_CHECKPOINT = "checkpoint/best.pt"
+
+
+#: MLflow 3's experiment type: its UI opens a "custom model development" (machine learning)
+#: experiment on the runs table, a GenAI one (or one without the tag, with the UI's default
+#: workflow "genai") on the traces overview (mlflow/server/js: experiment page redirect).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+#: A view of the runs table the UI loads from ``?viewStateShareKey=<key>`` (what its "Share"
+#: button writes): JSON with the search facets and the selected columns.
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+VIEW_KEY = "lungray-grid"
+UI_COLUMNS = (
+    *(f"metrics.`{TEST_PREFIX}{m}`" for m in ("accuracy", "balanced_accuracy", "auc")),
+    *(f"params.`{a}`" for a in AXES),
+)
+
+
+def experiment_tags() -> dict[str, str]:
+    """Tags the sweep sets on its MLflow experiment (see the module docstring)."""
+    view = {
+        "searchFilter": f"tags.`{ROLE}` = '{ROLE_TRIAL}'",
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+        "selectedColumns": list(UI_COLUMNS),
+        # one group per grid cell (its seeds under it, the group row showing their mean): the
+        # trials are listed, not collapsed under the sweep's parent run
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": CELL}]},
+    }
+    return {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, VIEW_TAG_PREFIX + VIEW_KEY: json.dumps(view)}
+
+
+def ui_url(base: str, experiment_id: str) -> str:
+    """The MLflow UI page of an experiment's runs table with the grid columns (``base``: the UI's
+    address; credentials in it are dropped, the page is printed).
+
+    >>> ui_url("http://user:secret@mlflow.internal:5000/", "3")
+    'http://mlflow.internal:5000/#/experiments/3/runs?workflowType=machine_learning&viewStateShareKey=lungray-grid'
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    u = urlsplit(base.rstrip("/"))
+    netloc = u.netloc.rpartition("@")[2]
+    return f"{urlunsplit((u.scheme, netloc, u.path, '', ''))}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+
+
+def is_sqlite(tracking_uri: str) -> bool:
+    return str(tracking_uri).startswith("sqlite:")
 
 
 def metric_key(name: str) -> str:

@@ -52,6 +52,28 @@ def test_override_values_are_parsed_as_yaml():
         apply_overrides({}, ["novalue"])
 
 
+def test_list_entries_are_set_by_index_and_mistakes_show_the_form_that_works():
+    """Issue 13 item 10: each error names the override and spells the right one."""
+    d = {"optimizers": [{"name": "adam", "lr": 1e-3}], "models": ["resnet18", {"name": "logreg"}], "seeds": [0], "data": {"resolution": 32}}
+    out = apply_overrides(d, ["optimizers[0].lr=0.01", "models.0.freeze=backbone", "models[1].label=lr"])
+    assert out["optimizers"] == [{"name": "adam", "lr": 0.01}]
+    assert out["models"] == [{"name": "resnet18", "freeze": "backbone"}, {"name": "logreg", "label": "lr"}]
+    cases = {
+        "optimizers.lr=0.01": "override 'optimizers.lr=0.01': optimizers is a list (1 entry); set an entry by its index: "
+                              "optimizers[0].lr=0.01",
+        "models.freeze=backbone": "override 'models.freeze=backbone': models is a list (2 entries); set an entry by its "
+                                  "index: models[0].freeze=backbone or models[1].freeze=backbone",
+        "models[2].width=4": "override 'models[2].width=4': index 2 is out of range: models has 2 entries (0..1)",
+        "seeds=0,1,2": "override 'seeds=0,1,2': seeds takes a list, written in brackets: seeds=[0,1,2]",
+        "data.resolution.x=1": "override 'data.resolution.x=1': 'data.resolution' is a value, not a section",
+    }
+    for override, message in cases.items():
+        with pytest.raises(ConfigError) as e:
+            apply_overrides(d, [override])
+        assert str(e.value) == message
+    assert apply_overrides(d, ["seeds=[0,1,2]"])["seeds"] == [0, 1, 2]
+
+
 def test_unknown_keys_are_rejected_with_the_valid_ones():
     with pytest.raises(ConfigError) as e:
         load_study("smoke", overrides=["data.resolutoin=32"])

@@ -17,8 +17,8 @@ import pytest
 from lungray.config import dump_yaml, load_study
 from lungray.errors import ConfigError
 from lungray.sweep import grid as G
-from lungray.sweep.progress import eta_seconds, format_seconds, summary_table, trial_line
 from lungray.sweep.cluster import local_cluster_spec
+from lungray.sweep.progress import eta_by_cell, format_seconds, summary_table, trial_line
 from lungray.sweep.runner import check_resume, grid_diff
 
 REPO = Path(__file__).resolve().parents[1]
@@ -265,9 +265,30 @@ def test_summary_table_mean_sd_over_seeds():
     assert t2.loc["cnn / sgd", "n=40"] == "0.250 (n=1)" and t2.index.name == "model / optimizer"
 
 
+def test_eta_prices_each_remaining_trial_by_its_model_and_size():
+    assert math.isnan(eta_by_cell({}, [], [("cnn", 50)], slots=2))
+    cnn50, cnn450, r50, r450 = ("cnn", 50), ("cnn", 450), ("r18", 50), ("r18", 450)
+    # the first trials were cheap: 10 s each; the ETA is not 10 s x trials left / 2 slots
+    done = {cnn50: [10.0, 10.0], r50: [100.0]}
+    # pending: cnn50 -> 10 (its cell), cnn450 -> 10 (cnn at another size); running r50 for 90 s
+    # -> 10 s left; 30 s of work on min(2 slots, 3 trials left) = 15 s
+    assert eta_by_cell(done, [(r50, 90.0)], [cnn50, cnn450], slots=2) == 15.0
+    # running r50 for 30 s -> 70 s left: 90 s / 2 slots = 45 s, but that trial alone needs 70 s
+    assert eta_by_cell(done, [(r50, 30.0)], [cnn50, cnn450], slots=2) == 70.0
+    # + r450 -> 100 (r18 at another size): 190 s / 2 slots = 95 s, but that one trial takes 100 s
+    assert eta_by_cell(done, [(r50, 30.0)], [cnn50, r450, cnn450], slots=2) == 100.0
+    # a running trial past its cell's mean has nothing left
+    assert eta_by_cell(done, [(r50, 130.0)], [cnn50, cnn50, cnn50, cnn50], slots=2) == 20.0
+    # a cell of an unseen model costs the mean of all finished trials (40 s) ...
+    assert eta_by_cell(done, [], [("vit", 50)], slots=1) == 40.0
+    # ... or, if longer, what its running trial has taken so far: 90 s (0 s left for the running one)
+    assert eta_by_cell(done, [(("vit", 50), 90.0)], [("vit", 450)], slots=2) == 90.0
+    # once r450 has finished trials, they price it, not r18 at 50
+    assert eta_by_cell({**done, r450: [300.0]}, [], [r450, r450], slots=2) == 300.0
+    assert eta_by_cell(done, [], [], slots=2) == 0.0
+
+
 def test_eta_and_trial_line():
-    assert math.isnan(eta_seconds(10.0, 0, 8))
-    assert eta_seconds(60.0, 2, 8) == 180.0  # 30 s per finished trial, 6 to go
     assert format_seconds(75) == "1m15s" and format_seconds(3725) == "1h02m" and format_seconds(float("nan")) == "?"
     line = trial_line(3, 8, "simple_cnn|n=40|adam|seed=1", {"test_accuracy": 0.8125}, 24.2, 70)
     assert line == "[3/8] done   simple_cnn|n=40|adam seed 1  test_accuracy=0.8125  24s  ETA 1m10s"
@@ -283,7 +304,8 @@ def test_cli_dry_run_prints_config_grid_and_cluster(capsys, tmp_path):
     rc = main(["--preset", "smoke", "--dry-run", "--output", str(tmp_path), "--set", "seeds=[0]"], prog="size_study.py")
     out = capsys.readouterr().out
     assert rc == 0
-    assert "# resolved config (smoke)" in out and "name: smoke" in out
+    # a summary of the study, not ~100 lines of resolved config (that goes to config.yaml, or -v)
+    assert "# study smoke (preset smoke)" in out and "= 4 trials" in out and "name: smoke" not in out
     assert "-> 4 trials" in out and "local machine" in out
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
@@ -306,6 +328,20 @@ def test_cli_dry_run_says_what_the_cluster_lacks_instead_of_refusing(capsys, tmp
     # the real run's preflight refuses the same grid, naming the resource
     with pytest.raises(ConfigError, match=r"resources.gpus_per_worker=1: a trial needs 1 GPU but the cluster has no GPU"):
         G.preflight(smoke("resources.gpus_per_worker=1"), cluster)
+
+
+def test_cli_dry_run_refuses_sizes_larger_than_the_phantom_pool(capsys, tmp_path):
+    from lungray.sweep.cli import main
+
+    # smoke: 360 phantom images, 120 held out, 40 for validation -> a pool of 200
+    assert main(["--preset", "smoke", "--dry-run", "--set", "sizes=[40,200]", "--output", str(tmp_path)], prog="size_study.py") == 0
+    capsys.readouterr()
+    rc = main(["--preset", "smoke", "--dry-run", "--set", "sizes=[40,201]", "--output", str(tmp_path)], prog="size_study.py")
+    err = capsys.readouterr().err.strip().splitlines()
+    # the dry run makes the real held-out split of the phantom (sweep/checks.py) and counts its pool
+    assert rc == 2 and err == ["size_study.py: error: training size 201 is larger than the training pool of 200 images "
+                               "(Normal: 109, COVID: 91); use smaller sizes, a smaller data.eval_size/data.val_size, or more data"]
+    assert not any(tmp_path.iterdir())
 
 
 def test_cli_rejects_unknown_keys_before_anything_runs(capsys, tmp_path):

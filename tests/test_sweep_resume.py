@@ -2,9 +2,12 @@
 
 The driver is a subprocess running the sweep CLI (``lungray.sweep.cli.main``, what
 ``sweeps/size_study.py`` calls) on the smoke phantom with a fake trial body, one trial at a
-time. Once one of its three trials has finished it is SIGKILLed with everything it started (its own
-session: Ray's processes included). ``--resume <experiment dir>`` then has to finish the rest
-into the same MLflow parent run.
+time. Once one of its three trials has finished it is SIGKILLed, alone, as ``kill -9 <pid>``
+does: the Ray processes it started that outlive it are on record. The checkpoints of the
+unfinished trials are then truncated (one is planted where a trial had none yet).
+``--resume <experiment dir>`` has to stop exactly the leftover Ray processes (not an unrelated
+process of the same user), restart the trials whose checkpoints are corrupt from scratch with
+one line each, and finish the rest into the same MLflow parent run.
 """
 
 from __future__ import annotations
@@ -69,6 +72,53 @@ def _kill_session(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+def _ray_leftovers(record: dict) -> dict[int, float]:
+    """pid -> start time of the processes a killed driver's Ray instance left running: those on
+    record (same start time) and any holding a file in its session directory."""
+    import psutil
+
+    left = {}
+    for d in record["processes"]:
+        try:
+            if abs(psutil.Process(d["pid"]).create_time() - d["started"]) < 1.0:
+                left[d["pid"]] = d["started"]
+        except psutil.NoSuchProcess:
+            pass
+    for q in psutil.process_iter():
+        try:
+            if any(f.path.startswith(record["session_dir"] + "/") for f in q.open_files()):
+                left[q.pid] = q.create_time()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return left
+
+
+def _running(pid: int, started: float) -> bool:
+    import psutil
+
+    try:
+        q = psutil.Process(pid)
+        return abs(q.create_time() - started) < 1.0 and q.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _corrupt_checkpoints(trial_dir: Path) -> None:
+    """Truncate every committed checkpoint of a trial; plant a corrupt one if it had none yet."""
+    from lungray.train import checkpoint as ckpt
+
+    work = trial_dir / "work"
+    states = list(work.glob("*/fake_state.json"))
+    for f in states:
+        f.write_text(f.read_text()[:5])
+    if not states:
+        d = work / "ckpt-1"
+        d.mkdir(parents=True)
+        (d / "fake_state.json").write_text(json.dumps({"epoch": 1, "history": []}))
+        ckpt.write_manifest(d, 1)
+        (d / "fake_state.json").write_text("{")
+
+
 def _complete(out: Path) -> list[Path]:
     done = []
     for p in out.glob("*/trials/*/result.json"):
@@ -91,13 +141,29 @@ def test_killed_driver_resumes_only_unfinished_trials_without_duplicate_runs(tmp
             assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             assert time.time() < deadline, "no trial finished in time"
             time.sleep(0.5)
-    finally:
+    except BaseException:
         _kill_session(proc)
+        raise
+    os.kill(proc.pid, signal.SIGKILL)  # the driver alone
+    proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     (exp_dir,) = [p for p in out.iterdir() if (p / "sweep.json").exists()]
     finished_first = {p.name for p in _complete(out)}
     assert 1 <= len(finished_first) < 3
     lines_before = attempts.read_text().splitlines()
+    # what the killed driver's Ray instance left running (Ray 2.60: its dashboard and runtime-env agents)
+    record = json.loads((out / ".lungray" / "ray" / f"{proc.pid}.json").read_text())
+    assert record == json.loads((exp_dir / "ray_instance.json").read_text())
+    time.sleep(2)
+    leftovers = _ray_leftovers(record)
+    assert leftovers, "no Ray process outlived the killed driver: this test no longer shows the clean-up"
+    bystander = subprocess.Popen(["sleep", "900"])  # another process of this user: never touched
+    from lungray.config import load_study
+    from lungray.sweep.grid import trial_uid
+
+    unfinished = {trial_uid(t) for t in load_study("smoke", overrides=[g for g in GRID if g != "--set"]).trials()} - finished_first
+    for uid in unfinished:
+        _corrupt_checkpoints(exp_dir / "trials" / uid)
 
     # a changed grid is refused, before anything runs
     from lungray.sweep.cli import main
@@ -112,15 +178,30 @@ def test_killed_driver_resumes_only_unfinished_trials_without_duplicate_runs(tmp
         rc = resumed.wait(timeout=900)
     finally:
         _kill_session(resumed)
+        alive_after = {pid for pid, t in leftovers.items() if _running(pid, t)}
+        bystander_alive = bystander.poll() is None
+        bystander.kill()
+        bystander.wait()
+        _kill_session(proc)  # whatever is left of the first driver's session
     log = (tmp_path / "resume.log").read_text()
     assert rc == 0, log[-3000:]
     assert "resuming" in log and f"({len(finished_first)} already finished)" in log
     assert "[3/3] done" in log  # progress counts the trials finished before the kill
+    # the killed driver's Ray leftovers were stopped, by record, and nothing else
+    assert not alive_after and bystander_alive
+    (stopped,) = [ln for ln in log.splitlines() if ln.startswith("stopped ")]
+    n_stopped = int(stopped.split()[1])  # some of the leftovers may still have been on their way out
+    assert 1 <= n_stopped <= len(leftovers) and f"left by an earlier driver (pid {proc.pid})" in stopped, stopped
+    assert not (out / ".lungray" / "ray" / f"{proc.pid}.json").exists()
+    # each trial with corrupt checkpoints restarted from scratch, with one line saying why
+    notes = [ln for ln in log.splitlines() if ln.startswith("note: ")]
+    assert len(notes) == len(unfinished) and all(n.endswith("; restarting the trial from scratch") for n in notes), notes
 
     # every trial finished exactly once; the ones done before the kill were not trained again
     assert len(_complete(out)) == 3
     lines_after = attempts.read_text().splitlines()[len(lines_before):]
     trained_again = {ln.split(" start_epoch")[0] for ln in lines_after}
+    assert all(ln.endswith(" start_epoch=0") for ln in lines_after), lines_after
     state = json.loads((exp_dir / "sweep.json").read_text())
     c = M.client(state["tracking_uri"])
     runs = c.search_runs([state["experiment_id"]])

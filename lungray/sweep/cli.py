@@ -12,9 +12,12 @@
     --resume DIR           finish an interrupted sweep (only its unfinished trials)
     --no-report            skip the HTML report
     --address ADDR         Ray address (default: auto when RAY_ADDRESS is set)
-    -v                     full config, Tune's own tables, tracebacks
+    -v                     full config, Tune's own tables, Ray's and MLflow's info lines, tracebacks
 
-Errors are one line (``size_study.py: error: ...``), found before anything trains.
+Errors are one line (``size_study.py: error: ...``), found before anything trains. The console
+shows a few lines about the study (:func:`config_summary`; the full resolved config goes to
+``<experiment dir>/config.yaml``), then one line per finished trial with an ETA, then the
+summary table, the report, the MLflow UI address and the disk used.
 """
 
 from __future__ import annotations
@@ -46,6 +49,23 @@ def build_parser(prog: Optional[str] = None, default_preset: str = "default", de
     p.add_argument("--cluster-config", default=None, metavar="YAML", help="autoscaling config whose node types the preflight may count")
     p.add_argument("-v", "--verbose", action="store_true", help="full config, Tune tables, tracebacks")
     return p
+
+
+def config_summary(cfg, source: str) -> list[str]:
+    """A few lines that say what will run (the full config is written to the experiment directory)."""
+    from lungray.sweep.grid import n_trials
+
+    def axis(name: str, values: list) -> str:
+        return f"{len(values)} {name}{'s' if len(values) != 1 else ''} ({', '.join(map(str, values))})"
+
+    d = cfg.data
+    data = f"{d.source}{' ' + str(d.path) if d.path else ''}, {d.resolution} px"
+    return [
+        f"# study {cfg.name} ({source}), grid fingerprint {cfg.fingerprint()}",
+        f"#   {axis('model', [m.key for m in cfg.models])} x {axis('size', list(cfg.sizes))} x "
+        f"{axis('optimizer', [o.key for o in cfg.optimizers])} x {axis('seed', list(cfg.seeds))} = {n_trials(cfg)} trials",
+        f"#   data: {data}; output: {cfg.output_dir} (full resolved config: config.yaml in the experiment directory; -v prints it)",
+    ]
 
 
 def resolve_config(args: argparse.Namespace, default_preset: str = "default"):
@@ -107,18 +127,20 @@ def main(
     prog = prog or os.path.basename(sys.argv[0] or "lungray-sweep")
     parser = build_parser(prog, default_preset, description)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
-    from lungray.redact import install_log_redaction, redact
+    from lungray.cli import configure_logging
+    from lungray.redact import redact
 
-    install_log_redaction()
+    configure_logging(args.verbose, logging.WARNING)
     try:
         from lungray.config import dump_yaml
         from lungray.sweep.runner import run_study
 
         cfg = resolve_config(args, default_preset)
-        print(f"# resolved config ({'resumed from ' + args.resume if args.resume else args.preset or default_preset})")
-        print(redact(dump_yaml(cfg)).rstrip())
-        print(f"# grid fingerprint {cfg.fingerprint()}")
+        source = "resumed from " + args.resume if args.resume else "preset " + (args.preset or default_preset)
+        if args.verbose:
+            print(f"# resolved config ({source})")
+            print(redact(dump_yaml(cfg)).rstrip())
+        print(redact("\n".join(config_summary(cfg, source))))
         result = run_study(
             cfg,
             resume_dir=args.resume,

@@ -10,19 +10,23 @@ Layout of one sweep (``<output_dir>/<study>_<timestamp>/``, the *experiment dire
 
 ``config.yaml``   the resolved study config (also logged to the parent run)
 ``sweep.json``    fingerprint, tracking URI, experiment and parent run ids (used by --resume)
-``tune/``         the Ray Tune experiment (``Tuner.restore`` reads it)
-``train/``        trials through Ray Train (DDP, or ``use_ray_train=true``): ``train-<trial_id>/``
-                  with its checkpoints (in-trial checkpoints live in ``tune/``)
-``trials/<trial_id>/``  the trial's results and artifacts (source of truth for mlflow-sync)
+``tune/``         the Ray Tune experiment (``Tuner.restore`` reads it; no checkpoints)
+``train/``        Ray Train's run state for trials through Ray Train (DDP, ``use_ray_train=true``)
+``trials/<trial_id>/``  the trial's results and artifacts (source of truth for mlflow-sync),
+                  ``artifacts/checkpoint/best.pt`` (the best weights, once), and while it runs
+                  ``work/`` (its one resumable checkpoint: :mod:`lungray.sweep.trainable`)
 ``trials.csv``, ``summary.csv``   per-trial results and the model x size summary
 ``report/``       the HTML report (when it builds)
+``ray_instance.json``   the local Ray instance the driver started (:mod:`lungray.sweep.local_ray`)
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
@@ -35,7 +39,7 @@ from lungray.redact import redact, redacting, usable_uri
 from lungray.sweep import sync as S
 from lungray.sweep.faults import DiskFullError, failpoint, is_disk_full, no_space_left
 from lungray.sweep.lock import ExperimentLock, check_private, claim_new_dir
-from lungray.sweep.progress import HEADLINE, format_summary, make_callback, summary_table
+from lungray.sweep.progress import HEADLINE, disk_line, format_summary, make_callback, summary_table
 
 log = logging.getLogger(__name__)
 
@@ -294,9 +298,17 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
     # 2. Ray and the preflight
     import ray
 
+    from lungray.sweep import local_ray as LR
     from lungray.sweep.cluster import cluster_spec, init_ray
 
-    started_ray = init_ray(address)
+    # what a killed earlier driver of this output directory (or of this sweep) left running
+    LR.stop_leftovers(LR.records_for(cfg.output_dir, exp_dir if state is not None else None), echo=echo)
+    quiet_ray_console(verbose)
+    started_ray = init_ray(address, logging_level=logging.INFO if verbose else logging.WARNING)
+    instance = LR.started_instance() if started_ray else None  # None when it joined a running cluster
+    ray_records = [LR.record_dir(cfg.output_dir) / f"{os.getpid()}.json"] if instance else []
+    for rec in ray_records:
+        LR.record(rec, instance)
     try:
         cluster = cluster_spec(autoscaling_config)
         pre = G.preflight(cfg, cluster, total)
@@ -315,6 +327,9 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
             experiment_id = M.ensure_experiment(tracking_uri, experiment, artifact_root=T.default_artifact_root(cfg.output_dir))
             exp_dir = claim_new_dir(exp_dir)  # atomic: two sweeps started in one second get two directories
             locks.append(ExperimentLock(exp_dir, "sweep", echo=echo).acquire())
+            c = M.client(tracking_uri)
+            for k, v in T.experiment_tags().items():  # the UI opens on the runs table of the grid
+                M.retry(lambda k=k, v=v: c.set_experiment_tag(experiment_id, k, v), what="set experiment tag")
             (exp_dir / CONFIG_YAML).write_text(redact(dump_yaml(cfg)))
             parent_run_id = M.create_parent_run(
                 tracking_uri,
@@ -357,7 +372,10 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
             except M.TrackingUnavailable as e:
                 echo(f"warning: {e}; the sweep runs on and its MLflow view is replayed when the store is back")
             echo(f"resuming {exp_dir} (MLflow parent run {parent_run_id})")
-        echo(dump_yaml(cfg) if verbose else f"config: {exp_dir / CONFIG_YAML}")  # echo redacts
+        if instance:  # what this driver's Ray started, so a later driver can stop it if this one is killed
+            LR.record(exp_dir / LR.EXPERIMENT_RECORD, instance)
+            ray_records.append(exp_dir / LR.EXPERIMENT_RECORD)
+        echo(dump_yaml(cfg) if verbose else f"full config: {exp_dir / CONFIG_YAML}")  # echo redacts
 
         # 4. Tune
         from lungray.sweep.trainable import DEFAULT_BODY, SweepContext
@@ -384,6 +402,7 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
         done_before = _count_done(exp_dir)
         S.set_watch(tracking_uri)
         results, interrupted = _run_tune(cfg, ctx, pre, spec, total, exp_dir, resume=resume_dir is not None, done_before=done_before, echo=echo, verbose=verbose)
+        remove_finished_work(exp_dir)
 
         # 5. results, summary, report
         rows = collect_rows(exp_dir, results, ctx.trials)
@@ -404,24 +423,28 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
             what = "Ray Train start-up, result files, teardown" if ctx.use_ray_train else "set-up, result files"
             echo(f"per-trial overhead ({what}; not training or evaluating): mean {over.mean():.1f}s, max {over.max():.1f}s")
         # the end, files first (sweep.json records it), then MLflow: queued trial writes replayed,
-        # the report, the parent run; whatever the store still misses waits for mlflow-sync
+        # the parent run closed, then the report; whatever the store still misses waits for mlflow-sync
         state.update(status="KILLED" if interrupted else "FINISHED", failed_trials=n_errors, finished=_dt.datetime.now().isoformat(timespec="seconds"))
         S.write_state(exp_dir, state)
         failpoint("driver.before_finish", cfg.name)
         replayed, queued = S.replay_pending(exp_dir, tracking_uri, experiment_id, parent_run_id, cfg.tracking.log_checkpoints)
         if replayed:
             echo(f"MLflow: replayed the queued writes of {replayed} trial(s)")
+        # the parent run is closed before the report reads it: the report (and its copy logged
+        # to MLflow) shows the sweep's final status, not RUNNING under a "Complete" banner
+        parent_done = not queued and S.finish_parent(exp_dir, tracking_uri, parent_run_id, state["status"], n_errors)
         report_path = report_error = None
         want_report = cfg.report if report is None else report
-        if want_report and not interrupted and not queued:
+        if want_report and not interrupted and parent_done:
             report_path, report_error = _build_report(tracking_uri, experiment, parent_run_id, exp_dir, cfg.tracking.gradcam, echo)
-        parent_done = not queued and S.finish_parent(exp_dir, tracking_uri, parent_run_id, state["status"], n_errors)
         if not parent_done:
             S.mark_parent_pending(exp_dir)
             echo(f"{S.outage_line(exp_dir) or 'MLflow writes are queued'}; the results are complete in {exp_dir}: "
                  f"once the store is back run: lungray mlflow-sync {exp_dir}")
         if interrupted:
             raise KeyboardInterrupt(str(exp_dir))
+        echo(ui_line(tracking_uri, experiment_id, cfg.output_dir))
+        echo(disk_line(exp_dir, Path(cfg.output_dir)))
         echo(f"done: {len(trials_df) - n_errors}/{len(trials_df)} trials finished; experiment directory {exp_dir}")
         return SweepResult(
             experiment_dir=exp_dir,
@@ -440,6 +463,52 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
     finally:
         if started_ray:
             ray.shutdown()
+            LR.forget(ray_records)
+
+
+def quiet_ray_console(verbose: bool) -> None:
+    """Keep Ray's start-up chatter off the sweep's console (``-v`` keeps it).
+
+    Ray 2.60 logs "Token authentication is enabled for this Ray cluster..." at WARNING on every
+    local start, though enabling it is its secure default: the line is dropped (the warning for a
+    cluster WITHOUT authentication is not). ``ray.init(logging_level=...)`` handles Ray's INFO
+    lines ("Started a local Ray instance"), and MLflow's "Creating initial MLflow database
+    tables..." INFO lines are raised to WARNING.
+    """
+    if verbose:
+        return
+    auth = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _DropTokenEnabled) for f in auth.filters):
+        auth.addFilter(_DropTokenEnabled())
+    import mlflow  # noqa: F401 - configures its loggers at import; set the level after that
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+class _DropTokenEnabled(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Token authentication is enabled")
+
+
+def ui_line(tracking_uri: str, experiment_id: str, output_dir: str) -> str:
+    """Where to look at the runs: the experiment's runs table in the MLflow UI (a tracking
+    server's own page, or the ``mlflow ui`` command for a local store and the page it serves)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"MLflow UI: {T.ui_url(tracking_uri, experiment_id)}"
+    return (f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri} --default-artifact-root "
+            f"{T.default_artifact_root(output_dir)} --port 5000, then open {T.ui_url('http://127.0.0.1:5000', experiment_id)}")
+
+
+def remove_finished_work(exp_dir: Path) -> None:
+    """Delete the working folders (resumable checkpoints) that finished trials left behind
+    (a driver killed between a trial's result and its clean-up); unfinished trials keep theirs
+    for ``--resume``."""
+    from lungray.sweep.trainable import read_result, remove_work
+
+    d = exp_dir / "trials"
+    for t in sorted(d.iterdir()) if d.exists() else []:
+        if (read_result(t) or {}).get("complete"):
+            remove_work(t)
 
 
 def train_env(cluster: G.ClusterSpec, tracking_uri: str) -> dict[str, str]:
@@ -543,7 +612,9 @@ def _run_tune(cfg, ctx, pre, spec, total, exp_dir: Path, *, resume: bool, done_b
     from lungray.sweep.trainable import tune_trial
 
     trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), pre.resources.trial_bundle)
-    progress = make_callback(total, echo=echo)
+    samples = spec.samples if spec is not None else 1
+    cells = [(t.model.key, int(t.train_size)) for t in cfg.trials()] * samples
+    progress = make_callback(total, echo=echo, cells=cells, slots=pre.max_concurrent_trials)
     # Worker failures are retried inside Ray Train from the last checkpoint (FailureConfig on
     # each TorchTrainer, resources.max_failures). A trial that still fails is final for this
     # run: a Tune-level retry would only repeat the Train retries. `--resume` retries errored
@@ -585,7 +656,11 @@ def _run_tune(cfg, ctx, pre, spec, total, exp_dir: Path, *, resume: bool, done_b
         tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
     echo(f"running {total} trial(s) ({done_before} already finished)" if resume else f"running {total} trial(s)")
     try:
-        results = tuner.fit()
+        # Tune's new output engine prints its configuration box, "View detailed results here"
+        # and a TensorBoard hint even at verbose=0; the legacy engine at 0 prints nothing, and
+        # lungray prints one line per finished trial instead (``-v`` keeps Tune's tables)
+        with _env({} if verbose else {"RAY_AIR_NEW_OUTPUT": "0"}):
+            results = tuner.fit()
     except KeyboardInterrupt:
         return None, True
     except Exception as e:  # noqa: BLE001 - Tune's driver itself died; a full disk gets one line
@@ -616,6 +691,21 @@ def _tune_state_damaged(tune_path: Path, echo) -> bool:
     tune_path.rename(aside)
     echo(f"note: Tune's state in {tune_path} is damaged ({why}); kept as {aside.name}, unfinished trials start afresh, finished ones are kept")
     return True
+
+
+@contextlib.contextmanager
+def _env(values: Mapping[str, str]):
+    """Set environment variables for the duration of the block, then restore them."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def collect_rows(exp_dir: Path, results: Any, lookup: Optional[Mapping[str, Any]] = None) -> list[dict]:

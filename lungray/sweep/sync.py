@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Union
@@ -144,11 +145,42 @@ def _upload_missing(logger, art: Path, log_checkpoints: bool) -> None:
         if p.is_file() and p.name not in have:
             logger.log_file(p)
     ck = art / T.CHECKPOINT_DIR
-    if log_checkpoints and ck.is_dir():
+    if log_checkpoints and ck.is_dir() and not link_into_local_store(c, run_id, ck, T.CHECKPOINT_DIR):
         have_ck = {Path(a.path).name for a in M.retry(lambda: c.list_artifacts(run_id, T.CHECKPOINT_DIR))}
         for p in sorted(ck.iterdir()):
             if p.is_file() and p.name not in have_ck:
                 logger.log_file(p, T.CHECKPOINT_DIR)
+
+
+def link_into_local_store(client, run_id: str, src_dir: Path, artifact_path: str) -> bool:
+    """Log ``src_dir``'s files as artifacts by hard link when the run's artifact store is a local
+    folder on the same file system (the default ``<output>/mlartifacts``); False otherwise.
+
+    The best weights then exist once on disk (45 MB per resnet18 trial) yet are in both places:
+    the trial directory (what ``mlflow-sync`` replays) and MLflow (what the report reads);
+    deleting either keeps the other intact. A remote store, or another file system, gets the
+    usual upload (the caller's fallback).
+    """
+    from lungray.sweep import mlflow_run as M
+
+    uri = M.retry(lambda: client.get_run(run_id)).info.artifact_uri
+    if not uri.startswith("file:"):
+        return False
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    dst_root = Path(local_file_uri_to_path(uri)) / artifact_path
+    try:
+        for src in sorted(p for p in Path(src_dir).rglob("*") if p.is_file()):
+            dst = dst_root / src.relative_to(src_dir)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(f".{dst.name}.link")
+            tmp.unlink(missing_ok=True)
+            os.link(src, tmp)
+            os.replace(tmp, dst)
+    except OSError as e:  # another file system (EXDEV), no hard links there: copy instead
+        log.debug("hard-linking %s into %s failed (%s); uploading a copy", src_dir, dst_root, e)
+        return False
+    return True
 
 
 def sync_or_queue(

@@ -12,15 +12,29 @@ Ray 2.60, where ``tune.Tuner(TorchTrainer(...))`` fails with "Improper 'run'"):
 * :func:`tune_trial` is the Tune *function trainable*. It holds ~nothing (``{"cpu": 0.01}``),
   finds or creates the trial's MLflow run, builds a ``TorchTrainer`` named
   ``train-<trial_id>`` (stable: :func:`~lungray.sweep.grid.trial_uid` derives the id from the
-  grid coordinates, so a retried or restored trial resumes the same Train run from its last
-  checkpoint), waits for it, and ends the MLflow run FINISHED or FAILED.
+  grid coordinates, so a retried or restored trial finds its own trial directory and MLflow
+  run), waits for it, and ends the MLflow run FINISHED or FAILED.
 * :func:`train_worker` runs on every Train worker. It calls the trial body (by default
   :func:`lungray.train.run_trial`) with a ``report`` callback that turns each epoch into
-  ``ray.train.report(metrics, checkpoint=...)`` (forwarded to Tune by
-  ``TuneReportCallback``) and, on rank 0, into MLflow metrics at ``step=epoch``. A restarted
-  worker resumes from ``ray.train.get_checkpoint()``.
+  ``ray.train.report(metrics)`` (forwarded to Tune by ``TuneReportCallback``) and, on rank 0,
+  into MLflow metrics at ``step=epoch``. A restarted worker resumes from the trial's last
+  committed checkpoint (below).
 * The trial's results are also written to ``<experiment>/trials/<trial_id>/`` (the Ray
   experiment directory is the source of truth: ``lungray mlflow-sync`` rebuilds MLflow from it).
+
+Checkpoints are lungray's own, not Ray's. Rank 0 trains in ``trials/<trial_id>/work/`` (on the
+storage every node sees, like the rest of the experiment directory); the trial body writes its
+resumable checkpoint there, a manifest with the checksums of its files commits it, and
+:func:`_run_body` of the next attempt (a Tune or Train retry, ``--resume``) resumes from the newest
+checkpoint that verifies (:func:`lungray.train.checkpoint.find_resumable`). Nothing is handed to
+``tune.report``/``ray.train.report`` as a checkpoint: Ray copied each one into its own storage
+(171 MB per resnet18 checkpoint, two kept per trial: 2.8 GB for the laptop demo), and Tune
+restored whichever checkpoint its experiment state recorded last, which it saves at most every
+10 s (``TUNE_GLOBAL_CHECKPOINT_S`` "auto"), so a driver killed within that window resumed from an
+older checkpoint than the newest on disk. At most one committed checkpoint per running trial
+is kept, and ``work/`` is deleted once the trial's results are written; the best weights
+(``best.pt``) stay once, in ``trials/<trial_id>/artifacts/checkpoint/`` (hard-linked into a
+local MLflow artifact store rather than copied).
 
 Data reaches the workers as a :class:`~lungray.data.prepared.PreparedData` (index arrays and
 the cache path; workers memory-map the decoded cache), never as pixels.
@@ -53,6 +67,12 @@ log = logging.getLogger(__name__)
 #: File written into every reported checkpoint: the epoch and its metrics, so a worker that
 #: resumes from it can log an epoch whose MLflow write was cut off by the crash.
 EPOCH_FILE = "lungray_epoch.json"
+#: Rank 0's working folder in the trial directory (resumable checkpoint, best.pt), removed
+#: once the trial's results are complete.
+WORK_DIR = "work"
+#: Key of a Tune result that carries a one-line note for the driver's console (e.g. a
+#: checkpoint that failed verification and what the trial did instead).
+NOTE_KEY = "lungray_note"
 #: Per-trial result file in ``<experiment>/trials/<trial_id>/`` (read by the driver and sync).
 RESULT_FILE = "result.json"
 ARTIFACTS_DIR = "artifacts"
@@ -87,7 +107,6 @@ class SweepContext:
     log_checkpoints: bool = True
     body: Union[str, Callable[..., Any]] = DEFAULT_BODY
     train_env: Mapping[str, str] = field(default_factory=lambda: dict(TRAIN_ENV_DEFAULTS))
-    checkpoints_to_keep: int = 2
     #: in-trial path: epochs without a checkpoint reach Tune at most this often (0: every
     #: epoch, which an early-stopping scheduler such as ASHA needs)
     tune_report_seconds: float = 1.0
@@ -108,6 +127,8 @@ def node_info() -> dict[str, str]:
     """Where this process runs (recorded per trial: the multi-node test checks it)."""
     import ray
 
+    if not ray.is_initialized():  # a trial body called outside Ray (tests): never start Ray for this
+        return {"node_id": "unknown", "node_ip": "unknown"}
     try:
         ctx = ray.get_runtime_context()
         return {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address()}
@@ -150,6 +171,7 @@ def tune_trial(config: dict, ctx: SweepContext) -> None:
     previous = read_result(tdir)
     if previous is not None and previous.get("complete") and "trial_overhead_seconds" in previous:
         # Finished in an earlier driver's lifetime, before Tune recorded it: nothing to redo.
+        remove_work(tdir)
         sync(run_id=run_id)
         tune.report(_final_report(previous, run_id, trial_id))
         return
@@ -221,7 +243,6 @@ def _fit_with_ray_train(ctx: SweepContext, trial: TrialConfig, trial_id: str, ru
             storage_path=str(Path(ctx.experiment_dir).resolve() / "train"),
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=ctx.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=ctx.checkpoints_to_keep),
             # every worker sees the sweep's tracking server (lungray passes the URI explicitly too)
             worker_runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": ctx.tracking_uri}},
         ),
@@ -236,30 +257,23 @@ def _fit_with_ray_train(ctx: SweepContext, trial: TrialConfig, trial_id: str, ru
 def _fit_in_trial(ctx: SweepContext, trial: TrialConfig, trial_id: str, run_id: str, tdir: Path) -> dict:
     """A one-worker trial without Ray Train (``resources.use_ray_train`` auto or false).
 
-    The loop runs in the Tune trial process. Tune persists each reported checkpoint and, after
-    a crash, restarts the trial from the last one (``FailureConfig``), which is what Ray
-    Train's worker retries would do for one worker, minus a controller and a worker process per
-    trial. The process is re-used for the next trial (``reuse_actors``), so what this trial
-    allocated is released before it returns.
+    The loop runs in the Tune trial process. After a crash Tune restarts the trial
+    (``FailureConfig``), which resumes from its last committed checkpoint in the trial
+    directory: what Ray Train's worker retries would do for one worker, minus a controller and
+    a worker process per trial. The process is re-used for the next trial (``reuse_actors``),
+    so what this trial allocated is released before it returns.
     """
     from ray import tune
 
     due = ReportThrottle(ctx.tune_report_seconds)
 
     def _report(metrics: dict, checkpoint_dir: Optional[str]) -> None:
-        if not due(checkpoint_dir is not None):
-            return
-        ck = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        with disk_full_names(ctx, Path(ctx.experiment_dir) / "tune", f"a checkpoint of {trial.name}", ck is not None):
-            tune.report(metrics, checkpoint=ck)
+        if due(checkpoint_dir is not None or NOTE_KEY in metrics):
+            tune.report(metrics)
 
-    # Ray logs "Checkpoint successfully created at ..." for every persisted checkpoint, which
-    # floods the driver's console with one line per trial epoch; lungray prints its own progress
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    ckpt = tune.get_checkpoint()
     _freeze_heap()
     try:
-        _run_body(ctx, trial, trial_id, run_id, rank=0, report_fn=_report, checkpoint=ckpt)
+        _run_body(ctx, trial, trial_id, run_id, rank=0, report_fn=_report)
     finally:
         _release_memory()
     summary = read_result(tdir)
@@ -269,8 +283,8 @@ def _fit_in_trial(ctx: SweepContext, trial: TrialConfig, trial_id: str, run_id: 
 
 
 class ReportThrottle:
-    """Whether an epoch's result goes to Tune: always with a checkpoint, else at most every
-    ``seconds`` (0: every epoch).
+    """Whether an epoch's result goes to Tune: always on a checkpoint epoch or with a console
+    note, else at most every ``seconds`` (0: every epoch).
 
     Each ``tune.report`` is a round trip through the Tune driver (~6 ms per epoch with two
     trials on 2 CPUs, ``bench/RESULTS.md``). Without a scheduler nothing reads per-epoch Tune
@@ -328,47 +342,50 @@ def train_worker(loop_config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
 
     def _report(metrics: dict, checkpoint_dir: Optional[str]) -> None:
-        ck = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        with disk_full_names(ctx, Path(ctx.experiment_dir) / "train", f"a checkpoint of {loop_config['trial'].name}", ck is not None):
-            ray.train.report(metrics, checkpoint=ck)
+        ray.train.report(metrics)  # the checkpoint stays in the trial directory (module docstring)
 
-    _run_body(
-        ctx,
-        loop_config["trial"],
-        loop_config["trial_id"],
-        loop_config["run_id"],
-        rank=rank,
-        report_fn=_report,
-        checkpoint=ray.train.get_checkpoint(),
-    )
+    _run_body(ctx, loop_config["trial"], loop_config["trial_id"], loop_config["run_id"], rank=rank, report_fn=_report)
 
 
 class EpochReporter:
     """The ``report(metrics, checkpoint_dir)`` callback handed to the trial body.
 
     Every rank must call it once per epoch (Ray Train's ``report`` is collective); only rank
-    0's checkpoint directory is persisted. Order matters for exactly-once MLflow steps: the
-    epoch (with its metrics) is written into the checkpoint, the checkpoint is reported (and
-    persisted) by Ray, and only then is the epoch logged to MLflow. A crash between the last
-    two leaves an epoch that :func:`_catch_up` logs from the checkpoint on restart; a crash
-    before the report re-runs the epoch, whose step was never logged.
+    0 hands over checkpoint directories. Rank 0 commits the checkpoint (its epoch file, and a
+    manifest of checksums unless the body's writer made one: :func:`lungray.train.checkpoint.save_state`
+    does), deletes the trial's older committed checkpoints, flushes the queued MLflow epochs,
+    reports to Tune, and only then logs this epoch to MLflow. A crash after the commit leaves
+    an epoch that :func:`_catch_up` logs from the checkpoint on restart; a crash before it
+    re-runs the epoch, whose step was never logged. (Whatever a crash cut off is also logged
+    from the trial's history when it finishes: :func:`lungray.sweep.sync.sync_trial`.) ``note`` (one line for
+    the driver's console) rides along with the first report.
     """
 
-    def __init__(self, rank: int, report_fn: Callable[[dict, Optional[str]], None], logger=None):
+    def __init__(self, rank: int, report_fn: Callable[[dict, Optional[str]], None], logger=None, note: Optional[str] = None):
         self.rank = rank
         self.report_fn = report_fn
         self.logger = logger
+        self.note = note
         self.calls = 0
 
     def __call__(self, metrics: Mapping[str, Any], checkpoint_dir: Optional[str] = None) -> None:
+        from lungray.train import checkpoint as ckpt
+
         epoch = int(metrics.get("epoch", self.calls))
         clean = {k: _plain(v) for k, v in metrics.items()}
         clean["epoch"] = epoch
         if checkpoint_dir is not None and self.rank == 0:
-            Path(checkpoint_dir, EPOCH_FILE).write_text(json.dumps({"epoch": epoch, "metrics": clean}))
+            d = Path(checkpoint_dir)
+            (d / EPOCH_FILE).write_text(json.dumps({"epoch": epoch, "metrics": clean}))
+            if ckpt.read_manifest(d) is None:
+                ckpt.write_manifest(d, epoch)
+            ckpt.remove_committed_except(d.parent, d)
             if self.logger is not None:
-                self.logger.flush()  # every earlier epoch is in MLflow before this checkpoint persists
-        self.report_fn(clean, checkpoint_dir if self.rank == 0 else None)
+                self.logger.flush()  # every earlier epoch is in MLflow or in this checkpoint's history
+        out = dict(clean)
+        if self.note and self.calls == 0 and self.rank == 0:
+            out[NOTE_KEY] = self.note
+        self.report_fn(out, checkpoint_dir if self.rank == 0 else None)
         if self.logger is not None:
             self.logger.log_epoch(epoch, clean)
         self.calls += 1
@@ -379,40 +396,86 @@ def _catch_up(logger, checkpoint_dir: Optional[str]) -> None:
     if logger is None or checkpoint_dir is None:
         return
     p = Path(checkpoint_dir) / EPOCH_FILE
-    if p.exists():
+    try:
         d = json.loads(p.read_text())
-        logger.log_epoch(int(d["epoch"]), d.get("metrics", {}))
+        epoch, metrics = int(d["epoch"]), dict(d.get("metrics", {}))
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no epoch file (the crash came first) or an unreadable one: logged at the end
+    logger.log_epoch(epoch, metrics)
 
 
-def _run_body(ctx: SweepContext, trial: TrialConfig, trial_id: str, run_id: str, *, rank: int, report_fn, checkpoint) -> None:
+def resume_point(work: Path, trial_name: str, *, clean: bool) -> tuple[Optional[Path], Optional[str]]:
+    """The checkpoint a trial attempt resumes from, and one line for the console if any was skipped.
+
+    ``None`` means from scratch. The line says what was wrong with each skipped checkpoint and
+    what the trial does instead, e.g. ``simple_cnn|n=40|adam|seed=0: checkpoint epoch_0003
+    (epoch 3) is unusable: state.pt has 812 bytes, 17045 were written; restarting the trial
+    from scratch``.
+    """
+    from lungray.train import checkpoint as ckpt
+
+    found, problems = ckpt.find_resumable(work, clean=clean)
+    if not problems:
+        return found, None
+    then = f"resuming from {found.name} instead" if found is not None else "restarting the trial from scratch"
+    return found, f"{trial_name}: {'; '.join(problems)}; {then}"
+
+
+def remove_work(tdir: Path) -> None:
+    """Delete a finished trial's working folder (its resumable checkpoint is no longer needed)."""
+    shutil.rmtree(Path(tdir) / WORK_DIR, ignore_errors=True)
+
+
+def _run_body(ctx: SweepContext, trial: TrialConfig, trial_id: str, run_id: str, *, rank: int, report_fn) -> None:
     from lungray.sweep import mlflow_run as M
+    from lungray.train.checkpoint import CheckpointError
 
     worker_start = time.time()
     body = resolve_body(ctx.body)
-    logger = M.TrialLogger(ctx.tracking_uri, run_id, flush_seconds=EPOCH_FLUSH_SECONDS, trial_dir=ctx.trial_dir(trial_id)) if rank == 0 else None
-    workdir = tempfile.mkdtemp(prefix=f"lungray-{trial_id}-r{rank}-")
+    tdir = ctx.trial_dir(trial_id)
+    logger = M.TrialLogger(ctx.tracking_uri, run_id, flush_seconds=EPOCH_FLUSH_SECONDS, trial_dir=tdir) if rank == 0 else None
+    # Only rank 0 writes checkpoints; every rank resumes from the same files (shared storage).
+    workdir = tdir / WORK_DIR if rank == 0 else Path(tempfile.mkdtemp(prefix=f"lungray-{trial_id}-r{rank}-"))
+    resume_dir, note = resume_point(tdir / WORK_DIR, trial.name, clean=rank == 0)
+
+    def attempt(resume: Optional[Path], note: Optional[str]) -> Any:
+        reporter = EpochReporter(rank, report_fn, logger, note)
+
+        def report(metrics: dict, checkpoint_dir: Optional[str]) -> None:
+            # a checkpoint is committed in the reporter: a full disk there names the trial's folder
+            with disk_full_names(ctx, workdir, f"a checkpoint of {trial.name}", checkpoint_dir is not None and rank == 0):
+                reporter(metrics, checkpoint_dir)
+
+        with disk_full_names(ctx, workdir, f"the working files of {trial.name}"):
+            return body(trial, ctx.data, workdir=str(workdir), report=report, resume_from=str(resume) if resume else None)
+
     try:
-        cm = checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext(None)
-        with cm as resume_dir:
-            _catch_up(logger, resume_dir)
-            reporter = EpochReporter(rank, report_fn, logger)
-            try:
-                with disk_full_names(ctx, workdir, f"the working files of {trial.name}"):
-                    result = body(trial, ctx.data, workdir=workdir, report=reporter, resume_from=resume_dir)
-            finally:
-                if logger is not None:
-                    logger.flush()  # epochs trained before a failure stay visible (or queued)
+        try:
+            _catch_up(logger, str(resume_dir) if resume_dir else None)
+            result = attempt(resume_dir, note)
+        except CheckpointError as e:
+            if resume_dir is None:
+                raise
+            # verified but unloadable (another format, a torch that cannot read it): never retry it
+            note = f"{trial.name}: checkpoint {resume_dir.name} could not be loaded ({e}); restarting the trial from scratch"
+            log.warning("%s", note)
+            if rank == 0:
+                shutil.rmtree(resume_dir, ignore_errors=True)
+            resume_dir = None
+            result = attempt(None, note)
+        finally:
+            if logger is not None:
+                logger.flush()  # epochs trained before a failure stay visible (or queued)
         if rank == 0:
-            with disk_full_names(ctx, ctx.trial_dir(trial_id), f"the results of {trial.name}"):
-                write_trial_outputs(
-                    ctx,
-                    trial,
-                    trial_id,
-                    result,
-                    extra={"worker_start": worker_start, "worker_end": time.time(), **node_info(), "resumed": resume_dir is not None},
-                )
+            extra = {"worker_start": worker_start, "worker_end": time.time(), **node_info(), "resumed": resume_dir is not None}
+            if note:
+                extra["checkpoint_note"] = note
+            with disk_full_names(ctx, tdir, f"the results of {trial.name}"):
+                write_trial_outputs(ctx, trial, trial_id, result, extra=extra)
+            remove_work(tdir)  # results are complete: the resumable checkpoint has served
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if rank != 0:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -473,7 +536,8 @@ def write_trial_outputs(ctx: SweepContext, trial: TrialConfig, trial_id: str, re
     (art / T.TRIAL_CONFIG).write_text(json.dumps({"trial_id": trial_id, **trial.to_dict()}, indent=1))
     if result.best_checkpoint and Path(result.best_checkpoint).exists():
         (art / T.CHECKPOINT_DIR).mkdir(exist_ok=True)
-        shutil.copy2(result.best_checkpoint, art / T.BEST_CHECKPOINT)
+        # moved, not copied: within the trial directory a rename, so the weights exist once
+        shutil.move(str(result.best_checkpoint), str(art / T.BEST_CHECKPOINT))
     metrics = final_metrics(result)
     summary = {
         "trial_id": trial_id,
