@@ -5,10 +5,10 @@ what to do (free space, then ``--resume``), the trial finished before keeps its 
 byte for byte (``result.json`` and artifacts) and its MLflow run, and the other statuses agree.
 
 * ``simulated`` (any machine, CI): the failpoint ``checkpoint.write`` raises ``OSError(ENOSPC)``
-  where trial n=40 hands its checkpoint to Tune, on every attempt (the disk stays full).
+  where trial n=40 commits a checkpoint in its work folder, on every attempt (the disk stays full).
 * ``tmpfs`` (root only, skipped otherwise): the output folder is a real 4 MiB tmpfs; once n=20
   has finished, the test fills it while n=40 pauses after epoch 0, so n=40's next checkpoint
-  fails with the kernel's own ENOSPC inside Ray's copy. Then the filler is deleted and
+  fails with the kernel's own ENOSPC in the trial's work folder. Then the filler is deleted and
   ``--resume`` finishes n=40.
 """
 
@@ -31,6 +31,7 @@ from lungray.sweep import mlflow_run as M
 from lungray.sweep.faults import FAILPOINT_ENV, DiskFullError
 from lungray.sweep.runner import run_study
 from lungray.sweep.testing import FakeTrialBody, make_prepared
+from lungray.sweep.trainable import WORK_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +91,8 @@ def test_simulated_enospc_on_checkpoint_write_is_one_line_and_keeps_finished_res
     lines: list[str] = []
     result = run_study(_cfg(out, f"sqlite:///{tmp_path / 'mlflow.db'}", 1), data=data, trial_body=FakeTrialBody(n_max=40), echo=lines.append)
     assert result.n_errors == 1
-    _check(result, lines, result.experiment_dir / "tune", 1)
+    # checkpoints are written (and committed) in the trial's own work folder, never handed to Tune
+    _check(result, lines, _trial_dir(result.experiment_dir, 40, "failure.json") / WORK_DIR, 1)
     t20 = _trial_dir(result.experiment_dir, 20)
     assert json.loads((t20 / "result.json").read_text())["complete"] and (t20 / "artifacts" / T.PREDICTIONS).is_file()
 
@@ -141,7 +143,8 @@ def test_a_real_full_tmpfs_fails_the_checkpoint_in_one_line_and_resume_finishes(
         runs = {r.data.tags[T.AXIS_TAGS["train_size"]]: r for r in c.search_runs([x.experiment_id for x in c.search_experiments()], f"tags.`{T.ROLE}` = 'trial'")}
         assert runs["20"].info.status == "FINISHED"
         assert runs["40"].info.status == "FAILED" and runs["40"].data.tags[T.ERROR].startswith(
-            f"DiskFullError: no space left (ENOSPC) writing a checkpoint of simple_cnn|n=40|adam|seed=0 to {exp / 'tune'}")
+            f"DiskFullError: no space left (ENOSPC) writing the working files of simple_cnn|n=40|adam|seed=0 to "
+            f"{_trial_dir(exp, 40, 'trial_config.json') / WORK_DIR}")  # the body's checkpoint write in the trial's work folder
 
         (out / "filler").unlink()  # space freed: --resume finishes the failed trial
         again = run_study(_cfg(out, uri, 0), resume_dir=exp, data=data, trial_body=body, echo=lines.append)

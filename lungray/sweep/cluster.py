@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import re
 from pathlib import Path
@@ -139,6 +140,9 @@ def validate_cluster_yaml(path: str | os.PathLike, allow_placeholders: bool = Fa
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     raw = _load_yaml(path)
+    ray_log = logging.getLogger("ray.autoscaler._private.util")
+    level = ray_log.level
+    ray_log.setLevel(logging.WARNING)  # "setting max workers for head node type to 0" is not for the user
     try:
         prepared = prepare_config(copy.deepcopy(raw))
         validate_config(prepared)
@@ -146,6 +150,8 @@ def validate_cluster_yaml(path: str | os.PathLike, allow_placeholders: bool = Fa
         msg = getattr(e, "message", None) or str(e).splitlines()[0]
         where = "/".join(str(p) for p in getattr(e, "absolute_path", []) or [])
         raise ConfigError(f"{path}: Ray rejects the cluster config{' at ' + where if where else ''}: {msg}") from None
+    finally:
+        ray_log.setLevel(level)
     check_cluster_policy(prepared, path)
     if not allow_placeholders:
         import yaml
