@@ -256,6 +256,9 @@ def run_study(
             f"{data.fingerprint}); the finished trials were trained on other data: start a new sweep"
         )
     echo(_data_line(data))
+    from lungray.train.tasks import TASKS
+
+    TASKS.get(cfg.train.task).check_data(data)  # e.g. segmentation on data without masks: before Ray
 
     # 2. Ray and the preflight
     import ray
