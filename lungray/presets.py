@@ -121,17 +121,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "resources": {"workers": 1, "cpus_per_worker": 3, "gpus_per_worker": 0.25},
     },
     # CPU twin of "segmentation" (CI, the README's measured curve): the phantom's lesion masks
-    # (4 classes: three findings with masks, one without), the same two U-Nets narrowed and from
-    # scratch at 32 px, Dice loss, the same step budget at every size so only the data differ.
+    # (4 classes: three findings with masks, one without), the Keras twin and an smp U-Net with a
+    # small timm encoder (ResNet-10-T), both narrowed and from scratch at 32 px, Dice loss, the
+    # same step budget at every size so only the data differ.
     "segmentation_smoke": {
         "name": "segmentation_smoke",
         "data": {"source": "phantom", "phantom_classes": 4, "phantom_n": 640, "phantom_difficulty": 0.5,
                  "resolution": 32, "eval_size": 120, "val_size": 40},
-        "models": [{"name": "unet_keras", "width": 8}],
+        "models": [{"name": "unet_keras", "width": 8}, {"name": "unet:resnet10t", "width": 4}],
         "sizes": [25, 100, 400],
         "optimizers": [{"name": "adam", "lr": 3e-3}],
         "seeds": [0, 1],
-        "schedule": {"rule": "steps", "batch_size": 16, "max_steps": 500, "eval_every": 5,
+        "schedule": {"rule": "steps", "batch_size": 16, "max_steps": 400, "eval_every": 5,
                      "early_stopping_patience": 6, "monitor": "val_loss"},
         "train": {"task": "segmentation", "loss": "dice", "augmentation": "none", "normalization": "pool"},
     },

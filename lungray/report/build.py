@@ -115,7 +115,9 @@ def build_report(
             builder.paired(),
             builder.fit(),
         ]
-        if gradcam:
+        if sweep.spec.explanation == "overlay" and gradcam:  # segmentation: masks, no heat maps
+            sections.append(builder.overlays(device))
+        elif gradcam:
             sections += builder.gradcam(device, max_pointing_images)
         else:
             msg = "Grad-CAM panels were not requested (--no-gradcam)."
@@ -140,6 +142,8 @@ class _Builder:
         self.n_boot = n_boot
         self.seed = seed
         self.runs, self.labels = _with_labels(sweep)
+        self.spec = sweep.spec  # what the task's trials report: the primary metric, the explanation panels
+        self.primary = self.spec.primary_metric
         self.summary = TB.summarise(self.runs)
         self.sizes = sweep.sizes
         self.status = TB.grid_status(sweep)
@@ -147,6 +151,14 @@ class _Builder:
         self._csv(self.summary, "summary.csv")
 
     # -- helpers ------------------------------------------------------------------------------
+    def _primary_words(self) -> str:
+        return "accuracy" if self.primary == "accuracy" else TB.METRICS[self.primary].label
+
+    def _headline_words(self) -> str:
+        if self.primary == "accuracy":
+            return "accuracy, balanced accuracy, macro F1 and AUC"
+        return ", ".join(TB.METRICS[m].label for m in self.spec.headline_metrics if m in TB.METRICS)
+
     def _csv(self, df: pd.DataFrame, name: str) -> None:
         df.to_csv(self.out / name, index=False)
 
@@ -205,7 +217,7 @@ class _Builder:
             "curves",
             title,
             body,
-            intro="Held-out accuracy, balanced accuracy, macro F1 and AUC against the number of training images "
+            intro=f"Held-out {self._headline_words()} against the number of training images "
             "(log scale), one line per model, on the same fixed evaluation images for every size and seed.",
         )
 
@@ -215,7 +227,7 @@ class _Builder:
         if (empty := self._no_runs("tables", title)) is not None:
             return empty
         body = []
-        for name in ("accuracy", "balanced_accuracy", "macro_f1", "auc", "log_loss", "val_loss"):
+        for name in (*self.spec.headline_metrics, "val_loss"):
             tab = TB.study_table(self.summary, name)
             if tab.empty:
                 continue
@@ -239,8 +251,9 @@ class _Builder:
             return H.Section("dynamics", title, "", notes=["No per-epoch metrics were logged."])
         body = self._fig(F.dynamics_figure(self.runs, self.sweep.histories, "loss", self.labels), "dynamics_loss",
                          "Per-epoch loss", "Loss per epoch: train solid, validation dashed, one line per seed.")
-        body += self._fig(F.dynamics_figure(self.runs, self.sweep.histories, "accuracy", self.labels), "dynamics_accuracy",
-                          "Per-epoch accuracy", "Accuracy per epoch: train solid, validation dashed, one line per seed.")
+        what = TB.METRICS[self.primary].label
+        body += self._fig(F.dynamics_figure(self.runs, self.sweep.histories, self.primary, self.labels), f"dynamics_{self.primary}",
+                          f"Per-epoch {what.lower()}", f"{what} per epoch: train solid, validation dashed, one line per seed.")
         return H.Section("dynamics", title, body,
                          intro="One panel per model (rows) and training size (columns), seeds overlaid: over- and "
                          "under-fitting, and seeds that behave differently, are visible here.")
@@ -255,6 +268,10 @@ class _Builder:
             return empty
         sw = self.sweep
         sizes = self.chosen_sizes()
+        if T.CONFUSION_CSV not in self.spec.artifacts:  # no image classes predicted (segmentation)
+            return H.Section("perclass", title, "", notes=[
+                "The masks have one foreground class, so its Dice and IoU are the tables above; each trial's "
+                f"{T.PER_CLASS} and {T.PREDICTIONS} (per-image Dice, IoU and detection score) are in MLflow."])
         pc = TB.per_class_table(self.runs, sw.class_names, sizes)
         self._csv(pc, "per_class.csv")
         body = []
@@ -298,7 +315,7 @@ class _Builder:
         title = "Paired comparisons"
         if (empty := self._no_runs("paired", title)) is not None:
             return empty
-        pc = TB.paired_comparisons(self.sweep, n_boot=self.n_boot, seed=self.seed)
+        pc = TB.paired_comparisons(self.sweep, n_boot=self.n_boot, seed=self.seed, metric=self.primary)
         self.paired_df = pc
         self._csv(pc, "paired.csv")
         if pc.empty:
@@ -321,9 +338,11 @@ class _Builder:
             "paired",
             title,
             body,
-            intro="Accuracy difference between models trained on the same subsets (seeds) and scored on the same "
-            f"evaluation images, with a 95% paired bootstrap interval over seeds and images ({self.n_boot} resamples); "
-            "McNemar's exact test per seed counts the images only one of the two got right.",
+            intro=f"{TB.METRICS[self.primary].label} difference between models trained on the same subsets (seeds) and "
+            f"scored on the same evaluation images, with a 95% paired bootstrap interval over seeds and images "
+            f"({self.n_boot} resamples)"
+            + ("; McNemar's exact test per seed counts the images only one of the two got right." if self.primary == "accuracy"
+               else "; points are 100 x the per-image difference."),
         )
 
     # -- 6 ----------------------------------------------------------------------------------------
@@ -331,10 +350,11 @@ class _Builder:
         title = "Learning-curve fit"
         if (empty := self._no_runs("fit", title)) is not None:
             return empty
-        tab, fits = TB.learning_curve_fits(self.sweep, target_accuracies=self.targets, n_boot=min(self.n_boot, 300), seed=self.seed)
+        tab, fits = TB.learning_curve_fits(self.sweep, target_accuracies=self.targets, n_boot=min(self.n_boot, 300), seed=self.seed,
+                                           metric=self.primary)
         tab = tab.set_index("label").reindex([lab for lab in self.labels if lab in set(tab["label"])]).reset_index() if not tab.empty else tab
         self._csv(tab, "power_law.csv")
-        body = self._fig(F.fit_figure(self.runs, fits, self.targets, self.labels), "power_law", "Power-law fits",
+        body = self._fig(F.fit_figure(self.runs, fits, self.targets, self.labels, self.primary), "power_law", "Power-law fits",
                          "Dots: seeds. Line: error(n) = a·n^-b + c fitted over all seeds; band: 95% bootstrap "
                          "(seeds resampled within each size); dotted: extrapolation beyond the largest size.")
         if not tab.empty:
@@ -351,12 +371,13 @@ class _Builder:
                 shown[col + "_"] = [_n_ci(getattr(r, col), getattr(r, col + "_low"), getattr(r, col + "_high"))
                                     for r in tab.itertuples()]
                 cols.append(col + "_")
-                heads[col + "_"] = f"images for {t:.0%} accuracy [95% CI]"
+                heads[col + "_"] = f"images for {t:.0%} {self._primary_words()} [95% CI]"
             cols.append("verdict")
             body += H.table(shown, cols, headers=heads, text_columns=["label", "verdict"] + cols[2:5],
                             cell_class=lambda r, c: "bad" if c == "verdict" and not r["reliable"] else "")
         return H.Section("fit", title, body,
-                         intro="How error falls with training size, and how many images a target accuracy would take if "
+                         intro=f"How error (1 - {self._primary_words()}) falls with training size, and how many images a "
+                         f"target {self._primary_words()} would take if "
                          "the trend held. Flagged unreliable when the fit is poor, has no spare degrees of freedom, or "
                          "extrapolates far beyond the sizes measured.")
 
@@ -370,6 +391,15 @@ class _Builder:
             msg = f"Grad-CAM could not be computed: {type(e).__name__}: {e}"
             return [H.Section("gradcam", t7, "", notes=[msg]), H.Section("pointing", t8, "", notes=[msg])]
         return [panels, pointing]
+
+    def overlays(self, device: Optional[str]) -> H.Section:
+        from lungray.report.overlays import TITLE, overlay_section
+
+        try:
+            return overlay_section(self, device)
+        except Exception as e:  # noqa: BLE001 - shown in the report and logged, never silent
+            log.exception("mask panels failed")
+            return H.Section("overlays", TITLE, "", notes=[f"The mask panels could not be drawn: {type(e).__name__}: {e}"])
 
     # -- 9 ----------------------------------------------------------------------------------------
     def _leakage(self) -> str:

@@ -64,11 +64,14 @@ def _size_axis(ax, sizes: Sequence[int]) -> None:
 
 def learning_curves_figure(
     summary: pd.DataFrame,
-    metrics: Sequence[str] = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "val_loss", "log_loss"),
+    metrics: Sequence[str] = ("dice_pos", "dice_all", "iou_pos", "iou_all", "miou_global", "det_auc",
+                              "accuracy", "balanced_accuracy", "macro_f1", "auc", "val_loss", "log_loss"),
     labels: Optional[Sequence[str]] = None,
 ):
     """Metric against training size, one line per model (x optimizer): mean over seeds with its
-    95 % t-interval as a band (issue 4, section 1). Sizes with one seed show a point only."""
+    95 % t-interval as a band (issue 4, section 1). Sizes with one seed show a point only.
+    Metrics the summary does not hold are left out (a classification sweep has no Dice, a
+    segmentation sweep no accuracy)."""
     metrics = [m for m in metrics if m in set(summary["metric"])] if not summary.empty else []
     labels = list(labels) if labels else list(pd.unique(summary["label"])) if not summary.empty else []
     cols = 3 if len(metrics) > 4 else max(1, min(2, len(metrics)))
@@ -100,7 +103,7 @@ def learning_curves_figure(
 def dynamics_figure(runs: pd.DataFrame, histories: pd.DataFrame, kind: str = "loss", labels: Optional[Sequence[str]] = None):
     """Per-epoch train (solid) and validation (dashed) curves, one panel per cell (rows: model
     x optimizer, columns: training size), seeds overlaid (issue 4, section 3)."""
-    keys = ("train_loss", "val_loss") if kind == "loss" else ("train_accuracy", "val_accuracy")
+    keys = (f"train_{kind}", f"val_{kind}")  # loss, accuracy, dice_pos...
     done = runs[runs["state"] == "complete"]
     labels = list(labels) if labels else sorted(done["label"].unique()) if "label" in done else []
     sizes = sorted(done["train_size"].dropna().unique())
@@ -222,9 +225,11 @@ def roc_curves(sweep, size: int) -> dict[str, list[tuple[str, np.ndarray, np.nda
     return out
 
 
-def fit_figure(runs: pd.DataFrame, fits: dict, target_accuracies: Sequence[float] = (), labels: Optional[Sequence[str]] = None):
-    """Error (1 - accuracy) against size per model: seeds as dots, the fitted power law with
-    its bootstrap band, extrapolated (dotted) past the largest size, targets as lines."""
+def fit_figure(runs: pd.DataFrame, fits: dict, target_accuracies: Sequence[float] = (), labels: Optional[Sequence[str]] = None,
+               metric: str = "accuracy"):
+    """Error (1 - accuracy, or 1 - ``metric``) against size per model: seeds as dots, the fitted
+    power law with its bootstrap band, extrapolated (dotted) past the largest size, targets as lines."""
+    name = "accuracy" if metric == "accuracy" else METRICS[metric].label
     labels = list(labels) if labels else list(fits)
     colors = _colors(labels)
     fig = _figure(6.4, 4.0)
@@ -234,7 +239,7 @@ def fit_figure(runs: pd.DataFrame, fits: dict, target_accuracies: Sequence[float
     nmax = max(sizes) if sizes else 1
     for lab in labels:
         g = done[done["label"] == lab]
-        ax.plot(g["train_size"], 1 - g["test_accuracy"], "o", color=colors[lab], alpha=0.55, ms=4)
+        ax.plot(g["train_size"], 1 - g[f"test_{metric}"], "o", color=colors[lab], alpha=0.55, ms=4)
         res = fits.get(lab)
         if res is None or not res.fit.ok:
             continue
@@ -249,10 +254,10 @@ def fit_figure(runs: pd.DataFrame, fits: dict, target_accuracies: Sequence[float
             ax.fill_between(grid, lo, hi, color=colors[lab], alpha=0.12, lw=0)
     for t in target_accuracies:
         ax.axhline(1 - t, color="grey", ls="--", lw=0.8)
-        ax.text(ax.get_xlim()[0] if sizes else 1, 1 - t, f" {t:.0%} accuracy", va="bottom", fontsize=7, color="grey")
+        ax.text(ax.get_xlim()[0] if sizes else 1, 1 - t, f" {t:.0%} {name}", va="bottom", fontsize=7, color="grey")
     ax.set_xscale("log")
     ax.set_xlabel("training images (log scale; dotted = extrapolation)")
-    ax.set_ylabel("error = 1 - accuracy")
+    ax.set_ylabel(f"error = 1 - {name}")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)

@@ -30,6 +30,7 @@ __all__ = [
     "missed_as_normal_table",
     "confusion_matrices",
     "paired_comparisons",
+    "per_image_scores",
     "learning_curve_fits",
     "grid_status",
     "normal_class",
@@ -59,8 +60,20 @@ METRICS: dict[str, Metric] = {
         Metric("auc", "test_auc", "AUC"),
         Metric("log_loss", "test_log_loss", "Held-out log loss", False, (0.0, math.inf)),
         Metric("val_loss", "val_loss_best", "Validation loss (best epoch)", False, (0.0, math.inf)),
+        # segmentation (lungray.train.tasks.SegmentationTask): per-image means over images with a finding
+        # ("pos") and over all images, the study's pooled mean IoU, detection from the mask
+        Metric("dice_pos", "test_dice_pos", "Dice (images with a finding)"),
+        Metric("dice_all", "test_dice_all", "Dice (all images)"),
+        Metric("iou_pos", "test_iou_pos", "IoU (images with a finding)"),
+        Metric("iou_all", "test_iou_all", "IoU (all images)"),
+        Metric("miou_global", "test_miou_global", "Global mean IoU (the study's, background included)"),
+        Metric("det_auc", "test_det_auc", "Detection AUC (any foreground)"),
     )
 }
+
+#: per-image scores that pair two models image by image, by primary metric: the column of
+#: ``predictions.csv`` and which images count (segmentation: lungray.train.tasks.SegmentationTask)
+_PER_IMAGE = {"dice_pos": ("dice", "pos"), "iou_pos": ("iou", "pos"), "dice_all": ("dice", "known"), "iou_all": ("iou", "known")}
 
 
 def normal_class(class_names: Sequence[str]) -> Optional[int]:
@@ -258,8 +271,26 @@ def _order_key(sweep: Sweep, label: str) -> int:
     return models.index(m) if m in models else len(models)
 
 
-def paired_correct(sweep: Sweep, model_a: str, model_b: str, size: int, optimizer: str) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """``(n_seeds, n_images)`` correct/wrong arrays of two models on the same subsets and images.
+def per_image_scores(df: pd.DataFrame, class_names: Sequence[str], metric: str = "accuracy") -> tuple[np.ndarray, np.ndarray]:
+    """``(image_ids, scores)`` of one trial's ``predictions.csv`` for the primary ``metric``:
+    right (1) or wrong (0) for ``accuracy``; the image's Dice or IoU for segmentation, over the
+    images with a finding (``*_pos``, ``y_true == 1``) or with a known mask (``*_all``)."""
+    if metric == "accuracy":
+        ids, y, p = prediction_matrix(df, class_names)
+        return ids, (p.argmax(1) == y).astype(float)
+    if metric not in _PER_IMAGE:
+        raise ValueError(f"no per-image score for metric '{metric}'; valid: accuracy, {', '.join(_PER_IMAGE)}")
+    col, which = _PER_IMAGE[metric]
+    y = df["y_true"].to_numpy()
+    keep = (y == 1) if which == "pos" else (y != 255)
+    keep &= df[col].notna().to_numpy()
+    return df["image_id"].astype(str).to_numpy()[keep], df[col].to_numpy(dtype=float)[keep]
+
+
+def paired_correct(sweep: Sweep, model_a: str, model_b: str, size: int, optimizer: str,
+                   metric: str = "accuracy") -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """``(n_seeds, n_images)`` per-image scores of two models on the same subsets and images:
+    correct/wrong for accuracy, Dice/IoU for segmentation (:func:`per_image_scores`).
 
     Seeds present (with predictions) for both models, images present in both prediction
     files, aligned by ``image_id``: the pairing of issue 4, section 5.
@@ -271,38 +302,40 @@ def paired_correct(sweep: Sweep, model_a: str, model_b: str, size: int, optimize
     seeds = sorted(set(ra) & set(rb))
     ca, cb = [], []
     for s in seeds:
-        ia, ya, pa = prediction_matrix(sweep.predictions[ra[s]], sweep.class_names)
-        ib, yb, pb = prediction_matrix(sweep.predictions[rb[s]], sweep.class_names)
+        ia, sa = per_image_scores(sweep.predictions[ra[s]], sweep.class_names, metric)
+        ib, sb = per_image_scores(sweep.predictions[rb[s]], sweep.class_names, metric)
         common, xa, xb = np.intersect1d(ia, ib, return_indices=True)
         if ca and common.size != ca[0].size:
             raise ValueError(f"seed {s}: evaluation images differ between seeds at n={size}; the held-out set must be fixed")
-        ca.append(pa[xa].argmax(1) == ya[xa])
-        cb.append(pb[xb].argmax(1) == yb[xb])
+        ca.append(sa[xa])
+        cb.append(sb[xb])
     if not seeds:
-        return np.zeros((0, 0), bool), np.zeros((0, 0), bool), []
+        return np.zeros((0, 0)), np.zeros((0, 0)), []
     return np.stack(ca), np.stack(cb), seeds
 
 
-def paired_comparisons(sweep: Sweep, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
-    """Accuracy difference between every pair of models at each size (and optimizer).
+def paired_comparisons(sweep: Sweep, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+                       metric: str = "accuracy") -> pd.DataFrame:
+    """Difference in ``metric`` (the task's primary: accuracy, Dice...) between every pair of
+    models at each size (and optimizer).
 
     Paired bootstrap over seeds and evaluation images (:func:`stats.paired_bootstrap_diff`)
-    plus an exact McNemar test per seed. Pairs are ordered so the difference is "higher mean
-    minus lower mean"; ``sentence`` is the line the report prints, e.g.
-    ``"DenseNet121 - ResNet50 at 100 images: +2.3 points [-0.8, +5.4]"``.
+    plus, for accuracy (right/wrong per image), an exact McNemar test per seed. Pairs are
+    ordered so the difference is "higher mean minus lower mean"; ``sentence`` is the line the
+    report prints, e.g. ``"DenseNet121 - ResNet50 at 100 images: +2.3 points [-0.8, +5.4]"``.
     """
     rows = []
     done = sweep.complete
     for (n, o), g in done.groupby(["train_size", "optimizer"], sort=True):
         models = [m for m in sweep.models if m in set(g["model"])]
         for a, b in itertools.combinations(models, 2):
-            ca, cb, seeds = paired_correct(sweep, a, b, int(n), o)
+            ca, cb, seeds = paired_correct(sweep, a, b, int(n), o, metric)
             if not seeds:
                 continue
             if ca.mean() < cb.mean():
                 a, b, ca, cb = b, a, cb, ca
-            d = stats.paired_bootstrap_diff(ca.astype(float), cb.astype(float), n_boot=n_boot, level=level, seed=seed)
-            mc = [stats.mcnemar_exact(ca[i], cb[i]) for i in range(len(seeds))]
+            d = stats.paired_bootstrap_diff(ca, cb, n_boot=n_boot, level=level, seed=seed)
+            mc = [stats.mcnemar_exact(ca[i] > 0.5, cb[i] > 0.5) for i in range(len(seeds))] if metric == "accuracy" else []
             where = f"{int(n)} images" + (f" ({o})" if done["optimizer"].nunique() > 1 else "")
             verdict = "interval excludes 0" if d.significant else "within noise (interval covers 0)"
             rows.append(
@@ -340,8 +373,10 @@ def learning_curve_fits(
     n_boot: int = 200,
     seed: int = 0,
     grid_points: int = 60,
+    metric: str = "accuracy",
 ) -> tuple[pd.DataFrame, dict]:
-    """Power-law fit of error = 1 - accuracy against training size, per model (x optimizer).
+    """Power-law fit of error = 1 - accuracy (or 1 - ``metric``, the task's primary: Dice...)
+    against training size, per model (x optimizer); targets are values of ``metric``.
 
     Returns the table (parameters with bootstrap intervals, R², predicted size per target
     accuracy with its interval, reliability flags) and the fit objects keyed by label (for the
@@ -356,7 +391,7 @@ def learning_curve_fits(
     grid = np.geomspace(max(1.0, sizes.min() / 2), sizes.max() * 8, grid_points) if sizes.size else np.zeros(0)
     for (m, o), g in done.groupby(["model", "optimizer"], sort=False):
         lab = _group_label(m, o, n_opt)
-        err = 1.0 - g["test_accuracy"].to_numpy(dtype=float)
+        err = 1.0 - g[f"{T.TEST_PREFIX}{metric}"].to_numpy(dtype=float)
         res = stats.bootstrap_power_law(
             g["train_size"].to_numpy(dtype=float),
             err,

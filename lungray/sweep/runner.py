@@ -31,7 +31,7 @@ from lungray import tracking as T
 from lungray.config import StudyConfig, dump_yaml, from_dict
 from lungray.errors import ConfigError
 from lungray.sweep import grid as G
-from lungray.sweep.progress import HEADLINE, format_summary, make_callback, summary_table
+from lungray.sweep.progress import format_summary, make_callback, summary_table
 
 log = logging.getLogger(__name__)
 
@@ -353,10 +353,10 @@ def run_study(
         n_errors = int((trials_df["status"] != "done").sum()) if len(trials_df) else 0
         trials_df.to_csv(exp_dir / "trials.csv", index=False)
         done_rows = [r for r in rows if r["status"] == "done"]
-        summary = summary_table(done_rows, HEADLINE)
+        summary = summary_table(done_rows, headline_metric(cfg))
         summary.to_csv(exp_dir / "summary.csv")
         echo("")
-        echo(format_summary(done_rows, HEADLINE))
+        echo(format_summary(done_rows, headline_metric(cfg)))
         if n_errors:
             echo(f"{n_errors} trial(s) did not finish; see {exp_dir / 'trials.csv'} and the lungray.error tag in MLflow")
         over = pd.to_numeric(trials_df.get("trial_overhead_seconds", pd.Series(dtype=float)), errors="coerce").dropna()
@@ -466,13 +466,21 @@ def _count_done(exp_dir: Path) -> int:
     return sum(1 for t in d.iterdir() if (read_result(t) or {}).get("complete"))
 
 
+def headline_metric(cfg: StudyConfig) -> str:
+    """The metric of the progress lines and the summary table: the task's primary held-out
+    metric (``test_accuracy``, ``test_dice_pos``)."""
+    from lungray.train.tasks import TASKS
+
+    return T.TEST_PREFIX + TASKS.get(cfg.train.task).report_spec.primary_metric
+
+
 def _run_tune(cfg, ctx, pre, spec, total, exp_dir: Path, *, resume: bool, done_before: int, echo, verbose: bool):
     from ray import tune
 
     from lungray.sweep.trainable import tune_trial
 
     trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), pre.resources.trial_bundle)
-    progress = make_callback(total, echo=echo)
+    progress = make_callback(total, echo=echo, headline=headline_metric(cfg))
     # Worker failures are retried inside Ray Train from the last checkpoint (FailureConfig on
     # each TorchTrainer, resources.max_failures). A trial that still fails is final for this
     # run: a Tune-level retry would only repeat the Train retries. `--resume` retries errored
