@@ -325,10 +325,11 @@ class _Builder:
             mark = "" if r.significant else "  (within noise: the interval covers 0)"
             items.append(f"<li>{H.esc(r.sentence + mark)}</li>")
         body = '<ul class="sentences">' + "".join(items) + "</ul>"
+        mcnemar = ["mcnemar_b", "mcnemar_c", "mcnemar_p"] if self.primary == "accuracy" else []  # right/wrong per image only
         body += "<h3>Details</h3>" + H.table(
             pc,
             ["train_size", "optimizer", "model_a", "model_b", "n_seeds", "n_images", "diff_points", "low_points",
-             "high_points", "mcnemar_b", "mcnemar_c", "mcnemar_p"],
+             "high_points", *mcnemar],
             headers={"train_size": "size", "diff_points": "A-B (points)", "low_points": "low", "high_points": "high",
                      "mcnemar_b": "only A right", "mcnemar_c": "only B right", "mcnemar_p": "McNemar p (per seed)"},
             formats={c: (lambda v: H.fmt(v, 1)) for c in ("diff_points", "low_points", "high_points")},
