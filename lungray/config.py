@@ -73,6 +73,8 @@ class DataConfig:
     leakage: str = "drop"
     leakage_max_distance: int = 6  # Hamming distance on 64-bit perceptual hashes (stage 1 of the search)
     strict: bool = False  # fail on any quarantined row instead of dropping it
+    # csv rows may only point under the CSV's folder unless this is set (lungray.data.adapters)
+    allow_outside_root: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,12 @@ class ModelConfig:
     drop_rate: float = 0.5
     width: Optional[int] = None  # optional width for lungray's own small models
     label: Optional[str] = None
+    # Grad-CAM target: "auto" (the family's default: ResNet's last block, DenseNet's norm5, the ReLU
+    # after VGG's/AlexNet's last conv), "last_conv" (the studies' layer: the last convolution, e.g.
+    # ResNet50 conv5_block3_3_conv = layer4[-1].conv3, PROTOCOLS.md sections 2 and 4) or a module path
+    # inside the model ("backbone.body.layer4.2.conv2")
+    gradcam_layer: str = "auto"
+    padding: str = "same"  # simple_cnn's 3x3 convolutions: "same" or "valid" (section 5: 18,129,890 weights at 299 px)
 
     @property
     def key(self) -> str:
@@ -117,6 +125,7 @@ class OptimizerConfig:
     warmup_epochs: int = 0
     grad_clip: Optional[float] = None
     label: Optional[str] = None
+    decay: Optional[float] = None  # scheduler "inverse_time": Keras' decay per iteration; None = lr / epochs (section 2)
 
     @property
     def key(self) -> str:
@@ -195,6 +204,11 @@ class TrainConfig:
     eval_batch_size: int = 64
     ae_epochs: int = 20  # ae_encoder reconstruction pretraining epochs
     ae_pretrain_images: Optional[int] = None  # None = the whole unlabelled training pool
+    ae_pretrain_class: Optional[str] = None  # pretrain on the pool images of this class only (section 1: 4000 COVID images)
+    # normalization "fixed": mean/std in [0, 1] units, one number or one per input channel (the
+    # 4-class study's radiograph-specific statistics, PROTOCOLS.md section 4)
+    norm_mean: Optional[tuple[float, ...]] = None
+    norm_std: Optional[tuple[float, ...]] = None
 
 
 @dataclass(frozen=True)
@@ -242,13 +256,39 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class VariantConfig:
+    """One preprocessing x normalisation arm of the grid (the ``variants`` axis).
+
+    The 4-class study (PROTOCOLS.md section 4) compared CLAHE on/off and ImageNet vs
+    radiograph-specific normalisation; as variants of one sweep those comparisons are paired
+    (same subsets, same evaluation images). ``None`` keeps the study's ``data.preprocess`` /
+    ``train.normalization`` / ``train.norm_mean`` / ``train.norm_std``. Each preprocessing gets
+    its own decoded cache with the same rows and splits. A trial's *arm* (what the report
+    compares and the grid key) is ``<model key>@<variant key>`` when the variant has a key.
+    """
+
+    label: Optional[str] = None
+    preprocess: Optional[str] = None
+    normalization: Optional[str] = None
+    norm_mean: Optional[tuple[float, ...]] = None
+    norm_std: Optional[tuple[float, ...]] = None
+
+    @property
+    def key(self) -> str:
+        """``label``, else the settings it changes joined by ``+`` (``""`` for the study's own)."""
+        return self.label or "+".join(str(v) for v in (self.preprocess, self.normalization) if v is not None)
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """A whole study: the grid model x training size x optimizer x seed, and how to run it."""
 
     name: str = "study"
     data: DataConfig = field(default_factory=DataConfig)
     models: tuple[ModelConfig, ...] = (ModelConfig(),)
-    sizes: tuple[int, ...] = (50, 100, 200)
+    # training sizes: counts, or "all" (also -1): the whole training pool, resolved when the
+    # data is prepared (the 4-class study trained on all 16,932 pool images)
+    sizes: tuple[Union[int, str], ...] = (50, 100, 200)
     optimizers: tuple[OptimizerConfig, ...] = (OptimizerConfig(),)
     seeds: tuple[int, ...] = (0, 1, 2)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -258,10 +298,12 @@ class StudyConfig:
     output_dir: str = "lungray_runs"
     lr_search: Optional[Mapping[str, Any]] = None  # {"samples": 4, "low": 1e-5, "high": 1e-2}; off by default
     report: bool = True
+    variants: tuple[VariantConfig, ...] = (VariantConfig(),)  # preprocessing x normalisation arms (section 4)
 
     # -- derived ---------------------------------------------------------------------------
-    def validate(self) -> "StudyConfig":
-        validate_study(self)
+    def validate(self, require_data: bool = True) -> "StudyConfig":
+        """Run :func:`validate_study`; ``require_data=False`` (a dry run) allows no ``data.path``."""
+        validate_study(self, require_data=require_data)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -275,24 +317,64 @@ class StudyConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def trials(self) -> list["TrialConfig"]:
-        """The grid, in a stable order: model x size x optimizer x seed."""
+        """The grid, in a stable order: model x variant x size x optimizer x seed.
+
+        A variant's normalisation is resolved into the trial's ``train`` section, so a trial
+        carries the settings it ran with; its preprocessing stays on ``trial.variant``.
+        """
         out = []
         for m in self.models:
-            for n in self.sizes:
-                for o in self.optimizers:
-                    for s in self.seeds:
-                        out.append(
-                            TrialConfig(
-                                study=self.name,
-                                model=m,
-                                train_size=n,
-                                optimizer=o,
-                                seed=s,
-                                schedule=self.schedule,
-                                train=self.train,
+            for v in self.variants:
+                train = self.variant_train(v)
+                for n in self.sizes:
+                    for o in self.optimizers:
+                        for s in self.seeds:
+                            out.append(
+                                TrialConfig(
+                                    study=self.name,
+                                    model=m,
+                                    train_size=n,
+                                    optimizer=o,
+                                    seed=s,
+                                    schedule=self.schedule,
+                                    train=train,
+                                    variant=v,
+                                )
                             )
-                        )
         return out
+
+    def variant_train(self, v: VariantConfig) -> TrainConfig:
+        """``train`` with the variant's normalisation settings applied."""
+        if v.normalization is None and v.norm_mean is None and v.norm_std is None:
+            return self.train
+        t = self.train
+        # a variant that switches to another normalisation does not inherit fixed numbers
+        keep = v.normalization is None or v.normalization == t.normalization
+        return replace(
+            t,
+            normalization=v.normalization or t.normalization,
+            norm_mean=v.norm_mean if v.norm_mean is not None else (t.norm_mean if keep else None),
+            norm_std=v.norm_std if v.norm_std is not None else (t.norm_std if keep else None),
+        )
+
+    @property
+    def pool_sizes(self) -> bool:
+        """Whether a training size means "the whole pool" (``all`` / -1), resolved with the data."""
+        return any(is_pool_size(n) for n in self.sizes)
+
+    def with_pool_size(self, n_pool: int) -> "StudyConfig":
+        """This study with ``all`` / -1 sizes replaced by the pool's real count ``n_pool``."""
+        sizes: list[Union[int, str]] = []
+        for n in self.sizes:
+            n = int(n_pool) if is_pool_size(n) else n
+            if n not in sizes:
+                sizes.append(n)
+        return replace(self, sizes=tuple(sizes))
+
+
+def is_pool_size(n: Any) -> bool:
+    """``"all"`` or -1: a training size meaning the whole training pool."""
+    return (isinstance(n, str) and n.strip().lower() == "all") or (isinstance(n, int) and not isinstance(n, bool) and n == -1)
 
 
 @dataclass(frozen=True)
@@ -306,10 +388,16 @@ class TrialConfig:
     seed: int
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    variant: VariantConfig = field(default_factory=VariantConfig)
+
+    @property
+    def arm(self) -> str:
+        """What the grid and the report compare: the model key, ``@<variant key>`` when set."""
+        return f"{self.model.key}@{self.variant.key}" if self.variant.key else self.model.key
 
     @property
     def cell(self) -> str:
-        return f"{self.model.key}|n={self.train_size}|{self.optimizer.key}"
+        return f"{self.arm}|n={self.train_size}|{self.optimizer.key}"
 
     @property
     def name(self) -> str:
@@ -529,11 +617,15 @@ def dump_yaml(cfg: Any) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def validate_study(cfg: StudyConfig) -> None:
-    """Every check that needs no data; see :func:`lungray.validate.validate_study`."""
+def validate_study(cfg: StudyConfig, require_data: bool = True) -> None:
+    """Every check that needs no data; see :func:`lungray.validate.validate_study`.
+
+    ``require_data=False`` accepts a missing ``data.path`` (``--dry-run`` shows a study's grid
+    before the dataset is at hand).
+    """
     from lungray.validate import validate_study as _validate
 
-    _validate(cfg)
+    _validate(cfg, require_data=require_data)
 
 
 def replace_in(cfg: Any, **changes: Any) -> Any:

@@ -11,8 +11,10 @@ Conventions, chosen for small and degenerate held-out sets (the studies of
   in this batch", so a per-class value always means the same class.
 * Undefined values are ``NaN`` and never silently 0 or 1: the ROC-AUC of a class absent from
   ``y_true`` (no positives or no negatives), the recall of a class with no support, accuracy of
-  an empty set. Macro averages (balanced accuracy, macro F1, macro AUC) are over the classes
-  PRESENT in ``y_true``; :func:`classification_report` reports how many classes entered the
+  an empty set. Balanced accuracy and macro AUC average over the classes PRESENT in ``y_true``;
+  macro F1 over the classes in ``y_true`` or ``y_pred`` (exactly scikit-learn's
+  ``f1_score(average="macro")``: a class only predicted scores F1 = 0);
+  :func:`classification_report` reports how many classes entered the
   AUC macro (``auc_n_classes``) so a macro over 3 of 4 classes is visible, not hidden (the
   "averaging AUC over whichever classes happen to be present" anti-pattern of
   ``shared/STYLE.md``).
@@ -154,9 +156,21 @@ def balanced_accuracy(y_true: Sequence[int], y_pred: Sequence[int], n_classes: O
 
 
 def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> float:
-    """Unweighted mean F1 over the classes present in ``y_true`` (NaN if none)."""
-    _, _, f1, support = per_class_prf(y_true, y_pred, n_classes)
-    present = support > 0
+    """Unweighted mean F1 over the classes present in ``y_true`` OR ``y_pred`` (NaN if none).
+
+    This is exactly scikit-learn's ``f1_score(y_true, y_pred, average="macro")`` (whose default
+    labels are the union of both arrays), for every ``zero_division`` setting: a class in the
+    union has ``TP + FP + FN > 0``, so its F1 is defined, and a class only predicted (a false
+    alarm class) counts with F1 = 0. It also equals ``f1_score(..., labels=range(n_classes),
+    zero_division=np.nan)``. It differs from ``labels=range(n_classes)`` with
+    ``zero_division=0`` (or 1), which adds a 0 (or 1) for each class absent from both arrays;
+    lungray leaves such a class out (its F1 is undefined, not bad).
+
+    >>> macro_f1([0, 0, 1, 1], [0, 2, 1, 1], 4)  # class 2 only predicted: F1 0; class 3 absent
+    0.5555555555555555
+    """
+    _, _, f1, _ = per_class_prf(y_true, y_pred, n_classes)
+    present = ~np.isnan(f1)  # TP + FP + FN > 0: in y_true or in y_pred
     return float(np.mean(f1[present])) if present.any() else float("nan")
 
 

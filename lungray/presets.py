@@ -2,7 +2,9 @@
 
 Each preset is a plain nested dict (the same keys as a study YAML), so ``load_study`` can layer a
 YAML file and ``a.b=value`` overrides on top. Every real preset has a CPU-sized twin
-(``smoke``/``default``) that exercises the same code path in CI.
+(``smoke``/``default`` for ``paper``, ``transfer_smoke`` for ``transfer``) that exercises the
+same code path in CI. Each of the five studies is also spelled out as a YAML file under
+``sweeps/configs/`` (``study1_ct_size.yaml`` ... with a ``*_smoke.yaml`` twin each).
 """
 
 from __future__ import annotations
@@ -61,31 +63,38 @@ PRESETS: dict[str, dict[str, Any]] = {
             "eval_size": 3000,
             "val_size": 300,
         },
+        # 256x256x3 input (repeat3: the stem's first conv and the autoencoder take 3 channels, as
+        # the published 24,122,429 / 7,305,981 / 10,714 weights imply); Grad-CAM on the last conv
         "models": [
-            {"name": "resnet50", "head": "bn_mlp256", "stem": "conv8_conv3", "pretrained": True, "input_mode": "repeat3"},
-            {"name": "densenet121", "head": "bn_mlp256", "stem": "conv8_conv3", "pretrained": True, "input_mode": "repeat3"},
-            {"name": "ae_encoder", "head": "bn_mlp256", "pretrained": True, "input_mode": "repeat3"},
+            {"name": "resnet50", "head": "bn_mlp256", "stem": "conv8_conv3", "pretrained": True, "input_mode": "repeat3", "gradcam_layer": "last_conv"},
+            {"name": "densenet121", "head": "bn_mlp256", "stem": "conv8_conv3", "pretrained": True, "input_mode": "repeat3", "gradcam_layer": "last_conv"},
+            {"name": "ae_encoder", "head": "bn_mlp256", "pretrained": True, "input_mode": "repeat3", "gradcam_layer": "last_conv"},
         ],
         "sizes": [100, 200, 500, 1000],
         "optimizers": [{"name": "adam", "lr": 1e-4}],
         "seeds": [0, 1, 2],
         "schedule": {"rule": "size", "size_rules": PAPER_SIZE_RULES, "eval_every": 5},
-        "train": {"augmentation": "rot30_zoom_flip", "normalization": "imagenet", "ae_epochs": 30},
+        # the autoencoder trained on 4000 COVID images (of the training pool here)
+        "train": {"augmentation": "rot30_zoom_flip", "normalization": "imagenet", "ae_epochs": 30,
+                  "ae_pretrain_class": "COVID", "ae_pretrain_images": 4000},
         "resources": {"workers": 1, "cpus_per_worker": 3, "gpus_per_worker": 0.25},
     },
     # PROTOCOLS.md sections 2-4: transfer learning on the 4-class COVID-19 Radiography Database,
-    # head-only vs partial fine-tuning, Adam vs SGD(0.9, StepLR 10/0.1).
+    # head-only vs partial fine-tuning, Adam vs SGD(0.9, StepLR 10/0.1). Section 2's heads on
+    # frozen trunks (VGG16 pool-MLP64, DenseNet-121 with the BatchNorm before the pooling);
+    # section 4's torchvision networks keep their classifier with the last layer replaced and
+    # fine-tune the last convolutions with it; Grad-CAM on every network's last convolution.
     "transfer": {
         "name": "transfer_4class",
         "data": {"source": "covid_radiography", "resolution": 224, "eval_size": 0.1, "val_size": 0.1, "split_seed": 1},
         "models": [
-            {"name": "vgg16", "freeze": "backbone", "pretrained": True, "head": "pool_mlp64", "input_mode": "repeat3"},
-            {"name": "vgg19_bn", "freeze": "backbone", "pretrained": True, "input_mode": "repeat3"},
-            {"name": "vgg19_bn", "freeze": "last:3", "pretrained": True, "input_mode": "repeat3", "label": "vgg19_bn[last3]"},
-            {"name": "resnet50", "freeze": "backbone", "pretrained": True, "input_mode": "repeat3"},
-            {"name": "resnet50", "freeze": "last:2", "pretrained": True, "input_mode": "repeat3", "label": "resnet50[layer3+4]"},
-            {"name": "densenet121", "freeze": "backbone", "pretrained": True, "input_mode": "repeat3"},
-            {"name": "tv:alexnet", "freeze": "last:1", "pretrained": True, "input_mode": "repeat3"},
+            {"name": "vgg16", "freeze": "backbone", "pretrained": True, "head": "pool_mlp64", "input_mode": "repeat3", "gradcam_layer": "last_conv"},
+            {"name": "densenet121", "freeze": "backbone", "pretrained": True, "head": "bn_pool_mlp64", "input_mode": "repeat3", "gradcam_layer": "last_conv"},
+            {"name": "tv:vgg19_bn", "freeze": "backbone", "pretrained": True, "head": "tv_classifier", "input_mode": "repeat3", "gradcam_layer": "last_conv", "label": "vgg19_bn[classifier]"},
+            {"name": "tv:vgg19_bn", "freeze": "last:3", "pretrained": True, "head": "tv_classifier", "input_mode": "repeat3", "gradcam_layer": "last_conv", "label": "vgg19_bn[last3+classifier]"},
+            {"name": "tv:resnet50", "freeze": "backbone", "pretrained": True, "input_mode": "repeat3", "gradcam_layer": "last_conv", "label": "resnet50[fc]"},
+            {"name": "tv:resnet50", "freeze": "last:2", "pretrained": True, "input_mode": "repeat3", "gradcam_layer": "last_conv", "label": "resnet50[layer3+4+fc]"},
+            {"name": "tv:alexnet", "freeze": "last:1", "pretrained": True, "head": "tv_classifier", "input_mode": "repeat3", "gradcam_layer": "last_conv", "label": "alexnet[conv5+classifier]"},
             {"name": "logreg"},
         ],
         "sizes": [500, 2000, 8000],
@@ -97,6 +106,34 @@ PRESETS: dict[str, dict[str, Any]] = {
         "schedule": {"rule": "fixed", "batch_size": 32, "epochs": 25, "early_stopping_patience": 5},
         "train": {"augmentation": "rot_hflip", "normalization": "imagenet"},
         "resources": {"workers": 1, "cpus_per_worker": 4, "gpus_per_worker": 0.5},
+    },
+    # The CI twin of ``transfer`` (the protocol elements of sections 2-4 on the 4-class
+    # phantom at 64 px, random init, a few minutes on 2 CPUs): frozen trunks read by
+    # Grad-CAM at their last convolution, a torchvision classifier with only its last layer
+    # trained, partial fine-tuning, Keras inverse-time decay, and the preprocessing x
+    # normalisation variants (ImageNet per channel, fixed radiograph numbers, CLAHE) as one
+    # paired sweep.
+    "transfer_smoke": {
+        "name": "transfer_smoke",
+        "data": {"source": "phantom", "phantom_n": 240, "phantom_classes": 4, "resolution": 64, "eval_size": 64,
+                 "val_size": 24, "split_seed": 1},
+        "models": [
+            # torchvision's ResNet: timm zero-initialises each block's last batch norm, so a frozen
+            # random timm trunk gives its last conv no gradient (a blank map) until trained
+            {"name": "tv:resnet18", "freeze": "backbone", "head": "bn_pool_mlp64", "input_mode": "repeat3", "gradcam_layer": "last_conv"},
+            {"name": "tv:alexnet", "freeze": "fc_only", "head": "tv_classifier", "input_mode": "repeat3", "gradcam_layer": "last_conv"},
+            {"name": "logreg"},
+        ],
+        "variants": [
+            {"label": "imagenet", "normalization": "imagenet"},
+            {"label": "radiograph", "normalization": "fixed", "norm_mean": [0.5], "norm_std": [0.25]},
+            {"label": "clahe", "preprocess": "clahe", "normalization": "imagenet"},
+        ],
+        "sizes": ["all"],
+        "optimizers": [{"name": "adam", "lr": 1e-3, "scheduler": "inverse_time"}],
+        "seeds": [0],
+        "schedule": {"rule": "fixed", "batch_size": 32, "epochs": 2},
+        "train": {"augmentation": "rot15_nearest"},
     },
     # PROTOCOLS.md section 3, the RSNA U-Net as a training-size study: the study's Keras U-Net twin
     # (separable convolutions, residual projections, trained from scratch) beside an smp U-Net with

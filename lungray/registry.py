@@ -8,7 +8,7 @@ typo in a sweep YAML fails at config time rather than on a GPU an hour later.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
 
 from lungray.errors import ConfigError
 
@@ -26,7 +26,7 @@ class Registry(Generic[T]):
     >>> heads.get("linaer")
     Traceback (most recent call last):
     ...
-    lungray.errors.ConfigError: unknown head 'linaer'; valid choices: linear
+    lungray.errors.ConfigError: unknown head 'linaer'; valid choices: linear; did you mean 'linear'?
     """
 
     def __init__(self, kind: str):
@@ -55,7 +55,9 @@ class Registry(Generic[T]):
             raise ConfigError(self.unknown_message(name)) from None
 
     def unknown_message(self, name: str) -> str:
-        return f"unknown {self.kind} '{name}'; valid choices: {', '.join(self.names())}"
+        close = suggest(name, self.names())
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        return f"unknown {self.kind} '{name}'; valid choices: {', '.join(self.names())}{hint}"
 
     def check(self, name: str) -> str:
         """Raise the standard error if ``name`` is not registered; return it otherwise."""
@@ -77,6 +79,27 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def suggest(name: str, candidates: Iterable[str], n: int = 3, cutoff: float = 0.6) -> list[str]:
+    """The closest ``candidates`` to a mistyped ``name`` (difflib ratio, case-insensitive), best first.
+
+    A candidate that ends with ``:name`` (a namespaced spelling of the same name, e.g.
+    ``tv:alexnet`` for ``alexnet``) comes first whatever its ratio.
+
+    >>> suggest("alexnet", ["haloregnetz_b", "tv:alexnet", "resnet50"])
+    ['tv:alexnet', 'haloregnetz_b']
+    >>> suggest("densnet121", ["densenet121", "densenet161", "resnet50"])
+    ['densenet121', 'densenet161']
+    """
+    import difflib
+
+    cands = list(dict.fromkeys(candidates))
+    low = str(name).lower()
+    exact_ns = [c for c in cands if c.lower() != low and c.lower().rsplit(":", 1)[-1] == low]
+    lowered = {c.lower(): c for c in cands}
+    close = [lowered[c] for c in difflib.get_close_matches(low, list(lowered), n=n, cutoff=cutoff)]
+    return list(dict.fromkeys(exact_ns + close))[:n]
 
 
 def lazy(module: str, attr: str) -> Callable[..., Any]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from lungray.config import StudyConfig
+from lungray.config import StudyConfig, is_pool_size
 from lungray.errors import ConfigError
 
 __all__ = ["validate_study", "one_of"]
@@ -32,17 +32,21 @@ def one_of(where: str, value: Any, choices: Sequence[Any]) -> None:
         raise ConfigError(f"{where}: '{value}' is not valid; valid choices: {', '.join(map(str, choices))}")
 
 
-def validate_study(cfg: StudyConfig) -> None:
-    """Every check that needs no data: names, ranges, schedules that yield zero steps."""
+def validate_study(cfg: StudyConfig, require_data: bool = True) -> None:
+    """Every check that needs no data: names, ranges, schedules that yield zero steps.
+
+    ``require_data=False`` accepts a missing ``data.path`` (``--dry-run`` shows a study's grid
+    before the dataset is at hand).
+    """
     from lungray.data.adapters import ADAPTERS
     from lungray.data.augment import AUGMENTATIONS, NORMALIZATIONS
-    from lungray.data.preprocess import PREPROCESSING
+    from lungray.data.preprocess import check_preprocessing
     from lungray.train.optim import check_optimizer_config
     from lungray.train.tasks import TASKS
 
     d = cfg.data
     ADAPTERS.check(d.source)
-    PREPROCESSING.check(d.preprocess)
+    check_preprocessing(d.preprocess, "data.preprocess")
     one_of("data.resize", d.resize, ["stretch", "letterbox"])
     one_of("data.cache_dtype", d.cache_dtype, ["uint8", "uint16"])
     one_of("data.leakage", d.leakage, ["drop", "report", "off"])
@@ -52,7 +56,7 @@ def validate_study(cfg: StudyConfig) -> None:
         v = getattr(d, k)
         if v < 0 or (isinstance(v, float) and not v < 1 and not float(v).is_integer()):
             raise ConfigError(f"data.{k} must be a count >= 0 or a fraction in [0, 1), got {v}")
-    if d.source != "phantom" and not d.path:
+    if require_data and d.source != "phantom" and not d.path:
         raise ConfigError(
             f"data.path is required for data.source '{d.source}': pass --data PATH (or set data.path)"
         )
@@ -83,8 +87,8 @@ def validate_study(cfg: StudyConfig) -> None:
 
     if not cfg.sizes:
         raise ConfigError("sizes: at least one training size is required")
-    if any(n < 1 for n in cfg.sizes):
-        raise ConfigError(f"sizes must be positive counts, got {list(cfg.sizes)}")
+    if any(not is_pool_size(n) and (isinstance(n, str) or n < 1) for n in cfg.sizes):
+        raise ConfigError(f"sizes must be positive counts or 'all' (the whole training pool), got {list(cfg.sizes)}")
     if len(set(cfg.sizes)) != len(cfg.sizes):
         raise ConfigError(f"sizes contain duplicates: {list(cfg.sizes)}")
     if not cfg.seeds:
@@ -116,6 +120,8 @@ def validate_study(cfg: StudyConfig) -> None:
             f"schedule.early_stopping_patience must be >= 1 evaluation or null (off), got {s.early_stopping_patience}"
         )
     for n in cfg.sizes:
+        if is_pool_size(n):
+            continue  # resolved against the pool when the data is prepared
         bs, ep = s.resolve(n)
         if bs < 1 or ep < 1:
             raise ConfigError(
@@ -126,6 +132,7 @@ def validate_study(cfg: StudyConfig) -> None:
     one_of("train.loss", t.loss, ["auto", *task.losses])
     AUGMENTATIONS.check(t.augmentation)
     NORMALIZATIONS.check(t.normalization)
+    _check_variants(cfg)
     one_of("train.imbalance", t.imbalance, ["none", "weighted_loss", "weighted_sampler"])
     one_of("train.amp", t.amp, ["auto", "bf16", "fp16", "off"])
     if not 0 <= t.label_smoothing < 1:
@@ -148,3 +155,23 @@ def validate_study(cfg: StudyConfig) -> None:
             f"resources.use_ray_train=false runs each trial in one process but resources.workers={r.workers}: "
             "set resources.workers=1, or use_ray_train=auto/true for DDP through Ray Train"
         )
+
+
+def _check_variants(cfg: StudyConfig) -> None:
+    """The ``variants`` axis: names exist, keys are unique, ``fixed`` statistics are given."""
+    from lungray.data.augment import NORMALIZATIONS, check_fixed_stats
+    from lungray.data.preprocess import check_preprocessing
+
+    if not cfg.variants:
+        raise ConfigError("variants: at least one variant is required (an empty mapping {} keeps the study's settings)")
+    seen = set()
+    for i, v in enumerate(cfg.variants):
+        if v.preprocess is not None:
+            check_preprocessing(v.preprocess, f"variants[{i}].preprocess")
+        if v.normalization is not None:
+            NORMALIZATIONS.check(v.normalization)
+        if v.key in seen:
+            raise ConfigError(f"variants[{i}]: two variants are both called '{v.key}'; give one a label")
+        seen.add(v.key)
+        t = cfg.variant_train(v)
+        check_fixed_stats(t.normalization, t.norm_mean, t.norm_std, f"variants[{i}]" if v.key else "train")

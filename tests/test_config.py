@@ -22,7 +22,7 @@ from lungray.presets import PAPER_SIZE_RULES, preset_names
 def test_every_preset_validates(name):
     cfg = load_study(name, overrides=[] if name in ("smoke", "default") else ["data.path=/data/x"])
     assert isinstance(cfg, StudyConfig)
-    assert len(cfg.trials()) == len(cfg.models) * len(cfg.sizes) * len(cfg.optimizers) * len(cfg.seeds)
+    assert len(cfg.trials()) == len(cfg.models) * len(cfg.variants) * len(cfg.sizes) * len(cfg.optimizers) * len(cfg.seeds)
 
 
 def test_paper_preset_is_the_protocol():

@@ -12,7 +12,7 @@ from PIL import Image
 
 from lungray.config import DataConfig
 from lungray.data.adapters import ADAPTERS, build_manifest
-from lungray.data.manifest import COLUMNS, class_names_of, validate_manifest
+from lungray.data.manifest import COLUMNS, class_names_of, hash_image_id, id_salt, validate_manifest
 from lungray.errors import DataError
 
 
@@ -81,7 +81,8 @@ def test_covid_radiography_layout(radiography_tree):
     assert class_names_of(df) == ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
     assert _counts(df) == RADIO_COUNTS  # masks/ are not images of a class, xlsx ignored
     assert not df["path"].str.contains("/masks/").any()
-    assert "Viral Pneumonia/images/Viral Pneumonia-1" in set(df["image_id"])
+    # image ids are salted hashes of the relative path (file names may hold patient ids)
+    assert hash_image_id("Viral Pneumonia/images/Viral Pneumonia-1", id_salt("covid_radiography")) in set(df["image_id"])
     assert (df["source"] == "covid_radiography").all() and (df["modality"] == "XR").all()
     assert (df["class_index"] == df["label"].map({c: i for i, c in enumerate(class_names_of(df))})).all()
 
@@ -139,7 +140,11 @@ def test_covid_ct_xray_modality_picks_the_subtree(ct_xray_tree):
     ct = build_manifest(DataConfig(source="covid_ct_xray", path=str(ct_xray_tree), modality="CT"))
     assert class_names_of(ct) == ["COVID", "Non-COVID"]  # 'non-COVID' folder -> canonical name
     assert _counts(ct) == {"COVID": 3, "Non-COVID": 2}
-    assert (ct["modality"] == "CT").all() and ct["image_id"].str.startswith("CT/").all()
+    assert (ct["modality"] == "CT").all() and ct["path"].str.contains("/CT/").all()
+    tree = (Path(ct_xray_tree) / "COVID-19 Dataset").resolve()
+    rel = [Path(p).relative_to(tree).with_suffix("").as_posix() for p in ct["path"]]
+    assert rel[0].startswith("CT/COVID/")  # ids hash 'CT/<class>/<file>': no clash with the X-ray tree's
+    assert list(ct["image_id"]) == [hash_image_id(r, id_salt("covid_ct_xray")) for r in rel]
     xr = build_manifest(DataConfig(source="covid_ct_xray", path=str(ct_xray_tree), modality="x_ray"))
     assert _counts(xr) == {"COVID": 1, "Non-COVID": 4}
     assert not set(ct["path"]) & set(xr["path"])

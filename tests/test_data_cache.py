@@ -63,9 +63,9 @@ def test_cache_contents_match_decode_resize_preprocess(tree, tmp_path):
         assert np.array_equal(hashes[i], dihedral_hashes(img))
         assert row["phash"] == f"{int(hashes[i, 0]):016x}"
         assert (row["height"], row["width"]) == img.shape
-    narrow = man[man["image_id"] == "Normal/n_narrow"].iloc[0]
+    narrow = man[man["path"].str.endswith("/Normal/n_narrow.png")].iloc[0]
     assert (narrow["width"], narrow["height"]) == (30, 40)
-    dcm = man[man["image_id"] == "Normal/n_dcm"].iloc[0]
+    dcm = man[man["path"].str.endswith("/Normal/n_dcm.dcm")].iloc[0]
     assert dcm["modality"] == "CR" and dcm["patient_id"].startswith("p_")
     assert "RAW-PID-77" not in (root / "manifest.parquet").read_bytes().decode("latin-1")
     assert meta["class_names"] == ["COVID", "Normal"] and meta["n_images"] == 7 and meta["n_quarantined"] == 0
@@ -99,9 +99,9 @@ def test_uint16_cache_keeps_16_bit_precision(tree, tmp_path):
     images = np.load(root / "images.npy")
     man = pd.read_parquet(root / "manifest.parquet")
     assert images.dtype == np.uint16
-    i = int(np.flatnonzero(man["image_id"] == "COVID/c16")[0])
+    i = int(np.flatnonzero(man["path"].str.endswith("/COVID/c16.png"))[0])
     assert np.array_equal(images[i], to_storage(resize(decode(man["path"][i]), 16, "letterbox"), "uint16"))
-    j = int(np.flatnonzero(man["image_id"] == "Normal/n_narrow")[0])
+    j = int(np.flatnonzero(man["path"].str.endswith("/Normal/n_narrow.png"))[0])
     assert images[j][:, :2].max() == 0 and images[j][:, -2:].max() == 0  # 40 x 30 letterboxed: black bars
 
 

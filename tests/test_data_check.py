@@ -52,19 +52,22 @@ def bad_tree(tmp_path, imgs):
     return root
 
 
-EXPECTED_A = {
-    "A/zero.png: zero-byte file",
-    "A/truncated.png: truncated image",
-    "A/text.png: not an image (unrecognised content)",
-    "A/plan.dcm: DICOM without pixel data",
-    "A/cine.dcm: multi-frame DICOM (10 frames)",
-    "A/mpeg.dcm: compressed DICOM (MPEG2 Main Profile / Main Level) with no decoder installed",
+EXPECTED_A = {  # each line: the file, the reason (the manifest's problem column), what to do
+    "A/zero.png: zero-byte file; re-download or remove it",
+    "A/truncated.png: truncated image; re-download or remove it",
+    "A/text.png: not an image (unrecognised content); remove it or fix its format",
+    "A/plan.dcm: DICOM without pixel data; it is not an image (report, RT plan...); remove it",
+    "A/cine.dcm: multi-frame DICOM (10 frames); lungray reads one image per file; save the frame you want as its own file",
+    "A/mpeg.dcm: compressed DICOM (MPEG2 Main Profile / Main Level) with no decoder installed; install pylibjpeg, "
+    "pylibjpeg-openjpeg, pylibjpeg-libjpeg and pylibjpeg-rle (or python-gdcm), or convert the file to an uncompressed "
+    "transfer syntax",
 }
 
 
 def test_every_bad_file_kind_is_quarantined_with_one_line(bad_tree):
     lines: list[str] = []
-    rep = check_dataset(DataConfig(source="folder", path=str(bad_tree)), echo=lines.append)
+    # val_size=2: one validation image per class (with 0.1, 1 image: a class never validated is a warning)
+    rep = check_dataset(DataConfig(source="folder", path=str(bad_tree), val_size=2), echo=lines.append)
     assert set(rep.problems) == EXPECTED_A
     assert set(lines[:-1]) == EXPECTED_A
     assert lines[-1] == rep.summary
@@ -73,8 +76,8 @@ def test_every_bad_file_kind_is_quarantined_with_one_line(bad_tree):
     assert not rep.ok and rep.n_quarantined == 6
     assert rep.class_counts == {"A": 6, "B": 7}
     m = rep.manifest
-    assert (m.loc[m["image_id"] == "A/zero", "problem"] == "zero-byte file").all()
-    assert (m.loc[m["image_id"].str.startswith("B/"), "problem"] == "").all()
+    assert (m.loc[m["path"].str.endswith("/A/zero.png"), "problem"] == "zero-byte file").all()
+    assert (m.loc[m["path"].str.contains("/B/"), "problem"] == "").all()
     assert rep.counts["zero-byte file"] == 1 and rep.counts["multi-frame DICOM"] == 1
     assert all("SECRET-PATIENT" not in s for s in lines)
 
@@ -82,7 +85,7 @@ def test_every_bad_file_kind_is_quarantined_with_one_line(bad_tree):
 def test_strict_raises_after_reporting(bad_tree):
     lines: list[str] = []
     with pytest.raises(DataError, match=r"data check failed \(strict\): 6 of 19 images quarantined"):
-        check_dataset(DataConfig(source="folder", path=str(bad_tree)), strict=True, echo=lines.append)
+        check_dataset(DataConfig(source="folder", path=str(bad_tree), val_size=2), strict=True, echo=lines.append)
     assert set(lines[:-1]) == EXPECTED_A  # everything was listed before failing
 
 
@@ -95,7 +98,9 @@ def test_unknown_label_and_empty_class(tmp_path, imgs):
     cfg = DataConfig(source="folder", path=str(tmp_path), class_map={"COVID": "COVID", "Normal": "Normal", "Ghost": "Ghost"})
     rep = check_dataset(cfg, echo=lines.append)
     assert [p for p in rep.problems if p.startswith("Other/")] == [
-        f"Other/{i}.png: unknown label 'Other' (not in data.class_map)" for i in range(3)
+        f"Other/{i}.png: unknown label 'Other' (not in data.class_map); add the class to data.class_map (or map it to "
+        "null) or remove the file"
+        for i in range(3)
     ]
     assert rep.dataset_problems == [
         "class 'Ghost' has no usable images; add images, fix the quarantined ones, or drop it with data.class_map"
@@ -117,13 +122,17 @@ def test_csv_missing_file_row_number_and_duplicate_ids(tmp_path, imgs):
     )
     lines: list[str] = []
     rep = check_dataset(DataConfig(source="csv", path=str(csv)), echo=lines.append)
-    assert rep.problems == [
+    assert rep.problems[:3] == [
         f"{(tmp_path / 'img' / 'missing.png').resolve().relative_to(tmp_path.resolve()).as_posix()}: "
-        "missing file 'img/missing.png' (study.csv row 3 (line 4))",
-        "img/2.png: duplicate image_id",
-        "img/3.png: duplicate image_id",
+        "missing file 'img/missing.png' (study.csv row 3 (line 4)); fix the path or remove the row",
+        "img/2.png: duplicate image_id; make the image ids unique",
+        "img/3.png: duplicate image_id; make the image ids unique",
     ]
     assert rep.class_counts == {"COVID": 1, "Normal": 1}
+    # one usable image per class: the held-out split cannot both evaluate and train each class
+    assert [w.split(":")[0] for w in rep.warnings] == [
+        "class 'COVID' has 1 usable image(s)", "class 'Normal' has 1 usable image(s)"
+    ] and rep.problems[3:] == rep.warnings
 
 
 def test_pool_too_small_for_requested_sizes(tmp_path, imgs):
@@ -143,9 +152,9 @@ def test_pool_too_small_for_requested_sizes(tmp_path, imgs):
 
 def test_phantom_checks_clean():
     lines: list[str] = []
-    rep = check_dataset(DataConfig(phantom_n=20, resolution=16), echo=lines.append)
+    rep = check_dataset(DataConfig(phantom_n=40, resolution=16), echo=lines.append)  # 20: a class without validation
     assert rep.ok and rep.problems == [] and lines == [rep.summary]
-    assert rep.summary.startswith("all 20 images OK; per class: Normal ")
+    assert rep.summary.startswith("all 40 images OK; per class: Normal ")
 
 
 def test_problem_kind():
@@ -206,3 +215,77 @@ def test_data_check_reports_duplicate_clusters(tmp_path, capsys):
     assert "no patient ids: a split of this dataset is image-level, grouped only by these clusters" in out
     assert main(["data", "check", str(root), "--no-duplicates"]) == 0
     assert "duplicates:" not in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------
+# the command line: exit status (issue 12), escaped names, `data which`
+# --------------------------------------------------------------------------------------------
+
+
+def _run(argv, capsys):
+    from lungray.cli import main
+
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_cli_exit_status_quarantine_strict_unusable(tmp_path, imgs, capsys):
+    for i in range(8):
+        _png(tmp_path / "ds" / "A" / f"{i}.png", imgs[i])
+        _png(tmp_path / "ds" / "B" / f"{i}.png", imgs[10 + i])
+    (tmp_path / "ds" / "A" / "bad\nB: fake.png").write_bytes(b"")
+    ds = str(tmp_path / "ds")
+    rc, out, err = _run(["data", "check", ds, "--val-size", "2", "--no-duplicates"], capsys)
+    # one bad PNG: quarantined with a warning line, and the gate passes as the sweep would
+    assert rc == 0 and "A/bad\\nB: fake.png: zero-byte file; re-download or remove it\n" in out
+    assert out.count("\n") == 2 and out.splitlines()[-1].startswith("1 of 17 images quarantined")
+    rc, out, err = _run(["data", "check", ds, "--val-size", "2", "--strict", "--no-duplicates"], capsys)
+    assert rc == 1 and err == "data check failed (--strict): 1 problem(s) above\n"
+    (tmp_path / "one" / "A").mkdir(parents=True)
+    _png(tmp_path / "one" / "A" / "0.png", imgs[0])
+    rc, out, err = _run(["data", "check", str(tmp_path / "one"), "--no-duplicates"], capsys)
+    assert rc == 1 and "fewer than 2 classes with usable images (A 1)" in out
+    assert err == "data check failed: the dataset cannot be used (1 error(s) above)\n"
+    rc, out, err = _run(["data", "check", str(tmp_path / "nowhere")], capsys)
+    assert rc == 2 and err.startswith("lungray: error: dataset path") and "does not exist" in err
+
+
+def test_cli_which_maps_a_hashed_id_back_to_its_file(tmp_path, imgs, capsys):
+    from lungray.config import DataConfig
+    from lungray.data.prepare import prepare_data
+
+    for i in range(8):
+        _png(tmp_path / "ds" / "A" / f"PAT-{i}.png", imgs[i])
+        _png(tmp_path / "ds" / "B" / f"PAT-{10 + i}.png", imgs[10 + i])
+    cfg = DataConfig(source="folder", path=str(tmp_path / "ds"), resolution=16, val_size=2)
+    d = prepare_data(cfg, output_dir=tmp_path / "out", progress=False, parallel=False)
+    image_id = str(d.ids[3])
+    assert image_id.startswith("img_") and "PAT" not in "".join(map(str, d.ids))
+    rc, out, _ = _run(["data", "which", image_id, "img_0000000000000000", "--output", str(tmp_path / "out")], capsys)
+    path = d.manifest()["path"].iloc[3]
+    assert rc == 1 and out.splitlines() == [f"{image_id}\t{path}\t{d.manifest()['label'].iloc[3]}", "img_0000000000000000\tnot found"]
+
+
+def test_check_manifest_carries_the_hashes_the_cache_computes(tmp_path, imgs, capsys):
+    """Issue 13 item 8: ``--manifest-out`` has sha256 (of the file bytes) and phash/width/height (of
+    the decode), equal to what the sweep's cache computes for the same images."""
+    import hashlib
+
+    import pandas as pd
+
+    from lungray.data.prepare import prepare_data
+
+    for i in range(8):
+        _png(tmp_path / "ds" / "A" / f"{i}.png", imgs[i])
+        _png(tmp_path / "ds" / "B" / f"{i}.png", imgs[10 + i][:, :20])  # 24 x 20
+    rc, _, _ = _run(["data", "check", str(tmp_path / "ds"), "--val-size", "2", "--no-duplicates", "--manifest-out", str(tmp_path / "m.parquet")], capsys)
+    m = pd.read_parquet(tmp_path / "m.parquet").set_index("image_id")
+    assert rc == 0 and len(m) == 16
+    for image_id, r in m.iterrows():
+        assert r["sha256"] == hashlib.sha256(Path(r["path"]).read_bytes()).hexdigest()
+        assert (r["width"], r["height"]) == ((24, 24) if "/A/" in r["path"] else (20, 24))
+    cfg = DataConfig(source="folder", path=str(tmp_path / "ds"), resolution=16, val_size=2)
+    cached = prepare_data(cfg, output_dir=tmp_path / "out", progress=False, parallel=False).manifest().set_index("image_id")
+    cols = ["sha256", "phash", "width", "height", "path", "label"]
+    pd.testing.assert_frame_equal(m.loc[cached.index, cols], cached[cols])

@@ -136,8 +136,11 @@ def leaky_tree(tmp_path_factory):
 
 
 def _pairs(d: PreparedData, copies: dict[str, str]) -> list[tuple[int, int]]:
-    ids = {v: i for i, v in enumerate(d.ids)}
-    return [(ids[c], ids[o]) for c, o in copies.items()]
+    from lungray.data.manifest import hash_image_id, id_salt
+
+    ids = {v: i for i, v in enumerate(d.ids)}  # ids are salted hashes of the relative paths
+    h = lambda rel: hash_image_id(rel, id_salt("folder"))  # noqa: E731
+    return [(ids[h(c)], ids[h(o)]) for c, o in copies.items()]
 
 
 @pytest.mark.parametrize("mode", ["drop", "report", "off"])
@@ -193,9 +196,11 @@ def test_predefined_split_copies_are_dropped_or_reported(tmp_path, mode):
     pd.DataFrame(rows, columns=["path", "label", "split"]).to_csv(tmp_path / "labels.csv", index=False)
     cfg = DataConfig(source="csv", path=str(tmp_path / "labels.csv"), resolution=32, leakage=mode)
     d = prepare_data(cfg, output_dir=tmp_path / "out", progress=False)
-    ids = list(d.ids)
-    copy_train = next(i for i, v in enumerate(ids) if "copy_train" in v)
-    copy_val = next(i for i, v in enumerate(ids) if "copy_val" in v)
+    from lungray.data.manifest import hash_image_id, id_salt
+
+    ids = list(d.ids)  # salted hashes of the paths relative to the CSV's folder
+    copy_train = ids.index(hash_image_id("imgs/copy_train", id_salt("csv:labels.csv")))
+    copy_val = ids.index(hash_image_id("imgs/copy_val", id_salt("csv:labels.csv")))
     info = d.info["leakage"]
     assert d.info["splits"] == "predefined" and info["grouping"].startswith("the source's own train/val/test split")
     assert info["pool_images_flagged"] == 1 and info["val_images_flagged"] == 1 and info["cross_split_pairs"] == 2
@@ -248,8 +253,8 @@ def test_strict_fails_before_decoding(tmp_path):
 
 
 def test_registries():
-    assert AUGMENTATIONS.names() == ["none", "rot30_zoom_flip", "rot_hflip", "shift_shear_zoom"]
-    assert NORMALIZATIONS.names() == ["imagenet", "none", "pool"]
+    assert AUGMENTATIONS.names() == ["none", "rot15_nearest", "rot30_zoom_flip", "rot_hflip", "shift_shear_zoom"]
+    assert NORMALIZATIONS.names() == ["fixed", "imagenet", "none", "pool"]
     with pytest.raises(ConfigError, match="unknown augmentation 'flip'; valid choices"):
         build_augmentation("flip", 32)
 

@@ -96,6 +96,36 @@ def test_macro_and_weighted_f1_hand_cases():
     assert M.macro_f1(C_Y, C_PROBS.argmax(1), 3) == pytest.approx((2 / 3 + 0.8) / 2, abs=1e-15)
     assert math.isnan(M.macro_f1([], [], 2))
     assert math.isnan(M.weighted_f1([], [], 2))
+    # a class only PREDICTED (never true) counts with F1 = 0, as in sklearn's f1_score(average="macro"):
+    # y=[0,0,1,1], pred=[0,2,1,1]: F1 = 2/3 (class 0), 1 (class 1), 0 (class 2); class 3 absent
+    assert M.macro_f1([0, 0, 1, 1], [0, 2, 1, 1], 4) == pytest.approx((2 / 3 + 1 + 0) / 3, abs=1e-15)
+
+
+def test_macro_f1_equals_sklearn_on_many_small_four_class_cases():
+    """Issue 11.6: 2,000 seeded random 4-class cases of 1-12 images, with classes missing from
+    y_true, from y_pred or from both: lungray's macro F1 is sklearn's f1_score(average="macro")
+    (default labels = the union of both arrays) for every zero_division, and equals the
+    fixed-label form only with zero_division=nan."""
+    import warnings
+
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(11)
+    n_true_only = n_pred_only = 0
+    for _ in range(2000):
+        n = int(rng.integers(1, 13))
+        y = rng.choice(4, size=n, p=rng.dirichlet(np.ones(4) * 0.5))
+        pred = np.where(rng.random(n) < 0.5, y, rng.integers(0, 4, size=n))
+        n_true_only += bool(set(y) - set(pred))
+        n_pred_only += bool(set(pred) - set(y))
+        ours = M.macro_f1(y, pred, 4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # sklearn's UndefinedMetricWarning
+            for zd in ("warn", 0.0, 1.0, np.nan):
+                assert ours == pytest.approx(f1_score(y, pred, average="macro", zero_division=zd), abs=1e-12), (y, pred, zd)
+            assert ours == pytest.approx(f1_score(y, pred, average="macro", labels=[0, 1, 2, 3], zero_division=np.nan), abs=1e-12)
+    # the random cases do exercise the cases the audit found (classes in only one of the arrays)
+    assert n_true_only > 300 and n_pred_only > 300
 
 
 def test_log_loss_hand_cases():

@@ -32,8 +32,8 @@ def test_import_does_not_pull_torch_or_timm():
 
 
 def test_registries_hold_the_documented_names():
-    assert HEADS.names() == ["bn_mlp256", "linear", "pool_mlp64"]
-    assert FREEZE_POLICIES.names() == ["backbone", "last", "none"]
+    assert HEADS.names() == ["bn_mlp256", "bn_pool_mlp64", "gmp_mlp128", "linear", "mlp128", "pool_mlp64", "tv_classifier"]
+    assert FREEZE_POLICIES.names() == ["backbone", "fc_only", "last", "none"]
     assert all(HEADS.get(h).task == "classification" for h in HEADS)
 
 
@@ -67,8 +67,8 @@ def test_unknown_torchvision_name_suggests_tv_names():
         (ModelConfig(name="resnet18", pretrained="/nonexistent/w.pth"), r"weights path /nonexistent/w.pth does not exist"),
         (ModelConfig(name="resnet18", freeze="last"), r"model.freeze 'last': write last:N"),
         (ModelConfig(name="resnet18", freeze="last:0"), r"last:N with N a positive"),
-        (ModelConfig(name="resnet18", freeze="partial"), r"unknown freeze policy 'partial'; valid choices: backbone, last, none"),
-        (ModelConfig(name="resnet18", head="mlp"), r"unknown head 'mlp'; valid choices: bn_mlp256, linear, pool_mlp64"),
+        (ModelConfig(name="resnet18", freeze="partial"), r"unknown freeze policy 'partial'; valid choices: backbone, fc_only, last, none"),
+        (ModelConfig(name="resnet18", head="mlp"), r"unknown head 'mlp'; valid choices: bn_mlp256, bn_pool_mlp64, gmp_mlp128, linear, mlp128, pool_mlp64, tv_classifier"),
         (ModelConfig(name="resnet18", stem="conv3"), r"model.stem: 'conv3' is not valid"),
         (ModelConfig(name="resnet18", input_mode="rgb"), r"model.input_mode: 'rgb' is not valid"),
     ],

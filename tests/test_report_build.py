@@ -53,6 +53,31 @@ def _planted(model: str, n: int, seed: int) -> float:
     return base - 0.10 if model == "beta" else base
 
 
+def _anova_interval(correct: np.ndarray) -> tuple[float, float, float]:
+    """The two-level interval of a cell from a two-way random-effects ANOVA (seeds x images),
+    computed here by hand: Var(mean) = (MS_seed + max(0, MS_image - MS_resid)) / (S N), with
+    Satterthwaite df from the seed part (guarded: its 75 % upper chi-square bound) and the
+    image part (N - 1 df)."""
+    from scipy import stats as st
+
+    x = correct.astype(float)
+    S, N = x.shape
+    grand = x.mean()
+    ms_seed = N * ((x.mean(1) - grand) ** 2).sum() / (S - 1)
+    ms_img = S * ((x.mean(0) - grand) ** 2).sum() / (N - 1)
+    resid = x - x.mean(1, keepdims=True) - x.mean(0, keepdims=True) + grand
+    ms_res = (resid**2).sum() / ((S - 1) * (N - 1))
+    v_seed, v_img = ms_seed / (S * N), max(0.0, ms_img - ms_res) / (S * N)
+    v_guard = v_seed * (S - 1) / st.chi2.ppf(0.25, S - 1)
+    df = (v_guard + v_img) ** 2 / (v_guard**2 / (S - 1) + v_img**2 / (N - 1))
+    half = st.t.ppf(0.975, df) * math.sqrt(v_seed + v_img)
+    return grand, grand - half, grand + half
+
+
+def _cell(fake, model, n, seeds=(0, 1, 2)):
+    return np.stack([fake.correct[(model, n, "adam", s)] for s in seeds])
+
+
 def _mlflow_metric(fake, model, n, seed, key="test_accuracy"):
     from mlflow import MlflowClient
 
@@ -83,8 +108,18 @@ def test_report_files_and_all_sections(fake, report):
         assert f'<section id="{sid}">' in html and title in html
     for name in ["runs.csv", "summary.csv", "table_accuracy.csv", "per_class.csv", "paired.csv", "power_law.csv",
                  "class_counts.csv", "failed_trials.csv", "missing_trials.csv", "missed_as_normal.csv",
-                 "figures/learning_curves.png", "figures/power_law.png", "figures/roc.png"]:
+                 "figures/learning_curves.png", "figures/power_law.png", "figures/roc.png", "adequacy.csv"]:
         assert (report / name).is_file(), name
+    # issue 13.6: every figure at print size (180 mm at 300 dpi) with vector SVG and PDF beside it
+    from PIL import Image
+
+    pngs = sorted((report / "figures").glob("*.png"))
+    assert len(pngs) >= 8
+    for png in pngs:
+        assert png.with_suffix(".svg").read_text().lstrip().startswith("<?xml"), png
+        assert png.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-", png
+    for name in ("learning_curves", "power_law", "dynamics_loss", "roc"):
+        assert Image.open(report / "figures" / f"{name}.png").size[0] == pytest.approx(180 / 25.4 * 300, abs=3)
 
 
 def test_report_is_self_contained(report):
@@ -112,9 +147,20 @@ def test_study_table_equals_mlflow_and_the_plant(fake, report):
         assert r.n == len(seeds)
         planted = [_planted(r.model, r.train_size, s) for s in seeds]
         assert r.mean == pytest.approx(np.mean(planted), abs=1e-12)
-        # three seeds 0.01 apart: s = 0.01, half-width = t(0.975, 2) * 0.01 / sqrt(3)
+        # the interval carries seeds AND evaluation images (issue 11.2): it equals the two-way
+        # ANOVA interval computed by hand from the planted per-image outcomes. Its seed part is the
+        # seeds-only t's: three seeds 0.01 apart, s^2 / 3 = 0.01^2 / 3
+        if r.n >= 2:
+            _, lo, hi = _anova_interval(_cell(fake, r.model, r.train_size, seeds))
+            assert (r.ci_low, r.ci_high) == pytest.approx((lo, hi), abs=1e-9)
+            assert r.interval == "seeds+images" and r.var_image >= 0 and r.n_images == 200
         if r.n == 3:
-            assert r.ci_high - r.mean == pytest.approx(T2 * 0.01 / math.sqrt(3), abs=1e-9)
+            assert r.var_seed == pytest.approx(0.01**2 / 3, abs=1e-15)
+    # where the image part is 0 (the plant draws each seed's correct images at random, so no image
+    # is hard for every seed), the interval IS the seeds-only t: half-width t(0.975, 2) 0.01 / sqrt(3)
+    flat = tab[(tab.n == 3) & (tab.var_image == 0)]
+    assert len(flat) > 0
+    assert np.allclose(flat.ci_high - flat["mean"], T2 * 0.01 / math.sqrt(3), atol=1e-9)
     # at n=25: alpha == gamma == 0.54 (tie: the first listed is marked best), beta 0.44
     at25 = tab[tab.train_size == 25].set_index("model")
     assert at25.loc["alpha", "mean"] == pytest.approx(0.54)
@@ -138,34 +184,58 @@ def test_runs_csv_holds_every_mlflow_metric(fake, report):
             assert row[metric] == pytest.approx(value, abs=1e-12), (key, metric)
 
 
-def test_html_table_shows_the_same_numbers(report):
+def test_html_table_shows_the_same_numbers(fake, report):
     html = (report / "report.html").read_text()
-    # alpha at n=25: 0.540 [0.515, 0.565] (0.54 +- 4.3027 * 0.01 / sqrt 3 = 0.0248)
-    assert "0.540 [0.515, 0.565]" in html
-    assert "0.440 [0.415, 0.465]" in html  # beta at 25
+    for model in ("alpha", "beta"):
+        m, lo, hi = _anova_interval(_cell(fake, model, 25))
+        assert f"{m:.3f} [{lo:.3f}, {hi:.3f}]" in html
+    assert "conditional on the fixed training pool" in html  # the report says what the interval is
+
+
+def test_planted_near_chance_cells_are_named_at_chance(report):
+    """0.43-0.55 accuracy on 200 balanced images, with scores that hardly rank the classes, is not
+    distinguishable from chance (majority rate 0.5, AUC 0.5): the cell says so (issue 11.2)."""
+    tab = pd.read_csv(report / "table_accuracy.csv")
+    at25 = tab[tab.train_size == 25].set_index("model")
+    assert (at25.loc[["alpha", "beta", "gamma"], "n_at_chance"] == 3).all()
+    assert (tab[tab.train_size >= 100].n_at_chance == 0).all()
+    assert "all 3 runs at chance" in (report / "report.html").read_text()
 
 
 # -- paired comparisons ----------------------------------------------------------------------------
 
 
-def test_paired_detects_planted_difference_and_none_for_identical_models(report):
+def test_paired_detects_planted_difference_and_none_for_identical_models(fake, report):
     pc = pd.read_csv(report / "paired.csv")
     assert set(pc.train_size) == set(SIZES)
     ab = pc[(pc.model_a == "alpha") & (pc.model_b == "beta")]
     assert len(ab) == len(SIZES)
     assert np.allclose(ab.diff_points, 10.0)
-    assert ab.significant.all() and (ab.low_points > 0).all()
-    # all 20 discordant images favour alpha on every seed: McNemar b = 20, c = 0
-    assert set(ab.mcnemar_b) == {"20;20;20", "20;20"} and set(ab.mcnemar_c) == {"0;0;0", "0;0"}
+    assert ab.significant.all() and (ab.low_points > 0).all() and (ab.p_holm < 0.05).all()
+    # ONE McNemar over the seeds: all 20 discordant images of each seed favour alpha
+    assert set(zip(ab.mcnemar_b, ab.mcnemar_c)) == {(60, 0), (40, 0)}
+    assert (ab.mcnemar_p < 1e-6).all()
     ag = pc[((pc.model_a == "alpha") & (pc.model_b == "gamma")) | ((pc.model_a == "gamma") & (pc.model_b == "alpha"))]
     assert len(ag) == len(SIZES)
-    assert np.allclose(ag.diff_points, 0.0)
+    assert np.allclose(ag.diff_points, 0.0) and (ag.p == 1.0).all() and (ag.mcnemar_p == 1.0).all()
     assert (ag.low_points <= 0).all() and (ag.high_points >= 0).all() and not ag.significant.any()
+    # the family: 3 pairs x 4 sizes, Holm-adjusted; Holm's p is never below the raw one
+    assert (pc.family_size == 12).all() and (pc.p_holm >= pc.p - 1e-15).all()
+    from statsmodels.stats.multitest import multipletests
+
+    np.testing.assert_allclose(pc.p_holm, multipletests(pc.p, method="holm")[1], atol=1e-12)
+    np.testing.assert_allclose(pc.q_bh, multipletests(pc.p, method="fdr_bh")[1], atol=1e-12)
     # at n=200 only seeds 0 and 1 are paired (beta seed 2 failed, gamma seed 2 missing)
     assert set(pc[pc.train_size == 200].seeds) == {"0,1"}
     html = (report / "report.html").read_text()
-    assert re.search(r"alpha - beta at 100 images: \+10\.0 points \[\+\d+\.\d, \+\d+\.\d\]", html)
-    assert "alpha - gamma at 100 images: +0.0 points [+0.0, +0.0]  (within noise" in html
+    # p < 0.0001 ("&lt;" in the page)
+    assert re.search(r"alpha - beta at 100 images: \+10\.0 points \[\+\d+\.\d, \+\d+\.\d\], p (= |&lt; )[0-9.]+, Holm-adjusted \S+</li>", html)
+    assert "alpha - gamma at 100 images: +0.0 points [+0.0, +0.0], p = 1, Holm-adjusted 1  (within noise)" in html
+    assert "Family: the 12 comparisons" in html and "Holm" in html
+    # test-set adequacy per cell: 200 evaluation images, discordance observed against the other models
+    ad = pd.read_csv(report / "adequacy.csv")
+    assert len(ad) == 3 * len(SIZES) and (ad.n_images == 200).all() and (ad.discordance_source == "observed").all()
+    assert (ad.mdd_points > 0).all() and "Test-set adequacy" in html
 
 
 # -- partial sweep, failures, provenance -----------------------------------------------------------

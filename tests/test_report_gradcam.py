@@ -178,6 +178,12 @@ def test_report_has_panels_and_pointing_scores(trained, tmp_path):
     pg = pd.read_csv(out / "pointing_game.csv")
     assert list(pg.model) == ["cnn_a", "cnn_b"] and (pg.train_size == N_TRAIN).all()
     assert (pg.score > 5 * pg.random_map_score).all() and (pg.score > 0.6).all()
+    # issue 11.5: the baselines on the same images, with exact intervals and paired tests. The
+    # phantom puts lesions anywhere in the lungs, so a fixed point and a randomised model point worse
+    assert ((pg.score_low <= pg.score) & (pg.score <= pg.score_high)).all()
+    assert (pg.prior_score < pg.score).all() and (pg.p_vs_prior < 0.05).all()
+    assert (pg.randomised_score < pg.score).all() and (pg.p_vs_randomised < 0.05).all()
+    assert "fixed point (training prior)" in html and "randomised weights" in html
     n_pos = int(((data.labels[ev] == data.class_names.index("COVID"))
                  & np.asarray(data.masks[ev]).reshape(len(ev), -1).any(1)).sum())
     assert (pg.images == n_pos).all()

@@ -90,57 +90,147 @@ def test_mcnemar_exact_by_hand(b, c, p):
     assert got[2] == pytest.approx(p, abs=1e-12)
 
 
-# -- paired bootstrap ------------------------------------------------------------------------------
+# -- two-level intervals ---------------------------------------------------------------------------
 
 
-def test_paired_bootstrap_identical_models_report_no_difference():
+def test_two_level_scores_by_hand():
+    # 2 runs x 4 images. run means 0.75, 0.25 -> s^2 = 0.125, var_seed = s^2 / 2 = 0.0625.
+    # image means [1, .5, .5, 0] -> var(ddof=1) = 1/6, v_shared = 1/24; each run's image variance
+    # var(ddof=1) = 1/4, / 4 images = 1/16; var_image = (2 * 1/24 - 1/16) / (2 - 1) = 1/48.
+    x = np.array([[1, 1, 1, 0], [1, 0, 0, 0]], dtype=float)
+    ci = stats.two_level_ci_scores(x)
+    assert ci.estimate == 0.5 and ci.n == 2 and ci.kind == "seeds+images"
+    assert ci.var_seed == pytest.approx(0.0625) and ci.var_image == pytest.approx(1 / 48)
+    # df: seed part guarded by its 75 % chi-square bound (1 df), image part N - 1 = 3 df
+    from scipy.stats import chi2, t
+
+    vg = 0.0625 / chi2.ppf(0.25, 1)
+    df = (vg + 1 / 48) ** 2 / (vg**2 + (1 / 48) ** 2 / 3)
+    assert ci.df == pytest.approx(df)
+    assert ci.half_width == pytest.approx(t.ppf(0.975, df) * math.sqrt(0.0625 + 1 / 48), abs=1e-9)
+    # with the image part 0 the interval is the seeds-only t (df = 1): run means 0.75 and 0.25
+    flat = stats.two_level_ci_scores(np.array([[1, 1, 1, 0], [0, 0, 0, 1]], dtype=float))
+    assert flat.var_image == 0.0 and flat.df == pytest.approx(1.0) and flat.var_seed == pytest.approx(0.0625)
+    assert flat.half_width == pytest.approx(T1 * 0.25, abs=1e-9)
+
+    # the same image pattern in both runs: no run-to-run variance, all image variance
+    y = np.array([[1, 1, 0, 0], [1, 1, 0, 0]], dtype=float)
+    ci = stats.two_level_ci_scores(y)
+    # image means [1,1,0,0]: var = 1/3, v_shared = 1/12; v_each = 1/12 -> var_image = 1/12
+    assert ci.var_seed == 0.0 and ci.var_image == pytest.approx(1 / 12)
+    assert ci.df == pytest.approx(3.0)  # all of it from the images: N - 1 = 3
+    assert ci.half_width == pytest.approx(3.182446305284263 * math.sqrt(1 / 12), abs=1e-9)
+    one = stats.two_level_ci_scores(x[:1])
+    assert one.n == 1 and math.isnan(one.low) and one.kind == "none"
+
+
+def test_two_level_boot_equals_closed_form_for_a_mean():
+    """A bootstrap of the images shared by every run gives the closed-form components of a mean."""
+    from lungray.report.resampling import multinomial_weights
+
+    rng = np.random.default_rng(3)
+    easy = rng.random(400) < 0.7
+    x = (easy[None, :] ^ (rng.random((3, 400)) < 0.15)).astype(float)  # shared easiness + run noise
+    closed = stats.two_level_ci_scores(x)
+    w = multinomial_weights(400, 20000, seed=0)
+    boot = w @ x.T / 400  # (B, runs)
+    viaboot = stats.two_level_ci_boot(x.mean(1), boot, 400)
+    assert closed.var_image > 0
+    assert viaboot.var_image == pytest.approx(closed.var_image, rel=0.05)
+    assert viaboot.var_seed == pytest.approx(closed.var_seed, rel=1e-12)
+    assert (viaboot.low, viaboot.high) == pytest.approx((closed.low, closed.high), abs=0.003)
+
+
+def test_chance_check_flags_a_constant_model_and_not_a_working_one():
     rng = np.random.default_rng(0)
-    a = rng.random((3, 300)) < 0.8
-    d = stats.paired_bootstrap_diff(a.astype(float), a.astype(float), n_boot=500, seed=0)
-    assert d.diff == 0.0 and d.low == 0.0 and d.high == 0.0
-    assert not d.significant
+    y = np.repeat([0, 1], 100)
+    const = np.tile([0.6, 0.4], (200, 1))
+    ch = stats.chance_check(y, const)
+    assert ch.stuck and ch.accuracy == 0.5 and ch.majority_rate == 0.5
+    good = np.where((rng.random(200) < 0.8)[:, None], np.eye(2)[y] * 0.6 + 0.2, np.eye(2)[1 - y] * 0.6 + 0.2)
+    assert not stats.chance_check(y, good).stuck
+    # ranks well but always predicts class 0 by argmax: accuracy at chance, AUC far above 0.5 -> not stuck
+    ranks = np.stack([0.9 - 0.1 * y - rng.random(200) * 0.05, 0.1 + 0.1 * y + rng.random(200) * 0.05], 1)
+    r = stats.chance_check(y, ranks)
+    assert r.accuracy == 0.5 and r.p_auc < 1e-6 and not r.stuck
 
 
-def test_paired_bootstrap_detects_a_planted_difference():
-    # B is right on a subset of A's correct images: exactly 20 points worse on every seed
-    n = 300
-    a = np.zeros((3, n), bool)
-    b = np.zeros((3, n), bool)
+# -- paired test, multiple comparisons, McNemar ---------------------------------------------------------
+
+
+def test_paired_test_identical_and_planted():
+    rng = np.random.default_rng(0)
+    a = (rng.random((3, 300)) < 0.8).astype(float)
+    same = stats.paired_test(a, a)
+    assert (same.diff, same.low, same.high, same.p) == (0.0, 0.0, 0.0, 1.0) and not same.significant
+    # B right on a subset of A's correct images: exactly 20 points worse on every seed
+    b = np.zeros_like(a)
+    aa = np.zeros_like(a)
     for s in range(3):
-        order = np.random.default_rng(s).permutation(n)
-        a[s, order[:270]] = True  # 90 %
-        b[s, order[:210]] = True  # 70 %
-    d = stats.paired_bootstrap_diff(a, b, n_boot=1000, seed=0)
-    assert d.diff == pytest.approx(0.20)
-    assert d.significant and d.low > 0.1 and d.high < 0.3
-    assert d.n_seeds == 3 and d.n_images == n
-
-
-def test_paired_bootstrap_same_skill_different_errors_covers_zero():
-    # two models with the same 80 % accuracy but independent errors: no real difference
-    rng = np.random.default_rng(5)
-    a = rng.random((3, 400)) < 0.8
-    b = rng.random((3, 400)) < 0.8
-    d = stats.paired_bootstrap_diff(a, b, n_boot=1000, seed=0)
-    assert abs(d.diff) < 0.03
-    assert d.low < 0 < d.high and not d.significant
-
-
-def test_paired_bootstrap_shares_one_image_resample_across_seeds():
-    # d = [[1, 0], [0, 0]]: a replicate equals w_seed0 * w_image0 / 4, with w ~ Multinomial(2, 1/2)
-    # independently, so P(replicate = 1) = P(w_s0 = 2) * P(w_i0 = 2) = 1/4 * 1/4 = 1/16 and its
-    # mean is E[w_s0] E[w_i0] / 4 = 1/4 (the point estimate).
-    a = np.array([[1.0, 0.0], [0.0, 0.0]])
-    d = stats.paired_bootstrap_diff(a, np.zeros_like(a), n_boot=40000, seed=0)
-    assert d.diff == 0.25
-    assert set(np.unique(d.boot)) <= {0.0, 0.25, 0.5, 1.0}
-    assert np.mean(d.boot == 1.0) == pytest.approx(1 / 16, abs=0.005)
-    assert np.mean(d.boot) == pytest.approx(0.25, abs=0.01)
-
-
-def test_paired_bootstrap_shape_mismatch_raises():
+        order = np.random.default_rng(s).permutation(300)
+        aa[s, order[:270]] = 1
+        b[s, order[:210]] = 1
+    d = stats.paired_test(aa, b)
+    assert d.diff == pytest.approx(0.20) and d.var_seed == pytest.approx(0.0, abs=1e-20) and d.p < 1e-10 and d.significant
     with pytest.raises(ValueError, match="same"):
-        stats.paired_bootstrap_diff(np.ones((2, 3)), np.ones((2, 4)))
+        stats.paired_test(np.ones((2, 3)), np.ones((2, 4)))
+    assert math.isnan(stats.paired_test(a[:1], a[:1]).p)  # one seed: no test of the recipes
+
+
+def test_holm_and_bh_equal_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(1)
+    for m in (1, 2, 7, 24, 168):
+        p = rng.random(m) ** 3
+        np.testing.assert_allclose(stats.holm(p), multipletests(p, method="holm")[1], atol=1e-12)
+        np.testing.assert_allclose(stats.benjamini_hochberg(p), multipletests(p, method="fdr_bh")[1], atol=1e-12)
+    # NaN (a comparison with one seed) is not in the family
+    np.testing.assert_allclose(stats.holm([0.01, np.nan, 0.02]), [0.02, np.nan, 0.02])
+
+
+def test_clustered_mcnemar_one_seed_is_the_exact_mcnemar_and_by_hand():
+    rng = np.random.default_rng(2)
+    for _ in range(30):
+        a, b = rng.random(40) < 0.7, rng.random(40) < 0.6
+        bb, c, p = stats.mcnemar_exact(a, b)
+        r = stats.mcnemar_clustered(a[None], b[None])
+        assert (r.b, r.c) == (bb, c) and r.p == pytest.approx(p, abs=1e-12)
+    # 2 seeds, 3 images: e = [+2, +1, 0] -> |e| counts m1 = 1, m2 = 1; T = 3.
+    # sign flips: T in {3, 1, -1, -3} each 1/4 -> P(|T| >= 3) = 1/2
+    a = np.array([[1, 1, 0], [1, 0, 0]], bool)
+    b = np.array([[0, 0, 0], [0, 0, 0]], bool)
+    r = stats.mcnemar_clustered(a, b)
+    assert (r.b, r.c, r.n_discordant_images) == (3, 0, 2) and r.p == pytest.approx(0.5)
+    # the statsmodels exact McNemar on one seed's table agrees
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    a1, b1 = rng.random(60) < 0.8, rng.random(60) < 0.6
+    tab = [[np.sum(a1 & b1), np.sum(a1 & ~b1)], [np.sum(~a1 & b1), np.sum(~a1 & ~b1)]]
+    assert stats.mcnemar_clustered(a1[None], b1[None]).p == pytest.approx(mcnemar(tab, exact=True).pvalue, abs=1e-12)
+
+
+def test_binom_ci_equals_statsmodels():
+    from statsmodels.stats.proportion import proportion_confint
+
+    for k, n in [(0, 10), (3, 10), (10, 10), (57, 200), (1, 1)]:
+        for method, sm in (("clopper-pearson", "beta"), ("wilson", "wilson")):
+            ci = stats.binom_ci(k, n, method=method)
+            lo, hi = proportion_confint(k, n, alpha=0.05, method=sm)
+            assert (ci.low, ci.high) == pytest.approx((lo, hi), abs=1e-10), (k, n, method)
+    assert math.isnan(stats.binom_ci(0, 0).low)
+
+
+def test_mcnemar_detectable_difference_solves_connors_formula():
+    from scipy.stats import norm
+
+    d = stats.mcnemar_detectable_difference(3000, 0.10, 0.05, 0.8)
+    za, zb = norm.ppf(0.975), norm.ppf(0.8)
+    n_back = (za * math.sqrt(0.10) + zb * math.sqrt(0.10 - d * d)) ** 2 / d**2
+    assert n_back == pytest.approx(3000, rel=1e-9)
+    # more images resolve smaller differences; too few resolve none
+    assert stats.mcnemar_detectable_difference(12000, 0.10) < d < stats.mcnemar_detectable_difference(300, 0.10)
+    assert stats.mcnemar_detectable_difference(10, 0.05) == math.inf
 
 
 # -- power law -------------------------------------------------------------------------------------
@@ -163,6 +253,45 @@ def test_size_for_target_by_hand():
     assert stats.size_for_target(2.0, 0.5, 0.05, 0.05) == math.inf  # at the floor: unreachable
     assert stats.size_for_target(2.0, 0.5, 0.05, 0.01) == math.inf
     assert math.isnan(stats.size_for_target(float("nan"), 0.5, 0.05, 0.1))
+
+
+def test_bound_flags_and_target_words():
+    n = np.repeat(SIZES, 2)
+    err = stats.power_law(n, 0.7, 1.2, 0.0)  # no floor: c pins at 0
+    res = stats.bootstrap_power_law(n, err, target_errors=[0.02], n_boot=50, seed=0)
+    assert res.fit.c == pytest.approx(0.0, abs=1e-9)
+    assert any("floor c pinned at its lower bound 0" in r for r in res.reasons) and not res.reliable
+    assert res.c_at_bound_share > 0.5
+    assert stats.target_where(2500.0, 3000.0, 9000.0, 100, 1000) == "extrapolated beyond 1,000 images (the largest size measured)"
+    assert stats.target_where(50.0, 30.0, 70.0, 100, 1000).startswith("extrapolated below 100 images")
+    assert stats.target_where(500.0, 300.0, 1200.0, 100, 1000) == (
+        "within the measured sizes (100-1,000); the upper limit is extrapolated beyond 1,000")
+    assert stats.target_where(math.inf, math.inf, math.inf, 100, 1000).startswith("unreachable")
+
+
+def test_no_interval_from_one_run_per_size():
+    """Issue 11.4: one run per size printed "1,104 images [1,104, 1,104]"; now no interval, and why."""
+    err = stats.power_law(SIZES, 2.0, 0.5, 0.05)
+    res = stats.bootstrap_power_law(SIZES, err, target_errors=[0.15], n_boot=50, seed=0)
+    t = res.targets[0.15]
+    assert t.estimate == pytest.approx(400, rel=1e-6) and math.isnan(t.low) and math.isnan(t.high)
+    assert "only one run at 50, 100, 200, 400, 800, 1,600 images" in res.interval_note
+    assert not res.reliable and res.interval_note in res.reasons
+    assert res.where[0.15] == "within the measured sizes (50-1,600)"
+
+
+def test_power_law_batch_matches_scipy_least_squares():
+    """The profiled grid + golden-section fitter finds the least-squares optimum: scipy's
+    curve_fit started from it never finds a lower residual sum of squares."""
+    from scipy.optimize import curve_fit
+
+    rng = np.random.default_rng(4)
+    E = stats.power_law(SIZES, 2.0, 0.5, 0.05)[None, :] + rng.normal(0, 0.01, (40, SIZES.size))
+    a, b, c, sse = stats.fit_power_law_batch(SIZES, E)
+    for i in range(40):
+        po, _ = curve_fit(stats.power_law, SIZES, E[i], p0=[a[i] + 1e-3, b[i], c[i]],
+                          bounds=([0, stats.B_MIN, 0], [np.inf, stats.B_MAX, 1]), maxfev=20000)
+        assert ((stats.power_law(SIZES, *po) - E[i]) ** 2).sum() >= sse[i] - 1e-12
 
 
 def test_power_law_needs_three_sizes():

@@ -18,6 +18,7 @@ from lungray.config import dump_yaml, load_study
 from lungray.errors import ConfigError
 from lungray.sweep import grid as G
 from lungray.sweep.progress import eta_seconds, format_seconds, summary_table, trial_line
+from lungray.sweep.cluster import local_cluster_spec
 from lungray.sweep.runner import check_resume, grid_diff
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +70,7 @@ def test_trial_uid_is_stable_safe_and_unique():
     t = cfg.trials()[0]
     assert G.trial_uid(t, lr_sampled=True) != G.trial_uid(t)
     assert uids[0].startswith("vgg16-backbone-n500-adam-s0-") and len(uids[0]) == len("vgg16-backbone-n500-adam-s0-") + 6
-    assert sum(u.startswith("resnet50-layer3-4-n500-adam-s0-") for u in uids) == 1  # label "resnet50[layer3+4]"
+    assert sum(u.startswith("resnet50-layer3-4-fc-n500-adam-s0-") for u in uids) == 1  # label "resnet50[layer3+4+fc]"
 
 
 def test_lr_search_is_off_by_default_and_validated():
@@ -287,14 +288,24 @@ def test_cli_dry_run_prints_config_grid_and_cluster(capsys, tmp_path):
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 
-def test_cli_refuses_an_unschedulable_grid_in_one_line(capsys, tmp_path):
+def test_cli_dry_run_says_what_the_cluster_lacks_instead_of_refusing(capsys, tmp_path):
+    """Issue 12: a GPU study dry-run on a CPU machine prints its grid and what the cluster lacks (exit 0);
+    only a real run is refused by the preflight (one line, exit 2)."""
     from lungray.sweep.cli import main
 
-    rc = main(["--preset", "smoke", "--dry-run", "--set", "resources.gpus_per_worker=1", "--output", str(tmp_path)], prog="size_study.py")
-    err = capsys.readouterr().err.strip().splitlines()
-    if rc == 0:  # pragma: no cover - a machine with a GPU schedules it
+    cluster = local_cluster_spec()
+    if cluster.gpu:  # pragma: no cover - a machine with a GPU schedules it
         pytest.skip("this machine has a GPU")
-    assert rc == 2 and len(err) == 1 and err[0].startswith("size_study.py: error: resources.gpus_per_worker=1")
+    rc = main(["--preset", "smoke", "--dry-run", "--set", "resources.gpus_per_worker=1", "--output", str(tmp_path)], prog="size_study.py")
+    out, err = capsys.readouterr()
+    assert rc == 0 and err == ""
+    assert "-> 8 trials" in out
+    assert "cluster lacks: resources.gpus_per_worker=1: a trial needs 1 GPU but the cluster has no GPU" in out
+    assert "a real run would be refused" in out
+    assert not any(tmp_path.iterdir())
+    # the real run's preflight refuses the same grid, naming the resource
+    with pytest.raises(ConfigError, match=r"resources.gpus_per_worker=1: a trial needs 1 GPU but the cluster has no GPU"):
+        G.preflight(smoke("resources.gpus_per_worker=1"), cluster)
 
 
 def test_cli_rejects_unknown_keys_before_anything_runs(capsys, tmp_path):

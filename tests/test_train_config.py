@@ -27,7 +27,7 @@ def test_smoke_preset_is_valid():
     "override,pattern",
     [
         ("optimizers=[adagrad]", r"unknown optimizer 'adagrad'; valid choices: adam, adamw, sgd"),
-        ("optimizers=[{name: sgd, scheduler: plateau}]", r"unknown scheduler 'plateau'; valid choices: cosine, none, step"),
+        ("optimizers=[{name: sgd, scheduler: plateau}]", r"unknown scheduler 'plateau'; valid choices: cosine, inverse_time, none, step"),
         ("optimizers=[{name: adam, lr: 0}]", r"optimizers\[0\]\.lr must be > 0, got 0"),
         ("optimizers=[{name: adam, lr: -0.001}]", r"optimizers\[0\]\.lr must be > 0"),
         ("schedule.epochs=0", r"zero optimisation steps"),

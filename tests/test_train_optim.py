@@ -36,10 +36,10 @@ def _net() -> torch.nn.Module:
 
 def test_registries_list_the_valid_choices():
     assert OPTIMIZERS.names() == ["adam", "adamw", "sgd"]
-    assert SCHEDULERS.names() == ["cosine", "none", "step"]
+    assert SCHEDULERS.names() == ["cosine", "inverse_time", "none", "step"]
     with pytest.raises(ConfigError, match=r"unknown optimizer 'adagrad'; valid choices: adam, adamw, sgd"):
         OPTIMIZERS.get("adagrad")
-    with pytest.raises(ConfigError, match=r"unknown scheduler 'plateau'; valid choices: cosine, none, step"):
+    with pytest.raises(ConfigError, match=r"unknown scheduler 'plateau'; valid choices: cosine, inverse_time, none, step"):
         build_scheduler(torch.optim.SGD(_net().parameters(), lr=0.1), OptimizerConfig(scheduler="plateau"), 5)
 
 

@@ -43,10 +43,24 @@ Layouts (the real downloads):
 ``csv``
     a CSV with ``path,label[,patient_id][,split][,image_id]``; relative paths are resolved
     against the CSV's folder; missing files are reported with their CSV row and line numbers.
+    **Every path must lie under the CSV's folder** (the dataset root): an absolute path
+    elsewhere or a ``../`` that climbs out is quarantined as "path outside the dataset root"
+    and the file is never opened, so a CSV cannot make lungray read ``/etc/passwd`` or another
+    user's files. ``data.allow_outside_root: true`` (``lungray data check --allow-outside-root``)
+    lifts the rule for a CSV kept apart from its images.
 ``medmnist``
     a MedMNIST ``.npz`` (``train_images``, ``train_labels``, ``val_*``, ``test_*``); the npz
     split fills the ``split`` column. PneumoniaMNIST (real pediatric chest X-rays) gets the
     classes ``Normal``/``Pneumonia``; other files use ``"0"``, ``"1"``...
+
+Image ids are pseudonyms: every adapter that reads files stores ``img_<16 hex>`` (a salted
+SHA-256 of the relative path, or of the CSV's ``image_id``, :func:`~lungray.data.manifest.hash_image_id`),
+because file names often carry patient identifiers and the image id is what predictions.csv,
+MLflow and the report show. The manifest's ``path`` column (a local file, never logged) maps an
+id back to its file: ``lungray data which <image_id>``.
+
+Files in the class folders whose suffix is not an image type (and images directly in the root,
+outside any class folder) are not read, and ``data check`` says how many.
 
 ``data.class_map`` maps source class names to study classes; ``null`` drops a class (e.g.
 ``{COVID: COVID, Lung_Opacity: rest, Normal: rest, "Viral Pneumonia": rest}``). A source class
@@ -57,6 +71,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -65,7 +80,7 @@ import numpy as np
 import pandas as pd
 
 from lungray.data.decode import IMAGE_SUFFIXES, NPZ_SEP, PHANTOM_SCHEME, ImageError
-from lungray.data.manifest import flag_duplicate_ids, hash_patient_id, id_salt, make_manifest, relabel
+from lungray.data.manifest import flag_duplicate_ids, hash_image_id, hash_patient_id, id_salt, make_manifest, relabel
 from lungray.errors import DataError
 from lungray.registry import Registry
 
@@ -111,12 +126,15 @@ def _subdirs(p: Path) -> list[Path]:
     return sorted((d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
 
 
-def list_images(folder: Path, *, skip_dirs: Iterable[str] = MASK_DIRS) -> list[Path]:
+def list_images(
+    folder: Path, *, skip_dirs: Iterable[str] = MASK_DIRS, ignored: Optional[list[Path]] = None
+) -> list[Path]:
     """Image files under ``folder`` (recursive, sorted, hidden files and mask folders skipped).
 
-    Selection is by suffix (``.png .jpg .jpeg .bmp .tif .tiff .dcm .dicom .dic``, any case);
-    whether the content really is an image is the checker's job, so a text file named
-    ``x.png`` is listed and then quarantined with a reason.
+    Selection is by suffix (``.png .jpg .jpeg .bmp .tif .tiff .gif .webp .dcm .dicom .dic``,
+    any case); whether the content really is an image is the checker's job, so a text file
+    named ``x.png`` is listed and then quarantined with a reason. Other files are appended to
+    ``ignored`` (when given), so that ``data check`` can say what it did not read.
     """
     skip = {norm_name(s) for s in skip_dirs}
     out = []
@@ -126,9 +144,26 @@ def list_images(folder: Path, *, skip_dirs: Iterable[str] = MASK_DIRS) -> list[P
             continue
         if any(norm_name(part) in skip for part in rel[:-1]):
             continue
-        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-            out.append(f)
+        if f.is_file():
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                out.append(f)
+            elif ignored is not None:
+                ignored.append(f)
     return sorted(out)
+
+
+def _ignored_summary(files: Sequence[Path], root: Path) -> dict[str, Any]:
+    by: dict[str, int] = {}
+    for f in files:
+        by[f.suffix.lower()] = by.get(f.suffix.lower(), 0) + 1
+    example = ""
+    if files:
+        f = sorted(files)[0]
+        try:
+            example = f.relative_to(root).as_posix()
+        except ValueError:
+            example = f.name
+    return {"count": len(files), "by_suffix": by, "example": example}
 
 
 def _rows_from_class_dirs(
@@ -138,6 +173,7 @@ def _rows_from_class_dirs(
     image_subdir: Optional[str] = None,
     split: str = "",
     modality: str = "",
+    ignored: Optional[list[Path]] = None,
 ) -> list[dict[str, Any]]:
     rows = []
     for raw_class, d in class_dirs:
@@ -146,7 +182,7 @@ def _rows_from_class_dirs(
             sub = [s for s in _subdirs(d) if norm_name(s.name) == norm_name(image_subdir)]
             if sub:
                 src = sub[0]
-        for f in list_images(src):
+        for f in list_images(src, ignored=ignored):
             rel = f.relative_to(root).with_suffix("").as_posix()
             rows.append({"image_id": rel, "path": str(f), "raw": raw_class, "split": split, "modality": modality})
     return rows
@@ -158,9 +194,19 @@ def _finish(
     source: str,
     *,
     canonical: Optional[Sequence[str]] = None,
+    salt: Optional[str] = None,
+    ignored: Optional[dict[str, Any]] = None,
 ) -> pd.DataFrame:
-    """Apply the class map, drop mapped-out classes, build and de-duplicate the manifest."""
+    """Apply the class map, drop mapped-out classes, build and de-duplicate the manifest.
+
+    ``salt``: replace every ``image_id`` (a relative path or a user's id) with its salted hash
+    (adapters whose ids are already safe, phantom, MedMNIST rows, RSNA hashes, pass None).
+    ``ignored``: the files the adapter did not read (``df.attrs["ignored_files"]``).
+    """
     cmap = _class_map(cfg)
+    if salt is not None:
+        for r in rows:
+            r["image_id"] = hash_image_id(r["image_id"], salt)
     raw = [r.pop("raw") for r in rows]
     labels, names, unknown = relabel(raw, cmap, canonical)
     kept = []
@@ -171,8 +217,10 @@ def _finish(
         if unk and not r.get("problem"):
             r["problem"] = f"unknown label '{lab}' (not in data.class_map)"
         kept.append(r)
-    df = make_manifest(kept, names, source=source)
-    return flag_duplicate_ids(df)
+    df = flag_duplicate_ids(make_manifest(kept, names, source=source))
+    if ignored and ignored.get("count"):
+        df.attrs["ignored_files"] = ignored
+    return df
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,16 +282,44 @@ def folder_adapter(cfg: Any) -> pd.DataFrame:
         raise DataError(f"{root}: no class folders found; the folder layout needs one subfolder per class")
     rows: list[dict[str, Any]] = []
     classes: set[str] = set()
+    ignored = _loose_files(root)
     if all(d.name.lower() in SPLIT_DIRS for d in dirs):
         for sd in dirs:
             cdirs = [(d.name, d) for d in _subdirs(sd) if norm_name(d.name) not in MASK_DIRS]
             classes |= {c for c, _ in cdirs}
-            rows += _rows_from_class_dirs(cdirs, root, split=SPLIT_DIRS[sd.name.lower()])
+            ignored += _loose_files(sd)
+            rows += _rows_from_class_dirs(cdirs, root, split=SPLIT_DIRS[sd.name.lower()], ignored=ignored)
     else:
         cdirs = [(d.name, d) for d in dirs]
         classes = {c for c, _ in cdirs}
-        rows = _rows_from_class_dirs(cdirs, root)
-    return _finish(rows, cfg, "folder", canonical=sorted(classes))
+        rows = _rows_from_class_dirs(cdirs, root, ignored=ignored)
+    return _finish(
+        rows, cfg, "folder", canonical=sorted(classes), salt=id_salt("folder"), ignored=_ignored_summary(ignored, root)
+    )
+
+
+def _loose_files(folder: Path) -> list[Path]:
+    """Non-hidden files directly in ``folder`` (no class): images there belong to no class."""
+    return [f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")]
+
+
+def _canonical_class_dirs(dirs: Sequence[Path], canonical: Sequence[str]) -> list[tuple[str, Path]]:
+    """(class name, folder): a folder whose :func:`norm_name` is a canonical class's takes that
+    spelling ('NORMAL' -> 'Normal'). When several folders claim one class ('COVID' and 'Covid'),
+    only one takes it (the exact spelling, else the first) and the others keep their own names, so
+    ``data check`` reports them as near-identical classes instead of merging two folders silently.
+    """
+    canon = {norm_name(c): c for c in canonical}
+    claims: dict[str, list[Path]] = {}
+    for d in dirs:
+        if norm_name(d.name) in canon:
+            claims.setdefault(canon[norm_name(d.name)], []).append(d)
+    owner = {c: next((d for d in ds if d.name == c), ds[0]) for c, ds in claims.items()}
+    out = []
+    for d in dirs:
+        c = canon.get(norm_name(d.name))
+        out.append((c if c is not None and owner[c] == d else d.name, d))
+    return out
 
 
 def _find_layout_root(root: Path, wanted: Sequence[str], min_hits: int = 2, depth: int = 2) -> Optional[Path]:
@@ -254,7 +330,7 @@ def _find_layout_root(root: Path, wanted: Sequence[str], min_hits: int = 2, dept
         nxt = []
         for d in frontier:
             subs = _subdirs(d)
-            if sum(norm_name(s.name) in keys for s in subs) >= min_hits:
+            if len({norm_name(s.name) for s in subs} & keys) >= min_hits:
                 return d
             nxt += subs
         frontier = nxt
@@ -294,18 +370,16 @@ def covid_radiography_adapter(cfg: Any) -> pd.DataFrame:
             f"{top}: no COVID-19 Radiography Database class folders ({', '.join(RADIOGRAPHY_CLASSES)}) found "
             "within two levels; point data.path at the extracted download or use data.source=folder"
         )
-    canon = {norm_name(c): c for c in RADIOGRAPHY_CLASSES}
-    cdirs = []
-    for d in _subdirs(root):
-        key = norm_name(d.name)
-        if key in MASK_DIRS:
-            continue
-        cdirs.append((canon.get(key, d.name), d))
-    rows = _rows_from_class_dirs(cdirs, root, image_subdir="images", modality="XR")
+    cdirs = _canonical_class_dirs([d for d in _subdirs(root) if norm_name(d.name) not in MASK_DIRS], RADIOGRAPHY_CLASSES)
+    ignored: list[Path] = []
+    rows = _rows_from_class_dirs(cdirs, root, image_subdir="images", modality="XR", ignored=ignored)
     _attach_sibling_masks(rows, [d for _, d in cdirs])
     present = [c for c, _ in cdirs]
     canonical = [c for c in RADIOGRAPHY_CLASSES if c in present] + sorted(set(present) - set(RADIOGRAPHY_CLASSES))
-    return _finish(rows, cfg, "covid_radiography", canonical=canonical)
+    return _finish(
+        rows, cfg, "covid_radiography", canonical=canonical, salt=id_salt("covid_radiography"),
+        ignored=_ignored_summary(ignored, root),
+    )
 
 
 @ADAPTERS.register("covid_ct_xray")
@@ -338,16 +412,18 @@ def covid_ct_xray_adapter(cfg: Any) -> pd.DataFrame:
             f"{top}: no '{mod_name}' folder found within three levels; the layout is "
             "'COVID-19 Dataset/CT/{COVID,Non-COVID}' and 'COVID-19 Dataset/X-ray/{COVID,Non-COVID}'"
         )
-    canon = {norm_name(c): c for c in CT_XRAY_CLASSES}
-    cdirs = [(canon.get(norm_name(d.name), d.name), d) for d in _subdirs(tree) if norm_name(d.name) not in MASK_DIRS]
+    cdirs = _canonical_class_dirs([d for d in _subdirs(tree) if norm_name(d.name) not in MASK_DIRS], CT_XRAY_CLASSES)
     if not cdirs:
         raise DataError(f"{tree}: no class folders (COVID, Non-COVID) in the {mod_name} tree")
-    rows = _rows_from_class_dirs(cdirs, tree, modality=mod_code)
+    ignored: list[Path] = []
+    rows = _rows_from_class_dirs(cdirs, tree, modality=mod_code, ignored=ignored)
     for r in rows:
         r["image_id"] = f"{mod_name}/{r['image_id']}"
     present = [c for c, _ in cdirs]
     canonical = [c for c in CT_XRAY_CLASSES if c in present] + sorted(set(present) - set(CT_XRAY_CLASSES))
-    return _finish(rows, cfg, "covid_ct_xray", canonical=canonical)
+    return _finish(
+        rows, cfg, "covid_ct_xray", canonical=canonical, salt=id_salt("covid_ct_xray"), ignored=_ignored_summary(ignored, tree)
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -468,6 +544,7 @@ def csv_adapter(cfg: Any) -> pd.DataFrame:
     has_pid = "patient_id" in df.columns
     has_split = "split" in df.columns
     has_id = "image_id" in df.columns
+    allow_outside = bool(getattr(cfg, "allow_outside_root", False))
     rows = []
     for i, r in enumerate(df.to_dict("records"), start=1):
         where = f"{path.name} row {i} (line {i + 1})"
@@ -478,9 +555,13 @@ def csv_adapter(cfg: Any) -> pd.DataFrame:
             problem = f"empty path ({where})"
             full = ""
         else:
-            p = Path(raw_path).expanduser()
-            full = str(p if p.is_absolute() else (base / p).resolve())
-            if not Path(full).is_file():
+            full, inside = _under_root(raw_path, base)
+            if not inside and not allow_outside:
+                problem = (
+                    f"path outside the dataset root '{raw_path}' ({where}); rows must point under the CSV's folder "
+                    f"{base}, or set data.allow_outside_root=true"
+                )
+            elif not Path(full).is_file():
                 problem = f"missing file '{raw_path}' ({where})"
         if not label and not problem:
             problem = f"empty label ({where})"
@@ -501,7 +582,25 @@ def csv_adapter(cfg: Any) -> pd.DataFrame:
                 "problem": problem,
             }
         )
-    return _finish(rows, cfg, "csv", canonical=None)
+    return _finish(rows, cfg, "csv", canonical=None, salt=salt)
+
+
+def _under_root(raw_path: str, base: Path) -> tuple[str, bool]:
+    """(the path to read, whether it lies under ``base``) for a CSV path.
+
+    Under the root means: the path as written, normalised without touching the disk (so
+    ``img/../../etc/passwd`` is outside), or the real path after symlinks (so an absolute path
+    through a symlinked mount of the root is inside).
+    """
+    p = Path(raw_path).expanduser()
+    joined = p if p.is_absolute() else base / p
+    lexical = Path(os.path.normpath(joined))
+    real = joined.resolve()
+
+    def under(x: Path, b: Path) -> bool:
+        return x == b or b in x.parents
+
+    return str(real), under(lexical, base) or under(real, base.resolve())
 
 
 # --------------------------------------------------------------------------------------------

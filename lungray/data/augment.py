@@ -16,15 +16,23 @@ reproduces the augmentation a study used, so a sweep YAML names a protocol, not 
   used (Keras reads ``shear_range`` in degrees, so the customary ``0.2`` would be a no-op).
   Edges replicate (Keras ``fill_mode="nearest"``).
 
+- ``rot15_nearest``: rotation +-15 deg only, edges filled with the nearest pixel: the Grad-CAM
+  study (PROTOCOLS.md section 2, Keras ``ImageDataGenerator(rotation_range=15,
+  fill_mode="nearest")``, the tutorial it followed).
+
 Every transform draws from the Compose's own generator; :class:`lungray.data.dataset.ImageDataset`
 reseeds it per (seed, epoch, image), so an epoch is identical on a resumed run or another worker.
 
-``NORMALIZATIONS``: name -> ``fn(data, channels) -> (mean, std)`` in ``[0, 1]`` units:
+``NORMALIZATIONS``: name -> ``fn(data, channels, fixed) -> (mean, std)`` in ``[0, 1]`` units:
 
 - ``imagenet``: ImageNet statistics; for 1 channel the luminance-weighted (ITU-R 601) mean/std
-  0.4589/0.2256 (what an ImageNet network sees on a gray image), for 3 channels per channel.
+  0.4589/0.2256 (what an ImageNet network sees on a gray image), for 3 channels per channel
+  (0.485/0.456/0.406, 0.229/0.224/0.225: torchvision's ``Normalize`` in sections 3-4; a model
+  with ``input_mode: repeat3`` receives the gray image as 3 channels normalised this way).
 - ``pool``: mean/std of the training pool (the "radiograph-specific" statistics that gave fewer
-  COVID/viral-pneumonia images missed as Normal in PROTOCOLS.md section 4).
+  COVID/viral-pneumonia images missed as Normal in PROTOCOLS.md section 4), computed per study.
+- ``fixed``: the numbers in ``train.norm_mean`` / ``train.norm_std`` (one value, or one per
+  channel): published radiograph statistics used as constants, as the 4-class study did.
 - ``none``: mean 0, std 1.
 """
 
@@ -99,6 +107,15 @@ def shift_shear_zoom(resolution: int) -> Any:
     )
 
 
+@AUGMENTATIONS.register("rot15_nearest")
+def rot15_nearest(resolution: int) -> Any:
+    """Rotation +-15 only, nearest-pixel fill (Grad-CAM study, PROTOCOLS.md section 2)."""
+    import albumentations as A
+    import cv2
+
+    return A.Compose([A.Affine(rotate=(-15, 15), border_mode=cv2.BORDER_REPLICATE, p=1.0)])
+
+
 def build_augmentation(name: str, resolution: int) -> Any:
     """The albumentations pipeline for a preset (``None`` for ``none``)."""
     return AUGMENTATIONS.get(name)(resolution)
@@ -116,7 +133,7 @@ def _per_channel(value: float, channels: int) -> Stat:
 
 
 @NORMALIZATIONS.register("imagenet")
-def imagenet_stats(data: Any = None, channels: int = 1) -> tuple[Stat, Stat]:
+def imagenet_stats(data: Any = None, channels: int = 1, fixed: Any = None) -> tuple[Stat, Stat]:
     """ImageNet mean/std: luminance-weighted for 1 channel, per channel for 3."""
     if channels == 3:
         return tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
@@ -126,7 +143,7 @@ def imagenet_stats(data: Any = None, channels: int = 1) -> tuple[Stat, Stat]:
 
 
 @NORMALIZATIONS.register("pool")
-def pool_stats(data: Any = None, channels: int = 1) -> tuple[Stat, Stat]:
+def pool_stats(data: Any = None, channels: int = 1, fixed: Any = None) -> tuple[Stat, Stat]:
     """Mean/std of the training pool (``PreparedData.pool_mean_std``), the radiograph statistics."""
     if data is None:
         from lungray.errors import ConfigError
@@ -137,15 +154,51 @@ def pool_stats(data: Any = None, channels: int = 1) -> tuple[Stat, Stat]:
 
 
 @NORMALIZATIONS.register("none")
-def no_normalization(data: Any = None, channels: int = 1) -> tuple[Stat, Stat]:
+def no_normalization(data: Any = None, channels: int = 1, fixed: Any = None) -> tuple[Stat, Stat]:
     """Mean 0, std 1 (pixels stay in [0, 1])."""
     return _per_channel(0.0, channels), _per_channel(1.0, channels)
 
 
-def normalization_stats(name: str, data: Any = None, channels: int = 1) -> tuple[Stat, Stat]:
-    """(mean, std) of the named normalisation: floats for 1 channel, 3-tuples for 3 channels."""
+def check_fixed_stats(name: str, mean: Optional[Sequence[float]], std: Optional[Sequence[float]], where: str = "train") -> None:
+    """``fixed`` needs ``norm_mean``/``norm_std`` (1 or 3 numbers each, std > 0); others take none."""
+    from lungray.errors import ConfigError
+
+    if name != "fixed":
+        if mean is not None or std is not None:
+            raise ConfigError(f"{where}: norm_mean/norm_std are only read by normalization 'fixed', not '{name}'")
+        return
+    if mean is None or std is None:
+        raise ConfigError(f"{where}: normalization 'fixed' needs norm_mean and norm_std (in [0, 1] units, 1 or 3 values each)")
+    if len(mean) not in (1, 3) or len(std) not in (1, 3):
+        raise ConfigError(f"{where}: norm_mean/norm_std take 1 value or one per channel (3), got {list(mean)} / {list(std)}")
+    if not all(s > 0 for s in std):
+        raise ConfigError(f"{where}: norm_std must be > 0, got {list(std)}")
+
+
+@NORMALIZATIONS.register("fixed")
+def fixed_stats(data: Any = None, channels: int = 1, fixed: Any = None) -> tuple[Stat, Stat]:
+    """``train.norm_mean`` / ``train.norm_std`` as given (radiograph statistics, section 4)."""
+    mean, std = fixed if fixed is not None else (None, None)
+    check_fixed_stats("fixed", mean, std)
+
+    def fit(v: Sequence[float]) -> Stat:
+        v = [float(x) for x in v]
+        if channels == 1:
+            return v[0] if len(v) == 1 else sum(w * x for w, x in zip(_LUMA, v))
+        return tuple(v) if len(v) == channels else tuple(v[0] for _ in range(channels))
+
+    return fit(mean), fit(std)
+
+
+def normalization_stats(
+    name: str, data: Any = None, channels: int = 1, fixed: Optional[tuple[Any, Any]] = None
+) -> tuple[Stat, Stat]:
+    """(mean, std) of the named normalisation: floats for 1 channel, 3-tuples for 3 channels.
+
+    ``fixed`` is ``(train.norm_mean, train.norm_std)`` for the ``fixed`` normalisation.
+    """
     if channels not in (1, 3):
         from lungray.errors import ConfigError
 
         raise ConfigError(f"normalization supports 1 or 3 channels, got {channels}")
-    return NORMALIZATIONS.get(name)(data, channels)
+    return NORMALIZATIONS.get(name)(data, channels, fixed)

@@ -47,8 +47,10 @@ class ImageDataset(Dataset):
         Dataset rows, e.g. ``data.subset(n, seed)`` for training or ``data.eval_idx``.
     augmentation : str
         An :data:`~lungray.data.augment.AUGMENTATIONS` preset; ``"none"`` for evaluation.
-    mean, std : float
+    mean, std : float or sequence of float
         Normalisation in ``[0, 1]`` units (see :func:`~lungray.data.augment.normalization_stats`).
+        One value per channel (e.g. ImageNet's three) gives items with that many channels: the
+        gray image repeated, each copy normalised with its own statistics.
     seed : int
         The trial seed; with the epoch and the row it fixes every augmentation draw.
     target : str
@@ -63,8 +65,8 @@ class ImageDataset(Dataset):
         indices: Sequence[int],
         *,
         augmentation: str = "none",
-        mean: float = 0.0,
-        std: float = 1.0,
+        mean: Union[float, Sequence[float]] = 0.0,
+        std: Union[float, Sequence[float]] = 1.0,
         seed: int = 0,
         target: str = "label",
     ):
@@ -75,7 +77,9 @@ class ImageDataset(Dataset):
         n = len(data.labels)
         if len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= n):
             raise ConfigError(f"ImageDataset indices must lie in [0, {n}), got {self.indices.min()}..{self.indices.max()}")
-        if not std > 0:
+        m = np.asarray(mean, dtype=np.float32).reshape(-1)
+        sd = np.asarray(std, dtype=np.float32).reshape(-1)
+        if not (sd > 0).all():
             raise ConfigError(f"ImageDataset std must be > 0, got {std}")
         if target not in TARGETS:
             raise ConfigError(f"ImageDataset target '{target}' is not valid; valid choices: {', '.join(TARGETS)}")
@@ -85,9 +89,13 @@ class ImageDataset(Dataset):
                 "(sources with masks: phantom, rsna, covid_radiography with masks/ folders)"
             )
         self.target = target
+        if m.size != sd.size and min(m.size, sd.size) != 1:
+            raise ConfigError(f"ImageDataset mean {mean} and std {std} must have one value or the same number of channels")
+        self.channels = max(m.size, sd.size)
         self.augmentation = augmentation
-        self.mean = float(mean)
-        self.std = float(std)
+        # (C, 1, 1): broadcast over the image; a single channel stays (1, H, W)
+        self.mean = np.broadcast_to(m, (self.channels,)).reshape(-1, 1, 1).copy()
+        self.std = np.broadcast_to(sd, (self.channels,)).reshape(-1, 1, 1).copy()
         self.seed = int(seed)
         self.epoch = 0
         self._pipeline: Any = None
@@ -142,7 +150,7 @@ class ImageDataset(Dataset):
                 img, mask = np.asarray(out["image"], dtype=np.float32), np.asarray(out["mask"])
             if img.ndim == 3:
                 img = img[..., 0]
-        x = torch.from_numpy(np.ascontiguousarray((img - self.mean) / self.std, dtype=np.float32))[None]
+        x = torch.from_numpy(np.ascontiguousarray((img[None] - self.mean) / self.std, dtype=np.float32))
         if mask is not None:
             return x, torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)), row
         return x, int(self.data.labels[row]), row

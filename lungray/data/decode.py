@@ -20,6 +20,23 @@ DICOM (pydicom 3; JPEG 2000 / JPEG-LS / JPEG lossless / RLE through pylibjpeg)
     Multi-frame files, files without pixel data and compressed transfer syntaxes with no
     installed decoder raise :class:`ImageError` naming the file and the fix.
 
+Size and content limits, the same for every container (issue 15 items 4-5)
+    * more than :data:`MAX_PIXELS` pixels (89.5 megapixels, about 9459 x 9459: Pillow's own
+      decompression-bomb threshold) -> quarantined from the header, nothing decoded;
+    * more than :data:`WORK_PIXELS` (2048 x 2048) -> decoded *reduced* by an integer factor
+      (JPEG inside the DCT via ``draft``, other rasters with Pillow's ``reduce`` right after
+      loading, DICOM and 16-bit colour PNGs by block means), so the float pipeline never holds
+      more than ~4 megapixels whatever the file (an 8000 x 8000 RGB PNG: +263 MB peak, Pillow's
+      own buffer, instead of +2.4 GB through float64 RGB at full size before this rule);
+    * a side shorter than :data:`MIN_SIDE` (16 px), several frames/pages (multi-page TIFF,
+      animated GIF/PNG/WebP, multi-frame DICOM), NaN/inf pixel values, an image whose pixels
+      all have one value, an unsupported DICOM PhotometricInterpretation and DICOM pixel data
+      shorter than its header says -> :class:`ImageError`.
+
+:func:`decode` and :func:`probe` share one header check (:func:`_preflight`), so everything the
+cheap probe rejects is rejected by the full decode with the very same reason: ``lungray data
+check`` (full decode) and the sweep's preparation (probe, then the cache's decode) agree.
+
 Only non-identifying DICOM fields are ever read into lungray's records (:func:`dicom_info`);
 the Patient ID is hashed with a salt on the spot and the raw value is dropped.
 
@@ -32,7 +49,10 @@ anatomy keeps its proportions).
 from __future__ import annotations
 
 import functools
+import importlib
+import math
 import os
+import struct
 from pathlib import Path
 from typing import Any, Optional
 
@@ -40,7 +60,7 @@ import numpy as np
 
 from lungray.errors import DataError
 
-RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 IMAGE_SUFFIXES = RASTER_SUFFIXES + DICOM_SUFFIXES
 #: separator between an ``.npz`` file and the array row in a manifest path: ``a.npz::train/12``
@@ -50,15 +70,93 @@ PHANTOM_SCHEME = "phantom://"
 # ITU-R BT.601 luma weights (PIL "L", OpenCV cvtColor)
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 
+#: Larger images are quarantined from their header, never decoded. Pillow's default
+#: ``Image.MAX_IMAGE_PIXELS`` (its decompression-bomb *warning* threshold): a digital chest
+#: radiograph is at most ~4300 x 3500 px (15 MP), so anything this big is an export error or a
+#: bomb (a 30000 x 30000 PNG of zeros is 875 KB on disk and 900 MB decoded).
+MAX_PIXELS = 89_478_485
+#: Images with more pixels are decoded reduced by an integer factor (see the module docstring):
+#: twice the largest study resolution (512 px) and more, so no study loses detail, while the
+#: float pipeline's memory stays bounded.
+WORK_PIXELS = 2048 * 2048
+#: Images with a side shorter than this are quarantined (1x1 and icon-sized files are export
+#: errors; MedMNIST's 28 px is the smallest real dataset lungray reads).
+MIN_SIDE = 16
+
+
+def problem_kind(reason: str) -> str:
+    """The kind of a problem reason, without file names, counts and row numbers.
+
+    >>> problem_kind("missing file 'a/b.png' (labels.csv row 3 (line 4))")
+    'missing file'
+    >>> problem_kind("multi-frame DICOM (10 frames)")
+    'multi-frame DICOM'
+    """
+    import re
+
+    return re.split(r"\s*[('\":]", reason, maxsplit=1)[0].strip() or reason
+
+
+_REREAD = "re-download or remove it"
+_REEXPORT = "re-export it or remove it"
+_ONE_FRAME = "lungray reads one image per file; save the frame you want as its own file"
+#: what to do, per problem kind (the ``problem`` column holds the reason only; messages add this)
+HINTS = {
+    "missing file": "fix the path or remove the row",
+    "missing DICOM file": "fix the path or remove the row",
+    "zero-byte file": _REREAD,
+    "truncated image": _REREAD,
+    "truncated or corrupt image": _REREAD,
+    "truncated DICOM pixel data": _REREAD,
+    "unreadable image": _REREAD,
+    "unreadable file": _REREAD,
+    "unreadable npz row": _REREAD,
+    "not an image": "remove it or fix its format",
+    "not a readable DICOM file": _REEXPORT,
+    "DICOM without pixel data": "it is not an image (report, RT plan...); remove it",
+    "DICOM pixel data could not be decoded": _REEXPORT,
+    "multi-frame DICOM": _ONE_FRAME,
+    "multi-page TIFF": _ONE_FRAME,
+    "animated image": _ONE_FRAME,
+    "unsupported DICOM PhotometricInterpretation": "re-export it as MONOCHROME2 (or RGB) or remove it",
+    "image too large": "downscale it (lungray decodes at most 2048 x 2048 px of it anyway) or remove it",
+    "image too small": "remove it (an export error?)",
+    "non-finite pixel values": "re-export it with finite pixel values or remove it",
+    "blank image": _REEXPORT,
+    "decode failed": _REEXPORT + " (and report the decoder error)",
+    "compressed DICOM": "install pylibjpeg, pylibjpeg-openjpeg, pylibjpeg-libjpeg and pylibjpeg-rle "
+    "(or python-gdcm), or convert the file to an uncompressed transfer syntax",
+    "unknown label": "add the class to data.class_map (or map it to null) or remove the file",
+    "duplicate image_id": "make the image ids unique",
+    "label conflict": "keep the file under its right label and delete the other copy",
+    "empty path": "fill in the path or remove the row",
+    "empty label": "fill in the label or remove the row",
+    "unknown split": "use train, val or test",
+    "non-numeric box": "fix the box or remove the row",
+    "incomplete box": "fix the box or remove the row",
+    "no class in": "add the class or remove the row",
+}
+
+
+def hint_for(reason: str) -> str:
+    """What to do about a problem reason ('' when the reason already says it)."""
+    return HINTS.get(problem_kind(reason), "")
+
 
 class ImageError(DataError):
-    """A file that cannot become an image. ``reason`` is the short text for the ``problem`` column."""
+    """A file that cannot become an image. ``reason`` is the short text for the ``problem`` column;
+    the message adds what to do (:data:`HINTS`, or ``hint``)."""
 
     def __init__(self, path: Any, reason: str, hint: str = ""):
         self.path = str(path)
         self.reason = reason
-        self.hint = hint
-        super().__init__(f"{path}: {reason}" + (f"; {hint}" if hint else ""))
+        self.hint = hint or hint_for(reason)
+        super().__init__(f"{path}: {reason}" + (f"; {self.hint}" if self.hint else ""))
+
+
+class PixelError(Exception):
+    """Pixel values no image may have (NaN/inf); raised where no file name is at hand
+    (:func:`array_to_unit`), turned into an :class:`ImageError` naming the file by :func:`decode`."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,7 +165,7 @@ class ImageError(DataError):
 
 
 def sniff(path: str | Path) -> str:
-    """The container kind from the first bytes: dicom, png, jpeg, bmp, tiff, empty or unknown.
+    """The container kind from the first bytes: dicom, png, jpeg, bmp, tiff, gif, webp, empty or unknown.
 
     Content, not the suffix, decides: a text file named ``.png`` is ``unknown``. DICOM files
     without the 128-byte preamble (raw datasets) are accepted when they carry a DICOM suffix.
@@ -87,6 +185,10 @@ def sniff(path: str | Path) -> str:
         return "bmp"
     if head.startswith((b"II*\x00", b"MM\x00*")):
         return "tiff"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "webp"
     if p.suffix.lower() in DICOM_SUFFIXES and _looks_like_raw_dicom(head):
         return "dicom"
     return "unknown"
@@ -124,6 +226,7 @@ def array_to_unit(arr: np.ndarray, *, bgr: bool = False) -> np.ndarray:
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] != 3):
         raise DataError(f"expected a 2-D gray or (H, W, 3) colour image, got shape {a.shape}")
     dtype = a.dtype
+    _check_finite(a)
     if a.ndim == 3:
         a = _luma(a, bgr=bgr)
     else:
@@ -142,6 +245,15 @@ def array_to_unit(arr: np.ndarray, *, bgr: bool = False) -> np.ndarray:
         amax = float(np.iinfo(alpha.dtype).max) if np.issubdtype(alpha.dtype, np.integer) else 1.0
         x = x * (alpha.astype(np.float64) / amax)
     return np.clip(x, 0.0, 1.0).astype(np.float32)
+
+
+def _check_finite(a: np.ndarray) -> None:
+    """NaN/inf pixels (float TIFF, float DICOM) have no gray value: min-max scaling would turn
+    the whole image black or NaN, so the image is refused instead."""
+    if np.issubdtype(a.dtype, np.floating):
+        bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+        if bad:
+            raise PixelError(f"non-finite pixel values ({bad} NaN/inf pixel(s))")
 
 
 def _full_or_minmax(a: np.ndarray) -> np.ndarray:
@@ -169,29 +281,126 @@ def _png_bit_depth(path: Path) -> tuple[int, int]:
     return head[24], head[25]  # IHDR bit depth, colour type
 
 
-def decode_raster(path: str | Path) -> np.ndarray:
-    """PNG/JPEG/BMP/TIFF -> float32 (H, W) in [0, 1] (see the module rules)."""
-    from PIL import Image, UnidentifiedImageError
+#: sniffed kind -> the Pillow module and class that read it
+_PIL_CLASSES = {
+    "png": ("PngImagePlugin", "PngImageFile"),
+    "jpeg": ("JpegImagePlugin", "JpegImageFile"),
+    "bmp": ("BmpImagePlugin", "BmpImageFile"),
+    "tiff": ("TiffImagePlugin", "TiffImageFile"),
+    "gif": ("GifImagePlugin", "GifImageFile"),
+    "webp": ("WebPImagePlugin", "WebPImageFile"),
+}
 
+
+def _unreadable(p: Path, e: BaseException) -> ImageError:
+    msg = (str(e).splitlines() or [""])[0][:100]
+    if "truncat" in msg.lower() or isinstance(e, EOFError):
+        return ImageError(p, "truncated image")
+    return ImageError(p, f"unreadable image ({msg or type(e).__name__})")
+
+
+def _open_pil(p: Path, kind: str) -> Any:
+    """Open a raster with its format's own Pillow class: header only.
+
+    Not ``Image.open``, whose decompression-bomb check prints a raw ``DecompressionBombWarning``
+    or raises before the size can be looked at; lungray applies its own limit (:data:`MAX_PIXELS`)
+    to the header size instead, with a one-line reason.
+    """
+    module, cls = _PIL_CLASSES[kind]
+    factory = getattr(importlib.import_module(f"PIL.{module}"), cls)
+    try:
+        return factory(str(p))
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, struct.error) as e:
+        raise _unreadable(p, e) from None
+
+
+def _check_size(p: Path, width: int, height: int) -> None:
+    pixels = int(width) * int(height)
+    if pixels > MAX_PIXELS:
+        raise ImageError(
+            p, f"image too large ({width}x{height} px = {pixels / 1e6:.1f} megapixels; the limit is {MAX_PIXELS / 1e6:.1f})"
+        )
+    if min(int(width), int(height)) < MIN_SIDE:
+        raise ImageError(p, f"image too small ({width}x{height} px; at least {MIN_SIDE} px per side)")
+
+
+def _check_raster_header(p: Path, kind: str, im: Any) -> None:
+    """Size limits and frame count from the header (no pixel decoding)."""
+    _check_size(p, *im.size)
+    try:
+        frames = int(getattr(im, "n_frames", 1) or 1)
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        raise _unreadable(p, e) from None
+    if frames > 1:
+        what = f"multi-page TIFF ({frames} pages)" if kind == "tiff" else f"animated image ({frames} frames)"
+        raise ImageError(p, what)
+
+
+def _check_raster_stream(p: Path, kind: str) -> None:
+    """Whole-file structure without decoding: PNG chunk CRCs, the JPEG end-of-image marker."""
+    if kind == "png":
+        im = _open_pil(p, kind)
+        try:
+            im.verify()
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+            raise _unreadable(p, e) from None
+        finally:
+            im.close()
+    elif kind == "jpeg":
+        with open(p, "rb") as f:
+            f.seek(-2, os.SEEK_END)
+            if f.read(2) != b"\xff\xd9":
+                raise ImageError(p, "truncated image")
+
+
+def _reduce_factor(width: int, height: int) -> int:
+    """The smallest integer k with (w/k) * (h/k) <= WORK_PIXELS."""
+    return max(1, math.ceil(math.sqrt(width * height / WORK_PIXELS)))
+
+
+def decode_raster(path: str | Path) -> np.ndarray:
+    """PNG/JPEG/BMP/TIFF/GIF/WebP -> float32 (H, W) in [0, 1] (see the module rules)."""
     p = Path(path)
-    kind = sniff(p)
-    if kind == "empty":
-        raise ImageError(p, "zero-byte file", "re-download or remove it")
+    kind, _ = _preflight(p)
+    if kind == "dicom":
+        raise ImageError(p, "not an image (unrecognised content)")
+    return _decode_raster(p, kind)
+
+
+def _decode_raster(p: Path, kind: str) -> np.ndarray:
     if kind == "png":
         depth, colour = _png_bit_depth(p)
         if depth == 16 and colour in (2, 6):  # 16-bit RGB / RGBA: PIL would drop to 8 bits
             return _decode_cv2(p)
+    im = _open_pil(p, kind)
     try:
-        with Image.open(p) as im:
-            im.load()
-            return _pil_to_unit(im)
-    except UnidentifiedImageError:
-        raise ImageError(p, "not an image (unrecognised content)", "remove it or fix its format") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        msg = str(e)
-        if "truncated" in msg.lower():
-            raise ImageError(p, "truncated image", "re-download or remove it") from None
-        raise ImageError(p, f"unreadable image ({msg})", "re-download or remove it") from None
+        w, h = im.size
+        k = _reduce_factor(w, h)
+        if k > 1 and kind == "jpeg":
+            im.draft(None, (max(1, w // k), max(1, h // k)))  # scaled in the DCT: 1/2, 1/4 or 1/8
+        im.load()
+        k = _reduce_factor(*im.size)
+        if k > 1:
+            im = _pil_reduce(im, k)
+        return _pil_to_unit(im)
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        raise _unreadable(p, e) from None
+    finally:
+        im.close()
+
+
+def _pil_reduce(im: Any, k: int) -> Any:
+    """Pillow's box reduce by ``k`` in the image's own bit depth (modes it cannot reduce are
+    first widened without changing what their values mean: palette -> RGBA, 16-bit -> 32-bit)."""
+    if im.mode in ("P", "PA"):
+        im = im.convert("RGBA")
+    elif im.mode.startswith("I;16"):
+        im = im.convert("I")
+    elif im.mode == "1":
+        im = im.convert("L")
+    elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        im = im.convert("RGB")
+    return im.reduce(k)
 
 
 def _pil_to_unit(im: Any) -> np.ndarray:
@@ -210,13 +419,33 @@ def _pil_to_unit(im: Any) -> np.ndarray:
     return array_to_unit(arr)
 
 
+def block_mean(a: np.ndarray, k: int) -> np.ndarray:
+    """Mean of ``k`` x ``k`` blocks (trailing rows/columns that do not fill a block are dropped),
+    in the input dtype (rounded for integers, so a uint16 image keeps its 16-bit meaning).
+    Computed band by band, so the float copy is never larger than a band."""
+    if k <= 1:
+        return a
+    h, w = a.shape[:2]
+    H, W = h // k, w // k
+    tail = a.shape[2:]
+    out = np.empty((H, W) + tail, dtype=a.dtype)
+    band = max(1, 1024 // k)
+    for r in range(0, H, band):
+        rows = min(band, H - r)
+        x = a[r * k : (r + rows) * k, : W * k].astype(np.float32)
+        m = x.reshape((rows, k, W, k) + tail).mean(axis=(1, 3))
+        out[r : r + rows] = np.rint(m) if np.issubdtype(a.dtype, np.integer) else m
+    return out
+
+
 def _decode_cv2(p: Path) -> np.ndarray:
     import cv2
 
     buf = np.fromfile(p, dtype=np.uint8)
     arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if arr is None:
-        raise ImageError(p, "truncated or corrupt image", "re-download or remove it")
+        raise ImageError(p, "truncated or corrupt image")
+    arr = block_mean(arr, _reduce_factor(arr.shape[1], arr.shape[0]))
     return array_to_unit(arr, bgr=arr.ndim == 3)
 
 
@@ -224,38 +453,48 @@ def _decode_cv2(p: Path) -> np.ndarray:
 # DICOM
 # --------------------------------------------------------------------------------------------
 
-_NO_DECODER_HINT = (
-    "install pylibjpeg, pylibjpeg-openjpeg, pylibjpeg-libjpeg and pylibjpeg-rle "
-    "(or python-gdcm), or convert the file to an uncompressed transfer syntax"
-)
-
 
 def _read_dicom(p: Path, *, defer: bool = True) -> Any:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     if sniff(p) == "empty":
-        raise ImageError(p, "zero-byte file", "re-download or remove it")
+        raise ImageError(p, "zero-byte file")
     try:
         # defer_size: large values (the pixel data) are read only when touched
         return pydicom.dcmread(p, defer_size="64 KB" if defer else None, force=p.suffix.lower() in DICOM_SUFFIXES)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as e:
-        raise ImageError(p, f"not a readable DICOM file ({type(e).__name__})", "re-export or remove it") from None
+        raise ImageError(p, f"not a readable DICOM file ({type(e).__name__})") from None
+
+
+#: PhotometricInterpretation -> samples per pixel lungray can turn into one gray image
+_PHOTOMETRIC = {
+    "MONOCHROME1": 1,
+    "MONOCHROME2": 1,
+    "PALETTE COLOR": 1,
+    "RGB": 3,
+    "YBR_FULL": 3,
+    "YBR_FULL_422": 3,
+    "YBR_PARTIAL_420": 3,
+    "YBR_ICT": 3,
+    "YBR_RCT": 3,
+}
 
 
 def _check_dicom_pixels(p: Path, ds: Any) -> None:
-    """Raise for the DICOM cases that can never become one 2-D image (without decoding)."""
+    """Raise for the DICOM cases that can never become one 2-D image (header and pixel-data
+    length only: nothing is decoded)."""
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise ImageError(
-            p, "DICOM without pixel data", "it is not an image (report, RT plan...); remove it"
-        )
+        raise ImageError(p, "DICOM without pixel data")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
-        raise ImageError(
-            p,
-            f"multi-frame DICOM ({frames} frames)",
-            "lungray reads single-frame radiographs; export the frame you want as its own file",
-        )
+        raise ImageError(p, f"multi-frame DICOM ({frames} frames)")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    _check_size(p, cols, rows)
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    if _PHOTOMETRIC.get(photometric) != spp:
+        raise ImageError(p, f"unsupported DICOM PhotometricInterpretation '{photometric}' with {spp} sample(s) per pixel")
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if ts is not None and ts.is_compressed:
         from pydicom.pixels.decoders.base import get_decoder
@@ -265,18 +504,35 @@ def _check_dicom_pixels(p: Path, ds: Any) -> None:
         except NotImplementedError:
             available = False
         if not available:
-            raise ImageError(p, f"compressed DICOM ({ts.name}) with no decoder installed", _NO_DECODER_HINT)
+            raise ImageError(p, f"compressed DICOM ({ts.name}) with no decoder installed")
+    elif "PixelData" in ds:
+        bits = int(ds.get("BitsAllocated", 8) or 8)
+        n = rows * cols * spp
+        expected = (n + 7) // 8 if bits == 1 else n * ((bits + 7) // 8)
+        try:
+            have = len(ds.PixelData or b"")
+        except Exception:  # a deferred read past the end of a cut file
+            have = 0
+        if have < expected:
+            raise ImageError(p, f"truncated DICOM pixel data ({have} of {expected} bytes)")
 
 
 def decode_dicom(path: str | Path) -> np.ndarray:
     """A single-frame DICOM -> float32 (H, W) in [0, 1], bone bright (see the module rules)."""
     p = Path(path)
-    ds = _read_dicom(p)
-    _check_dicom_pixels(p, ds)
+    kind, ds = _preflight(p)
+    if kind != "dicom":
+        raise ImageError(p, "not a readable DICOM file (no DICOM header)")
+    return _decode_dicom(p, ds)
+
+
+def _decode_dicom(p: Path, ds: Any) -> np.ndarray:
     try:
         arr = ds.pixel_array
     except Exception as e:  # decoder plugins raise many types on corrupt streams
-        raise ImageError(p, f"DICOM pixel data could not be decoded ({type(e).__name__}: {e})", "re-export or remove it") from None
+        msg = (str(e).splitlines() or [""])[0][:100]
+        raise ImageError(p, f"DICOM pixel data could not be decoded ({type(e).__name__}: {msg})") from None
+    arr = block_mean(arr, _reduce_factor(arr.shape[1], arr.shape[0]))
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if arr.ndim == 3:  # colour (pydicom already converted YBR to RGB)
         if photometric == "PALETTE COLOR":
@@ -288,6 +544,7 @@ def decode_dicom(path: str | Path) -> np.ndarray:
         from pydicom.pixels import apply_color_lut
 
         return array_to_unit(apply_color_lut(arr, ds))
+    _check_finite(arr)  # float pixel data: the same rule as a float TIFF
     return dicom_to_unit(arr, ds)
 
 
@@ -394,71 +651,81 @@ def npz_row(ref: str) -> np.ndarray:
         raise ImageError(file, f"unreadable npz row '{sub}' ({type(e).__name__})") from None
 
 
+def _preflight(p: Path) -> tuple[str, Any]:
+    """Every check that needs no pixel decoding; returns ``(kind, dataset)`` (the pydicom dataset
+    for a DICOM, else None) or raises :class:`ImageError`.
+
+    Shared by :func:`probe` (the cheap pass) and :func:`decode` (the cache and ``lungray data
+    check``), so a file the probe rejects is rejected by the decode with the same reason.
+    """
+    try:
+        if not p.is_file():
+            raise ImageError(p, "missing file")
+        if p.stat().st_size == 0:
+            raise ImageError(p, "zero-byte file")
+        kind = sniff(p)
+        if kind == "unknown":
+            raise ImageError(p, "not an image (unrecognised content)")
+        if kind == "dicom":
+            ds = _read_dicom(p)
+            _check_dicom_pixels(p, ds)
+            return kind, ds
+        im = _open_pil(p, kind)
+        try:
+            _check_raster_header(p, kind, im)
+        finally:
+            im.close()
+        _check_raster_stream(p, kind)
+        return kind, None
+    except OSError as e:  # permissions, I/O errors: the same reason from probe and decode
+        raise ImageError(p, f"unreadable file ({type(e).__name__})") from None
+
+
+def _check_content(p: Path, img: np.ndarray) -> np.ndarray:
+    if img.size and float(img.min()) == float(img.max()):
+        raise ImageError(p, "blank image (every pixel has the same value)")
+    return img
+
+
 def decode(path: str | Path) -> np.ndarray:
     """Any supported image reference -> float32 (H, W) in [0, 1].
 
     ``path`` is a file (kind decided by content, :func:`sniff`) or an ``.npz`` row reference
     ``<file>.npz::<split>/<row>`` (MedMNIST). Raises :class:`ImageError` (a ``DataError``) with
-    a one-line reason naming the file.
+    a one-line reason naming the file: whatever :func:`probe` reports, plus what only the pixels
+    show (NaN/inf values, a blank image, a stream that fails to decode).
     """
     s = str(path)
     if s.startswith(PHANTOM_SCHEME):
         raise DataError(f"{s}: phantom images are generated by the cache, not decoded from a path")
-    if NPZ_SEP in s:
-        return array_to_unit(npz_row(s))
-    p = Path(s)
-    if not p.exists():
-        raise ImageError(p, "missing file", "fix the path or remove the row")
-    kind = sniff(p)
-    if kind == "empty":
-        raise ImageError(p, "zero-byte file", "re-download or remove it")
-    if kind == "dicom":
-        return decode_dicom(p)
-    if kind == "unknown":
-        raise ImageError(p, "not an image (unrecognised content)", "remove it or fix its format")
-    return decode_raster(p)
+    try:
+        if NPZ_SEP in s:
+            return _check_content(Path(s), array_to_unit(npz_row(s)))
+        p = Path(s)
+        kind, ds = _preflight(p)
+        img = _decode_dicom(p, ds) if kind == "dicom" else _decode_raster(p, kind)
+    except PixelError as e:
+        raise ImageError(s, str(e)) from None
+    return _check_content(p, img)
 
 
 def probe(path: str | Path) -> str:
     """Cheap validity check without a full decode: '' when fine, else the problem reason.
 
     Catches missing, zero-byte and non-image files, truncated PNGs (chunk CRCs) and JPEGs (no
-    end-of-image marker), pixel-less, multi-frame and undecodable-compressed DICOMs. Full pixel
-    decoding happens once, in the cache, and quarantines whatever this misses.
+    end-of-image marker), images over the pixel limit or under the size limit, multi-frame
+    files, pixel-less, oddly encoded, truncated and undecodable-compressed DICOMs. Full pixel
+    decoding (:func:`decode`, once, in the cache or in ``lungray data check``) repeats these
+    checks and adds the ones that need the pixels.
     """
     s = str(path)
     if s.startswith(PHANTOM_SCHEME) or NPZ_SEP in s:
         return ""
-    p = Path(s)
     try:
-        if not p.is_file():
-            return "missing file"
-        if p.stat().st_size == 0:
-            return "zero-byte file"
-        kind = sniff(p)
-        if kind == "unknown":
-            return "not an image (unrecognised content)"
-        if kind == "dicom":
-            ds = _read_dicom(p)
-            _check_dicom_pixels(p, ds)
-            return ""
-        if kind == "png":
-            from PIL import Image
-
-            with Image.open(p) as im:
-                im.verify()
-            return ""
-        if kind == "jpeg":
-            with open(p, "rb") as f:
-                f.seek(-2, os.SEEK_END)
-                if f.read(2) != b"\xff\xd9":
-                    return "truncated image"
-            return ""
+        _preflight(Path(s))
         return ""
     except ImageError as e:
         return e.reason
-    except (OSError, SyntaxError, ValueError) as e:
-        return "truncated image" if "truncat" in str(e).lower() else f"unreadable image ({type(e).__name__})"
 
 
 def resize(img: np.ndarray, resolution: int, mode: str = "stretch") -> np.ndarray:
@@ -508,11 +775,12 @@ def native_size(path: str | Path) -> Optional[tuple[int, int]]:
         if kind == "dicom":
             ds = _read_dicom(Path(s))
             return int(ds.Columns), int(ds.Rows)
-        if kind in ("png", "jpeg", "bmp", "tiff"):
-            from PIL import Image
-
-            with Image.open(s) as im:
+        if kind in _PIL_CLASSES:
+            im = _open_pil(Path(s), kind)
+            try:
                 return im.size
+            finally:
+                im.close()
     except Exception:
         return None
     return None

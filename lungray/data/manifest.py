@@ -7,17 +7,24 @@ images came from.
 
 Columns (all present, in this order; strings are never NaN, empty means unknown):
 
-``image_id``    unique id of the image within the dataset (relative path without suffix, or
-                a salted hash where the file name is a patient identifier, e.g. RSNA)
-``path``        absolute file path or URI (``phantom://...``, ``<file>.npz::<split>/<row>``)
+``image_id``    unique id of the image within the dataset: ``img_<16 hex>``, a salted hash of
+                the relative path (file names often hold patient ids, and this id is what
+                predictions.csv, MLflow and the report show); RSNA ``rsna_<hash>``; the
+                phantom's and MedMNIST's own synthetic ids
+``path``        absolute file path or URI (``phantom://...``, ``<file>.npz::<split>/<row>``);
+                with ``image_id`` the local map from an id back to its file (manifests stay on
+                disk next to the cache and are never logged to MLflow)
 ``label``       the *study* class name (after ``class_map``); the raw name if unknown
 ``class_index`` index into the class names, ``-1`` for rows with an unknown label
 ``patient_id``  salted SHA-256 of the raw patient identifier (never the raw DICOM value)
 ``modality``    "CR", "DX", "CT", "XR"... when known
 ``source``      adapter / layout name (``covid_radiography``...)
-``sha256``      SHA-256 of the file bytes (filled by the cache; exact-duplicate detection)
-``phash``       16-hex-digit perceptual hash of the decoded image (filled by the cache)
-``width``, ``height``  native size in pixels (filled by the cache; 0 when not decoded yet)
+``sha256``      SHA-256 of the file bytes (filled by the check and the cache; exact duplicates,
+                label conflicts)
+``phash``       16-hex-digit perceptual hash of the decoded image (filled by ``data check`` and
+                the cache)
+``width``, ``height``  decoded size in pixels (images over 2048 x 2048 px are decoded reduced by
+                an integer factor, see :mod:`lungray.data.decode`; 0 when not decoded yet)
 ``boxes``       JSON list of ``[x, y, w, h]`` boxes (RSNA), ``"[]"`` otherwise
 ``mask_path``   the image's segmentation mask file (Radiography Database ``masks/``), else empty
 ``split``       a predefined split (``train``/``val``/``test``) from the source, else empty
@@ -100,6 +107,21 @@ def hash_patient_id(raw: Any, salt: str) -> str:
     if not s:
         return ""
     return "p_" + hashlib.sha256(f"{salt}\x00{s}".encode()).hexdigest()[:16]
+
+
+def hash_image_id(raw: Any, salt: str) -> str:
+    """The pseudonymous image id written to every output: ``img_`` + 16 hex digits.
+
+    A salted SHA-256 of the image's own id (its path relative to the dataset root, without
+    suffix). Stable for one dataset and salt, so a resumed sweep, its predictions and its
+    report agree; the manifest's ``path`` column maps it back. With the default per-dataset
+    salt anyone who can guess a file name can confirm it; set ``LUNGRAY_ID_SALT`` to a site
+    secret (:func:`id_salt`) to make the ids unlinkable.
+
+    >>> hash_image_id("COVID/PAT-0042", "s")[:4], len(hash_image_id("COVID/PAT-0042", "s"))
+    ('img_', 20)
+    """
+    return "img_" + hashlib.sha256(f"{salt}\x00image\x00{raw}".encode()).hexdigest()[:16]
 
 
 def make_manifest(
@@ -282,3 +304,27 @@ def relabel(
     if canonical is not None and targets <= set(canonical):
         names = [c for c in canonical if c in targets]
     return labels, names, unknown
+
+
+def find_image_ids(image_ids: Sequence[str], cache_dir: str | Path) -> dict[str, dict[str, str]]:
+    """Look hashed image ids up in the local manifests under ``cache_dir`` (the map back to files).
+
+    Searches every ``<cache_dir>/<key>/manifest.parquet`` and ``quarantined.parquet``; returns
+    ``{image_id: {"path": ..., "label": ...}}`` for the ids found.
+    """
+    wanted = set(map(str, image_ids))
+    found: dict[str, dict[str, str]] = {}
+    cache_dir = Path(cache_dir)
+    if not cache_dir.is_dir():
+        raise DataError(f"no cache folder at {cache_dir}; pass --output (the sweep's output folder) or --cache-dir")
+    for f in sorted(cache_dir.glob("*/manifest.parquet")) + sorted(cache_dir.glob("*/quarantined.parquet")):
+        try:
+            df = pd.read_parquet(f, columns=["image_id", "path", "label"])
+        except (OSError, ValueError, KeyError):
+            continue
+        hit = df[df["image_id"].isin(wanted - set(found))]
+        for r in hit.itertuples(index=False):
+            found[str(r.image_id)] = {"path": str(r.path), "label": str(r.label)}
+        if len(found) == len(wanted):
+            break
+    return found

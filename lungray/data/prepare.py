@@ -170,6 +170,7 @@ def prepare_data(
     progress: bool = True,
     parallel: Optional[bool] = None,
     echo: Optional[Callable[[str], Any]] = None,
+    preprocess_variants: Sequence[str] = (),
 ) -> PreparedData:
     """Prepare ``cfg`` (a :class:`~lungray.config.DataConfig`) for training; see the module doc.
 
@@ -177,6 +178,10 @@ def prepare_data(
     drawn once here so an impossible size fails now, with the pool per class in the message.
     ``parallel`` forces (``True``) or forbids (``False``) Ray decoding; ``None`` decides by size.
     ``echo`` receives the check's problem lines (default: the ``lungray.data`` logger).
+    ``preprocess_variants`` are further preprocessings (the study's ``variants``): each is
+    decoded into its own cache with the same rows, and the splits, subsets and leakage audit
+    are those of ``cfg.preprocess``, so the variants' results are paired
+    (:meth:`PreparedData.for_preprocess`).
     """
     from lungray.data.cache import build_cache
     from lungray.data.check import check_dataset
@@ -197,6 +202,9 @@ def prepare_data(
     from lungray.data.cache import load_quarantined
 
     quarantined = load_quarantined(root)
+    from lungray.data.check import quarantine_report
+
+    quarantine_report(quarantined, report, int(meta["n_images"]), say, cfg=cfg)  # always shown
     if cfg.strict and len(quarantined):
         first = "; ".join(f"{r.image_id}: {r.problem}" for r in quarantined.head(3).itertuples())
         raise DataError(f"data check failed (strict): {len(quarantined)} image(s) could not be used: {first}")
@@ -317,9 +325,38 @@ def prepare_data(
         info=info,
     )
     info["class_counts"] = data.class_counts()
+    roots = _variant_caches(manifest, cfg, cache_dir, root, preprocess_variants, progress=progress, parallel=parallel)
+    if roots:
+        import dataclasses
+
+        info["preprocess_roots"] = {**roots, cfg.preprocess: str(root)}
+        data = dataclasses.replace(data, variant_roots={**roots, cfg.preprocess: str(data.root)})
     if sizes:
         validate_sizes(data, sizes, seeds or (0,))
     return data
+
+
+def _variant_caches(
+    manifest: pd.DataFrame, cfg: Any, cache_dir: Path, root: Path, preprocessings: Sequence[str], *, progress: bool, parallel: Optional[bool]
+) -> dict[str, str]:
+    """One decoded cache per further preprocessing, checked to hold the base cache's rows in order."""
+    import dataclasses
+
+    from lungray.data.cache import build_cache
+
+    out: dict[str, str] = {}
+    base_ids = pd.read_parquet(root / "manifest.parquet", columns=["image_id"])["image_id"].to_numpy()
+    for name in dict.fromkeys(p for p in preprocessings if p and p != cfg.preprocess):
+        vroot = build_cache(manifest, dataclasses.replace(cfg, preprocess=name), cache_dir, progress=progress, parallel=parallel)
+        ids = pd.read_parquet(vroot / "manifest.parquet", columns=["image_id"])["image_id"].to_numpy()
+        if len(ids) != len(base_ids) or (ids != base_ids).any():
+            extra = sorted(set(map(str, base_ids)) ^ set(map(str, ids)))[:3]
+            raise DataError(
+                f"preprocessing '{name}' left other images usable than '{cfg.preprocess}' ({len(ids)} vs {len(base_ids)}; "
+                f"e.g. {', '.join(extra)}): the variants would not be paired; fix or remove those images"
+            )
+        out[name] = str(vroot)
+    return out
 
 
 def validate_sizes(data: PreparedData, sizes: Sequence[int], seeds: Sequence[int]) -> None:

@@ -42,11 +42,33 @@ class PreparedData:
     class_balanced: bool = False
     dropped_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     info: dict = field(default_factory=dict)  # provenance: source, resolution, leakage summary...
+    # preprocessing -> cache root holding the same rows (the study's variants); empty: one cache
+    variant_roots: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Absolute: Ray workers do not share the driver's working directory, so a relative
         # root (the default output_dir is "lungray_runs") would point nowhere inside a trial.
         object.__setattr__(self, "root", str(Path(self.root).expanduser().resolve()))
+
+    def for_preprocess(self, name: Optional[str]) -> "PreparedData":
+        """The same rows, splits and subsets decoded with preprocessing ``name`` (a variant's
+        cache); ``None`` or this cache's own preprocessing returns ``self``."""
+        if name is None:
+            return self
+        root = self.variant_roots.get(name)
+        if root is None:
+            own = self.info.get("preprocessing", name)
+            if not self.variant_roots and name == own:
+                return self
+            from lungray.errors import ConfigError
+
+            prepared = sorted(self.variant_roots) or [own]
+            raise ConfigError(f"preprocessing '{name}' was not prepared in {self.root}; prepared: {', '.join(prepared)}")
+        if Path(root).resolve() == Path(self.root):
+            return self
+        import dataclasses
+
+        return dataclasses.replace(self, root=root)
 
     # -- arrays, memory-mapped lazily per process --------------------------------------------
     def __getstate__(self) -> dict[str, Any]:  # drop cached memmaps when shipped to workers

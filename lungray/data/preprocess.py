@@ -16,6 +16,12 @@ that changes preprocessing gets a different cache key and never mixes the two.
   (PROTOCOLS.md section 5) used radius 70 at about 299 px, so the radius is scaled to
   ``round(70 * resolution / 299)`` (at least 1) to cover the same fraction of the chest.
 
+- ``center_crop``: the central 224/256 of the image, resized back to the study resolution:
+  torchvision's ``Resize(256)`` + ``CenterCrop(224)`` of the RSNA study (PROTOCOLS.md section 3)
+  on the already square cached image.
+
+Names combine with ``+`` and run left to right (``center_crop+clahe``).
+
 Heavy imports (cv2, scikit-image) happen inside the functions: the registry is imported by
 config validation and must stay cheap.
 """
@@ -86,8 +92,44 @@ def local_eq(img: np.ndarray, resolution: int) -> np.ndarray:
     return out.astype(np.float32) / 255.0
 
 
+#: torchvision's Resize(256) + CenterCrop(224): the share of the image side that is kept
+CENTER_CROP_FRACTION = 224 / 256
+
+
+@PREPROCESSING.register("center_crop")
+def center_crop(img: np.ndarray, resolution: int) -> np.ndarray:
+    """The central 224/256 of the image, resized back (torchvision Resize(256)+CenterCrop(224), section 3)."""
+    import cv2
+
+    x = np.asarray(img, dtype=np.float32)
+    h, w = x.shape
+    ch, cw = max(1, int(round(h * CENTER_CROP_FRACTION))), max(1, int(round(w * CENTER_CROP_FRACTION)))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    crop = np.ascontiguousarray(x[top : top + ch, left : left + cw])
+    return cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def preprocessing_steps(name: str) -> list[str]:
+    """``"center_crop+clahe"`` -> ``["center_crop", "clahe"]`` (``none`` steps dropped)."""
+    return [p.strip() for p in str(name).split("+") if p.strip() and p.strip() != "none"]
+
+
+def check_preprocessing(name: str, where: str = "data.preprocess") -> str:
+    """Raise a ConfigError naming ``where`` unless every ``+``-joined step is registered."""
+    from lungray.errors import ConfigError
+
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{where}: expected a preprocessing name, got {name!r}; valid choices: {', '.join(PREPROCESSING.names())}")
+    for step in [p.strip() for p in name.split("+")]:
+        if step not in PREPROCESSING:
+            raise ConfigError(f"{where}: {PREPROCESSING.unknown_message(step)} (combine steps with '+')")
+    return name
+
+
 def apply_preprocessing(name: str, img: np.ndarray, resolution: int) -> np.ndarray:
-    """Run the named preprocessing and check it kept shape and range."""
-    out = PREPROCESSING.get(name)(img, resolution)
-    assert out.shape == img.shape, (name, out.shape, img.shape)
-    return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
+    """Run the named preprocessing (``+``-joined steps in order) and check it kept shape and range."""
+    out = np.asarray(img, dtype=np.float32)
+    for step in preprocessing_steps(name) or ["none"]:
+        out = np.clip(PREPROCESSING.get(step)(out, resolution), 0.0, 1.0)
+        assert out.shape == img.shape, (name, out.shape, img.shape)
+    return out.astype(np.float32, copy=False)

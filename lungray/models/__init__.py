@@ -30,13 +30,12 @@ submodules imported on first use.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 from lungray.errors import ConfigError
-from lungray.registry import Registry, lazy
+from lungray.registry import Registry, lazy, suggest
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch.nn as nn
@@ -56,6 +55,9 @@ __all__ = [
     "parse_freeze",
     "create_model",
     "gradcam_target",
+    "input_channels",
+    "parameter_counts",
+    "GRADCAM_LAYERS",
     "trainable_parameter_names",
     "backbone_stages",
     "ensure_autoencoder",
@@ -122,8 +124,18 @@ def _prepare_ae_encoder(data: "PreparedData", trial: Any, *, device: Any, mean: 
         max_images=tc.ae_pretrain_images,
         mean=mean,
         std=std,
+        in_chans=input_channels(trial.model),
+        pretrain_class=tc.ae_pretrain_class,
     )
     return {"ae_weights": path}
+
+
+def _check_simple_cnn_resolution(cfg: "ModelConfig", resolution: int, where: str) -> None:
+    if simple_cnn_feature_side(resolution, cfg.padding) < 1:
+        raise ConfigError(
+            f"{where}: simple_cnn with {cfg.padding} padding cannot run at data.resolution {resolution} "
+            "(three [conv, conv, 2x2 pool] blocks leave no pixel); raise the resolution or use padding same"
+        )
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
@@ -133,6 +145,7 @@ MODELS.register(
     ModelSpec(
         name="simple_cnn",
         build=lazy("lungray.models.simple_cnn", "build_simple_cnn"),
+        check=_check_simple_cnn_resolution,
         doc="the X-ray capstone's CNN from scratch: [conv, conv, BN, maxpool] x 3 (32/64/128), dense 128 (section 5)",
     ),
     doc="CNN from scratch of the X-ray capstone (PROTOCOLS.md section 5); width scales the channels",
@@ -163,6 +176,22 @@ MODELS.register(
     ),
     doc="the training-size study's encoder-based classifier: AE encoder -> DenseNet-121 (PROTOCOLS.md section 1)",
 )
+
+
+def simple_cnn_feature_side(resolution: int, padding: str = "same") -> int:
+    """The side of ``simple_cnn``'s last pooled map: three [conv 3x3, conv 3x3, pool 2] blocks
+    (0 when the image is too small). 'valid' convolutions take 4 px per block (section 5).
+
+    >>> simple_cnn_feature_side(299, "valid"), simple_cnn_feature_side(64), simple_cnn_feature_side(32, "valid")
+    (33, 8, 0)
+    """
+    s = int(resolution)
+    for _ in range(3):
+        s = (s - (4 if padding == "valid" else 0)) // 2
+        if s < 1:
+            return 0
+    return s
+
 
 # --------------------------------------------------------------------------------------------
 # Heads
@@ -208,6 +237,35 @@ HEADS.register(
     doc="avg-pool 4x4 -> dense 64 -> ReLU -> dropout 0.5 -> classes (Grad-CAM study, section 2)",
 )
 
+HEADS.register(
+    "bn_pool_mlp64",
+    HeadSpec(
+        "bn_pool_mlp64",
+        lazy("lungray.models.heads", "bn_pool_mlp64_head"),
+        doc="BN -> avg-pool 4x4 -> flatten -> dense 64 -> ReLU -> dropout -> classes",
+    ),
+    doc="BN -> avg-pool 4x4 -> dense 64 -> ReLU -> dropout 0.5 -> classes (Grad-CAM study's DenseNet/ResNet, section 2)",
+)
+HEADS.register(
+    "mlp128",
+    HeadSpec("mlp128", lazy("lungray.models.heads", "mlp128_head"), doc="GAP -> Linear(C, 128) -> ReLU -> Linear(128, classes)"),
+    doc="GAP -> Linear(C, 128) -> ReLU -> Linear(128, classes) (RSNA study's ResNet-101 fc, section 3)",
+)
+HEADS.register(
+    "gmp_mlp128",
+    HeadSpec("gmp_mlp128", lazy("lungray.models.heads", "gmp_mlp128_head"), doc="global max pool -> dense 128 -> ReLU -> classes"),
+    doc="global max pool -> dense 128 -> ReLU -> classes (the frozen VGG19 reference, section 5)",
+)
+HEADS.register(
+    "tv_classifier",
+    HeadSpec("tv_classifier", lazy("lungray.models.heads", "tv_classifier_head"), doc="torchvision classifier, last layer replaced"),
+    doc="torchvision's avgpool + classifier (fc6/fc7) kept, last layer replaced (sections 3-4; tv:alexnet, tv:vgg*)",
+)
+
+#: torchvision models whose classifier ``head: tv_classifier`` can keep (``avgpool`` + a
+#: ``classifier`` Sequential ending in a Linear layer)
+TV_CLASSIFIER_PREFIXES = ("alexnet", "vgg")
+
 # --------------------------------------------------------------------------------------------
 # Freeze policies
 # --------------------------------------------------------------------------------------------
@@ -222,6 +280,11 @@ FREEZE_POLICIES.register(
     "backbone",
     lazy("lungray.models.freeze", "freeze_backbone"),
     doc="feature extraction: backbone frozen, stem and head trainable (sections 2-3 'base frozen')",
+)
+FREEZE_POLICIES.register(
+    "fc_only",
+    lazy("lungray.models.freeze", "freeze_fc_only"),
+    doc="only the head's final layer trains (section 3: torchvision VGG16 'pretrained, frozen, last layer replaced')",
 )
 FREEZE_POLICIES.register(
     "last",
@@ -269,24 +332,41 @@ def check_model_name(name: str) -> str:
         raise ConfigError(f"model name must be a non-empty string, got {name!r}; {_choices_hint()}")
     if name in MODELS:
         return name
-    if name.startswith(TV_PREFIX):
-        import torchvision
-
-        tv_name = name[len(TV_PREFIX) :]
-        names = torchvision.models.list_models()
-        if tv_name in names:
-            return name
-        close = difflib.get_close_matches(tv_name, names, n=5, cutoff=0.5)
-        hint = f"; close torchvision names: {', '.join(TV_PREFIX + c for c in close)}" if close else ""
-        raise ConfigError(f"unknown torchvision model '{name}'{hint}; {_choices_hint()}")
     import timm
+    import torchvision
 
-    if timm.is_model(name):
+    tv_names = torchvision.models.list_models()
+    if name.startswith(TV_PREFIX):
+        if name[len(TV_PREFIX) :] in tv_names:
+            return name
+    elif timm.is_model(name):
         return name
-    candidates = list(MODELS.names()) + timm.list_models()
-    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
+    close = suggest_model_names(name, timm.list_models(), tv_names)
     hint = f"; close matches: {', '.join(close)}" if close else ""
-    raise ConfigError(f"unknown model '{name}'{hint}; {_choices_hint()}")
+    what = "torchvision model" if name.startswith(TV_PREFIX) else "model"
+    raise ConfigError(f"unknown {what} '{name}'{hint}; {_choices_hint()}")
+
+
+def suggest_model_names(name: str, timm_names: Sequence[str], tv_names: Sequence[str], n: int = 5) -> list[str]:
+    """Close matches for a mistyped model name across lungray's own, timm's and ``tv:`` names.
+
+    The same architecture in the other namespace comes first (``alexnet``, which timm does not
+    have, suggests ``tv:alexnet``), then the closest names of the namespace asked for and of
+    the other one, alternating: ``tv:resnet5`` suggests ``tv:resnet50, resnet50, ...``.
+
+    >>> suggest_model_names("alexnet", ["haloregnetz_b", "resnet50"], ["alexnet", "vgg16"])
+    ['tv:alexnet', 'haloregnetz_b']
+    """
+    is_tv = name.startswith(TV_PREFIX)
+    bare = name[len(TV_PREFIX) :] if is_tv else name
+    timm_side = list(MODELS.names()) + list(timm_names)
+    tv_side = list(tv_names)
+    counterpart = [bare] if is_tv and bare in set(timm_side) else ([TV_PREFIX + bare] if not is_tv and bare in set(tv_side) else [])
+    tv_close = [TV_PREFIX + c for c in suggest(bare, tv_side, n=n)]
+    timm_close = suggest(bare, timm_side, n=n)
+    same, other = (tv_close, timm_close) if is_tv else (timm_close, tv_close)
+    mixed = [c for pair in zip(same + [""] * n, other + [""] * n) for c in pair if c]
+    return [c for c in dict.fromkeys(counterpart + mixed) if c != name][:n]
 
 
 def model_spec(name: str) -> Optional[ModelSpec]:
@@ -311,6 +391,22 @@ def check_model_config(cfg: "ModelConfig", where: str = "model", resolution: Opt
         raise ConfigError(f"{where}.input_mode: '{cfg.input_mode}' is not valid; valid choices: in_chans1, repeat3")
     if cfg.width is not None and cfg.width < 1:
         raise ConfigError(f"{where}.width must be a positive integer or null, got {cfg.width}")
+    if cfg.padding not in ("same", "valid"):
+        raise ConfigError(f"{where}.padding: '{cfg.padding}' is not valid; valid choices: same, valid")
+    if cfg.padding != "same" and cfg.name != "simple_cnn":
+        raise ConfigError(f"{where}.padding: only simple_cnn takes padding '{cfg.padding}'; remove it for {cfg.name}")
+    if not isinstance(cfg.gradcam_layer, str) or not cfg.gradcam_layer.strip():
+        raise ConfigError(
+            f"{where}.gradcam_layer must be {', '.join(GRADCAM_LAYERS)} or a module path inside the model "
+            f"(e.g. backbone.body.layer4.2.conv3), got {cfg.gradcam_layer!r}"
+        )
+    if cfg.head == "tv_classifier":
+        bare = cfg.name[len(TV_PREFIX) :] if cfg.name.startswith(TV_PREFIX) else ""
+        if not bare.startswith(TV_CLASSIFIER_PREFIXES):
+            raise ConfigError(
+                f"{where}.head: tv_classifier keeps a torchvision classifier; it needs tv:alexnet or tv:vgg*, "
+                f"got '{cfg.name}' (for timm models use linear, mlp128...)"
+            )
     spec = model_spec(cfg.name)
     if spec is not None:
         if resolution is not None and spec.check is not None:
@@ -360,11 +456,45 @@ def create_model(
     return _create(cfg, num_classes, in_chans=in_chans, resolution=resolution, ae_weights=ae_weights)
 
 
-def gradcam_target(model: "nn.Module") -> tuple[list["nn.Module"], Optional[Callable[..., Any]]]:
-    """``(target_layers, reshape_transform or None)`` for pytorch-grad-cam, by backbone family."""
+#: ``ModelConfig.gradcam_layer`` choices besides a module path (see :mod:`lungray.models.gradcam`)
+GRADCAM_LAYERS = ("auto", "last_conv")
+
+
+def gradcam_target(
+    model: "nn.Module", layer: Optional[str] = None
+) -> tuple[list["nn.Module"], Optional[Callable[..., Any]]]:
+    """``(target_layers, reshape_transform or None)`` for pytorch-grad-cam.
+
+    ``layer`` (default: the model's ``ModelConfig.gradcam_layer``): ``auto`` is the backbone
+    family's layer, ``last_conv`` the last convolution (the studies' choice), anything else a
+    module path inside the model.
+    """
     from lungray.models.gradcam import gradcam_target as _target
 
-    return _target(model)
+    return _target(model, layer)
+
+
+def input_channels(cfg: "ModelConfig") -> int:
+    """Channels a model takes from the data: 3 for ``input_mode: repeat3``, else 1.
+
+    With ``repeat3`` the data pipeline repeats the gray image into 3 channels and normalises
+    each with its own statistics (ImageNet's per-channel mean/std, as torchvision's
+    ``Normalize`` did in sections 3-4); a stem or the autoencoder then takes 3 channels, as the
+    Keras studies' 256x256x3 inputs did (section 1's 224 + 219 stem weights, 10,714 autoencoder
+    weights). ``logreg`` always reads the gray image.
+    """
+    return 3 if cfg.input_mode == "repeat3" and cfg.name != "logreg" else 1
+
+
+def parameter_counts(model: "nn.Module") -> Any:
+    """Trainable, frozen and batch-norm-statistics counts (:class:`~lungray.models.factory.ParamCounts`).
+
+    ``.keras_total`` is what Keras' ``model.summary()`` calls "Total params", the figure the
+    studies published (PROTOCOLS.md).
+    """
+    from lungray.models.factory import parameter_counts as _counts
+
+    return _counts(model)
 
 
 def trainable_parameter_names(model: "nn.Module") -> list[str]:
@@ -397,8 +527,10 @@ def ensure_autoencoder(
     resolution: Optional[int] = None,
     batch_size: int = 32,
     max_images: Optional[int] = None,
-    mean: Optional[float] = None,
-    std: Optional[float] = None,
+    mean: Optional[Any] = None,
+    std: Optional[Any] = None,
+    in_chans: int = 1,
+    pretrain_class: Optional[str] = None,
 ) -> Path:
     """Pretrain (once) the ``ae_encoder`` autoencoder on the training pool; return its file.
 
@@ -416,4 +548,6 @@ def ensure_autoencoder(
         max_images=max_images,
         mean=mean,
         std=std,
+        in_chans=in_chans,
+        pretrain_class=pretrain_class,
     )

@@ -11,16 +11,18 @@ the chosen head. The layer sizes are the protocol's table, for an input of ``res
              -> UpSample -> Conv (input channels)
 
 All 3x3, 'same' padding, ReLU except the output (linear, because the images are z-scored). With
-3 input channels this has the protocol's 10,714 weights (448 + 2,320 + 1,160 + 584 + 584 + 219 for
-the encoder, 84 + 224 + 584 + 584 + 1,168 + 2,320 + 435 for the decoder); lungray's grayscale
-cache uses 1 channel (160 and 145 weights in the first and last layer instead).
+3 input channels (``input_mode: repeat3``, the study's 256x256x3 input) this has the protocol's
+10,714 weights (448 + 2,320 + 1,160 + 584 + 584 + 219 for the encoder, 84 + 224 + 584 + 584 +
+1,168 + 2,320 + 435 for the decoder); on the 1-channel gray image (``in_chans1``) the first and
+last layer hold 160 and 145 weights instead.
 
-The study trained its autoencoder on 4000 COVID images; lungray uses the unlabelled pool (all
-classes, labels unused), optionally capped (``TrainConfig.ae_pretrain_images``).
+The study trained its autoencoder on 4000 COVID images: ``TrainConfig.ae_pretrain_class: COVID``
+with ``ae_pretrain_images: 4000`` does the same on the training pool's COVID images (never the
+evaluation or validation images); by default the whole unlabelled pool is used.
 
 :func:`ensure_autoencoder` trains it once per (dataset, resolution, seed, epochs), caches the
 result at ``<data.root>/ae/ae-r{res}-s{seed}-e{epochs}.pt`` and returns the path; every trial
-that needs it reuses the file. A file lock (``fcntl.lockf``, which also works on NFS) plus a
+that needs it reuses the file (channels and class, when set, are part of the name). A file lock (``fcntl.lockf``, which also works on NFS) plus a
 per-process lock make concurrent trials wait for one training instead of each running its own,
 and the file is written atomically (temp file + ``os.replace``).
 """
@@ -212,12 +214,18 @@ def ae_cache_path(
     epochs: int,
     resolution: Optional[int] = None,
     max_images: Optional[int] = None,
-    mean: Optional[float] = None,
-    std: Optional[float] = None,
+    mean: Optional[Any] = None,
+    std: Optional[Any] = None,
+    in_chans: int = 1,
+    pretrain_class: Optional[str] = None,
 ) -> Path:
-    """``<data.root>/ae/ae-r{res}-s{seed}-e{epochs}.pt`` (+ ``-n{max}`` / ``-z{hash}`` if set)."""
+    """``<data.root>/ae/ae-r{res}-s{seed}-e{epochs}.pt`` (+ ``-c{chans}`` / ``-k{class}`` / ``-n{max}`` / ``-z{hash}`` if set)."""
     res = int(resolution or data.resolution)
     name = f"ae-r{res}-s{int(seed)}-e{int(epochs)}"
+    if in_chans != 1:
+        name += f"-c{int(in_chans)}"
+    if pretrain_class is not None:
+        name += "-k" + hashlib.sha256(str(pretrain_class).encode()).hexdigest()[:8]
     if max_images is not None:
         name += f"-n{int(max_images)}"
     if mean is not None or std is not None:
@@ -272,13 +280,37 @@ def _resolve_device(device: Any) -> torch.device:
     return torch.device(device)
 
 
-def _load_rows(data: Any, rows: np.ndarray, resolution: int) -> torch.Tensor:
-    """(B, 1, res, res) float32 in [0, 1] for sorted pool rows (memory-mapped reads)."""
+def _load_rows(data: Any, rows: np.ndarray, resolution: int, in_chans: int = 1) -> torch.Tensor:
+    """(B, in_chans, res, res) float32 in [0, 1] for sorted pool rows (memory-mapped reads; the
+    gray image repeated for 3 channels)."""
     imgs = np.asarray(data.images[rows], dtype=np.float32) / float(data.max_value)
     x = torch.from_numpy(imgs)[:, None]
     if x.shape[-1] != resolution or x.shape[-2] != resolution:
         x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
-    return x
+    return x.expand(-1, in_chans, -1, -1) if in_chans != 1 else x
+
+
+def _per_channel(v: Any, in_chans: int) -> torch.Tensor:
+    """A mean/std (one number or one per channel) as a (1, C, 1, 1) tensor."""
+    t = torch.as_tensor(np.asarray(v, dtype=np.float32).reshape(-1))
+    return (t.expand(in_chans) if t.numel() == 1 else t).reshape(1, -1, 1, 1)
+
+
+def pretrain_rows(data: Any, seed: int, max_images: Optional[int] = None, pretrain_class: Optional[str] = None) -> np.ndarray:
+    """The pool rows the autoencoder trains on: the pool (of ``pretrain_class`` only, when
+    set), ``max_images`` of them drawn with ``default_rng(seed)``; sorted."""
+    rows = np.sort(np.asarray(data.pool_idx, dtype=np.int64))
+    if pretrain_class is not None:
+        names = [str(c) for c in data.class_names]
+        if str(pretrain_class) not in names:
+            raise ConfigError(f"train.ae_pretrain_class '{pretrain_class}' is not a class of the data; classes: {', '.join(names)}")
+        rows = rows[np.asarray(data.labels)[rows] == names.index(str(pretrain_class))]
+    if rows.size == 0:
+        what = f" has no '{pretrain_class}' image" if pretrain_class is not None else " is empty"
+        raise DataError(f"ensure_autoencoder: the training pool of {data.root}{what}; nothing to pretrain on")
+    if max_images is not None and max_images < rows.size:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, size=int(max_images), replace=False))
+    return rows
 
 
 def pretrain_autoencoder(
@@ -290,22 +322,22 @@ def pretrain_autoencoder(
     resolution: Optional[int] = None,
     batch_size: int = 32,
     max_images: Optional[int] = None,
-    mean: Optional[float] = None,
-    std: Optional[float] = None,
+    mean: Optional[Any] = None,
+    std: Optional[Any] = None,
+    in_chans: int = 1,
+    pretrain_class: Optional[str] = None,
 ) -> dict[str, Any]:
     """Train the autoencoder by MSE reconstruction on ``data.pool_idx`` only; return a checkpoint dict.
 
-    Only rows of the training pool are ever read (``max_images`` of them, drawn with
-    ``default_rng(seed)``, when set). Inputs are z-scored with ``mean``/``std`` (in [0, 1]
-    units; default: the statistics of those pool images), like the classifier's inputs.
-    Weight init and batch order come from ``seed`` without touching the global RNG state.
+    Only rows of the training pool are ever read (:func:`pretrain_rows`: of one class when
+    ``pretrain_class`` is set, ``max_images`` of them drawn with ``default_rng(seed)`` when
+    set). Inputs (``in_chans`` copies of the gray image) are z-scored with ``mean``/``std`` (in
+    [0, 1] units, one number or one per channel; default: the statistics of those pool images),
+    like the classifier's inputs. Weight init and batch order come from ``seed`` without
+    touching the global RNG state.
     """
     res = int(resolution or data.resolution)
-    rows = np.sort(np.asarray(data.pool_idx, dtype=np.int64))
-    if rows.size == 0:
-        raise DataError(f"ensure_autoencoder: the training pool of {data.root} is empty; nothing to pretrain on")
-    if max_images is not None and max_images < rows.size:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, size=int(max_images), replace=False))
+    rows = pretrain_rows(data, seed, max_images, pretrain_class)
     dev = _resolve_device(device)
     chunk = max(1, int(batch_size))
     if mean is None or std is None:
@@ -319,9 +351,10 @@ def pretrain_autoencoder(
         m = s1 / count
         mean = m if mean is None else mean
         std = float(max(s2 / count - m * m, 0.0) ** 0.5) + 1e-8 if std is None else std
+    mean_t, std_t = _per_channel(mean, in_chans), _per_channel(std, in_chans)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = ConvAutoencoder(in_chans=1)
+        model = ConvAutoencoder(in_chans=in_chans)
     model.to(dev).train()
     opt = torch.optim.Adam(model.parameters(), lr=AE_LR)
     gen = torch.Generator().manual_seed(int(seed))
@@ -331,7 +364,7 @@ def pretrain_autoencoder(
         total, n = 0.0, 0
         for i in range(0, rows.size, chunk):
             batch = np.sort(rows[perm[i : i + chunk]])
-            x = ((_load_rows(data, batch, res) - mean) / std).to(dev)
+            x = ((_load_rows(data, batch, res, in_chans) - mean_t) / std_t).to(dev)
             loss = F.mse_loss(model(x), x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -348,9 +381,10 @@ def pretrain_autoencoder(
         "epochs": int(epochs),
         "n_images": int(rows.size),
         "rows_sha256": hashlib.sha256(rows.tobytes()).hexdigest(),
-        "mean": float(mean),
-        "std": float(std),
-        "in_chans": 1,
+        "mean": mean_t.reshape(-1).tolist(),
+        "std": std_t.reshape(-1).tolist(),
+        "in_chans": int(in_chans),
+        "pretrain_class": pretrain_class,
         "fingerprint": str(getattr(data, "fingerprint", "")),
     }
 
@@ -364,8 +398,10 @@ def ensure_autoencoder(
     resolution: Optional[int] = None,
     batch_size: int = 32,
     max_images: Optional[int] = None,
-    mean: Optional[float] = None,
-    std: Optional[float] = None,
+    mean: Optional[Any] = None,
+    std: Optional[Any] = None,
+    in_chans: int = 1,
+    pretrain_class: Optional[str] = None,
 ) -> Path:
     """Return the cached autoencoder for (dataset, resolution, seed, epochs), training it once.
 
@@ -381,7 +417,8 @@ def ensure_autoencoder(
         raise ConfigError(f"ensure_autoencoder: batch_size must be >= 1, got {batch_size}")
     if max_images is not None and int(max_images) < 1:
         raise ConfigError(f"train.ae_pretrain_images must be >= 1 or null, got {max_images}")
-    path = ae_cache_path(data, seed, epochs=epochs, resolution=res, max_images=max_images, mean=mean, std=std)
+    path = ae_cache_path(data, seed, epochs=epochs, resolution=res, max_images=max_images, mean=mean, std=std,
+                         in_chans=in_chans, pretrain_class=pretrain_class)
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -398,6 +435,8 @@ def ensure_autoencoder(
             max_images=max_images,
             mean=mean,
             std=std,
+            in_chans=in_chans,
+            pretrain_class=pretrain_class,
         )
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         torch.save(ckpt, tmp)

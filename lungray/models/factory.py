@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -127,6 +128,7 @@ class LungrayNet(nn.Module):
         self.feature_shape = tuple(int(v) for v in feature_shape)
         self.freeze = "none"
         self.frozen_norms: list[str] = []
+        self.gradcam_layer = "auto"  # ModelConfig.gradcam_layer; resolved by lungray.models.gradcam_target
 
     @property
     def family(self) -> str:
@@ -368,6 +370,30 @@ class TVResNet(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
+class TVClassifierHead(nn.Module):
+    """A torchvision classifier kept whole except its last layer (``head: tv_classifier``).
+
+    AlexNet's and VGG's ``avgpool -> flatten -> classifier`` with the final ``Linear(4096,
+    1000)`` replaced by ``fc = Linear(4096, num_classes)``: "last layer replaced" of the RSNA
+    study (PROTOCOLS.md section 3) and the classifier fine-tuning of the 4-class study
+    (section 4: VGG19-BN trains 126,644,740 weights, AlexNet 55,140,612). The pretrained
+    fc6/fc7 (``pre``) keep their ImageNet weights when ``pretrained: true``.
+    """
+
+    def __init__(self, avgpool: nn.Module, classifier: nn.Sequential, num_classes: int):
+        super().__init__()
+        layers = list(classifier.children())
+        if not layers or not isinstance(layers[-1], nn.Linear):
+            raise ConfigError("head tv_classifier: the torchvision classifier does not end in a Linear layer")
+        self.pool = avgpool
+        self.flatten = nn.Flatten(1)
+        self.pre = nn.Sequential(*layers[:-1])
+        self.fc = nn.Linear(layers[-1].in_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pre(self.flatten(self.pool(x))))
+
+
 def tv_trunk(model: nn.Module, name: str) -> nn.Module:
     """The convolutional trunk of a torchvision classifier, keeping torchvision's key names."""
     kind = type(model).__module__.rsplit(".", 1)[-1]
@@ -382,8 +408,13 @@ def tv_trunk(model: nn.Module, name: str) -> nn.Module:
     )
 
 
-def tv_body(name: str, *, in_chans: int, pretrained: Union[bool, str]) -> nn.Module:
-    """A torchvision trunk; RGB filters folded into ``in_chans`` channels after loading."""
+def tv_body(
+    name: str, *, in_chans: int, pretrained: Union[bool, str], num_classes: Optional[int] = None
+) -> tuple[nn.Module, Optional[nn.Module]]:
+    """A torchvision trunk, RGB filters folded into ``in_chans`` channels after loading; and,
+    when ``num_classes`` is given, its classifier with the last layer replaced
+    (:class:`TVClassifierHead`), else ``None``. A local weights file for the kept classifier
+    must hold the whole torchvision model (classifier included)."""
     import torchvision
 
     tv_name = name[len(TV_PREFIX) :]
@@ -394,13 +425,20 @@ def tv_body(name: str, *, in_chans: int, pretrained: Union[bool, str]) -> nn.Mod
         if hub:
             raise _hub_error(name, e) from e
         raise
+    head = None
+    if num_classes is not None:
+        if not isinstance(getattr(model, "classifier", None), nn.Sequential) or not hasattr(model, "avgpool"):
+            raise ConfigError(f"model '{name}': head tv_classifier needs a torchvision model with avgpool + a classifier Sequential (tv:alexnet, tv:vgg*)")
+        if isinstance(pretrained, str):
+            load_weights(model, pretrained, what=f"the whole {name} model (head tv_classifier keeps its classifier)", drop_prefixes=())
+        head = TVClassifierHead(model.avgpool, model.classifier, num_classes)
     trunk = tv_trunk(model, name)
     del model
-    if isinstance(pretrained, str):
+    if isinstance(pretrained, str) and head is None:
         load_weights(trunk, pretrained, what=f"the {name} trunk")
     if in_chans != 3:
         adapt_first_conv(trunk, in_chans)
-    return trunk
+    return trunk, head
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,8 +536,11 @@ def create_model(
         )
     else:
         stem, adapter, channels = input_layers(cfg, in_chans)
+        head = None
         if cfg.name.startswith(TV_PREFIX):
-            body, call = tv_body(cfg.name, in_chans=channels, pretrained=cfg.pretrained), "forward"
+            keep = num_classes if cfg.head == "tv_classifier" else None
+            body, head = tv_body(cfg.name, in_chans=channels, pretrained=cfg.pretrained, num_classes=keep)
+            call = "forward"
         else:
             body, call = timm_body(cfg.name, in_chans=channels, resolution=resolution, pretrained=cfg.pretrained)
         net = assemble(
@@ -512,7 +553,48 @@ def create_model(
             body=body,
             channels=channels,
             call=call,
+            head=head,
         )
     apply_freeze(net, cfg.freeze)
+    net.gradcam_layer = cfg.gradcam_layer
+    from lungray.models.gradcam import gradcam_target
+
+    gradcam_target(net)  # a module path that does not exist fails now, not in the report
     net.train()
     return net
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    """Weights of a model, counted the way Keras' ``model.summary()`` does.
+
+    ``trainable`` and ``frozen`` are parameters (``requires_grad`` or not); ``norm_stats`` the
+    batch-norm running means and variances, which Keras counts as non-trainable parameters and
+    PyTorch keeps as buffers. The studies' published totals (PROTOCOLS.md) are ``keras_total``.
+    """
+
+    trainable: int
+    frozen: int
+    norm_stats: int
+
+    @property
+    def total(self) -> int:
+        """Parameters only (PyTorch's count)."""
+        return self.trainable + self.frozen
+
+    @property
+    def keras_total(self) -> int:
+        """Parameters plus batch-norm running statistics (Keras' "Total params")."""
+        return self.trainable + self.frozen + self.norm_stats
+
+
+def parameter_counts(model: nn.Module) -> ParamCounts:
+    """:class:`ParamCounts` of a (DDP-unwrapped) model."""
+    net = unwrap_model(model)
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in net.parameters() if not p.requires_grad)
+    stats = 0
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            stats += m.running_mean.numel() + m.running_var.numel()
+    return ParamCounts(int(trainable), int(frozen), int(stats))

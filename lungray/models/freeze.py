@@ -3,6 +3,9 @@
 ``none``      every weight trains;
 ``backbone``  feature extraction: the trunk is frozen, stem and head train (sections 2-3:
               "base frozen");
+``fc_only``   everything frozen but the head's final layer ``head.fc`` (section 3: torchvision
+              VGG16 "pretrained, frozen, last layer replaced", with ``head: tv_classifier``
+              keeping fc6/fc7 frozen);
 ``last:N``    the trunk's last N *stages* train with stem and head (section 4 fine-tuned
               ResNet-50's layer3 + layer4 = ``last:2`` and VGG19-BN's last three convs =
               ``last:3``). What a stage is comes from the backbone family
@@ -74,6 +77,16 @@ def freeze_backbone(model: nn.Module, n: Optional[int] = None) -> None:
     net = _net(model)
     net.freeze = "backbone"
     _set_trainable(net, _non_backbone(net))
+
+
+def freeze_fc_only(model: nn.Module, n: Optional[int] = None) -> None:
+    """Only the head's final layer (``head.fc``) trainable."""
+    net = _net(model)
+    keep = {name for name, _ in net.named_parameters() if name.startswith("head.fc.")}
+    if not keep:
+        raise ConfigError(f"model '{net.name}': freeze fc_only found no final layer head.fc; use freeze backbone")
+    net.freeze = "fc_only"
+    _set_trainable(net, keep)
 
 
 def freeze_last(model: nn.Module, n: Optional[int] = None) -> None:

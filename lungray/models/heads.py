@@ -89,3 +89,65 @@ def pool_mlp64_head(feature_shape: tuple[int, int, int], num_classes: int, drop_
             fc=nn.Linear(64, num_classes),
         )
     )
+
+
+def bn_pool_mlp64_head(feature_shape: tuple[int, int, int], num_classes: int, drop_rate: float = 0.5) -> nn.Module:
+    """BatchNorm -> AveragePooling2D(4x4) -> flatten -> dense 64 -> ReLU -> dropout -> classes.
+
+    The Grad-CAM study's DenseNet-121 and ResNet-50 (PROTOCOLS.md section 2) put a
+    BatchNormalization on the frozen trunk's feature map before the pooling of
+    :func:`pool_mlp64_head`; VGG16 there had none. The batch norm is part of the (trainable) head.
+    """
+    c = feature_shape[0]
+    pool = pool_mlp64_head(feature_shape, num_classes, drop_rate)
+    return nn.Sequential(OrderedDict([("bn", nn.BatchNorm2d(c)), *pool.named_children()]))
+
+
+def mlp128_head(feature_shape: tuple[int, int, int], num_classes: int, drop_rate: float = 0.0) -> nn.Module:
+    """Global average pool -> Linear(C, 128) -> ReLU -> Linear(128, classes).
+
+    The RSNA study's ResNet-101 replaced torchvision's ``fc`` with exactly this
+    (``Linear(2048, 128) -> ReLU -> Linear(128, 2)``, PROTOCOLS.md section 3): 262,530 weights.
+    No dropout, as there.
+    """
+    c = feature_shape[0]
+    return nn.Sequential(
+        OrderedDict(
+            pool=GlobalAvgPool(),
+            fc1=nn.Linear(c, 128),
+            act=nn.ReLU(inplace=True),
+            fc=nn.Linear(128, num_classes),
+        )
+    )
+
+
+class GlobalMaxPool(nn.Module):
+    """(B, C, h, w) -> (B, C): Keras' GlobalMaxPooling2D."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=(2, 3))
+
+
+def gmp_mlp128_head(feature_shape: tuple[int, int, int], num_classes: int, drop_rate: float = 0.0) -> nn.Module:
+    """GlobalMaxPooling2D -> dense 128 -> ReLU -> classes (the frozen VGG19 reference, section 5).
+
+    The CNN-from-scratch study's reference network: VGG19 frozen, then GlobalMaxPool ->
+    Dense 128 -> Dense 2 (PROTOCOLS.md section 5; the usual Keras ReLU on the hidden layer).
+    """
+    c = feature_shape[0]
+    return nn.Sequential(
+        OrderedDict(
+            pool=GlobalMaxPool(),
+            fc1=nn.Linear(c, 128),
+            act=nn.ReLU(inplace=True),
+            fc=nn.Linear(128, num_classes),
+        )
+    )
+
+
+def tv_classifier_head(feature_shape: tuple[int, int, int], num_classes: int, drop_rate: float = 0.0) -> nn.Module:
+    """Placeholder: ``tv_classifier`` is built from the torchvision model itself
+    (:class:`lungray.models.factory.TVClassifierHead`), never from a feature shape."""
+    from lungray.errors import ConfigError
+
+    raise ConfigError("head tv_classifier keeps a torchvision classifier: use it with tv:alexnet or tv:vgg* models")

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from lungray import tracking as T
+from lungray.errors import LungrayError
 from lungray.report import figures as F
 from lungray.report import html as H
 from lungray.report import tables as TB
@@ -27,9 +28,44 @@ from lungray.report.load import Sweep, download, load_sweep, prediction_matrix, 
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_report", "ReportParts", "report_parts"]
+__all__ = ["build_report", "ReportParts", "report_parts", "ReportIncomplete"]
 
 REPORT_HTML = "report.html"
+
+#: Bootstrap resamples of the evaluation images behind the cell intervals of AUC, macro F1 and
+#: balanced accuracy (accuracy and log loss need none: their image term is in closed form).
+CELL_BOOT = 1000
+
+#: What every "seeds+images" interval of the report estimates, and what it holds fixed.
+INTERVAL_MEANING = (
+    "Intervals are 95% intervals for the expected score of a NEW training run of that model at that size "
+    "(a new subset draw and initialisation) on a NEW image from the population the evaluation set was drawn "
+    "from. They carry both sources of noise: run to run (seeds) and which images happened to be in the "
+    "evaluation set (variance components, t quantile with Satterthwaite degrees of freedom; the image part "
+    "in closed form for accuracy and log loss, by a bootstrap of the evaluation images shared by all seeds "
+    "for AUC, macro F1 and balanced accuracy). They are conditional on the fixed training pool the subsets "
+    "are drawn from, the validation set and the hyper-parameters, and treat evaluation images as independent "
+    "(several images of one patient would make them too narrow). Validation loss has no per-image values: "
+    "its interval is over seeds only, conditional on the validation images. Runs at chance (accuracy not "
+    "above the majority-class rate AND AUC not above 0.5, one-sided tests at 0.05) are left out of the "
+    "interval and named in the cell; with one run there is no interval."
+)
+
+
+class ReportIncomplete(LungrayError):
+    """The report was written, but some of it failed (each failure is a red box in it).
+
+    Raised by :func:`build_report` *after* the HTML is on disk, so a sweep's results and the
+    rest of the report are kept while the caller (the sweep, ``lungray report``) exits non-zero
+    with this one-line message instead of a logged traceback and exit 0.
+    """
+
+    def __init__(self, path: Path, failures: Sequence[str]):
+        self.path = Path(path)
+        self.failures = list(failures)
+        first = self.failures[0] if self.failures else ""
+        more = f" (+{len(self.failures) - 1} more)" if len(self.failures) > 1 else ""
+        super().__init__(f"report {self.path} has {len(self.failures)} failed part(s): {first}{more}")
 
 
 class ReportParts:
@@ -49,11 +85,11 @@ class ReportParts:
         return TB.study_table_wide(self.summary, metric, self.labels, self.sweep.sizes)
 
     def learning_curves(self):
-        return F.learning_curves_figure(self.summary, labels=self.labels)
+        return F.learning_curves_figure(self.summary, labels=self.labels, runs=self.runs)
 
 
-def _with_labels(sweep: Sweep) -> tuple[pd.DataFrame, list[str]]:
-    runs = TB.add_derived(sweep)
+def _with_labels(sweep: Sweep, predictions: Optional[dict] = None) -> tuple[pd.DataFrame, list[str]]:
+    runs = TB.add_derived(sweep, predictions)
     n_opt = runs["optimizer"].nunique() if not runs.empty else 0
     runs["label"] = [m if n_opt <= 1 else f"{m} / {o}" for m, o in zip(runs["model"], runs["optimizer"])]
     labels = [m if n_opt <= 1 else f"{m} / {o}" for m in sweep.models for o in sweep.optimizers]
@@ -68,10 +104,12 @@ def report_parts(
     *,
     sweep: Optional[Sweep] = None,
 ) -> ReportParts:
-    """Load a sweep and compute the summary the report's section 1 and 2 are drawn from."""
-    sweep = sweep or load_sweep(tracking_uri, experiment, parent_run_id, predictions=False)
-    runs, labels = _with_labels(sweep)
-    return ReportParts(sweep, runs, TB.summarise(runs), labels)
+    """Load a sweep and compute the summary the report's section 1 and 2 are drawn from (with
+    the per-image predictions, so the intervals are the report's: seeds + evaluation images)."""
+    sweep = sweep or load_sweep(tracking_uri, experiment, parent_run_id)
+    preds = TB.prediction_arrays(sweep)
+    runs, labels = _with_labels(sweep, preds)
+    return ReportParts(sweep, runs, TB.summarise(runs, predictions=preds, n_boot=CELL_BOOT, frames=sweep.predictions), labels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,7 +135,9 @@ def build_report(
     embeds every image as a data URI and references nothing outside the file. Reading is all it
     does by default (a user with read-only access to a tracking server can build a report);
     with ``log_to_mlflow`` the output directory is also logged to the parent run under
-    ``report/`` (:mod:`lungray.tracking`), as the sweep runner does at the end of a sweep. ``gradcam=False``
+    ``report/`` (:mod:`lungray.tracking`), as the sweep runner does at the end of a sweep. A part
+    that fails (a Grad-CAM model that cannot be rebuilt...) is a red "FAILED" box in its section,
+    and :class:`ReportIncomplete` is raised once the whole report is written. ``gradcam=False``
     skips sections 7-8 (no model is rebuilt, no torch import). ``n_boot`` and ``seed`` drive
     the bootstrap intervals; the same seed gives the same report.
     """
@@ -130,6 +170,9 @@ def build_report(
     log.info("wrote %s", path)
     if log_to_mlflow:
         sweep.client().log_artifacts(sweep.parent_id, str(out), artifact_path="report")
+    failures = [f"{sec.title}: {e}" for sec in sections for e in sec.errors]
+    if failures:
+        raise ReportIncomplete(path, failures)
     return path
 
 
@@ -141,10 +184,12 @@ class _Builder:
         self.targets = tuple(targets)
         self.n_boot = n_boot
         self.seed = seed
-        self.runs, self.labels = _with_labels(sweep)
+        self.predictions = TB.prediction_arrays(sweep)
+        self.runs, self.labels = _with_labels(sweep, self.predictions)
         self.spec = sweep.spec  # what the task's trials report: the primary metric, the explanation panels
         self.primary = self.spec.primary_metric
-        self.summary = TB.summarise(self.runs)
+        self.summary = TB.summarise(self.runs, predictions=self.predictions, n_boot=min(n_boot, CELL_BOOT), seed=seed,
+                                    frames=sweep.predictions)
         self.sizes = sweep.sizes
         self.status = TB.grid_status(sweep)
         self._csv(self.runs.drop(columns=["start_time"], errors="ignore"), "runs.csv")
@@ -163,9 +208,11 @@ class _Builder:
         df.to_csv(self.out / name, index=False)
 
     def _fig(self, fig, name: str, alt: str, caption: str = "") -> str:
-        png = F.to_png(fig)
-        (self.out / "figures" / f"{name}.png").write_bytes(png)
-        return H.figure(F.data_uri(png), alt, caption)
+        """Write the figure at print resolution (PNG, 300 dpi) and as vector files (SVG, PDF)
+        under ``figures/``, and embed a lighter screen PNG in the page."""
+        files = F.save_figure(fig, self.out / "figures" / name)
+        cap = caption + (" " if caption else "") + f"Print files: figures/{name}." + "/".join(p.suffix[1:] for p in files) + "."
+        return H.figure(F.data_uri(F.to_png(fig, F.SCREEN_DPI)), alt, cap)
 
     def _no_runs(self, sid: str, title: str) -> Optional[H.Section]:
         if self.sweep.complete.empty:
@@ -207,11 +254,13 @@ class _Builder:
         if (empty := self._no_runs("curves", title)) is not None:
             return empty
         body = self._fig(
-            F.learning_curves_figure(self.summary, labels=self.labels),
+            F.learning_curves_figure(self.summary, labels=self.labels, runs=self.runs),
             "learning_curves",
             "Learning curves: metrics against training size",
-            "Mean over seeds; the band is the 95% t-interval over seeds (none with one seed). "
-            "Validation loss is taken at each trial's best epoch; held-out log loss on the evaluation set.",
+            "Mean over seeds (runs at chance, marked x, are left out unless every run of the cell is); the band is "
+            "the 95% interval over seeds and "
+            "evaluation images (none with one seed). Validation loss is taken at each trial's best epoch; held-out "
+            "log loss on the evaluation set.",
         )
         return H.Section(
             "curves",
@@ -238,8 +287,9 @@ class _Builder:
             "tables",
             title,
             "".join(body),
-            intro="Mean over seeds [95% t-interval]. Bold with ★: best mean at that size with an interval clear of "
-            "the runner-up; ☆: best mean, but overlapping intervals (see the paired comparisons before calling it a win).",
+            intro="Mean over seeds [95% interval]. Bold with ★: best mean at that size with an interval clear of "
+            "the runner-up; ☆: best mean, but overlapping intervals (see the paired comparisons before calling it a "
+            "win). " + INTERVAL_MEANING,
         )
 
     # -- 3 ----------------------------------------------------------------------------------------
@@ -272,7 +322,8 @@ class _Builder:
             return H.Section("perclass", title, "", notes=[
                 "The masks have one foreground class, so its Dice and IoU are the tables above; each trial's "
                 f"{T.PER_CLASS} and {T.PREDICTIONS} (per-image Dice, IoU and detection score) are in MLflow."])
-        pc = TB.per_class_table(self.runs, sw.class_names, sizes)
+        pc = TB.per_class_table(self.runs, sw.class_names, sizes, predictions=self.predictions,
+                                n_boot=min(self.n_boot, CELL_BOOT), seed=self.seed)
         self._csv(pc, "per_class.csv")
         body = []
         if not pc.empty:
@@ -281,7 +332,7 @@ class _Builder:
                 R=[H.fmt_ci(r.recall, r.recall_low, r.recall_high, r.n) for r in pc.itertuples()],
                 F1=[H.fmt_ci(r.f1, r.f1_low, r.f1_high, r.n) for r in pc.itertuples()],
             )
-            body.append("<h3>Precision, recall and F1 (mean over seeds [95% CI])</h3>")
+            body.append("<h3>Precision, recall and F1 (mean over seeds [95% interval over seeds and evaluation images])</h3>")
             body.append(H.table(shown, ["train_size", "label", "class", "P", "R", "F1", "n"],
                                 headers={"train_size": "size", "label": "model", "n": "seeds"},
                                 text_columns=["label", "class"]))
@@ -315,49 +366,95 @@ class _Builder:
         title = "Paired comparisons"
         if (empty := self._no_runs("paired", title)) is not None:
             return empty
-        pc = TB.paired_comparisons(self.sweep, n_boot=self.n_boot, seed=self.seed, metric=self.primary)
+        pc = TB.paired_comparisons(self.sweep, metric=self.primary)
         self.paired_df = pc
         self._csv(pc, "paired.csv")
+        adequacy = self._adequacy(pc)
         if pc.empty:
-            return H.Section("paired", title, "", notes=["Needs at least two models with predictions.csv at a size."])
+            return H.Section("paired", title, adequacy, notes=["Needs at least two models with predictions.csv at a size."])
         items = []
         for r in pc.itertuples():
-            mark = "" if r.significant else "  (within noise: the interval covers 0)"
+            mark = "" if r.significant else "  (within noise)"
             items.append(f"<li>{H.esc(r.sentence + mark)}</li>")
-        body = '<ul class="sentences">' + "".join(items) + "</ul>"
-        mcnemar = ["mcnemar_b", "mcnemar_c", "mcnemar_p"] if self.primary == "accuracy" else []  # right/wrong per image only
+        m = int(pc["family_size"].iloc[0])
+        family = (f"Family: the {m} comparison{'s' if m != 1 else ''} below (training sizes × optimizers × model pairs, "
+                  f"{self._primary_words()}). Correction: Holm's step-down over the family (family-wise error ≤ {TB.PAIRED_ALPHA:g} "
+                  "under any dependence between the comparisons, which share models and images); a difference is "
+                  f"claimed when the Holm-adjusted p < {TB.PAIRED_ALPHA:g}. Benjamini-Hochberg q-values (false "
+                  "discovery rate) are in paired.csv. The 95% intervals are per comparison, not adjusted.")
+        body = f'<p class="intro">{H.esc(family)}</p><ul class="sentences">' + "".join(items) + "</ul>"
         body += "<h3>Details</h3>" + H.table(
             pc,
             ["train_size", "optimizer", "model_a", "model_b", "n_seeds", "n_images", "diff_points", "low_points",
-             "high_points", *mcnemar],
+             "high_points", "p", "p_holm", "q_bh",
+             *(("mcnemar_b", "mcnemar_c", "mcnemar_p", "mcnemar_p_holm") if self.primary == "accuracy" else ())],
             headers={"train_size": "size", "diff_points": "A-B (points)", "low_points": "low", "high_points": "high",
-                     "mcnemar_b": "only A right", "mcnemar_c": "only B right", "mcnemar_p": "McNemar p (per seed)"},
-            formats={c: (lambda v: H.fmt(v, 1)) for c in ("diff_points", "low_points", "high_points")},
-            text_columns=["optimizer", "model_a", "model_b", "mcnemar_b", "mcnemar_c", "mcnemar_p"],
+                     "p": "p", "p_holm": "p (Holm)", "q_bh": "q (BH)", "mcnemar_b": "only A right (image-runs)",
+                     "mcnemar_c": "only B right", "mcnemar_p": "McNemar p (all seeds)", "mcnemar_p_holm": "McNemar p (Holm)"},
+            formats={**{c: (lambda v: H.fmt(v, 1)) for c in ("diff_points", "low_points", "high_points")},
+                     **{c: H.fmt_p for c in ("p", "p_holm", "q_bh", "mcnemar_p", "mcnemar_p_holm")}},
+            text_columns=["optimizer", "model_a", "model_b"],
         )
+        body += adequacy
         return H.Section(
             "paired",
             title,
             body,
             intro=f"{TB.METRICS[self.primary].label} difference between models trained on the same subsets (seeds) and "
-            f"scored on the same evaluation images, with a 95% paired bootstrap interval over seeds and images "
-            f"({self.n_boot} resamples)"
-            + ("; McNemar's exact test per seed counts the images only one of the two got right." if self.primary == "accuracy"
-               else "; points are 100 x the per-image difference."),
+            "scored on the same evaluation images (points: 100 x the per-image difference). Primary test: a t test on the paired per-image differences whose variance holds the "
+            "seed-to-seed and the evaluation-image term (Satterthwaite degrees of freedom): it asks whether the two "
+            "training recipes differ on new runs and new images."
+            + (" McNemar: one exact test per comparison over all "
+               "seeds, the evaluation image as the cluster (the same images enter every seed, so seeds' tables cannot "
+               "be pooled as independent); it asks whether these trained models differ, holding the runs fixed."
+               if self.primary == "accuracy" else ""),
         )
+
+    def _adequacy(self, pc: pd.DataFrame) -> str:
+        """The test-set adequacy table (Beleites et al. 2013) and one sentence per size."""
+        ad = TB.adequacy_table(self.summary, pc)
+        self._csv(ad, "adequacy.csv")
+        if ad.empty:
+            return ""
+        out = ["<h3>Test-set adequacy</h3>",
+               '<p class="intro">' + H.esc(
+                   "What the evaluation set can resolve at each cell (Beleites et al. 2013): the 95% half-width of ONE "
+                   "run's accuracy (Wilson), and the smallest accuracy difference between two models a paired McNemar "
+                   f"comparison on these images detects (two-sided α = {ad['alpha'].iloc[0]:g}, power "
+                   f"{ad['power'].iloc[0]:g}), given the share of images exactly one model gets right (observed against "
+                   "the other models at that size, or 2p(1-p) for independent errors when there is no other model). "
+                   "Gaps smaller than that are out of reach of this evaluation set, whatever the number of seeds.") + "</p>"]
+        items = []
+        for (n, o), g in ad.groupby(["train_size", "optimizer"], sort=True):
+            r = g.iloc[0]
+            where = f"{int(n)} training images" + (f" ({o})" if ad["optimizer"].nunique() > 1 else "")
+            lo, hi = f"{g.mdd_points.min():.1f}", f"{g.mdd_points.max():.1f}"
+            mdd = lo if lo == hi else f"{lo}-{hi}"
+            items.append(f"<li>{H.esc(f'At {where}: {int(r.n_images):,} evaluation images resolve a difference of ≥ {mdd} points between two models; one run is known to ±{g.halfwidth_points.max():.1f} points.')}</li>")
+        out.append('<ul class="sentences">' + "".join(items) + "</ul>")
+        out.append(H.table(ad, ["train_size", "label", "n_images", "accuracy", "halfwidth_points", "discordance",
+                                "discordance_source", "mdd_points"],
+                           headers={"train_size": "size", "label": "model", "n_images": "eval images",
+                                    "halfwidth_points": "± one run (points)", "discordance": "discordance",
+                                    "discordance_source": "discordance from", "mdd_points": "smallest resolvable difference (points)"},
+                           formats={"halfwidth_points": lambda v: H.fmt(v, 1), "mdd_points": lambda v: H.fmt(v, 1)},
+                           text_columns=["label", "discordance_source"]))
+        return "".join(out)
 
     # -- 6 ----------------------------------------------------------------------------------------
     def fit(self) -> H.Section:
         title = "Learning-curve fit"
         if (empty := self._no_runs("fit", title)) is not None:
             return empty
-        tab, fits = TB.learning_curve_fits(self.sweep, target_accuracies=self.targets, n_boot=min(self.n_boot, 300), seed=self.seed,
-                                           metric=self.primary)
+        tab, fits = TB.learning_curve_fits(self.sweep, target_accuracies=self.targets, n_boot=min(self.n_boot, 400),
+                                           seed=self.seed, predictions=self.predictions, metric=self.primary,
+                                           frames=self.sweep.predictions)
         tab = tab.set_index("label").reindex([lab for lab in self.labels if lab in set(tab["label"])]).reset_index() if not tab.empty else tab
         self._csv(tab, "power_law.csv")
         body = self._fig(F.fit_figure(self.runs, fits, self.targets, self.labels, self.primary), "power_law", "Power-law fits",
-                         "Dots: seeds. Line: error(n) = a·n^-b + c fitted over all seeds; band: 95% bootstrap "
-                         "(seeds resampled within each size); dotted: extrapolation beyond the largest size.")
+                         "Dots: runs. Line: error(n) = a·n^-b + c fitted over all runs, solid over the measured sizes, "
+                         "dotted where extrapolated (below the smallest and beyond the largest size); band: 95% "
+                         "bootstrap (evaluation images resampled, runs resampled within each size); dashed: targets.")
         if not tab.empty:
             shown = tab.assign(
                 a_=[H.fmt_ci(r.a, r.a_low, r.a_high, digits=3) for r in tab.itertuples()],
@@ -365,21 +462,26 @@ class _Builder:
                 c_=[H.fmt_ci(r.c, r.c_low, r.c_high, digits=3) for r in tab.itertuples()],
                 verdict=["reliable" if r.reliable else "UNRELIABLE: " + r.flags for r in tab.itertuples()],
             )
-            cols = ["label", "n_sizes", "a_", "b_", "c_", "r2"]
-            heads = {"label": "model", "n_sizes": "sizes", "a_": "a", "b_": "b", "c_": "c (floor)", "r2": "R²"}
+            cols = ["label", "n_sizes", "runs_per_size", "a_", "b_", "c_", "r2"]
+            heads = {"label": "model", "n_sizes": "sizes", "runs_per_size": "size×runs", "a_": "a", "b_": "b",
+                     "c_": "c (floor)", "r2": "R²"}
             for t in self.targets:
                 col = TB.target_column(t)
                 shown[col + "_"] = [_n_ci(getattr(r, col), getattr(r, col + "_low"), getattr(r, col + "_high"))
+                                    + (f" ({getattr(r, col + '_where')})" if getattr(r, col + "_where") else "")
                                     for r in tab.itertuples()]
                 cols.append(col + "_")
                 heads[col + "_"] = f"images for {t:.0%} {self._primary_words()} [95% CI]"
             cols.append("verdict")
-            body += H.table(shown, cols, headers=heads, text_columns=["label", "verdict"] + cols[2:5],
+            body += H.table(shown, cols, headers=heads, text_columns=["label", "verdict", "runs_per_size"] + cols[3:6],
                             cell_class=lambda r, c: "bad" if c == "verdict" and not r["reliable"] else "")
         return H.Section("fit", title, body,
                          intro=f"How error (1 - {self._primary_words()}) falls with training size, and how many images a "
                          f"target {self._primary_words()} would take if "
-                         "the trend held. Flagged unreliable when the fit is poor, has no spare degrees of freedom, or "
+                         "the trend held. A size beyond the largest one measured is an extrapolation and says so. No "
+                         "interval without at least 2 runs at every size (one run per size says nothing about how far a "
+                         "re-run would move a point). Flagged unreliable when the fit is poor, has no spare degrees of "
+                         "freedom, ends on a bound of a parameter (e.g. the floor c pinned at 0: no floor identified), or "
                          "extrapolates far beyond the sizes measured.")
 
     # -- 7, 8 -------------------------------------------------------------------------------------
@@ -387,10 +489,10 @@ class _Builder:
         t7, t8 = "Grad-CAM panels", "Sanity of the heat maps"
         try:
             panels, pointing = _gradcam_sections(self, device, max_pointing)
-        except Exception as e:  # noqa: BLE001 - shown in the report and logged, never silent
-            log.exception("Grad-CAM sections failed")
-            msg = f"Grad-CAM could not be computed: {type(e).__name__}: {e}"
-            return [H.Section("gradcam", t7, "", notes=[msg]), H.Section("pointing", t8, "", notes=[msg])]
+        except Exception as e:  # noqa: BLE001 - a red box in the report and a non-zero exit, never silent
+            log.debug("Grad-CAM sections failed", exc_info=True)
+            msg = f"Grad-CAM could not be computed: {type(e).__name__}: {_first_line(e)}"
+            return [H.Section("gradcam", t7, "", errors=[msg]), H.Section("pointing", t8, "", notes=[msg])]
         return [panels, pointing]
 
     def overlays(self, device: Optional[str]) -> H.Section:
@@ -398,9 +500,9 @@ class _Builder:
 
         try:
             return overlay_section(self, device)
-        except Exception as e:  # noqa: BLE001 - shown in the report and logged, never silent
-            log.exception("mask panels failed")
-            return H.Section("overlays", TITLE, "", notes=[f"The mask panels could not be drawn: {type(e).__name__}: {e}"])
+        except Exception as e:  # noqa: BLE001 - a red box in the report and a non-zero exit, never silent
+            log.debug("mask panels failed", exc_info=True)
+            return H.Section("overlays", TITLE, "", errors=[f"The mask panels could not be drawn: {type(e).__name__}: {_first_line(e)}"])
 
     # -- 9 ----------------------------------------------------------------------------------------
     def _leakage(self) -> str:
@@ -451,6 +553,10 @@ class _Builder:
                 "preprocess": cfg.data.preprocess,
                 "augmentation": cfg.train.augmentation,
                 "normalization": cfg.train.normalization,
+                **({"variants (paired arms <model>@<variant>)": "; ".join(
+                    f"{v.key}: " + ", ".join(f"{k}={getattr(v, k)}" for k in ("preprocess", "normalization", "norm_mean", "norm_std")
+                                             if getattr(v, k) is not None)
+                    for v in cfg.variants)} if any(v.key for v in cfg.variants) else {}),
                 "eval_size / val_size": f"{cfg.data.eval_size} / {cfg.data.val_size} (split seed {cfg.data.split_seed})",
                 "training sizes": ", ".join(map(str, cfg.sizes)),
                 "class-balanced subsets": cfg.data.class_balanced,
@@ -509,6 +615,24 @@ def _subsets_table(splits: Optional[dict]) -> pd.DataFrame:
                          "nested_in_next": "–" if nxt is None else ("yes" if idx <= nxt else "NO"),
                          "in_eval": len(idx & ev)})
     return pd.DataFrame(rows)
+
+
+def _variant_data(sw: Sweep, data, preprocess: Optional[str]):
+    """The prepared images of a variant's preprocessing (same rows), from the sweep's data summary."""
+    roots = ((sw.data_summary or {}).get("info") or {}).get("preprocess_roots") or {}
+    root = roots.get(preprocess) if preprocess else None
+    if not root or Path(root).resolve() == Path(data.root).resolve():
+        return data
+    if not (Path(root) / "images.npy").exists():
+        raise LungrayError(f"the '{preprocess}' images ({root}) are not reachable from here")
+    from dataclasses import replace
+
+    return replace(data, root=root)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _n_ci(est: float, lo: float, hi: float) -> str:
@@ -680,7 +804,8 @@ def _gradcam_sections(b: _Builder, device: Optional[str], max_pointing: int) -> 
         point_cols = [c for c, h in zip(point_cols, has) if h][:max_pointing]
 
     tol = G.POINTING_TOLERANCE * data.resolution
-    overlays, cell_titles, layer_info, point_rows_out, agree, shown = [], [], [], [], [], []
+    prior, prior_note = _training_prior(sw, masks, size, seed)
+    overlays, cell_titles, layer_info, point_rows_out, agree, shown, errors7 = [], [], [], [], [], [], []
     import torch
 
     from lungray.models import gradcam_target
@@ -690,27 +815,31 @@ def _gradcam_sections(b: _Builder, device: Optional[str], max_pointing: int) -> 
             ck_path = download(sw.client(), r["run_id"], T.BEST_CHECKPOINT, b.tmp / "ckpt")
             lm = G.load_checkpoint_model(ck_path, resolution=data.resolution, device=device)
             layers, _ = gradcam_target(lm.model)
-            info = (lab, ", ".join(G.layer_names(lm.model, layers)), lm.epoch)
+            info = (lab, lm.trial.model.gradcam_layer, ", ".join(G.layer_names(lm.model, layers)), lm.epoch)
+            # a variant with its own preprocessing (CLAHE...) is shown the images it was trained on
+            vdata = _variant_data(sw, data, lm.trial.variant.preprocess)
             if rows.size:
-                x = G.normalise_images(imgs, data.max_value, lm.norm)
+                vimgs = imgs if vdata is data else np.asarray(vdata.images[rows])
+                x = G.normalise_images(vimgs, data.max_value, lm.norm)
                 with torch.no_grad():
                     own = lm.model(x.to(lm.device)).argmax(1).cpu().numpy()
                 targets = [int(preds[k, i]) for i, _ in picks]
                 cams = G.compute_cams(lm.model, x, targets)
-                ov = [G.overlay(imgs01[j], cams[j]) for j in range(len(picks))]
+                ov = [G.overlay(vimgs[j].astype(np.float32) / data.max_value, cams[j]) for j in range(len(picks))]
                 titles = [f"{lab}\n→ {sw.class_names[preds[k, i]]} {'✓' if correct[k, i] else '✗'}" for i, _ in picks]
             point = None
             if masks is not None and point_cols:
                 pr = np.array([row_of[ids[i]] for i in point_cols], dtype=np.int64)
-                px = G.normalise_images(np.asarray(data.images[pr]), data.max_value, lm.norm)
+                px = G.normalise_images(np.asarray(vdata.images[pr]), data.max_value, lm.norm)
                 pc = G.compute_cams(lm.model, px, [int(y[i]) for i in point_cols])
                 res = G.pointing_game(pc, np.asarray(masks[pr]), tolerance=tol)
-                point = {"model": lab, "run_id": r["run_id"], "train_size": size, "seed": seed, "images": res.n,
-                         "hits": res.hits, "score": res.score, "random_map_score": res.baseline, "lift": res.lift}
+                point = _pointing_row(G, lm.model, px, [int(y[i]) for i in point_cols], np.asarray(masks[pr]), tol,
+                                      res, prior, seed)
+                point.update({"model": lab, "run_id": r["run_id"], "train_size": size, "seed": seed})
             del lm
-        except Exception as e:  # noqa: BLE001 - one model's failure is reported, the others still shown
-            log.exception("Grad-CAM failed for %s", lab)
-            notes7.append(f"{lab}: Grad-CAM failed ({type(e).__name__}: {e})")
+        except Exception as e:  # noqa: BLE001 - one model's failure is a red box, the others still shown
+            log.debug("Grad-CAM failed for %s", lab, exc_info=True)
+            errors7.append(f"{lab}: no Grad-CAM panel ({type(e).__name__}: {_first_line(e)})")
             continue
         layer_info.append(info)
         if rows.size:
@@ -727,15 +856,18 @@ def _gradcam_sections(b: _Builder, device: Optional[str], max_pointing: int) -> 
         body7 = b._fig(fig, "gradcam_panels", "Grad-CAM panels",
                        "Each row is one evaluation image (its class, and whether most models got it right); each "
                        "column a model, with the Grad-CAM heat map for the class it predicted (✓ right, ✗ wrong).")
-    lay = pd.DataFrame(layer_info, columns=["model", "target layer", "checkpoint epoch"])
-    body7 += "<h3>Target layers (from the per-family registry)</h3>" + H.table(lay, text_columns=["model", "target layer"])
+    lay = pd.DataFrame(layer_info, columns=["model", "gradcam_layer", "target layer", "checkpoint epoch"])
+    body7 += ("<h3>Target layers</h3>"
+              '<p class="muted">gradcam_layer: auto = the backbone family\'s layer, last_conv = the last convolution '
+              "(the studies' choice), or a module path; target layer: the module the heat maps were read from.</p>"
+              + H.table(lay, text_columns=["model", "gradcam_layer", "target layer"]))
     if agree:
         ag = pd.DataFrame(agree, columns=["model", "same prediction as predictions.csv", "images"])
         if (ag.iloc[:, 1] < ag.iloc[:, 2]).any():
             notes7.append("A rebuilt checkpoint does not reproduce some logged predictions: the checkpoint, its "
                           "normalisation or the image cache may not match the sweep's.")
         body7 += "<h3>Checkpoint check</h3>" + H.table(ag, text_columns=["model"])
-    sec7 = H.Section("gradcam", t7, body7, notes=notes7,
+    sec7 = H.Section("gradcam", t7, body7, notes=notes7, errors=errors7,
                      intro=f"The same evaluation images for every model, at the largest training size (n = {size}) and "
                      f"seed {seed}, from each trial's best checkpoint; computed with pytorch-grad-cam.")
     if masks is None:
@@ -744,18 +876,69 @@ def _gradcam_sections(b: _Builder, device: Optional[str], max_pointing: int) -> 
         return sec7, sec8
     pt = pd.DataFrame(point_rows_out)
     b._csv(pt, "pointing_game.csv")
-    body8 = H.table(pt, ["model", "images", "hits", "score", "random_map_score", "lift", "train_size", "seed"],
-                    headers={"score": "pointing score", "random_map_score": "uniform random map (lesion share)",
-                             "lift": "score / random", "train_size": "size"},
-                    text_columns=["model"])
-    notes8 = []
+    shown = pt.copy()
+    if not pt.empty:
+        for col in ("score", "prior_score", "randomised_score"):
+            shown[col + "_"] = [H.fmt_ci(r[col], r[col + "_low"], r[col + "_high"], digits=2) for _, r in pt.iterrows()]
+    body8 = H.table(shown, ["model", "images", "hits", "score_", "prior_score_", "randomised_score_", "random_map_score",
+                            "p_vs_prior", "p_vs_randomised", "train_size", "seed"],
+                    headers={"score_": "pointing score [95% CI]", "prior_score_": "fixed point (training prior) [95% CI]",
+                             "randomised_score_": "randomised weights [95% CI]",
+                             "random_map_score": "uniform random map", "p_vs_prior": "p vs fixed point",
+                             "p_vs_randomised": "p vs randomised", "train_size": "size"},
+                    formats={"p_vs_prior": H.fmt_p, "p_vs_randomised": H.fmt_p},
+                    text_columns=["model", "score_", "prior_score_", "randomised_score_"])
+    notes8 = [prior_note] if prior_note else []
     for r in point_rows_out:
-        if not (r["score"] > 2 * r["random_map_score"]):
-            notes8.append(f"{r['model']}: pointing score {r['score']:.2f} is not far above a random map "
-                          f"({r['random_map_score']:.2f}); its heat maps may not mean much.")
+        if np.isfinite(r["prior_score"]) and not (r["p_vs_prior"] < 0.05 and r["score"] > r["prior_score"]):
+            notes8.append(f"{r['model']}: pointing score {r['score']:.2f} is not significantly above a fixed point at "
+                          f"the usual lesion position ({r['prior_score']:.2f}, exact McNemar {H.fmt_p_eq(r['p_vs_prior'])}): "
+                          "its heat maps do not locate this image's lesion better than knowing where lesions usually are.")
+        if np.isfinite(r["randomised_score"]) and not (r["p_vs_randomised"] < 0.05 and r["score"] > r["randomised_score"]):
+            notes8.append(f"{r['model']}: pointing score {r['score']:.2f} is not significantly above the same architecture "
+                          f"with random weights ({r['randomised_score']:.2f}, exact McNemar {H.fmt_p_eq(r['p_vs_randomised'])}): "
+                          "the maps cannot be shown to depend on what the model learned.")
     sec8 = H.Section("pointing", t8, body8, notes=notes8,
                      intro="Pointing game on the positive evaluation images (lesion masks known): the share whose "
                      f"heat-map maximum falls within {tol:.1f} px of the lesion (15 px at 224 px, as in the original "
-                     "pointing game), against the share of the image within that distance of the lesion (what a "
-                     "uniformly random heat map would score).")
+                     "pointing game), with an exact (Clopper-Pearson) 95% interval. Baselines on the same images: a fixed "
+                     "point at the peak of the mean TRAINING lesion mask (where lesions usually are: a map that scores no "
+                     "better only knows the prior), the same architecture with randomised weights (the sanity check of "
+                     "Adebayo et al. 2018), and a uniformly random map (the share of the image within the tolerance of the "
+                     "lesion). p: exact McNemar test on the paired per-image hits.")
     return sec7, sec8
+
+
+def _training_prior(sw: Sweep, masks, size: int, seed: int) -> tuple[Optional[tuple[int, int]], str]:
+    """The peak of the mean lesion mask over the TRAINING images of the shown runs (the subset of
+    ``size`` for ``seed`` from ``splits.json``; the whole pool if the subsets are missing)."""
+    from lungray.report import gradcam as G
+
+    if masks is None:
+        return None, ""
+    sp = sw.splits or {}
+    rows = (sp.get("subsets") or {}).get(str(size), {}).get(str(seed)) or sp.get("pool") or []
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size == 0:
+        return None, "No training rows in splits.json: the fixed-point baseline could not be computed."
+    try:
+        return G.prior_point(np.asarray(masks[np.sort(rows)])), ""
+    except ValueError as e:
+        return None, f"Fixed-point baseline not computed: {e}."
+
+
+def _pointing_row(G, model, x, targets: list[int], masks: np.ndarray, tol: float, res, prior, seed: int) -> dict:
+    """A model's pointing game with its baselines (fixed point, randomised weights) on the same
+    images: scores, Clopper-Pearson intervals and exact paired p-values."""
+    nan = float("nan")
+    prior_res = G.fixed_point_pointing(prior, masks, tol) if prior is not None else None
+    rnd_res = G.pointing_game(G.compute_cams(G.randomised_copy(model, seed), x, targets), masks, tol)
+    comp = G.pointing_baselines(res, prior_res if prior_res is not None else res, rnd_res)
+    row = {"images": res.n, "hits": res.hits, "random_map_score": res.baseline, "lift": res.lift,
+           "prior_point": "" if prior is None else f"{prior[0]},{prior[1]}",
+           "p_vs_prior": comp.p_vs_prior if prior_res is not None else nan, "p_vs_randomised": comp.p_vs_randomised}
+    for key, r in (("score", res), ("prior_score", prior_res), ("randomised_score", rnd_res)):
+        ci = r.interval() if r is not None else None
+        row.update({key: r.score if r is not None else nan, f"{key}_low": ci.low if ci else nan,
+                    f"{key}_high": ci.high if ci else nan})
+    return row

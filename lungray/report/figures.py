@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -19,6 +20,7 @@ from lungray.report.tables import METRICS, positive_class
 
 __all__ = [
     "to_png",
+    "save_figure",
     "data_uri",
     "learning_curves_figure",
     "dynamics_figure",
@@ -32,6 +34,15 @@ __all__ = [
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
 
+#: Print geometry (issue 13.6): a full-width figure is 180 mm wide (a two-column journal page),
+#: PNGs are written at 300 dpi, and every figure also as SVG and PDF (vector) next to it.
+FULL_WIDTH = 180 / 25.4
+PRINT_DPI = 300
+#: The PNG embedded in the HTML page: lighter than the print file, sharp on a screen.
+SCREEN_DPI = 150
+FIGURE_FORMATS = ("png", "svg", "pdf")
+
+
 def _figure(w: float, h: float):
     from matplotlib.figure import Figure
 
@@ -42,6 +53,24 @@ def to_png(fig, dpi: int = 100) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
+
+
+def save_figure(fig, stem: str | Path, formats: Sequence[str] = FIGURE_FORMATS, dpi: int = PRINT_DPI) -> list[Path]:
+    """Write ``<stem>.png`` (``dpi``), ``<stem>.svg`` and ``<stem>.pdf``; return the paths.
+
+    ``svg.hashsalt`` is fixed so the same figure gives the same SVG bytes (reproducible reports).
+    """
+    import matplotlib
+
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    with matplotlib.rc_context({"svg.hashsalt": "lungray", "pdf.fonttype": 42}):
+        for fmt in formats:
+            path = stem.with_suffix("." + fmt)
+            fig.savefig(path, format=fmt, dpi=dpi, metadata={"Date": None} if fmt == "svg" else None)
+            out.append(path)
+    return out
 
 
 def data_uri(fig_or_png, dpi: int = 100) -> str:
@@ -57,9 +86,15 @@ def _colors(labels: Sequence[str]) -> dict[str, str]:
 def _size_axis(ax, sizes: Sequence[int]) -> None:
     ax.set_xscale("log")
     ax.set_xticks(list(sizes))
-    ax.set_xticklabels([str(s) for s in sizes])
+    ax.set_xticklabels([str(s) for s in sizes], fontsize=7)
     ax.minorticks_off()
-    ax.set_xlabel("training images (log scale)")
+    ax.set_xlabel("training images (log scale)", fontsize=8)
+
+
+def _shared_legend(fig, handles, labels, ncol: Optional[int] = None) -> None:
+    """One legend for every panel, below them (issue 13.6: not only in the first panel)."""
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=ncol or min(4, len(labels)), fontsize=7, frameon=False)
 
 
 def learning_curves_figure(
@@ -67,36 +102,52 @@ def learning_curves_figure(
     metrics: Sequence[str] = ("dice_pos", "dice_all", "iou_pos", "iou_all", "miou_global", "det_auc",
                               "accuracy", "balanced_accuracy", "macro_f1", "auc", "val_loss", "log_loss"),
     labels: Optional[Sequence[str]] = None,
+    runs: Optional[pd.DataFrame] = None,
 ):
     """Metric against training size, one line per model (x optimizer): mean over seeds with its
-    95 % t-interval as a band (issue 4, section 1). Sizes with one seed show a point only.
+    95 % interval as a band (issue 4, section 1). Sizes with one seed show a point only. With
+    ``runs``, runs at chance (``at_chance``, left out of the mean) are drawn as crosses.
     Metrics the summary does not hold are left out (a classification sweep has no Dice, a
     segmentation sweep no accuracy)."""
+    from matplotlib.lines import Line2D
+
     metrics = [m for m in metrics if m in set(summary["metric"])] if not summary.empty else []
     labels = list(labels) if labels else list(pd.unique(summary["label"])) if not summary.empty else []
     cols = 3 if len(metrics) > 4 else max(1, min(2, len(metrics)))
     rows = max(1, math.ceil(len(metrics) / cols))
-    fig = _figure(4.2 * cols, 3.2 * rows)
+    fig = _figure(FULL_WIDTH, 2.0 * rows + 0.5)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     colors = _colors(labels)
     sizes = sorted(summary["train_size"].unique()) if not summary.empty else []
+    stuck = runs[runs["at_chance"].fillna(False).astype(bool)] if runs is not None and "at_chance" in runs else None
     for ax, name in zip(axes, metrics):
         s = summary[summary["metric"] == name]
         for lab in labels:
             g = s[s["label"] == lab].sort_values("train_size")
             if g.empty:
                 continue
-            ax.plot(g["train_size"], g["mean"], "o-", color=colors[lab], label=lab, lw=1.8, ms=4)
+            ax.plot(g["train_size"], g["mean"], "o-", color=colors[lab], label=lab, lw=1.4, ms=3)
             band = g.dropna(subset=["ci_low", "ci_high"])
             if len(band):
                 ax.fill_between(band["train_size"], band["ci_low"], band["ci_high"], color=colors[lab], alpha=0.18, lw=0)
+            if stuck is not None and METRICS[name].column in stuck:
+                st_ = stuck[(stuck["label"] == lab) & (stuck["state"] == "complete")] if "label" in stuck else stuck.iloc[0:0]
+                ax.plot(st_["train_size"], st_[METRICS[name].column], "x", color=colors[lab], ms=5, mew=1.2)
         _size_axis(ax, sizes)
-        ax.set_title(METRICS[name].label + ("" if METRICS[name].higher_is_better else "  (lower is better)"), fontsize=10)
+        met = METRICS[name]
+        ax.set_title(met.label + ("" if met.higher_is_better else " (lower is better)"), fontsize=8)
+        ax.set_ylabel(met.label, fontsize=8)
+        ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     for ax in axes[len(metrics):]:
         ax.set_visible(False)
-    if metrics and labels:
-        axes[0].legend(fontsize=8, loc="best")
+    handles = [Line2D([], [], color=colors[lab], marker="o", ms=3, lw=1.4) for lab in labels]
+    names = list(labels)
+    if stuck is not None and len(stuck):
+        handles.append(Line2D([], [], color="k", marker="x", ls="none", ms=5))
+        names.append("run at chance (left out of the mean unless all runs of the size are)")
+    if metrics:
+        _shared_legend(fig, handles, names)
     return fig
 
 
@@ -107,7 +158,7 @@ def dynamics_figure(runs: pd.DataFrame, histories: pd.DataFrame, kind: str = "lo
     done = runs[runs["state"] == "complete"]
     labels = list(labels) if labels else sorted(done["label"].unique()) if "label" in done else []
     sizes = sorted(done["train_size"].dropna().unique())
-    fig = _figure(2.6 * max(1, len(sizes)) + 0.6, 2.1 * max(1, len(labels)) + 0.4)
+    fig = _figure(FULL_WIDTH, 1.45 * max(1, len(labels)) + 0.6)
     axes = fig.subplots(max(1, len(labels)), max(1, len(sizes)), squeeze=False, sharey=True)
     seeds = sorted(done["seed"].dropna().unique())
     seed_alpha = {s: 1.0 - 0.55 * i / max(1, len(seeds) - 1) for i, s in enumerate(seeds)}
@@ -126,11 +177,11 @@ def dynamics_figure(runs: pd.DataFrame, histories: pd.DataFrame, kind: str = "lo
                         ax.plot(kk["step"], kk["value"], style, color=col, alpha=seed_alpha.get(r.seed, 1.0), lw=1.2,
                                 label=f"{key} (seed {r.seed})")
             if i == 0:
-                ax.set_title(f"n = {int(n)}", fontsize=9)
+                ax.set_title(f"n = {int(n)}", fontsize=8)
             if j == 0:
-                ax.set_ylabel(lab, fontsize=8)
+                ax.set_ylabel(f"{lab}\n{kind}", fontsize=7)
             if i == len(labels) - 1:
-                ax.set_xlabel("epoch", fontsize=8)
+                ax.set_xlabel("epoch", fontsize=7)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
     from matplotlib.lines import Line2D
@@ -140,53 +191,64 @@ def dynamics_figure(runs: pd.DataFrame, histories: pd.DataFrame, kind: str = "lo
         [keys[0].replace("_", " "), keys[1].replace("_", " ") + "  (darker = lower seed)"],
         loc="outside lower center",
         ncol=2,
-        fontsize=8,
+        fontsize=7,
+        frameon=False,
     )
     return fig
 
 
+def _panel_grid(n: int, max_cols: int = 4) -> tuple[int, int]:
+    cols = max(1, min(max_cols, n))
+    return math.ceil(max(1, n) / cols), cols
+
+
 def confusion_figure(cms: dict[str, np.ndarray], class_names: Sequence[str], title: str = ""):
-    """Row-normalised confusion matrices side by side (true class on rows, shares in cells)."""
+    """Row-normalised confusion matrices, up to 4 per row (true class on rows, shares in cells)."""
     k = len(class_names)
-    n = max(1, len(cms))
-    side = 1.4 + 0.55 * k
-    fig = _figure(side * n + 0.5, side + 0.6)
-    axes = fig.subplots(1, n, squeeze=False).ravel()
+    rows, cols = _panel_grid(len(cms))
+    side = FULL_WIDTH / cols
+    fig = _figure(FULL_WIDTH, rows * side * (0.75 if k <= 2 else 0.85) + 0.4)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[len(cms):]:
+        ax.set_visible(False)
     for ax, (lab, cm) in zip(axes, cms.items()):
         ax.imshow(cm, vmin=0, vmax=1, cmap="Blues")
         for a in range(k):
             for b in range(k):
-                ax.text(b, a, f"{cm[a, b]:.2f}", ha="center", va="center", fontsize=8, color="white" if cm[a, b] > 0.6 else "black")
+                ax.text(b, a, f"{cm[a, b]:.2f}", ha="center", va="center", fontsize=7, color="white" if cm[a, b] > 0.6 else "black")
         ax.set_xticks(range(k))
         ax.set_yticks(range(k))
-        ax.set_xticklabels(class_names, rotation=45, ha="right", fontsize=7)
-        ax.set_yticklabels(class_names, fontsize=7)
-        ax.set_xlabel("predicted", fontsize=8)
-        ax.set_ylabel("true", fontsize=8)
-        ax.set_title(lab, fontsize=9)
+        ax.set_xticklabels(class_names, rotation=45, ha="right", fontsize=6)
+        ax.set_yticklabels(class_names, fontsize=6)
+        ax.set_xlabel("predicted class", fontsize=7)
+        ax.set_ylabel("true class", fontsize=7)
+        ax.set_title(lab, fontsize=8)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=9)
     return fig
 
 
 def roc_figure(curves: dict[str, list[tuple[str, np.ndarray, np.ndarray, float]]], title: str = ""):
-    """ROC curves, one panel per model label; each entry ``(class, fpr, tpr, auc)``."""
-    n = max(1, len(curves))
-    fig = _figure(3.0 * n + 0.4, 3.2)
-    axes = fig.subplots(1, n, squeeze=False).ravel()
+    """ROC curves, one panel per model label (up to 4 per row), each with its legend;
+    each entry ``(class, fpr, tpr, auc)``."""
+    rows, cols = _panel_grid(len(curves))
+    fig = _figure(FULL_WIDTH, rows * FULL_WIDTH / max(cols, 2) * 0.95 + 0.3)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[len(curves):]:
+        ax.set_visible(False)
     for ax, (lab, cs) in zip(axes, curves.items()):
         for i, (cls, fpr, tpr, auc) in enumerate(cs):
-            ax.plot(fpr, tpr, color=_PALETTE[i % len(_PALETTE)], lw=1.5, label=f"{cls} (AUC {auc:.3f})")
-        ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
+            ax.plot(fpr, tpr, color=_PALETTE[i % len(_PALETTE)], lw=1.2, label=f"{cls} (AUC {auc:.3f})")
+        ax.plot([0, 1], [0, 1], ":", color="grey", lw=0.8, label="chance")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
-        ax.set_xlabel("false positive rate", fontsize=8)
-        ax.set_ylabel("true positive rate", fontsize=8)
-        ax.set_title(lab, fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
-        ax.tick_params(labelsize=7)
+        ax.set_xlabel("false positive rate", fontsize=7)
+        ax.set_ylabel("true positive rate", fontsize=7)
+        ax.set_title(lab, fontsize=8)
+        ax.legend(fontsize=6, loc="lower right")
+        ax.tick_params(labelsize=6)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=9)
     return fig
 
 
@@ -227,40 +289,53 @@ def roc_curves(sweep, size: int) -> dict[str, list[tuple[str, np.ndarray, np.nda
 
 def fit_figure(runs: pd.DataFrame, fits: dict, target_accuracies: Sequence[float] = (), labels: Optional[Sequence[str]] = None,
                metric: str = "accuracy"):
-    """Error (1 - accuracy, or 1 - ``metric``) against size per model: seeds as dots, the fitted
-    power law with its bootstrap band, extrapolated (dotted) past the largest size, targets as lines."""
-    name = "accuracy" if metric == "accuracy" else METRICS[metric].label
+    """Error (1 - accuracy, or 1 - ``metric``: Dice...) against size per model: runs as dots, the fitted power law solid
+    over the measured sizes and dotted where it extrapolates (to the left of the smallest and
+    to the right of the largest size), its bootstrap band, everything clipped to [0, 1], and
+    the targets as labelled dashed lines (issue 13.3)."""
     labels = list(labels) if labels else list(fits)
     colors = _colors(labels)
-    fig = _figure(6.4, 4.0)
+    fig = _figure(FULL_WIDTH, 3.6)
     ax = fig.subplots()
     done = runs[runs["state"] == "complete"]
     sizes = sorted(done["train_size"].dropna().unique())
-    nmax = max(sizes) if sizes else 1
+    nmin, nmax = (min(sizes), max(sizes)) if sizes else (1, 1)
+    name = "accuracy" if metric == "accuracy" else METRICS[metric].label
+    ymax = float(np.nanmax(1 - done[f"test_{metric}"])) if len(done) else 0.5
+    if sizes:
+        ax.axvspan(nmin, nmax, color="0.93", lw=0, zorder=0, label=f"measured sizes ({int(nmin):,}-{int(nmax):,})")
     for lab in labels:
         g = done[done["label"] == lab]
-        ax.plot(g["train_size"], 1 - g[f"test_{metric}"], "o", color=colors[lab], alpha=0.55, ms=4)
+        ax.plot(g["train_size"], 1 - g[f"test_{metric}"], "o", color=colors[lab], alpha=0.6, ms=3.5, label=f"{lab}: runs")
         res = fits.get(lab)
         if res is None or not res.fit.ok:
             continue
         grid = res.grid
-        pred = res.fit.predict(grid)
-        inside = grid <= nmax
-        ax.plot(grid[inside], pred[inside], "-", color=colors[lab], lw=1.6, label=f"{lab}: {res.fit.a:.2g}·n^-{res.fit.b:.2f} + {res.fit.c:.3f}")
-        tail = np.arange(grid.size) >= max(0, int(inside.sum()) - 1)  # join the solid part
-        ax.plot(grid[tail], pred[tail], ":", color=colors[lab], lw=1.4)
+        pred = np.clip(res.fit.predict(grid), 0.0, 1.0)
+        inside = (grid >= nmin) & (grid <= nmax)
+        gi = np.r_[nmin, grid[inside], nmax]
+        ax.plot(gi, np.clip(res.fit.predict(gi), 0, 1), "-", color=colors[lab], lw=1.5,
+                label=f"{lab}: fit {res.fit.a:.2g}·n^-{res.fit.b:.2f} + {res.fit.c:.3f}")
+        left, right = grid <= nmin, grid >= nmax
+        ax.plot(np.r_[grid[left], nmin], np.r_[pred[left], np.clip(res.fit.predict(nmin), 0, 1)], ":", color=colors[lab], lw=1.3)
+        ax.plot(np.r_[nmax, grid[right]], np.r_[np.clip(res.fit.predict(nmax), 0, 1), pred[right]], ":", color=colors[lab], lw=1.3)
         if res.curves.size:
             lo, hi = np.nanquantile(res.curves, [0.025, 0.975], axis=0)
-            ax.fill_between(grid, lo, hi, color=colors[lab], alpha=0.12, lw=0)
-    for t in target_accuracies:
-        ax.axhline(1 - t, color="grey", ls="--", lw=0.8)
-        ax.text(ax.get_xlim()[0] if sizes else 1, 1 - t, f" {t:.0%} {name}", va="bottom", fontsize=7, color="grey")
+            ax.fill_between(grid, np.clip(lo, 0, 1), np.clip(hi, 0, 1), color=colors[lab], alpha=0.12, lw=0)
+    for i, t in enumerate(target_accuracies):
+        ax.axhline(1 - t, color="0.35", ls=(0, (5, 2 + 2 * i)), lw=0.9, label=f"target: {t:.0%} {name} (error {1 - t:.2f})")
+    tops = [ymax] + [1 - t for t in target_accuracies]
+    ax.set_ylim(0.0, min(1.0, max(tops) * 1.25 + 0.02))
     ax.set_xscale("log")
-    ax.set_xlabel("training images (log scale; dotted = extrapolation)")
-    ax.set_ylabel(f"error = 1 - {name}")
+    if sizes:
+        ax.set_xlim(nmin / 4, nmax * 8)
+    ax.set_xlabel("training images (log scale); solid: measured range, dotted: extrapolation", fontsize=8)
+    ax.set_ylabel(f"error = 1 - {name}", fontsize=8)
+    ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+    h, l_ = ax.get_legend_handles_labels()
+    if h:
+        ax.legend(h, l_, fontsize=6.5, loc="upper right", framealpha=0.9)
     return fig
 
 
@@ -268,15 +343,17 @@ def class_balance_figure(counts: dict[str, dict[str, int]]):
     """Grouped bars: images per class in each split (eval / val / pool)."""
     splits = list(counts)
     classes = list(dict.fromkeys(c for s in splits for c in counts[s]))
-    fig = _figure(1.2 + 1.2 * len(classes), 2.8)
+    fig = _figure(min(FULL_WIDTH, 1.6 + 1.1 * len(classes)), 2.6)
     ax = fig.subplots()
     w = 0.8 / max(1, len(splits))
     for i, s in enumerate(splits):
         ax.bar(np.arange(len(classes)) + i * w - 0.4 + w / 2, [counts[s].get(c, 0) for c in classes], w, label=s, color=_PALETTE[i % 10])
     ax.set_xticks(range(len(classes)))
-    ax.set_xticklabels(classes, fontsize=8)
-    ax.set_ylabel("images")
-    ax.legend(fontsize=8)
+    ax.set_xticklabels(classes, fontsize=7)
+    ax.set_xlabel("class", fontsize=8)
+    ax.set_ylabel("images", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(title="split", fontsize=7, title_fontsize=7)
     return fig
 
 

@@ -6,22 +6,32 @@ same picture reproducible and checkable:
 
 * models are rebuilt from each trial's ``checkpoint/best.pt`` (format in
   :mod:`lungray.tracking`) with :func:`lungray.models.create_model`, unwrapped from DDP, and
-  the target layer comes from :func:`lungray.models.gradcam_target` (one rule per model
-  family, ViT reshape included), never a hard-coded layer name;
+  the target layer comes from :func:`lungray.models.gradcam_target` (the model's
+  ``gradcam_layer``: one rule per model family, the studies' last convolution, or a module
+  path; ViT reshape included), never a hard-coded layer name; the report names the layer;
+* a frozen backbone (``freeze: backbone``) still gets a heat map: the input is made to require
+  gradients, so the target activation is in the autograd graph even when no parameter before
+  it trains (pytorch-grad-cam only records gradients of outputs that require them), and
+  in-place activations are switched off while the maps are computed so the recorded
+  activation is the layer's own output, not the ReLU applied over it;
 * CAM objects are pytorch-grad-cam's, used as context managers (their hooks are released even
   on error) and fed in batches;
 * the same evaluation images (per class, a correct and a wrong prediction) are shown for every
   model at the largest training size and one fixed seed;
 * on data with lesion masks (the phantom), the pointing game (share of positive images whose
-  heat-map maximum lies inside the lesion) is compared with what a uniformly random map scores
-  (the lesion's share of the image). A heat map from the wrong layer, or from a model that
-  learned nothing, scores near that baseline.
+  heat-map maximum lies inside the lesion, with a Clopper-Pearson interval) is compared with a
+  fixed point (the peak of the mean training lesion mask: where lesions usually are), with the
+  same architecture with randomised weights (Adebayo et al. 2018) and with a uniformly random
+  map (the lesion's share of the image). A heat map from the wrong layer, or from a model that
+  learned nothing, scores near those baselines.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -36,6 +46,10 @@ __all__ = [
     "compute_cams",
     "PointingResult",
     "pointing_game",
+    "prior_point",
+    "fixed_point_pointing",
+    "randomised_copy",
+    "pointing_baselines",
     "overlay",
     "layer_names",
     "select_panel_images",
@@ -96,25 +110,48 @@ def load_checkpoint_model(path: str | Path, *, resolution: int, device: Optional
     ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     trial = TrialConfig.from_dict(ckpt["trial"])
     class_names = tuple(ckpt["class_names"])
-    model = create_model(trial.model, len(class_names), in_chans=1, resolution=resolution)
+    norm = ckpt.get("norm", (0.0, 1.0))
+    # the input had one channel per normalisation statistic (3 for a repeat3 model's per-channel
+    # statistics, 1 otherwise: also every checkpoint written before repeat3 meant 3 channels)
+    in_chans = len(norm[0]) if isinstance(norm[0], (list, tuple)) else 1
+    # weights come from the checkpoint: never download pretrained ones to rebuild the network
+    spec = dataclasses.replace(trial.model, pretrained=False)
+    model = create_model(spec, len(class_names), in_chans=in_chans, resolution=resolution)
     model = _unwrap(model)
     model.load_state_dict(_strip_prefixes(ckpt["model"]))
     model.to(device).eval()
-    norm = ckpt.get("norm", (0.0, 1.0))
     return LoadedModel(model, trial, class_names, (norm[0], norm[1]), int(ckpt.get("epoch", -1)), device)
 
 
 def normalise_images(images: np.ndarray, max_value: float, norm: tuple[Any, Any]):
-    """``(B, H, W)`` cached pixels -> ``(B, 1, H, W)`` float tensor, normalised as in training
-    (``(x / max_value - mean) / std``, the ``norm`` stored in the checkpoint)."""
+    """``(B, H, W)`` cached pixels -> ``(B, C, H, W)`` float tensor, normalised as in training
+    (``(x / max_value - mean) / std``, the ``norm`` stored in the checkpoint). Per-channel
+    statistics (a ``repeat3`` model: ImageNet's three) give C = 3 copies of the gray image,
+    each normalised with its own mean/std, exactly as :class:`lungray.data.dataset.ImageDataset`."""
     import torch
 
     x = torch.from_numpy(np.asarray(images, dtype=np.float32) / float(max_value))[:, None]
-    mean = np.asarray(norm[0], dtype=np.float32).reshape(-1)
-    std = np.asarray(norm[1], dtype=np.float32).reshape(-1)
-    if mean.size > 1 or std.size > 1:  # per-channel stats on a 1-channel input: use their mean
-        mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
-    return (x - float(mean[0])) / float(std[0])
+    mean = np.asarray(norm[0], dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(norm[1], dtype=np.float32).reshape(1, -1, 1, 1)
+    return (x - torch.from_numpy(mean)) / torch.from_numpy(std)
+
+
+@contextlib.contextmanager
+def no_inplace(model):
+    """Switch every in-place activation of ``model`` off for the duration.
+
+    pytorch-grad-cam keeps the target layer's output tensor; an in-place ReLU right after the
+    layer (AlexNet's and VGG's last conv, torchvision ResNet blocks) would overwrite it, so
+    the map would be computed from the ReLU's output, not the chosen layer's.
+    """
+    changed = [m for m in model.modules() if getattr(m, "inplace", None) is True]
+    for m in changed:
+        m.inplace = False
+    try:
+        yield
+    finally:
+        for m in changed:
+            m.inplace = True
 
 
 def compute_cams(
@@ -147,9 +184,12 @@ def compute_cams(
     device = next(model.parameters()).device
     out = []
     targets_all = [int(t) for t in target_classes]
-    with cam_cls(model=model, target_layers=list(target_layers), reshape_transform=reshape_transform) as cam:
+    with no_inplace(model), cam_cls(model=model, target_layers=list(target_layers), reshape_transform=reshape_transform) as cam:
         for i in range(0, len(targets_all), batch_size):
-            xb = x[i : i + batch_size].to(device)
+            # the input requires gradients, so the target activation does too even when every
+            # parameter before it is frozen (freeze: backbone): otherwise pytorch-grad-cam
+            # records no gradient and fails on every frozen trunk
+            xb = x[i : i + batch_size].detach().to(device).requires_grad_(True)
             with torch.enable_grad():
                 maps = cam(input_tensor=xb, targets=[ClassifierOutputTarget(t) for t in targets_all[i : i + batch_size]])
             out.append(np.asarray(maps, dtype=np.float32))
@@ -161,17 +201,25 @@ def compute_cams(
 
 @dataclass(frozen=True)
 class PointingResult:
-    """Pointing game: ``hits`` of ``n`` heat-map maxima inside the lesion; ``baseline`` is the
-    mean lesion share of the image (the expected score of a uniformly random map)."""
+    """Pointing game: ``hits`` of ``n`` heat-map maxima within the tolerance of the lesion;
+    ``baseline`` is the mean share of the image within that tolerance (the expected score of a
+    uniformly random map); ``hit`` the per-image outcomes (for paired comparisons)."""
 
     score: float
     hits: int
     n: int
     baseline: float
+    hit: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False, compare=False)
 
     @property
     def lift(self) -> float:
         return self.score / self.baseline if self.baseline > 0 else float("nan")
+
+    def interval(self, level: float = 0.95):
+        """Clopper-Pearson (exact binomial) interval of the score: hits out of n images."""
+        from lungray.report.stats import binom_ci
+
+        return binom_ci(self.hits, self.n, level, "clopper-pearson")
 
 
 #: Pointing-game tolerance as a fraction of the image side: 15 px at 224 px, as in the
@@ -189,7 +237,9 @@ def pointing_game(cams: np.ndarray, masks: np.ndarray, tolerance: float = 0.0) -
     Images with an empty mask are skipped (nothing to point at). ``cams`` and ``masks`` are
     ``(B, H, W)`` of the same size. The baseline is the share of pixels within ``tolerance`` of
     the mask, averaged over images: what a map with a uniformly random maximum would score
-    with the same tolerance.
+    with the same tolerance. That is a weak baseline when lesions sit in the same region of
+    every image (a fixed point scored 6-7x it on the phantom, issue 11): compare with
+    :func:`prior_point` and a randomised-weights model too (:func:`pointing_baselines`).
 
     >>> cams = np.zeros((2, 4, 4)); cams[0, 1, 1] = 1; cams[1, 3, 3] = 1
     >>> masks = np.zeros((2, 4, 4)); masks[:, :2, :2] = 1
@@ -210,9 +260,75 @@ def pointing_game(cams: np.ndarray, masks: np.ndarray, tolerance: float = 0.0) -
 
         masks = np.stack([distance_transform_edt(~m) <= tolerance for m in masks])
     flat = cams.reshape(n, -1).argmax(1)
-    hits = int(masks.reshape(n, -1)[np.arange(n), flat].sum())
+    hit = masks.reshape(n, -1)[np.arange(n), flat]
     baseline = float(masks.reshape(n, -1).mean(1).mean())
-    return PointingResult(hits / n, hits, n, baseline)
+    return PointingResult(int(hit.sum()) / n, int(hit.sum()), n, baseline, hit)
+
+
+def prior_point(train_masks: np.ndarray) -> tuple[int, int]:
+    """The peak of the mean TRAINING lesion mask: where lesions are most often, a point that
+    needs no image at all. A heat map that scores no better than this fixed point in the
+    pointing game shows where lesions usually are, not where this image's lesion is."""
+    m = np.asarray(train_masks) > 0
+    m = m[m.reshape(len(m), -1).any(1)]
+    if not len(m):
+        raise ValueError("no training image has a lesion mask: no prior point")
+    mean = m.mean(0)
+    return tuple(int(v) for v in np.unravel_index(int(mean.argmax()), mean.shape))
+
+
+def fixed_point_pointing(point: tuple[int, int], masks: np.ndarray, tolerance: float = 0.0) -> PointingResult:
+    """The pointing game of a heat map that always peaks at ``point``."""
+    masks = np.asarray(masks)
+    cams = np.zeros(masks.shape, dtype=np.float32)
+    cams[:, point[0], point[1]] = 1.0
+    return pointing_game(cams, masks, tolerance)
+
+
+def randomised_copy(model, seed: int = 0):
+    """The same architecture with every parameter re-initialised: the full-randomisation model
+    of Adebayo et al. (2018, "Sanity checks for saliency maps", NeurIPS). A heat map that looks
+    (or points) the same for the trained and the randomised model does not depend on what the
+    model learned. Modules' own ``reset_parameters`` are used under a seeded generator
+    (``torch.random.fork_rng``: the caller's global RNG state is left as it was); BatchNorm
+    running statistics are reset too."""
+    import copy
+
+    import torch
+
+    rnd = copy.deepcopy(_unwrap(model))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in rnd.modules():
+            if hasattr(m, "reset_running_stats"):
+                m.reset_running_stats()
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    return rnd.eval()
+
+
+@dataclass(frozen=True)
+class PointingComparison:
+    """A model's pointing game next to its baselines, with exact intervals and paired tests."""
+
+    model: PointingResult
+    prior: PointingResult
+    randomised: Optional[PointingResult]
+    p_vs_prior: float  # exact McNemar on the per-image hits (model vs fixed point), two-sided
+    p_vs_randomised: float
+
+
+def pointing_baselines(model: PointingResult, prior: PointingResult,
+                       randomised: Optional[PointingResult] = None) -> PointingComparison:
+    """Compare a model's hits with the fixed-point prior's and the randomised model's on the
+    SAME images (exact McNemar on the paired hits, :func:`lungray.report.stats.mcnemar_exact`)."""
+    from lungray.report.stats import mcnemar_exact
+
+    if prior.n != model.n or (randomised is not None and randomised.n != model.n):
+        raise ValueError("the model and its baselines must be scored on the same images")
+    p_prior = mcnemar_exact(model.hit, prior.hit)[2] if model.n else float("nan")
+    p_rand = mcnemar_exact(model.hit, randomised.hit)[2] if randomised is not None and model.n else float("nan")
+    return PointingComparison(model, prior, randomised, p_prior, p_rand)
 
 
 def overlay(image01: np.ndarray, cam: np.ndarray, image_weight: float = 0.55) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import pandas as pd
 
-__all__ = ["esc", "fmt", "fmt_ci", "table", "study_table_html", "figure", "note", "Section", "page"]
+__all__ = ["esc", "fmt", "fmt_ci", "fmt_p", "fmt_p_eq", "table", "study_table_html", "figure", "note", "Section", "page"]
 
 CSS = """
 :root { --fg:#1d232a; --muted:#5b6570; --line:#d9dee3; --accent:#0b5cad; --warn:#8a5300; --warnbg:#fff6e5; --bad:#a4161a; }
@@ -37,6 +37,7 @@ td.txt, th.txt { text-align: left; }
 td.best { font-weight: 700; background: #eaf4ea; }
 td.bad { color: var(--bad); }
 .note { background: var(--warnbg); color: var(--warn); border-left: 4px solid #e0a030; padding: 6px 10px; margin: 8px 0; max-width: 1100px; }
+.error { background: #fdecec; color: #8a1c1c; border-left: 4px solid #c0392b; padding: 6px 10px; margin: 8px 0; max-width: 1100px; font-weight: 600; }
 .ok { background: #eef7ee; color: #245c24; border-left: 4px solid #4a9a4a; padding: 6px 10px; margin: 8px 0; }
 figure { margin: 8px 0 16px 0; }
 figure img { max-width: 100%; border: 1px solid var(--line); }
@@ -80,6 +81,20 @@ def fmt_ci(mean: float, low: float, high: float, n: Optional[int] = None, digits
     if _isnan(low) or _isnan(high):
         return f"{mean:.{digits}f} (n={n}, no interval)" if n is not None else f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def fmt_p(p: object) -> str:
+    """A p-value for a table or a sentence: two significant digits, "<0.0001" below that."""
+    if _isnan(p):
+        return "–"
+    p = float(p)
+    return "<0.0001" if p < 1e-4 else f"{p:.2g}"
+
+
+def fmt_p_eq(p: object) -> str:
+    """``"p = 0.12"`` or ``"p < 0.0001"`` for a sentence."""
+    s = fmt_p(p)
+    return "p " + s.replace("<", "< ") if s.startswith("<") else f"p = {s}"
 
 
 def table(
@@ -161,11 +176,13 @@ class Section:
     body: str
     intro: str = ""
     notes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # what failed: a red box at the top, never only a log line
 
     def render(self, number: int) -> str:
         intro = f'<p class="intro">{esc(self.intro)}</p>' if self.intro else ""
+        errors = "".join(note("FAILED: " + e, "error") for e in self.errors)
         notes = "".join(note(n) for n in self.notes)
-        return f'<section id="{esc(self.id)}"><h2>{number}. {esc(self.title)}</h2>{intro}{notes}{self.body}</section>'
+        return f'<section id="{esc(self.id)}"><h2>{number}. {esc(self.title)}</h2>{errors}{intro}{notes}{self.body}</section>'
 
 
 def page(title: str, subtitle: str, header_body: str, sections: Sequence[Section]) -> str:

@@ -86,7 +86,8 @@ class Sweep:
 
     @property
     def models(self) -> list[str]:
-        return _ordered(self.runs["model"], [m.key for m in self.config.models] if self.config else None)
+        arms = list(dict.fromkeys(t.arm for t in self.config.trials())) if self.config else None
+        return _ordered(self.runs["model"], arms)
 
     @property
     def optimizers(self) -> list[str]:
@@ -435,7 +436,7 @@ def _expected_grid(config, runs: pd.DataFrame) -> pd.DataFrame:
                  int(r["seed"]) if pd.notna(r["seed"]) else None)] = r
     rows = []
     for t in config.trials():
-        key = (t.model.key, int(t.train_size), t.optimizer.key, int(t.seed))
+        key = (t.arm, int(t.train_size), t.optimizer.key, int(t.seed))
         r = by_axes.get(key)
         rows.append(
             {

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from lungray import tracking as T
-from lungray.report import stats
+from lungray.report import resampling, stats
 from lungray.report.load import COMPLETE, Sweep, prediction_matrix
 
 __all__ = [
@@ -30,6 +30,8 @@ __all__ = [
     "missed_as_normal_table",
     "confusion_matrices",
     "paired_comparisons",
+    "adequacy_table",
+    "prediction_arrays",
     "per_image_scores",
     "learning_curve_fits",
     "grid_status",
@@ -71,8 +73,8 @@ METRICS: dict[str, Metric] = {
     )
 }
 
-#: per-image scores that pair two models image by image, by primary metric: the column of
-#: ``predictions.csv`` and which images count (segmentation: lungray.train.tasks.SegmentationTask)
+#: segmentation metrics that are means of a per-image score, by name: the column of
+#: ``predictions.csv`` and which images count (lungray.train.tasks.SegmentationTask)
 _PER_IMAGE = {"dice_pos": ("dice", "pos"), "iou_pos": ("iou", "pos"), "dice_all": ("dice", "known"), "iou_all": ("iou", "known")}
 
 
@@ -92,11 +94,69 @@ def positive_class(class_names: Sequence[str]) -> int:
     return 1 if len(class_names) > 1 else 0
 
 
-def add_derived(sweep: Sweep) -> pd.DataFrame:
+#: Significance level of the per-run chance check (:func:`lungray.report.stats.chance_check`).
+CHANCE_ALPHA = 0.05
+
+Predictions = dict  # run id -> (image_ids, y_true, probs), from :func:`prediction_arrays`
+
+
+def prediction_arrays(sweep: Sweep) -> Predictions:
+    """Every complete run's ``predictions.csv`` as ``(image_ids, y_true, probs)`` arrays (runs
+    whose file holds class probabilities: a segmentation trial's holds per-image Dice instead,
+    :func:`per_image_scores`)."""
+    return {rid: prediction_matrix(df, sweep.class_names) for rid, df in sweep.predictions.items()
+            if any(str(c).startswith("prob_") for c in df.columns)}
+
+
+def per_image_scores(df: pd.DataFrame, class_names: Sequence[str], metric: str = "accuracy") -> tuple[np.ndarray, np.ndarray]:
+    """``(image_ids, scores)`` of one trial's ``predictions.csv`` whose mean is ``metric``: right
+    (1) or wrong (0) for ``accuracy``; the image's Dice or IoU for segmentation, over the images
+    with a finding (``*_pos``, ``y_true == 1``) or with a known mask (``*_all``)."""
+    if metric == "accuracy":
+        ids, y, p = prediction_matrix(df, class_names)
+        return ids, (p.argmax(1) == y).astype(float)
+    if metric not in _PER_IMAGE:
+        raise ValueError(f"no per-image score for metric '{metric}'; valid: accuracy, {', '.join(_PER_IMAGE)}")
+    col, which = _PER_IMAGE[metric]
+    y = df["y_true"].to_numpy()
+    keep = ((y == 1) if which == "pos" else (y != 255)) & df[col].notna().to_numpy()
+    return df["image_id"].astype(str).to_numpy()[keep], df[col].to_numpy(dtype=float)[keep]
+
+
+def _aligned_scores(run_ids: Sequence[str], frames: Optional[dict], metric: str, class_names: Sequence[str] = ()) -> Optional[np.ndarray]:
+    """``(S, N)`` per-image scores of runs on the images they all score, in image-id order
+    (:func:`per_image_scores`); None when a run has no predictions."""
+    if not run_ids or not frames or any(r not in frames for r in run_ids):
+        return None
+    got = [per_image_scores(frames[r], class_names, metric) for r in run_ids]
+    ids = got[0][0]
+    for i, _ in got[1:]:
+        ids = np.intersect1d(ids, i)
+    ids = np.sort(ids)
+    rows = []
+    for i, v in got:
+        pos = {x: j for j, x in enumerate(i)}
+        rows.append(v[[pos[x] for x in ids]])
+    return np.stack(rows)
+
+
+def add_derived(sweep: Sweep, predictions: Optional[Predictions] = None) -> pd.DataFrame:
     """``runs`` plus ``val_loss_best``: the validation loss at the best epoch (PROTOCOLS.md s.1
     reports "validation loss" by size), from the per-epoch history; the minimum when no
-    ``best_epoch`` was logged."""
+    ``best_epoch`` was logged. With ``predictions``, also the chance check of every run
+    (:func:`lungray.report.stats.chance_check`): ``at_chance`` (True/False, missing without
+    predictions), ``chance_p_accuracy``, ``chance_p_auc``, ``majority_rate``."""
     runs = sweep.runs.copy()
+    runs["at_chance"] = pd.Series([pd.NA] * len(runs), dtype="boolean")
+    for col in ("chance_p_accuracy", "chance_p_auc", "majority_rate"):
+        runs[col] = math.nan
+    if predictions:
+        for i, rid in zip(runs.index, runs["run_id"]):
+            if rid in predictions:
+                _, y, p = predictions[rid]
+                ch = stats.chance_check(y, p, CHANCE_ALPHA)
+                runs.loc[i, ["chance_p_accuracy", "chance_p_auc", "majority_rate"]] = [ch.p_accuracy, ch.p_auc, ch.majority_rate]
+                runs.loc[i, "at_chance"] = ch.stuck
     if runs.empty:
         runs["val_loss_best"] = pd.Series(dtype=float)
         return runs
@@ -119,23 +179,120 @@ def _group_label(model: str, optimizer: str, n_opt: int) -> str:
     return model if n_opt <= 1 else f"{model} / {optimizer}"
 
 
-def summarise(runs: pd.DataFrame, metrics: Sequence[str] = tuple(METRICS), level: float = 0.95) -> pd.DataFrame:
-    """Mean over seeds with a t-interval per (model, optimizer, size, metric); best per size.
+SUMMARY_COLUMNS = ["model", "optimizer", "label", "train_size", "metric", "n", "n_runs", "n_at_chance", "at_chance_seeds",
+                   "mean", "ci_low", "ci_high", "mean_all", "std", "seeds", "interval", "var_seed", "var_image", "df",
+                   "n_images", "best", "best_clear"]
 
-    Only complete trials count. ``best`` marks, for each size and metric, the (model,
-    optimizer) with the best mean; ``best_clear`` additionally requires its interval not to
-    overlap the runner-up's (a rough screen; the paired comparisons are the real test).
+
+def _aligned(run_ids: Sequence[str], predictions: Predictions):
+    """``(y (N,), probs (S, N, k))`` of runs on the evaluation images they all have, in image-id
+    order; None when a run has no predictions or the runs disagree on an image's label."""
+    if not run_ids or any(r not in predictions for r in run_ids):
+        return None
+    ids = predictions[run_ids[0]][0]
+    for r in run_ids[1:]:
+        ids = np.intersect1d(ids, predictions[r][0])
+    ids = np.sort(ids)
+    ys, ps = [], []
+    for r in run_ids:
+        rid_ids, y, p = predictions[r]
+        pos = {v: j for j, v in enumerate(rid_ids)}
+        take = np.array([pos[v] for v in ids], dtype=np.int64)
+        ys.append(y[take])
+        ps.append(p[take])
+    if any(not np.array_equal(ys[0], y) for y in ys[1:]):
+        return None
+    return ys[0], np.stack(ps)
+
+
+class _Weights:
+    """One set of bootstrap resample counts per evaluation-set size, shared by every cell (the
+    same seed gives the same report)."""
+
+    def __init__(self, n_boot: int, seed: int):
+        self.n_boot, self.seed, self._w = n_boot, seed, {}
+
+    def __call__(self, n_images: int) -> np.ndarray:
+        if n_images not in self._w:
+            self._w[n_images] = resampling.multinomial_weights(n_images, self.n_boot, self.seed)
+        return self._w[n_images]
+
+
+def _cell_runs(g: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs the interval is computed over, runs at chance shown apart). When every run is at
+    chance, all of them are summarised (the cell then says "all at chance")."""
+    stuck = g["at_chance"].fillna(False).astype(bool) if "at_chance" in g else pd.Series(False, index=g.index)
+    if stuck.all() or not stuck.any():
+        return g, g[stuck]
+    return g[~stuck], g[stuck]
+
+
+def _metric_ci(met: Metric, use: pd.DataFrame, arrays, weights: _Weights, level: float,
+               scores: Optional[np.ndarray] = None) -> stats.TwoLevelCI:
+    vals = use[met.column].to_numpy(dtype=float)
+    if scores is not None and scores.size and np.isfinite(vals).all():  # a mean of per-image scores (Dice...)
+        return stats.two_level_ci_scores(scores, level, met.bounds)
+    if arrays is None or met.name not in resampling.RESAMPLED_METRICS or not np.isfinite(vals).all():
+        return stats.seed_only_ci(vals, level, met.bounds)
+    y, P = arrays
+    n_img = y.size
+    if met.name == "accuracy":
+        return stats.two_level_ci_scores((P.argmax(2) == y[None]).astype(float), level, met.bounds)
+    if met.name == "log_loss":
+        eps = float(np.finfo(np.float64).eps)
+        nll = -np.log(np.clip(np.take_along_axis(P, y[None, :, None], 2)[..., 0], eps, 1 - eps))
+        return stats.two_level_ci_scores(nll, level, met.bounds)
+    w = weights(n_img)
+    boot = np.stack([resampling.metric_resamples(met.name, y, P[s], w) for s in range(P.shape[0])], axis=1)
+    return stats.two_level_ci_boot(vals, boot, n_img, level, met.bounds)
+
+
+def summarise(
+    runs: pd.DataFrame,
+    metrics: Sequence[str] = tuple(METRICS),
+    level: float = 0.95,
+    *,
+    predictions: Optional[Predictions] = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    frames: Optional[dict] = None,
+) -> pd.DataFrame:
+    """Mean over seeds with an interval per (model, optimizer, size, metric); best per size.
+
+    With ``frames`` (run id -> ``predictions.csv``, ``Sweep.predictions``), a metric that is a
+    mean of per-image scores (segmentation's Dice and IoU, :func:`per_image_scores`) gets the
+    same two-level interval as accuracy (:func:`lungray.report.stats.two_level_ci_scores`).
+
+    Only complete trials count. With ``predictions`` (:func:`prediction_arrays`), the interval
+    of an evaluation-set metric carries the run-to-run AND the evaluation-image noise
+    (:func:`lungray.report.stats.two_level_ci_scores` for accuracy and log loss, closed form;
+    :func:`~lungray.report.stats.two_level_ci_boot` over ``n_boot`` resamples of the images
+    for balanced accuracy, macro F1 and AUC): ``interval = "seeds+images"``. Without them, and
+    for the validation loss (no per-image values), it is the Student-t over seeds,
+    conditional on the evaluation images: ``"seeds only"``.
+
+    Runs at chance (``at_chance`` from :func:`add_derived`) are left out of the interval and
+    counted apart (``n_at_chance``, ``at_chance_seeds``; ``mean_all`` is the mean with them):
+    averaging a collapsed run with working ones gives a mean that describes neither and a
+    t-interval that covers the truth about half the time (issue 11). ``n`` is the number of runs
+    in the interval. ``best`` marks, for each size and metric, the (model, optimizer) with the
+    best mean; ``best_clear`` additionally requires its interval not to overlap the
+    runner-up's (a rough screen; the paired comparisons are the real test).
     """
     done = runs[runs["state"] == COMPLETE] if "state" in runs else runs
     n_opt = done["optimizer"].nunique()
+    weights = _Weights(n_boot, seed)
     rows = []
     for (m, o, n), g in done.groupby(["model", "optimizer", "train_size"], sort=True):
+        use, stuck = _cell_runs(g)
+        arrays = _aligned(list(use["run_id"]), predictions) if predictions and "run_id" in use else None
         for name in metrics:
             met = METRICS[name]
             if met.column not in g:
                 continue
-            vals = g[met.column].to_numpy(dtype=float)
-            ci = stats.mean_ci(vals, level, met.bounds)
+            scores = _aligned_scores(list(use["run_id"]), frames, name) if name in _PER_IMAGE else None
+            ci = _metric_ci(met, use, arrays, weights, level, scores)
+            vals = use[met.column].to_numpy(dtype=float)
             rows.append(
                 {
                     "model": m,
@@ -144,16 +301,25 @@ def summarise(runs: pd.DataFrame, metrics: Sequence[str] = tuple(METRICS), level
                     "train_size": int(n),
                     "metric": name,
                     "n": ci.n,
+                    "n_runs": len(g),
+                    "n_at_chance": len(stuck),
+                    "at_chance_seeds": ",".join(str(int(x)) for x in stuck["seed"].dropna()),
                     "mean": ci.estimate,
                     "ci_low": ci.low,
                     "ci_high": ci.high,
+                    "mean_all": float(np.nanmean(g[met.column].to_numpy(dtype=float))) if g[met.column].notna().any() else math.nan,
                     "std": float(np.nanstd(vals, ddof=1)) if ci.n > 1 else math.nan,
-                    "seeds": ",".join(str(int(s)) for s in g["seed"].dropna()),
+                    "seeds": ",".join(str(int(x)) for x in use["seed"].dropna()),
+                    "interval": ci.kind,
+                    "var_seed": ci.var_seed,
+                    "var_image": ci.var_image,
+                    "df": ci.df,
+                    "n_images": ci.n_images,
                 }
             )
     df = pd.DataFrame(rows)
     if df.empty:
-        return pd.DataFrame(columns=["model", "optimizer", "label", "train_size", "metric", "n", "mean", "ci_low", "ci_high", "std", "seeds", "best", "best_clear"])
+        return pd.DataFrame(columns=SUMMARY_COLUMNS)
     df["best"] = False
     df["best_clear"] = False
     for (name, n), g in df.groupby(["metric", "train_size"]):
@@ -178,14 +344,17 @@ def study_table(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
     summary; :func:`lungray.report.html.study_table_html` lays it out as a grid.
     """
     s = summary[summary["metric"] == metric]
-    return s[["label", "model", "optimizer", "train_size", "mean", "ci_low", "ci_high", "n", "best", "best_clear"]].reset_index(drop=True)
+    cols = ["label", "model", "optimizer", "train_size", "mean", "ci_low", "ci_high", "n", "n_runs", "n_at_chance",
+            "at_chance_seeds", "mean_all", "interval", "var_seed", "var_image", "df", "n_images", "best", "best_clear"]
+    return s[[c for c in cols if c in s.columns]].reset_index(drop=True)
 
 
 def study_table_wide(summary: pd.DataFrame, metric: str, labels: Optional[Sequence[str]] = None,
                      sizes: Optional[Sequence[int]] = None, digits: int = 3) -> pd.DataFrame:
     """The studies' table as printed: rows model (x optimizer), columns ``n = <size>``, cells
     ``"mean [low, high]"`` with ``★`` on the best mean of each size whose interval clears the
-    runner-up's, ``☆`` on a best mean whose interval overlaps, ``"missing"`` for an empty cell.
+    runner-up's, ``☆`` on a best mean whose interval overlaps, ``"missing"`` for an empty cell,
+    and the runs at chance named after the interval (they are not in it).
     """
     from lungray.report.html import fmt_ci
 
@@ -203,23 +372,47 @@ def study_table_wide(summary: pd.DataFrame, metric: str, labels: Optional[Sequen
             cell = fmt_ci(r["mean"], r["ci_low"], r["ci_high"], int(r["n"]), digits)
             if r["best"]:
                 cell += " ★" if r["best_clear"] else " ☆"
+            k = int(r.get("n_at_chance", 0) or 0)
+            if k and k == int(r.get("n_runs", k)):
+                cell += f" · all {k} runs at chance"
+            elif k:
+                cell += f" · +{k} run{'s' if k > 1 else ''} at chance (seed {r['at_chance_seeds']}), not in the mean"
             out.loc[lab, f"n = {n}"] = cell
     return out
 
 
-def per_class_table(runs: pd.DataFrame, class_names: Sequence[str], sizes: Sequence[int], level: float = 0.95) -> pd.DataFrame:
-    """Precision, recall and F1 per class and model at the chosen sizes, mean over seeds + CI."""
+def per_class_table(runs: pd.DataFrame, class_names: Sequence[str], sizes: Sequence[int], level: float = 0.95, *,
+                    predictions: Optional[Predictions] = None, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Precision, recall and F1 per class and model at the chosen sizes: mean over seeds with the
+    interval of :func:`summarise` (seeds + evaluation images with ``predictions``, seeds only
+    without; runs at chance left out and counted in ``n_at_chance``)."""
     done = runs[runs["state"] == COMPLETE]
     n_opt = done["optimizer"].nunique()
+    weights = _Weights(n_boot, seed)
     rows = []
     for (m, o, n), g in done[done["train_size"].isin(list(sizes))].groupby(["model", "optimizer", "train_size"]):
-        for c in class_names:
-            row = {"model": m, "optimizer": o, "label": _group_label(m, o, n_opt), "train_size": int(n), "class": c}
+        use, stuck = _cell_runs(g)
+        arrays = _aligned(list(use["run_id"]), predictions) if predictions else None
+        boot = None
+        if arrays is not None:
+            y, P = arrays
+            w = weights(y.size)
+            per = [resampling.per_class_resamples(y, P[s_], w) for s_ in range(P.shape[0])]
+            boot = {met: np.stack([p_[met] for p_ in per], axis=1) for met in ("precision", "recall", "f1")}  # (B, S, k)
+        row0 = {"model": m, "optimizer": o, "label": _group_label(m, o, n_opt), "train_size": int(n)}
+        for j, c in enumerate(class_names):
+            row = dict(row0, **{"class": c})
+            kind = "seeds only"
             for met in ("precision", "recall", "f1"):
                 col = T.per_class_key(met, c)
-                ci = stats.mean_ci(g[col].to_numpy(dtype=float) if col in g else [], level, UNIT)
+                vals = use[col].to_numpy(dtype=float) if col in use else np.zeros(0)
+                if boot is not None and vals.size and np.isfinite(vals).all():
+                    ci = stats.two_level_ci_boot(vals, boot[met][:, :, j], arrays[0].size, level, UNIT)
+                else:
+                    ci = stats.seed_only_ci(vals, level, UNIT)
+                kind = ci.kind
                 row.update({met: ci.estimate, f"{met}_low": ci.low, f"{met}_high": ci.high})
-            row["n"] = len(g)
+            row.update({"n": len(use), "n_at_chance": len(stuck), "interval": kind})
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -271,26 +464,10 @@ def _order_key(sweep: Sweep, label: str) -> int:
     return models.index(m) if m in models else len(models)
 
 
-def per_image_scores(df: pd.DataFrame, class_names: Sequence[str], metric: str = "accuracy") -> tuple[np.ndarray, np.ndarray]:
-    """``(image_ids, scores)`` of one trial's ``predictions.csv`` for the primary ``metric``:
-    right (1) or wrong (0) for ``accuracy``; the image's Dice or IoU for segmentation, over the
-    images with a finding (``*_pos``, ``y_true == 1``) or with a known mask (``*_all``)."""
-    if metric == "accuracy":
-        ids, y, p = prediction_matrix(df, class_names)
-        return ids, (p.argmax(1) == y).astype(float)
-    if metric not in _PER_IMAGE:
-        raise ValueError(f"no per-image score for metric '{metric}'; valid: accuracy, {', '.join(_PER_IMAGE)}")
-    col, which = _PER_IMAGE[metric]
-    y = df["y_true"].to_numpy()
-    keep = (y == 1) if which == "pos" else (y != 255)
-    keep &= df[col].notna().to_numpy()
-    return df["image_id"].astype(str).to_numpy()[keep], df[col].to_numpy(dtype=float)[keep]
-
-
 def paired_correct(sweep: Sweep, model_a: str, model_b: str, size: int, optimizer: str,
                    metric: str = "accuracy") -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """``(n_seeds, n_images)`` per-image scores of two models on the same subsets and images:
-    correct/wrong for accuracy, Dice/IoU for segmentation (:func:`per_image_scores`).
+    """``(n_seeds, n_images)`` correct/wrong arrays of two models on the same subsets and images
+    (for a segmentation ``metric``: their per-image Dice or IoU, :func:`per_image_scores`).
 
     Seeds present (with predictions) for both models, images present in both prediction
     files, aligned by ``image_id``: the pairing of issue 4, section 5.
@@ -309,23 +486,40 @@ def paired_correct(sweep: Sweep, model_a: str, model_b: str, size: int, optimize
             raise ValueError(f"seed {s}: evaluation images differ between seeds at n={size}; the held-out set must be fixed")
         ca.append(sa[xa])
         cb.append(sb[xb])
+    kind = bool if metric == "accuracy" else float
     if not seeds:
-        return np.zeros((0, 0)), np.zeros((0, 0)), []
-    return np.stack(ca), np.stack(cb), seeds
+        return np.zeros((0, 0), kind), np.zeros((0, 0), kind), []
+    return np.stack(ca).astype(kind), np.stack(cb).astype(kind), seeds
 
 
-def paired_comparisons(sweep: Sweep, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+#: Significance level of the paired comparisons (after Holm's correction over the report's family).
+PAIRED_ALPHA = 0.05
+
+
+def paired_comparisons(sweep: Sweep, *, level: float = 0.95, alpha: float = PAIRED_ALPHA,
                        metric: str = "accuracy") -> pd.DataFrame:
-    """Difference in ``metric`` (the task's primary: accuracy, Dice...) between every pair of
-    models at each size (and optimizer).
+    """Difference in ``metric`` (the task's primary: accuracy, or segmentation's per-image Dice)
+    between every pair of models at each size (and optimizer).
 
-    Paired bootstrap over seeds and evaluation images (:func:`stats.paired_bootstrap_diff`)
-    plus, for accuracy (right/wrong per image), an exact McNemar test per seed. Pairs are
-    ordered so the difference is "higher mean minus lower mean"; ``sentence`` is the line the
-    report prints, e.g. ``"DenseNet121 - ResNet50 at 100 images: +2.3 points [-0.8, +5.4]"``.
+    The primary test is :func:`stats.paired_test` (a t test on the paired per-image differences
+    whose variance holds the run-to-run and the evaluation-image term), with its 95% interval
+    and p-value. The FAMILY is every comparison in this table (sizes x optimizers x model
+    pairs: 6 pairs x 4 sizes = 24 for the paper preset, 168 for ``transfer``); ``p_holm`` is
+    Holm's adjusted p-value over it (family-wise error control under any dependence: the
+    comparisons share models and images), ``q_bh`` the Benjamini-Hochberg q-value (false
+    discovery rate), and ``significant`` means ``p_holm < alpha``. One McNemar test per
+    comparison combines the seeds with the image as the cluster
+    (:func:`stats.mcnemar_clustered`), with its own Holm adjustment. ``discordance`` is the
+    share of image-runs on which exactly one of the two models is right (for
+    :func:`adequacy_table`). With one seed there is no test of the recipes (``p`` NaN, out of the
+    family): the interval is then over images only, for these two trained models
+    (``interval = "images only (one seed)"``). Pairs are ordered so the difference is "higher
+    mean minus lower mean"; ``sentence`` is the line the report prints. The McNemar test and
+    ``discordance`` need right/wrong per image: NaN for a continuous per-image score (Dice).
     """
     rows = []
     done = sweep.complete
+    multi_opt = done["optimizer"].nunique() > 1
     for (n, o), g in done.groupby(["train_size", "optimizer"], sort=True):
         models = [m for m in sweep.models if m in set(g["model"])]
         for a, b in itertools.combinations(models, 2):
@@ -334,10 +528,13 @@ def paired_comparisons(sweep: Sweep, *, n_boot: int = 2000, level: float = 0.95,
                 continue
             if ca.mean() < cb.mean():
                 a, b, ca, cb = b, a, cb, ca
-            d = stats.paired_bootstrap_diff(ca, cb, n_boot=n_boot, level=level, seed=seed)
-            mc = [stats.mcnemar_exact(ca[i] > 0.5, cb[i] > 0.5) for i in range(len(seeds))] if metric == "accuracy" else []
-            where = f"{int(n)} images" + (f" ({o})" if done["optimizer"].nunique() > 1 else "")
-            verdict = "interval excludes 0" if d.significant else "within noise (interval covers 0)"
+            d = stats.paired_test(ca.astype(float), cb.astype(float), level, bounds=(-1.0, 1.0))
+            binary = ca.dtype == bool
+            mc = stats.mcnemar_clustered(ca, cb) if binary else None
+            low, high, kind = d.low, d.high, "seeds+images"
+            if d.n_seeds == 1:  # no recipe-level test: the interval of THESE two trained models, over images
+                one = stats.mean_ci(ca[0].astype(float) - cb[0].astype(float), level, (-1.0, 1.0))
+                low, high, kind = one.low, one.high, "images only (one seed)"
             rows.append(
                 {
                     "train_size": int(n),
@@ -347,17 +544,81 @@ def paired_comparisons(sweep: Sweep, *, n_boot: int = 2000, level: float = 0.95,
                     "n_seeds": d.n_seeds,
                     "n_images": d.n_images,
                     "diff_points": 100 * d.diff,
-                    "low_points": 100 * d.low,
-                    "high_points": 100 * d.high,
-                    "significant": d.significant,
-                    "mcnemar_b": ";".join(str(x[0]) for x in mc),
-                    "mcnemar_c": ";".join(str(x[1]) for x in mc),
-                    "mcnemar_p": ";".join(f"{x[2]:.3g}" for x in mc),
+                    "low_points": 100 * low,
+                    "high_points": 100 * high,
+                    "interval": kind,
+                    "p": d.p,
+                    "df": d.df,
+                    "se_seed_points": 100 * math.sqrt(d.var_seed) if np.isfinite(d.var_seed) else math.nan,
+                    "se_image_points": 100 * math.sqrt(d.var_image) if np.isfinite(d.var_image) else math.nan,
+                    "mcnemar_b": mc.b if binary else math.nan,
+                    "mcnemar_c": mc.c if binary else math.nan,
+                    "mcnemar_p": mc.p if binary else math.nan,
+                    "discordance": float(np.mean(ca != cb)) if binary else math.nan,
                     "seeds": ",".join(map(str, seeds)),
-                    "sentence": f"{a} - {b} at {where}: {100 * d.diff:+.1f} points [{100 * d.low:+.1f}, {100 * d.high:+.1f}]",
-                    "verdict": verdict,
+                    "where": f"{int(n)} images" + (f" ({o})" if multi_opt else ""),
                 }
             )
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    from lungray.report.html import fmt_p as _p
+    from lungray.report.html import fmt_p_eq
+
+    out["p_holm"] = stats.holm(out["p"].to_numpy())
+    out["q_bh"] = stats.benjamini_hochberg(out["p"].to_numpy())
+    out["mcnemar_p_holm"] = stats.holm(out["mcnemar_p"].to_numpy())
+    out["family_size"] = int(np.isfinite(out["p"]).sum())
+    out["significant"] = out["p_holm"] < alpha
+
+    def sentence(r) -> str:
+        head = f"{r.model_a} - {r.model_b} at {r.where}: {r.diff_points:+.1f} points"
+        head += f" [{r.low_points:+.1f}, {r.high_points:+.1f}]"
+        if not np.isfinite(r.p):
+            mcn = f", McNemar {fmt_p_eq(r.mcnemar_p)}" if np.isfinite(r.mcnemar_p) else ""
+            return head + f" (one seed: these two trained models, over images; no test of the recipes){mcn}"
+        return head + f", {fmt_p_eq(r.p)}, Holm-adjusted {_p(r.p_holm)}"
+
+    out["sentence"] = [sentence(r) for r in out.itertuples()]
+    out["verdict"] = ["difference (Holm-adjusted p < %g)" % alpha if s_ else "within noise" for s_ in out["significant"]]
+    return out
+
+
+def adequacy_table(summary: pd.DataFrame, paired: pd.DataFrame, *, alpha: float = 0.05, power: float = 0.8,
+                   level: float = 0.95) -> pd.DataFrame:
+    """Test-set adequacy per cell (Beleites et al. 2013): what the evaluation set can resolve.
+
+    For each model x size (x optimizer) with accuracy ``p`` on ``n_images`` evaluation images:
+    ``halfwidth_points``, the half-width of the 95% Wilson interval of ONE run's accuracy (the
+    evaluation-set noise alone); and ``mdd_points``, the smallest accuracy difference between
+    two models that a paired McNemar comparison on these images detects with ``power``,
+    two-sided at ``alpha`` (:func:`stats.mcnemar_detectable_difference`). The latter needs
+    the discordance (share of images exactly one model gets right): the mean observed against
+    the other models at that size (``discordance_source = "observed"``), else ``2 p (1 - p)``,
+    the value for two models of accuracy ``p`` whose errors are independent (``"independent
+    errors"``; correlated errors disagree less and resolve smaller gaps).
+    """
+    acc = summary[summary["metric"] == "accuracy"] if not summary.empty else summary
+    rows = []
+    for r in acc.itertuples():
+        n_img = int(r.n_images) if getattr(r, "n_images", 0) and np.isfinite(r.n_images) else 0
+        if not n_img or not np.isfinite(r.mean):
+            continue
+        p = float(r.mean)
+        psi, src = math.nan, ""
+        if paired is not None and not paired.empty:
+            sel = paired[(paired.train_size == r.train_size) & (paired.optimizer == r.optimizer)
+                         & ((paired.model_a == r.model) | (paired.model_b == r.model))]
+            if not sel.empty:
+                psi, src = float(sel["discordance"].mean()), "observed"
+        if not (np.isfinite(psi) and psi > 0):
+            psi, src = 2 * p * (1 - p), "independent errors"
+        wil = stats.binom_ci(round(p * n_img), n_img, level, "wilson")
+        mdd = stats.mcnemar_detectable_difference(n_img, psi, alpha, power) if psi > 0 else math.nan
+        rows.append({"label": r.label, "model": r.model, "optimizer": r.optimizer, "train_size": int(r.train_size),
+                     "n_images": n_img, "accuracy": p, "halfwidth_points": 100 * wil.half_width,
+                     "discordance": psi, "discordance_source": src, "mdd_points": 100 * mdd,
+                     "alpha": alpha, "power": power})
     return pd.DataFrame(rows)
 
 
@@ -370,31 +631,48 @@ def learning_curve_fits(
     sweep: Sweep,
     *,
     target_accuracies: Sequence[float] = (0.90, 0.95),
-    n_boot: int = 200,
+    n_boot: int = 400,
     seed: int = 0,
-    grid_points: int = 60,
+    grid_points: int = 80,
+    predictions: Optional[Predictions] = None,
     metric: str = "accuracy",
+    frames: Optional[dict] = None,
 ) -> tuple[pd.DataFrame, dict]:
-    """Power-law fit of error = 1 - accuracy (or 1 - ``metric``, the task's primary: Dice...)
-    against training size, per model (x optimizer); targets are values of ``metric``.
+    """Power-law fit of error = 1 - accuracy against training size, per model (x optimizer);
+    for another ``metric`` (the task's primary: segmentation's Dice) error = 1 - that metric, the
+    targets are values of it, and ``frames`` (run id -> ``predictions.csv``) give the per-image
+    scores the bootstrap resamples.
 
     Returns the table (parameters with bootstrap intervals, R², predicted size per target
-    accuracy with its interval, reliability flags) and the fit objects keyed by label (for the
-    figure). Default targets 90 % and 95 %: the training-size study's models reached 91.6-93.4 %
-    at 1000 images (PROTOCOLS.md section 1), so the question "how many images for 95 %?" is
-    the one a reader asks.
+    accuracy with its interval and where it lies against the measured sizes, reliability
+    flags) and the fit objects keyed by label (for the figure). With ``predictions`` the
+    bootstrap also resamples the evaluation images (:func:`stats.bootstrap_power_law`).
+    Every complete run is fitted, runs at chance included (the curve is the recipe's
+    expected error as measured). Default targets 90 % and 95 %: the training-size study's
+    models reached 91.6-93.4 % at 1000 images (PROTOCOLS.md section 1), so the question "how
+    many images for 95 %?" is the one a reader asks.
     """
     done = sweep.complete
     n_opt = done["optimizer"].nunique()
     rows, fits = [], {}
     sizes = np.asarray(sweep.sizes, dtype=float)
-    grid = np.geomspace(max(1.0, sizes.min() / 2), sizes.max() * 8, grid_points) if sizes.size else np.zeros(0)
+    # from a quarter of the smallest size to 8x the largest: the figure draws the measured range
+    # solid and the rest dotted
+    grid = np.geomspace(max(1.0, sizes.min() / 4), sizes.max() * 8, grid_points) if sizes.size else np.zeros(0)
     for (m, o), g in done.groupby(["model", "optimizer"], sort=False):
         lab = _group_label(m, o, n_opt)
         err = 1.0 - g[f"{T.TEST_PREFIX}{metric}"].to_numpy(dtype=float)
+        correct = None
+        arrays = _aligned(list(g["run_id"]), predictions) if predictions and metric == "accuracy" else None
+        if metric in _PER_IMAGE:
+            correct = _aligned_scores(list(g["run_id"]), frames, metric)
+        elif arrays is not None:
+            y, P = arrays
+            correct = (P.argmax(2) == y[None]).astype(float)
         res = stats.bootstrap_power_law(
             g["train_size"].to_numpy(dtype=float),
             err,
+            correct=correct,
             target_errors=[1.0 - t for t in target_accuracies],
             n_boot=n_boot,
             seed=seed,
@@ -406,12 +684,16 @@ def learning_curve_fits(
             "optimizer": o,
             "label": lab,
             "n_sizes": res.fit.n_sizes,
+            "runs_per_size": ", ".join(f"{k}×{v}" for k, v in res.runs_per_size.items()),
             "a": res.fit.a, "a_low": res.a.low, "a_high": res.a.high,
             "b": res.fit.b, "b_low": res.b.low, "b_high": res.b.high,
             "c": res.fit.c, "c_low": res.c.low, "c_high": res.c.high,
+            "c_at_bound_share": res.c_at_bound_share,
             "r2": res.fit.r2,
+            "eval_noise_in_bootstrap": res.eval_noise,
             "reliable": res.reliable,
             "flags": "; ".join(res.reasons),
+            "interval_note": res.interval_note,
         }
         for t in target_accuracies:
             ci = res.targets[1.0 - t]
@@ -419,6 +701,7 @@ def learning_curve_fits(
             row[col] = ci.estimate
             row[f"{col}_low"] = ci.low
             row[f"{col}_high"] = ci.high
+            row[f"{col}_where"] = res.where.get(1.0 - t, "")
         rows.append(row)
     return pd.DataFrame(rows), fits
 

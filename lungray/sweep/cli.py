@@ -86,7 +86,8 @@ def resolve_config(args: argparse.Namespace, default_preset: str = "default"):
     if args.no_report:
         overrides.append("report=false")
     overrides += list(args.overrides)
-    return load_study(args.preset or default_preset, args.config, overrides)
+    cfg = load_study(args.preset or default_preset, args.config, overrides, validate=False)
+    return cfg.validate(require_data=not getattr(args, "dry_run", False))
 
 
 def main(

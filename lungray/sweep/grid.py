@@ -46,10 +46,10 @@ def trial_uid(trial: TrialConfig, lr_sampled: bool = False) -> str:
     import hashlib
     import re
 
-    key = trial_key(trial.model.key, trial.train_size, trial.optimizer.key, trial.seed)
+    key = trial_key(trial.arm, trial.train_size, trial.optimizer.key, trial.seed)
     if lr_sampled:
         key += f"|lr={trial.optimizer.lr:.6g}"
-    slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{trial.model.key}_n{trial.train_size}_{trial.optimizer.key}_s{trial.seed}").strip("-")
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{trial.arm}_n{trial.train_size}_{trial.optimizer.key}_s{trial.seed}").strip("-")
     if lr_sampled:
         slug += f"_lr{trial.optimizer.lr:.3g}"
     return f"{slug[:80]}-{hashlib.sha1(key.encode()).hexdigest()[:6]}"
@@ -58,7 +58,7 @@ def trial_uid(trial: TrialConfig, lr_sampled: bool = False) -> str:
 def trial_lookup(cfg: StudyConfig) -> dict[str, TrialConfig]:
     """``trial_key(...) -> TrialConfig`` for every trial of the grid."""
     return {
-        trial_key(t.model.key, t.train_size, t.optimizer.key, t.seed): t for t in cfg.trials()
+        trial_key(t.arm, t.train_size, t.optimizer.key, t.seed): t for t in cfg.trials()
     }
 
 
@@ -66,10 +66,11 @@ def param_space_axes(cfg: StudyConfig) -> dict[str, list[Any]]:
     """The values of each grid axis, as Ray Tune ``grid_search`` lists.
 
     Model and optimizer axes hold their ``key`` (label), so Tune's trial table and the trial
-    directory names show ``resnet50[layer3+4]`` rather than an opaque index.
+    directory names show ``resnet50[layer3+4]`` rather than an opaque index. With several
+    ``variants`` the model axis holds the arms (``alexnet@clahe``: model x variant).
     """
     return {
-        "model": [m.key for m in cfg.models],
+        "model": list(dict.fromkeys(t.arm for t in cfg.trials())),
         "train_size": [int(n) for n in cfg.sizes],
         "optimizer": [o.key for o in cfg.optimizers],
         "seed": [int(s) for s in cfg.seeds],
@@ -147,7 +148,7 @@ def lr_search_spec(cfg: StudyConfig) -> Optional[LrSearch]:
 def n_trials(cfg: StudyConfig) -> int:
     """Number of trials Tune will run (grid size x learning-rate samples)."""
     spec = lr_search_spec(cfg)
-    grid = len(cfg.models) * len(cfg.sizes) * len(cfg.optimizers) * len(cfg.seeds)
+    grid = len(cfg.models) * len(cfg.variants) * len(cfg.sizes) * len(cfg.optimizers) * len(cfg.seeds)
     return grid * (spec.samples if spec else 1)
 
 
@@ -394,16 +395,24 @@ def preflight(cfg: StudyConfig, cluster: ClusterSpec, n_total: Optional[int] = N
 
 
 def grid_rows(cfg: StudyConfig) -> list[dict[str, Any]]:
-    """One row per trial: grid coordinates and the resolved budget (batch, epochs, steps)."""
+    """One row per trial: grid coordinates and the resolved budget (batch, epochs, steps).
+
+    A size of ``all`` not yet resolved against a dataset shows ``?`` for its budget.
+    """
+    from lungray.config import is_pool_size
+
     rows = []
     for i, t in enumerate(cfg.trials()):
-        bs, ep = cfg.schedule.resolve(t.train_size)
-        bs_eff = min(bs, t.train_size)
-        steps = math.ceil(t.train_size / bs_eff) * ep
+        if is_pool_size(t.train_size):
+            bs_eff, ep, steps = "?", "?", "?"
+        else:
+            bs, ep = cfg.schedule.resolve(t.train_size)
+            bs_eff = min(bs, t.train_size)
+            steps = math.ceil(t.train_size / bs_eff) * ep
         rows.append(
             {
                 "#": i,
-                "model": t.model.key,
+                "model": t.arm,
                 "train_size": t.train_size,
                 "optimizer": t.optimizer.key,
                 "lr": t.optimizer.lr,
@@ -443,12 +452,24 @@ def _is_num(s: str) -> bool:
         return False
 
 
-def dry_run_text(cfg: StudyConfig, pre: Optional[Preflight], cluster: Optional[ClusterSpec] = None, error: Optional[str] = None) -> str:
-    """What ``--dry-run`` prints: grid size, the trial table, resources and the cluster."""
+def dry_run_text(
+    cfg: StudyConfig,
+    pre: Optional[Preflight],
+    cluster: Optional[ClusterSpec] = None,
+    error: Optional[str] = None,
+    checks: Sequence[str] = (),
+) -> str:
+    """What ``--dry-run`` prints: grid size, the trial table, resources and the cluster.
+
+    ``error`` is what the preflight would refuse a real run for on this cluster (printed as
+    what the cluster lacks: a dry run of a GPU study on a CPU laptop still shows its grid);
+    ``checks`` are further lines (training sizes against the dataset, missing weights).
+    """
     spec = lr_search_spec(cfg)
     n = n_trials(cfg)
+    variants = f" x {len(cfg.variants)} variant(s)" if len(cfg.variants) > 1 else ""
     head = (
-        f"study '{cfg.name}': {len(cfg.models)} model(s) x {len(cfg.sizes)} size(s) x "
+        f"study '{cfg.name}': {len(cfg.models)} model(s){variants} x {len(cfg.sizes)} size(s) x "
         f"{len(cfg.optimizers)} optimizer(s) x {len(cfg.seeds)} seed(s)"
     )
     if spec:
@@ -465,5 +486,7 @@ def dry_run_text(cfg: StudyConfig, pre: Optional[Preflight], cluster: Optional[C
         lines.append(f"max concurrent trials: {pre.max_concurrent_trials} (capacity {pre.capacity})")
         lines.extend(f"note: {n}" for n in pre.notes)
     if error:
-        lines.append(f"preflight: REFUSED: {error}")
+        lines.append(f"cluster lacks: {error}")
+        lines.append("preflight: a real run would be refused on this cluster (a dry run only reports it)")
+    lines.extend(checks)
     return "\n".join(lines)

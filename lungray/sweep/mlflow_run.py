@@ -320,11 +320,12 @@ def trial_tags(trial, trial_id: str, parent_run_id: str) -> dict[str, str]:
         T.TRIAL_ID: trial_id,
         T.PARENT: parent_run_id,
         T.STUDY: trial.study,
-        T.AXIS_TAGS["model"]: trial.model.key,
+        T.AXIS_TAGS["model"]: trial.arm,  # the model key, @variant when the study has variants
         T.AXIS_TAGS["train_size"]: str(trial.train_size),
         T.AXIS_TAGS["optimizer"]: trial.optimizer.key,
         T.AXIS_TAGS["seed"]: str(trial.seed),
         T.CELL: trial.cell,
+        **({"lungray.variant": trial.variant.key} if trial.variant.key else {}),
     }
 
 
@@ -332,11 +333,13 @@ def trial_params(trial) -> dict[str, Any]:
     """The grid axes plus the flattened trial config, with the schedule resolved for this size."""
     bs, ep = trial.schedule.resolve(trial.train_size)
     params: dict[str, Any] = {
-        "model": trial.model.key,
+        "model": trial.arm,
         "train_size": trial.train_size,
         "optimizer": trial.optimizer.key,
         "seed": trial.seed,
     }
+    if trial.variant.key:
+        params["variant"] = trial.variant.key
     d = trial.to_dict()
     for k in ("study", "train_size", "seed"):
         d.pop(k, None)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from lungray import tracking as T
-from lungray.config import StudyConfig, dump_yaml, from_dict
+from lungray.config import StudyConfig, dump_yaml, from_dict, is_pool_size
 from lungray.errors import ConfigError
 from lungray.sweep import grid as G
 from lungray.sweep.progress import format_summary, make_callback, summary_table
@@ -57,10 +57,12 @@ class SweepResult:
     n_errors: int = 0
     data: Any = None  # PreparedData
     notes: list[str] = field(default_factory=list)
+    report_error: Optional[str] = None  # one line when the report failed or has failed parts
 
     @property
     def ok(self) -> bool:
-        return self.n_errors == 0
+        """Every trial finished and the report (when built) has no failed part."""
+        return self.n_errors == 0 and self.report_error is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,7 +230,7 @@ def run_study(
         Run :meth:`StudyConfig.validate` (registry names, ranges) first.
     """
     if validate:
-        cfg.validate()
+        cfg.validate(require_data=not dry_run)
     spec = G.lr_search_spec(cfg)
     total = G.n_trials(cfg)
 
@@ -237,19 +239,34 @@ def run_study(
 
     state: Optional[dict] = None
     if resume_dir is not None:
-        state = check_resume(cfg, resume_dir)
+        # a size of 'all' is only known once the data is prepared: check the grid then
+        state = None if cfg.pool_sizes else check_resume(cfg, resume_dir)
         exp_dir = Path(resume_dir).resolve()
     else:
         exp_dir = new_experiment_dir(cfg)
 
     # 1. data: every data problem surfaces here, before Ray, MLflow or any trial
+    counts = [n for n in cfg.sizes if not is_pool_size(n)]
     if data is None:
         from lungray.data.prepare import prepare_data
 
         echo(f"preparing data ({cfg.data.source}) ...")
-        data = prepare_data(cfg.data, output_dir=cfg.output_dir, sizes=cfg.sizes, seeds=cfg.seeds, progress=verbose)
-    else:
-        _check_sizes_against_pool(data, cfg)
+        data = prepare_data(cfg.data, output_dir=cfg.output_dir, sizes=counts, seeds=cfg.seeds, progress=verbose,
+                            echo=echo, preprocess_variants=[v.preprocess for v in cfg.variants if v.preprocess])
+    if cfg.pool_sizes:
+        cfg = cfg.with_pool_size(len(data.pool_idx))
+        echo(f"training size 'all' = {len(data.pool_idx)} images (the whole training pool)")
+        total = G.n_trials(cfg)
+        if resume_dir is not None:
+            state = check_resume(cfg, resume_dir)
+    _check_sizes_against_pool(data, cfg)
+    # pretrained weights: fetched once here, so a cluster that cannot get them stops now, not in every trial
+    from lungray.models.weights import fetch_weights
+
+    for m in cfg.models:
+        st = fetch_weights(m)
+        if st is not None and verbose:
+            echo(st.line())
     if state is not None and state.get("dataset_fingerprint") not in (None, data.fingerprint):
         raise ConfigError(
             f"--resume {exp_dir}: the prepared dataset changed (fingerprint {state.get('dataset_fingerprint')} -> "
@@ -363,10 +380,10 @@ def run_study(
         if len(over):
             what = "Ray Train start-up, MLflow outputs, teardown" if ctx.use_ray_train else "set-up, MLflow outputs"
             echo(f"per-trial overhead ({what}; not training or evaluating): mean {over.mean():.1f}s, max {over.max():.1f}s")
-        report_path = None
+        report_path = report_error = None
         want_report = cfg.report if report is None else report
         if want_report and not interrupted:
-            report_path = _build_report(tracking_uri, experiment, parent_run_id, exp_dir, cfg.tracking.gradcam, echo)
+            report_path, report_error = _build_report(tracking_uri, experiment, parent_run_id, exp_dir, cfg.tracking.gradcam, echo)
         M.log_json_artifacts(M.client(tracking_uri), parent_run_id, {"trials.csv": trials_df.to_csv(index=False), "summary.csv": summary.to_csv()})
         if interrupted:
             M.finish_run(tracking_uri, parent_run_id, "KILLED")
@@ -386,6 +403,7 @@ def run_study(
             report_path=report_path,
             n_errors=n_errors,
             data=data,
+            report_error=report_error,
         )
     finally:
         if started_ray:
@@ -428,6 +446,35 @@ def _data_line(data: Any) -> str:
 
 
 def _dry_run(cfg: StudyConfig, address: Optional[str], autoscaling_config: Optional[str], echo) -> SweepResult:
+    """Print the grid, what a trial needs and what the cluster lacks; check sizes and weights.
+
+    Never refuses for the cluster (a GPU study planned on a CPU laptop still shows its grid);
+    training sizes the dataset cannot supply (with ``--data``) are an error after the grid.
+    """
+    from lungray.sweep.checks import dataset_checks, weights_checks
+
+    data_lines, problems, n_pool = dataset_checks(cfg)
+    if n_pool is not None and cfg.pool_sizes:
+        cfg = cfg.with_pool_size(n_pool)
+    checks = data_lines + weights_checks(cfg)
+    cluster = _dry_run_cluster(address, autoscaling_config)
+    error = None
+    try:
+        pre: Optional[G.Preflight] = G.preflight(cfg, cluster)
+    except ConfigError as e:
+        pre, error = None, str(e)
+    echo(G.dry_run_text(cfg, pre, cluster, error=error, checks=checks))
+    if problems:
+        from lungray.errors import DataError
+
+        raise DataError(problems[0] + (f" (+{len(problems) - 1} more above)" if len(problems) > 1 else ""))
+    import pandas as pd
+
+    return SweepResult(experiment_dir=None, config=cfg, preflight=pre, trials=pd.DataFrame(G.grid_rows(cfg)), dry_run=True,
+                       notes=[f"cluster lacks: {error}"] if error else [])
+
+
+def _dry_run_cluster(address: Optional[str], autoscaling_config: Optional[str]) -> G.ClusterSpec:
     from lungray.sweep.cluster import cluster_spec, init_ray, local_cluster_spec, resolve_address
 
     if resolve_address(address) is not None:
@@ -446,15 +493,7 @@ def _dry_run(cfg: StudyConfig, address: Optional[str], autoscaling_config: Optio
         p = autoscaling_config_path(autoscaling_config)
         if p is not None:
             cluster = cluster.with_autoscaling(_load_yaml(p))
-    try:
-        pre = G.preflight(cfg, cluster)
-    except ConfigError as e:
-        echo(G.dry_run_text(cfg, None, cluster, error=str(e)))
-        raise
-    echo(G.dry_run_text(cfg, pre))
-    import pandas as pd
-
-    return SweepResult(experiment_dir=None, config=cfg, preflight=pre, trials=pd.DataFrame(G.grid_rows(cfg)), dry_run=True)
+    return cluster
 
 
 def _count_done(exp_dir: Path) -> int:
@@ -591,18 +630,29 @@ def _trial_id_of(res: Any, lookup: Optional[Mapping[str, Any]] = None) -> str:
     return str(m.get("trial_id") or Path(str(getattr(res, "path", "") or "")).name)
 
 
-def _build_report(tracking_uri: str, experiment: str, parent_run_id: str, exp_dir: Path, gradcam: bool, echo) -> Optional[Path]:
-    """Build the HTML report and log it to the parent run; a failure is one warning line."""
+def _build_report(tracking_uri: str, experiment: str, parent_run_id: str, exp_dir: Path, gradcam: bool, echo) -> tuple[Optional[Path], Optional[str]]:
+    """Build the HTML report and log it to the parent run: ``(path, failure line or None)``.
+
+    A report written with failed parts (red boxes) still returns its path, with the one-line
+    failure; a report that could not be built at all returns no path and the warning line.
+    """
+    from lungray.report.build import ReportIncomplete
+    from lungray.sweep import mlflow_run as M
+
     try:
         from lungray.report import build_report
 
-        path = Path(build_report(tracking_uri=tracking_uri, experiment=experiment, parent_run_id=parent_run_id, out_dir=str(exp_dir / "report"), gradcam=gradcam))
-        from lungray.sweep import mlflow_run as M
-
+        try:
+            path, failure = Path(build_report(tracking_uri=tracking_uri, experiment=experiment, parent_run_id=parent_run_id, out_dir=str(exp_dir / "report"), gradcam=gradcam)), None
+        except ReportIncomplete as e:
+            path, failure = e.path, str(e)
         M.retry(lambda: M.client(tracking_uri).log_artifacts(parent_run_id, str(path.parent), "report"))
         echo(f"report: {path}")
-        return path
+        if failure:
+            echo(f"error: {failure}")
+        return path, failure
     except Exception as e:  # noqa: BLE001 - the sweep's results must never be lost to the report
-        echo(f"warning: the report could not be built ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
-             f"rebuild it with: lungray report --tracking-uri {tracking_uri} --run-id {parent_run_id}")
-        return None
+        line = (f"the report could not be built ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+                f"rebuild it with: lungray report --tracking-uri {tracking_uri} --run-id {parent_run_id}")
+        echo(f"error: {line}")
+        return None, line

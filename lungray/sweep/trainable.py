@@ -442,7 +442,7 @@ def write_trial_outputs(ctx: SweepContext, trial: TrialConfig, trial_id: str, re
         "trial_id": trial_id,
         "trial": trial.name,
         "cell": trial.cell,
-        "model": trial.model.key,
+        "model": trial.arm,
         "train_size": trial.train_size,
         "optimizer": trial.optimizer.key,
         "seed": trial.seed,

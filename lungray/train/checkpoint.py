@@ -113,13 +113,17 @@ def load_state(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
+def _stat(v: Any) -> Any:
+    return [float(x) for x in v] if isinstance(v, (list, tuple)) else float(v)
+
+
 def write_best(
     path: str | os.PathLike,
     *,
     model_state: dict[str, Any],
     class_names: list[str],
     trial: dict[str, Any],
-    norm: tuple[float, float],
+    norm: tuple[Any, Any],
     epoch: int,
 ) -> Path:
     """``best.pt`` in the :mod:`lungray.tracking` format (the report's Grad-CAM reads it)."""
@@ -129,7 +133,7 @@ def write_best(
             "model": {k: v.detach().cpu() for k, v in model_state.items()},
             "class_names": list(class_names),
             "trial": trial,
-            "norm": [float(norm[0]), float(norm[1])],
+            "norm": [_stat(norm[0]), _stat(norm[1])],  # floats, or one per channel (repeat3 models)
             "epoch": int(epoch),
         },
         p,

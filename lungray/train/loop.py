@@ -219,7 +219,7 @@ def run_trial(
     prev = configure_backends(device, trial.train.deterministic)
     ctx = _Context(
         trial=trial,
-        data=data,
+        data=data.for_preprocess(trial.variant.preprocess),  # a variant's cache: same rows and splits
         task=TASKS.get(trial.train.task).for_trial(trial),
         workdir=Path(workdir),
         device=device,
@@ -308,8 +308,8 @@ class _SetUp:
     val_idx: np.ndarray
     targets: np.ndarray  # training targets (class weights, samplers, full-batch fits)
     class_names: list[str]
-    mean: float
-    std: float
+    mean: Any  # a float, or one per input channel (repeat3 models: ImageNet's three)
+    std: Any
     train_ds: Any
     val_ds: Any
     batch_size: int
@@ -322,8 +322,8 @@ class _SetUp:
         return len(self.class_names)
 
     @property
-    def norm(self) -> tuple[float, float]:
-        return float(self.mean), float(self.std)
+    def norm(self) -> tuple[Any, Any]:
+        return _stat(self.mean), _stat(self.std)
 
 
 @dataclass
@@ -391,6 +391,7 @@ def _run(
 def _set_up(ctx: _Context) -> _SetUp:
     """Subset, budget, normalisation and the training/validation datasets (no model yet)."""
     from lungray.data.augment import normalization_stats
+    from lungray.models import input_channels
     from lungray.train.device import seed_everything
 
     trial, data, task = ctx.trial, ctx.data, ctx.task
@@ -409,7 +410,8 @@ def _set_up(ctx: _Context) -> _SetUp:
             f"schedule gives {epochs} epochs at training size {n_train}: zero optimisation steps; "
             "set schedule.epochs (or size_rules/max_steps) >= 1"
         )
-    mean, std = normalization_stats(tc.normalization, data)
+    # repeat3 models get 3 channels, each normalised with its own statistics (ImageNet's three)
+    mean, std = normalization_stats(tc.normalization, data, input_channels(trial.model), fixed=(tc.norm_mean, tc.norm_std))
     val_idx = np.asarray(data.val_idx, dtype=np.int64)
     return _SetUp(
         train_idx=train_idx,
@@ -429,8 +431,8 @@ def _set_up(ctx: _Context) -> _SetUp:
             "epochs": int(epochs),
             "steps_per_epoch": int(steps_per_epoch),
             "drop_last": bool(drop_last),
-            "norm_mean": float(mean),
-            "norm_std": float(std),
+            "norm_mean": _stat(mean),
+            "norm_std": _stat(std),
             "device": str(ctx.device),
             "amp": str(ctx.dtype).replace("torch.", "") if ctx.dtype is not None else "off",
             "world_size": ctx.world,
@@ -444,7 +446,7 @@ def _build_model(ctx: _Context, setup: _SetUp) -> _Model:
     A model whose spec says ``full_batch`` is fitted once on the whole training set: one
     "epoch", no optimizer, no scheduler.
     """
-    from lungray.models import model_spec
+    from lungray.models import input_channels, model_spec
     from lungray.train.device import make_scaler, seed_everything, to_channels_last
     from lungray.train.optim import build_optimizer, build_scheduler
 
@@ -458,7 +460,8 @@ def _build_model(ctx: _Context, setup: _SetUp) -> _Model:
                 build_kwargs = spec.prepare(data, trial, device=ctx.device, mean=setup.norm[0], std=setup.norm[1])
             _barrier(ctx.world)
     seed_everything(trial.seed)  # weight init independent of what ran before (e.g. AE pretraining)
-    net = ctx.task.build_model(trial, setup.class_names, in_chans=1, resolution=data.resolution, **build_kwargs)
+    net = ctx.task.build_model(trial, setup.class_names, in_chans=input_channels(trial.model), resolution=data.resolution,
+                               **build_kwargs)
     net = to_channels_last(net.to(ctx.device), ctx.channels_last)
     full_batch = spec is not None and spec.full_batch
     if full_batch:
@@ -476,7 +479,7 @@ def _build_model(ctx: _Context, setup: _SetUp) -> _Model:
     optimizer = scheduler = None
     if not full_batch:
         optimizer = build_optimizer(net, trial.optimizer)
-        scheduler = build_scheduler(optimizer, trial.optimizer, setup.epochs)
+        scheduler = build_scheduler(optimizer, trial.optimizer, setup.epochs, steps_per_epoch=setup.resolved["steps_per_epoch"])
     return _Model(net, full_batch, criterion, sampler, optimizer, scheduler, make_scaler(ctx.device, ctx.dtype))
 
 
@@ -649,12 +652,12 @@ def _train_epoch(ctx: _Context, setup: _SetUp, m: _Model, loader: Any, epoch: in
             clip_gradients(params, grad_clip)
         m.scaler.step(m.optimizer)
         m.scaler.update()
+        m.scheduler.step()  # per optimisation step: epoch schedules count steps_per_epoch (optim.py)
         bs = int(y.shape[0])
         loss_sum_t += loss.detach().double() * bs
         for key, v in ctx.task.batch_stats(logits, y).items():
             sums[key] = sums[key] + v if key in sums else v
         seen += bs
-    m.scheduler.step()
     return ctx.task.epoch_stats(float(loss_sum_t), sums, seen)
 
 
@@ -754,3 +757,8 @@ def _final_evaluation(ctx: _Context, setup: _SetUp, m: _Model, f: _Fitted) -> Tr
         checkpoint_dir=str(f.last_ckpt) if f.last_ckpt is not None else None,
         resolved=setup.resolved,
     )
+
+
+def _stat(v: Any) -> Any:
+    """A normalisation statistic as JSON-able numbers: a float, or a list per channel."""
+    return float(v) if np.ndim(v) == 0 else [float(x) for x in v]

@@ -2,9 +2,17 @@
 
 Both registries must stay importable without torch (:func:`lungray.validate.validate_study`
 checks names against them before anything heavy loads), so optimizer factories import torch inside
-and schedules are pure functions ``factor(epoch, cfg, epochs) -> float`` (the multiplier of the
-base learning rate during 0-based ``epoch``), wrapped in a ``LambdaLR`` only when a trial runs.
-Pure schedules are also what makes them testable with exact numbers.
+and schedules are pure functions ``factor(epoch, cfg, epochs, iteration) -> float`` (the
+multiplier of the base learning rate during 0-based ``epoch``, at 0-based optimisation step
+``iteration``), wrapped in a ``LambdaLR`` only when a trial runs. The ``LambdaLR`` is stepped
+after every optimisation step (``build_scheduler(..., steps_per_epoch)``): epoch schedules read
+``iteration // steps_per_epoch``, Keras' inverse-time decay reads the step itself. Pure
+schedules are also what makes them testable with exact numbers.
+
+``inverse_time`` is Keras' legacy ``decay`` argument (Adam(lr=INIT_LR, decay=INIT_LR / EPOCHS)
+in the Grad-CAM study, PROTOCOLS.md section 2): ``lr_t = lr0 / (1 + decay * t)`` with ``t``
+the number of optimisation steps taken so far, i.e. per *iteration*, not per epoch;
+``optimizer.decay`` defaults to ``lr / epochs``.
 
 Defaults come from the studies (``shared/PROTOCOLS.md``): SGD with momentum 0.9 and weight
 decay 0.01 plus StepLR(10, 0.1) is the RSNA study's recipe (section 3) and the 4-class study's
@@ -79,6 +87,8 @@ def check_optimizer_config(cfg: OptimizerConfig, where: str = "optimizer") -> No
         raise ConfigError(f"{where}.weight_decay must be >= 0, got {cfg.weight_decay}")
     if cfg.scheduler == "step" and cfg.step_size < 1:
         raise ConfigError(f"{where}.step_size must be >= 1, got {cfg.step_size}")
+    if cfg.decay is not None and cfg.decay < 0:
+        raise ConfigError(f"{where}.decay must be >= 0 or null (lr / epochs), got {cfg.decay}")
     if cfg.grad_clip is not None and not cfg.grad_clip > 0:
         raise ConfigError(f"{where}.grad_clip must be > 0 or null, got {cfg.grad_clip}")
 
@@ -89,19 +99,19 @@ def check_optimizer_config(cfg: OptimizerConfig, where: str = "optimizer") -> No
 
 
 @SCHEDULERS.register("none")
-def _constant(epoch: int, cfg: OptimizerConfig, epochs: int) -> float:
+def _constant(epoch: int, cfg: OptimizerConfig, epochs: int, iteration: int = 0) -> float:
     """Constant learning rate."""
     return 1.0
 
 
 @SCHEDULERS.register("step")
-def _step(epoch: int, cfg: OptimizerConfig, epochs: int) -> float:
+def _step(epoch: int, cfg: OptimizerConfig, epochs: int, iteration: int = 0) -> float:
     """Multiply by ``gamma`` every ``step_size`` epochs (StepLR; RSNA study: 10, 0.1)."""
     return float(cfg.gamma ** (epoch // cfg.step_size))
 
 
 @SCHEDULERS.register("cosine")
-def _cosine(epoch: int, cfg: OptimizerConfig, epochs: int) -> float:
+def _cosine(epoch: int, cfg: OptimizerConfig, epochs: int, iteration: int = 0) -> float:
     """Half-cosine from the base rate towards 0 over the epochs after warm-up."""
     w = max(0, cfg.warmup_epochs)
     span = max(1, epochs - w)
@@ -109,44 +119,69 @@ def _cosine(epoch: int, cfg: OptimizerConfig, epochs: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * t / span))
 
 
-def lr_factor(epoch: int, cfg: OptimizerConfig, epochs: int) -> float:
-    """The multiplier of ``cfg.lr`` during 0-based ``epoch``: linear warm-up, then the schedule.
+def keras_decay(cfg: OptimizerConfig, epochs: int) -> float:
+    """``optimizer.decay``, or ``lr / epochs`` (the Grad-CAM study's ``INIT_LR / EPOCHS``)."""
+    return float(cfg.decay) if cfg.decay is not None else float(cfg.lr) / max(1, int(epochs))
+
+
+@SCHEDULERS.register("inverse_time")
+def _inverse_time(epoch: int, cfg: OptimizerConfig, epochs: int, iteration: int = 0) -> float:
+    """Keras' ``decay``: lr0 / (1 + decay * steps so far), per iteration (Grad-CAM study, section 2)."""
+    return 1.0 / (1.0 + keras_decay(cfg, epochs) * int(iteration))
+
+
+def lr_factor(epoch: int, cfg: OptimizerConfig, epochs: int, iteration: int | None = None) -> float:
+    """The multiplier of ``cfg.lr`` during 0-based ``epoch`` (at 0-based step ``iteration``,
+    default: ``epoch``, i.e. one step per epoch): linear warm-up, then the schedule.
 
     Warm-up (``warmup_epochs`` = W > 0) ramps linearly ``1/(W+1), 2/(W+1), ...`` over the first
     W epochs so the first step is never taken at the full rate on random heads; after it the
     named schedule runs (for ``cosine``, counted from the end of warm-up).
+
+    >>> cfg = OptimizerConfig(lr=1e-3, scheduler="inverse_time")  # decay = 1e-3 / 15
+    >>> round(1 / lr_factor(0, cfg, 15, iteration=150), 6)  # 1 + 150 * 1e-3 / 15
+    1.01
     """
-    base = SCHEDULERS.get(cfg.scheduler)(epoch, cfg, epochs)
+    it = epoch if iteration is None else iteration
+    base = SCHEDULERS.get(cfg.scheduler)(epoch, cfg, epochs, it)
     w = cfg.warmup_epochs
     if w > 0 and epoch < w:
         return base * (epoch + 1) / (w + 1)
     return base
 
 
-class _EpochFactor:
+class _StepFactor:
     """Picklable LambdaLR callable holding only primitives, so the scheduler's ``state_dict``
-    loads with ``torch.load(weights_only=True)``."""
+    loads with ``torch.load(weights_only=True)``. Called with the number of steps taken."""
 
-    def __init__(self, cfg: OptimizerConfig, epochs: int):
+    def __init__(self, cfg: OptimizerConfig, epochs: int, steps_per_epoch: int = 1):
         self.scheduler = cfg.scheduler
+        self.lr = float(cfg.lr)
+        self.decay = None if cfg.decay is None else float(cfg.decay)
         self.step_size = int(cfg.step_size)
         self.gamma = float(cfg.gamma)
         self.warmup_epochs = int(cfg.warmup_epochs)
         self.epochs = int(epochs)
+        self.steps_per_epoch = max(1, int(steps_per_epoch))
 
-    def __call__(self, epoch: int) -> float:
+    def __call__(self, iteration: int) -> float:
         cfg = OptimizerConfig(
-            scheduler=self.scheduler, step_size=self.step_size, gamma=self.gamma, warmup_epochs=self.warmup_epochs
+            lr=self.lr, decay=self.decay, scheduler=self.scheduler, step_size=self.step_size, gamma=self.gamma,
+            warmup_epochs=self.warmup_epochs,
         )
-        return lr_factor(epoch, cfg, self.epochs)
+        return lr_factor(iteration // self.steps_per_epoch, cfg, self.epochs, iteration=iteration)
 
 
-def build_scheduler(optimizer: Any, cfg: OptimizerConfig, epochs: int):
-    """A ``LambdaLR`` stepped once per epoch (after the epoch's optimisation steps)."""
+def build_scheduler(optimizer: Any, cfg: OptimizerConfig, epochs: int, steps_per_epoch: int = 1):
+    """A ``LambdaLR`` to step after every optimisation step (``steps_per_epoch`` per epoch).
+
+    With the default ``steps_per_epoch=1`` it is stepped once per epoch instead (one "step" per
+    epoch: the epoch schedules are unchanged; ``inverse_time`` then decays per epoch).
+    """
     import torch
 
     SCHEDULERS.check(cfg.scheduler)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=_EpochFactor(cfg, epochs))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=_StepFactor(cfg, epochs, steps_per_epoch))
 
 
 def clip_gradients(parameters: Iterable[Any], max_norm: float | None) -> float | None:
