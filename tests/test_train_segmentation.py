@@ -269,3 +269,15 @@ def test_data_without_masks_fails_in_one_line_before_training(prepared_phantom, 
     cfg = load_study("segmentation_smoke", overrides=[f"output_dir={tmp_path / 'out'}", "sizes=[20]"])
     with pytest.raises(ConfigError, match=pattern):  # the sweep: before Ray, MLflow or a trial
         run_study(cfg, data=data, echo=lambda s: None)
+
+
+def test_unet_encoder_weights_follow_the_classifiers_offline_rules():
+    """``unet:<enc>`` with ``pretrained: true`` loads timm's ``<enc>`` weights: the sweep fetches
+    and the dry run checks the same cache entry as for the classifier ``<enc>``."""
+    from lungray.models.weights import weights_status
+
+    st = weights_status(ModelConfig(name="unet:resnet18", pretrained=True))
+    ref = weights_status(ModelConfig(name="resnet18", pretrained=True))
+    assert (st.source, st.location, st.cached) == (ref.source, ref.location, ref.cached)
+    assert st.model == "unet:resnet18"
+    assert weights_status(ModelConfig(name="unet_keras")) is None  # trained from scratch
