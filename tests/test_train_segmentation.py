@@ -281,3 +281,21 @@ def test_unet_encoder_weights_follow_the_classifiers_offline_rules():
     assert (st.source, st.location, st.cached) == (ref.source, ref.location, ref.cached)
     assert st.model == "unet:resnet18"
     assert weights_status(ModelConfig(name="unet_keras")) is None  # trained from scratch
+
+
+def test_report_per_image_scores_by_hand():
+    """What the report's intervals, paired tests and fits average for a segmentation metric."""
+    import pandas as pd
+
+    from lungray.report.tables import _aligned_scores, per_image_scores
+
+    f = pd.DataFrame({"image_id": ["c", "a", "b", "d"], "y_true": [1, 0, 1, 255],
+                      "dice": [0.5, 1.0, 0.25, np.nan], "iou": [1 / 3, 1.0, 1 / 7, np.nan]})
+    ids, s = per_image_scores(f, (), "dice_pos")
+    assert ids.tolist() == ["c", "b"] and s.tolist() == [0.5, 0.25]  # images with a finding
+    ids, s = per_image_scores(f, (), "iou_all")
+    assert ids.tolist() == ["c", "a", "b"] and s == pytest.approx([1 / 3, 1.0, 1 / 7])  # known masks
+    g = f.assign(dice=[0.7, 1.0, 0.1, np.nan])
+    np.testing.assert_allclose(_aligned_scores(["r1", "r2"], {"r1": f, "r2": g}, "dice_pos"), [[0.25, 0.5], [0.1, 0.7]])
+    with pytest.raises(ValueError, match="no per-image score for metric 'miou_global'"):
+        per_image_scores(f, (), "miou_global")

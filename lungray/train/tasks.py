@@ -13,26 +13,28 @@ early stopping; everything that depends on WHAT is predicted comes from the tria
                              device and reads them once per epoch: a per-step ``float()`` is a
                              host sync that stalls a GPU's launch queue)
 ``epoch_stats(...)``         the epoch's training row (``train_loss``, ``train_accuracy``)
-``outputs(logits)``          what inference keeps per image (softmax probabilities)
+``outputs(logits)``          probabilities from logits (softmax; one sigmoid channel: sigmoid)
+``evaluate_batch(out, y)``   what inference keeps per image, on the device (classification: the
+                             probabilities and labels; segmentation: pixel confusions, a
+                             detection score and the loss's sums, never the probability maps)
 ``val_metrics(y, out)``      the per-epoch validation metrics; ``monitors`` names those that
                              ``schedule.monitor`` may pick, each with "min" or "max"
 ``report(y, out, names)``    the final held-out report: flat metrics, per-class table, confusion
 ``predictions_frame(...)``   one row per evaluation image (the report's paired statistics)
 ``report_spec``              what the report and MLflow read: the primary metric of learning
                              curves, headline and per-class metric names, per-epoch metrics
+``check_model``/``check``    config-time checks (which models the task takes; e.g. masks needed)
+``check_data(data)``         prepared-data checks before any training (segmentation: masks)
+``build_model(...)``         the network (classifiers; segmentation: a U-Net with K or 1 outputs)
+``for_trial(trial)``         the task as a trial configures it (``train.loss``)
 ==========================  ==================================================================
 
-How a new task plugs in (``segmentation``, issue 10): subclass :class:`Task` and register an
-instance in :data:`TASKS`. Its ``dataset`` yields ``(image [1,H,W], mask [H,W] int64, row)``
-with one geometric transform applied to both (``target_kind = "mask"``); the model returns
-logits ``[B,K,H,W]`` (``outputs`` keeps ``softmax(logits, 1)``, the same call);
-``criterion`` is Dice or Dice + CE; ``batch_stats`` sums per-image Dice/IoU on the device;
-``val_metrics`` gives ``val_dice``/``val_iou``/``val_loss`` with their directions in
-``monitors``; ``report`` gives per-image Dice/IoU (positive images and all images separately)
-plus image-level detection AUC; ``predictions_frame`` one row per image with its scores; and
-``report_spec`` names ``dice`` as the primary metric and no Grad-CAM. The loop, the sweep and
-the checkpoint format need no change. ``train.task`` and ``schedule.monitor`` are validated
-against this registry at config time (:mod:`lungray.validate`).
+Two tasks are registered: ``classification`` and ``segmentation`` (issue 10,
+:class:`SegmentationTask`: masks, U-Nets, Dice losses, per-image Dice/IoU). A new task subclasses
+:class:`Task` and registers an instance in :data:`TASKS`; the loop, the sweep, the checkpoint
+format and the MLflow schema need no change, and the report reads its ``report_spec``.
+``train.task``, ``train.loss`` and ``schedule.monitor`` are validated against this registry at
+config time (:mod:`lungray.validate`).
 
 Importing this module is cheap (no torch): config validation reads the registry.
 """
