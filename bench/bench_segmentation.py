@@ -16,7 +16,7 @@ As ``bench_trial.py``: steady-state images/s from epoch-end stamps (median over 
 epoch 1 warms up, epoch E runs the only validation), variants interleaved (A B, B A, ...) and the
 ratio is the median of per-round ratios (``bench/_common.py``).
 
-Run: ``python bench/bench_segmentation.py`` (default, ~4 min on 2 CPUs) or ``--quick`` (CI smoke).
+Run: ``python bench/bench_segmentation.py`` (default, ~5 min on 2 CPUs) or ``--quick`` (CI smoke).
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--width", type=int, default=16, help="decoder width w: channels 16w..w (smp's default: 16)")
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--n-train", type=int, default=96, help="training images per epoch")
+    p.add_argument("--n-train", type=int, default=64, help="training images per epoch")
     p.add_argument("--epochs", type=int, default=5, help=">= 4: epochs 2..E-1 are timed")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (5: a loaded 2-CPU machine swings 20 %% between rounds)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads in every variant")
     p.add_argument("--out", default=None, help="work folder (default: a temp dir, removed at the end)")
     a = p.parse_args(argv)
