@@ -40,6 +40,7 @@ from lungray.metrics import roc_auc_binary
 __all__ = [
     "image_confusion",
     "overlap_from_confusion",
+    "overlap_ratios",
     "per_image_dice",
     "per_image_iou",
     "masks_from_probs",
@@ -101,6 +102,13 @@ def _ratio(conf: np.ndarray, dice: bool) -> np.ndarray:
     np.divide(num, den, out=out, where=den > 0)
     out[np.asarray(conf).sum(axis=(1, 2)) == 0] = np.nan  # no valid pixel: unknown
     return out
+
+
+def overlap_ratios(conf: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image, per-class ``(dice, iou)``, each ``(N, K)``, from per-image confusions ``(N, K, K)``
+    (the module conventions: empty truth and prediction 1, no valid pixel NaN)."""
+    c = np.asarray(conf, dtype=np.int64)
+    return _ratio(c, dice=True), _ratio(c, dice=False)
 
 
 def per_image_dice(pred: Any, truth: Any, num_classes: int, *, ignore_index: int = IGNORE) -> np.ndarray:
@@ -270,10 +278,21 @@ class SegmentationAccumulator:
     def update(self, pred: Any, truth: Any, scores: Optional[Any] = None) -> np.ndarray:
         """Add a batch; returns its per-image confusions ``(B, K, K)``."""
         conf = image_confusion(pred, truth, self.num_classes, ignore_index=self.ignore_index)
-        self._conf.append(conf)
+        self.add(conf, scores)
+        return conf
+
+    def add(self, conf: Any, scores: Optional[Any] = None) -> None:
+        """Add per-image confusions ``(B, K, K)`` counted elsewhere (e.g. on the GPU by the
+        segmentation task, which never brings the masks to the host)."""
+        c = np.asarray(conf)
+        k = self.num_classes
+        if c.ndim != 3 or c.shape[1:] != (k, k):
+            raise ValueError(f"per-image confusions must be (B, {k}, {k}), got shape {c.shape}")
+        if c.size and (not np.allclose(c, np.round(c)) or (c < 0).any()):
+            raise ValueError("per-image confusions must hold non-negative pixel counts")
+        self._conf.append(np.round(c).astype(np.int64))
         if scores is not None:
             self._scores.append(np.asarray(scores, dtype=np.float64).reshape(-1))
-        return conf
 
     @property
     def confusion(self) -> np.ndarray:

@@ -48,6 +48,15 @@ Metrics (:mod:`lungray.seg_metrics`, NumPy)
       ``per_image_dice(pred, truth, K)`` / ``per_image_iou`` -> (N, K-1), NaN for unknown masks.
     - Conventions: empty truth and empty prediction score 1, empty truth with a false
       positive 0; the means over positive images and over all images are reported separately.
+
+The task (:class:`lungray.train.tasks.SegmentationTask`, ``train.task: segmentation``)
+    puts these together in the training loop, the sweep and the report: ``train.loss`` picks
+    the loss (``dice`` by default); validation and the held-out evaluation keep per image the
+    pixel confusion, the detection score and :func:`lungray.train.losses.loss_stats`, counted
+    on the device; MLflow gets ``test_dice_pos`` (the primary metric), ``test_dice_all``,
+    ``test_iou_*``, ``test_miou_global``, ``test_det_*``; the report draws masks instead of
+    Grad-CAM (:mod:`lungray.report.overlays`). Presets ``segmentation`` (RSNA) and
+    ``segmentation_smoke`` (phantom); ``sweeps/segmentation_study.py``.
 """
 
 from __future__ import annotations
@@ -67,6 +76,9 @@ _WHERE = {
     "SegNet": "lungray.models.unet",
     "LOSSES": "lungray.train.losses",
     "build_loss": "lungray.train.losses",
+    "loss_stats": "lungray.train.losses",
+    "loss_from_stats": "lungray.train.losses",
+    "SegmentationTask": "lungray.train.tasks",
     "SegmentationAccumulator": "lungray.seg_metrics",
     "segmentation_report": "lungray.seg_metrics",
     "report_from_confusion": "lungray.seg_metrics",
@@ -74,6 +86,7 @@ _WHERE = {
     "per_image_iou": "lungray.seg_metrics",
     "masks_from_probs": "lungray.seg_metrics",
     "image_scores": "lungray.seg_metrics",
+    "overlap_ratios": "lungray.seg_metrics",
 }
 
 __all__ = sorted(_WHERE)

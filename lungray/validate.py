@@ -3,8 +3,11 @@
 The checks read the registries where each name lives (dataset adapters and preprocessing in
 :mod:`lungray.data`, models/heads/freeze policies in :mod:`lungray.models`, tasks and their
 monitors in :mod:`lungray.train.tasks`, optimizers and schedulers in
-:mod:`lungray.train.optim`); model- and optimizer-specific rules are the registries' own
-(:func:`lungray.models.check_model_config`, :func:`lungray.train.optim.check_optimizer_config`).
+:mod:`lungray.train.optim`); model- and optimizer-specific rules are the registries' own, and
+which models a task takes is the task's (:meth:`lungray.train.tasks.Task.check_model`:
+classifiers through :func:`lungray.models.check_model_config`, U-Nets through
+:func:`lungray.models.segmentation.check_segmentation_model_config`;
+:func:`lungray.train.optim.check_optimizer_config`).
 Those modules import :mod:`lungray.config` for its dataclasses, so the config module must not
 import them: it calls :func:`validate_study` from inside ``StudyConfig.validate``, and the import
 graph stays one-way (config <- registries <- validate).
@@ -38,7 +41,6 @@ def validate_study(cfg: StudyConfig, require_data: bool = True) -> None:
     from lungray.data.adapters import ADAPTERS
     from lungray.data.augment import AUGMENTATIONS, NORMALIZATIONS
     from lungray.data.preprocess import check_preprocessing
-    from lungray.models import FREEZE_POLICIES, HEADS, check_model_config, check_model_name
     from lungray.train.optim import check_optimizer_config
     from lungray.train.tasks import TASKS
 
@@ -59,23 +61,17 @@ def validate_study(cfg: StudyConfig, require_data: bool = True) -> None:
             f"data.path is required for data.source '{d.source}': pass --data PATH (or set data.path)"
         )
 
+    t = cfg.train
+    task = TASKS.get(t.task)  # before the models and the schedule: both are the task's
     if not cfg.models:
         raise ConfigError("models: at least one model is required")
     seen = set()
     for i, m in enumerate(cfg.models):
-        check_model_name(m.name)
-        HEADS.check(m.head)
-        FREEZE_POLICIES.check(m.freeze.split(":")[0] if m.freeze.startswith("last:") else m.freeze)
-        if m.freeze.startswith("last:"):
-            n = m.freeze.split(":", 1)[1]
-            if not n.isdigit() or int(n) < 1:
-                raise ConfigError(f"models[{i}].freeze '{m.freeze}': N in last:N must be a positive integer")
         one_of(f"models[{i}].input_mode", m.input_mode, ["in_chans1", "repeat3"])
-        one_of(f"models[{i}].stem", m.stem, ["none", "conv8_conv3"])
         if not 0 <= m.drop_rate < 1:
             raise ConfigError(f"models[{i}].drop_rate must be in [0, 1), got {m.drop_rate}")
-        # head/stem/pretrained combinations, weights path exists, the model's resolution rule
-        check_model_config(m, f"models[{i}]", resolution=d.resolution)
+        # classifiers: name, head, freeze, stem, pretrained, resolution; U-Nets: their own rules
+        task.check_model(m, f"models[{i}]", d.resolution)
         if m.key in seen:
             raise ConfigError(f"models[{i}]: two models are both called '{m.key}'; give one a label")
         seen.add(m.key)
@@ -100,8 +96,6 @@ def validate_study(cfg: StudyConfig, require_data: bool = True) -> None:
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"seeds contain duplicates: {list(cfg.seeds)}")
 
-    t = cfg.train
-    task = TASKS.get(t.task)  # before the schedule: the monitor is one of the task's metrics
     s = cfg.schedule
     one_of("schedule.rule", s.rule, ["fixed", "size", "steps"])
     if s.monitor not in task.monitors:
@@ -135,6 +129,7 @@ def validate_study(cfg: StudyConfig, require_data: bool = True) -> None:
                 "set schedule.epochs/batch_size (or size_rules/max_steps) >= 1"
             )
 
+    one_of("train.loss", t.loss, ["auto", *task.losses])
     AUGMENTATIONS.check(t.augmentation)
     NORMALIZATIONS.check(t.normalization)
     _check_variants(cfg)

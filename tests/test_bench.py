@@ -132,6 +132,14 @@ def test_bench_trial_quick():
 
 
 @pytest.mark.slow
+def test_bench_segmentation_quick():
+    out, ratios = run_script("bench_segmentation.py", "--quick")
+    assert set(ratios) == {"seg_trial_loop_vs_bare_smp"} and ratios["seg_trial_loop_vs_bare_smp"] > 0, out
+    assert "  bare smp " in out and "  run_trial (segmentation) " in out
+    assert "smp U-Net tu-resnet10t (decoder width 4" in out  # the same network in both: its size is checked
+
+
+@pytest.mark.slow
 def test_bench_data_quick():
     out, ratios = run_script("bench_data.py", "--quick")
     want = {"data_pipeline_w0", "data_pipeline_w1", "decode_png_ray_vs_serial", "decode_dcm_ray_vs_serial",

@@ -109,11 +109,11 @@ COUNTS_STRETCH = {P[0]: 105, P[1]: 2, P[2]: 256, P[3]: 57}
 COUNTS_LETTERBOX = {P[0]: 105, P[1]: 2, P[2]: 128, P[3]: 57}
 
 
-@pytest.fixture(scope="module")
-def rsna_tree(tmp_path_factory):
+def write_rsna_tree(root: Path) -> Path:
+    """The RSNA layout with :data:`RSNA_CASES`: pydicom-made DICOMs (random pixels) and the
+    challenge's labels CSV, one row per box (also used by tests/test_sweep_segmentation.py)."""
     from lungray.data.phantom import write_dicom
 
-    root = tmp_path_factory.mktemp("rsna")
     rng = np.random.default_rng(0)
     lines = ["patientId,x,y,width,height,Target"]
     for pid, (h, w, boxes) in RSNA_CASES.items():
@@ -124,6 +124,11 @@ def rsna_tree(tmp_path_factory):
             lines.append(f"{pid},{float(x)},{float(y)},{float(bw)},{float(bh)},1")
     (root / "stage_2_train_labels.csv").write_text("\n".join(lines) + "\n")
     return root
+
+
+@pytest.fixture(scope="module")
+def rsna_tree(tmp_path_factory):
+    return write_rsna_tree(tmp_path_factory.mktemp("rsna"))
 
 
 def _rsna(rsna_tree, tmp_path, mode):

@@ -59,9 +59,9 @@ def assert_rows_identical(got: list[dict], want: list[dict]) -> None:
 
 
 def test_registry_lists_classification_and_rejects_unknown_tasks():
-    assert TASKS.names() == ["classification"]
+    assert TASKS.names() == ["classification", "segmentation"]
     assert TASKS.get("classification").target_kind == "label"
-    with pytest.raises(ConfigError, match=r"unknown task 'segmentaton'; valid choices: classification"):
+    with pytest.raises(ConfigError, match=r"unknown task 'segmentaton'; valid choices: classification, segmentation"):
         load_study("smoke", overrides=["train.task=segmentaton"])
 
 

@@ -42,6 +42,17 @@ class WeightsStatus:
         )
 
 
+def _hub_name(name: str) -> str:
+    """The timm/torchvision name whose weights ``name`` loads: an own model's trunk, or a
+    segmentation U-Net's encoder (``unet:resnet34`` -> ``resnet34``: smp's ``tu-`` encoders
+    are timm models and share its cache)."""
+    from lungray.models.segmentation import is_segmentation_model, parse_segmentation_name
+
+    if is_segmentation_model(name):
+        return parse_segmentation_name(name)[1] or name
+    return OWN_HUB_TRUNKS.get(name, name)
+
+
 def _hf_cached(repo: str, filenames: tuple[str, ...], cache_dir: Optional[Union[str, Path]]) -> Optional[str]:
     from huggingface_hub import try_to_load_from_cache
 
@@ -81,7 +92,7 @@ def weights_status(
     if isinstance(cfg.pretrained, str):
         p = Path(cfg.pretrained).expanduser()
         return WeightsStatus(label, "local file", str(p), p.exists())
-    name = OWN_HUB_TRUNKS.get(cfg.name, cfg.name)
+    name = _hub_name(cfg.name)
     if name.startswith(TV_PREFIX):
         import torchvision
 
@@ -116,7 +127,7 @@ def fetch_weights(cfg: Any) -> WeightsStatus:
     st = weights_status(cfg)
     if st is None or st.cached:
         return st  # type: ignore[return-value]
-    name = OWN_HUB_TRUNKS.get(cfg.name, cfg.name)
+    name = _hub_name(cfg.name)
     try:
         if name.startswith(TV_PREFIX):
             import torch

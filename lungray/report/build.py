@@ -110,7 +110,7 @@ def report_parts(
     sweep = sweep or load_sweep(tracking_uri, experiment, parent_run_id)
     preds = TB.prediction_arrays(sweep)
     runs, labels = _with_labels(sweep, preds)
-    return ReportParts(sweep, runs, TB.summarise(runs, predictions=preds, n_boot=CELL_BOOT), labels)
+    return ReportParts(sweep, runs, TB.summarise(runs, predictions=preds, n_boot=CELL_BOOT, frames=sweep.predictions), labels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,7 +156,9 @@ def build_report(
             builder.paired(),
             builder.fit(),
         ]
-        if gradcam:
+        if sweep.spec.explanation == "overlay" and gradcam:  # segmentation: masks, no heat maps
+            sections.append(builder.overlays(device))
+        elif gradcam:
             sections += builder.gradcam(device, max_pointing_images)
         else:
             msg = "Grad-CAM panels were not requested (--no-gradcam)."
@@ -185,13 +187,24 @@ class _Builder:
         self.seed = seed
         self.predictions = TB.prediction_arrays(sweep)
         self.runs, self.labels = _with_labels(sweep, self.predictions)
-        self.summary = TB.summarise(self.runs, predictions=self.predictions, n_boot=min(n_boot, CELL_BOOT), seed=seed)
+        self.spec = sweep.spec  # what the task's trials report: the primary metric, the explanation panels
+        self.primary = self.spec.primary_metric
+        self.summary = TB.summarise(self.runs, predictions=self.predictions, n_boot=min(n_boot, CELL_BOOT), seed=seed,
+                                    frames=sweep.predictions)
         self.sizes = sweep.sizes
         self.status = TB.grid_status(sweep)
         self._csv(self.runs.drop(columns=["start_time"], errors="ignore"), "runs.csv")
         self._csv(self.summary, "summary.csv")
 
     # -- helpers ------------------------------------------------------------------------------
+    def _primary_words(self) -> str:
+        return "accuracy" if self.primary == "accuracy" else TB.METRICS[self.primary].label
+
+    def _headline_words(self) -> str:
+        if self.primary == "accuracy":
+            return "accuracy, balanced accuracy, macro F1 and AUC"
+        return ", ".join(TB.METRICS[m].label for m in self.spec.headline_metrics if m in TB.METRICS)
+
     def _csv(self, df: pd.DataFrame, name: str) -> None:
         df.to_csv(self.out / name, index=False)
 
@@ -254,7 +267,7 @@ class _Builder:
             "curves",
             title,
             body,
-            intro="Held-out accuracy, balanced accuracy, macro F1 and AUC against the number of training images "
+            intro=f"Held-out {self._headline_words()} against the number of training images "
             "(log scale), one line per model, on the same fixed evaluation images for every size and seed.",
         )
 
@@ -264,7 +277,7 @@ class _Builder:
         if (empty := self._no_runs("tables", title)) is not None:
             return empty
         body = []
-        for name in ("accuracy", "balanced_accuracy", "macro_f1", "auc", "log_loss", "val_loss"):
+        for name in (*self.spec.headline_metrics, "val_loss"):
             tab = TB.study_table(self.summary, name)
             if tab.empty:
                 continue
@@ -289,8 +302,9 @@ class _Builder:
             return H.Section("dynamics", title, "", notes=["No per-epoch metrics were logged."])
         body = self._fig(F.dynamics_figure(self.runs, self.sweep.histories, "loss", self.labels), "dynamics_loss",
                          "Per-epoch loss", "Loss per epoch: train solid, validation dashed, one line per seed.")
-        body += self._fig(F.dynamics_figure(self.runs, self.sweep.histories, "accuracy", self.labels), "dynamics_accuracy",
-                          "Per-epoch accuracy", "Accuracy per epoch: train solid, validation dashed, one line per seed.")
+        what = TB.METRICS[self.primary].label
+        body += self._fig(F.dynamics_figure(self.runs, self.sweep.histories, self.primary, self.labels), f"dynamics_{self.primary}",
+                          f"Per-epoch {what.lower()}", f"{what} per epoch: train solid, validation dashed, one line per seed.")
         return H.Section("dynamics", title, body,
                          intro="One panel per model (rows) and training size (columns), seeds overlaid: over- and "
                          "under-fitting, and seeds that behave differently, are visible here.")
@@ -305,6 +319,10 @@ class _Builder:
             return empty
         sw = self.sweep
         sizes = self.chosen_sizes()
+        if T.CONFUSION_CSV not in self.spec.artifacts:  # no image classes predicted (segmentation)
+            return H.Section("perclass", title, "", notes=[
+                "The masks have one foreground class, so its Dice and IoU are the tables above; each trial's "
+                f"{T.PER_CLASS} and {T.PREDICTIONS} (per-image Dice, IoU and detection score) are in MLflow."])
         pc = TB.per_class_table(self.runs, sw.class_names, sizes, predictions=self.predictions,
                                 n_boot=min(self.n_boot, CELL_BOOT), seed=self.seed)
         self._csv(pc, "per_class.csv")
@@ -349,7 +367,7 @@ class _Builder:
         title = "Paired comparisons"
         if (empty := self._no_runs("paired", title)) is not None:
             return empty
-        pc = TB.paired_comparisons(self.sweep)
+        pc = TB.paired_comparisons(self.sweep, metric=self.primary)
         self.paired_df = pc
         self._csv(pc, "paired.csv")
         adequacy = self._adequacy(pc)
@@ -361,7 +379,7 @@ class _Builder:
             items.append(f"<li>{H.esc(r.sentence + mark)}</li>")
         m = int(pc["family_size"].iloc[0])
         family = (f"Family: the {m} comparison{'s' if m != 1 else ''} below (training sizes × optimizers × model pairs, "
-                  f"accuracy). Correction: Holm's step-down over the family (family-wise error ≤ {TB.PAIRED_ALPHA:g} "
+                  f"{self._primary_words()}). Correction: Holm's step-down over the family (family-wise error ≤ {TB.PAIRED_ALPHA:g} "
                   "under any dependence between the comparisons, which share models and images); a difference is "
                   f"claimed when the Holm-adjusted p < {TB.PAIRED_ALPHA:g}. Benjamini-Hochberg q-values (false "
                   "discovery rate) are in paired.csv. The 95% intervals are per comparison, not adjusted.")
@@ -369,7 +387,8 @@ class _Builder:
         body += "<h3>Details</h3>" + H.table(
             pc,
             ["train_size", "optimizer", "model_a", "model_b", "n_seeds", "n_images", "diff_points", "low_points",
-             "high_points", "p", "p_holm", "q_bh", "mcnemar_b", "mcnemar_c", "mcnemar_p", "mcnemar_p_holm"],
+             "high_points", "p", "p_holm", "q_bh",
+             *(("mcnemar_b", "mcnemar_c", "mcnemar_p", "mcnemar_p_holm") if self.primary == "accuracy" else ())],
             headers={"train_size": "size", "diff_points": "A-B (points)", "low_points": "low", "high_points": "high",
                      "p": "p", "p_holm": "p (Holm)", "q_bh": "q (BH)", "mcnemar_b": "only A right (image-runs)",
                      "mcnemar_c": "only B right", "mcnemar_p": "McNemar p (all seeds)", "mcnemar_p_holm": "McNemar p (Holm)"},
@@ -382,12 +401,14 @@ class _Builder:
             "paired",
             title,
             body,
-            intro="Accuracy difference between models trained on the same subsets (seeds) and scored on the same "
-            "evaluation images. Primary test: a t test on the paired per-image differences whose variance holds the "
+            intro=f"{TB.METRICS[self.primary].label} difference between models trained on the same subsets (seeds) and "
+            "scored on the same evaluation images (points: 100 x the per-image difference). Primary test: a t test on the paired per-image differences whose variance holds the "
             "seed-to-seed and the evaluation-image term (Satterthwaite degrees of freedom): it asks whether the two "
-            "training recipes differ on new runs and new images. McNemar: one exact test per comparison over all "
-            "seeds, the evaluation image as the cluster (the same images enter every seed, so seeds' tables cannot "
-            "be pooled as independent); it asks whether these trained models differ, holding the runs fixed.",
+            "training recipes differ on new runs and new images."
+            + (" McNemar: one exact test per comparison over all "
+               "seeds, the evaluation image as the cluster (the same images enter every seed, so seeds' tables cannot "
+               "be pooled as independent); it asks whether these trained models differ, holding the runs fixed."
+               if self.primary == "accuracy" else ""),
         )
 
     def _adequacy(self, pc: pd.DataFrame) -> str:
@@ -427,10 +448,11 @@ class _Builder:
         if (empty := self._no_runs("fit", title)) is not None:
             return empty
         tab, fits = TB.learning_curve_fits(self.sweep, target_accuracies=self.targets, n_boot=min(self.n_boot, 400),
-                                           seed=self.seed, predictions=self.predictions)
+                                           seed=self.seed, predictions=self.predictions, metric=self.primary,
+                                           frames=self.sweep.predictions)
         tab = tab.set_index("label").reindex([lab for lab in self.labels if lab in set(tab["label"])]).reset_index() if not tab.empty else tab
         self._csv(tab, "power_law.csv")
-        body = self._fig(F.fit_figure(self.runs, fits, self.targets, self.labels), "power_law", "Power-law fits",
+        body = self._fig(F.fit_figure(self.runs, fits, self.targets, self.labels, self.primary), "power_law", "Power-law fits",
                          "Dots: runs. Line: error(n) = a·n^-b + c fitted over all runs, solid over the measured sizes, "
                          "dotted where extrapolated (below the smallest and beyond the largest size); band: 95% "
                          "bootstrap (evaluation images resampled, runs resampled within each size); dashed: targets.")
@@ -450,12 +472,13 @@ class _Builder:
                                     + (f" ({getattr(r, col + '_where')})" if getattr(r, col + "_where") else "")
                                     for r in tab.itertuples()]
                 cols.append(col + "_")
-                heads[col + "_"] = f"images for {t:.0%} accuracy [95% CI]"
+                heads[col + "_"] = f"images for {t:.0%} {self._primary_words()} [95% CI]"
             cols.append("verdict")
             body += H.table(shown, cols, headers=heads, text_columns=["label", "verdict", "runs_per_size"] + cols[3:6],
                             cell_class=lambda r, c: "bad" if c == "verdict" and not r["reliable"] else "")
         return H.Section("fit", title, body,
-                         intro="How error falls with training size, and how many images a target accuracy would take if "
+                         intro=f"How error (1 - {self._primary_words()}) falls with training size, and how many images a "
+                         f"target {self._primary_words()} would take if "
                          "the trend held. A size beyond the largest one measured is an extrapolation and says so. No "
                          "interval without at least 2 runs at every size (one run per size says nothing about how far a "
                          "re-run would move a point). Flagged unreliable when the fit is poor, has no spare degrees of "
@@ -472,6 +495,15 @@ class _Builder:
             msg = f"Grad-CAM could not be computed: {type(e).__name__}: {_first_line(e)}"
             return [H.Section("gradcam", t7, "", errors=[msg]), H.Section("pointing", t8, "", notes=[msg])]
         return [panels, pointing]
+
+    def overlays(self, device: Optional[str]) -> H.Section:
+        from lungray.report.overlays import TITLE, overlay_section
+
+        try:
+            return overlay_section(self, device)
+        except Exception as e:  # noqa: BLE001 - a red box in the report and a non-zero exit, never silent
+            log.debug("mask panels failed", exc_info=True)
+            return H.Section("overlays", TITLE, "", errors=[f"The mask panels could not be drawn: {type(e).__name__}: {_first_line(e)}"])
 
     # -- 9 ----------------------------------------------------------------------------------------
     def _leakage(self) -> str:

@@ -99,13 +99,16 @@ def _shared_legend(fig, handles, labels, ncol: Optional[int] = None) -> None:
 
 def learning_curves_figure(
     summary: pd.DataFrame,
-    metrics: Sequence[str] = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "val_loss", "log_loss"),
+    metrics: Sequence[str] = ("dice_pos", "dice_all", "iou_pos", "iou_all", "miou_global", "det_auc",
+                              "accuracy", "balanced_accuracy", "macro_f1", "auc", "val_loss", "log_loss"),
     labels: Optional[Sequence[str]] = None,
     runs: Optional[pd.DataFrame] = None,
 ):
     """Metric against training size, one line per model (x optimizer): mean over seeds with its
     95 % interval as a band (issue 4, section 1). Sizes with one seed show a point only. With
-    ``runs``, runs at chance (``at_chance``, left out of the mean) are drawn as crosses."""
+    ``runs``, runs at chance (``at_chance``, left out of the mean) are drawn as crosses.
+    Metrics the summary does not hold are left out (a classification sweep has no Dice, a
+    segmentation sweep no accuracy)."""
     from matplotlib.lines import Line2D
 
     metrics = [m for m in metrics if m in set(summary["metric"])] if not summary.empty else []
@@ -151,7 +154,7 @@ def learning_curves_figure(
 def dynamics_figure(runs: pd.DataFrame, histories: pd.DataFrame, kind: str = "loss", labels: Optional[Sequence[str]] = None):
     """Per-epoch train (solid) and validation (dashed) curves, one panel per cell (rows: model
     x optimizer, columns: training size), seeds overlaid (issue 4, section 3)."""
-    keys = ("train_loss", "val_loss") if kind == "loss" else ("train_accuracy", "val_accuracy")
+    keys = (f"train_{kind}", f"val_{kind}")  # loss, accuracy, dice_pos...
     done = runs[runs["state"] == "complete"]
     labels = list(labels) if labels else sorted(done["label"].unique()) if "label" in done else []
     sizes = sorted(done["train_size"].dropna().unique())
@@ -284,8 +287,9 @@ def roc_curves(sweep, size: int) -> dict[str, list[tuple[str, np.ndarray, np.nda
     return out
 
 
-def fit_figure(runs: pd.DataFrame, fits: dict, target_accuracies: Sequence[float] = (), labels: Optional[Sequence[str]] = None):
-    """Error (1 - accuracy) against size per model: runs as dots, the fitted power law solid
+def fit_figure(runs: pd.DataFrame, fits: dict, target_accuracies: Sequence[float] = (), labels: Optional[Sequence[str]] = None,
+               metric: str = "accuracy"):
+    """Error (1 - accuracy, or 1 - ``metric``: Dice...) against size per model: runs as dots, the fitted power law solid
     over the measured sizes and dotted where it extrapolates (to the left of the smallest and
     to the right of the largest size), its bootstrap band, everything clipped to [0, 1], and
     the targets as labelled dashed lines (issue 13.3)."""
@@ -296,12 +300,13 @@ def fit_figure(runs: pd.DataFrame, fits: dict, target_accuracies: Sequence[float
     done = runs[runs["state"] == "complete"]
     sizes = sorted(done["train_size"].dropna().unique())
     nmin, nmax = (min(sizes), max(sizes)) if sizes else (1, 1)
-    ymax = float(np.nanmax(1 - done["test_accuracy"])) if len(done) else 0.5
+    name = "accuracy" if metric == "accuracy" else METRICS[metric].label
+    ymax = float(np.nanmax(1 - done[f"test_{metric}"])) if len(done) else 0.5
     if sizes:
         ax.axvspan(nmin, nmax, color="0.93", lw=0, zorder=0, label=f"measured sizes ({int(nmin):,}-{int(nmax):,})")
     for lab in labels:
         g = done[done["label"] == lab]
-        ax.plot(g["train_size"], 1 - g["test_accuracy"], "o", color=colors[lab], alpha=0.6, ms=3.5, label=f"{lab}: runs")
+        ax.plot(g["train_size"], 1 - g[f"test_{metric}"], "o", color=colors[lab], alpha=0.6, ms=3.5, label=f"{lab}: runs")
         res = fits.get(lab)
         if res is None or not res.fit.ok:
             continue
@@ -318,14 +323,14 @@ def fit_figure(runs: pd.DataFrame, fits: dict, target_accuracies: Sequence[float
             lo, hi = np.nanquantile(res.curves, [0.025, 0.975], axis=0)
             ax.fill_between(grid, np.clip(lo, 0, 1), np.clip(hi, 0, 1), color=colors[lab], alpha=0.12, lw=0)
     for i, t in enumerate(target_accuracies):
-        ax.axhline(1 - t, color="0.35", ls=(0, (5, 2 + 2 * i)), lw=0.9, label=f"target: {t:.0%} accuracy (error {1 - t:.2f})")
+        ax.axhline(1 - t, color="0.35", ls=(0, (5, 2 + 2 * i)), lw=0.9, label=f"target: {t:.0%} {name} (error {1 - t:.2f})")
     tops = [ymax] + [1 - t for t in target_accuracies]
     ax.set_ylim(0.0, min(1.0, max(tops) * 1.25 + 0.02))
     ax.set_xscale("log")
     if sizes:
         ax.set_xlim(nmin / 4, nmax * 8)
     ax.set_xlabel("training images (log scale); solid: measured range, dotted: extrapolation", fontsize=8)
-    ax.set_ylabel("error = 1 - accuracy", fontsize=8)
+    ax.set_ylabel(f"error = 1 - {name}", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
     h, l_ = ax.get_legend_handles_labels()

@@ -101,6 +101,20 @@ class Sweep:
         return sorted(int(s) for s in self.runs["seed"].dropna().unique())
 
     @property
+    def task(self) -> str:
+        """``train.task`` of the sweep (``classification`` when the config is unknown)."""
+        return _task_of(self.config)
+
+    @property
+    def spec(self):
+        """What the report reads for this task (:class:`lungray.train.tasks.ReportSpec`): the
+        primary metric of the curves, fits and paired comparisons, the headline metrics, the
+        explanation panels."""
+        from lungray.train.tasks import TASKS
+
+        return TASKS.get(self.task).report_spec
+
+    @property
     def study(self) -> str:
         return self.parent_tags.get(T.STUDY) or (self.config.name if self.config else self.parent_name)
 
@@ -284,6 +298,10 @@ def load_sweep(
     splits = _read_json_artifact(client, pid, T.SPLITS_JSON, tmp, present, notes)
 
     # -- trials ---------------------------------------------------------------------------------
+    from lungray.train.tasks import TASKS
+
+    spec = TASKS.get(_task_of(config)).report_spec
+    epoch_keys = tuple(dict.fromkeys(T.EPOCH_METRICS + spec.epoch_metrics))
     children = _all_runs(client, parent.info.experiment_id, f"tags.`{T.PARENT}` = '{pid}'")
     rows = []
     for r in children:
@@ -294,7 +312,7 @@ def load_sweep(
         status = r.info.status
         if err or status in ("FAILED", "KILLED"):
             state = FAILED
-        elif status == "FINISHED" and f"{T.TEST_PREFIX}accuracy" in metrics:
+        elif status == "FINISHED" and f"{T.TEST_PREFIX}{spec.primary_metric}" in metrics:
             state = COMPLETE
         else:
             state = RUNNING
@@ -348,7 +366,7 @@ def load_sweep(
             else:
                 notes.append(f"trial {r['trial_id']} has no {T.PREDICTIONS}: left out of paired comparisons and ROC curves")
         if histories:
-            for key in T.EPOCH_METRICS:
+            for key in epoch_keys:
                 if key in r and pd.notna(r.get(key)):
                     for m in client.get_metric_history(rid, key):
                         hist_rows.append((rid, key, int(m.step), float(m.value)))
@@ -378,6 +396,10 @@ def load_sweep(
         checkpoints=ckpts,
         notes=notes,
     )
+
+
+def _task_of(config: Any) -> str:
+    return config.train.task if config is not None else "classification"
 
 
 def _parse_config(text: str, notes: list[str]):

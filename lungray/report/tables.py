@@ -32,6 +32,7 @@ __all__ = [
     "paired_comparisons",
     "adequacy_table",
     "prediction_arrays",
+    "per_image_scores",
     "learning_curve_fits",
     "grid_status",
     "normal_class",
@@ -61,8 +62,20 @@ METRICS: dict[str, Metric] = {
         Metric("auc", "test_auc", "AUC"),
         Metric("log_loss", "test_log_loss", "Held-out log loss", False, (0.0, math.inf)),
         Metric("val_loss", "val_loss_best", "Validation loss (best epoch)", False, (0.0, math.inf)),
+        # segmentation (lungray.train.tasks.SegmentationTask): per-image means over images with a finding
+        # ("pos") and over all images, the study's pooled mean IoU, detection from the mask
+        Metric("dice_pos", "test_dice_pos", "Dice (images with a finding)"),
+        Metric("dice_all", "test_dice_all", "Dice (all images)"),
+        Metric("iou_pos", "test_iou_pos", "IoU (images with a finding)"),
+        Metric("iou_all", "test_iou_all", "IoU (all images)"),
+        Metric("miou_global", "test_miou_global", "Global mean IoU (the study's, background included)"),
+        Metric("det_auc", "test_det_auc", "Detection AUC (any foreground)"),
     )
 }
+
+#: segmentation metrics that are means of a per-image score, by name: the column of
+#: ``predictions.csv`` and which images count (lungray.train.tasks.SegmentationTask)
+_PER_IMAGE = {"dice_pos": ("dice", "pos"), "iou_pos": ("iou", "pos"), "dice_all": ("dice", "known"), "iou_all": ("iou", "known")}
 
 
 def normal_class(class_names: Sequence[str]) -> Optional[int]:
@@ -88,8 +101,43 @@ Predictions = dict  # run id -> (image_ids, y_true, probs), from :func:`predicti
 
 
 def prediction_arrays(sweep: Sweep) -> Predictions:
-    """Every complete run's ``predictions.csv`` as ``(image_ids, y_true, probs)`` arrays."""
-    return {rid: prediction_matrix(df, sweep.class_names) for rid, df in sweep.predictions.items()}
+    """Every complete run's ``predictions.csv`` as ``(image_ids, y_true, probs)`` arrays (runs
+    whose file holds class probabilities: a segmentation trial's holds per-image Dice instead,
+    :func:`per_image_scores`)."""
+    return {rid: prediction_matrix(df, sweep.class_names) for rid, df in sweep.predictions.items()
+            if any(str(c).startswith("prob_") for c in df.columns)}
+
+
+def per_image_scores(df: pd.DataFrame, class_names: Sequence[str], metric: str = "accuracy") -> tuple[np.ndarray, np.ndarray]:
+    """``(image_ids, scores)`` of one trial's ``predictions.csv`` whose mean is ``metric``: right
+    (1) or wrong (0) for ``accuracy``; the image's Dice or IoU for segmentation, over the images
+    with a finding (``*_pos``, ``y_true == 1``) or with a known mask (``*_all``)."""
+    if metric == "accuracy":
+        ids, y, p = prediction_matrix(df, class_names)
+        return ids, (p.argmax(1) == y).astype(float)
+    if metric not in _PER_IMAGE:
+        raise ValueError(f"no per-image score for metric '{metric}'; valid: accuracy, {', '.join(_PER_IMAGE)}")
+    col, which = _PER_IMAGE[metric]
+    y = df["y_true"].to_numpy()
+    keep = ((y == 1) if which == "pos" else (y != 255)) & df[col].notna().to_numpy()
+    return df["image_id"].astype(str).to_numpy()[keep], df[col].to_numpy(dtype=float)[keep]
+
+
+def _aligned_scores(run_ids: Sequence[str], frames: Optional[dict], metric: str, class_names: Sequence[str] = ()) -> Optional[np.ndarray]:
+    """``(S, N)`` per-image scores of runs on the images they all score, in image-id order
+    (:func:`per_image_scores`); None when a run has no predictions."""
+    if not run_ids or not frames or any(r not in frames for r in run_ids):
+        return None
+    got = [per_image_scores(frames[r], class_names, metric) for r in run_ids]
+    ids = got[0][0]
+    for i, _ in got[1:]:
+        ids = np.intersect1d(ids, i)
+    ids = np.sort(ids)
+    rows = []
+    for i, v in got:
+        pos = {x: j for j, x in enumerate(i)}
+        rows.append(v[[pos[x] for x in ids]])
+    return np.stack(rows)
 
 
 def add_derived(sweep: Sweep, predictions: Optional[Predictions] = None) -> pd.DataFrame:
@@ -179,8 +227,11 @@ def _cell_runs(g: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return g[~stuck], g[stuck]
 
 
-def _metric_ci(met: Metric, use: pd.DataFrame, arrays, weights: _Weights, level: float) -> stats.TwoLevelCI:
+def _metric_ci(met: Metric, use: pd.DataFrame, arrays, weights: _Weights, level: float,
+               scores: Optional[np.ndarray] = None) -> stats.TwoLevelCI:
     vals = use[met.column].to_numpy(dtype=float)
+    if scores is not None and scores.size and np.isfinite(vals).all():  # a mean of per-image scores (Dice...)
+        return stats.two_level_ci_scores(scores, level, met.bounds)
     if arrays is None or met.name not in resampling.RESAMPLED_METRICS or not np.isfinite(vals).all():
         return stats.seed_only_ci(vals, level, met.bounds)
     y, P = arrays
@@ -204,8 +255,13 @@ def summarise(
     predictions: Optional[Predictions] = None,
     n_boot: int = 1000,
     seed: int = 0,
+    frames: Optional[dict] = None,
 ) -> pd.DataFrame:
     """Mean over seeds with an interval per (model, optimizer, size, metric); best per size.
+
+    With ``frames`` (run id -> ``predictions.csv``, ``Sweep.predictions``), a metric that is a
+    mean of per-image scores (segmentation's Dice and IoU, :func:`per_image_scores`) gets the
+    same two-level interval as accuracy (:func:`lungray.report.stats.two_level_ci_scores`).
 
     Only complete trials count. With ``predictions`` (:func:`prediction_arrays`), the interval
     of an evaluation-set metric carries the run-to-run AND the evaluation-image noise
@@ -234,7 +290,8 @@ def summarise(
             met = METRICS[name]
             if met.column not in g:
                 continue
-            ci = _metric_ci(met, use, arrays, weights, level)
+            scores = _aligned_scores(list(use["run_id"]), frames, name) if name in _PER_IMAGE else None
+            ci = _metric_ci(met, use, arrays, weights, level, scores)
             vals = use[met.column].to_numpy(dtype=float)
             rows.append(
                 {
@@ -407,8 +464,10 @@ def _order_key(sweep: Sweep, label: str) -> int:
     return models.index(m) if m in models else len(models)
 
 
-def paired_correct(sweep: Sweep, model_a: str, model_b: str, size: int, optimizer: str) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """``(n_seeds, n_images)`` correct/wrong arrays of two models on the same subsets and images.
+def paired_correct(sweep: Sweep, model_a: str, model_b: str, size: int, optimizer: str,
+                   metric: str = "accuracy") -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """``(n_seeds, n_images)`` correct/wrong arrays of two models on the same subsets and images
+    (for a segmentation ``metric``: their per-image Dice or IoU, :func:`per_image_scores`).
 
     Seeds present (with predictions) for both models, images present in both prediction
     files, aligned by ``image_id``: the pairing of issue 4, section 5.
@@ -420,24 +479,27 @@ def paired_correct(sweep: Sweep, model_a: str, model_b: str, size: int, optimize
     seeds = sorted(set(ra) & set(rb))
     ca, cb = [], []
     for s in seeds:
-        ia, ya, pa = prediction_matrix(sweep.predictions[ra[s]], sweep.class_names)
-        ib, yb, pb = prediction_matrix(sweep.predictions[rb[s]], sweep.class_names)
+        ia, sa = per_image_scores(sweep.predictions[ra[s]], sweep.class_names, metric)
+        ib, sb = per_image_scores(sweep.predictions[rb[s]], sweep.class_names, metric)
         common, xa, xb = np.intersect1d(ia, ib, return_indices=True)
         if ca and common.size != ca[0].size:
             raise ValueError(f"seed {s}: evaluation images differ between seeds at n={size}; the held-out set must be fixed")
-        ca.append(pa[xa].argmax(1) == ya[xa])
-        cb.append(pb[xb].argmax(1) == yb[xb])
+        ca.append(sa[xa])
+        cb.append(sb[xb])
+    kind = bool if metric == "accuracy" else float
     if not seeds:
-        return np.zeros((0, 0), bool), np.zeros((0, 0), bool), []
-    return np.stack(ca), np.stack(cb), seeds
+        return np.zeros((0, 0), kind), np.zeros((0, 0), kind), []
+    return np.stack(ca).astype(kind), np.stack(cb).astype(kind), seeds
 
 
 #: Significance level of the paired comparisons (after Holm's correction over the report's family).
 PAIRED_ALPHA = 0.05
 
 
-def paired_comparisons(sweep: Sweep, *, level: float = 0.95, alpha: float = PAIRED_ALPHA) -> pd.DataFrame:
-    """Accuracy difference between every pair of models at each size (and optimizer).
+def paired_comparisons(sweep: Sweep, *, level: float = 0.95, alpha: float = PAIRED_ALPHA,
+                       metric: str = "accuracy") -> pd.DataFrame:
+    """Difference in ``metric`` (the task's primary: accuracy, or segmentation's per-image Dice)
+    between every pair of models at each size (and optimizer).
 
     The primary test is :func:`stats.paired_test` (a t test on the paired per-image differences
     whose variance holds the run-to-run and the evaluation-image term), with its 95% interval
@@ -452,7 +514,8 @@ def paired_comparisons(sweep: Sweep, *, level: float = 0.95, alpha: float = PAIR
     :func:`adequacy_table`). With one seed there is no test of the recipes (``p`` NaN, out of the
     family): the interval is then over images only, for these two trained models
     (``interval = "images only (one seed)"``). Pairs are ordered so the difference is "higher
-    mean minus lower mean"; ``sentence`` is the line the report prints.
+    mean minus lower mean"; ``sentence`` is the line the report prints. The McNemar test and
+    ``discordance`` need right/wrong per image: NaN for a continuous per-image score (Dice).
     """
     rows = []
     done = sweep.complete
@@ -460,13 +523,14 @@ def paired_comparisons(sweep: Sweep, *, level: float = 0.95, alpha: float = PAIR
     for (n, o), g in done.groupby(["train_size", "optimizer"], sort=True):
         models = [m for m in sweep.models if m in set(g["model"])]
         for a, b in itertools.combinations(models, 2):
-            ca, cb, seeds = paired_correct(sweep, a, b, int(n), o)
+            ca, cb, seeds = paired_correct(sweep, a, b, int(n), o, metric)
             if not seeds:
                 continue
             if ca.mean() < cb.mean():
                 a, b, ca, cb = b, a, cb, ca
             d = stats.paired_test(ca.astype(float), cb.astype(float), level, bounds=(-1.0, 1.0))
-            mc = stats.mcnemar_clustered(ca, cb)
+            binary = ca.dtype == bool
+            mc = stats.mcnemar_clustered(ca, cb) if binary else None
             low, high, kind = d.low, d.high, "seeds+images"
             if d.n_seeds == 1:  # no recipe-level test: the interval of THESE two trained models, over images
                 one = stats.mean_ci(ca[0].astype(float) - cb[0].astype(float), level, (-1.0, 1.0))
@@ -487,10 +551,10 @@ def paired_comparisons(sweep: Sweep, *, level: float = 0.95, alpha: float = PAIR
                     "df": d.df,
                     "se_seed_points": 100 * math.sqrt(d.var_seed) if np.isfinite(d.var_seed) else math.nan,
                     "se_image_points": 100 * math.sqrt(d.var_image) if np.isfinite(d.var_image) else math.nan,
-                    "mcnemar_b": mc.b,
-                    "mcnemar_c": mc.c,
-                    "mcnemar_p": mc.p,
-                    "discordance": float(np.mean(ca != cb)),
+                    "mcnemar_b": mc.b if binary else math.nan,
+                    "mcnemar_c": mc.c if binary else math.nan,
+                    "mcnemar_p": mc.p if binary else math.nan,
+                    "discordance": float(np.mean(ca != cb)) if binary else math.nan,
                     "seeds": ",".join(map(str, seeds)),
                     "where": f"{int(n)} images" + (f" ({o})" if multi_opt else ""),
                 }
@@ -511,8 +575,8 @@ def paired_comparisons(sweep: Sweep, *, level: float = 0.95, alpha: float = PAIR
         head = f"{r.model_a} - {r.model_b} at {r.where}: {r.diff_points:+.1f} points"
         head += f" [{r.low_points:+.1f}, {r.high_points:+.1f}]"
         if not np.isfinite(r.p):
-            return head + (f" (one seed: these two trained models, over images; no test of the recipes), "
-                           f"McNemar {fmt_p_eq(r.mcnemar_p)}")
+            mcn = f", McNemar {fmt_p_eq(r.mcnemar_p)}" if np.isfinite(r.mcnemar_p) else ""
+            return head + f" (one seed: these two trained models, over images; no test of the recipes){mcn}"
         return head + f", {fmt_p_eq(r.p)}, Holm-adjusted {_p(r.p_holm)}"
 
     out["sentence"] = [sentence(r) for r in out.itertuples()]
@@ -571,8 +635,13 @@ def learning_curve_fits(
     seed: int = 0,
     grid_points: int = 80,
     predictions: Optional[Predictions] = None,
+    metric: str = "accuracy",
+    frames: Optional[dict] = None,
 ) -> tuple[pd.DataFrame, dict]:
-    """Power-law fit of error = 1 - accuracy against training size, per model (x optimizer).
+    """Power-law fit of error = 1 - accuracy against training size, per model (x optimizer);
+    for another ``metric`` (the task's primary: segmentation's Dice) error = 1 - that metric, the
+    targets are values of it, and ``frames`` (run id -> ``predictions.csv``) give the per-image
+    scores the bootstrap resamples.
 
     Returns the table (parameters with bootstrap intervals, R², predicted size per target
     accuracy with its interval and where it lies against the measured sizes, reliability
@@ -592,10 +661,12 @@ def learning_curve_fits(
     grid = np.geomspace(max(1.0, sizes.min() / 4), sizes.max() * 8, grid_points) if sizes.size else np.zeros(0)
     for (m, o), g in done.groupby(["model", "optimizer"], sort=False):
         lab = _group_label(m, o, n_opt)
-        err = 1.0 - g["test_accuracy"].to_numpy(dtype=float)
+        err = 1.0 - g[f"{T.TEST_PREFIX}{metric}"].to_numpy(dtype=float)
         correct = None
-        arrays = _aligned(list(g["run_id"]), predictions) if predictions else None
-        if arrays is not None:
+        arrays = _aligned(list(g["run_id"]), predictions) if predictions and metric == "accuracy" else None
+        if metric in _PER_IMAGE:
+            correct = _aligned_scores(list(g["run_id"]), frames, metric)
+        elif arrays is not None:
             y, P = arrays
             correct = (P.argmax(2) == y[None]).astype(float)
         res = stats.bootstrap_power_law(

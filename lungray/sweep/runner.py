@@ -39,7 +39,7 @@ from lungray.redact import redact, redacting, usable_uri
 from lungray.sweep import sync as S
 from lungray.sweep.faults import DiskFullError, failpoint, is_disk_full, no_space_left
 from lungray.sweep.lock import ExperimentLock, check_private, claim_new_dir
-from lungray.sweep.progress import HEADLINE, disk_line, format_summary, make_callback, summary_table
+from lungray.sweep.progress import disk_line, format_summary, make_callback, summary_table
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +294,9 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
             f"{data.fingerprint}); the finished trials were trained on other data: start a new sweep"
         )
     echo(_data_line(data))
+    from lungray.train.tasks import TASKS
+
+    TASKS.get(cfg.train.task).check_data(data)  # e.g. segmentation on data without masks: before Ray
 
     # 2. Ray and the preflight
     import ray
@@ -412,10 +415,10 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
         n_errors = int((trials_df["status"] != "done").sum()) if len(trials_df) else 0
         trials_df.to_csv(exp_dir / "trials.csv", index=False)
         done_rows = [r for r in rows if r["status"] == "done"]
-        summary = summary_table(done_rows, HEADLINE)
+        summary = summary_table(done_rows, headline_metric(cfg))
         summary.to_csv(exp_dir / "summary.csv")
         echo("")
-        echo(format_summary(done_rows, HEADLINE))
+        echo(format_summary(done_rows, headline_metric(cfg)))
         if n_errors:
             echo(f"{n_errors} trial(s) did not finish; see {exp_dir / 'trials.csv'} and the lungray.error tag in MLflow")
         over = pd.to_numeric(trials_df.get("trial_overhead_seconds", pd.Series(dtype=float)), errors="coerce").dropna()
@@ -606,6 +609,14 @@ def _count_done(exp_dir: Path) -> int:
     return sum(1 for t in d.iterdir() if (read_result(t) or {}).get("complete"))
 
 
+def headline_metric(cfg: StudyConfig) -> str:
+    """The metric of the progress lines and the summary table: the task's primary held-out
+    metric (``test_accuracy``, ``test_dice_pos``)."""
+    from lungray.train.tasks import TASKS
+
+    return T.TEST_PREFIX + TASKS.get(cfg.train.task).report_spec.primary_metric
+
+
 def _run_tune(cfg, ctx, pre, spec, total, exp_dir: Path, *, resume: bool, done_before: int, echo, verbose: bool):
     from ray import tune
 
@@ -614,7 +625,7 @@ def _run_tune(cfg, ctx, pre, spec, total, exp_dir: Path, *, resume: bool, done_b
     trainable = tune.with_resources(tune.with_parameters(tune_trial, ctx=ctx), pre.resources.trial_bundle)
     samples = spec.samples if spec is not None else 1
     cells = [(t.model.key, int(t.train_size)) for t in cfg.trials()] * samples
-    progress = make_callback(total, echo=echo, cells=cells, slots=pre.max_concurrent_trials)
+    progress = make_callback(total, echo=echo, headline=headline_metric(cfg), cells=cells, slots=pre.max_concurrent_trials)
     # Worker failures are retried inside Ray Train from the last checkpoint (FailureConfig on
     # each TorchTrainer, resources.max_failures). A trial that still fails is final for this
     # run: a Tune-level retry would only repeat the Train retries. `--resume` retries errored

@@ -27,14 +27,17 @@ def predict(
     channels_last: bool = False,
     num_workers: int = 0,
     loader: Optional[Any] = None,
-    output_fn: Optional[Callable[[Any], Any]] = None,
+    batch_fn: Optional[Callable[[Any, Any], tuple[Any, Any]]] = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Softmax probabilities (n, K) float64, targets (n,) and dataset rows (n,), in dataset order.
+    """What is kept per image (softmax probabilities (n, K) by default) as float64, targets and
+    dataset rows (n,), in dataset order.
 
-    ``output_fn`` maps the float32 logits of a batch to what is kept per image (the task's
-    :meth:`~lungray.train.tasks.Task.outputs`); softmax over dimension 1 by default, which is
-    the class axis of both ``[B, K]`` and ``[B, K, H, W]`` logits. Targets keep their shape
-    (class indices, or masks).
+    ``batch_fn(logits, targets) -> (kept, kept_targets)`` maps a batch's float32 logits and its
+    targets (on the device) to what is kept per image: the task's
+    :meth:`~lungray.train.tasks.Task.evaluate_batch` (classification: softmax probabilities and
+    the class indices; segmentation: a few numbers per image counted on the GPU instead of every
+    probability map and mask on the host). Default: softmax over dimension 1 (the class axis of
+    both ``[B, K]`` and ``[B, K, H, W]`` logits) and the targets unchanged.
 
     ``loader``: an existing ``DataLoader`` over ``dataset`` in order (the training loop keeps
     one with persistent workers for its per-epoch validation, instead of starting
@@ -64,14 +67,19 @@ def predict(
                 with autocast(device, dtype):
                     logits = net(x)
                 out = logits.float()
-                probs.append(torch.softmax(out, dim=1) if output_fn is None else output_fn(out))
-                ys.append(np.asarray(y, dtype=np.int64))
+                if batch_fn is None:
+                    kept, y = torch.softmax(out, dim=1), torch.as_tensor(y)
+                else:
+                    kept, y = batch_fn(out, y.to(device, non_blocking=True))
+                probs.append(kept)
+                ys.append(y)
                 rows.append(np.asarray(row, dtype=np.int64))
     finally:
         net.train(was_training)
     if not probs:
         return np.zeros((0, 0)), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    return torch.cat(probs).cpu().numpy().astype(np.float64), np.concatenate(ys), np.concatenate(rows)
+    kept, targets = torch.cat(probs).cpu().numpy(), torch.cat(ys).cpu().numpy()
+    return kept.astype(np.float64), targets.astype(np.int64), np.concatenate(rows)
 
 
 def is_better(value: float, best: Optional[float], monitor: str, mode: Optional[str] = None) -> bool:

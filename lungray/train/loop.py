@@ -220,7 +220,7 @@ def run_trial(
     ctx = _Context(
         trial=trial,
         data=data.for_preprocess(trial.variant.preprocess),  # a variant's cache: same rows and splits
-        task=TASKS.get(trial.train.task),
+        task=TASKS.get(trial.train.task).for_trial(trial),
         workdir=Path(workdir),
         device=device,
         dtype=dtype,
@@ -396,6 +396,7 @@ def _set_up(ctx: _Context) -> _SetUp:
 
     trial, data, task = ctx.trial, ctx.data, ctx.task
     sch, tc = trial.schedule, trial.train
+    task.check_data(data)  # e.g. segmentation on a dataset without masks: one line, before any work
     if ctx.is_main:
         ctx.workdir.mkdir(parents=True, exist_ok=True)
     seed_everything(trial.seed)
@@ -445,7 +446,7 @@ def _build_model(ctx: _Context, setup: _SetUp) -> _Model:
     A model whose spec says ``full_batch`` is fitted once on the whole training set: one
     "epoch", no optimizer, no scheduler.
     """
-    from lungray.models import create_model, input_channels, model_spec
+    from lungray.models import input_channels, model_spec
     from lungray.train.device import make_scaler, seed_everything, to_channels_last
     from lungray.train.optim import build_optimizer, build_scheduler
 
@@ -459,7 +460,8 @@ def _build_model(ctx: _Context, setup: _SetUp) -> _Model:
                 build_kwargs = spec.prepare(data, trial, device=ctx.device, mean=setup.norm[0], std=setup.norm[1])
             _barrier(ctx.world)
     seed_everything(trial.seed)  # weight init independent of what ran before (e.g. AE pretraining)
-    net = create_model(trial.model, setup.k, in_chans=input_channels(trial.model), resolution=data.resolution, **build_kwargs)
+    net = ctx.task.build_model(trial, setup.class_names, in_chans=input_channels(trial.model), resolution=data.resolution,
+                               **build_kwargs)
     net = to_channels_last(net.to(ctx.device), ctx.channels_last)
     full_batch = spec is not None and spec.full_batch
     if full_batch:
@@ -667,7 +669,7 @@ def _validate(ctx: _Context, setup: _SetUp, model: Any, val_loader: Any) -> dict
     tc = ctx.trial.train
     outputs, y, _ = predict(
         model, setup.val_ds, batch_size=tc.eval_batch_size, device=ctx.device, dtype=ctx.dtype,
-        channels_last=ctx.channels_last, loader=val_loader, output_fn=ctx.task.outputs,
+        channels_last=ctx.channels_last, loader=val_loader, batch_fn=ctx.task.evaluate_batch,
     )
     return ctx.task.val_metrics(y, outputs, setup.class_names)
 
@@ -698,7 +700,7 @@ def _fit_full_batch(ctx: _Context, setup: _SetUp, model: Any) -> dict[str, float
     unwrap(model).fit_full_batch(x, y, sample_weight=sw)
     outputs, yy, _ = predict(
         model, plain, batch_size=max(1, trial.train.eval_batch_size), device=device, dtype=ctx.dtype,
-        channels_last=ctx.channels_last, output_fn=task.outputs,
+        channels_last=ctx.channels_last, batch_fn=task.evaluate_batch,
     )
     return task.output_stats(yy, outputs)
 
@@ -724,7 +726,7 @@ def _final_evaluation(ctx: _Context, setup: _SetUp, m: _Model, f: _Fitted) -> Tr
     eval_ds = task.dataset(data, eval_idx, augmentation="none", mean=setup.mean, std=setup.std, seed=trial.seed)
     outputs, y, rows = predict(
         net, eval_ds, batch_size=trial.train.eval_batch_size, device=ctx.device, dtype=ctx.dtype,
-        channels_last=ctx.channels_last, num_workers=trial.train.num_workers, output_fn=task.outputs,
+        channels_last=ctx.channels_last, num_workers=trial.train.num_workers, batch_fn=task.evaluate_batch,
     )
     flat, per_class, confusion = task.report(y, outputs, setup.class_names)
     metrics = {f"{TEST_PREFIX}{key}": float(v) for key, v in flat.items()}
