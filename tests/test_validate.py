@@ -71,7 +71,7 @@ def test_validate_study_is_reachable_from_config_and_validate():
 
     cfg = StudyConfig(sizes=(0,))
     for fn in (validate_study, direct, lambda c: c.validate()):
-        with pytest.raises(ConfigError, match=r"sizes must be positive counts, got \[0\]"):
+        with pytest.raises(ConfigError, match=r"sizes must be positive counts or 'all' \(the whole training pool\), got \[0\]"):
             fn(cfg)
 
 
