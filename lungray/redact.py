@@ -45,9 +45,28 @@ _NOT_SECRET_SUFFIX = ("_PATH", "_FILE", "_DIR", "_MODE", "_TYPE", "_URL", "_URI"
 _MIN_SECRET_LEN = 8  # shorter env values ("true", "1", "token") would mask ordinary words
 
 
+def environ_snapshot() -> dict[str, str]:
+    """A copy of ``os.environ`` that another thread cannot break while it is taken.
+
+    Iterating ``os.environ`` reads key by key, so a variable another thread removes in between
+    (MLflow's telemetry thread sets and drops ``_MLFLOW_TELEMETRY_SESSION_ID``) raises
+    ``KeyError`` in the middle of a sweep; copying its underlying dict is one step under the GIL.
+    """
+    data = getattr(os.environ, "_data", None)
+    if isinstance(data, dict):
+        raw = data.copy()
+        return {os.environ.decodekey(k): os.environ.decodevalue(v) for k, v in raw.items()}  # type: ignore[attr-defined]
+    for _ in range(10):  # not CPython's os.environ: retry a copy a concurrent change broke
+        try:
+            return dict(os.environ)
+        except (KeyError, RuntimeError):
+            continue
+    return {}
+
+
 def secret_env_values(environ: Mapping[str, str] | None = None) -> list[str]:
     """Values of environment variables whose names mark them as secrets, longest first."""
-    env = os.environ if environ is None else environ
+    env = environ_snapshot() if environ is None else environ
     vals = {
         v
         for k, v in env.items()

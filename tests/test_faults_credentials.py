@@ -64,6 +64,32 @@ def test_secret_environment_values_are_masked_wherever_they_appear():
     assert got == {"tracking": {"tracking_uri": f"http://a:{MASK}@h"}, "xs": [f"http://a:{MASK}@h", 3], "t": ("x", 1.5)}
 
 
+def test_a_variable_another_thread_drops_mid_read_does_not_break_redaction(monkeypatch):
+    """MLflow's telemetry thread sets and removes ``_MLFLOW_TELEMETRY_SESSION_ID`` while a sweep
+    redacts its params: a key-by-key read of os.environ then raised KeyError (seen in a smoke
+    sweep). Here the first lookup of any variable removes another, as that thread does."""
+    monkeypatch.setenv("LUNGRAY_TEST_SECRET_TOKEN", "planted-secret-value")
+    monkeypatch.setenv("LUNGRAY_TEST_GONE", "1")
+    real_getitem = os._Environ.__getitem__
+    dropped = []
+
+    def racing_getitem(self, key):
+        if not dropped:
+            dropped.append(key)
+            os.environ._data.pop(os.environ.encodekey("LUNGRAY_TEST_GONE"), None)  # what unsetenv in a thread leaves
+        return real_getitem(self, key)
+
+    monkeypatch.setattr(os._Environ, "__getitem__", racing_getitem)
+    # the old read (for k, v in os.environ.items()) fails under this very race:
+    with pytest.raises(KeyError):
+        dropped.clear()
+        os.environ._data[os.environ.encodekey("LUNGRAY_TEST_GONE")] = b"1"
+        dict(os.environ.items())
+    dropped.clear()
+    os.environ._data[os.environ.encodekey("LUNGRAY_TEST_GONE")] = b"1"
+    assert redact("uri http://h/?x=planted-secret-value") == f"uri http://h/?x={MASK}"
+
+
 def test_a_redacted_uri_reconnects_only_with_credentials_from_the_environment(monkeypatch):
     from lungray.errors import ConfigError
 

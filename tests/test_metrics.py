@@ -102,7 +102,7 @@ def test_macro_and_weighted_f1_hand_cases():
 
 
 def test_macro_f1_equals_sklearn_on_many_small_four_class_cases():
-    """Issue 11.6: 2,000 seeded random 4-class cases of 1-12 images, with classes missing from
+    """Issue 11.6: 500 seeded random 4-class cases of 1-12 images, with classes missing from
     y_true, from y_pred or from both: lungray's macro F1 is sklearn's f1_score(average="macro")
     (default labels = the union of both arrays) for every zero_division, and equals the
     fixed-label form only with zero_division=nan."""
@@ -112,7 +112,7 @@ def test_macro_f1_equals_sklearn_on_many_small_four_class_cases():
 
     rng = np.random.default_rng(11)
     n_true_only = n_pred_only = 0
-    for _ in range(2000):
+    for _ in range(500):
         n = int(rng.integers(1, 13))
         y = rng.choice(4, size=n, p=rng.dirichlet(np.ones(4) * 0.5))
         pred = np.where(rng.random(n) < 0.5, y, rng.integers(0, 4, size=n))
@@ -125,7 +125,7 @@ def test_macro_f1_equals_sklearn_on_many_small_four_class_cases():
                 assert ours == pytest.approx(f1_score(y, pred, average="macro", zero_division=zd), abs=1e-12), (y, pred, zd)
             assert ours == pytest.approx(f1_score(y, pred, average="macro", labels=[0, 1, 2, 3], zero_division=np.nan), abs=1e-12)
     # the random cases do exercise the cases the audit found (classes in only one of the arrays)
-    assert n_true_only > 300 and n_pred_only > 300
+    assert n_true_only > 80 and n_pred_only > 80
 
 
 def test_log_loss_hand_cases():

@@ -50,7 +50,7 @@ def test_rsna_tree_runs_end_to_end_through_a_segmentation_sweep(tmp_path):
     p = subprocess.run([sys.executable, SCRIPT, "--config", "study.yaml", "--data", str(tree), "--output", "runs", "--address", "local"],
                        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
     assert p.returncode == 0, (p.stdout[-4000:], p.stderr[-4000:])
-    assert "source: rsna" in p.stdout and "task: segmentation" in p.stdout and "loss: dice" in p.stdout
+    assert "#   task: segmentation (loss: dice); data source: rsna " in p.stdout
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("[") and " done " in ln]
     assert len(lines) == 2 and all("test_dice_pos=" in ln for ln in lines)
 

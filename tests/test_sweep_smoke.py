@@ -86,6 +86,15 @@ def cpu_example(cmd: str) -> bool:
     return cmd.startswith(("python sweeps/", "lungray ", "mlflow ui"))
 
 
+# README sweeps too long for every CI run, run as written but on a smaller budget (the preset,
+# its models, data, task and report path unchanged): the full segmentation_smoke curve (12 trials
+# x 400 steps, ~2.5 min on a quiet 2-CPU machine) is the one the README reports, measured apart.
+CI_BUDGET = {
+    "python sweeps/segmentation_study.py --preset segmentation_smoke":
+        " --set seeds=[0] --set sizes=[25,100] --set schedule.max_steps=30 --set schedule.eval_every=10",
+}
+
+
 def run(cmd: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, cwd=cwd, env=_env(), timeout=timeout)
 
@@ -192,6 +201,7 @@ def test_readme_cpu_examples_run_as_written(user):
     """Every README command a CPU can run, pasted into the user's folder after the smoke sweep."""
     home, _, exp_dir = user
     cmds = [c for c in readme_commands() if cpu_example(c) and c != SMOKE and not c.startswith("mlflow ui")]
+    assert set(CI_BUDGET) <= set(cmds), "a CI budget for a command the README no longer has"
     for kind in ("lungray report", "lungray data check", "lungray phantom", "lungray mlflow-sync",
                  "python sweeps/size_study.py --resume", "python sweeps/size_study.py --dry-run"):
         assert any(c.startswith(kind) for c in cmds), (kind, cmds)
@@ -199,7 +209,7 @@ def test_readme_cpu_examples_run_as_written(user):
     c = M.client(state["tracking_uri"])
     before = len(c.search_runs([state["experiment_id"]]))
     for cmd in cmds:
-        cmd = cmd.replace("<study>_<stamp>", exp_dir.name)
+        cmd = cmd.replace("<study>_<stamp>", exp_dir.name) + CI_BUDGET.get(cmd, "")
         assert "<" not in cmd, f"a placeholder the test cannot fill: {cmd}"
         p = run(cmd, REPO if cmd.startswith("lungray check-cluster") else home)  # cluster.yaml is the repository's
         if cmd.startswith("lungray check-cluster"):  # the template as shipped: refused until its ids are set

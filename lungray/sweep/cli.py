@@ -58,13 +58,17 @@ def config_summary(cfg, source: str) -> list[str]:
     def axis(name: str, values: list) -> str:
         return f"{len(values)} {name}{'s' if len(values) != 1 else ''} ({', '.join(map(str, values))})"
 
+    from lungray.train.tasks import TASKS
+
     d = cfg.data
     data = f"{d.source}{' ' + str(d.path) if d.path else ''}, {d.resolution} px"
+    task = TASKS.get(cfg.train.task)
+    loss = cfg.train.loss if cfg.train.loss != "auto" else (task.losses[0] if task.losses else "auto")
     return [
         f"# study {cfg.name} ({source}), grid fingerprint {cfg.fingerprint()}",
         f"#   {axis('model', [m.key for m in cfg.models])} x {axis('size', list(cfg.sizes))} x "
         f"{axis('optimizer', [o.key for o in cfg.optimizers])} x {axis('seed', list(cfg.seeds))} = {n_trials(cfg)} trials",
-        f"#   data: {data}; output: {cfg.output_dir} (full resolved config: config.yaml in the experiment directory; -v prints it)",
+        f"#   task: {cfg.train.task} (loss: {loss}); data source: {data}; output: {cfg.output_dir} (full resolved config: config.yaml in the experiment directory; -v prints it)",
     ]
 
 
