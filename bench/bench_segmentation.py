@@ -22,14 +22,13 @@ Run: ``python bench/bench_segmentation.py`` (default, ~5 min on 2 CPUs) or ``--q
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-from bench_trial import images_per_epoch, steady_rate  # noqa: E402
+from bench_trial import bare_device, bare_fit, bare_loader, images_per_epoch, timed_run_trial  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -81,56 +80,18 @@ def bare_smp_loop(args, data, trial) -> float:
     import segmentation_models_pytorch as smp
     import torch
 
-    from lungray.data.augment import normalization_stats
-    from lungray.data.dataset import ImageDataset
-    from lungray.train.loop import epoch_plan
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    amp = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-    cl = device.type == "cuda"
-    torch.manual_seed(0)
-    idx = data.subset(args.n_train, 0)
-    mean, std = normalization_stats("pool", data)
-    ds = ImageDataset(data, idx, augmentation="none", mean=mean, std=std, seed=0, target="mask")
-    _, drop_last = epoch_plan(len(idx), args.batch_size, 1)  # same rule: no batch of one under BN
-    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=drop_last,
-                                         generator=torch.Generator().manual_seed(0), pin_memory=cl)
+    device, amp, cl = bare_device(fp16=False)
+    loader = bare_loader(args, data, cl, target="mask")
     w = args.width
     model = smp.Unet(encoder_name=f"tu-{args.encoder}", encoder_weights=None, in_channels=1, classes=2,
                      decoder_channels=(16 * w, 8 * w, 4 * w, 2 * w, w)).to(device)
-    if cl:
-        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=trial.optimizer.lr)
     lossf = smp.losses.DiceLoss("multiclass", from_logits=True, ignore_index=255)
-    stamps, seen = [], 0
-    for _ in range(args.epochs):
-        model.train()
-        seen = 0
-        for x, y, _ in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if cl:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                logits = model(x)
-            loss = lossf(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            seen += int(y.shape[0])
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        stamps.append(time.perf_counter())
-    return steady_rate(stamps, seen)
+    return bare_fit(model, loader, opt, lossf, args.epochs, device, amp, cl)
 
 
 def segmentation_trial(args, data, trial, out: Path) -> float:
-    from lungray.train import run_trial
-
-    stamps: list[float] = []
-    workdir = out / f"trial_{time.time_ns()}"
-    run_trial(trial, data, workdir=workdir, report=lambda m, d: stamps.append(time.perf_counter()))
-    shutil.rmtree(workdir, ignore_errors=True)
-    return steady_rate(stamps, images_per_epoch(trial, args.n_train))
+    return timed_run_trial(trial, data, out / f"trial_{time.time_ns()}", args.n_train)
 
 
 def same_network(args, data, trial) -> int:

@@ -131,35 +131,44 @@ def images_per_epoch(trial, n_train: int) -> int:
 # ------------------------------------------------------------------------------------------
 
 
-def bare_loop(args, data, trial) -> float:
-    """The hand-written reference: what a user would write without lungray."""
+def bare_device(fp16: bool = True):
+    """(device, autocast dtype or None, channels_last) as a user would pick them: bf16 where the
+    GPU has it, else fp16 with a GradScaler (``fp16``) or fp32; channels_last on CUDA only."""
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.type == "cuda"
+    amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else (torch.float16 if fp16 else None)) if cuda else None
+    return device, amp, cuda
+
+
+def bare_loader(args, data, cl: bool, target: str = "label"):
+    """A plain DataLoader over the first ``args.n_train`` pool images, pool-normalised, no
+    augmentation, with the loop's batch rule (no batch of one under batch norm)."""
     import torch
 
     from lungray.data.augment import normalization_stats
     from lungray.data.dataset import ImageDataset
-    from lungray.models import create_model
+    from lungray.train.loop import epoch_plan
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    amp = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else (torch.float16 if device.type == "cuda" else None)
-    cl = device.type == "cuda"
     torch.manual_seed(0)
     idx = data.subset(args.n_train, 0)
     mean, std = normalization_stats("pool", data)
-    ds = ImageDataset(data, idx, augmentation="none", mean=mean, std=std, seed=0)
-    from lungray.train.loop import epoch_plan
+    ds = ImageDataset(data, idx, augmentation="none", mean=mean, std=std, seed=0, target=target)
+    _, drop_last = epoch_plan(len(idx), args.batch_size, 1)
+    return torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=drop_last,
+                                       generator=torch.Generator().manual_seed(0), pin_memory=cl)
 
-    _, drop_last = epoch_plan(len(idx), args.batch_size, 1)  # same rule: no batch of one under BN
-    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=drop_last,
-                                         generator=torch.Generator().manual_seed(0), pin_memory=cl)
-    model = create_model(trial.model, data.num_classes, in_chans=1, resolution=data.resolution).to(device)
+
+def bare_fit(model, loader, opt, lossf, epochs: int, device, amp, cl: bool) -> float:
+    """The hand-written training loop every bare reference shares; images/s over the steady epochs."""
+    import torch
+
     if cl:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=trial.optimizer.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    lossf = torch.nn.CrossEntropyLoss()
-    stamps = []
-    seen = 0
-    for _ in range(args.epochs):
+    stamps, seen = [], 0
+    for _ in range(epochs):
         model.train()
         seen = 0
         for x, y, _ in loader:
@@ -180,14 +189,31 @@ def bare_loop(args, data, trial) -> float:
     return steady_rate(stamps, seen)
 
 
-def direct_trial(args, data, trial, out: Path, tag: str) -> float:
+def bare_loop(args, data, trial) -> float:
+    """The hand-written reference: what a user would write without lungray."""
+    import torch
+
+    from lungray.models import create_model
+
+    device, amp, cl = bare_device()
+    loader = bare_loader(args, data, cl)
+    model = create_model(trial.model, data.num_classes, in_chans=1, resolution=data.resolution).to(device)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=trial.optimizer.lr)
+    return bare_fit(model, loader, opt, torch.nn.CrossEntropyLoss(), args.epochs, device, amp, cl)
+
+
+def timed_run_trial(trial, data, workdir: Path, n_train: int) -> float:
+    """lungray's own trial loop, in this process; images/s over the steady epochs."""
     from lungray.train import run_trial
 
     stamps: list[float] = []
-    workdir = out / f"direct_{tag}_{time.time_ns()}"
     run_trial(trial, data, workdir=workdir, report=lambda m, d: stamps.append(time.perf_counter()))
     shutil.rmtree(workdir, ignore_errors=True)
-    return steady_rate(stamps, images_per_epoch(trial, args.n_train))
+    return steady_rate(stamps, images_per_epoch(trial, n_train))
+
+
+def direct_trial(args, data, trial, out: Path, tag: str) -> float:
+    return timed_run_trial(trial, data, out / f"direct_{tag}_{time.time_ns()}", args.n_train)
 
 
 def _plain_ray_worker(config: dict) -> None:

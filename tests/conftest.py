@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator, Mapping
 
 import pytest
 
@@ -72,3 +74,24 @@ LONGEST_MODULES = (
 def _longest_modules_first(items) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_MODULES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order inside a module kept
+
+
+@contextlib.contextmanager
+def local_ray(env: Mapping[str, str] = {}) -> Iterator[None]:
+    """A module's own local Ray instance (2 CPUs, never a `ray start` cluster left on the machine),
+    started after ``env`` is set so that Ray's worker processes inherit it (failpoints, MLflow
+    bounds); ``env`` is restored after ``ray.shutdown()``. Joins an instance already running."""
+    import ray
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)

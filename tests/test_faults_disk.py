@@ -38,17 +38,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def ray_session():
-    import ray
+    from conftest import local_ray
 
     # inherited by Ray's workers; only the simulated test's trial (seed 1) matches it
-    os.environ[FAILPOINT_ENV] = "checkpoint.write@n=40|adam|seed=1!enospc"
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
-    os.environ.pop(FAILPOINT_ENV, None)
+    with local_ray({FAILPOINT_ENV: "checkpoint.write@n=40|adam|seed=1!enospc"}):
+        yield
 
 
 def _cfg(out: Path, uri: str, seed: int):

@@ -71,20 +71,13 @@ def test_kill_plan_is_seeded_and_uses_every_point():
 
 @pytest.fixture(scope="module")
 def ray_session(tmp_path_factory):
-    import ray
+    from conftest import local_ray
 
     marks = tmp_path_factory.mktemp("failpoints")
     plan = kill_plan()
     spec = ",".join(f"{p}@{_key(n, s)}!kill" for (n, s), p in plan.items() if not p.startswith("epoch:"))
-    os.environ[FAILPOINT_ENV], os.environ[FAILPOINT_DIR_ENV] = spec, str(marks)  # Ray's workers inherit them
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield plan, marks
-    if started:
-        ray.shutdown()
-    os.environ.pop(FAILPOINT_ENV, None)
-    os.environ.pop(FAILPOINT_DIR_ENV, None)
+    with local_ray({FAILPOINT_ENV: spec, FAILPOINT_DIR_ENV: str(marks)}):  # Ray's workers inherit them
+        yield plan, marks
 
 
 def measure(exp_dir: Path, tracking_uri: str, experiment_id: str):

@@ -21,7 +21,6 @@ shortened to 2 s through their environment variables (the defaults are 20 s / 30
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -44,18 +43,10 @@ BOUNDS = {M.RETRY_SECONDS_ENV: "2", M.PROBE_SECONDS_ENV: "2"}
 
 @pytest.fixture(scope="module")
 def ray_session():
-    import ray
+    from conftest import local_ray
 
-    saved = {k: os.environ.get(k) for k in BOUNDS}
-    os.environ.update(BOUNDS)  # before Ray starts: its worker processes inherit them
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
-    for k, v in saved.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    with local_ray(BOUNDS):  # before Ray starts: its worker processes inherit them
+        yield
 
 
 def _complete(exp_root: Path) -> set[str]:

@@ -16,7 +16,6 @@ with ``val_accuracy = test_accuracy = n / 60``:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -38,16 +37,10 @@ N_MAX = 60
 
 @pytest.fixture(scope="module")
 def ray_session():
-    import ray
+    from conftest import local_ray
 
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    started = not ray.is_initialized()
-    if started:
-        # address="local": never join a `ray start` cluster another process left on this machine
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
+    with local_ray():  # conftest sets RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.2 for its workers
+        yield
 
 
 def _study(out: Path, *extra: str):

@@ -468,16 +468,20 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     >>> holm([0.01, 0.04, 0.03]).round(3).tolist()
     [0.03, 0.06, 0.06]
     """
-    p = np.asarray(pvalues, dtype=np.float64)
+    p, order = _finite_order(pvalues)
     out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    m = ok.size
-    if m == 0:
-        return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
-    out[order] = np.minimum(1.0, adj)
+    m = order.size
+    if m:
+        out[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
     return out
+
+
+def _finite_order(pvalues: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The p-values as floats and the indices of the finite ones, smallest p first (ties in
+    input order): the family a step-wise adjustment walks through."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    ok = np.flatnonzero(np.isfinite(p))
+    return p, ok[np.argsort(p[ok], kind="stable")]
 
 
 def benjamini_hochberg(pvalues: Sequence[float]) -> np.ndarray:
@@ -487,16 +491,12 @@ def benjamini_hochberg(pvalues: Sequence[float]) -> np.ndarray:
     >>> benjamini_hochberg([0.01, 0.04, 0.03]).round(3).tolist()
     [0.03, 0.04, 0.04]
     """
-    p = np.asarray(pvalues, dtype=np.float64)
+    p, order = _finite_order(pvalues)
     out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    m = ok.size
-    if m == 0:
-        return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    adj = p[order] * m / np.arange(1, m + 1)
-    adj = np.minimum.accumulate(adj[::-1])[::-1]
-    out[order] = np.minimum(1.0, adj)
+    m = order.size
+    if m:
+        adj = p[order] * m / np.arange(1, m + 1)
+        out[order] = np.minimum(1.0, np.minimum.accumulate(adj[::-1])[::-1])
     return out
 
 
