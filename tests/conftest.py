@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Optional
 
 import pytest
 
@@ -77,12 +77,13 @@ def _longest_modules_first(items) -> None:
 
 
 @contextlib.contextmanager
-def local_ray(env: Mapping[str, str] = {}) -> Iterator[None]:
+def local_ray(env: Optional[Mapping[str, str]] = None) -> Iterator[None]:
     """A module's own local Ray instance (2 CPUs, never a `ray start` cluster left on the machine),
     started after ``env`` is set so that Ray's worker processes inherit it (failpoints, MLflow
     bounds); ``env`` is restored after ``ray.shutdown()``. Joins an instance already running."""
     import ray
 
+    env = env or {}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     started = not ray.is_initialized()

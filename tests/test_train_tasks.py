@@ -389,3 +389,10 @@ def test_a_pixelwise_task_plugs_into_the_loop(prepared_phantom, tmp_path, monkey
     assert res.metrics["test_dice"] == pytest.approx(dice(pred == 1, true), abs=1e-12)
     np.testing.assert_array_equal(res.predictions["row"].to_numpy(), data.eval_idx)
     assert res.predictions["dice"].to_numpy() == pytest.approx([dice(p == 1, t) for p, t in zip(pred, true)])
+
+
+def test_auto_loss_names_each_tasks_default_and_an_explicit_loss_stays():
+    """What the sweep's summary line prints for ``train.loss``: 'auto' resolved per task."""
+    assert TASKS.get("classification").loss_name("auto") == "ce"
+    assert TASKS.get("segmentation").loss_name("auto") == "dice"
+    assert TASKS.get("segmentation").loss_name("dice_bce") == "dice_bce"

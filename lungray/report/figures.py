@@ -70,18 +70,11 @@ def save_figure(fig, stem: str | Path, formats: Sequence[str] = FIGURE_FORMATS, 
             path = stem.with_suffix("." + fmt)
             fig.savefig(path, format=fmt, dpi=dpi, metadata={"Date": None} if fmt == "svg" else None)
             out.append(path)
-            freeze_layout(fig)
+            # keep the axes where the first save's constrained layout put them: the layout is
+            # solved in inches, the same at every dpi and format, but the engine would solve it
+            # again on every savefig (a quarter of a report's figure time for identical answers)
+            fig.set_layout_engine("none")
     return out
-
-
-def freeze_layout(fig) -> None:
-    """Keep the axes where the first save's constrained layout put them.
-
-    The layout is solved in inches, the same at every dpi and format, but the engine solves it
-    again on every ``savefig``: a quarter of a report's figure time for four identical answers.
-    """
-    if fig.get_layout_engine() is not None and fig.get_layout_engine().__class__.__name__ != "PlaceHolderLayoutEngine":
-        fig.set_layout_engine("none")
 
 
 def data_uri(fig_or_png, dpi: int = 100) -> str:

@@ -62,8 +62,7 @@ def config_summary(cfg, source: str) -> list[str]:
 
     d = cfg.data
     data = f"{d.source}{' ' + str(d.path) if d.path else ''}, {d.resolution} px"
-    task = TASKS.get(cfg.train.task)
-    loss = cfg.train.loss if cfg.train.loss != "auto" else (task.losses[0] if task.losses else "auto")
+    loss = TASKS.get(cfg.train.task).loss_name(cfg.train.loss)
     return [
         f"# study {cfg.name} ({source}), grid fingerprint {cfg.fingerprint()}",
         f"#   {axis('model', [m.key for m in cfg.models])} x {axis('size', list(cfg.sizes))} x "

@@ -91,6 +91,10 @@ class Task:
 
     losses: tuple[str, ...] = ()  # what ``train.loss`` may name besides "auto" (the first is the default)
 
+    def loss_name(self, loss: str) -> str:
+        """The loss ``train.loss`` names, ``"auto"`` resolved to this task's default."""
+        return self.losses[0] if loss == "auto" and self.losses else loss
+
     def mode(self, monitor: str) -> str:
         """``"min"`` or ``"max"``: the direction in which ``monitor`` improves."""
         return self.monitors[monitor]
