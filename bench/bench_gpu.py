@@ -155,7 +155,7 @@ def bench_precision(args, device) -> None:
 def run_pack(args, out: Path, concurrent: int, tag: str) -> dict:
     from bench_sweep import read_trials
 
-    from lungray.config import load_study
+    from lungray.study import load_study
     from lungray.sweep.runner import run_study
 
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -204,7 +204,7 @@ def bench_startup(args, out: Path) -> None:
 
 def child(args) -> int:
     """Run one sweep with run_study and write its timings as JSON (runs in a subprocess)."""
-    from lungray.config import load_study
+    from lungray.study import load_study
     from lungray.sweep.runner import run_study
 
     out = Path(args.child).parent / f"sweep_{Path(args.child).stem}"

@@ -8,7 +8,6 @@ run by the thin scripts in ``sweeps/`` (``python sweeps/size_study.py``), which 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -91,23 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def configure_logging(verbose: bool, level: int = logging.INFO) -> None:
-    """Console logging at ``level``; ``-v`` adds lungray's debug lines and libraries' INFO lines,
-    never their DEBUG lines (PIL alone writes one per PNG chunk it reads). Every record is
-    redacted (:func:`lungray.redact.install_log_redaction`)."""
-    from lungray.redact import install_log_redaction
-
-    logging.basicConfig(level=logging.INFO if verbose else level, format="%(message)s")
-    if verbose:
-        logging.getLogger("lungray").setLevel(logging.DEBUG)
-    install_log_redaction()  # credentials never reach the console (issue 15)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from lungray.redact import configure_logging, redact
+
     configure_logging(args.verbose)
-    from lungray.redact import redact
     try:
         return _dispatch(args)
     except (LungrayError, FileNotFoundError) as e:

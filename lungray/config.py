@@ -8,8 +8,9 @@ A study is resolved from three layers, in order (Ray's ``experiment_config.py`` 
 
 Unknown keys are rejected at every level with the list of valid keys, and every registry name
 (model, head, freeze policy, optimizer, scheduler, augmentation, adapter, task...) is checked
-before any data is read or any GPU is touched (:mod:`lungray.validate`, which this module calls
-but never imports at load time: the registries import this module). The resolved config is
+before any data is read or any GPU is touched (:func:`lungray.study.load_study`, which resolves
+with :func:`resolve_study` and validates with :mod:`lungray.train.validate`; this module imports
+no registry, because the registries import it: config is the bottom layer). The resolved config is
 printed, written next to the results and logged to MLflow, so a run can always be reproduced
 from its own record.
 
@@ -301,11 +302,6 @@ class StudyConfig:
     variants: tuple[VariantConfig, ...] = (VariantConfig(),)  # preprocessing x normalisation arms (section 4)
 
     # -- derived ---------------------------------------------------------------------------
-    def validate(self, require_data: bool = True) -> "StudyConfig":
-        """Run :func:`validate_study`; ``require_data=False`` (a dry run) allows no ``data.path``."""
-        validate_study(self, require_data=require_data)
-        return self
-
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
@@ -612,13 +608,18 @@ def _normalise_lists(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def load_study(
+def resolve_study(
     preset: str = "default",
     yaml_path: Optional[str | Path] = None,
     overrides: Sequence[str] = (),
-    validate: bool = True,
 ) -> StudyConfig:
-    """Resolve preset -> YAML -> overrides into a validated :class:`StudyConfig`."""
+    """Resolve preset -> YAML -> overrides into a :class:`StudyConfig`, structure checked only.
+
+    Unknown keys and wrong types are refused here; the registry names (models, optimizers,
+    adapters, tasks...) are checked by :func:`lungray.study.load_study`, which calls this and then
+    :func:`lungray.train.validate.validate_study`. The registries import this module for its
+    dataclasses, so this module imports none of them: config is the bottom layer.
+    """
     import yaml
 
     from lungray.presets import preset_dict
@@ -633,33 +634,13 @@ def load_study(
             raise ConfigError(f"{p}: top level must be a mapping of config keys")
         d = merge(d, _normalise_lists(loaded))
     d = _normalise_lists(apply_overrides(d, overrides))
-    cfg = from_dict(StudyConfig, d)
-    if validate:
-        cfg.validate()
-    return cfg
+    return from_dict(StudyConfig, d)
 
 
 def dump_yaml(cfg: Any) -> str:
     import yaml
 
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
-
-# --------------------------------------------------------------------------------------------
-# Validation lives in lungray.validate, next to no dataclass: it reads the registries (data,
-# models, tasks, optimizers), and those import this module, never the other way round.
-# --------------------------------------------------------------------------------------------
-
-
-def validate_study(cfg: StudyConfig, require_data: bool = True) -> None:
-    """Every check that needs no data; see :func:`lungray.validate.validate_study`.
-
-    ``require_data=False`` accepts a missing ``data.path`` (``--dry-run`` shows a study's grid
-    before the dataset is at hand).
-    """
-    from lungray.validate import validate_study as _validate
-
-    _validate(cfg, require_data=require_data)
 
 
 def replace_in(cfg: Any, **changes: Any) -> Any:

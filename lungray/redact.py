@@ -178,3 +178,13 @@ def install_log_redaction(logger: logging.Logger | None = None) -> None:
     for h in lg.handlers:
         if not any(isinstance(f, RedactingFilter) for f in h.filters):
             h.addFilter(RedactingFilter())
+
+
+def configure_logging(verbose: bool, level: int = logging.INFO) -> None:
+    """Console logging at ``level``, every record redacted (:func:`install_log_redaction`); the
+    ``lungray`` CLI and the sweep scripts call this first. ``-v`` adds lungray's debug lines and
+    libraries' INFO lines, never their DEBUG lines (PIL alone writes one per PNG chunk it reads)."""
+    logging.basicConfig(level=logging.INFO if verbose else level, format="%(message)s")
+    if verbose:
+        logging.getLogger("lungray").setLevel(logging.DEBUG)
+    install_log_redaction()  # credentials never reach the console (issue 15)

@@ -172,7 +172,7 @@ def test_bench_sweep_quick():
 def test_sweep_series_grids_are_k_identical_trials():
     import bench_sweep
 
-    from lungray.config import load_study
+    from lungray.study import load_study
 
     assert bench_sweep.grid_overrides(bench_sweep.SMOKE) == []
     cfg = load_study("smoke", overrides=bench_sweep.grid_overrides(4))

@@ -12,9 +12,9 @@ from lungray.config import (
     apply_overrides,
     dump_yaml,
     from_dict,
-    load_study,
 )
 from lungray.errors import ConfigError
+from lungray.study import load_study
 from lungray.presets import PAPER_SIZE_RULES, preset_names
 
 

@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 
 from lungray import tracking as T
-from lungray.config import load_study
+from lungray.study import load_study
 from lungray.sweep import mlflow_run as M
 from lungray.sweep.faults import FAILPOINT_ENV, DiskFullError
 from lungray.sweep.runner import run_study

@@ -35,7 +35,7 @@ import pandas as pd
 import pytest
 
 from lungray import tracking as T
-from lungray.config import load_study
+from lungray.study import load_study
 from lungray.sweep import mlflow_run as M
 from lungray.sweep.faults import FAILPOINT_DIR_ENV, FAILPOINT_ENV
 from lungray.sweep.grid import trial_uid

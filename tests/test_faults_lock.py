@@ -91,7 +91,8 @@ def test_new_experiment_directories_are_claimed_atomically(tmp_path):
 
 
 def test_resume_and_mlflow_sync_refuse_a_directory_a_live_sweep_holds(tmp_path, live_pid):
-    from lungray.config import dump_yaml, load_study
+    from lungray.config import dump_yaml
+    from lungray.study import load_study
     from lungray.sweep.runner import run_study
     from lungray.sweep.sync import sync_mlflow
 

@@ -22,7 +22,8 @@ import pandas as pd
 import pytest
 
 from lungray import tracking as T
-from lungray.config import dump_yaml, load_study
+from lungray.config import dump_yaml
+from lungray.study import load_study
 from lungray.sweep import mlflow_run as M
 from lungray.sweep.grid import trial_uid
 

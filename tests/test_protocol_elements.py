@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from lungray.config import ModelConfig, OptimizerConfig, TrialConfig, VariantConfig, is_pool_size, load_study
+from lungray.config import ModelConfig, OptimizerConfig, TrialConfig, VariantConfig, is_pool_size
+from lungray.study import load_study
 from lungray.errors import ConfigError, DataError
 
 # --------------------------------------------------------------------------- name suggestions

@@ -403,7 +403,7 @@ def test_leakage_section_reads_like_prose_not_a_dump(report):
 
 
 def test_leakage_html_examples_as_thumbnails_and_image_level_split():
-    from lungray.report.build import _leakage_html
+    from lungray.report.provenance import leakage_html as _leakage_html
     from lungray.report._testing import _fake_leakage
 
     leak = _fake_leakage(100)
@@ -416,7 +416,7 @@ def test_leakage_html_examples_as_thumbnails_and_image_level_split():
     assert _leakage_html({"summary": {"mode": "off", "grouping": "image-level split (no patient ids; leakage audit off)"}}) == (
         "<p>Policy <b>off</b>: no audit was run. Split: image-level split (no patient ids; leakage audit off).</p>")
     assert "No leakage report" in _leakage_html(None)
-    from lungray.report.build import _pair_figure
+    from lungray.report.provenance import pair_figure as _pair_figure
 
     fig = _pair_figure(np.zeros((12, 8, 8), np.uint8), 255.0, leak["audit"]["examples"])
     assert len(fig.axes) == 4 and fig.axes[0].get_title() == "pool"

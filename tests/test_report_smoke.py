@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    from lungray.config import load_study
+    from lungray.study import load_study
     from lungray.sweep.runner import run_study
 
     out = tmp_path_factory.mktemp("smoke")

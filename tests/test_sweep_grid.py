@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from lungray.config import dump_yaml, load_study
+from lungray.config import dump_yaml
+from lungray.study import load_study, validate_study
 from lungray.errors import ConfigError
 from lungray.sweep import grid as G
 from lungray.sweep.cluster import local_cluster_spec
@@ -109,9 +110,9 @@ def test_use_ray_train_auto_means_ray_train_only_for_ddp():
     assert smoke("resources.use_ray_train=true").resources.ray_train
     assert not smoke("resources.use_ray_train=false").resources.ray_train
     with pytest.raises(ConfigError, match="resources.use_ray_train=false runs each trial in one process but resources.workers=2"):
-        smoke("resources.use_ray_train=false", "resources.workers=2").validate()
+        validate_study(smoke("resources.use_ray_train=false", "resources.workers=2"))
     with pytest.raises(ConfigError, match="resources.use_ray_train"):
-        smoke("resources.use_ray_train=sometimes").validate()
+        validate_study(smoke("resources.use_ray_train=sometimes"))
 
 
 def test_preflight_caps_concurrency_at_the_number_of_trials():

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from lungray import tracking as T
-from lungray.config import dump_yaml, load_study
+from lungray.config import dump_yaml
+from lungray.study import load_study
 from lungray.sweep import mlflow_run as M
 from lungray.sweep.grid import trial_lookup, trial_uid
 from lungray.sweep.testing import FakeTrialBody, make_prepared

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 
 from lungray import tracking as T
-from lungray.config import load_study
+from lungray.study import load_study
 from lungray.errors import DataError
 from lungray.sweep import mlflow_run as M
 from lungray.sweep.grid import trial_uid

@@ -159,7 +159,7 @@ def test_killed_driver_resumes_only_unfinished_trials_without_duplicate_runs(tmp
     leftovers = _ray_leftovers(record)
     assert leftovers, "no Ray process outlived the killed driver: this test no longer shows the clean-up"
     bystander = subprocess.Popen(["sleep", "900"])  # another process of this user: never touched
-    from lungray.config import load_study
+    from lungray.study import load_study
     from lungray.sweep.grid import trial_uid
 
     unfinished = {trial_uid(t) for t in load_study("smoke", overrides=[g for g in GRID if g != "--set"]).trials()} - finished_first

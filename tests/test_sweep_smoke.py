@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from lungray import tracking as T
-from lungray.config import load_study
+from lungray.study import load_study
 from lungray.sweep import mlflow_run as M
 
 pytestmark = pytest.mark.slow

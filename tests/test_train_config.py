@@ -1,6 +1,6 @@
 """Malformed trial configs fail at config time, with the valid choices in the message.
 
-``load_study`` validates through :func:`lungray.config.validate_study`, which imports every
+``load_study`` validates through :func:`lungray.train.validate.validate_study` (through :func:`lungray.study.load_study`), which imports every
 registry (data, models, optimizers), so these tests run once all areas exist. ``run_trial``
 re-validates a hand-built trial before it touches the data (``data=None`` here proves it).
 """
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from lungray.config import ModelConfig, OptimizerConfig, ScheduleConfig, SizeRule, TrialConfig, load_study
+from lungray.config import ModelConfig, OptimizerConfig, ScheduleConfig, SizeRule, TrialConfig
+from lungray.study import load_study
 from lungray.errors import ConfigError
 from lungray.presets import PAPER_SIZE_RULES
 

@@ -3,7 +3,7 @@
 * config time: U-Nets only with segmentation, classifiers only with classification, a data
   source with masks, the loss names, and the presets;
 * the task's pieces against an independent path: device-side confusions and Dice sums vs
-  :mod:`lungray.seg_metrics` on NumPy masks, the validation loss vs the criterion on the whole
+  :mod:`lungray.metrics.segmentation` on NumPy masks, the validation loss vs the criterion on the whole
   split as one batch, the held-out report vs ``segmentation_report`` on the argmax masks;
 * ``run_trial`` end to end on the phantom's lesion masks: the reported test Dice is that of the
   selected checkpoint's masks, recomputed here; a dataset without masks fails in one line.
@@ -21,10 +21,11 @@ import numpy as np
 import pytest
 import torch
 
-from lungray.config import DataConfig, ModelConfig, OptimizerConfig, ScheduleConfig, TrainConfig, TrialConfig, load_study
+from lungray.config import DataConfig, ModelConfig, OptimizerConfig, ScheduleConfig, TrainConfig, TrialConfig
+from lungray.study import load_study
 from lungray.data.masks import IGNORE
 from lungray.errors import ConfigError
-from lungray.seg_metrics import image_confusion, masks_from_probs, image_scores, segmentation_report
+from lungray.metrics.segmentation import image_confusion, masks_from_probs, image_scores, segmentation_report
 from lungray.train.tasks import TASKS, SegmentationTask, image_confusion_torch
 
 
@@ -104,7 +105,7 @@ def test_classification_rejects_a_unet_and_a_segmentation_loss():
 
 
 # ------------------------------------------------------------------------------------------
-# the task's pieces, against lungray.seg_metrics on NumPy masks
+# the task's pieces, against lungray.metrics.segmentation on NumPy masks
 # ------------------------------------------------------------------------------------------
 
 
@@ -143,7 +144,7 @@ def test_batch_and_epoch_statistics_by_hand():
 @pytest.mark.parametrize("loss", ["dice", "dice_ce", "dice_bce", "ce"])
 def test_validation_and_report_equal_an_independent_computation(loss):
     """Two batches through evaluate_batch; val_loss is the criterion on both batches as ONE
-    batch, Dice/IoU/detection are seg_metrics' on the argmax masks and max-foreground scores."""
+    batch, Dice/IoU/detection are metrics.segmentation's on the argmax masks and max-foreground scores."""
     from lungray.train.losses import build_loss
 
     task = TASKS.get("segmentation").for_trial(seg_trial(train={"loss": loss}))

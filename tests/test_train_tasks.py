@@ -20,7 +20,8 @@ import pandas as pd
 import pytest
 import torch
 
-from lungray.config import ModelConfig, OptimizerConfig, ScheduleConfig, TrainConfig, TrialConfig, load_study
+from lungray.config import ModelConfig, OptimizerConfig, ScheduleConfig, TrainConfig, TrialConfig
+from lungray.study import load_study
 from lungray.errors import ConfigError
 from lungray.metrics import classification_report
 from lungray.train.tasks import TASKS, ClassificationTask, ReportSpec, Task, class_weights

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from lungray import tracking as T
-from lungray.config import load_study
+from lungray.study import load_study
 from lungray.sweep import mlflow_run as M
 
 pytestmark = pytest.mark.slow

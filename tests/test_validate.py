@@ -1,4 +1,4 @@
-"""Config validation lives in :mod:`lungray.validate`; :mod:`lungray.config` imports no registry.
+"""Config validation lives in :mod:`lungray.train.validate`; :mod:`lungray.config` imports no registry.
 
 The registries (data adapters, models, tasks, optimizers) import ``lungray.config`` for its
 dataclasses; if config imported them back, whichever side loaded first would find the other
@@ -33,27 +33,28 @@ def test_importing_config_loads_no_heavy_library():
         "heavy = [m for m in ('torch', 'timm', 'ray', 'mlflow') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
         # validating a study of lungray's own models stays light too (the CLI checks before it works)
-        "lungray.config.load_study('smoke')\n"
+        "import lungray.study\n"
+        "lungray.study.load_study('smoke')\n"
         "heavy = [m for m in ('torch', 'timm', 'ray', 'mlflow') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     assert r.returncode == 0, r.stderr
 
 
-MODULES = ["lungray.models", "lungray.train.optim", "lungray.train.tasks", "lungray.validate", "lungray.config"]
+MODULES = ["lungray.models", "lungray.train.optim", "lungray.train.tasks", "lungray.train.validate", "lungray.config", "lungray.study"]
 
 
 @pytest.mark.parametrize("first", MODULES + ["lungray.train.loop"])
 def test_every_import_order_works(first):
     """Import one module first, then the rest, then validate a study: no partially initialised module."""
     code = f"import {first}\n" + "".join(f"import {m}\n" for m in MODULES if m != first)
-    code += "from lungray.config import load_study\nassert load_study('smoke').train.task == 'classification'\n"
+    code += "from lungray.study import load_study\nassert load_study('smoke').train.task == 'classification'\n"
     r = _python(code)
     assert r.returncode == 0, r.stderr
 
 
 def test_config_module_imports_no_registry():
-    """Statically, anywhere in lungray/config.py (functions included): only errors, presets and validate."""
+    """Statically, anywhere in lungray/config.py (functions included): only errors and presets."""
     tree = ast.parse(Path(lungray.config.__file__).read_text())
     imported = set()
     for node in ast.walk(tree):
@@ -61,23 +62,29 @@ def test_config_module_imports_no_registry():
             imported.add(node.module)
         elif isinstance(node, ast.Import):
             imported.update(a.name for a in node.names if a.name.startswith("lungray"))
-    assert imported == {"lungray.errors", "lungray.presets", "lungray.validate"}
+    assert imported == {"lungray.errors", "lungray.presets"}
 
 
-def test_validate_study_is_reachable_from_config_and_validate():
-    from lungray.config import StudyConfig, validate_study
+def test_load_study_validates_and_resolve_study_does_not():
+    """``resolve_study`` checks structure only; ``load_study`` adds every registry check."""
+    from lungray.config import StudyConfig, resolve_study
     from lungray.errors import ConfigError
-    from lungray.validate import validate_study as direct
+    from lungray.study import load_study, validate_study
 
     cfg = StudyConfig(sizes=(0,))
-    for fn in (validate_study, direct, lambda c: c.validate()):
-        with pytest.raises(ConfigError, match=r"sizes must be positive counts or 'all' \(the whole training pool\), got \[0\]"):
-            fn(cfg)
+    with pytest.raises(ConfigError, match=r"sizes must be positive counts or 'all' \(the whole training pool\), got \[0\]"):
+        validate_study(cfg)
+    assert resolve_study("smoke", overrides=["optimizers=[adagrad]"]).optimizers[0].name == "adagrad"
+    with pytest.raises(ConfigError, match=r"unknown optimizer 'adagrad'"):
+        load_study("smoke", overrides=["optimizers=[adagrad]"])
+    with pytest.raises(ConfigError, match=r"unknown config key data.colour"):
+        resolve_study("smoke", overrides=["data.colour=1"])
 
 
 def test_model_resolution_rule_is_the_model_specs_own():
     """``ae_encoder``'s resolution rule is a ModelSpec hook; config validation just calls it."""
-    from lungray.config import ModelConfig, load_study
+    from lungray.config import ModelConfig
+    from lungray.study import load_study
     from lungray.errors import ConfigError
     from lungray.models import MODELS, check_model_config
 

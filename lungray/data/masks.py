@@ -40,8 +40,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-#: mask value for "unknown" pixels (skipped by losses and metrics)
-IGNORE = 255
+from lungray.metrics.segmentation import IGNORE  # "unknown" pixels, skipped by losses and metrics
+
 #: the mask kinds a prepared dataset can have
 MASK_KINDS = ("lesion", "lesion_boxes", "lung")
 #: the data source that provides each kind (``None``: the source has no masks)

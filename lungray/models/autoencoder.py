@@ -45,6 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lungray.errors import ConfigError, DataError
+from lungray.models.specs import input_channels
 
 log = logging.getLogger(__name__)
 
@@ -442,3 +443,22 @@ def ensure_autoencoder(
         torch.save(ckpt, tmp)
         os.replace(tmp, path)
     return path
+
+
+def prepare_ae_encoder(data: Any, trial: Any, *, device: Any, mean: float, std: float) -> dict[str, Any]:
+    """Pretrain the autoencoder on the unlabelled training pool (or find it cached): section 1's
+    encoder is trained on reconstruction before the classifier sees any label."""
+    tc = trial.train
+    path = ensure_autoencoder(
+        data,
+        trial.seed,
+        epochs=tc.ae_epochs,
+        device=device,
+        resolution=data.resolution,
+        max_images=tc.ae_pretrain_images,
+        mean=mean,
+        std=std,
+        in_chans=input_channels(trial.model),
+        pretrain_class=tc.ae_pretrain_class,
+    )
+    return {"ae_weights": path}

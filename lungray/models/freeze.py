@@ -23,11 +23,11 @@ import torch.nn as nn
 
 from lungray.errors import ConfigError
 from lungray.models._families import FAMILIES, stage_groups
+from lungray.models.net import LungrayNet, unwrap_model
+from lungray.models.specs import FREEZE_POLICIES, parse_freeze
 
 
 def _net(model: nn.Module) -> nn.Module:
-    from lungray.models.factory import LungrayNet, unwrap_model
-
     net = unwrap_model(model)
     if not isinstance(net, LungrayNet):
         raise TypeError(f"expected a model from lungray.models.create_model, got {type(net).__name__}")
@@ -44,8 +44,6 @@ def backbone_stages(model: nn.Module) -> list[list[str]]:
 
 def trainable_parameter_names(model: nn.Module) -> list[str]:
     """Names of parameters with ``requires_grad`` (what the optimizer will update), unwrapped."""
-    from lungray.models.factory import unwrap_model
-
     return [n for n, p in unwrap_model(model).named_parameters() if p.requires_grad]
 
 
@@ -109,7 +107,5 @@ def freeze_last(model: nn.Module, n: Optional[int] = None) -> None:
 
 def apply_freeze(model: nn.Module, freeze: str) -> None:
     """Apply a ``ModelConfig.freeze`` string (``none``, ``backbone``, ``last:N``)."""
-    from lungray.models import FREEZE_POLICIES, parse_freeze
-
     policy, n = parse_freeze(freeze)
     FREEZE_POLICIES.get(policy)(model, n)

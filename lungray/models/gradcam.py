@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from lungray.errors import ConfigError
 from lungray.models._families import FAMILIES, detect_family
+from lungray.models.net import LungrayNet, unwrap_model
 
 
 def last_conv(body: nn.Module, family: str = "") -> nn.Module:
@@ -60,8 +61,6 @@ def gradcam_target(model: nn.Module, layer: Optional[str] = None) -> tuple[list[
     by :func:`lungray.models.create_model`). A bare timm or torchvision-trunk module is
     accepted too: its family is detected directly and a module path is looked up in it.
     """
-    from lungray.models.factory import LungrayNet, unwrap_model
-
     net = unwrap_model(model)
     if isinstance(net, LungrayNet):
         body, family = net.backbone.body, net.family

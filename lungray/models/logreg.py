@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lungray.models.factory import LungrayNet
+from lungray.models.net import LungrayNet
 
 DEFAULT_POOL = 32
 C_DEFAULT = 1.0  # scikit-learn's default inverse regularisation strength

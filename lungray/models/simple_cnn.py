@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from lungray.errors import ConfigError
-from lungray.models import simple_cnn_feature_side as feature_side
+from lungray.models.specs import simple_cnn_feature_side as feature_side
 
 DEFAULT_WIDTH = 32  # section 5: 32, 64, 128
 DENSE_UNITS = 128  # section 5: Dense 128

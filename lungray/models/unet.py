@@ -103,7 +103,7 @@ class SegNet(nn.Module):
 
 def _adapter(cfg: Any, in_chans: int) -> tuple[nn.Module, int]:
     """(adapter, channels the network receives) for ``cfg.input_mode``."""
-    from lungray.models.factory import RepeatChannels
+    from lungray.models.net import RepeatChannels
 
     if cfg.input_mode == "repeat3" and in_chans == 1:
         return RepeatChannels(3), 3

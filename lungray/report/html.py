@@ -198,3 +198,21 @@ def page(title: str, subtitle: str, header_body: str, sections: Sequence[Section
         f"<header><h1>{esc(title)}</h1><div class=\"muted\">{esc(subtitle)}</div>{header_body}"
         f'<nav class="toc">{toc}</nav></header><main>{body}</main></body></html>\n'
     )
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (a red box in the report says one line)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def fmt_n_ci(est: float, lo: float, hi: float) -> str:
+    """A training size with its interval, ``1,200 [800, ∞]``; ``–`` when there is no estimate."""
+    def f(x: float) -> str:
+        if x is None or (isinstance(x, float) and math.isnan(x)):
+            return "?"
+        return "∞" if math.isinf(x) else f"{x:,.0f}"
+
+    if est is None or (isinstance(est, float) and math.isnan(est)):
+        return "–"
+    return f"{f(est)} [{f(lo)}, {f(hi)}]"

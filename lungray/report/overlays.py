@@ -101,7 +101,7 @@ def overlay_section(b: Any, device: Optional[str] = None):
 
     from lungray.report import html as H
     from lungray.report.load import download
-    from lungray.seg_metrics import masks_from_probs, overlap_ratios
+    from lungray.metrics.segmentation import masks_from_probs, overlap_ratios
     from lungray.train.tasks import image_confusion_torch
 
     sw = b.sweep
@@ -170,7 +170,7 @@ def overlay_section(b: Any, device: Optional[str] = None):
     kind = {1: "with a finding", 0: "without a finding"}
     y = sw.predictions[chosen[0][1]["run_id"]].set_index("image_id")["y_true"].reindex(ids).to_numpy()
     row_titles = [f"{kind.get(int(v), 'mask unknown')}\n{i}" for v, i in zip(y, ids)]
-    body = b._fig(mask_panel_figure(imgs01, truths, row_titles, preds, titles), "mask_panels", "Predicted masks",
+    body = b.fig(mask_panel_figure(imgs01, truths, row_titles, preds, titles), "mask_panels", "Predicted masks",
                   "Each row is one evaluation image (chosen from the ground truth: findings of decreasing size, then "
                   "images without one); red marks the true mask and each model's predicted mask, with its Dice.")
     body += "<h3>Checkpoint check</h3>" + H.table(pd.DataFrame(checks), text_columns=["model"])

@@ -76,7 +76,7 @@ def resolve_config(args: argparse.Namespace, default_preset: str = "default"):
 
     With ``--resume DIR`` and no grid-changing option, the config saved in DIR is used.
     """
-    from lungray.config import load_study
+    from lungray.study import load_study, validate_study
 
     grid_args = args.preset or args.config or args.overrides or args.data or args.source
     if args.resume and not grid_args:
@@ -91,7 +91,7 @@ def resolve_config(args: argparse.Namespace, default_preset: str = "default"):
             changes["tracking__tracking_uri"] = args.tracking_uri
         if args.no_report:
             changes["report"] = False
-        return replace_in(cfg, **changes).validate() if changes else cfg.validate()
+        return validate_study(replace_in(cfg, **changes) if changes else cfg)
     overrides: list[str] = []
     if args.data:
         source = args.source
@@ -109,8 +109,7 @@ def resolve_config(args: argparse.Namespace, default_preset: str = "default"):
     if args.no_report:
         overrides.append("report=false")
     overrides += list(args.overrides)
-    cfg = load_study(args.preset or default_preset, args.config, overrides, validate=False)
-    return cfg.validate(require_data=not getattr(args, "dry_run", False))
+    return load_study(args.preset or default_preset, args.config, overrides, require_data=not getattr(args, "dry_run", False))
 
 
 def main(
@@ -130,8 +129,7 @@ def main(
     prog = prog or os.path.basename(sys.argv[0] or "lungray-sweep")
     parser = build_parser(prog, default_preset, description)
     args = parser.parse_args(argv)
-    from lungray.cli import configure_logging
-    from lungray.redact import redact
+    from lungray.redact import configure_logging, redact
 
     configure_logging(args.verbose, logging.WARNING)
     try:

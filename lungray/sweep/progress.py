@@ -112,6 +112,10 @@ def make_callback(
     return _callback_class()(total, headline, status_every_s, list(cells or []), int(slots))
 
 
+#: Key of a Tune result that carries a one-line note for the driver's console (e.g. a
+#: checkpoint that failed verification and what the trial did instead); trials set it.
+NOTE_KEY = "lungray_note"
+
 _CLASS: list = []
 _ECHO: list = [print]
 
@@ -201,8 +205,6 @@ def _callback_class():
             self.echo(trial_line(self.done, self.total, self._name(trial), trial.last_result or {}, seconds, self.eta(trials), self.headline, status))
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            from lungray.sweep.trainable import NOTE_KEY
-
             note = result.get(NOTE_KEY)
             if note and (trial.trial_id, note) not in self.noted:
                 self.noted.add((trial.trial_id, note))

@@ -32,21 +32,18 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from lungray import tracking as T
-from lungray.config import StudyConfig, dump_yaml, from_dict, is_pool_size
+from lungray.config import StudyConfig, dump_yaml, is_pool_size
 from lungray.errors import ConfigError
+from lungray.study import validate_study
 from lungray.sweep import grid as G
 from lungray.redact import redact, redacting, usable_uri
 from lungray.sweep import sync as S
+from lungray.sweep.expdir import CONFIG_YAML, SWEEP_JSON, TUNE_NAME, load_saved_config, read_result, read_sweep_state, remove_work
 from lungray.sweep.faults import DiskFullError, failpoint, is_disk_full, no_space_left
 from lungray.sweep.lock import ExperimentLock, check_private, claim_new_dir
 from lungray.sweep.progress import disk_line, format_summary, make_callback, summary_table
 
 log = logging.getLogger(__name__)
-
-SWEEP_JSON = "sweep.json"
-CONFIG_YAML = "config.yaml"
-TUNE_NAME = "tune"
-
 
 @dataclass
 class SweepResult:
@@ -87,23 +84,6 @@ def new_experiment_dir(cfg: StudyConfig, now: Optional[_dt.datetime] = None) -> 
         i += 1
         d = base / f"{cfg.name}_{now:%Y%m%d-%H%M%S}-{i}"
     return d
-
-
-def read_sweep_state(experiment_dir: Union[str, Path]) -> dict:
-    p = Path(experiment_dir) / SWEEP_JSON
-    if not p.exists():
-        raise ConfigError(f"--resume {experiment_dir}: no {SWEEP_JSON} there; pass the experiment directory a sweep printed at start")
-    return json.loads(p.read_text())
-
-
-def load_saved_config(experiment_dir: Union[str, Path]) -> StudyConfig:
-    """The resolved config a sweep was started with (``<experiment_dir>/config.yaml``)."""
-    import yaml
-
-    p = Path(experiment_dir) / CONFIG_YAML
-    if not p.exists():
-        raise ConfigError(f"--resume {experiment_dir}: no {CONFIG_YAML} there; is this a lungray experiment directory?")
-    return from_dict(StudyConfig, yaml.safe_load(p.read_text()))
 
 
 def grid_diff(a: StudyConfig, b: StudyConfig) -> list[str]:
@@ -235,10 +215,10 @@ def run_study(
     report : bool, optional
         Override ``cfg.report`` (the CLI's ``--no-report``).
     validate : bool
-        Run :meth:`StudyConfig.validate` (registry names, ranges) first.
+        Run :func:`lungray.train.validate.validate_study` (registry names, ranges) first.
     """
     if validate:
-        cfg.validate(require_data=not dry_run)
+        validate_study(cfg, require_data=not dry_run)
     echo = redacting(echo)  # credentials never reach the console (issue 15)
     spec = G.lr_search_spec(cfg)
     total = G.n_trials(cfg)
@@ -506,8 +486,6 @@ def remove_finished_work(exp_dir: Path) -> None:
     """Delete the working folders (resumable checkpoints) that finished trials left behind
     (a driver killed between a trial's result and its clean-up); unfinished trials keep theirs
     for ``--resume``."""
-    from lungray.sweep.trainable import read_result, remove_work
-
     d = exp_dir / "trials"
     for t in sorted(d.iterdir()) if d.exists() else []:
         if (read_result(t) or {}).get("complete"):
@@ -601,8 +579,6 @@ def _dry_run_cluster(address: Optional[str], autoscaling_config: Optional[str]) 
 
 
 def _count_done(exp_dir: Path) -> int:
-    from lungray.sweep.trainable import read_result
-
     d = exp_dir / "trials"
     if not d.exists():
         return 0
@@ -721,8 +697,6 @@ def _env(values: Mapping[str, str]):
 
 def collect_rows(exp_dir: Path, results: Any, lookup: Optional[Mapping[str, Any]] = None) -> list[dict]:
     """One row per trial from the trial directories (finished) and Tune's results (errors)."""
-    from lungray.sweep.trainable import read_result
-
     rows: dict[str, dict] = {}
     tdir = exp_dir / "trials"
     if tdir.exists():

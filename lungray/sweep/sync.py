@@ -33,6 +33,7 @@ from lungray import tracking as T
 from lungray.config import TrialConfig
 from lungray.errors import ConfigError
 from lungray.redact import redact
+from lungray.sweep.expdir import ARTIFACTS_DIR, SWEEP_JSON, load_saved_config, read_result, read_sweep_state
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,6 @@ def sync_trial(
     """
     from lungray.sweep.faults import failpoint
     from lungray.sweep import mlflow_run as M
-    from lungray.sweep.trainable import ARTIFACTS_DIR, read_result
 
     tdir = Path(tdir)
     trial = _trial_of(tdir)
@@ -413,7 +413,6 @@ def sync_mlflow(experiment_dir: Union[str, Path], tracking_uri: Optional[str] = 
     from lungray.redact import usable_uri
     from lungray.sweep import mlflow_run as M
     from lungray.sweep.lock import ExperimentLock
-    from lungray.sweep.runner import SWEEP_JSON, load_saved_config, read_sweep_state
 
     exp_dir = Path(experiment_dir).resolve()
     if not (exp_dir / SWEEP_JSON).exists():
@@ -465,6 +464,5 @@ def sync_mlflow(experiment_dir: Union[str, Path], tracking_uri: Optional[str] = 
 def write_state(exp_dir: Union[str, Path], state: Mapping[str, Any]) -> None:
     """``sweep.json``, redacted, replaced atomically."""
     from lungray.sweep.mlflow_run import atomic_write_text
-    from lungray.sweep.runner import SWEEP_JSON
 
     atomic_write_text(Path(exp_dir) / SWEEP_JSON, json.dumps(redact(dict(state)), indent=1))

@@ -59,23 +59,12 @@ from typing import Any, Callable, Mapping, Optional, Union
 from lungray import tracking as T
 from lungray.config import TrialConfig
 from lungray.sweep import sync as S
+from lungray.sweep.expdir import ARTIFACTS_DIR, EPOCH_FILE, RESULT_FILE, WORK_DIR, read_result, remove_work, write_result
+from lungray.sweep.progress import NOTE_KEY
 from lungray.sweep.faults import DiskFullError, disk_full_error, failpoint, is_disk_full
 from lungray.sweep.grid import trial_from_params, trial_uid
 
 log = logging.getLogger(__name__)
-
-#: File written into every reported checkpoint: the epoch and its metrics, so a worker that
-#: resumes from it can log an epoch whose MLflow write was cut off by the crash.
-EPOCH_FILE = "lungray_epoch.json"
-#: Rank 0's working folder in the trial directory (resumable checkpoint, best.pt), removed
-#: once the trial's results are complete.
-WORK_DIR = "work"
-#: Key of a Tune result that carries a one-line note for the driver's console (e.g. a
-#: checkpoint that failed verification and what the trial did instead).
-NOTE_KEY = "lungray_note"
-#: Per-trial result file in ``<experiment>/trials/<trial_id>/`` (read by the driver and sync).
-RESULT_FILE = "result.json"
-ARTIFACTS_DIR = "artifacts"
 
 DEFAULT_BODY = "lungray.train:run_trial"
 
@@ -421,11 +410,6 @@ def resume_point(work: Path, trial_name: str, *, clean: bool) -> tuple[Optional[
     return found, f"{trial_name}: {'; '.join(problems)}; {then}"
 
 
-def remove_work(tdir: Path) -> None:
-    """Delete a finished trial's working folder (its resumable checkpoint is no longer needed)."""
-    shutil.rmtree(Path(tdir) / WORK_DIR, ignore_errors=True)
-
-
 def _run_body(ctx: SweepContext, trial: TrialConfig, trial_id: str, run_id: str, *, rank: int, report_fn) -> None:
     from lungray.sweep import mlflow_run as M
     from lungray.train.checkpoint import CheckpointError
@@ -586,24 +570,6 @@ def write_confusion(out_dir: Path, cm: Any, class_names: list[str], title: str =
     fig.tight_layout()
     fig.savefig(out_dir / T.CONFUSION_PNG)
     plt.close(fig)
-
-
-def read_result(tdir: Path) -> Optional[dict]:
-    p = Path(tdir) / RESULT_FILE
-    if not p.exists():
-        return None
-    try:
-        return json.loads(p.read_text())
-    except ValueError:
-        return None
-
-
-def write_result(tdir: Path, summary: Mapping[str, Any]) -> None:
-    """``result.json``, replaced atomically: a reader never sees half a file, and a write that
-    fails (full disk, kill) leaves the previous version."""
-    from lungray.sweep.mlflow_run import atomic_write_text
-
-    atomic_write_text(Path(tdir) / RESULT_FILE, json.dumps(summary, indent=1, default=str))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The inside of one trial: optimizers, the training loop, checkpoints and evaluation.
 
-``lungray.train`` stays cheap to import (config validation, :mod:`lungray.validate`, imports
+``lungray.train`` stays cheap to import (config validation, :mod:`lungray.train.validate`, imports
 :mod:`lungray.train.optim` and :mod:`lungray.train.tasks` for their registries), so
 :func:`run_trial` is loaded from :mod:`lungray.train.loop`, and torch with it, on first use.
 """

@@ -61,13 +61,14 @@ def validate_trial(trial: TrialConfig, resolution: Optional[int] = None) -> None
     """Run the study-level checks on a single trial (names, ranges, zero-step schedules).
 
     A trial built by hand (a test, a notebook) gets the same config-time errors as a study;
-    the one-cell study reuses :func:`lungray.validate.validate_study` so the rules live once.
+    the one-cell study reuses :func:`lungray.train.validate.validate_study` so the rules live once.
     ``resolution`` (the prepared data's, when known) enables the resolution-dependent model
     checks; without it they are skipped (a 256 px stand-in passes them).
     """
     from lungray.config import DataConfig
+    from lungray.train.validate import validate_study
 
-    StudyConfig(
+    validate_study(StudyConfig(
         name=trial.study,
         data=DataConfig(resolution=int(resolution) if resolution else 256),
         models=(trial.model,),
@@ -76,7 +77,7 @@ def validate_trial(trial: TrialConfig, resolution: Optional[int] = None) -> None
         seeds=(trial.seed,),
         schedule=trial.schedule,
         train=trial.train,
-    ).validate()
+    ))
 
 
 def epoch_plan(n_train: int, batch_size: int, world_size: int = 1) -> tuple[int, bool]:

@@ -13,7 +13,7 @@ Soft Dice, and its smoothing convention (stated because papers differ):
 
 with the sums over every valid pixel of the WHOLE BATCH (batch-global, as the Keras
 ``dice_coef`` the study used and smp's ``DiceLoss``; per-image Dice is a metric, in
-:mod:`lungray.seg_metrics`) and ``s = smooth = 1`` in numerator and denominator (the Keras
+:mod:`lungray.metrics.segmentation`) and ``s = smooth = 1`` in numerator and denominator (the Keras
 kernels' ``smooth=1``). A class absent from the batch then scores ``s / (sum(p_c) + s)``, which
 rises to 1 as its predicted mass falls to 0: no NaN and no division by zero, and an empty mask
 still teaches "predict nothing here". ``include_background`` (default ``True``, as the study's

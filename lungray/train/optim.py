@@ -1,6 +1,6 @@
 """Optimizers and per-epoch learning-rate schedules, by name.
 
-Both registries must stay importable without torch (:func:`lungray.validate.validate_study`
+Both registries must stay importable without torch (:func:`lungray.train.validate.validate_study`
 checks names against them before anything heavy loads), so optimizer factories import torch inside
 and schedules are pure functions ``factor(epoch, cfg, epochs, iteration) -> float`` (the
 multiplier of the base learning rate during 0-based ``epoch``, at 0-based optimisation step

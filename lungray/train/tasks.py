@@ -34,7 +34,7 @@ Two tasks are registered: ``classification`` and ``segmentation`` (issue 10,
 :class:`Task` and registers an instance in :data:`TASKS`; the loop, the sweep, the checkpoint
 format and the MLflow schema need no change, and the report reads its ``report_spec``.
 ``train.task``, ``train.loss`` and ``schedule.monitor`` are validated against this registry at
-config time (:mod:`lungray.validate`).
+config time (:mod:`lungray.train.validate`).
 
 Importing this module is cheap (no torch): config validation reads the registry.
 """
@@ -358,7 +358,7 @@ TASKS.register(
 #: the foreground class's name per mask kind (the mask's class axis: background, foreground)
 MASK_CLASS = {"lesion": "lesion", "lesion_boxes": "opacity", "lung": "lung"}
 
-# monitor name -> key of the segmentation summary (lungray.seg_metrics.report_from_confusion)
+# monitor name -> key of the segmentation summary (lungray.metrics.segmentation.report_from_confusion)
 _SEG_VAL_KEYS = {
     "val_dice_pos": "dice_pos",
     "val_dice_all": "dice_all",
@@ -373,7 +373,7 @@ _SEG_HEADLINE = ("dice_pos", "dice_all", "iou_pos", "iou_all", "miou_global", "d
 def image_confusion_torch(pred: "torch.Tensor", target: "torch.Tensor", num_classes: int = 2) -> "torch.Tensor":
     """Per-image pixel confusion ``C[n, t, p]`` (int64 ``(B, K, K)``) on the tensors' device.
 
-    The torch twin of :func:`lungray.seg_metrics.image_confusion` (a test holds them equal):
+    The torch twin of :func:`lungray.metrics.segmentation.image_confusion` (a test holds them equal):
     ``target`` pixels equal to ``IGNORE`` (255) are skipped. K^2 masked sums instead of a
     ``bincount``, whose data-dependent output size is a host sync on a GPU.
     """
@@ -389,7 +389,7 @@ def image_confusion_torch(pred: "torch.Tensor", target: "torch.Tensor", num_clas
 
 def _dice_iou_sums(conf: "torch.Tensor") -> dict[str, "torch.Tensor"]:
     """Per-image Dice/IoU of the foreground (class 1) summed over the known and the positive
-    images of a batch, with :mod:`lungray.seg_metrics`' conventions (empty truth and prediction
+    images of a batch, with :mod:`lungray.metrics.segmentation`' conventions (empty truth and prediction
     score 1; an image without a valid pixel is left out)."""
     import torch
 
@@ -428,7 +428,7 @@ class SegmentationTask(Task):
     (:meth:`evaluate_batch`): the pixel confusion, the detection score (maximum foreground
     probability) and the loss's sufficient statistics, so the validation loss is the training
     loss over the whole split as one batch (:func:`lungray.train.losses.loss_from_stats`) and
-    no probability map leaves the GPU. Scores (:class:`~lungray.seg_metrics.SegmentationAccumulator`):
+    no probability map leaves the GPU. Scores (:class:`~lungray.metrics.segmentation.SegmentationAccumulator`):
     per-image Dice and IoU averaged over POSITIVE images (``dice_pos``: the segmentation
     quality; the primary metric) and over ALL images (``dice_all``: empty images count 1 when
     left empty, 0 otherwise), the study's background-dominated global mean IoU
@@ -569,7 +569,7 @@ class SegmentationTask(Task):
         return np.round(o[:, :4]).astype(np.int64).reshape(-1, 2, 2), o[:, 4], o[:, 5:]
 
     def _summary(self, outputs: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
-        from lungray.seg_metrics import SegmentationAccumulator
+        from lungray.metrics.segmentation import SegmentationAccumulator
 
         conf, scores, _ = self._split(outputs)
         acc = SegmentationAccumulator(2)
@@ -612,7 +612,7 @@ class SegmentationTask(Task):
         counts), ``row``: the per-image values paired comparisons need."""
         import pandas as pd
 
-        from lungray.seg_metrics import overlap_ratios
+        from lungray.metrics.segmentation import overlap_ratios
 
         conf, scores, _ = self._split(outputs)
         dice, iou = overlap_ratios(conf)

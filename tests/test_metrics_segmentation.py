@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 
-from lungray.seg_metrics import (
+from lungray.metrics.segmentation import (
     SegmentationAccumulator,
     image_confusion,
     image_scores,

@@ -8,9 +8,11 @@ which models a task takes is the task's (:meth:`lungray.train.tasks.Task.check_m
 classifiers through :func:`lungray.models.check_model_config`, U-Nets through
 :func:`lungray.models.segmentation.check_segmentation_model_config`;
 :func:`lungray.train.optim.check_optimizer_config`).
-Those modules import :mod:`lungray.config` for its dataclasses, so the config module must not
-import them: it calls :func:`validate_study` from inside ``StudyConfig.validate``, and the import
-graph stays one-way (config <- registries <- validate).
+
+It lives in :mod:`lungray.train`, the highest layer whose registries it reads, so that
+:func:`lungray.train.run_trial` validates a hand-built trial with the same rules, and
+:func:`lungray.study.load_study` (one layer up) validates a whole study. Those registries import
+:mod:`lungray.config` for its dataclasses; config imports none of them.
 
 Nothing here imports torch, timm or ray for lungray's own models (a timm or torchvision name
 is looked up in timm/torchvision: that is the only way to know it exists).
@@ -32,8 +34,8 @@ def one_of(where: str, value: Any, choices: Sequence[Any]) -> None:
         raise ConfigError(f"{where}: '{value}' is not valid; valid choices: {', '.join(map(str, choices))}")
 
 
-def validate_study(cfg: StudyConfig, require_data: bool = True) -> None:
-    """Every check that needs no data: names, ranges, schedules that yield zero steps.
+def validate_study(cfg: StudyConfig, require_data: bool = True) -> StudyConfig:
+    """Every check that needs no data: names, ranges, schedules that yield zero steps; returns ``cfg``.
 
     ``require_data=False`` accepts a missing ``data.path`` (``--dry-run`` shows a study's grid
     before the dataset is at hand).
@@ -155,6 +157,7 @@ def validate_study(cfg: StudyConfig, require_data: bool = True) -> None:
             f"resources.use_ray_train=false runs each trial in one process but resources.workers={r.workers}: "
             "set resources.workers=1, or use_ray_train=auto/true for DDP through Ray Train"
         )
+    return cfg
 
 
 def _check_variants(cfg: StudyConfig) -> None:

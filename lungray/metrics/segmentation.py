@@ -1,4 +1,4 @@
-"""Segmentation metrics as pure NumPy functions (the :mod:`lungray.metrics` / MONAI style).
+"""Segmentation metrics as pure NumPy functions (the :mod:`lungray.metrics.classification` / MONAI style).
 
 Masks are integer class-index arrays ``(N, H, W)`` (``0`` background, ``1..K-1`` foreground
 classes, ``IGNORE`` = 255 unknown pixels in the truth, skipped everywhere). Everything derives
@@ -34,10 +34,15 @@ from typing import Any, Optional
 
 import numpy as np
 
-from lungray.data.masks import IGNORE
-from lungray.metrics import roc_auc_binary
+from lungray.metrics.classification import roc_auc_binary
+
+#: Mask value of a pixel whose class is unknown (a lung-mask dataset where an image has no mask
+#: file): excluded from every count, like ``ignore_index`` in PyTorch losses. The mask cache
+#: (:mod:`lungray.data.masks`) writes it.
+IGNORE = 255
 
 __all__ = [
+    "IGNORE",
     "image_confusion",
     "overlap_from_confusion",
     "overlap_ratios",
