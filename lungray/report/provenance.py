@@ -24,7 +24,7 @@ from lungray.report.load import safe_uri
 __all__ = ["provenance_section", "leakage_html", "pair_figure", "subsets_table"]
 
 
-def _leakage(b) -> str:
+def leakage_section(b) -> str:
     """The leakage audit, example pairs drawn from the prepared images when they are reachable."""
     root = b.sweep.parent_tags.get(T.DATA_ROOT, "")
 
@@ -89,7 +89,7 @@ def provenance_section(b) -> H.Section:
         body.append("<h3>Training subsets</h3>" + H.table(
             sub, headers={"train_size": "size", "n_images": "images", "nested_in_next": "inside the next size's subset",
                           "in_eval": "images also in the evaluation set"}, text_columns=["nested_in_next"]))
-    body.append("<h3>Leakage audit</h3>" + b._leakage())
+    body.append("<h3>Leakage audit</h3>" + leakage_section(b))
     body.append("<h3>Provenance</h3>" + H.kv({
         "study": sw.study,
         "sweep run": sw.parent_id,
