@@ -306,6 +306,12 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
 
     # what a killed earlier driver of this output directory (or of this sweep) left running
     LR.stop_leftovers(LR.records_for(cfg.output_dir, exp_dir if state is not None else None), echo=echo)
+    # MLflow credentials reach a local Ray's workers through the environment they inherit from
+    # this process, never through a runtime_env (Ray logs those: lungray.sweep.ray_env)
+    from lungray.sweep.mlflow_run import check_access, credentials_to_env
+
+    given = usable_uri(cfg.tracking.tracking_uri or T.default_tracking_uri(cfg.output_dir), "tracking_uri")  # a saved one is masked
+    check_access(credentials_to_env(given))  # a 401/403 is one line now, not after Ray's start-up
     quiet_ray_console(verbose)
     started_ray = init_ray(address, logging_level=logging.INFO if verbose else logging.WARNING)
     instance = LR.started_instance() if started_ray else None  # None when it joined a running cluster
@@ -383,11 +389,13 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
         # 4. Tune
         from lungray.sweep.trainable import DEFAULT_BODY, SweepContext
 
+        from lungray.sweep.ray_env import worker_tracking_uri
+
         r = cfg.resources
         ctx = SweepContext(
             study=cfg.name,
             experiment_dir=str(exp_dir),
-            tracking_uri=tracking_uri,
+            tracking_uri=worker_tracking_uri(tracking_uri),  # no credentials: workers read their own
             experiment_id=experiment_id,
             parent_run_id=parent_run_id,
             data=data,
@@ -399,7 +407,7 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
             use_ray_train=r.ray_train,
             log_checkpoints=cfg.tracking.log_checkpoints,
             body=trial_body if trial_body is not None else DEFAULT_BODY,
-            train_env=train_env(cluster, tracking_uri),
+            train_env=train_env(cluster, worker_tracking_uri(tracking_uri)),
             tune_report_seconds=0.0 if (spec is not None and spec.asha) else 1.0,
         )
         done_before = _count_done(exp_dir)
@@ -670,7 +678,9 @@ def _run_tune(cfg, ctx, pre, spec, total, exp_dir: Path, *, resume: bool, done_b
         # Tune's new output engine prints its configuration box, "View detailed results here"
         # and a TensorBoard hint even at verbose=0; the legacy engine at 0 prints nothing, and
         # lungray prints one line per finished trial instead (``-v`` keeps Tune's tables)
-        with _env({} if verbose else {"RAY_AIR_NEW_OUTPUT": "0"}):
+        from lungray.sweep.ray_env import no_secrets_in_runtime_env
+
+        with _env({} if verbose else {"RAY_AIR_NEW_OUTPUT": "0"}), no_secrets_in_runtime_env():  # no AWS keys in Ray's logs
             results = tuner.fit()
     except KeyboardInterrupt:
         return None, True
