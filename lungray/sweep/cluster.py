@@ -201,10 +201,14 @@ def check_cluster_policy(cfg: Mapping[str, Any], path: Any = "cluster.yaml") -> 
     workers = {k: v for k, v in types.items() if k != head}
     if not any((v.get("resources") or {}).get("GPU", 0) > 0 for v in workers.values()):
         raise ConfigError(f"{path}: available_node_types has no GPU worker type (resources: {{GPU: N}}); add one")
+    opened: list[str] = []  # SSH ranges the commands open themselves (aws ec2 authorize-security-group-ingress)
     for key in ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
                 "head_start_ray_commands", "worker_start_ray_commands"):
         for line in cfg.get(key, []) or []:
-            _check_command_line(str(line), key, path)
+            opened += _check_command_line(str(line), key, path)
+    wide = SH.too_wide(opened) if opened else None
+    if wide:
+        raise ConfigError(f"{path}: the commands' authorize-security-group-ingress calls: opens SSH to the whole internet: {wide}; allow your CIDR only")
     _check_mlflow_server(cfg, path)
     mounts = cfg.get("file_mounts") or {}
     if any(str(v).rstrip("/") in (".", "./") or Path(os.path.expanduser(str(v))).resolve() == Path.cwd().resolve() for v in mounts.values()):
@@ -220,12 +224,14 @@ def _short(text: str) -> str:
     return t if len(t) <= 80 else t[:77] + "..."
 
 
-def _check_command_line(line: str, key: str, path: Any) -> None:
+def _check_command_line(line: str, key: str, path: Any) -> list[str]:
     """One entry of a command list: Ray runs each in its own shell, so the umask starts at the
-    login default (022) and variables do not carry over."""
+    login default (022) and variables do not carry over. Returns the CIDRs it opens to SSH
+    (judged together with the other entries')."""
     from lungray.sweep import shell as SH
 
     umask = 0o022
+    opened: list[str] = []
     for cmd in SH.Shell().commands(line):
         if cmd.name == "umask":
             u = SH.umask_value(cmd)
@@ -254,10 +260,7 @@ def _check_command_line(line: str, key: str, path: Any) -> None:
                     f"{path}: {key} binds a server to {host or repr(host)} ({what}: {where}); bind the dashboard to 127.0.0.1 and "
                     "MLflow to the head's internal address, and reach both through SSH port-forwards"
                 )
-        cidrs = SH.ingress_cidrs(cmd)
-        wide = SH.too_wide(cidrs) if cidrs else None
-        if wide:
-            raise ConfigError(f"{path}: {key}: '{_short(' '.join(cmd.argv))}' opens SSH to the whole internet: {wide}; allow your CIDR only")
+        opened += SH.ingress_cidrs(cmd)
         if cmd.name == "ray" and cmd.argv[1:2] == ("start",):
             mode = cmd.env.get("RAY_AUTH_MODE") or _exported(line, "RAY_AUTH_MODE")
             if mode != "token":
@@ -265,6 +268,7 @@ def _check_command_line(line: str, key: str, path: Any) -> None:
                     f"{path}: {key}: 'ray start' runs without RAY_AUTH_MODE=token: Ray 2.60 then accepts jobs from anyone who "
                     "reaches the node; export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH (a 0600 token every node has) first"
                 )
+    return opened
 
 
 def _exported(line: str, name: str) -> Optional[str]:

@@ -32,7 +32,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from lungray.errors import ConfigError
 
@@ -96,15 +96,16 @@ def serve_head_command(
     efs: Optional[Path] = None,
     port: Optional[int] = None,
     netns: Optional[str] = None,
-    setup_host: Optional[str] = None,
+    setup_commands: Sequence[str] = (),
     timeout: float = 120.0,
 ) -> Iterator[ServedCommand]:
     """Run the head's server ``entry`` (one ``head_start_ray_commands`` item) in a throw-away
     home and yield it once it answers; stopped (its whole process group) on exit.
 
-    ``host`` goes into ``~/mlflow_host`` unless ``setup_host`` (a command such as cluster.yaml's
-    ``hostname -I | awk '{print $1}'``) writes it; ``netns`` runs both inside that network
-    namespace (``ip netns exec``, root only: the CI test's non-loopback head).
+    ``host`` goes into ``~/mlflow_host`` unless ``setup_commands`` (cluster.yaml's
+    ``head_setup_commands`` entry ``hostname -I | awk '{print $1}' > ~/mlflow_host``) write it;
+    ``netns`` runs both inside that network namespace (``ip netns exec``, root only: the CI
+    test's non-loopback head).
     """
     home = Path(tempfile.mkdtemp(prefix="lrhead"))
     pgid = None
@@ -130,9 +131,9 @@ def serve_head_command(
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}),
         }
-        if setup_host:
-            _run(f"{setup_host} > ~/mlflow_host", env, netns)
-        else:
+        for c in setup_commands:
+            _run(c, env, netns)
+        if not setup_commands:
             (home / "mlflow_host").write_text(host + "\n")
         host = (home / "mlflow_host").read_text().strip()
         proc = _run(cmd, env, netns, wait=False)
