@@ -46,7 +46,7 @@ class Case:
     build: Callable[..., Optional[dict]]  # (root, tmp) -> DataConfig overrides (default: a folder dataset at root)
     outcome: str  # quarantined | warning | error | note | ok | raises
     lines: tuple[str, ...] = ()  # exact lines ({root}, {tmp} substituted); a regex for ``raises``
-    stage: str = ""  # quarantined: "header" (the probe catches it) or "pixels" (only a decode does)
+    stage: str = ""  # quarantined: "manifest" (the listing), "header" (the probe) or "pixels" (only a decode does)
     counts: Optional[dict] = None  # usable images per class afterwards (default: 8 and 8)
     check: Optional[Callable[..., None]] = None  # extra assertion (report, root, tmp)
     lost: str = ""  # the table's "nothing lost" column when not the default for the outcome
@@ -227,7 +227,21 @@ def extra_class(name: str, n: int, first: int = 16) -> Callable[..., None]:
     return build
 
 
-def csv_case(extra: str, header: str = "path,label", split: bool = False, **over: Any) -> Callable[..., dict]:
+def symlink_case(link: str, target: str) -> Callable[..., None]:
+    """The base dataset plus ``link`` (relative to the root) as a symlink to ``target``
+    (``{root}``/``{tmp}`` substituted); an image outside the root is put at ``{tmp}/outside``."""
+
+    def build(root: Path, tmp: Path) -> None:
+        base(root)
+        put(tmp / "outside" / "secret.png", png_bytes(imgs()[39]))
+        put(root / ".store" / "7.png", png_bytes(imgs()[37]))  # inside the root, in no class folder
+        (root / link).parent.mkdir(parents=True, exist_ok=True)
+        (root / link).symlink_to(_fmt(target, root, tmp))
+
+    return build
+
+
+def csv_case(extra: str, header: str = "path,label", split: bool = False, link: Optional[tuple] = None, **over: Any) -> Callable[..., dict]:
     def build(root: Path, tmp: Path) -> dict:
         extra_ = _fmt(extra, root, tmp)
         if split:
@@ -238,6 +252,8 @@ def csv_case(extra: str, header: str = "path,label", split: bool = False, **over
             d = base_csv(root, extra_, header)
         put(tmp / "outside" / "secret.png", png_bytes(imgs()[39]))
         put(root / "img" / "extra.png", png_bytes(imgs()[38]))
+        if link is not None:
+            (root / link[0]).symlink_to(_fmt(link[1], root, tmp))
         return {**d, **over}
 
     return build
@@ -321,6 +337,21 @@ CASES: list[Case] = [
     Case("csv_outside_absolute", "CSV row with an absolute path outside the dataset root",
          csv_case("{tmp}/outside/secret.png,COVID\n"), "quarantined",
          ("{tmp}/outside/secret.png: path outside the dataset root '{tmp}/outside/secret.png' (labels.csv row 17 (line 18)); "
+          "rows must point under the CSV's folder {root}, or set data.allow_outside_root=true",), "header",
+         lost="the file is never opened; all other rows kept"),
+    Case("symlink_outside", "a folder entry that is a symlink to an image outside the dataset root",
+         symlink_case("COVID/link.png", "{tmp}/outside/secret.png"), "quarantined",
+         ("COVID/link.png: symlink leading outside the dataset root {root}; copy the file into the dataset, or set data.allow_outside_root=true",),
+         "manifest", lost="the file is never opened; all other images kept"),
+    Case("symlink_etc_passwd", "a folder entry that is a symlink to /etc/passwd",
+         symlink_case("Normal/x.png", "/etc/passwd"), "quarantined",
+         ("Normal/x.png: symlink leading outside the dataset root {root}; copy the file into the dataset, or set data.allow_outside_root=true",),
+         "manifest", lost="the file is never opened; all other images kept"),
+    Case("symlink_inside", "a symlink to another image inside the root (followed)",
+         symlink_case("COVID/again.png", "{root}/.store/7.png"), "ok", counts={"COVID": 9, "Normal": 8}),
+    Case("csv_symlink_outside", "CSV row naming a symlink inside the root that leads outside it",
+         csv_case("img/link.png,COVID\n", link=("img/link.png", "{tmp}/outside/secret.png")), "quarantined",
+         ("{tmp}/outside/secret.png: path outside the dataset root 'img/link.png' (labels.csv row 17 (line 18)); "
           "rows must point under the CSV's folder {root}, or set data.allow_outside_root=true",), "header",
          lost="the file is never opened; all other rows kept"),
     Case("csv_outside_dotdot", "CSV row climbing out of the root with ../", csv_case("../outside/secret.png,COVID\n"),
@@ -566,7 +597,7 @@ def test_bad_input(case: Case, work: Path):
         assert shown[-1].startswith(f"data: {sum(counts.values())} of ") and f"{len(expected)} quarantined" in shown[-1]
         bad = rep.manifest[rep.manifest["problem"] != ""]
         for p, reason in zip(bad["path"], bad["problem"]):
-            if p and not case.id.startswith(("csv_", "label_", "unknown_")):
+            if p and case.stage != "manifest" and not case.id.startswith(("csv_", "label_", "unknown_")):
                 assert probe(p) == (reason if case.stage == "header" else ""), (p, probe(p))
         return
     if case.outcome == "warning":
@@ -621,7 +652,8 @@ def test_strict_refuses_what_the_default_lets_through(case_id: str, work: Path):
 
 _CAUGHT = {
     "quarantined": {"header": "yes: data check; sweep preparation (header probe)",
-                    "pixels": "yes: data check; sweep preparation (cache decode)"},
+                    "pixels": "yes: data check; sweep preparation (cache decode)",
+                    "manifest": "yes: data check; sweep preparation (listing, before any file is opened)"},
     "warning": "yes: data check and sweep preparation warn; `--strict`/`data.strict` refuse",
     "error": "yes: data check exits 1; sweep preparation refuses before decoding",
     "note": "yes: data check and sweep preparation print a note",

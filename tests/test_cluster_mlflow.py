@@ -128,7 +128,6 @@ def test_the_cluster_yaml_mlflow_command_serves_a_real_sweep_on_the_heads_addres
             assert roles == ["sweep", "trial"]
             (trial,) = [r for r in runs if r.data.tags["lungray.role"] == "trial"]
             assert trial.info.status == "FINISHED" and 0.0 <= trial.data.metrics["test_accuracy"] <= 1.0
-            assert trial.info.user_id == creds["MLFLOW_TRACKING_USERNAME"]
             preds = Path(c.download_artifacts(trial.info.run_id, "predictions.csv", str(tmp_path / "dl")))
             assert preds.read_text().startswith("image_id,y_true,")
         finally:

@@ -48,6 +48,11 @@ Layouts (the real downloads):
     and the file is never opened, so a CSV cannot make lungray read ``/etc/passwd`` or another
     user's files. ``data.allow_outside_root: true`` (``lungray data check --allow-outside-root``)
     lifts the rule for a CSV kept apart from its images.
+
+The rule holds for **resolved** paths in every adapter (issue 23, point 4): a CSV row, a class
+folder or a file that is a symlink leading outside the dataset root (``x.png -> /etc/passwd``,
+an image elsewhere) is quarantined as "symlink leading outside the dataset root" before
+anything opens it; a symlink within the root is followed. ``allow_outside_root`` lifts this too.
 ``medmnist``
     a MedMNIST ``.npz`` (``train_images``, ``train_labels``, ``val_*``, ``test_*``); the npz
     split fills the ``split`` column. PneumoniaMNIST (real pediatric chest X-rays) gets the
@@ -204,6 +209,7 @@ def _finish(
     ``ignored``: the files the adapter did not read (``df.attrs["ignored_files"]``).
     """
     cmap = _class_map(cfg)
+    _quarantine_escapes(rows, cfg)
     if salt is not None:
         for r in rows:
             r["image_id"] = hash_image_id(r["image_id"], salt)
@@ -221,6 +227,29 @@ def _finish(
     if ignored and ignored.get("count"):
         df.attrs["ignored_files"] = ignored
     return df
+
+
+def _inside(x: Path, root: Path) -> bool:
+    return x == root or root in x.parents
+
+
+def _quarantine_escapes(rows: list[dict[str, Any]], cfg: Any) -> None:
+    """Quarantine rows whose file, once symlinks are resolved, lies outside the dataset root
+    (the folder of ``data.path``, or of the CSV/npz it names); nothing opens them afterwards."""
+    if not getattr(cfg, "path", None) or getattr(cfg, "allow_outside_root", False):
+        return
+    given = Path(str(cfg.path)).expanduser()
+    root = (given if given.is_dir() else given.parent).resolve()
+    for r in rows:
+        path = str(r.get("path") or "")
+        if not path or r.get("problem") or "://" in path:
+            continue
+        real = Path(path.split(NPZ_SEP)[0]).resolve()
+        if not _inside(real, root):
+            r["problem"] = (
+                f"symlink leading outside the dataset root {root}; copy the file into the dataset, "
+                "or set data.allow_outside_root=true"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -588,19 +617,17 @@ def csv_adapter(cfg: Any) -> pd.DataFrame:
 def _under_root(raw_path: str, base: Path) -> tuple[str, bool]:
     """(the path to read, whether it lies under ``base``) for a CSV path.
 
-    Under the root means: the path as written, normalised without touching the disk (so
-    ``img/../../etc/passwd`` is outside), or the real path after symlinks (so an absolute path
+    Under the root means: the real path, after ``..`` and every symlink, lies under the real
+    root (so ``img/../../etc/passwd`` and a symlink to it are outside, and an absolute path
     through a symlinked mount of the root is inside).
     """
     p = Path(raw_path).expanduser()
     joined = p if p.is_absolute() else base / p
-    lexical = Path(os.path.normpath(joined))
     real = joined.resolve()
-
-    def under(x: Path, b: Path) -> bool:
-        return x == b or b in x.parents
-
-    return str(real), under(lexical, base) or under(real, base.resolve())
+    # the resolved path decides (issue 23): a row spelled inside the root that is a symlink to
+    # /etc/passwd is outside, as is img/../../etc/passwd; a path through a symlinked mount of
+    # the root itself resolves inside it
+    return str(real), _inside(real, base.resolve())
 
 
 # --------------------------------------------------------------------------------------------
