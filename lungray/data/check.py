@@ -31,6 +31,7 @@ file names are patient ids, lines name the hashed image id and the CSV row inste
 
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 from collections import Counter
@@ -181,11 +182,36 @@ def check_file(path: str, decode_pixels: bool = True) -> dict[str, Any]:
     return out
 
 
+#: The most one full decode can hold at once: an image at the pixel limit (``MAX_PIXELS``,
+#: 89.5 Mpx) as RGBA 16-bit (8 bytes per pixel) plus PIL's and numpy's working copies. Measured
+#: (issue 23): four 81-Mpx RGBA16 PNGs decoded in 4 threads peaked at 4.52 GB, 1.13 GB each.
+DECODE_PEAK_BYTES = 1_250_000_000
+
+
+def decode_workers(decode_pixels: bool, most: int = 4, *, cpus: Optional[int] = None, available: Optional[int] = None) -> int:
+    """Threads for :func:`check_files`: at most ``most``, one per CPU this process may use, and
+    (decoding) as many worst-case decodes as fit in half the memory available now."""
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = max(1, min(int(most), int(cpus)))
+    if decode_pixels:
+        if available is None:
+            import psutil
+
+            available = int(psutil.virtual_memory().available)
+        n = max(1, min(n, int(available // 2 // DECODE_PEAK_BYTES)))
+    return n
+
+
 def check_files(
-    manifest: pd.DataFrame, *, decode_pixels: bool = True, workers: int = 4, progress: bool = False
+    manifest: pd.DataFrame, *, decode_pixels: bool = True, workers: Optional[int] = None, progress: bool = False
 ) -> pd.DataFrame:
-    """:func:`check_file` on every good row; fills ``problem``, ``sha256`` (and the decode columns)."""
+    """:func:`check_file` on every good row; fills ``problem``, ``sha256`` (and the decode columns).
+
+    ``workers``: threads (default :func:`decode_workers`: bounded by the CPUs and the memory of
+    this machine, not a fixed 4)."""
     df = manifest.copy()
+    workers = decode_workers(decode_pixels) if workers is None else workers
     todo = np.flatnonzero((df["problem"] == "").to_numpy() & ~df["path"].str.startswith("phantom://").to_numpy())
     if len(todo) == 0:
         return df
