@@ -25,6 +25,7 @@ import dataclasses
 import io
 import re
 import struct
+import unicodedata
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,6 +219,17 @@ def _cut_dicom(tmp: Path) -> bytes:
     return b[:-288]
 
 
+def _ts_lie(tmp: Path) -> bytes:
+    """A little-endian DICOM whose file meta says Explicit VR Big Endian (same UID length)."""
+    b = _dicom(imgs()[39], tmp)
+    assert b.count(b"1.2.840.10008.1.2.1\x00") == 1
+    return b.replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2.2\x00")
+
+
+NEUMONIA_NFC = unicodedata.normalize("NFC", "Neumon\u00eda")
+NEUMONIA_NFD = unicodedata.normalize("NFD", NEUMONIA_NFC)
+
+
 def extra_class(name: str, n: int, first: int = 16) -> Callable[..., None]:
     def build(root: Path, tmp: Path) -> None:
         base(root)
@@ -318,6 +330,13 @@ CASES: list[Case] = [
     Case("dicom_garbage", "DICOM preamble and 'DICM' followed by garbage (parses to no pixel data)",
          bad_file("junk.dcm", lambda: b"\x00" * 128 + b"DICM" + b"\xff\xfe\x01" * 40), "quarantined",
          ("COVID/junk.dcm: DICOM without pixel data; it is not an image (report, RT plan...); remove it",), "header"),
+    Case("dicom_transfer_syntax_lie", "DICOM whose header declares big-endian but whose data set is little-endian",
+         dicom_file("lie.dcm", _ts_lie), "quarantined",
+         ("COVID/lie.dcm: DICOM transfer syntax mismatch (the header declares Explicit VR Big Endian, the data set is little-endian); "
+          "re-export it (its header names one byte order, its data uses the other) or remove it",), "header"),
+    Case("dicom_j2k_truncated", "JPEG 2000 DICOM cut short inside its pixel data",
+         dicom_file("cut_j2k.dcm", lambda t: _testdata("MR_small_jp2klossless.dcm")(t)[:-1200]), "quarantined",
+         ("COVID/cut_j2k.dcm: truncated DICOM (the file ends inside its pixel data); re-download or remove it",), "header"),
     Case("newline_in_name", "a file name holding a newline (could forge an output line)",
          bad_file("evil\nNormal/ok.png", lambda: b""), "quarantined",
          ("COVID/evil\\nNormal/ok.png: zero-byte file; re-download or remove it",), "header"),
@@ -332,6 +351,9 @@ CASES: list[Case] = [
          "header", counts={"COVID": 7, "Normal": 8},
          lost="the pair is quarantined (which label is right is unknown); all other images kept"),
     # ---- CSV rows ------------------------------------------------------------------------------
+    Case("macosx_root", "a root __MACOSX/ folder (a zip made on macOS: AppleDouble ._ files)",
+         plus({"__MACOSX/COVID/._0.png": lambda root: b"\x00\x05\x16\x07" + b"\x00" * 80,
+               "__MACOSX/Normal/._0.png": lambda root: b"\x00\x05\x16\x07" + b"\x00" * 80}), "ok"),
     Case("csv_missing_file", "CSV row naming a missing file", csv_case("img/nope.png,COVID\n"), "quarantined",
          ("img/nope.png: missing file 'img/nope.png' (labels.csv row 17 (line 18)); fix the path or remove the row",), "header"),
     Case("csv_outside_absolute", "CSV row with an absolute path outside the dataset root",
@@ -379,6 +401,13 @@ CASES: list[Case] = [
           "training-pool image(s), so it is never validated; add images, merge it into another class or drop it with "
           "data.class_map"),
          counts={"COVID": 8, "Covid": 2, "Normal": 8}),
+    Case("nfc_nfd_classes", "two class folders named alike in NFC and NFD Unicode forms (a macOS copy): they print identically",
+         plus({f"{NEUMONIA_NFD}/{i}.png": (lambda i: lambda root: png_bytes(imgs()[20 + i]))(i) for i in range(8)},
+              classes=("COVID", NEUMONIA_NFC), val_size=3), "warning",
+         (f"near-identical class names '{NEUMONIA_NFC}' (8 images, NFC: Neumon\\u00eda), '{NEUMONIA_NFD}' (8 images, NFD: "
+          "Neumoni\\u0301a): the same name in two Unicode forms (a folder copied from macOS?); merge them with "
+          f'data.class_map: {{"COVID": "COVID", "Neumoni\\u0301a": "{NEUMONIA_NFC}", "{NEUMONIA_NFC}": "{NEUMONIA_NFC}"}}',),
+         counts={"COVID": 8, NEUMONIA_NFC: 8, NEUMONIA_NFD: 8}),
     Case("typo_lookalike_l", "label typo with a look-alike letter: 'COVlD' (l for I), one image", extra_class("COVlD", 1),
          "warning",
          ("near-identical class names 'COVID' (8 images), 'COVlD' (1 image): one class under several spellings? "

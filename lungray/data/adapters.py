@@ -127,8 +127,14 @@ def _root(cfg: Any, *, file_ok: bool = False, suffix: Optional[str] = None) -> P
     return p.resolve()
 
 
+#: folders a zip tool adds that hold no data: macOS's Archive Utility writes ``__MACOSX/`` with
+#: an AppleDouble ``._name`` file per file (issue 23: a root ``__MACOSX/`` became a class)
+METADATA_DIRS = ("__MACOSX",)
+
+
 def _subdirs(p: Path) -> list[Path]:
-    return sorted((d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+    return sorted((d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in METADATA_DIRS),
+                  key=lambda d: d.name)
 
 
 def list_images(
@@ -145,7 +151,7 @@ def list_images(
     out = []
     for f in folder.rglob("*"):
         rel = f.relative_to(folder).parts
-        if any(part.startswith(".") for part in rel):
+        if any(part.startswith(".") or part in METADATA_DIRS for part in rel):
             continue
         if any(norm_name(part) in skip for part in rel[:-1]):
             continue

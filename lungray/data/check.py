@@ -273,9 +273,23 @@ def class_key(name: str) -> str:
 
 
 def _yaml_str(s: str) -> str:
+    """A YAML double-quoted string; a name not in NFC form keeps its escapes (``\\u0301``), so
+    the two spellings of an NFC/NFD pair stay apart in the printed class_map line."""
     import json
 
-    return json.dumps(s, ensure_ascii=False)
+    return json.dumps(s, ensure_ascii=unicodedata.normalize("NFC", s) != s)
+
+
+def _spelled(n: str, k: int, forms: bool) -> str:
+    """``'Name' (k images)``; with ``forms`` (names that differ only in Unicode normalisation,
+    which print identically) the code points too."""
+    import json
+
+    what = f"{k} image{'s' if k != 1 else ''}"
+    if forms:
+        form = "NFC" if unicodedata.normalize("NFC", n) == n else ("NFD" if unicodedata.normalize("NFD", n) == n else "mixed")
+        what += f", {form}: {json.dumps(n)[1:-1]}"
+    return f"'{n}' ({what})"
 
 
 def class_map_line(class_map: dict[str, Optional[str]]) -> str:
@@ -359,10 +373,16 @@ def _label_findings(
         per_class = ", ".join(f"{c} {k}" for c, k in counts.items()) or "none"
         errors.append(f"fewer than 2 classes with usable images ({per_class}); a classifier needs at least two")
     for group in near_duplicate_classes(counts):
+        # NFC and NFD spellings (macOS writes file names decomposed) print identically: say which is
+        # which, and merge into the composed (NFC) form
+        forms = len({unicodedata.normalize("NFC", n) for n in group}) < len(group)
+        if forms:
+            group = sorted(group, key=lambda n: (unicodedata.normalize("NFC", n) != n, -counts[n], n))
         merge = {n: group[0] for n in group}
-        spelled = ", ".join(f"'{n}' ({counts[n]} image{'s' if counts[n] != 1 else ''})" for n in group)
+        spelled = ", ".join(_spelled(n, counts[n], forms) for n in group)
+        why = "the same name in two Unicode forms (a folder copied from macOS?);" if forms else "one class under several spellings?"
         warnings.append(
-            f"near-identical class names {spelled}: one class under several spellings? "
+            f"near-identical class names {spelled}: {why} "
             f"merge them with {class_map_line(_merged_class_map(cfg, names, merge))}"
         )
     if errors:
