@@ -107,8 +107,11 @@ def printable(text: Any) -> str:
     )
 
 
-def _display(row: Any, root: Optional[Path], source: str) -> str:
-    if source == "rsna":
+def _display(row: Any, root: Optional[Path], source: str, name_files: bool = True) -> str:
+    """How a row is named in a message: its path under the root (``data check``, the data
+    owner's tool), or its hashed image id (the sweep: ``name_files=False``, issue 23 point 6,
+    since file names are often patient ids)."""
+    if source == "rsna" or not name_files:
         return str(row["image_id"])  # RSNA file names are patient ids: name the hash only
     path = str(row["path"])
     if not path:
@@ -123,9 +126,9 @@ def _display(row: Any, root: Optional[Path], source: str) -> str:
     return path
 
 
-def _row_line(row: Any, root: Optional[Path], source: str) -> str:
+def _row_line(row: Any, root: Optional[Path], source: str, name_files: bool = True) -> str:
     """``<file>: <reason>; <what to do>`` (the manifest's problem column holds the reason only)."""
-    where = _display(row, root, source)
+    where = _display(row, root, source, name_files)
     reason = str(row["problem"])
     hint = hint_for(reason)
     line = f"{where}: {reason}" if where else reason
@@ -318,7 +321,7 @@ def _merged_class_map(cfg: Any, names: Sequence[str], merge: dict[str, str]) -> 
     return {n: merge.get(n, n) for n in names}
 
 
-def label_conflicts(df: pd.DataFrame, root: Optional[Path], source: str) -> pd.DataFrame:
+def label_conflicts(df: pd.DataFrame, root: Optional[Path], source: str, name_files: bool = True) -> pd.DataFrame:
     """Quarantine good rows whose bytes (sha256) equal a file's under another label.
 
     Which label is right is unknown, so every copy is quarantined, each naming the other file
@@ -336,13 +339,13 @@ def label_conflicts(df: pd.DataFrame, root: Optional[Path], source: str) -> pd.D
         for i, row in grp.iterrows():
             other = grp[grp["label"] != row["label"]].iloc[0]
             col[df.index.get_loc(i)] = (
-                f"label conflict: same bytes as '{_display(other, root, source)}' labelled '{other['label']}'"
+                f"label conflict: same bytes as '{_display(other, root, source, name_files)}' labelled '{other['label']}'"
             )
     df["problem"] = col
     return df
 
 
-def _same_label_copies(df: pd.DataFrame, root: Optional[Path], source: str) -> Optional[str]:
+def _same_label_copies(df: pd.DataFrame, root: Optional[Path], source: str, name_files: bool = True) -> Optional[str]:
     good = df[(df["problem"] == "") & (df["sha256"] != "")]
     dup = good[good["sha256"].duplicated(keep="first")]
     if dup.empty:
@@ -350,7 +353,7 @@ def _same_label_copies(df: pd.DataFrame, root: Optional[Path], source: str) -> O
     first = good[good["sha256"] == dup.iloc[0]["sha256"]].iloc[0]
     return (
         f"note: {len(dup)} file(s) are byte-identical copies of another file with the same label "
-        f"(e.g. '{_display(dup.iloc[0], root, source)}' = '{_display(first, root, source)}'); they count "
+        f"(e.g. '{_display(dup.iloc[0], root, source, name_files)}' = '{_display(first, root, source, name_files)}'); they count "
         "as separate training images, and copies of evaluation images are handled by the leakage audit"
     )
 
@@ -429,6 +432,7 @@ def check_dataset(
     manifest: Optional[pd.DataFrame] = None,
     probe_files: bool = True,
     decode_files: bool = False,
+    name_files: bool = True,
 ) -> CheckReport:
     """Validate a dataset (see the module docstring); return a :class:`CheckReport`.
 
@@ -437,7 +441,8 @@ def check_dataset(
     the adapter (``prepare_data`` passes the one it built). ``decode_files`` decodes every file
     (``lungray data check``); else files get the probe only and the cache's decode, the same
     function, quarantines what only the pixels show (the sweep: one decode, not two).
-    ``probe_files=False`` checks rows and labels only. With ``strict`` any quarantined row,
+    ``probe_files=False`` checks rows and labels only. ``name_files=False`` (the sweep) names
+    images by their hashed id, never by file name. With ``strict`` any quarantined row,
     error or warning raises :class:`DataError` after everything was reported.
     """
     from lungray.data.adapters import build_manifest
@@ -453,7 +458,7 @@ def check_dataset(
     root = Path(str(cfg.path)).expanduser().resolve() if getattr(cfg, "path", None) else None
     if root is not None and root.is_file():
         root = root.parent
-    df = label_conflicts(df, root, source)
+    df = label_conflicts(df, root, source, name_files)
 
     lines: list[str] = []
     bad = df[df["problem"] != ""]
@@ -461,7 +466,7 @@ def check_dataset(
     shown: Counter = Counter()
     for _, row in bad.iterrows():
         k = problem_kind(row["problem"])
-        line = printable(_row_line(row, root, source))
+        line = printable(_row_line(row, root, source, name_files))
         lines.append(line)
         shown[k] += 1
         if shown[k] <= MAX_LINES_PER_KIND:
@@ -474,7 +479,7 @@ def check_dataset(
     if sizes and not errors:
         errors += _pool_problems(df, cfg, sizes, names)
     errors, warns = [printable(s) for s in errors], [printable(s) for s in warns]
-    notes = [n for n in (_ignored_note(df), _same_label_copies(df, root, source)) if n]
+    notes = [n for n in (_ignored_note(df, name_files), _same_label_copies(df, root, source, name_files)) if n]
     for line in errors + warns + notes:
         out(line)
     lines += errors + warns
@@ -529,13 +534,13 @@ def class_counts(manifest: pd.DataFrame, class_names: Sequence[str]) -> dict[str
     return {c: int(k) for c, k in zip(class_names, counts)}
 
 
-def _ignored_note(df: pd.DataFrame) -> Optional[str]:
+def _ignored_note(df: pd.DataFrame, name_files: bool = True) -> Optional[str]:
     ign = df.attrs.get("ignored_files") or {}
     n = int(ign.get("count", 0) or 0)
     if not n:
         return None
     by = ", ".join(f"{k or '(no suffix)'} {v}" for k, v in sorted(ign.get("by_suffix", {}).items(), key=lambda kv: (-kv[1], kv[0])))
-    ex = ign.get("example", "")
+    ex = ign.get("example", "") if name_files else ""
     return (
         f"note: {n} file(s) not read, outside any class folder or not an image suffix ({by})"
         + (f", e.g. '{ex}'" if ex else "")
@@ -550,6 +555,7 @@ def quarantine_report(
     echo: Callable[[str], Any],
     *,
     cfg: Any = None,
+    name_files: bool = True,
 ) -> str:
     """After the cache: print the rows its decode quarantined that the check had not, then the
     totals line (always, so a sweep never drops images silently); returns the totals line."""
@@ -564,7 +570,7 @@ def quarantine_report(
         k = problem_kind(str(row["problem"]))
         shown[k] += 1
         if shown[k] <= MAX_LINES_PER_KIND:
-            echo(printable(_row_line(row, root, source)))
+            echo(printable(_row_line(row, root, source, name_files)))
     kinds = Counter(problem_kind(str(p)) for p in quarantined["problem"]) if len(quarantined) else Counter()
     total = n_usable + len(quarantined)
     line = f"data: {n_usable} of {total} images usable, {len(quarantined)} quarantined" + (
