@@ -54,8 +54,8 @@ def _dataset(root: Path) -> None:
     from pydicom.data import get_testdata_file
 
     j2k = Path(get_testdata_file("MR_small_jp2klossless.dcm")).read_bytes()
-    (root / ph.class_names[0] / "MRN99887768.dcm").write_bytes(j2k[:-1200])
-    (root / ph.class_names[1] / "PID-1999999_chest.png").write_bytes(b"not an image\n")
+    (root / "COVID" / "MRN99887768.dcm").write_bytes(j2k[:-1200])
+    (root / "Normal" / "PID-1999999_chest.png").write_bytes(b"not an image\n")
 
 
 def _env() -> dict:
