@@ -58,6 +58,8 @@ def validate_study(cfg: StudyConfig, require_data: bool = True) -> None:
             f"data.resolution must be 8 to {top} pixels, got {d.resolution} (images are decoded at most {top} x {top} px; "
             "the paper presets use 224-256)"
         )
+    if d.max_classes < 2:
+        raise ConfigError(f"data.max_classes must be >= 2 (a classifier needs two classes), got {d.max_classes}")
     for k in ("eval_size", "val_size"):
         v = getattr(d, k)
         if v < 0 or (isinstance(v, float) and not v < 1 and not float(v).is_integer()):

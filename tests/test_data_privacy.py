@@ -54,7 +54,7 @@ def _dataset(root: Path) -> None:
     from pydicom.data import get_testdata_file
 
     j2k = Path(get_testdata_file("MR_small_jp2klossless.dcm")).read_bytes()
-    (root / "COVID" / "MRN99887768.dcm").write_bytes(j2k[:-1200])
+    (root / "COVID" / "PID-1888888.dcm").write_bytes(j2k[:-1200])
     (root / "Normal" / "PID-1999999_chest.png").write_bytes(b"not an image\n")
 
 
@@ -95,7 +95,7 @@ def test_patient_ids_in_file_names_and_dicom_headers_reach_no_output(tmp_path):
     # nothing else; pydicom's own warnings, which carry the absolute path, are not printed
     lines = (check.stdout + check.stderr).splitlines()
     named = sorted(line for line in lines if PATIENT_ID.search(line.encode()))
-    assert named == ["COVID/MRN99887768.dcm: truncated DICOM (the file ends inside its pixel data); re-download or remove it",
+    assert named == ["COVID/PID-1888888.dcm: truncated DICOM (the file ends inside its pixel data); re-download or remove it",
                      "Normal/PID-1999999_chest.png: not an image (unrecognised content); remove it or fix its format"], lines
     assert str(ds) not in check.stdout + check.stderr and "in file" not in check.stdout + check.stderr
     assert any(line.startswith("2 of 62 images quarantined") for line in lines)

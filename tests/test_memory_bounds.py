@@ -171,3 +171,73 @@ def test_the_driver_writes_rays_token_readable_by_its_owner_only(tmp_path, monke
     assert private_auth_token(create=False) is None and not p.exists()
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     assert private_auth_token() is None and not p.exists()
+
+
+RAY_OOM = (
+    "ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory.\n"
+    "Memory on the node (IP: 10.0.0.1, ID: 8f0c) where the lease (actor ID: 29888f, name=ImplicitFunc.__init__, pid=15953) "
+    "was running was 21.05GB / 22.00GB (0.957); the memory usage threshold is 0.95. Ray killed this worker (ID: 123) "
+    "because it was the most recently scheduled task; to see more information about memory usage on this node, use "
+    "`ray logs raylet.out -ip 10.0.0.1`.\n"
+    "Refer to the documentation on how to address the out of memory issue: https://docs.ray.io/en/latest/ray-core/scheduling/ray-oom-prevention.html."
+)
+
+
+def test_a_failed_trial_is_one_line_and_an_oom_kill_says_what_to_change():
+    from lungray.sweep.faults import trial_error_line
+
+    assert trial_error_line("Traceback (most recent call last):\n  File x\n" + RAY_OOM) == (
+        "killed by Ray's memory monitor (node memory 21.05GB of 22.00GB, over Ray's 0.95 threshold): run fewer trials at once "
+        "(raise resources.cpus_per_worker), or lower the batch size, data.resolution or the class count")
+    tb = 'Traceback (most recent call last):\n  File "a.py", line 1, in f\n    g()\nValueError: bad value\n\nThe above...\n'
+    assert trial_error_line(tb) == "ValueError: bad value"
+    assert trial_error_line("RuntimeError: API request to http://u:pw@h/api failed") == "RuntimeError: API request to http://u:***@h/api failed"
+
+
+DRIVER = """
+import sys
+import ray.exceptions
+from lungray.sweep.cli import main
+from lungray.sweep.testing import FakeTrialBody
+
+MESSAGE = sys.argv[1]  # read here, in the driver (a worker's sys.argv is Ray's)
+
+
+class Body(FakeTrialBody):
+    def __call__(self, trial, data, **kw):
+        if trial.train_size == 40:  # what the trial dies with when Ray's memory monitor kills it
+            raise ray.exceptions.OutOfMemoryError(MESSAGE)
+        return super().__call__(trial, data, **kw)
+
+sys.exit(main(sys.argv[2:], default_preset="smoke", prog="size_study.py", trial_body=Body(n_max=80)))
+"""
+
+
+@pytest.mark.slow
+def test_an_oom_killed_trial_is_one_console_line(tmp_path):
+    """Issue 23: a trial Ray killed for memory left a 1,170-line console (Tune's traceback per
+    failure, Ray's message, the flood of warnings); now its FAILED line says why, nothing more."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    ray_tmp = tempfile.mkdtemp(prefix="lro", dir="/tmp")
+    try:
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+        env.update(PYTHONPATH=str(REPO), RAY_TMPDIR=ray_tmp)
+        args = ["--preset", "smoke", "--set", "models=[simple_cnn]", "--set", "sizes=[40,80]", "--set", "seeds=[0]",
+                "--set", "schedule.epochs=1", "--set", "resources.max_failures=0", "--set", "tracking.gradcam=false",
+                "--output", str(tmp_path / "out"), "--address", "local"]
+        r = subprocess.run([sys.executable, "-c", DRIVER, RAY_OOM.split(": ", 1)[1], *args], capture_output=True, text=True,
+                           env=env, cwd=tmp_path, timeout=600)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    lines = (r.stdout + r.stderr).splitlines()
+    assert r.returncode == 1, lines[-30:]
+    failed = [x for x in lines if "FAILED" in x]
+    assert len(failed) == 1 and failed[0][2:].startswith("/2] FAILED simple_cnn|n=40|adam seed 0")
+    assert failed[0].endswith("| killed by Ray's memory monitor (node memory 21.05GB of 22.00GB, over Ray's 0.95 threshold): "
+                              "run fewer trials at once (raise resources.cpus_per_worker), or lower the batch size, data.resolution or the class count")
+    assert not any("Traceback" in x or "Trial task failed" in x or "Trials did not complete" in x for x in lines), lines
+    assert len(lines) < 40

@@ -358,6 +358,40 @@ def _same_label_copies(df: pd.DataFrame, root: Optional[Path], source: str, name
     )
 
 
+def _too_many_classes(counts: dict[str, int], most: int) -> Optional[str]:
+    """One line when there are more classes than ``most`` (the names are not listed: a folder
+    per patient makes them patient ids)."""
+    if len(counts) <= most:
+        return None
+    single = sum(1 for v in counts.values() if v <= 1)
+    return (
+        f"{len(counts)} classes ({single} with at most one usable image): more than data.max_classes={most}; is there a "
+        "folder per patient or per image instead of per class? point data.path at the folder whose subfolders are the "
+        "classes, merge classes with data.class_map, or raise data.max_classes"
+    )
+
+
+def _kind_of_line(line: str) -> str:
+    """A finding's kind: the line with its quoted names and numbers blanked."""
+    return re.sub(r"\d+", "#", re.sub(r"'[^']*'", "'*'", line))[:120]
+
+
+def capped(lines: Sequence[str], most: int = MAX_LINES_PER_KIND) -> list[str]:
+    """``lines`` with at most ``most`` of each kind, then one "... N more" line per kind
+    (issue 23: 400 small classes printed 405 warnings)."""
+    kinds = Counter(_kind_of_line(x) for x in lines)
+    shown: Counter = Counter()
+    out = []
+    for x in lines:
+        k = _kind_of_line(x)
+        shown[k] += 1
+        if shown[k] <= most:
+            out.append(x)
+        elif shown[k] == most + 1:
+            out.append(f"... {kinds[k] - most} more like the line above (the data check's manifest has every row)")
+    return out
+
+
 def _label_findings(
     df: pd.DataFrame, cfg: Any, names: Sequence[str], counts: dict[str, int]
 ) -> tuple[list[str], list[str]]:
@@ -475,17 +509,21 @@ def check_dataset(
             out(f"... {kinds[k] - MAX_LINES_PER_KIND} more '{k}' problem(s) (see the manifest's problem column)")
 
     counts_per_class = class_counts(df, names)
-    errors, warns = _label_findings(df, cfg, names, counts_per_class)
+    too_many = _too_many_classes(counts_per_class, int(getattr(cfg, "max_classes", 64) or 64))
+    errors, warns = ([too_many], []) if too_many else _label_findings(df, cfg, names, counts_per_class)
     if sizes and not errors:
         errors += _pool_problems(df, cfg, sizes, names)
     errors, warns = [printable(s) for s in errors], [printable(s) for s in warns]
     notes = [n for n in (_ignored_note(df, name_files), _same_label_copies(df, root, source, name_files)) if n]
-    for line in errors + warns + notes:
+    for line in capped(errors + warns + notes):  # one kind of finding per class: at most MAX_LINES_PER_KIND lines
         out(line)
     lines += errors + warns
 
     n, n_bad = len(df), len(bad)
     per_class = ", ".join(f"{c} {k}" for c, k in counts_per_class.items())
+    if too_many:  # not 400 names (patient folders, maybe) on one line
+        v = list(counts_per_class.values())
+        per_class = f"{len(v)} classes of {min(v)} to {max(v)} images"
     decoded = decode_files or df["path"].str.startswith("phantom://").all()
     if lines:
         kinds_txt = ", ".join(f"{v} {k}" for k, v in kinds.most_common())

@@ -491,6 +491,12 @@ def quiet_ray_console(verbose: bool) -> None:
     auth = logging.getLogger("ray._private.authentication.authentication_token_setup")
     if not any(isinstance(f, _DropTokenEnabled) for f in auth.filters):
         auth.addFilter(_DropTokenEnabled())
+    # a failed trial is one line of lungray's ("[1/2] FAILED <trial>: <reason>"), not Tune's
+    # traceback (~50 lines per failure) and its "Trials did not complete" (issue 23)
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _DropTrialFailure) for f in lg.filters):
+            lg.addFilter(_DropTrialFailure())
     import mlflow  # noqa: F401 - configures its loggers at import; set the level after that
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -499,6 +505,11 @@ def quiet_ray_console(verbose: bool) -> None:
 class _DropTokenEnabled(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("Token authentication is enabled")
+
+
+class _DropTrialFailure(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("Trial task failed for trial", "Trials did not complete"))
 
 
 def ui_line(tracking_uri: str, experiment_id: str, output_dir: str) -> str:
