@@ -144,6 +144,11 @@ def test_the_cluster_yaml_mlflow_command_serves_a_real_sweep_on_the_heads_addres
         assert wrong.returncode == 2 and len(err) == 1, wrong.stdout[-2000:] + wrong.stderr[-3000:]
         assert "refused the credentials of user 'lungray-runs' (401 Unauthorized)" in err[0]
         assert set(ray_tmp.rglob("session_*")) == before
+        # and `lungray report` says the same in one line (it printed 37)
+        rep = subprocess.run([sys.executable, "-m", "lungray", "report", "--out", str(tmp_path / "report2")],
+                             capture_output=True, text=True, env=_sweep_env(head.uri, bad, ray_tmp), cwd=tmp_path, timeout=300)
+        err = rep.stderr.strip().splitlines()
+        assert rep.returncode == 2 and len(err) == 1 and err[0].startswith("lungray: error: the MLflow server refused the credentials"), rep.stderr
 
 
 def test_without_allowed_hosts_the_sweep_ends_in_one_line_naming_the_host_check(head_netns, tmp_path, ray_tmp):
