@@ -165,7 +165,7 @@ def check_access(tracking_uri: str) -> None:
     try:
         retry(lambda: c.search_experiments(max_results=1), attempts=1, what="check access")
     except TrackingUnavailable:
-        OUTAGE.clear()
+        OUTAGE.for_sweep(None)  # unreachable is not refused: the sweep's own outage handling decides
 
 
 class _Outage:
