@@ -210,7 +210,12 @@ def test_lungray_check_cluster_refuses_the_template_and_serves_a_filled_in_copys
     from lungray.cli import main
     from lungray.sweep.cluster_server import probe_server, serve_head_command, server_entry
 
-    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.lungray/mlflow.env of this machine's user: a generated one
+    monkeypatch.setenv("HOME", str(tmp_path))
+    # the user's own mlflow.env: its runs user is used; its LUNGRAY_MLFLOW_DB (a production database) never is
+    (tmp_path / ".lungray").mkdir()
+    (tmp_path / ".lungray" / "mlflow.env").write_text(
+        "MLFLOW_TRACKING_USERNAME=my-runs\nMLFLOW_TRACKING_PASSWORD=my-runs-password-01\n"
+        "LUNGRAY_MLFLOW_DB=postgresql://nobody:x@127.0.0.1:9/none\n")
     assert main(["check-cluster", "--no-server", str(CLUSTER)]) == 2
     assert "still has the template's placeholders" in capsys.readouterr().err
     filled = tmp_path / "mine.yaml"
@@ -218,7 +223,7 @@ def test_lungray_check_cluster_refuses_the_template_and_serves_a_filled_in_copys
     assert main(["check-cluster", str(filled)]) == 0
     out = capsys.readouterr().out
     assert f"{filled}: OK" in out and "its MLflow server command served here at 127.0.0.2:" in out
-    assert "runs user 'lungray-runs' not an admin" in out and "requests without credentials refused" in out
+    assert "runs user 'my-runs' not an admin" in out and "requests without credentials refused" in out
 
     # the pre-issue-23 command, run the same way (the static rules would refuse it first):
     old = (

@@ -113,7 +113,11 @@ def serve_head_command(
         (home / ".lungray").mkdir(mode=0o700)
         env_file = home / ".lungray" / "mlflow.env"
         if mlflow_env is not None and Path(mlflow_env).expanduser().is_file():
-            shutil.copyfile(Path(mlflow_env).expanduser(), env_file)
+            # the user's runs user, nothing else: LUNGRAY_MLFLOW_DB would point this run at the real database
+            from lungray.sweep.mlflow_auth import RUNS_PASSWORD, RUNS_USER, read_env_file
+
+            theirs = read_env_file(Path(mlflow_env).expanduser())
+            env_file.write_text("".join(f"{k}={theirs[k]}\n" for k in (RUNS_USER, RUNS_PASSWORD) if k in theirs))
         else:
             env_file.write_text(f"MLFLOW_TRACKING_USERNAME=lungray-runs\nMLFLOW_TRACKING_PASSWORD={secrets.token_hex(16)}\n")
         env_file.chmod(0o600)
