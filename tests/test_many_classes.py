@@ -14,8 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lungray.errors import DataError
-
 
 def _one_image_classes(root: Path, k: int) -> Path:
     from PIL import Image

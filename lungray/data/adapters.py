@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
