@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     cc = sub.add_parser("check-cluster", help="validate a Ray cluster YAML (Ray's schema + lungray's security rules) before `ray up`")
     cc.add_argument("path", nargs="?", default="cluster.yaml")
+    cc.add_argument("--no-server", action="store_true",
+                    help="skip the local run of the head's MLflow server command (it needs mlflow[auth] here)")
+
+    ma = sub.add_parser("mlflow-auth", help="on a cluster head: the MLflow admin (head only) and the non-admin runs user, before `mlflow server`")
+    ma.add_argument("--server-env", default="~/.lungray/mlflow_server.env",
+                    help="head-only file (0600) for the admin password and the auth app's secret key, created when missing")
     return p
 
 
@@ -108,6 +114,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("lungray: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - an MLflow server's 401/403 is one line too (report, mlflow-sync)
+        from lungray.sweep.mlflow_run import refusal
+
+        why = refusal(e)
+        if why is None or args.verbose:
+            raise
+        print(f"lungray: error: {redact(why)}", file=sys.stderr)
+        return 2
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -183,8 +197,18 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check-cluster":
         from lungray.sweep.cluster import validate_cluster_yaml
 
-        validate_cluster_yaml(args.path)
-        print(f"{args.path}: OK (Ray's schema, SSH from your group only, MLflow with authentication, a private /efs/lungray)")
+        cfg = validate_cluster_yaml(args.path)
+        served = ""
+        if not args.no_server:
+            from lungray.sweep.cluster_server import try_server_command
+
+            served = f"; {try_server_command(cfg, args.path)}"
+        print(f"{args.path}: OK (Ray's schema, SSH from your group only, MLflow with authentication, a private /efs/lungray){served}")
+        return 0
+    if args.command == "mlflow-auth":
+        from lungray.sweep.mlflow_auth import setup_head
+
+        setup_head(Path(os.path.expanduser(args.server_env)))
         return 0
     raise LungrayError(f"unknown command {args.command}")
 

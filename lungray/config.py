@@ -76,6 +76,9 @@ class DataConfig:
     strict: bool = False  # fail on any quarantined row instead of dropping it
     # csv rows may only point under the CSV's folder unless this is set (lungray.data.adapters)
     allow_outside_root: bool = False
+    # more classes than this is refused before anything trains (issue 23: 400 one-image folders, a
+    # folder per patient rather than per class, exhausted memory); chest imaging sets have <= 15
+    max_classes: int = 64
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import dataclasses
 import io
 import re
 import struct
+import unicodedata
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,7 @@ class Case:
     build: Callable[..., Optional[dict]]  # (root, tmp) -> DataConfig overrides (default: a folder dataset at root)
     outcome: str  # quarantined | warning | error | note | ok | raises
     lines: tuple[str, ...] = ()  # exact lines ({root}, {tmp} substituted); a regex for ``raises``
-    stage: str = ""  # quarantined: "header" (the probe catches it) or "pixels" (only a decode does)
+    stage: str = ""  # quarantined: "manifest" (the listing), "header" (the probe) or "pixels" (only a decode does)
     counts: Optional[dict] = None  # usable images per class afterwards (default: 8 and 8)
     check: Optional[Callable[..., None]] = None  # extra assertion (report, root, tmp)
     lost: str = ""  # the table's "nothing lost" column when not the default for the outcome
@@ -218,6 +219,17 @@ def _cut_dicom(tmp: Path) -> bytes:
     return b[:-288]
 
 
+def _ts_lie(tmp: Path) -> bytes:
+    """A little-endian DICOM whose file meta says Explicit VR Big Endian (same UID length)."""
+    b = _dicom(imgs()[39], tmp)
+    assert b.count(b"1.2.840.10008.1.2.1\x00") == 1
+    return b.replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2.2\x00")
+
+
+NEUMONIA_NFC = unicodedata.normalize("NFC", "Neumon\u00eda")
+NEUMONIA_NFD = unicodedata.normalize("NFD", NEUMONIA_NFC)
+
+
 def extra_class(name: str, n: int, first: int = 16) -> Callable[..., None]:
     def build(root: Path, tmp: Path) -> None:
         base(root)
@@ -227,7 +239,21 @@ def extra_class(name: str, n: int, first: int = 16) -> Callable[..., None]:
     return build
 
 
-def csv_case(extra: str, header: str = "path,label", split: bool = False, **over: Any) -> Callable[..., dict]:
+def symlink_case(link: str, target: str) -> Callable[..., None]:
+    """The base dataset plus ``link`` (relative to the root) as a symlink to ``target``
+    (``{root}``/``{tmp}`` substituted); an image outside the root is put at ``{tmp}/outside``."""
+
+    def build(root: Path, tmp: Path) -> None:
+        base(root)
+        put(tmp / "outside" / "secret.png", png_bytes(imgs()[39]))
+        put(root / ".store" / "7.png", png_bytes(imgs()[37]))  # inside the root, in no class folder
+        (root / link).parent.mkdir(parents=True, exist_ok=True)
+        (root / link).symlink_to(_fmt(target, root, tmp))
+
+    return build
+
+
+def csv_case(extra: str, header: str = "path,label", split: bool = False, link: Optional[tuple] = None, **over: Any) -> Callable[..., dict]:
     def build(root: Path, tmp: Path) -> dict:
         extra_ = _fmt(extra, root, tmp)
         if split:
@@ -238,6 +264,8 @@ def csv_case(extra: str, header: str = "path,label", split: bool = False, **over
             d = base_csv(root, extra_, header)
         put(tmp / "outside" / "secret.png", png_bytes(imgs()[39]))
         put(root / "img" / "extra.png", png_bytes(imgs()[38]))
+        if link is not None:
+            (root / link[0]).symlink_to(_fmt(link[1], root, tmp))
         return {**d, **over}
 
     return build
@@ -302,6 +330,13 @@ CASES: list[Case] = [
     Case("dicom_garbage", "DICOM preamble and 'DICM' followed by garbage (parses to no pixel data)",
          bad_file("junk.dcm", lambda: b"\x00" * 128 + b"DICM" + b"\xff\xfe\x01" * 40), "quarantined",
          ("COVID/junk.dcm: DICOM without pixel data; it is not an image (report, RT plan...); remove it",), "header"),
+    Case("dicom_transfer_syntax_lie", "DICOM whose header declares big-endian but whose data set is little-endian",
+         dicom_file("lie.dcm", _ts_lie), "quarantined",
+         ("COVID/lie.dcm: DICOM transfer syntax mismatch (the header declares Explicit VR Big Endian, the data set is little-endian); "
+          "re-export it (its header names one byte order, its data uses the other) or remove it",), "header"),
+    Case("dicom_j2k_truncated", "JPEG 2000 DICOM cut short inside its pixel data",
+         dicom_file("cut_j2k.dcm", lambda t: _testdata("MR_small_jp2klossless.dcm")(t)[:-1200]), "quarantined",
+         ("COVID/cut_j2k.dcm: truncated DICOM (the file ends inside its pixel data); re-download or remove it",), "header"),
     Case("newline_in_name", "a file name holding a newline (could forge an output line)",
          bad_file("evil\nNormal/ok.png", lambda: b""), "quarantined",
          ("COVID/evil\\nNormal/ok.png: zero-byte file; re-download or remove it",), "header"),
@@ -316,11 +351,29 @@ CASES: list[Case] = [
          "header", counts={"COVID": 7, "Normal": 8},
          lost="the pair is quarantined (which label is right is unknown); all other images kept"),
     # ---- CSV rows ------------------------------------------------------------------------------
+    Case("macosx_root", "a root __MACOSX/ folder (a zip made on macOS: AppleDouble ._ files)",
+         plus({"__MACOSX/COVID/._0.png": lambda root: b"\x00\x05\x16\x07" + b"\x00" * 80,
+               "__MACOSX/Normal/._0.png": lambda root: b"\x00\x05\x16\x07" + b"\x00" * 80}), "ok"),
     Case("csv_missing_file", "CSV row naming a missing file", csv_case("img/nope.png,COVID\n"), "quarantined",
          ("img/nope.png: missing file 'img/nope.png' (labels.csv row 17 (line 18)); fix the path or remove the row",), "header"),
     Case("csv_outside_absolute", "CSV row with an absolute path outside the dataset root",
          csv_case("{tmp}/outside/secret.png,COVID\n"), "quarantined",
          ("{tmp}/outside/secret.png: path outside the dataset root '{tmp}/outside/secret.png' (labels.csv row 17 (line 18)); "
+          "rows must point under the CSV's folder {root}, or set data.allow_outside_root=true",), "header",
+         lost="the file is never opened; all other rows kept"),
+    Case("symlink_outside", "a folder entry that is a symlink to an image outside the dataset root",
+         symlink_case("COVID/link.png", "{tmp}/outside/secret.png"), "quarantined",
+         ("COVID/link.png: symlink leading outside the dataset root {root}; copy the file into the dataset, or set data.allow_outside_root=true",),
+         "manifest", lost="the file is never opened; all other images kept"),
+    Case("symlink_etc_passwd", "a folder entry that is a symlink to /etc/passwd",
+         symlink_case("Normal/x.png", "/etc/passwd"), "quarantined",
+         ("Normal/x.png: symlink leading outside the dataset root {root}; copy the file into the dataset, or set data.allow_outside_root=true",),
+         "manifest", lost="the file is never opened; all other images kept"),
+    Case("symlink_inside", "a symlink to another image inside the root (followed)",
+         symlink_case("COVID/again.png", "{root}/.store/7.png"), "ok", counts={"COVID": 9, "Normal": 8}),
+    Case("csv_symlink_outside", "CSV row naming a symlink inside the root that leads outside it",
+         csv_case("img/link.png,COVID\n", link=("img/link.png", "{tmp}/outside/secret.png")), "quarantined",
+         ("{tmp}/outside/secret.png: path outside the dataset root 'img/link.png' (labels.csv row 17 (line 18)); "
           "rows must point under the CSV's folder {root}, or set data.allow_outside_root=true",), "header",
          lost="the file is never opened; all other rows kept"),
     Case("csv_outside_dotdot", "CSV row climbing out of the root with ../", csv_case("../outside/secret.png,COVID\n"),
@@ -348,6 +401,13 @@ CASES: list[Case] = [
           "training-pool image(s), so it is never validated; add images, merge it into another class or drop it with "
           "data.class_map"),
          counts={"COVID": 8, "Covid": 2, "Normal": 8}),
+    Case("nfc_nfd_classes", "two class folders named alike in NFC and NFD Unicode forms (a macOS copy): they print identically",
+         plus({f"{NEUMONIA_NFD}/{i}.png": (lambda i: lambda root: png_bytes(imgs()[20 + i]))(i) for i in range(8)},
+              classes=("COVID", NEUMONIA_NFC), val_size=3), "warning",
+         (f"near-identical class names '{NEUMONIA_NFC}' (8 images, NFC: Neumon\\u00eda), '{NEUMONIA_NFD}' (8 images, NFD: "
+          "Neumoni\\u0301a): the same name in two Unicode forms (a folder copied from macOS?); merge them with "
+          f'data.class_map: {{"COVID": "COVID", "Neumoni\\u0301a": "{NEUMONIA_NFC}", "{NEUMONIA_NFC}": "{NEUMONIA_NFC}"}}',),
+         counts={"COVID": 8, NEUMONIA_NFC: 8, NEUMONIA_NFD: 8}),
     Case("typo_lookalike_l", "label typo with a look-alike letter: 'COVlD' (l for I), one image", extra_class("COVlD", 1),
          "warning",
          ("near-identical class names 'COVID' (8 images), 'COVlD' (1 image): one class under several spellings? "
@@ -505,6 +565,24 @@ def _cfg(case: Case, root: Path, tmp: Path) -> tuple[Any, tuple]:
     return DataConfig(**kw), sizes
 
 
+def _as_sweep(line: str, manifest: Any, cfg: Any) -> str:
+    """A ``data check`` line as the sweep prints it: the file it names replaced by its image id."""
+    from lungray.data.check import _display, printable
+
+    top = Path(cfg.path).resolve()
+    top = top.parent if top.is_file() else top
+    ids = {printable(d): iid for d, iid in ((_display(r, top, cfg.source), r["image_id"]) for _, r in manifest.iterrows()) if d}
+    named = False
+    for d in sorted(ids, key=len, reverse=True):
+        if not named and line.startswith(d + ": "):
+            line, named = ids[d] + line[len(d):], True
+        line = line.replace(f"same bytes as '{d}'", f"same bytes as '{ids[d]}'")
+    unnamed = [r["image_id"] for _, r in manifest.iterrows() if r["problem"] and not str(r["path"])]
+    if not named and len(unnamed) == 1:  # a row without a path (data check prints its reason alone)
+        line = f"{unnamed[0]}: {line}"
+    return line
+
+
 def _fmt(s: str, root: Path, tmp: Path) -> str:
     return s.replace("{root}", str(root.resolve())).replace("{tmp}", str(tmp.resolve()))
 
@@ -561,12 +639,13 @@ def test_bad_input(case: Case, work: Path):
         shown: list[str] = []
         data = prepare_data(cfg, output_dir=tmp / "out", progress=False, parallel=False, echo=shown.append)
         assert sum(sum(v.values()) for v in data.class_counts().values()) + len(data.dropped_idx) == sum(counts.values())
+        # the sweep names images by hashed id, never by file name (issue 23, point 6)
         for line in expected:
-            assert line in shown, (line, shown)
+            assert _as_sweep(line, rep.manifest, cfg) in shown, (_as_sweep(line, rep.manifest, cfg), shown)
         assert shown[-1].startswith(f"data: {sum(counts.values())} of ") and f"{len(expected)} quarantined" in shown[-1]
         bad = rep.manifest[rep.manifest["problem"] != ""]
         for p, reason in zip(bad["path"], bad["problem"]):
-            if p and not case.id.startswith(("csv_", "label_", "unknown_")):
+            if p and case.stage != "manifest" and not case.id.startswith(("csv_", "label_", "unknown_")):
                 assert probe(p) == (reason if case.stage == "header" else ""), (p, probe(p))
         return
     if case.outcome == "warning":
@@ -609,7 +688,10 @@ def test_strict_refuses_what_the_default_lets_through(case_id: str, work: Path):
     shown: list[str] = []
     data = prepare_data(cfg, output_dir=work / "out", progress=False, parallel=False, echo=shown.append)
     assert data.num_classes == len(case.counts or CLASSES)
-    assert [_fmt(s, root, work) for s in case.lines][0] in shown
+    from lungray.data.adapters import build_manifest
+
+    line = [_fmt(s, root, work) for s in case.lines][0]
+    assert (_as_sweep(line, build_manifest(cfg), cfg) if case.outcome == "quarantined" else line) in shown
     with pytest.raises(DataError, match=r"^data check failed \(strict\): ") as e:
         prepare_data(dataclasses.replace(cfg, strict=True), output_dir=work / "out", progress=False, parallel=False, echo=[].append)
     assert "\n" not in str(e.value)
@@ -621,7 +703,8 @@ def test_strict_refuses_what_the_default_lets_through(case_id: str, work: Path):
 
 _CAUGHT = {
     "quarantined": {"header": "yes: data check; sweep preparation (header probe)",
-                    "pixels": "yes: data check; sweep preparation (cache decode)"},
+                    "pixels": "yes: data check; sweep preparation (cache decode)",
+                    "manifest": "yes: data check; sweep preparation (listing, before any file is opened)"},
     "warning": "yes: data check and sweep preparation warn; `--strict`/`data.strict` refuse",
     "error": "yes: data check exits 1; sweep preparation refuses before decoding",
     "note": "yes: data check and sweep preparation print a note",

@@ -48,6 +48,14 @@ def _dataset(root: Path) -> None:
         ds.PatientName = "Doe^Jane"
         ds.PatientBirthDate = "19700101"
         ds.save_as(p)
+    # two broken files named by patient id (issue 23, point 6): the sweep's quarantine lines name
+    # them by hashed id, and pydicom's warnings about the cut one ("... in file /abs/path") are
+    # not printed at all
+    from pydicom.data import get_testdata_file
+
+    j2k = Path(get_testdata_file("MR_small_jp2klossless.dcm")).read_bytes()
+    (root / "COVID" / "PID-1888888.dcm").write_bytes(j2k[:-1200])
+    (root / "Normal" / "PID-1999999_chest.png").write_bytes(b"not an image\n")
 
 
 def _env() -> dict:
@@ -83,11 +91,18 @@ def test_patient_ids_in_file_names_and_dicom_headers_reach_no_output(tmp_path):
         capture_output=True, text=True, env=_env(), timeout=600,
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert any(line.startswith("all 60 images OK") for line in check.stdout.splitlines())  # then the duplicate search
-    assert not PATIENT_ID.search((check.stdout + check.stderr).encode())
+    # data check is the data owner's tool: it names the two broken files (relative to the root), and
+    # nothing else; pydicom's own warnings, which carry the absolute path, are not printed
+    lines = (check.stdout + check.stderr).splitlines()
+    named = sorted(line for line in lines if PATIENT_ID.search(line.encode()))
+    assert named == ["COVID/PID-1888888.dcm: truncated DICOM (the file ends inside its pixel data); re-download or remove it",
+                     "Normal/PID-1999999_chest.png: not an image (unrecognised content); remove it or fix its format"], lines
+    assert str(ds) not in check.stdout + check.stderr and "in file" not in check.stdout + check.stderr
+    assert any(line.startswith("2 of 62 images quarantined") for line in lines)
     m = pd.read_parquet(tmp_path / "m.parquet")
-    assert m["image_id"].str.fullmatch(r"img_[0-9a-f]{16}").all() and (m["sha256"].str.len() == 64).all()
-    assert (m["phash"].str.len() == 16).all()
+    good = m[m["problem"] == ""]
+    assert m["image_id"].str.fullmatch(r"img_[0-9a-f]{16}").all() and (good["sha256"].str.len() == 64).all()
+    assert (good["phash"].str.len() == 16).all()
 
     cmd = [
         sys.executable, str(REPO / "sweeps" / "size_study.py"), "--preset", "smoke", "--output", str(out), "--address", "local",
@@ -96,8 +111,10 @@ def test_patient_ids_in_file_names_and_dicom_headers_reach_no_output(tmp_path):
     ]
     run = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=1500, cwd=tmp_path)
     assert run.returncode == 0, (run.stdout[-3000:], run.stderr[-3000:])
-    assert "data: 60 of 60 images usable, 0 quarantined" in run.stdout
-    assert not PATIENT_ID.search((run.stdout + run.stderr).encode())
+    assert "data: 60 of 62 images usable, 2 quarantined" in run.stdout
+    assert not PATIENT_ID.search((run.stdout + run.stderr).encode()) and "in file" not in run.stdout + run.stderr
+    bad_ids = set(m.loc[m["problem"] != "", "image_id"])
+    assert len(bad_ids) == 2 and all(any(line.startswith(f"{i}: ") for line in run.stdout.splitlines()) for i in bad_ids)
 
     local_map = set()
     leaks = []
@@ -111,7 +128,7 @@ def test_patient_ids_in_file_names_and_dicom_headers_reach_no_output(tmp_path):
         elif hit:
             leaks.append(str(p.relative_to(out)))
     assert leaks == []
-    assert local_map == {"manifest.parquet"}  # the map back to the files, local only
+    assert local_map == {"manifest.parquet", "quarantined.parquet"}  # the map back to the files, local only
 
     # predictions.csv carries hashed ids; `lungray data which` turns one back into its file
     pred = pd.read_csv(next(p for p in files if p.name == "predictions.csv"))

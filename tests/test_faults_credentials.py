@@ -130,16 +130,24 @@ def test_log_records_are_redacted_on_their_way_out(caplog):
 
 URI_SECRET = "pl4nted-URI-s3cret-Q7"
 ENV_SECRET = "pl4nted-ENV-s3cret-Z9"
+#: AWS credentials in the driver's environment: Ray Tune 2.60 copies AWS_ACCESS_KEY_ID,
+#: AWS_SECRET_ACCESS_KEY, AWS_SECURITY_TOKEN and AWS_SESSION_TOKEN into every trial actor's
+#: runtime_env (ray/tune/execution/class_cache.py, ENV_VARS_TO_PROPAGATE), which Ray's
+#: runtime_env_agent.log then writes out in plain text
+AWS_SECRET = "pl4ntedAWSs3cretKEYwJalrXUtnFEMIK7MDENG"
+AWS_TOKEN = "pl4ntedAWSsessionTOKENFwoGZXIvYXdz"
+AWS_KEY_ID = "AKIAPL4NTEDKEY00ID77"
 
 DRIVER = """
-import sys
+import os, sys
 from lungray.sweep.cli import main
 from lungray.sweep.testing import FakeTrialBody
 
 class Body(FakeTrialBody):
     def __call__(self, trial, data, **kw):
-        if trial.train_size == 80:  # as MLflow words it, with the URI it was given
-            raise RuntimeError(f"API request to {URI}/api/2.0/mlflow/runs/get failed with exception (simulated)")
+        if trial.train_size == 80:  # as MLflow words it, with the URI the worker was given
+            uri = os.environ["MLFLOW_TRACKING_URI"]  # a Ray Train worker's, from its runtime_env
+            raise RuntimeError(f"API request to {uri}/api/2.0/mlflow/runs/get failed with exception (simulated)")
         return super().__call__(trial, data, **kw)
 
 URI = sys.argv[1]
@@ -162,17 +170,36 @@ def _leaks(root: Path, secrets: tuple[str, ...]) -> list[str]:
     return found
 
 
+@pytest.fixture
+def ray_tmpdir():
+    """Ray's temp dir for one sweep: short (Ray's AF_UNIX socket paths under it must stay under
+    108 bytes, which pytest's tmp_path is not), removed afterwards."""
+    import shutil
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="lrs", dir="/tmp")
+    yield Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.mark.slow
-def test_planted_credentials_reach_no_console_file_mlflow_store_or_report(tmp_path):
+def test_planted_credentials_reach_no_console_file_mlflow_store_report_or_ray_log(tmp_path, ray_tmpdir):
+    """Issue 23, point 2 besides issue 15's: nothing secret reaches a runtime_env, so Ray's own
+    files (``runtime_env_agent.log``, the session's logs and state under ``RAY_TMPDIR``) hold
+    neither the MLflow password (from the URI or the environment) nor the AWS keys. Trials run
+    through Ray Train here, so both runtime envs are exercised: Tune's trial actors and Train's
+    workers (``worker_runtime_env``)."""
     from mlflow_server import MlflowServer
 
     server = MlflowServer(tmp_path / "server").start()
     try:
         uri = server.uri.replace("http://", f"http://alice:{URI_SECRET}@")
         out = tmp_path / "runs"
-        env = _env(MLFLOW_TRACKING_USERNAME="alice", MLFLOW_TRACKING_PASSWORD=ENV_SECRET)
+        env = _env(MLFLOW_TRACKING_USERNAME="alice", MLFLOW_TRACKING_PASSWORD=ENV_SECRET, RAY_TMPDIR=str(ray_tmpdir),
+                   AWS_ACCESS_KEY_ID=AWS_KEY_ID, AWS_SECRET_ACCESS_KEY=AWS_SECRET, AWS_SESSION_TOKEN=AWS_TOKEN)
         args = ["--preset", "smoke", "--set", "models=[simple_cnn]", "--set", "sizes=[40,80]", "--set", "seeds=[0]",
                 "--set", "schedule.epochs=2", "--set", "resources.max_failures=0", "--set", "tracking.gradcam=false",
+                "--set", "resources.use_ray_train=true",
                 "--output", str(out), "--tracking-uri", uri, "--address", "local", "-v"]
         sweep = subprocess.run([sys.executable, "-c", DRIVER, uri, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
         console = sweep.stdout + sweep.stderr
@@ -193,12 +220,18 @@ def test_planted_credentials_reach_no_console_file_mlflow_store_or_report(tmp_pa
     html = (exp_dir / "report" / "report.html").read_text()
     assert masked in html
     failure = json.loads(next(exp_dir.glob("trials/*/failure.json")).read_text())["error"]
-    assert f"API request to {masked}/api/2.0/mlflow/runs/get failed" in failure
+    # the worker was handed the URI without credentials (it reads them from its environment)
+    assert f"API request to http://127.0.0.1:{server.port}/api/2.0/mlflow/runs/get failed" in failure
     assert "synced 1 trial(s) to MLflow" in sync.stdout
 
-    # and no byte of any output holds either secret
-    assert URI_SECRET not in console and ENV_SECRET not in console
-    assert _leaks(tmp_path, (URI_SECRET, ENV_SECRET)) == []
+    # and no byte of any output holds any secret: console, outputs, store, Ray's own files
+    secrets = (URI_SECRET, ENV_SECRET, AWS_SECRET, AWS_TOKEN, AWS_KEY_ID)
+    assert not [s for s in secrets if s in console]
+    assert _leaks(tmp_path, secrets) == []
+    ray_files = [p for p in ray_tmpdir.rglob("*") if p.is_file()]
+    assert any(p.name == "runtime_env_agent.log" for p in ray_files)  # the file the leak was in
+    assert any(p.name.startswith("worker-") for p in ray_files)  # and the trials' own logs
+    assert _leaks(ray_tmpdir, secrets) == []
 
     # the MLflow view is the sweep's: one parent, two trial runs (one FAILED with the masked error)
     import sqlite3
@@ -207,7 +240,7 @@ def test_planted_credentials_reach_no_console_file_mlflow_store_or_report(tmp_pa
     params = dict(db.execute("select key, value from params where key = 'tracking.tracking_uri'").fetchall())
     assert params == {"tracking.tracking_uri": masked}
     errors = [v for (v,) in db.execute("select value from tags where key = 'lungray.error'")]
-    assert len(errors) == 1 and masked in errors[0]
+    assert len(errors) == 1 and f"http://127.0.0.1:{server.port}/api/2.0" in errors[0]
     statuses = sorted(s for (s,) in db.execute("select status from runs"))
     assert statuses == ["FAILED", "FINISHED", "FINISHED"]
 

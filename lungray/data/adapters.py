@@ -48,6 +48,11 @@ Layouts (the real downloads):
     and the file is never opened, so a CSV cannot make lungray read ``/etc/passwd`` or another
     user's files. ``data.allow_outside_root: true`` (``lungray data check --allow-outside-root``)
     lifts the rule for a CSV kept apart from its images.
+
+The rule holds for **resolved** paths in every adapter (issue 23, point 4): a CSV row, a class
+folder or a file that is a symlink leading outside the dataset root (``x.png -> /etc/passwd``,
+an image elsewhere) is quarantined as "symlink leading outside the dataset root" before
+anything opens it; a symlink within the root is followed. ``allow_outside_root`` lifts this too.
 ``medmnist``
     a MedMNIST ``.npz`` (``train_images``, ``train_labels``, ``val_*``, ``test_*``); the npz
     split fills the ``split`` column. PneumoniaMNIST (real pediatric chest X-rays) gets the
@@ -71,7 +76,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -122,8 +126,14 @@ def _root(cfg: Any, *, file_ok: bool = False, suffix: Optional[str] = None) -> P
     return p.resolve()
 
 
+#: folders a zip tool adds that hold no data: macOS's Archive Utility writes ``__MACOSX/`` with
+#: an AppleDouble ``._name`` file per file (issue 23: a root ``__MACOSX/`` became a class)
+METADATA_DIRS = ("__MACOSX",)
+
+
 def _subdirs(p: Path) -> list[Path]:
-    return sorted((d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+    return sorted((d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in METADATA_DIRS),
+                  key=lambda d: d.name)
 
 
 def list_images(
@@ -140,7 +150,7 @@ def list_images(
     out = []
     for f in folder.rglob("*"):
         rel = f.relative_to(folder).parts
-        if any(part.startswith(".") for part in rel):
+        if any(part.startswith(".") or part in METADATA_DIRS for part in rel):
             continue
         if any(norm_name(part) in skip for part in rel[:-1]):
             continue
@@ -204,6 +214,7 @@ def _finish(
     ``ignored``: the files the adapter did not read (``df.attrs["ignored_files"]``).
     """
     cmap = _class_map(cfg)
+    _quarantine_escapes(rows, cfg)
     if salt is not None:
         for r in rows:
             r["image_id"] = hash_image_id(r["image_id"], salt)
@@ -223,9 +234,36 @@ def _finish(
     return df
 
 
+def _inside(x: Path, root: Path) -> bool:
+    return x == root or root in x.parents
+
+
+def _quarantine_escapes(rows: list[dict[str, Any]], cfg: Any) -> None:
+    """Quarantine rows whose file, once symlinks are resolved, lies outside the dataset root
+    (the folder of ``data.path``, or of the CSV/npz it names); nothing opens them afterwards."""
+    if not getattr(cfg, "path", None) or getattr(cfg, "allow_outside_root", False):
+        return
+    given = Path(str(cfg.path)).expanduser()
+    root = (given if given.is_dir() else given.parent).resolve()
+    for r in rows:
+        path = str(r.get("path") or "")
+        if not path or r.get("problem") or "://" in path:
+            continue
+        real = Path(path.split(NPZ_SEP)[0]).resolve()
+        if not _inside(real, root):
+            r["problem"] = (
+                f"symlink leading outside the dataset root {root}; copy the file into the dataset, "
+                "or set data.allow_outside_root=true"
+            )
+
+
 # --------------------------------------------------------------------------------------------
 # phantom
 # --------------------------------------------------------------------------------------------
+
+
+#: the resolution the phantom's manifest (labels, ids, patients) is drawn at
+PHANTOM_MANIFEST_PX = 16
 
 
 @functools.lru_cache(maxsize=2)
@@ -250,8 +288,15 @@ def parse_phantom_uri(uri: str) -> tuple[int, int, float, int]:
 
 @ADAPTERS.register("phantom")
 def phantom_adapter(cfg: Any) -> pd.DataFrame:
-    """The built-in phantom (data.phantom_n images, data.phantom_classes classes)."""
-    ph = phantom_arrays(int(cfg.phantom_n), int(cfg.phantom_classes), int(cfg.resolution), float(cfg.phantom_difficulty), int(cfg.phantom_seed))
+    """The built-in phantom (data.phantom_n images, data.phantom_classes classes).
+
+    The manifest needs labels and ids only, which do not depend on the resolution (image ``i``'s
+    label and patient depend on the seed alone): they are drawn at :data:`PHANTOM_MANIFEST_PX`,
+    so ``--dry-run`` and ``data check`` never render the phantom at full resolution (1024 px:
+    136 s and 1.34 GB, issue 23); the cache renders the pixels once, at the study's resolution.
+    """
+    ph = phantom_arrays(int(cfg.phantom_n), int(cfg.phantom_classes), min(int(cfg.resolution), PHANTOM_MANIFEST_PX),
+                        float(cfg.phantom_difficulty), int(cfg.phantom_seed))
     salt = id_salt("phantom")
     rows = [
         {
@@ -588,19 +633,17 @@ def csv_adapter(cfg: Any) -> pd.DataFrame:
 def _under_root(raw_path: str, base: Path) -> tuple[str, bool]:
     """(the path to read, whether it lies under ``base``) for a CSV path.
 
-    Under the root means: the path as written, normalised without touching the disk (so
-    ``img/../../etc/passwd`` is outside), or the real path after symlinks (so an absolute path
+    Under the root means: the real path, after ``..`` and every symlink, lies under the real
+    root (so ``img/../../etc/passwd`` and a symlink to it are outside, and an absolute path
     through a symlinked mount of the root is inside).
     """
     p = Path(raw_path).expanduser()
     joined = p if p.is_absolute() else base / p
-    lexical = Path(os.path.normpath(joined))
     real = joined.resolve()
-
-    def under(x: Path, b: Path) -> bool:
-        return x == b or b in x.parents
-
-    return str(real), under(lexical, base) or under(real, base.resolve())
+    # the resolved path decides (issue 23): a row spelled inside the root that is a symlink to
+    # /etc/passwd is outside, as is img/../../etc/passwd; a path through a symlinked mount of
+    # the root itself resolves inside it
+    return str(real), _inside(real, base.resolve())
 
 
 # --------------------------------------------------------------------------------------------

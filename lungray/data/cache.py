@@ -317,6 +317,43 @@ def _compact(full: np.ndarray, keep: np.ndarray, path: Path, block: int = 1024) 
     del out
 
 
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def check_budget(n: int, resolution: int, dtype: str, with_masks: bool, n_phantom: int, cache_dir: Path,
+                 *, free_disk: Optional[int] = None, available: Optional[int] = None) -> None:
+    """Refuse, in one line and before anything is allocated, a cache this machine cannot hold
+    (issue 23: ``data.resolution=100000`` asked numpy for 3.27 TiB).
+
+    Disk: the cache's arrays (images, masks) are memory-mapped files in ``cache_dir``. Memory:
+    the phantom's rows are rendered in memory (images and masks, and the copy stored), so
+    ``4 * n_phantom * R^2`` bytes must fit in 80 % of the memory available now."""
+    r2 = int(resolution) ** 2
+    disk = int(n) * r2 * (np.dtype(dtype).itemsize + (1 if with_masks else 0))
+    if free_disk is None:
+        probe = Path(cache_dir)
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        free_disk = shutil.disk_usage(probe).free
+    if disk > free_disk:
+        raise DataError(
+            f"the decoded cache of {n} images at {resolution} px needs {_gb(disk)} in {cache_dir}, where {_gb(free_disk)} "
+            "is free: lower data.resolution or point data.cache_dir at a bigger disk"
+        )
+    mem = 4 * int(n_phantom) * r2
+    if mem:
+        if available is None:
+            import psutil
+
+            available = int(psutil.virtual_memory().available)
+        if mem > 0.8 * available:
+            raise DataError(
+                f"rendering {n_phantom} phantom images at {resolution} px needs about {_gb(mem)} of memory, and "
+                f"{_gb(available)} is available: lower data.resolution or data.phantom_n"
+            )
+
+
 def build_cache(
     manifest: pd.DataFrame,
     cfg: Any,
@@ -359,6 +396,7 @@ def build_cache(
     salt = id_salt(source or "dataset")
     is_phantom = np.array([p.startswith(PHANTOM_SCHEME) for p in paths], dtype=bool)
 
+    check_budget(n, R, dtype, bool(mask_kind), int(is_phantom.sum()), cache_dir)  # before any array exists
     tmp = cache_dir / f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     t0 = time.time()

@@ -31,6 +31,7 @@ file names are patient ids, lines name the hashed image id and the CSV row inste
 
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 from collections import Counter
@@ -106,8 +107,11 @@ def printable(text: Any) -> str:
     )
 
 
-def _display(row: Any, root: Optional[Path], source: str) -> str:
-    if source == "rsna":
+def _display(row: Any, root: Optional[Path], source: str, name_files: bool = True) -> str:
+    """How a row is named in a message: its path under the root (``data check``, the data
+    owner's tool), or its hashed image id (the sweep: ``name_files=False``, issue 23 point 6,
+    since file names are often patient ids)."""
+    if source == "rsna" or not name_files:
         return str(row["image_id"])  # RSNA file names are patient ids: name the hash only
     path = str(row["path"])
     if not path:
@@ -122,9 +126,9 @@ def _display(row: Any, root: Optional[Path], source: str) -> str:
     return path
 
 
-def _row_line(row: Any, root: Optional[Path], source: str) -> str:
+def _row_line(row: Any, root: Optional[Path], source: str, name_files: bool = True) -> str:
     """``<file>: <reason>; <what to do>`` (the manifest's problem column holds the reason only)."""
-    where = _display(row, root, source)
+    where = _display(row, root, source, name_files)
     reason = str(row["problem"])
     hint = hint_for(reason)
     line = f"{where}: {reason}" if where else reason
@@ -181,11 +185,36 @@ def check_file(path: str, decode_pixels: bool = True) -> dict[str, Any]:
     return out
 
 
+#: The most one full decode can hold at once: an image at the pixel limit (``MAX_PIXELS``,
+#: 89.5 Mpx) as RGBA 16-bit (8 bytes per pixel) plus PIL's and numpy's working copies. Measured
+#: (issue 23): four 81-Mpx RGBA16 PNGs decoded in 4 threads peaked at 4.52 GB, 1.13 GB each.
+DECODE_PEAK_BYTES = 1_250_000_000
+
+
+def decode_workers(decode_pixels: bool, most: int = 4, *, cpus: Optional[int] = None, available: Optional[int] = None) -> int:
+    """Threads for :func:`check_files`: at most ``most``, one per CPU this process may use, and
+    (decoding) as many worst-case decodes as fit in half the memory available now."""
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = max(1, min(int(most), int(cpus)))
+    if decode_pixels:
+        if available is None:
+            import psutil
+
+            available = int(psutil.virtual_memory().available)
+        n = max(1, min(n, int(available // 2 // DECODE_PEAK_BYTES)))
+    return n
+
+
 def check_files(
-    manifest: pd.DataFrame, *, decode_pixels: bool = True, workers: int = 4, progress: bool = False
+    manifest: pd.DataFrame, *, decode_pixels: bool = True, workers: Optional[int] = None, progress: bool = False
 ) -> pd.DataFrame:
-    """:func:`check_file` on every good row; fills ``problem``, ``sha256`` (and the decode columns)."""
+    """:func:`check_file` on every good row; fills ``problem``, ``sha256`` (and the decode columns).
+
+    ``workers``: threads (default :func:`decode_workers`: bounded by the CPUs and the memory of
+    this machine, not a fixed 4)."""
     df = manifest.copy()
+    workers = decode_workers(decode_pixels) if workers is None else workers
     todo = np.flatnonzero((df["problem"] == "").to_numpy() & ~df["path"].str.startswith("phantom://").to_numpy())
     if len(todo) == 0:
         return df
@@ -247,9 +276,23 @@ def class_key(name: str) -> str:
 
 
 def _yaml_str(s: str) -> str:
+    """A YAML double-quoted string; a name not in NFC form keeps its escapes (``\\u0301``), so
+    the two spellings of an NFC/NFD pair stay apart in the printed class_map line."""
     import json
 
-    return json.dumps(s, ensure_ascii=False)
+    return json.dumps(s, ensure_ascii=unicodedata.normalize("NFC", s) != s)
+
+
+def _spelled(n: str, k: int, forms: bool) -> str:
+    """``'Name' (k images)``; with ``forms`` (names that differ only in Unicode normalisation,
+    which print identically) the code points too."""
+    import json
+
+    what = f"{k} image{'s' if k != 1 else ''}"
+    if forms:
+        form = "NFC" if unicodedata.normalize("NFC", n) == n else ("NFD" if unicodedata.normalize("NFD", n) == n else "mixed")
+        what += f", {form}: {json.dumps(n)[1:-1]}"
+    return f"'{n}' ({what})"
 
 
 def class_map_line(class_map: dict[str, Optional[str]]) -> str:
@@ -278,7 +321,7 @@ def _merged_class_map(cfg: Any, names: Sequence[str], merge: dict[str, str]) -> 
     return {n: merge.get(n, n) for n in names}
 
 
-def label_conflicts(df: pd.DataFrame, root: Optional[Path], source: str) -> pd.DataFrame:
+def label_conflicts(df: pd.DataFrame, root: Optional[Path], source: str, name_files: bool = True) -> pd.DataFrame:
     """Quarantine good rows whose bytes (sha256) equal a file's under another label.
 
     Which label is right is unknown, so every copy is quarantined, each naming the other file
@@ -296,13 +339,13 @@ def label_conflicts(df: pd.DataFrame, root: Optional[Path], source: str) -> pd.D
         for i, row in grp.iterrows():
             other = grp[grp["label"] != row["label"]].iloc[0]
             col[df.index.get_loc(i)] = (
-                f"label conflict: same bytes as '{_display(other, root, source)}' labelled '{other['label']}'"
+                f"label conflict: same bytes as '{_display(other, root, source, name_files)}' labelled '{other['label']}'"
             )
     df["problem"] = col
     return df
 
 
-def _same_label_copies(df: pd.DataFrame, root: Optional[Path], source: str) -> Optional[str]:
+def _same_label_copies(df: pd.DataFrame, root: Optional[Path], source: str, name_files: bool = True) -> Optional[str]:
     good = df[(df["problem"] == "") & (df["sha256"] != "")]
     dup = good[good["sha256"].duplicated(keep="first")]
     if dup.empty:
@@ -310,9 +353,43 @@ def _same_label_copies(df: pd.DataFrame, root: Optional[Path], source: str) -> O
     first = good[good["sha256"] == dup.iloc[0]["sha256"]].iloc[0]
     return (
         f"note: {len(dup)} file(s) are byte-identical copies of another file with the same label "
-        f"(e.g. '{_display(dup.iloc[0], root, source)}' = '{_display(first, root, source)}'); they count "
+        f"(e.g. '{_display(dup.iloc[0], root, source, name_files)}' = '{_display(first, root, source, name_files)}'); they count "
         "as separate training images, and copies of evaluation images are handled by the leakage audit"
     )
+
+
+def _too_many_classes(counts: dict[str, int], most: int) -> Optional[str]:
+    """One line when there are more classes than ``most`` (the names are not listed: a folder
+    per patient makes them patient ids)."""
+    if len(counts) <= most:
+        return None
+    single = sum(1 for v in counts.values() if v <= 1)
+    return (
+        f"{len(counts)} classes ({single} with at most one usable image): more than data.max_classes={most}; is there a "
+        "folder per patient or per image instead of per class? point data.path at the folder whose subfolders are the "
+        "classes, merge classes with data.class_map, or raise data.max_classes"
+    )
+
+
+def _kind_of_line(line: str) -> str:
+    """A finding's kind: the line with its quoted names and numbers blanked."""
+    return re.sub(r"\d+", "#", re.sub(r"'[^']*'", "'*'", line))[:120]
+
+
+def capped(lines: Sequence[str], most: int = MAX_LINES_PER_KIND) -> list[str]:
+    """``lines`` with at most ``most`` of each kind, then one "... N more" line per kind
+    (issue 23: 400 small classes printed 405 warnings)."""
+    kinds = Counter(_kind_of_line(x) for x in lines)
+    shown: Counter = Counter()
+    out = []
+    for x in lines:
+        k = _kind_of_line(x)
+        shown[k] += 1
+        if shown[k] <= most:
+            out.append(x)
+        elif shown[k] == most + 1:
+            out.append(f"... {kinds[k] - most} more like the line above (the data check's manifest has every row)")
+    return out
 
 
 def _label_findings(
@@ -333,10 +410,16 @@ def _label_findings(
         per_class = ", ".join(f"{c} {k}" for c, k in counts.items()) or "none"
         errors.append(f"fewer than 2 classes with usable images ({per_class}); a classifier needs at least two")
     for group in near_duplicate_classes(counts):
+        # NFC and NFD spellings (macOS writes file names decomposed) print identically: say which is
+        # which, and merge into the composed (NFC) form
+        forms = len({unicodedata.normalize("NFC", n) for n in group}) < len(group)
+        if forms:
+            group = sorted(group, key=lambda n: (unicodedata.normalize("NFC", n) != n, -counts[n], n))
         merge = {n: group[0] for n in group}
-        spelled = ", ".join(f"'{n}' ({counts[n]} image{'s' if counts[n] != 1 else ''})" for n in group)
+        spelled = ", ".join(_spelled(n, counts[n], forms) for n in group)
+        why = "the same name in two Unicode forms (a folder copied from macOS?);" if forms else "one class under several spellings?"
         warnings.append(
-            f"near-identical class names {spelled}: one class under several spellings? "
+            f"near-identical class names {spelled}: {why} "
             f"merge them with {class_map_line(_merged_class_map(cfg, names, merge))}"
         )
     if errors:
@@ -383,6 +466,7 @@ def check_dataset(
     manifest: Optional[pd.DataFrame] = None,
     probe_files: bool = True,
     decode_files: bool = False,
+    name_files: bool = True,
 ) -> CheckReport:
     """Validate a dataset (see the module docstring); return a :class:`CheckReport`.
 
@@ -391,7 +475,8 @@ def check_dataset(
     the adapter (``prepare_data`` passes the one it built). ``decode_files`` decodes every file
     (``lungray data check``); else files get the probe only and the cache's decode, the same
     function, quarantines what only the pixels show (the sweep: one decode, not two).
-    ``probe_files=False`` checks rows and labels only. With ``strict`` any quarantined row,
+    ``probe_files=False`` checks rows and labels only. ``name_files=False`` (the sweep) names
+    images by their hashed id, never by file name. With ``strict`` any quarantined row,
     error or warning raises :class:`DataError` after everything was reported.
     """
     from lungray.data.adapters import build_manifest
@@ -407,7 +492,7 @@ def check_dataset(
     root = Path(str(cfg.path)).expanduser().resolve() if getattr(cfg, "path", None) else None
     if root is not None and root.is_file():
         root = root.parent
-    df = label_conflicts(df, root, source)
+    df = label_conflicts(df, root, source, name_files)
 
     lines: list[str] = []
     bad = df[df["problem"] != ""]
@@ -415,7 +500,7 @@ def check_dataset(
     shown: Counter = Counter()
     for _, row in bad.iterrows():
         k = problem_kind(row["problem"])
-        line = printable(_row_line(row, root, source))
+        line = printable(_row_line(row, root, source, name_files))
         lines.append(line)
         shown[k] += 1
         if shown[k] <= MAX_LINES_PER_KIND:
@@ -424,17 +509,21 @@ def check_dataset(
             out(f"... {kinds[k] - MAX_LINES_PER_KIND} more '{k}' problem(s) (see the manifest's problem column)")
 
     counts_per_class = class_counts(df, names)
-    errors, warns = _label_findings(df, cfg, names, counts_per_class)
+    too_many = _too_many_classes(counts_per_class, int(getattr(cfg, "max_classes", 64) or 64))
+    errors, warns = ([too_many], []) if too_many else _label_findings(df, cfg, names, counts_per_class)
     if sizes and not errors:
         errors += _pool_problems(df, cfg, sizes, names)
     errors, warns = [printable(s) for s in errors], [printable(s) for s in warns]
-    notes = [n for n in (_ignored_note(df), _same_label_copies(df, root, source)) if n]
-    for line in errors + warns + notes:
+    notes = [n for n in (_ignored_note(df, name_files), _same_label_copies(df, root, source, name_files)) if n]
+    for line in capped(errors + warns + notes):  # one kind of finding per class: at most MAX_LINES_PER_KIND lines
         out(line)
     lines += errors + warns
 
     n, n_bad = len(df), len(bad)
     per_class = ", ".join(f"{c} {k}" for c, k in counts_per_class.items())
+    if too_many:  # not 400 names (patient folders, maybe) on one line
+        v = list(counts_per_class.values())
+        per_class = f"{len(v)} classes of {min(v)} to {max(v)} images"
     decoded = decode_files or df["path"].str.startswith("phantom://").all()
     if lines:
         kinds_txt = ", ".join(f"{v} {k}" for k, v in kinds.most_common())
@@ -483,13 +572,13 @@ def class_counts(manifest: pd.DataFrame, class_names: Sequence[str]) -> dict[str
     return {c: int(k) for c, k in zip(class_names, counts)}
 
 
-def _ignored_note(df: pd.DataFrame) -> Optional[str]:
+def _ignored_note(df: pd.DataFrame, name_files: bool = True) -> Optional[str]:
     ign = df.attrs.get("ignored_files") or {}
     n = int(ign.get("count", 0) or 0)
     if not n:
         return None
     by = ", ".join(f"{k or '(no suffix)'} {v}" for k, v in sorted(ign.get("by_suffix", {}).items(), key=lambda kv: (-kv[1], kv[0])))
-    ex = ign.get("example", "")
+    ex = ign.get("example", "") if name_files else ""
     return (
         f"note: {n} file(s) not read, outside any class folder or not an image suffix ({by})"
         + (f", e.g. '{ex}'" if ex else "")
@@ -504,6 +593,7 @@ def quarantine_report(
     echo: Callable[[str], Any],
     *,
     cfg: Any = None,
+    name_files: bool = True,
 ) -> str:
     """After the cache: print the rows its decode quarantined that the check had not, then the
     totals line (always, so a sweep never drops images silently); returns the totals line."""
@@ -518,7 +608,7 @@ def quarantine_report(
         k = problem_kind(str(row["problem"]))
         shown[k] += 1
         if shown[k] <= MAX_LINES_PER_KIND:
-            echo(printable(_row_line(row, root, source)))
+            echo(printable(_row_line(row, root, source, name_files)))
     kinds = Counter(problem_kind(str(p)) for p in quarantined["problem"]) if len(quarantined) else Counter()
     total = n_usable + len(quarantined)
     line = f"data: {n_usable} of {total} images usable, {len(quarantined)} quarantined" + (

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import math
 import os
 import struct
@@ -114,6 +115,8 @@ HINTS = {
     "not an image": "remove it or fix its format",
     "not a readable DICOM file": _REEXPORT,
     "DICOM without pixel data": "it is not an image (report, RT plan...); remove it",
+    "truncated DICOM": _REREAD,
+    "DICOM transfer syntax mismatch": "re-export it (its header names one byte order, its data uses the other) or remove it",
     "DICOM pixel data could not be decoded": _REEXPORT,
     "multi-frame DICOM": _ONE_FRAME,
     "multi-page TIFF": _ONE_FRAME,
@@ -454,9 +457,36 @@ def _decode_cv2(p: Path) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+class _NoFileNames(logging.Filter):
+    """Drop pydicom's records that name the file ("... found in file /data/<patientId>.dcm"):
+    RSNA file names are patient ids, and the reason reaches the manifest anyway (issue 23)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return " in file " not in record.getMessage()
+
+
+def quiet_pydicom() -> None:
+    """pydicom's warnings and log records that carry a file's path are not printed (pydicom
+    sends each twice, as a warning and a log record: ``misc.warn_and_log``). Called on every
+    DICOM read (so a Ray worker that decodes has it too, and a caller that reset the warning
+    filters gets it back); it changes nothing when both are in place."""
+    import warnings
+
+    lg = logging.getLogger("pydicom")
+    if not any(isinstance(f, _NoFileNames) for f in lg.filters):
+        lg.addFilter(_NoFileNames())
+    if not any(f[0] == "ignore" and getattr(f[1], "pattern", None) == _PATH_WARNING and f[2] is UserWarning for f in warnings.filters):
+        warnings.filterwarnings("ignore", message=_PATH_WARNING, category=UserWarning, module=r"pydicom(\..*)?$")
+
+
+_PATH_WARNING = r".* in file "
+
+
 def _read_dicom(p: Path, *, defer: bool = True) -> Any:
     import pydicom
     from pydicom.errors import InvalidDicomError
+
+    quiet_pydicom()
 
     if sniff(p) == "empty":
         raise ImageError(p, "zero-byte file")
@@ -481,11 +511,39 @@ _PHOTOMETRIC = {
 }
 
 
+#: the (7FE0,0010) PixelData tag as it is written little- and big-endian
+_PIXEL_TAG_LE, _PIXEL_TAG_BE = b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10"
+
+
+def _why_no_pixel_data(p: Path, ds: Any) -> str:
+    """Why pydicom found no pixel data (issue 23: a transfer-syntax lie and a cut JPEG 2000
+    were both "DICOM without pixel data", i.e. "not an image"). The file's bytes say which:
+    a PixelData tag in the byte order the header does not declare is a transfer syntax
+    mismatch; one in the declared order that pydicom did not reach, or a header describing an
+    image (Rows, Columns), is a file cut short; neither is a DICOM that holds no image."""
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        raw = p.read_bytes()
+    except OSError:
+        raw = b""
+    start = 132 if raw[128:132] == b"DICM" else 0
+    le, be = _PIXEL_TAG_LE in raw[start:], _PIXEL_TAG_BE in raw[start:]
+    declared_le = True if ts is None else bool(getattr(ts, "is_little_endian", True))
+    if ts is not None and (le or be) and (le != be) and le != declared_le:
+        found = "little" if le else "big"
+        return f"DICOM transfer syntax mismatch (the header declares {ts.name}, the data set is {found}-endian)"
+    if le or be:
+        return "truncated DICOM (the file ends inside its pixel data)"
+    if ds.get("Rows") and ds.get("Columns"):
+        return f"truncated DICOM (it describes a {int(ds.Columns)}x{int(ds.Rows)} image but ends before its pixel data)"
+    return "DICOM without pixel data"
+
+
 def _check_dicom_pixels(p: Path, ds: Any) -> None:
     """Raise for the DICOM cases that can never become one 2-D image (header and pixel-data
     length only: nothing is decoded)."""
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise ImageError(p, "DICOM without pixel data")
+        raise ImageError(p, _why_no_pixel_data(p, ds))
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise ImageError(p, f"multi-frame DICOM ({frames} frames)")

@@ -190,7 +190,8 @@ def prepare_data(
     output_dir = Path(output_dir)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else output_dir / "cache"
 
-    report = check_dataset(cfg, sizes=(), strict=bool(cfg.strict), echo=say)
+    # the sweep's console, MLflow and the report name images by hashed id only (issue 23, point 6)
+    report = check_dataset(cfg, sizes=(), strict=bool(cfg.strict), echo=say, name_files=False)
     if report.dataset_problems:  # e.g. an empty class: fail before decoding anything
         raise DataError(f"{cfg.source} data cannot be used: " + "; ".join(report.dataset_problems))
     manifest = report.manifest
@@ -204,7 +205,7 @@ def prepare_data(
     quarantined = load_quarantined(root)
     from lungray.data.check import quarantine_report
 
-    quarantine_report(quarantined, report, int(meta["n_images"]), say, cfg=cfg)  # always shown
+    quarantine_report(quarantined, report, int(meta["n_images"]), say, cfg=cfg, name_files=False)  # always shown
     if cfg.strict and len(quarantined):
         first = "; ".join(f"{r.image_id}: {r.problem}" for r in quarantined.head(3).itertuples())
         raise DataError(f"data check failed (strict): {len(quarantined)} image(s) could not be used: {first}")

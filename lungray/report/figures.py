@@ -42,6 +42,23 @@ PRINT_DPI = 300
 SCREEN_DPI = 150
 FIGURE_FORMATS = ("png", "svg", "pdf")
 
+#: Many classes (issue 23): a figure's size and its number of drawn texts are bounded whatever the
+#: class count K. Cell values are written up to ANNOTATED_CLASSES classes, class names up to
+#: LABELLED_CLASSES (beyond: every n-th class index; the tables and CSVs have the names), ROC curves
+#: are labelled up to MAX_CURVES, an image grid shows at most MAX_GRID_IMAGES.
+ANNOTATED_CLASSES = 12
+LABELLED_CLASSES = 30
+MAX_CURVES = 10
+MAX_GRID_IMAGES = 48
+
+
+def class_ticks(k: int) -> tuple[list[int], bool]:
+    """Tick positions for ``k`` classes and whether they carry the names (else class indices)."""
+    if k <= LABELLED_CLASSES:
+        return list(range(k)), True
+    step = math.ceil(k / LABELLED_CLASSES)
+    return list(range(0, k, step)), False
+
 
 def _figure(w: float, h: float):
     from matplotlib.figure import Figure
@@ -215,16 +232,20 @@ def confusion_figure(cms: dict[str, np.ndarray], class_names: Sequence[str], tit
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[len(cms):]:
         ax.set_visible(False)
+    ticks, named = class_ticks(k)
     for ax, (lab, cm) in zip(axes, cms.items()):
-        ax.imshow(cm, vmin=0, vmax=1, cmap="Blues")
-        for a in range(k):
-            for b in range(k):
-                ax.text(b, a, f"{cm[a, b]:.2f}", ha="center", va="center", fontsize=7, color="white" if cm[a, b] > 0.6 else "black")
-        ax.set_xticks(range(k))
-        ax.set_yticks(range(k))
-        ax.set_xticklabels(class_names, rotation=45, ha="right", fontsize=6)
-        ax.set_yticklabels(class_names, fontsize=6)
-        ax.set_xlabel("predicted class", fontsize=7)
+        ax.imshow(cm, vmin=0, vmax=1, cmap="Blues", interpolation="nearest")
+        if k <= ANNOTATED_CLASSES:
+            for a in range(k):
+                for b in range(k):
+                    ax.text(b, a, f"{cm[a, b]:.2f}", ha="center", va="center", fontsize=7, color="white" if cm[a, b] > 0.6 else "black")
+        ax.set_xticks(ticks)
+        ax.set_yticks(ticks)
+        size = 6 if k <= 12 else 4.5
+        ax.set_xticklabels([class_names[i] if named else str(i) for i in ticks], rotation=45 if named else 0,
+                           ha="right" if named else "center", fontsize=size)
+        ax.set_yticklabels([class_names[i] if named else str(i) for i in ticks], fontsize=size)
+        ax.set_xlabel("predicted class" + ("" if named else " (index; names in the per-class table)"), fontsize=7)
         ax.set_ylabel("true class", fontsize=7)
         ax.set_title(lab, fontsize=8)
     if title:
@@ -242,7 +263,10 @@ def roc_figure(curves: dict[str, list[tuple[str, np.ndarray, np.ndarray, float]]
         ax.set_visible(False)
     for ax, (lab, cs) in zip(axes, curves.items()):
         for i, (cls, fpr, tpr, auc) in enumerate(cs):
-            ax.plot(fpr, tpr, color=_PALETTE[i % len(_PALETTE)], lw=1.2, label=f"{cls} (AUC {auc:.3f})")
+            if i < MAX_CURVES:
+                ax.plot(fpr, tpr, color=_PALETTE[i % len(_PALETTE)], lw=1.2, label=f"{cls} (AUC {auc:.3f})")
+            else:  # many classes: one legend entry for the rest
+                ax.plot(fpr, tpr, color="#bbbbbb", lw=0.5, label=f"{len(cs) - MAX_CURVES} more classes" if i == MAX_CURVES else None)
         ax.plot([0, 1], [0, 1], ":", color="grey", lw=0.8, label="chance")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
@@ -352,9 +376,10 @@ def class_balance_figure(counts: dict[str, dict[str, int]]):
     w = 0.8 / max(1, len(splits))
     for i, s in enumerate(splits):
         ax.bar(np.arange(len(classes)) + i * w - 0.4 + w / 2, [counts[s].get(c, 0) for c in classes], w, label=s, color=_PALETTE[i % 10])
-    ax.set_xticks(range(len(classes)))
-    ax.set_xticklabels(classes, fontsize=7)
-    ax.set_xlabel("class", fontsize=8)
+    ticks, named = class_ticks(len(classes))
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([classes[i] if named else str(i) for i in ticks], fontsize=7)
+    ax.set_xlabel("class" if named else "class (index)", fontsize=8)
     ax.set_ylabel("images", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.legend(title="split", fontsize=7, title_fontsize=7)
@@ -362,7 +387,9 @@ def class_balance_figure(counts: dict[str, dict[str, int]]):
 
 
 def image_grid_figure(images: Sequence[np.ndarray], titles: Sequence[str], ncols: int = 6, cmap: str = "gray"):
-    """A grid of grayscale (or RGB) images with titles (sample images per class)."""
+    """A grid of grayscale (or RGB) images with titles (sample images per class), at most
+    :data:`MAX_GRID_IMAGES` of them."""
+    images, titles = list(images)[:MAX_GRID_IMAGES], list(titles)[:MAX_GRID_IMAGES]
     n = max(1, len(images))
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)

@@ -45,9 +45,14 @@ def init_ray(address: Optional[str] = None, **kwargs: Any) -> bool:
 
     if ray.is_initialized():
         return False
+    from lungray.sweep.ray_env import check_temp_dir, private_auth_token
+
     addr = resolve_address(address)
     if addr not in (None, "local"):
         _token_auth_for_existing_cluster()
+    else:
+        check_temp_dir()  # one line instead of Ray's AF_UNIX traceback
+    private_auth_token(create=addr in (None, "local"))  # 0600, never the umask's 0644
     ray.init(address=addr, **kwargs)
     return True
 
@@ -163,10 +168,15 @@ def validate_cluster_yaml(path: str | os.PathLike, allow_placeholders: bool = Fa
 
 
 def check_cluster_policy(cfg: Mapping[str, Any], path: Any = "cluster.yaml") -> None:
-    """lungray's rules for a cluster config (on top of Ray's schema), issue 15 item 7 included."""
+    """lungray's rules for a cluster config (on top of Ray's schema), issue 15 item 7 and issue 23
+    point 3: the shell commands are read for what they do (:mod:`lungray.sweep.shell`), not
+    matched by spelling."""
+    from lungray.sweep import shell as SH
+
     prov = cfg.get("provider", {})
     if prov.get("cache_stopped_nodes", True):
         raise ConfigError(f"{path}: provider.cache_stopped_nodes must be false (stopped GPU nodes keep billing EBS and an old install)")
+    ssh_cidrs: list[str] = []
     for rule in (prov.get("security_group") or {}).get("IpPermissions", []) or []:
         ports = (rule.get("FromPort"), rule.get("ToPort"))
         if ports != (22, 22):
@@ -174,8 +184,11 @@ def check_cluster_policy(cfg: Mapping[str, Any], path: Any = "cluster.yaml") -> 
                 f"{path}: provider.security_group.IpPermissions opens ports {ports}; inbound must be SSH (22) only, "
                 "reach the dashboard and MLflow through SSH port-forwards"
             )
-        if any(r.get("CidrIp") in ("0.0.0.0/0",) for r in rule.get("IpRanges", [])) or any(r.get("CidrIpv6") == "::/0" for r in rule.get("Ipv6Ranges", [])):
-            raise ConfigError(f"{path}: provider.security_group.IpPermissions opens SSH to the whole internet; allow your CIDR only")
+        ssh_cidrs += [r.get("CidrIp", "") for r in rule.get("IpRanges", []) or []]
+        ssh_cidrs += [r.get("CidrIpv6", "") for r in rule.get("Ipv6Ranges", []) or []]
+    wide = SH.too_wide(ssh_cidrs) if ssh_cidrs else None
+    if wide:
+        raise ConfigError(f"{path}: provider.security_group.IpPermissions opens SSH to the whole internet: {wide}; allow your CIDR only")
     if prov.get("type") == "aws":
         for name, t in (cfg.get("available_node_types") or {}).items():
             if not (t.get("node_config") or {}).get("SecurityGroupIds"):
@@ -188,35 +201,136 @@ def check_cluster_policy(cfg: Mapping[str, Any], path: Any = "cluster.yaml") -> 
     workers = {k: v for k, v in types.items() if k != head}
     if not any((v.get("resources") or {}).get("GPU", 0) > 0 for v in workers.values()):
         raise ConfigError(f"{path}: available_node_types has no GPU worker type (resources: {{GPU: N}}); add one")
-    start = " ".join(cfg.get("head_start_ray_commands", []))
-    if "mlflow server" not in start:
-        raise ConfigError(f"{path}: head_start_ray_commands must start 'mlflow server' (SQL backend, --serve-artifacts)")
-    if "0.0.0.0" in start:
-        raise ConfigError(f"{path}: head_start_ray_commands binds a server to 0.0.0.0; bind MLflow/dashboard to the internal address")
-    if "--serve-artifacts" not in start or "--backend-store-uri" not in start:
-        raise ConfigError(f"{path}: 'mlflow server' needs --backend-store-uri (SQL) and --serve-artifacts")
-    if "--app-name basic-auth" not in start and "--host 127.0.0.1" not in start:
-        raise ConfigError(
-            f"{path}: 'mlflow server' listens on the cluster network without authentication; "
-            "run it with --app-name basic-auth (or bind it to 127.0.0.1 and reach it through an SSH tunnel)"
-        )
-    workers = re.search(r"--workers\s+(\d+)", start)
-    if "sqlite:" in start and (workers is None or int(workers.group(1)) != 1):
-        raise ConfigError(f"{path}: 'mlflow server' on SQLite over NFS needs --workers 1 (one writing process); use PostgreSQL for more")
-    commands = [c for k in ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
-                            "head_start_ray_commands", "worker_start_ray_commands") for c in cfg.get(k, []) or []]
-    for c in commands:
-        if re.search(r"chmod\s+(-\w+\s+)*(0?[0-7]?[0-7][0-7][2367]\b|\S*[oa]\+\w*w)", c):
-            raise ConfigError(
-                f"{path}: '{c.strip()[:80]}' makes a folder writable by every user; the experiment directory holds Tune's "
-                "pickled state, which --resume unpickles: keep it the cluster user's (0750)"
-            )
+    opened: list[str] = []  # SSH ranges the commands open themselves (aws ec2 authorize-security-group-ingress)
+    for key in ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
+                "head_start_ray_commands", "worker_start_ray_commands"):
+        for line in cfg.get(key, []) or []:
+            opened += _check_command_line(str(line), key, path)
+    wide = SH.too_wide(opened) if opened else None
+    if wide:
+        raise ConfigError(f"{path}: the commands' authorize-security-group-ingress calls: opens SSH to the whole internet: {wide}; allow your CIDR only")
+    _check_mlflow_server(cfg, path)
     mounts = cfg.get("file_mounts") or {}
     if any(str(v).rstrip("/") in (".", "./") or Path(os.path.expanduser(str(v))).resolve() == Path.cwd().resolve() for v in mounts.values()):
         if ".gitignore" not in (cfg.get("rsync_filter") or []) and not any("lungray_runs" in str(x) for x in cfg.get("rsync_exclude") or []):
             raise ConfigError(
                 f"{path}: file_mounts uploads the checkout with its git-ignored run folders (lungray_runs/, mlflow.db) to every node; "
                 "add rsync_filter: [.gitignore] (and rsync_exclude for lungray_runs)"
+            )
+
+
+def _short(text: str) -> str:
+    t = " ".join(str(text).split())
+    return t if len(t) <= 80 else t[:77] + "..."
+
+
+def _check_command_line(line: str, key: str, path: Any) -> list[str]:
+    """One entry of a command list: Ray runs each in its own shell, so the umask starts at the
+    login default (022) and variables do not carry over. Returns the CIDRs it opens to SSH
+    (judged together with the other entries')."""
+    from lungray.sweep import shell as SH
+
+    umask = 0o022
+    opened: list[str] = []
+    for cmd in SH.Shell().commands(line):
+        if cmd.name == "umask":
+            u = SH.umask_value(cmd)
+            if u is not None:
+                if not u & 0o002:
+                    raise ConfigError(
+                        f"{path}: {key}: '{_short(' '.join(cmd.argv))}' lets every user write the files and folders created after it "
+                        "(the experiment directory holds Tune's pickled state, which --resume unpickles); use umask 027"
+                    )
+                umask = u
+            continue
+        change = SH.mode_change(cmd, umask)
+        if change is not None and (change[0] == 0o7777 or SH.others_can_write(change[0])):
+            what = "a mode lungray cannot read" if change[0] == 0o7777 else f"mode {change[0]:04o}"
+            raise ConfigError(
+                f"{path}: {key}: '{_short(' '.join(cmd.argv))}' makes a folder writable by every user ({what}); the experiment "
+                "directory holds Tune's pickled state, which --resume unpickles: keep it the cluster user's (0750)"
+            )
+        listen = SH.listen_address(cmd)
+        if listen is not None:
+            what, host = listen
+            kind = SH.address_kind(host)
+            if kind in ("all", "public") or (what.startswith("ray dashboard") and kind != "loopback"):
+                where = "every interface" if kind == "all" else ("a public address" if kind == "public" else "more than this node")
+                raise ConfigError(
+                    f"{path}: {key} binds a server to {host or repr(host)} ({what}: {where}); bind the dashboard to 127.0.0.1 and "
+                    "MLflow to the head's internal address, and reach both through SSH port-forwards"
+                )
+        opened += SH.ingress_cidrs(cmd)
+        if cmd.name == "ray" and cmd.argv[1:2] == ("start",):
+            mode = cmd.env.get("RAY_AUTH_MODE") or _exported(line, "RAY_AUTH_MODE")
+            if mode != "token":
+                raise ConfigError(
+                    f"{path}: {key}: 'ray start' runs without RAY_AUTH_MODE=token: Ray 2.60 then accepts jobs from anyone who "
+                    "reaches the node; export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH (a 0600 token every node has) first"
+                )
+    return opened
+
+
+def _exported(line: str, name: str) -> Optional[str]:
+    from lungray.sweep import shell as SH
+
+    sh = SH.Shell()
+    for _ in sh.commands(line):
+        pass
+    return sh.vars.get(name)
+
+
+def _check_mlflow_server(cfg: Mapping[str, Any], path: Any) -> None:
+    """The head's ``mlflow server``: authenticated, reachable by its own address (MLflow 3's
+    Host-header check), SQL-backed with proxied artifacts, one writer on SQLite, and an admin
+    that is not the user every node holds."""
+    from lungray.sweep import shell as SH
+
+    lines = [str(x) for x in cfg.get("head_start_ray_commands", []) or []]
+    found = None
+    for line in lines:
+        cmds = SH.Shell().commands(line)
+        for i, c in enumerate(cmds):
+            if SH.is_mlflow_server(c) and c.argv[1 if c.name == "mlflow" else 3] == "server":
+                found = (line, c, cmds[:i])
+    if found is None:
+        raise ConfigError(f"{path}: head_start_ray_commands must start 'mlflow server' (SQL backend, --serve-artifacts)")
+    line, cmd, before = found
+    args = SH.mlflow_args(cmd)
+    if "--serve-artifacts" not in args or not SH._opt(args, ["--backend-store-uri"]):
+        raise ConfigError(f"{path}: 'mlflow server' needs --backend-store-uri (SQL) and --serve-artifacts")
+    host = (SH.listen_address(cmd) or ("", "127.0.0.1"))[1]
+    local_only = SH.address_kind(host) == "loopback"
+    app = SH._opt(args, ["--app-name"])
+    if not local_only and app != ["basic-auth"]:
+        raise ConfigError(
+            f"{path}: 'mlflow server' listens on the cluster network without authentication; "
+            "run it with --app-name basic-auth (or bind it to 127.0.0.1 and reach it through an SSH tunnel)"
+        )
+    if not local_only:
+        allowed = SH._opt(args, ["--allowed-hosts"]) or [cmd.env.get("MLFLOW_SERVER_ALLOWED_HOSTS", "")]
+        entries = [e.strip() for e in ",".join(allowed).split(",") if e.strip()]
+        if "*" in entries:
+            raise ConfigError(f"{path}: 'mlflow server --allowed-hosts *' turns off MLflow's DNS-rebinding check; list the head's address instead")
+        if not any(e == host or e.startswith(host + ":") for e in entries):
+            raise ConfigError(
+                f"{path}: 'mlflow server --host {host}' without --allowed-hosts naming that address: MLflow 3 answers every API "
+                f"call from the cluster with 403 'Invalid Host header'; add --allowed-hosts \"{host}:PORT,localhost:*,127.0.0.1:*\""
+            )
+    workers = SH._opt(args, ["--workers", "-w"])
+    backend = SH._opt(args, ["--backend-store-uri"])[-1]
+    if backend.startswith("sqlite:") and (not workers or workers[-1] != "1"):
+        raise ConfigError(f"{path}: 'mlflow server' on SQLite over NFS needs --workers 1 (one writing process); use PostgreSQL for more")
+    if app == ["basic-auth"]:
+        if re.search(r"MLFLOW_AUTH_ADMIN_(PASSWORD|USERNAME)=[\"']?\$\{?MLFLOW_TRACKING_(PASSWORD|USERNAME)", " ".join(lines)):
+            raise ConfigError(
+                f"{path}: the MLflow admin is the user of mlflow.env, whose password every node holds; keep the admin on the "
+                "head and give the runs a non-admin user: run 'lungray mlflow-auth' before 'mlflow server', as cluster.yaml does"
+            )
+        if not any(c.name == "lungray" and c.argv[1:2] == ("mlflow-auth",) for c in before) and "MLFLOW_FLASK_SERVER_SECRET_KEY" not in cmd.env:
+            raise ConfigError(
+                f"{path}: 'mlflow server --app-name basic-auth' needs MLFLOW_FLASK_SERVER_SECRET_KEY (MLflow 3 refuses to start "
+                "without it) and a non-admin user for the runs: run 'lungray mlflow-auth' before it, as cluster.yaml does"
             )
 
 

@@ -110,3 +110,32 @@ def failpoint(point: str, key: str = "") -> None:
         if (action or "kill") == "enospc":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------------------------
+# a failed trial in one line
+# --------------------------------------------------------------------------------------------
+
+_OOM = ("OutOfMemoryError", "running low on memory")
+
+
+def trial_error_line(text: str) -> str:
+    """A failed trial's traceback as one line for the console (issue 23: Tune printed 50 lines per
+    failure). Ray's memory monitor killing the trial is said in words with the node's numbers
+    and what to change; otherwise the last exception line (``Type: message``)."""
+    import re
+
+    from lungray.redact import redact
+
+    text = str(text or "")
+    if any(k in text for k in _OOM):
+        m = re.search(r"was ([\d.]+\s*[KMGT]?B) / ([\d.]+\s*[KMGT]?B) \(([\d.]+)\); the memory usage threshold is (\d+(?:\.\d+)?)", text)
+        used = f" (node memory {m.group(1)} of {m.group(2)}, over Ray's {m.group(4)} threshold)" if m else ""
+        return (f"killed by Ray's memory monitor{used}: run fewer trials at once (raise resources.cpus_per_worker), "
+                "or lower the batch size, data.resolution or the class count")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if re.match(r"^([\w.]+\.)?[A-Z]\w*(Error|Exception|Interrupt|Failure)\b", ln):
+            return redact(ln[:300])
+    return redact(lines[-1][:300]) if lines else "failed (no error text)"
+

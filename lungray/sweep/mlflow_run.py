@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -129,6 +130,44 @@ class TrackingUnavailable(LungrayError):
         super().__init__(f"MLflow tracking unreachable since {clock(since)} ({self.error})")
 
 
+class TrackingRefused(LungrayError):
+    """The tracking server answered and refused: wrong credentials (401), a permission or its
+    Host-header check (403). Not an outage: retrying cannot help, so it is one line at once."""
+
+
+def refusal(e: BaseException) -> Optional[str]:
+    """The one-line reason when ``e`` is a 401/403 answer of a tracking server, else ``None``."""
+    text = str(e)
+    status = getattr(e, "get_http_status_code", lambda: None)()
+    m = re.search(r"error code (401|403)\b", text)
+    code = int(m.group(1)) if m else (status if status in (401, 403) else None)
+    if code is None:
+        return None
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    who = f" of user '{user}'" if user else ""
+    if code == 401:
+        return (f"the MLflow server refused the credentials{who} (401 Unauthorized): set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD to a user of that server (on a cluster: ~/.lungray/mlflow.env on every node), "
+                "or pass them in --tracking-uri http://user:password@host:port")
+    if "invalid host header" in text.lower():
+        return ("the MLflow server refused the address it was called by (403 Invalid Host header, MLflow's DNS-rebinding "
+                "check): start it with --allowed-hosts naming that host:port, as cluster.yaml does")
+    return (f"the MLflow server denied the request{who} (403 Forbidden): give that user EDIT permission on the "
+            "experiment (or let the sweep create its own), or use the user that created it")
+
+
+def check_access(tracking_uri: str) -> None:
+    """One authenticated call before Ray starts: a refusal is one line now, not a traceback
+    after start-up; an unreachable server is left to the sweep's outage handling."""
+    if is_local_store(tracking_uri):
+        return
+    c = client(tracking_uri)
+    try:
+        retry(lambda: c.search_experiments(max_results=1), attempts=1, what="check access")
+    except TrackingUnavailable:
+        OUTAGE.for_sweep(None)  # unreachable is not refused: the sweep's own outage handling decides
+
+
 class _Outage:
     """Process-wide circuit breaker: after one call gave up, later calls fail at once (queued)
     instead of each waiting out the retries, and one probe per ``PROBE_SECONDS`` checks
@@ -207,6 +246,9 @@ def retry(fn: Callable[[], R], *, attempts: Optional[int] = None, what: str = "M
         except Exception as e:  # noqa: BLE001 - classified
             if not is_transient(e):
                 OUTAGE.clear()  # the server answered
+                why = refusal(e)
+                if why:
+                    raise TrackingRefused(why) from e
                 raise
             OUTAGE.start(e)
             raise OUTAGE.unavailable(e) from e
@@ -220,6 +262,9 @@ def retry(fn: Callable[[], R], *, attempts: Optional[int] = None, what: str = "M
             return fn()
         except Exception as e:  # noqa: BLE001 - classified below
             if not is_transient(e):
+                why = refusal(e)
+                if why:
+                    raise TrackingRefused(why) from e
                 raise
             if time.monotonic() + delay > deadline or (attempts is not None and i >= attempts):
                 OUTAGE.start(e)

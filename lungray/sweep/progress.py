@@ -191,7 +191,7 @@ def _callback_class():
         def on_trial_start(self, iteration, trials, trial, **info):
             self.started[trial.trial_id] = time.time()
 
-        def _finish(self, trials, trial, status: str) -> None:
+        def _finish(self, trials, trial, status: str, reason: str = "") -> None:
             self._count_restored(trials)
             self.done += 1
             self.new_done += 1
@@ -202,7 +202,8 @@ def _callback_class():
             cost = float(own) if isinstance(own, (int, float)) and math.isfinite(own) and own > 0 else seconds
             if status == "done":
                 self.finished.setdefault(cell, []).append(cost)
-            self.echo(trial_line(self.done, self.total, self._name(trial), trial.last_result or {}, seconds, self.eta(trials), self.headline, status))
+            line = trial_line(self.done, self.total, self._name(trial), trial.last_result or {}, seconds, self.eta(trials), self.headline, status)
+            self.echo(f"{line}  | {reason}" if reason else line)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             note = result.get(NOTE_KEY)
@@ -214,7 +215,13 @@ def _callback_class():
             self._finish(trials, trial, "done")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._finish(trials, trial, "FAILED")
+            from lungray.sweep.faults import trial_error_line
+
+            try:  # Tune's traceback of the failure (its own 50-line print is off: runner.quiet_ray_console)
+                text = open(trial.error_file).read() if trial.error_file else ""
+            except OSError:
+                text = ""
+            self._finish(trials, trial, "FAILED", trial_error_line(text) if text else "")
 
         def on_step_end(self, iteration, trials, **info):
             self._count_restored(trials)

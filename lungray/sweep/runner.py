@@ -286,6 +286,12 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
 
     # what a killed earlier driver of this output directory (or of this sweep) left running
     LR.stop_leftovers(LR.records_for(cfg.output_dir, exp_dir if state is not None else None), echo=echo)
+    # MLflow credentials reach a local Ray's workers through the environment they inherit from
+    # this process, never through a runtime_env (Ray logs those: lungray.sweep.ray_env)
+    from lungray.sweep.mlflow_run import check_access, credentials_to_env
+
+    given = usable_uri(cfg.tracking.tracking_uri or T.default_tracking_uri(cfg.output_dir), "tracking_uri")  # a saved one is masked
+    check_access(credentials_to_env(given))  # a 401/403 is one line now, not after Ray's start-up
     quiet_ray_console(verbose)
     started_ray = init_ray(address, logging_level=logging.INFO if verbose else logging.WARNING)
     instance = LR.started_instance() if started_ray else None  # None when it joined a running cluster
@@ -363,11 +369,13 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
         # 4. Tune
         from lungray.sweep.trainable import DEFAULT_BODY, SweepContext
 
+        from lungray.sweep.ray_env import worker_tracking_uri
+
         r = cfg.resources
         ctx = SweepContext(
             study=cfg.name,
             experiment_dir=str(exp_dir),
-            tracking_uri=tracking_uri,
+            tracking_uri=worker_tracking_uri(tracking_uri),  # no credentials: workers read their own
             experiment_id=experiment_id,
             parent_run_id=parent_run_id,
             data=data,
@@ -379,7 +387,7 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
             use_ray_train=r.ray_train,
             log_checkpoints=cfg.tracking.log_checkpoints,
             body=trial_body if trial_body is not None else DEFAULT_BODY,
-            train_env=train_env(cluster, tracking_uri),
+            train_env=train_env(cluster, worker_tracking_uri(tracking_uri)),
             tune_report_seconds=0.0 if (spec is not None and spec.asha) else 1.0,
         )
         done_before = _count_done(exp_dir)
@@ -463,6 +471,12 @@ def quiet_ray_console(verbose: bool) -> None:
     auth = logging.getLogger("ray._private.authentication.authentication_token_setup")
     if not any(isinstance(f, _DropTokenEnabled) for f in auth.filters):
         auth.addFilter(_DropTokenEnabled())
+    # a failed trial is one line of lungray's ("[1/2] FAILED <trial>: <reason>"), not Tune's
+    # traceback (~50 lines per failure) and its "Trials did not complete" (issue 23)
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _DropTrialFailure) for f in lg.filters):
+            lg.addFilter(_DropTrialFailure())
     import mlflow  # noqa: F401 - configures its loggers at import; set the level after that
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -471,6 +485,11 @@ def quiet_ray_console(verbose: bool) -> None:
 class _DropTokenEnabled(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("Token authentication is enabled")
+
+
+class _DropTrialFailure(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("Trial task failed for trial", "Trials did not complete"))
 
 
 def ui_line(tracking_uri: str, experiment_id: str, output_dir: str) -> str:
@@ -646,7 +665,9 @@ def _run_tune(cfg, ctx, pre, spec, total, exp_dir: Path, *, resume: bool, done_b
         # Tune's new output engine prints its configuration box, "View detailed results here"
         # and a TensorBoard hint even at verbose=0; the legacy engine at 0 prints nothing, and
         # lungray prints one line per finished trial instead (``-v`` keeps Tune's tables)
-        with _env({} if verbose else {"RAY_AIR_NEW_OUTPUT": "0"}):
+        from lungray.sweep.ray_env import no_secrets_in_runtime_env
+
+        with _env({} if verbose else {"RAY_AIR_NEW_OUTPUT": "0"}), no_secrets_in_runtime_env():  # no AWS keys in Ray's logs
             results = tuner.fit()
     except KeyboardInterrupt:
         return None, True

@@ -554,19 +554,26 @@ def write_confusion(out_dir: Path, cm: Any, class_names: list[str], title: str =
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    from lungray.report.figures import ANNOTATED_CLASSES, class_ticks
+
+    # bounded whatever the class count (issue 23: K = 100 drew a 90-inch figure with 10^4 labels, 2.79 GB)
     k = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * k, 1.0 + 0.9 * k), dpi=100)
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(k), class_names, fontsize=8)
-    ax.set_xlabel("predicted")
+    side = min(1.0 + 0.9 * k, 9.0)
+    fig, ax = plt.subplots(figsize=(side + 0.2, side), dpi=100)
+    ax.imshow(cm, cmap="Blues", interpolation="nearest")
+    ticks, named = class_ticks(k)
+    ax.set_xticks(ticks, [class_names[i] if named else str(i) for i in ticks], rotation=45 if named else 0,
+                  ha="right" if named else "center", fontsize=8 if k <= 8 else 6)
+    ax.set_yticks(ticks, [class_names[i] if named else str(i) for i in ticks], fontsize=8 if k <= 8 else 6)
+    ax.set_xlabel("predicted" + ("" if named else " (class index; names in confusion_matrix.csv)"))
     ax.set_ylabel("true")
     if title:
         ax.set_title(title, fontsize=7)
     vmax = cm.max() if cm.size else 0
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8, color="white" if cm[i, j] > vmax / 2 else "black")
+    if k <= ANNOTATED_CLASSES:
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8, color="white" if cm[i, j] > vmax / 2 else "black")
     fig.tight_layout()
     fig.savefig(out_dir / T.CONFUSION_PNG)
     plt.close(fig)

@@ -52,8 +52,16 @@ def validate_study(cfg: StudyConfig, require_data: bool = True) -> StudyConfig:
     one_of("data.resize", d.resize, ["stretch", "letterbox"])
     one_of("data.cache_dtype", d.cache_dtype, ["uint8", "uint16"])
     one_of("data.leakage", d.leakage, ["drop", "report", "off"])
-    if d.resolution < 8:
-        raise ConfigError(f"data.resolution must be >= 8 pixels, got {d.resolution}")
+    from lungray.data.decode import WORK_PIXELS
+
+    top = int(WORK_PIXELS ** 0.5)  # lungray decodes at most this side: a larger resolution only upsamples
+    if not 8 <= d.resolution <= top:
+        raise ConfigError(
+            f"data.resolution must be 8 to {top} pixels, got {d.resolution} (images are decoded at most {top} x {top} px; "
+            "the paper presets use 224-256)"
+        )
+    if d.max_classes < 2:
+        raise ConfigError(f"data.max_classes must be >= 2 (a classifier needs two classes), got {d.max_classes}")
     for k in ("eval_size", "val_size"):
         v = getattr(d, k)
         if v < 0 or (isinstance(v, float) and not v < 1 and not float(v).is_integer()):
