@@ -191,7 +191,7 @@ class TrainConfig:
     """Everything about the training loop that is not the model, optimizer or budget."""
 
     task: str = "classification"  # a lungray.train.tasks.TASKS name: "classification" or "segmentation"
-    loss: str = "auto"  # the task's loss: "auto" = its default (classification: ce; segmentation: dice, as the RSNA study)
+    loss: str = "auto"  # the task's loss: "auto" = its default (classification: ce; segmentation: dice); the RSNA study's is dice_rsna
     augmentation: str = "none"  # an augmentation preset name
     normalization: str = "pool"  # "imagenet", "pool" (mean/std of the training pool), "none"
     imbalance: str = "none"  # "none", "weighted_loss", "weighted_sampler"

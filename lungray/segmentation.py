@@ -34,7 +34,9 @@ Models (:mod:`lungray.models.segmentation`, :mod:`lungray.models.unet`)
 Losses (:mod:`lungray.train.losses`)
     ``build_loss(name, **kw) -> criterion(logits (B, K, H, W), target int64 (B, H, W))``,
     ``name`` in ``LOSSES``: ``dice`` (soft Dice, batch-global, smooth 1, background included by
-    default, as the study), ``dice_ce`` (K >= 2), ``dice_bce`` (K == 1), ``ce``. 255 is ignored.
+    default: lungray's default), ``dice_rsna`` (the RSNA study's exact loss: foreground channel
+    only, smooth 1e-6 doubled in the numerator; the ``segmentation`` preset's), ``dice_ce``
+    (K >= 2), ``dice_bce`` (K == 1), ``ce``. 255 is ignored.
 
 Metrics (:mod:`lungray.seg_metrics`, NumPy)
     - per batch: ``probs = softmax(logits)``; ``pred = masks_from_probs(probs)`` (N, H, W);
@@ -51,7 +53,7 @@ Metrics (:mod:`lungray.seg_metrics`, NumPy)
 
 The task (:class:`lungray.train.tasks.SegmentationTask`, ``train.task: segmentation``)
     puts these together in the training loop, the sweep and the report: ``train.loss`` picks
-    the loss (``dice`` by default); validation and the held-out evaluation keep per image the
+    the loss (``dice`` by default, ``dice_rsna`` in the study's preset); validation and the held-out evaluation keep per image the
     pixel confusion, the detection score and :func:`lungray.train.losses.loss_stats`, counted
     on the device; MLflow gets ``test_dice_pos`` (the primary metric), ``test_dice_all``,
     ``test_iou_*``, ``test_miou_global``, ``test_det_*``; the report draws masks instead of

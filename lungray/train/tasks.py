@@ -420,7 +420,8 @@ class SegmentationTask(Task):
     Targets are the prepared cache's masks (:class:`~lungray.data.dataset.ImageDataset` with
     ``target="mask"``: image and mask moved by one geometric draw); the model is a
     :data:`~lungray.models.segmentation.SEG_MODELS` U-Net; the loss is ``train.loss``
-    (``dice``, the study's, by default; ``dice_ce``, ``dice_bce`` with one sigmoid channel,
+    (``dice`` by default; ``dice_rsna``, the study's own foreground-only Dice with smooth 1e-6,
+    which the ``segmentation`` preset uses; ``dice_ce``, ``dice_bce`` with one sigmoid channel,
     ``ce``: :mod:`lungray.train.losses`). Two mask classes (background and the kind's
     foreground: ``lesion``, ``opacity`` for RSNA boxes, ``lung``).
 
@@ -437,7 +438,7 @@ class SegmentationTask(Task):
 
     name = "segmentation"
     target_kind = "mask"
-    losses = ("dice", "dice_ce", "dice_bce", "ce")  # lungray.train.losses.LOSSES (a test holds them equal)
+    losses = ("dice", "dice_rsna", "dice_ce", "dice_bce", "ce")  # lungray.train.losses.LOSSES (a test holds them equal)
     monitors = {"val_loss": "min", **{k: "max" for k in _SEG_VAL_KEYS}}
     report_spec = ReportSpec(
         primary_metric="dice_pos",
