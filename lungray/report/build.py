@@ -244,6 +244,12 @@ class _Builder:
             )
         for n in s.notes:
             parts.append(H.note(n))
+        if s.config is not None and s.config.data.val_is_eval:
+            parts.append(H.note(
+                "AS PUBLISHED, WITH ITS FLAW: the evaluation set is also the validation set (data.val_is_eval). "
+                "Early stopping and the selected checkpoint were chosen on the very images the held-out numbers "
+                "are measured on, so those numbers are optimistic; compare with the corrected protocol "
+                "(a separate validation set) before reading them as generalisation."))
         grid = (f"models: {', '.join(s.models)} · sizes: {', '.join(map(str, self.sizes))} · "
                 f"optimizers: {', '.join(s.optimizers)} · seeds: {', '.join(map(str, s.seeds))}")
         parts.append(f'<p class="muted">{H.esc(grid)}</p>')
@@ -558,7 +564,8 @@ class _Builder:
                     f"{v.key}: " + ", ".join(f"{k}={getattr(v, k)}" for k in ("preprocess", "normalization", "norm_mean", "norm_std")
                                              if getattr(v, k) is not None)
                     for v in cfg.variants)} if any(v.key for v in cfg.variants) else {}),
-                "eval_size / val_size": f"{cfg.data.eval_size} / {cfg.data.val_size} (split seed {cfg.data.split_seed})",
+                "eval_size / val_size": f"{cfg.data.eval_size} / {cfg.data.val_size} (split seed {cfg.data.split_seed})"
+                + ("; the validation set IS the evaluation set (val_is_eval, as published)" if cfg.data.val_is_eval else ""),
                 "training sizes": ", ".join(map(str, cfg.sizes)),
                 "class-balanced subsets": cfg.data.class_balanced,
                 "leakage policy": f"{cfg.data.leakage} (Hamming distance <= {cfg.data.leakage_max_distance})",
