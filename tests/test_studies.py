@@ -234,6 +234,30 @@ def test_study5_frozen_vgg19_global_max_pool_head():
     assert parameter_counts(vgg).trainable == 512 * 128 + 128 + 128 * 2 + 2
 
 
+# ------------------------------------------------------------------------------------- docs
+
+
+def test_protocol_docs_mark_every_element_of_every_study():
+    """docs/protocols.md: each of the five sections has an element table whose rows all end in
+    a verdict, exact / close / different / not reported / added (issue 21.6)."""
+    import re
+
+    text = (REPO / "docs" / "protocols.md").read_text()
+    sections = re.split(r"\n## (?=\d\. )", text)[1:]
+    assert [s[0] for s in sections] == ["1", "2", "3", "4", "5"]
+    verdicts = ("exact", "close", "different", "not reported", "added")
+    for sec in sections:
+        rows = [ln for ln in sec.splitlines() if ln.startswith("| ") and not ln.startswith("| Element") and not ln.startswith("|---")]
+        assert len(rows) >= 10, sec[:40]
+        for row in rows:
+            last = [c.strip() for c in row.strip().strip("|").split("|")][-1]
+            assert last.startswith(verdicts), (sec[:3], row)
+    s5 = sections[4]
+    for key in ("val_is_eval", "steps_per_epoch", "keras_caffe", "input_size: 224", "study5_scratch_vs_vgg19_published.yaml"):
+        assert key in s5
+    assert "dice_rsna" in sections[2] and "study3_rsna_unet.yaml" in sections[2]
+
+
 # ------------------------------------------------------------------------------------- dry runs
 
 
