@@ -396,6 +396,12 @@ def test_input_size_reads_the_cache_like_keras_load_img(prepared_phantom):
     _, y, _ = ImageDataset(d, [row], size=20, target="mask")[0]
     np.testing.assert_array_equal(y.numpy(), np.asarray(Image.fromarray(np.asarray(d.masks[row])).resize((20, 20), Image.NEAREST)))
     assert ImageDataset(d, [row], size=d.resolution)[0][0].shape == (1, d.resolution, d.resolution)
+    # the report rebuilds the same input for Grad-CAM, and lays the maps back on the cached image
+    from lungray.report.gradcam import normalise_images, resize_maps
+
+    rep = normalise_images(np.asarray(d.images[[row]]), d.max_value, (0.0, 1.0), size=20)
+    np.testing.assert_allclose(rep[0].numpy(), x.numpy(), atol=1e-6)
+    assert resize_maps(np.ones((2, 20, 20)), d.resolution).shape == (2, d.resolution, d.resolution)
 
 
 def test_published_recipe_config_errors():

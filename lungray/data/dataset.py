@@ -31,7 +31,7 @@ from lungray.errors import ConfigError
 TARGETS = ("label", "mask")
 
 
-def _nearest(a: np.ndarray, size: int) -> np.ndarray:
+def resize_nearest(a: np.ndarray, size: int) -> np.ndarray:
     """``a`` resized to ``size x size`` by nearest neighbour with pixel centres aligned (PIL's
     ``NEAREST``, which Keras' ``load_img`` uses; OpenCV's plain ``INTER_NEAREST`` is offset)."""
     import cv2
@@ -157,7 +157,7 @@ class ImageDataset(Dataset):
         img = np.asarray(self.data.images[row], dtype=np.float32) * self._scale
         mask = np.asarray(self.data.masks[row]) if self.target == "mask" else None
         if self.size is not None:
-            img, mask = _nearest(img, self.size), (None if mask is None else _nearest(mask, self.size))
+            img, mask = resize_nearest(img, self.size), (None if mask is None else resize_nearest(mask, self.size))
         pipe = self._get_pipeline() if self.augmentation != "none" else None
         if pipe is not None:
             pipe.set_random_seed(item_seed(self.seed, epoch, row))
