@@ -23,7 +23,8 @@ and how many runs ``collapsed`` (the selected model predicts no foreground pixel
 held-out image: the study's foreground-only Dice, ``--loss dice_rsna``, can saturate the softmax
 there and lose its gradient).
 
-Run: ``python bench/diagnose_unet_twin.py`` (about 25 min on 2 busy CPUs) or ``--quick``.
+Run: ``python bench/diagnose_unet_twin.py`` (21 min on 2 busy CPUs, 2026-12-07; the table is in the
+README) or ``--quick``.
 """
 
 from __future__ import annotations

@@ -161,10 +161,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CPU twin of "segmentation" (CI, the README's measured curve): the phantom's lesion masks
     # (4 classes: three findings with masks, one without), the Keras twin and an smp U-Net with a
     # small timm encoder (ResNet-10-T), both narrowed and from scratch at 32 px, the same step
-    # budget at every size so only the data differ. Its loss is lungray's two-channel `dice`,
-    # not the study's `dice_rsna`: at the twin's 3x higher learning rate the study's loss let
-    # 2 of 14 diagnostic runs collapse to an all-background softmax, where its gradient vanishes
-    # (bench/diagnose_unet_twin.py, README).
+    # budget at every size so only the data differ, the study's loss (dice_rsna). Why the Keras
+    # twin's curve stays flat at this scale (no skip connections, lesions smaller than its 1/16
+    # bottleneck cells): bench/diagnose_unet_twin.py and the README.
     "segmentation_smoke": {
         "name": "segmentation_smoke",
         "data": {"source": "phantom", "phantom_classes": 4, "phantom_n": 640, "phantom_difficulty": 0.5,
@@ -175,7 +174,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "seeds": [0, 1],
         "schedule": {"rule": "steps", "batch_size": 16, "max_steps": 400, "eval_every": 5,
                      "early_stopping_patience": 6, "monitor": "val_loss"},
-        "train": {"task": "segmentation", "loss": "dice", "augmentation": "none", "normalization": "pool"},
+        "train": {"task": "segmentation", "loss": "dice_rsna", "augmentation": "none", "normalization": "pool"},
     },
 }
 

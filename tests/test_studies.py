@@ -149,8 +149,7 @@ def test_study3_unet_yaml_is_the_segmentation_preset_with_the_studys_loss():
         got.pop("name"), ref.pop("name")
         assert got == ref, name
         assert study(name).train.task == "segmentation"
-    assert study("study3_rsna_unet").train.loss == "dice_rsna"  # the study's; its twin keeps the stabler `dice`
-    assert study("study3_rsna_unet_smoke").train.loss == "dice"
+    assert study("study3_rsna_unet").train.loss == study("study3_rsna_unet_smoke").train.loss == "dice_rsna"  # the study's
     assert study("study3_rsna_unet").models[0].name == "unet_keras" and study("study3_rsna_unet").data.source == "rsna"
 
 

@@ -68,7 +68,7 @@ def test_registry_presets_and_losses():
     assert seg.report_spec.explanation == "overlay" and seg.monitors["val_loss"] == "min"
     assert all(seg.mode(m) == "max" for m in seg.monitors if m != "val_loss")
     smoke = load_study("segmentation_smoke")
-    assert smoke.train.task == "segmentation" and smoke.train.loss == "dice" and smoke.data.source == "phantom"
+    assert smoke.train.task == "segmentation" and smoke.train.loss == "dice_rsna" and smoke.data.source == "phantom"
     paper = load_study("segmentation", overrides=["data.path=/data/rsna"])
     assert paper.train.loss == "dice_rsna"  # the study's own loss (PROTOCOLS.md section 3)
     assert paper.data.source == "rsna" and [m.name for m in paper.models][0] == "unet_keras"

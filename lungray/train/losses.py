@@ -21,7 +21,10 @@ numerator as written there::
 An all-background prediction scores about 1 (a 32 x 32 batch with a 100-pixel box and
 ``p_1 = 0.01`` everywhere: ``1 - 2 * 1 / 110.24 = 0.9819``), and a batch without foreground
 gives ``1 - 2s / (sum(p_1) + s)``, close to 1 whatever is predicted there: such a batch teaches
-almost nothing (its gradient is ``O(s)``), as in the study. (With ``K > 2`` the mean over the
+almost nothing (its gradient is ``O(s)``), as in the study. It has no log term, so a softmax
+saturated to background (``p_1 ~ 0`` everywhere) gets vanishing gradients and can stay there:
+a run that collapses to empty masks shows a loss stuck near 1 (seen in exploratory CPU-twin runs
+at a wider or higher-resolution twin; cross-entropy terms, ``dice_ce``, do not saturate). (With ``K > 2`` the mean over the
 foreground channels 1..K-1; ``K == 1``: the sigmoid channel is the foreground.)
 
 ``dice`` -- lungray's smoother default (``train.loss: auto``), NOT the study's::
