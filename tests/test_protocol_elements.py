@@ -368,6 +368,10 @@ def test_published_schedule_counts_nine_steps_at_the_studys_size():
     assert ScheduleConfig(steps_per_epoch=5).epoch_steps(10**6, 32) == 5 and ScheduleConfig().epoch_steps(100, 32) is None
     steps = ScheduleConfig(rule="steps", batch_size=16, max_steps=100, steps_per_epoch=7)
     assert steps.resolve(1000) == (16, 15)  # ceil(100 / 7) epochs of 7 steps
+    from lungray.sweep.grid import grid_rows
+
+    row = grid_rows(load_study("smoke", overrides=["schedule.steps_per_epoch=2"]))[0]  # --dry-run's budget
+    assert (row["train_size"], row["batch"], row["epochs"], row["steps"]) == (40, 16, 3, 6)
 
 
 def test_keras_caffe_normalisation_is_vgg19_preprocess_input():
