@@ -140,6 +140,19 @@ def test_bench_segmentation_quick():
 
 
 @pytest.mark.slow
+def test_diagnose_unet_twin_quick():
+    """The issue-21.5 diagnosis runs every variant (a Dice table, not a ratio: no RATIO lines)."""
+    r = subprocess.run([sys.executable, str(BENCH / "diagnose_unet_twin.py"), "--quick"], cwd=str(REPO), capture_output=True,
+                       text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "== diagnose_unet_twin ==" in r.stdout
+    import diagnose_unet_twin as D
+
+    table = re.findall(r"^DICE (\S+)\s+16\s+([0-9.]+|nan)\s+.*\s(\d)/1$", r.stdout, re.M)
+    assert [v for v, _, _ in table] == list(D.VARIANTS), r.stdout[-3000:]
+
+
+@pytest.mark.slow
 def test_bench_data_quick():
     out, ratios = run_script("bench_data.py", "--quick")
     want = {"data_pipeline_w0", "data_pipeline_w1", "decode_png_ray_vs_serial", "decode_dcm_ray_vs_serial",

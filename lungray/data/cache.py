@@ -9,7 +9,8 @@ into ``<cache_dir>/<key>/``:
 
 ``images.npy``        (N, R, R) uint8 or uint16, memory-mapped by every trial
 ``labels.npy``        (N,) int64 class indices
-``masks.npy``         (N, R, R) uint8 class index per pixel, same geometry as the image, for
+``masks.npy``         (N, R, R) uint8 class index per pixel, same geometry as the image (resize
+                      and crop preprocessing: :func:`lungray.data.masks.row_mask`), for
                       datasets with masks (:mod:`lungray.data.masks`: phantom lesions, RSNA
                       boxes filled, Radiography Database lung masks); ``meta.json`` names the
                       ``mask_kind`` (``null`` and no file otherwise)
@@ -159,7 +160,7 @@ def _decode_rows(
             images[i] = to_storage(apply_preprocessing(preprocess, small, resolution), dtype)
             if masks is not None:
                 try:
-                    masks[i] = row_mask(mask_kind, mask_specs[i], img.shape[0], img.shape[1], resolution, resize_mode)
+                    masks[i] = row_mask(mask_kind, mask_specs[i], img.shape[0], img.shape[1], resolution, resize_mode, preprocess)
                 except (DataError, ValueError) as e:
                     mask_problem[i] = f"mask unusable ({str(e).splitlines()[0][:160]})"
             if NPZ_SEP in path:
@@ -211,6 +212,7 @@ def _phantom_rows(paths: Sequence[str], resolution: int, preprocess: str, dtype:
     from lungray.data.decode import to_storage
     from lungray.data.hashing import dihedral_hashes_batch
     from lungray.data.keypoints import Features
+    from lungray.data.masks import preprocess_mask
     from lungray.data.preprocess import apply_preprocessing
 
     parsed = [parse_phantom_uri(p) for p in paths]
@@ -227,11 +229,11 @@ def _phantom_rows(paths: Sequence[str], resolution: int, preprocess: str, dtype:
         ph = phantom_arrays(int(n), int(classes), int(resolution), float(diff), int(seed))
         idx = np.array([parsed[i][3] for i in rows], dtype=np.int64)
         hashes[rows] = dihedral_hashes_batch(ph.images[idx])
-        masks[rows] = ph.masks[idx]
         for i, j in zip(rows, idx):
             raw = ph.images[j]
             x = raw.astype(np.float32) / 255.0
             images[i] = to_storage(apply_preprocessing(preprocess, x, resolution), dtype)
+            masks[i] = preprocess_mask(ph.masks[j], preprocess)  # the image's geometry (center_crop)
             sha[i] = _array_sha256(raw)
     return {
         "images": images,
@@ -482,6 +484,12 @@ def build_cache(
             bad_masks = [(good["image_id"].iloc[i], mask_problem[i]) for i in keep if mask_problem[i]]
             if bad_masks:
                 log.warning("%d mask file(s) could not be used (their masks are unknown): %s: %s", len(bad_masks), *bad_masks[0])
+        if mask_kind == "lesion_boxes":
+            from lungray.data.masks import box_space_note
+
+            odd = box_space_note(kept["image_id"].tolist(), kept["width"].tolist(), kept["height"].tolist())
+            if odd:
+                log.warning("%s", odd)
         kept.to_parquet(tmp / "manifest.parquet", index=False)
         quarantined = pd.concat([upfront_bad, decoded[~ok]], ignore_index=True)
         quarantined.attrs["class_names"] = list(names)

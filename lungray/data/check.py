@@ -514,7 +514,7 @@ def check_dataset(
     if sizes and not errors:
         errors += _pool_problems(df, cfg, sizes, names)
     errors, warns = [printable(s) for s in errors], [printable(s) for s in warns]
-    notes = [n for n in (_ignored_note(df, name_files), _same_label_copies(df, root, source, name_files)) if n]
+    notes = [n for n in (_ignored_note(df, name_files), _same_label_copies(df, root, source, name_files), _box_space_note(df, source)) if n]
     for line in capped(errors + warns + notes):  # one kind of finding per class: at most MAX_LINES_PER_KIND lines
         out(line)
     lines += errors + warns
@@ -584,6 +584,18 @@ def _ignored_note(df: pd.DataFrame, name_files: bool = True) -> Optional[str]:
         + (f", e.g. '{ex}'" if ex else "")
         + "; lungray reads .png .jpg .jpeg .bmp .tif .tiff .gif .webp .dcm .dicom .dic in class folders"
     )
+
+
+def _box_space_note(df: pd.DataFrame, source: str) -> Optional[str]:
+    """RSNA DICOMs that are not 1024 x 1024: their boxes are scaled (:mod:`lungray.data.masks`);
+    sizes are known when the files were decoded (``lungray data check`` without ``--quick``)."""
+    if source != "rsna":
+        return None
+    from lungray.data.masks import box_space_note
+
+    good = df[df["problem"] == ""]
+    line = box_space_note(good["image_id"].tolist(), good["width"].tolist(), good["height"].tolist())
+    return f"note: {line}" if line else None
 
 
 def quarantine_report(

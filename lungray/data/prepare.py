@@ -313,6 +313,9 @@ def prepare_data(
         "mask_kind": meta.get("mask_kind"),
         "leakage": leak_summary,
     }
+    if cfg.val_is_eval:  # study 5 as published: the test set doubles as the validation set
+        val_idx = eval_idx
+        info["val_is_eval"] = True
     data = PreparedData(
         root=str(root),
         class_names=class_names,

@@ -241,6 +241,12 @@ class _Builder:
             )
         for n in s.notes:
             parts.append(H.note(n))
+        if s.config is not None and s.config.data.val_is_eval:
+            parts.append(H.note(
+                "AS PUBLISHED, WITH ITS FLAW: the evaluation set is also the validation set (data.val_is_eval). "
+                "Early stopping and the selected checkpoint were chosen on the very images the held-out numbers "
+                "are measured on, so those numbers are optimistic; compare with the corrected protocol "
+                "(a separate validation set) before reading them as generalisation."))
         grid = (f"models: {', '.join(s.models)} · sizes: {', '.join(map(str, self.sizes))} · "
                 f"optimizers: {', '.join(s.optimizers)} · seeds: {', '.join(map(str, s.seeds))}")
         parts.append(f'<p class="muted">{H.esc(grid)}</p>')

@@ -106,21 +106,21 @@ def gradcam_sections(b, device: Optional[str], max_pointing: int) -> tuple[H.Sec
             vdata = variant_data(sw, data, lm.trial.variant.preprocess)
             if rows.size:
                 vimgs = imgs if vdata is data else np.asarray(vdata.images[rows])
-                x = G.normalise_images(vimgs, data.max_value, lm.norm)
+                x = G.normalise_images(vimgs, data.max_value, lm.norm, size=lm.trial.model.input_size)
                 with torch.no_grad():
                     own = lm.model(x.to(lm.device)).argmax(1).cpu().numpy()
                 targets = [int(preds[k, i]) for i, _ in picks]
-                cams = G.compute_cams(lm.model, x, targets)
+                cams = G.resize_maps(G.compute_cams(lm.model, x, targets), data.resolution)
                 ov = [G.overlay(vimgs[j].astype(np.float32) / data.max_value, cams[j]) for j in range(len(picks))]
                 titles = [f"{lab}\n→ {sw.class_names[preds[k, i]]} {'✓' if correct[k, i] else '✗'}" for i, _ in picks]
             point = None
             if masks is not None and point_cols:
                 pr = np.array([row_of[ids[i]] for i in point_cols], dtype=np.int64)
-                px = G.normalise_images(np.asarray(vdata.images[pr]), data.max_value, lm.norm)
-                pc = G.compute_cams(lm.model, px, [int(y[i]) for i in point_cols])
+                px = G.normalise_images(np.asarray(vdata.images[pr]), data.max_value, lm.norm, size=lm.trial.model.input_size)
+                pc = G.resize_maps(G.compute_cams(lm.model, px, [int(y[i]) for i in point_cols]), data.resolution)
                 res = G.pointing_game(pc, np.asarray(masks[pr]), tolerance=tol)
                 point = _pointing_row(G, lm.model, px, [int(y[i]) for i in point_cols], np.asarray(masks[pr]), tol,
-                                      res, prior, seed)
+                                      res, prior, seed, size=data.resolution)
                 point.update({"model": lab, "run_id": r["run_id"], "train_size": size, "seed": seed})
             del lm
         except Exception as e:  # noqa: BLE001 - one model's failure is a red box, the others still shown
@@ -213,12 +213,15 @@ def _training_prior(sw: Sweep, masks, size: int, seed: int) -> tuple[Optional[tu
         return None, f"Fixed-point baseline not computed: {e}."
 
 
-def _pointing_row(G, model, x, targets: list[int], masks: np.ndarray, tol: float, res, prior, seed: int) -> dict:
+def _pointing_row(G, model, x, targets: list[int], masks: np.ndarray, tol: float, res, prior, seed: int,
+                  size: Optional[int] = None) -> dict:
     """A model's pointing game with its baselines (fixed point, randomised weights) on the same
-    images: scores, Clopper-Pearson intervals and exact paired p-values."""
+    images: scores, Clopper-Pearson intervals and exact paired p-values. ``size``: the masks'
+    (cache) resolution, when the model read its images at another."""
     nan = float("nan")
     prior_res = G.fixed_point_pointing(prior, masks, tol) if prior is not None else None
-    rnd_res = G.pointing_game(G.compute_cams(G.randomised_copy(model, seed), x, targets), masks, tol)
+    rnd = G.compute_cams(G.randomised_copy(model, seed), x, targets)
+    rnd_res = G.pointing_game(G.resize_maps(rnd, size) if size else rnd, masks, tol)
     comp = G.pointing_baselines(res, prior_res if prior_res is not None else res, rnd_res)
     row = {"images": res.n, "hits": res.hits, "random_map_score": res.baseline, "lift": res.lift,
            "prior_point": "" if prior is None else f"{prior[0]},{prior[1]}",

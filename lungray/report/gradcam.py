@@ -43,6 +43,7 @@ __all__ = [
     "LoadedModel",
     "load_checkpoint_model",
     "normalise_images",
+    "resize_maps",
     "compute_cams",
     "PointingResult",
     "pointing_game",
@@ -116,24 +117,42 @@ def load_checkpoint_model(path: str | Path, *, resolution: int, device: Optional
     in_chans = len(norm[0]) if isinstance(norm[0], (list, tuple)) else 1
     # weights come from the checkpoint: never download pretrained ones to rebuild the network
     spec = dataclasses.replace(trial.model, pretrained=False)
-    model = create_model(spec, len(class_names), in_chans=in_chans, resolution=resolution)
+    # a model that read its images at its own input_size (Keras target_size) is rebuilt at it
+    model = create_model(spec, len(class_names), in_chans=in_chans, resolution=int(trial.model.input_size or resolution))
     model = _unwrap(model)
     model.load_state_dict(_strip_prefixes(ckpt["model"]))
     model.to(device).eval()
     return LoadedModel(model, trial, class_names, (norm[0], norm[1]), int(ckpt.get("epoch", -1)), device)
 
 
-def normalise_images(images: np.ndarray, max_value: float, norm: tuple[Any, Any]):
+def normalise_images(images: np.ndarray, max_value: float, norm: tuple[Any, Any], size: Optional[int] = None):
     """``(B, H, W)`` cached pixels -> ``(B, C, H, W)`` float tensor, normalised as in training
     (``(x / max_value - mean) / std``, the ``norm`` stored in the checkpoint). Per-channel
     statistics (a ``repeat3`` model: ImageNet's three) give C = 3 copies of the gray image,
-    each normalised with its own mean/std, exactly as :class:`lungray.data.dataset.ImageDataset`."""
+    each normalised with its own mean/std, exactly as :class:`lungray.data.dataset.ImageDataset`;
+    ``size`` (the model's ``input_size``) resizes the pixels first as it does (nearest)."""
     import torch
 
-    x = torch.from_numpy(np.asarray(images, dtype=np.float32) / float(max_value))[:, None]
+    imgs = np.asarray(images, dtype=np.float32)
+    if size is not None and imgs.shape[-1] != int(size):
+        from lungray.data.dataset import resize_nearest
+
+        imgs = np.stack([resize_nearest(a, int(size)) for a in imgs]) if len(imgs) else imgs.reshape(0, int(size), int(size))
+    x = torch.from_numpy(imgs / float(max_value))[:, None]
     mean = np.asarray(norm[0], dtype=np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(norm[1], dtype=np.float32).reshape(1, -1, 1, 1)
     return (x - torch.from_numpy(mean)) / torch.from_numpy(std)
+
+
+def resize_maps(maps: np.ndarray, size: int) -> np.ndarray:
+    """``(B, h, w)`` heat maps at a model's input size -> ``(B, size, size)`` (bilinear), to lay
+    them on the cached images and masks."""
+    import cv2
+
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.shape[-1] == int(size) or not len(maps):
+        return maps
+    return np.stack([cv2.resize(m, (int(size), int(size)), interpolation=cv2.INTER_LINEAR) for m in maps])
 
 
 @contextlib.contextmanager

@@ -78,7 +78,8 @@ def provenance_section(b) -> H.Section:
                 f"{v.key}: " + ", ".join(f"{k}={getattr(v, k)}" for k in ("preprocess", "normalization", "norm_mean", "norm_std")
                                          if getattr(v, k) is not None)
                 for v in cfg.variants)} if any(v.key for v in cfg.variants) else {}),
-            "eval_size / val_size": f"{cfg.data.eval_size} / {cfg.data.val_size} (split seed {cfg.data.split_seed})",
+            "eval_size / val_size": f"{cfg.data.eval_size} / {cfg.data.val_size} (split seed {cfg.data.split_seed})"
+            + ("; the validation set IS the evaluation set (val_is_eval, as published)" if cfg.data.val_is_eval else ""),
             "training sizes": ", ".join(map(str, cfg.sizes)),
             "class-balanced subsets": cfg.data.class_balanced,
             "leakage policy": f"{cfg.data.leakage} (Hamming distance <= {cfg.data.leakage_max_distance})",
