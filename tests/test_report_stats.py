@@ -474,13 +474,22 @@ def test_clustered_mcnemar_sums_a_patients_images_by_hand():
 def test_degenerate_output_and_the_rule_of_which_runs_count():
     y = np.array([0, 1, 0, 1])
     assert stats.degenerate_output(np.tile([0.6, 0.4], (4, 1)), y) == "constant output"
-    assert stats.degenerate_output(np.array([[0.9, 0.1], [0.6, 0.4], [0.8, 0.2], [0.7, 0.3]]), y) == "one class for every image"
+    # "Normal" for every image, and the class-1 scores of the positives (0.1, 0.2) are below the
+    # negatives' (0.3, 0.4): AUC 0, no ranking -> collapsed
+    one = np.array([[0.7, 0.3], [0.9, 0.1], [0.6, 0.4], [0.8, 0.2]])
+    assert stats.degenerate_output(one, y) == "one class for every image, scores that do not rank"
+    # the same class everywhere but scores that rank the images (positives 0.4, 0.3 above 0.1, 0.2):
+    # AUC 1, undertrained but not degenerate
+    ranks = np.array([[0.9, 0.1], [0.6, 0.4], [0.8, 0.2], [0.7, 0.3]])
+    assert stats.degenerate_output(ranks, y) == ""
     assert stats.degenerate_output(np.array([[0.9, 0.1], [0.4, 0.6], [0.8, 0.2], [0.7, 0.3]]), y) == ""  # weak but working
+    # AUC exactly 0.5 (ties) with one class: no information in either the class or the ranking
+    assert stats.degenerate_output(np.array([[0.9, 0.1], [0.9, 0.1], [0.8, 0.2], [0.8, 0.2]]), y) == stats.COLLAPSED
     assert stats.degenerate_output(np.array([[np.nan, 0.1], [0.4, 0.6]]), y[:2]) == "non-finite output"
     # an evaluation set of one class: predicting it everywhere is no evidence of collapse
     assert stats.degenerate_output(np.array([[0.9, 0.1], [0.6, 0.4]]), np.array([0, 0])) == ""
     cells = ["a", "a", "a", "b", "b", "c"]
-    flags = ["", "constant output", "", "one class for every image", "constant output", None]
+    flags = ["", "constant output", "", stats.COLLAPSED, "constant output", None]
     # a degenerate run is left out of a cell that has a working run; a cell of degenerate runs keeps them all
     assert stats.counted_mask(cells, flags).tolist() == [True, False, True, True, True, True]
     with pytest.raises(ValueError):

@@ -350,7 +350,7 @@ def test_vectorised_measurement_is_the_report_function():
     labels = [f"p{i // 6}" for i in range(300)]
     for groups in (None, labels):
         codes = stats.unit_codes(groups) if groups is not None else None
-        est, lo, hi, p, vs, vi, df = stats.paired_arrays(d, codes)
+        est, lo, hi, p, vs, vi, _ = stats.paired_arrays(d, codes)
         e2, lo2, hi2, vs2, vi2, df2 = stats.two_level_bounds(ca.astype(float), codes, proportion=True)
         for r in range(5):
             one = stats.paired_test(ca[r].astype(float), cb[r].astype(float), groups=groups)

@@ -275,7 +275,7 @@ def test_summary_table_leaves_a_degenerate_trial_out_as_the_report_does():
         {"model": "r18", "optimizer": "adam", "train_size": 50, "seed": 1, "test_accuracy": 0.62, "degenerate": ""},
         {"model": "r18", "optimizer": "adam", "train_size": 50, "seed": 2, "test_accuracy": 0.56, "degenerate": ""},
         {"model": "cnn", "optimizer": "adam", "train_size": 50, "seed": 0, "test_accuracy": 0.5, "degenerate": "constant output"},
-        {"model": "cnn", "optimizer": "adam", "train_size": 50, "seed": 1, "test_accuracy": 0.5, "degenerate": "one class for every image"},
+        {"model": "cnn", "optimizer": "adam", "train_size": 50, "seed": 1, "test_accuracy": 0.5, "degenerate": "one class for every image, scores that do not rank"},
     ]
     t = summary_table(rows)
     assert t.loc["r18", "n=50"] == "0.590 ± 0.042 (n=2, +1 degenerate)"

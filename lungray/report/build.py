@@ -46,8 +46,8 @@ INTERVAL_MEANING = (
     "the evaluation noise is resampled by patient (the table's unit column says which). Proportions (accuracy, "
     "AUC, F1, Dice) get their interval on the logit scale with half a pseudo-image right and half wrong, so it "
     "is never zero-width at 0 or 1. Validation loss has no per-image values: its interval is over seeds only, "
-    "conditional on the validation images. A run whose output is degenerate (the same class for every "
-    "evaluation image) is left out of its cell, named in it, and left out of every other section too, as in "
+    "conditional on the validation images. A run whose output is degenerate (constant, or the same class "
+    "for every evaluation image with scores that do not rank the classes) is left out of its cell, named in it, and left out of every other section too, as in "
     "the console summary; a weak but working run always counts. With one run there is no interval."
 )
 

@@ -196,7 +196,8 @@ def gradcam_sections(b, device: Optional[str], max_pointing: int) -> tuple[H.Sec
 
 
 def _training_prior(sw: Sweep, masks, size: int, seed: int) -> tuple[Optional[tuple[int, int]], str]:
-    """The peak of the mean lesion mask over the TRAINING images of the shown runs (the subset of
+    """The best fixed point under the pointing game's tolerance on the lesion masks of the TRAINING
+    images of the shown runs (:func:`lungray.report.gradcam.prior_point`; the subset of
     ``size`` for ``seed`` from ``splits.json``; the whole pool if the subsets are missing)."""
     from lungray.report import gradcam as G
 

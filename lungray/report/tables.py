@@ -353,8 +353,8 @@ def summarise(
     :func:`eval_groups`): the image noise is resampled by patient when a patient has several
     images (``unit = "patient"``, ``n_units`` patients).
 
-    Runs with a degenerate output (``counted`` False, :func:`counted_runs`: the same class for
-    every image) are left out and counted apart (``n_degenerate``, ``degenerate_seeds``,
+    Runs with a degenerate output (``counted`` False, :func:`counted_runs`: constant, or one
+    class for every image with scores that do not rank) are left out and counted apart (``n_degenerate``, ``degenerate_seeds``,
     ``degenerate_why``; ``mean_all`` is the mean with them): a collapsed run is a failure of the
     recipe, not a noisy draw of its accuracy. A weak but working run always counts. ``n`` is
     the number of runs in the interval. ``best`` marks, for each size and metric, the (model,

@@ -347,6 +347,6 @@ def format_summary(rows: Sequence[Mapping[str, Any]], metric: str = HEADLINE) ->
         return f"no finished trials with {metric}"
     text = f"{metric}, mean ± sd over seeds:\n" + table.to_string()
     if table.apply(lambda col: col.astype(str).str.contains("degenerate")).to_numpy().any():
-        text += ("\n(degenerate: the same class predicted for every evaluation image; left out of its cell, as in the "
-                 "report, unless every run of the cell is)")
+        text += ("\n(degenerate: a constant output, or the same class predicted for every evaluation image with "
+                 "scores that do not rank; left out of its cell, as in the report, unless every run of the cell is)")
     return text

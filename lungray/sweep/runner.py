@@ -749,6 +749,7 @@ def _degenerate(tdir: Path) -> str:
     p = Path(tdir) / ARTIFACTS_DIR / T.PREDICTIONS
     if not p.is_file():
         return ""
+    import numpy as np
     import pandas as pd
 
     try:
@@ -756,7 +757,14 @@ def _degenerate(tdir: Path) -> str:
     except (OSError, ValueError):
         return ""
     probs = [c for c in df.columns if str(c).startswith("prob_")]
-    return degenerate_output(df[probs].to_numpy(dtype=float), df["y_true"].to_numpy()) if probs and "y_true" in df else ""
+    if not probs or "y_true" not in df:
+        return ""
+    y = df["y_true"]
+    if not pd.api.types.is_numeric_dtype(y):  # class names: their prob_<name> column's index
+        y = y.astype(str).map({str(c)[len("prob_"):]: i for i, c in enumerate(probs)})
+    if y.isna().any():
+        return ""
+    return degenerate_output(df[probs].to_numpy(dtype=float), y.to_numpy(dtype=np.int64))
 
 
 def _row(trial_id: str, r: Mapping[str, Any], status: str) -> dict:

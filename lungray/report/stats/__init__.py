@@ -37,7 +37,7 @@ simulation in ``tests/test_stats_simulation.py`` and ``bench/bench_stats.py``.
 """
 
 from lungray.report.stats.chance import ChanceCheck, chance_check
-from lungray.report.stats.degenerate import counted_mask, degenerate_output
+from lungray.report.stats.degenerate import COLLAPSED, CONSTANT, counted_mask, degenerate_output
 from lungray.report.stats.fits import (
     B_MAX,
     B_MIN,
@@ -96,6 +96,8 @@ __all__ = [
     "chance_check",
     "degenerate_output",
     "counted_mask",
+    "CONSTANT",
+    "COLLAPSED",
     "PairedTest",
     "paired_test",
     "paired_arrays",
