@@ -53,8 +53,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     k = 0.05 if args.quick else args.scale
 
-    def n(reps: int) -> int:
-        return max(20, int(reps * k))
+    def n(reps: int, floor: int = 20) -> int:
+        return max(floor, int(reps * k))
 
     t0 = time.time()
     print("# Statistics: measured coverage and error rates")
@@ -142,7 +142,7 @@ def main(argv=None) -> int:
             print(row("family-wise error, Holm (report's family)", scen, "≤ 0.05", r["fwer_holm"], r["reps"], old_fwer))
             print(row("false discovery rate, BH (report's family)", scen, "≤ 0.05", r["fdr_bh"], r["reps"], old_fdr))
     for seeds in (2, 3, 5):
-        r = Sim.family_end_to_end(Sim.Family(), reps=n(150), seeds=seeds, images=300, seed=13)
+        r = Sim.family_end_to_end(Sim.Family(), reps=n(150, 4), seeds=seeds, images=300, seed=13)
         print(row("family-wise error, Holm, end to end", f"tables.paired_comparisons on in-memory sweeps, comparable, {seeds} seeds",
                   "≤ 0.05", r["fwer_holm"], r["reps"], f"BH FDR {r['fdr_bh']:.3f}; max |p - vectorised p| = {r['max_p_gap']:.1e}"))
     for seeds in (3, 5):
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     # -- 9. pointing game, adequacy, Clopper-Pearson --------------------------------------------
     for kind, what in (("two_sites", "lesions at two sites 6 px apart (tolerance 4.3 px at 64 px)"),
                        ("ring", "lesions anywhere on a ring")):
-        r = Sim.pointing_prior_gap(reps=n(200), kind=kind, seed=1)
+        r = Sim.pointing_prior_gap(reps=n(200), kind=kind, seed=1, n_eval=4000 if k >= 1 else 1000)
         print(f"| fixed-point baseline: best image-blind score minus the baseline's | {what}, 200 training masks | ~0 | "
               f"**{r['gap']:.3f}** (max {r['max_gap']:.3f}) | peak of the mean mask: {r['gap_old']:.3f} (max {r['max_gap_old']:.3f}) | {r['reps']:,} |")
     r = Sim.mdd_power(n_images=3000, discordance=0.12, reps=n(20000), seed=10)

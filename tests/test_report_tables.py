@@ -135,6 +135,10 @@ def test_patients_with_several_images_widen_the_interval_and_say_so():
     assert (s_one["unit"] == "image").all()  # no patient repeats: images, the same numbers
     assert np.allclose(s_one[["ci_low", "ci_high"]], s_img[["ci_low", "ci_high"]])
     assert (s_pat["mean"].to_numpy() == s_img["mean"].to_numpy()).all()
+    assert (s_pat["ci_high"] - s_pat["ci_low"] > 0).all()
+    assert tables.unit_sentence(s_pat) == ("Evaluation noise resampled by patient: 30 patients with 300 images "
+                                           "(several images of a patient are not independent).")
+    assert tables.unit_sentence(s_one).startswith("Evaluation noise resampled by image")
 
 
 def _sim_sweep(seed=0, degenerate=None, groups=None):

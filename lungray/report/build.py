@@ -290,7 +290,7 @@ class _Builder:
             "".join(body),
             intro="Mean over seeds [95% interval]. Bold with ★: best mean at that size with an interval clear of "
             "the runner-up; ☆: best mean, but overlapping intervals (see the paired comparisons before calling it a "
-            "win). " + INTERVAL_MEANING,
+            "win). " + INTERVAL_MEANING + " " + TB.unit_sentence(self.summary),
         )
 
     # -- 3 ----------------------------------------------------------------------------------------

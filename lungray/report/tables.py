@@ -39,6 +39,7 @@ __all__ = [
     "paired_comparisons",
     "adequacy_table",
     "mcnemar_table",
+    "unit_sentence",
     "counted_runs",
     "eval_groups",
     "prediction_arrays",
@@ -424,6 +425,20 @@ def summarise(
     return df
 
 
+def unit_sentence(summary: pd.DataFrame) -> str:
+    """What the evaluation noise of the summary's intervals was resampled by, in one sentence."""
+    if summary is None or summary.empty or "unit" not in summary:
+        return ""
+    pat = summary[summary["unit"] == "patient"]
+    if not pat.empty:
+        r = pat.iloc[0]
+        return (f"Evaluation noise resampled by patient: {int(r.n_units):,} patients with {int(r.n_images):,} images "
+                "(several images of a patient are not independent).")
+    if (summary["unit"] == "image").any():
+        return "Evaluation noise resampled by image (no patient has several evaluation images, or patients are unknown)."
+    return ""
+
+
 def study_table(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Model (x optimizer) by training size for one metric: mean, interval, n and best flag.
 
@@ -481,7 +496,8 @@ def per_class_table(runs: pd.DataFrame, class_names: Sequence[str], sizes: Seque
     weights = _Weights(n_boot, seed)
     rows = []
     for (m, o, n), g in done[done["train_size"].isin(list(sizes))].groupby(["model", "optimizer", "train_size"]):
-        use, stuck = _cell_runs(g)
+        use, _ = _cell_runs(g)
+        n_flagged = int((g["degenerate"].fillna("").astype(str) != "").sum()) if "degenerate" in g else 0
         arrays = _aligned(list(use["run_id"]), predictions) if predictions else None
         w = codes = None
         if arrays is not None:
@@ -502,7 +518,7 @@ def per_class_table(runs: pd.DataFrame, class_names: Sequence[str], sizes: Seque
                     ci = stats.seed_only_ci(vals, level, UNIT)
                 kind, unit = ci.kind, ci.unit if ci.kind == "seeds+images" else ""
                 row.update({met: ci.estimate, f"{met}_low": ci.low, f"{met}_high": ci.high})
-            row.update({"n": len(use), "n_degenerate": len(stuck), "interval": kind, "unit": unit})
+            row.update({"n": len(use), "n_degenerate": n_flagged, "interval": kind, "unit": unit})
             rows.append(row)
     return pd.DataFrame(rows)
 
