@@ -127,7 +127,8 @@ def main(argv=None) -> int:
         print(row("paired test type-I error", name, "≤ 0.05", r["paired_test"], r["reps"],
                   f"paired t on seed differences: {r['seeds_only_t']:.3f}"))
         print(f"| paired test tail | {name} | P(p<0.0033) ≤ 0.0033, P(p<0.001) ≤ 0.001 | **{r['p<0.0033']:.4f}**, "
-              f"**{r['p<0.001']:.4f}** ± {Sim.binomial_se(0.0033, r['reps']):.4f} | | {r['reps']:,} |")
+              f"**{r['p<0.001']:.4f}** ± {Sim.binomial_se(0.0033, r['reps']):.4f} | Satterthwaite t: "
+              f"{r['satterthwaite p<0.0033']:.4f}, {r['satterthwaite p<0.001']:.4f} | {r['reps']:,} |")
     # -- 6. the report's family -----------------------------------------------------------------
     fams = [("comparable", Sim.Family()), ("seeds dominate", Sim.Family(tau=0.35, sigma_g=0.2)),
             ("images dominate", Sim.Family(tau=0.05, sigma_g=0.7))]

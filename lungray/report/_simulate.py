@@ -247,7 +247,8 @@ def paired_size(sc: Crossed, *, sigma_g: float, reps: int, seeds: int, images: i
     """Type-I error at ``alpha`` of the report's paired test (:func:`stats.paired_test`,
     vectorised as :func:`stats.paired_arrays`) and of the paired t on per-seed differences
     (seeds only), under the null of equal expected accuracy; ``p<x``: the share of p-values
-    below each of ``levels`` (the tail Holm's correction uses)."""
+    below each of ``levels`` (the tail Holm's correction uses), ``satterthwaite p<x`` the same for
+    the test before issue 19 (guarded Satterthwaite t)."""
     from scipy import stats as st
 
     from lungray.report import stats
@@ -255,18 +256,24 @@ def paired_size(sc: Crossed, *, sigma_g: float, reps: int, seeds: int, images: i
     rng = np.random.default_rng(seed)
     new = old = 0
     tail = dict.fromkeys(levels, 0)
+    old_tail = dict.fromkeys(levels, 0)
     for start in range(0, reps, chunk):
         ca, cb = paired_null(rng, sc, min(chunk, reps - start), seeds, images, sigma_g=sigma_g)
         d = ca.astype(np.float64) - cb.astype(np.float64)
         p = stats.paired_arrays(d, interval=False)[3]
         new += int(np.sum(p < alpha))
+        est, vs, vi, df = stats.two_level_arrays(d)  # the test before issue 19: guarded Satterthwaite t
+        with np.errstate(invalid="ignore", divide="ignore"):
+            p_sat = np.where(vs + vi > 0, 2 * st.t.sf(np.abs(est) / np.sqrt(vs + vi), df), np.where(est == 0, 1.0, 0.0))
         for a in levels:
             tail[a] += int(np.sum(p < a))
+            old_tail[a] += int(np.sum(p_sat < a))
         dm = d.mean(-1)
         with np.errstate(invalid="ignore", divide="ignore"):
             t_old = np.abs(dm.mean(-1)) / np.sqrt(dm.var(-1, ddof=1) / seeds)
         old += int(np.sum(2 * st.t.sf(t_old, seeds - 1) < alpha))
-    return {"paired_test": new / reps, "seeds_only_t": old / reps, "reps": reps, **{f"p<{a:.2g}": v / reps for a, v in tail.items()}}
+    return {"paired_test": new / reps, "seeds_only_t": old / reps, "reps": reps, **{f"p<{a:.2g}": v / reps for a, v in tail.items()},
+            **{f"satterthwaite p<{a:.2g}": v / reps for a, v in old_tail.items()}}
 
 
 def mcnemar_size(sc: Crossed, *, sigma_g: float, reps: int, seeds: int, images: int, alpha: float = 0.05,

@@ -310,9 +310,11 @@ def two_level_ci_scores(
     for a proportion's logit-scale interval (``bounds == (0, 1)`` and scores in [0, 1]); fewer
     than 2 runs give no interval (the training variance cannot be estimated from one run).
 
+    Three runs right on all 57 images (the plain interval was 1.000 [1.000, 1.000]):
+
     >>> ci = two_level_ci_scores(np.ones((3, 57)), bounds=(0.0, 1.0))
     >>> round(ci.estimate, 3), round(ci.low, 3), ci.high
-    (1.0, 0.931, 1.0)
+    (1.0, 0.867, 1.0)
     """
     x = np.asarray(scores, dtype=np.float64)
     if x.ndim != 2:
