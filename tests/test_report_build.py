@@ -53,25 +53,46 @@ def _planted(model: str, n: int, seed: int) -> float:
     return base - 0.10 if model == "beta" else base
 
 
-def _anova_interval(correct: np.ndarray) -> tuple[float, float, float]:
+def _anova_interval(correct: np.ndarray, pseudo: float = 0.0) -> tuple[float, float, float]:
     """The two-level interval of a cell from a two-way random-effects ANOVA (seeds x images),
     computed here by hand: Var(mean) = (MS_seed + max(0, MS_image - MS_resid)) / (S N), with
     Satterthwaite df from the seed part (guarded: its 75 % upper chi-square bound) and the
-    image part (N - 1 df)."""
+    image part (N - 1 df). ``pseudo`` > 0: the report's proportion interval (issue 19.3): the same
+    components with ``pseudo`` extra images right and as many wrong (frequency weights) seen by
+    every run, the interval on the logit scale around the adjusted mean m~, widened to hold the
+    plain mean."""
     from scipy import stats as st
+    from scipy.special import expit, logit
 
     x = correct.astype(float)
     S, N = x.shape
-    grand = x.mean()
-    ms_seed = N * ((x.mean(1) - grand) ** 2).sum() / (S - 1)
-    ms_img = S * ((x.mean(0) - grand) ** 2).sum() / (N - 1)
-    resid = x - x.mean(1, keepdims=True) - x.mean(0, keepdims=True) + grand
-    ms_res = (resid**2).sum() / ((S - 1) * (N - 1))
-    v_seed, v_img = ms_seed / (S * N), max(0.0, ms_img - ms_res) / (S * N)
+    if pseudo == 0:
+        grand = x.mean()
+        ms_seed = N * ((x.mean(1) - grand) ** 2).sum() / (S - 1)
+        ms_img = S * ((x.mean(0) - grand) ** 2).sum() / (N - 1)
+        resid = x - x.mean(1, keepdims=True) - x.mean(0, keepdims=True) + grand
+        ms_res = (resid**2).sum() / ((S - 1) * (N - 1))
+        v_seed, v_img = ms_seed / (S * N), max(0.0, ms_img - ms_res) / (S * N)
+    else:  # the same decomposition written as bootstrap variances, with frequency-weighted pseudo-images
+        n = N + 2 * pseudo
+
+        def var_of_mean(v):  # weighted sum of squares about the weighted mean, / (n (n - 1))
+            m = (v.sum(-1) + pseudo) / n
+            return m, (((v - m[..., None]) ** 2).sum(-1) + pseudo * ((1 - m) ** 2 + m**2)) / (n * (n - 1))
+
+        m_s, v_each = var_of_mean(x)
+        grand, v_shared = var_of_mean(x.mean(0))
+        v_seed = m_s.var(ddof=1) / S
+        v_img = max(0.0, (S * v_shared - v_each.mean()) / (S - 1))
     v_guard = v_seed * (S - 1) / st.chi2.ppf(0.25, S - 1)
     df = (v_guard + v_img) ** 2 / (v_guard**2 / (S - 1) + v_img**2 / (N - 1))
-    half = st.t.ppf(0.975, df) * math.sqrt(v_seed + v_img)
-    return grand, grand - half, grand + half
+    q = st.t.ppf(0.975, df)
+    if pseudo == 0:
+        half = q * math.sqrt(v_seed + v_img)
+        return grand, grand - half, grand + half
+    se = math.sqrt(v_seed + v_img) / (grand * (1 - grand))
+    raw = x.mean()
+    return raw, min(raw, expit(logit(grand) - q * se)), max(raw, expit(logit(grand) + q * se))
 
 
 def _cell(fake, model, n, seeds=(0, 1, 2)):
@@ -148,19 +169,24 @@ def test_study_table_equals_mlflow_and_the_plant(fake, report):
         planted = [_planted(r.model, r.train_size, s) for s in seeds]
         assert r.mean == pytest.approx(np.mean(planted), abs=1e-12)
         # the interval carries seeds AND evaluation images (issue 11.2): it equals the two-way
-        # ANOVA interval computed by hand from the planted per-image outcomes. Its seed part is the
-        # seeds-only t's: three seeds 0.01 apart, s^2 / 3 = 0.01^2 / 3
+        # ANOVA interval computed by hand from the planted per-image outcomes, in the proportion
+        # form of issue 19.3 (half a pseudo-image right and wrong, logit scale). Its seed part is
+        # the seeds-only t's of the adjusted means: three seeds 0.01 apart, (200/201)^2 0.01^2 / 3
         if r.n >= 2:
-            _, lo, hi = _anova_interval(_cell(fake, r.model, r.train_size, seeds))
+            _, lo, hi = _anova_interval(_cell(fake, r.model, r.train_size, seeds), pseudo=0.5)
             assert (r.ci_low, r.ci_high) == pytest.approx((lo, hi), abs=1e-9)
-            assert r.interval == "seeds+images" and r.var_image >= 0 and r.n_images == 200
+            assert r.interval == "seeds+images" and r.var_image >= 0 and r.n_images == 200 and r.unit == "image"
         if r.n == 3:
-            assert r.var_seed == pytest.approx(0.01**2 / 3, abs=1e-15)
-    # where the image part is 0 (the plant draws each seed's correct images at random, so no image
-    # is hard for every seed), the interval IS the seeds-only t: half-width t(0.975, 2) 0.01 / sqrt(3)
-    flat = tab[(tab.n == 3) & (tab.var_image == 0)]
-    assert len(flat) > 0
-    assert np.allclose(flat.ci_high - flat["mean"], T2 * 0.01 / math.sqrt(3), atol=1e-9)
+            assert r.var_seed == pytest.approx((200 / 201) ** 2 * 0.01**2 / 3, abs=1e-15)
+    # the same components without the pseudo-images ARE the two-way ANOVA's (stats.two_level_arrays)
+    from lungray.report import stats
+
+    x = _cell(fake, "alpha", 100).astype(float)
+    est, vs, vi, df = stats.two_level_arrays(x)
+    m, lo, hi = _anova_interval(x)
+    from scipy.stats import t
+
+    assert est == pytest.approx(m) and t.ppf(0.975, df) * math.sqrt(vs + vi) == pytest.approx(hi - m, rel=1e-12)
     # at n=25: alpha == gamma == 0.54 (tie: the first listed is marked best), beta 0.44
     at25 = tab[tab.train_size == 25].set_index("model")
     assert at25.loc["alpha", "mean"] == pytest.approx(0.54)
@@ -187,19 +213,23 @@ def test_runs_csv_holds_every_mlflow_metric(fake, report):
 def test_html_table_shows_the_same_numbers(fake, report):
     html = (report / "report.html").read_text()
     for model in ("alpha", "beta"):
-        m, lo, hi = _anova_interval(_cell(fake, model, 25))
+        m, lo, hi = _anova_interval(_cell(fake, model, 25), pseudo=0.5)
         assert f"{m:.3f} [{lo:.3f}, {hi:.3f}]" in html
     assert "conditional on the fixed training pool" in html  # the report says what the interval is
 
 
-def test_planted_near_chance_cells_are_named_at_chance(report):
-    """0.43-0.55 accuracy on 200 balanced images, with scores that hardly rank the classes, is not
-    distinguishable from chance (majority rate 0.5, AUC 0.5): the cell says so (issue 11.2)."""
+def test_planted_near_chance_cells_keep_every_run(report):
+    """0.43-0.55 accuracy on 200 balanced images is not distinguishable from chance, but these runs
+    predict both classes: weak, not degenerate. Every run counts (issue 19.4: the chance test left
+    such runs out and biased weak cells up); runs.csv keeps the chance test's p-values."""
     tab = pd.read_csv(report / "table_accuracy.csv")
     at25 = tab[tab.train_size == 25].set_index("model")
-    assert (at25.loc[["alpha", "beta", "gamma"], "n_at_chance"] == 3).all()
-    assert (tab[tab.train_size >= 100].n_at_chance == 0).all()
-    assert "all 3 runs at chance" in (report / "report.html").read_text()
+    assert (at25.loc[["alpha", "beta", "gamma"], "n"] == 3).all() and (tab.n_degenerate == 0).all()
+    runs = pd.read_csv(report / "runs.csv")
+    weak = runs[(runs.train_size == 25) & (runs.state == "complete")]
+    assert weak["counted"].all() and (weak["chance_p_accuracy"] > 0.05).any()
+    html = (report / "report.html").read_text()
+    assert "degenerate run (seed" not in html and "runs degenerate (" not in html
 
 
 # -- paired comparisons ----------------------------------------------------------------------------
@@ -232,6 +262,10 @@ def test_paired_detects_planted_difference_and_none_for_identical_models(fake, r
     assert re.search(r"alpha - beta at 100 images: \+10\.0 points \[\+\d+\.\d, \+\d+\.\d\], p (= |&lt; )[0-9.]+, Holm-adjusted \S+</li>", html)
     assert "alpha - gamma at 100 images: +0.0 points [+0.0, +0.0], p = 1, Holm-adjusted 1  (within noise)" in html
     assert "Family: the 12 comparisons" in html and "Holm" in html
+    # issue 19.6: McNemar (these trained models) is out of the verdict table, in its own table that says so
+    details = html.split("<h3>Details</h3>")[1].split("<h3>")[0]
+    assert "McNemar" not in details and "resampled by" in details
+    assert "These trained models (McNemar, not a verdict)" in html and "asks a different question" in html
     # test-set adequacy per cell: 200 evaluation images, discordance observed against the other models
     ad = pd.read_csv(report / "adequacy.csv")
     assert len(ad) == 3 * len(SIZES) and (ad.n_images == 200).all() and (ad.discordance_source == "observed").all()
@@ -266,9 +300,14 @@ def test_learning_curve_fit_is_flagged_when_it_extrapolates(report):
     fit = pd.read_csv(report / "power_law.csv")
     assert list(fit.label) == ["alpha", "beta", "gamma"]
     assert (fit.n_sizes == 4).all()
-    # the plant is linear in n, not a power law, and 95 % is far beyond 200 images
-    assert not fit.reliable.any()
-    assert fit["flags"].str.contains("largest size measured").all()
+    # the plant is linear in n: the fit pins its floor at 0 (a note, not a verdict: issue 19.7), and
+    # 90 % and 95 % are far beyond 200 images: each target is flagged on its own row
+    assert fit.reliable.all() and fit["notes"].str.startswith("floor c at its lower bound 0").all()
+    for col in ("n_for_acc90", "n_for_acc95"):
+        assert not fit[f"{col}_reliable"].any() and fit[f"{col}_flags"].str.contains("largest size measured").all()
+        assert fit[f"{col}_where"].str.contains("UNRELIABLE: error").all()
+    html = (report / "report.html").read_text()
+    assert "reliable (note: floor c at its lower bound 0" in html and "UNRELIABLE: error 0.05 needs" in html
 
 
 def test_per_class_and_missed_as_normal_match_mlflow(fake, report):

@@ -127,7 +127,7 @@ def learning_curves_figure(
 ):
     """Metric against training size, one line per model (x optimizer): mean over seeds with its
     95 % interval as a band (issue 4, section 1). Sizes with one seed show a point only. With
-    ``runs``, runs at chance (``at_chance``, left out of the mean) are drawn as crosses.
+    ``runs``, degenerate runs (``counted`` False, left out of the mean) are drawn as crosses.
     Metrics the summary does not hold are left out (a classification sweep has no Dice, a
     segmentation sweep no accuracy)."""
     from matplotlib.lines import Line2D
@@ -140,7 +140,7 @@ def learning_curves_figure(
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     colors = _colors(labels)
     sizes = sorted(summary["train_size"].unique()) if not summary.empty else []
-    stuck = runs[runs["at_chance"].fillna(False).astype(bool)] if runs is not None and "at_chance" in runs else None
+    stuck = runs[~runs["counted"].astype(bool)] if runs is not None and "counted" in runs else None
     for ax, name in zip(axes, metrics):
         s = summary[summary["metric"] == name]
         for lab in labels:
@@ -166,7 +166,7 @@ def learning_curves_figure(
     names = list(labels)
     if stuck is not None and len(stuck):
         handles.append(Line2D([], [], color="k", marker="x", ls="none", ms=5))
-        names.append("run at chance (left out of the mean unless all runs of the size are)")
+        names.append("degenerate run (left out of the mean unless all runs of the size are)")
     if metrics:
         _shared_legend(fig, handles, names)
     return fig
@@ -286,14 +286,15 @@ def roc_curves(sweep, size: int) -> dict[str, list[tuple[str, np.ndarray, np.nda
     from sklearn.metrics import roc_auc_score, roc_curve
 
     from lungray.report.load import prediction_matrix
+    from lungray.report.tables import counted_runs
 
-    done = sweep.complete
+    done = counted_runs(sweep)  # the runs every section counts
     n_opt = done["optimizer"].nunique()
     k = len(sweep.class_names)
     out = {}
     for m in sweep.models:
         for o in sweep.optimizers:
-            g = done[(done["model"] == m) & (done["optimizer"] == o) & (done["train_size"] == size)]
+            g = done[(done["model"] == m) & (done["optimizer"] == o) & (done["train_size"] == size) & done["counted"]]
             ys, ps = [], []
             for rid in g["run_id"]:
                 if rid in sweep.predictions:
@@ -325,7 +326,7 @@ def fit_figure(runs: pd.DataFrame, fits: dict, target_accuracies: Sequence[float
     colors = _colors(labels)
     fig = _figure(FULL_WIDTH, 3.6)
     ax = fig.subplots()
-    done = runs[runs["state"] == "complete"]
+    done = runs[(runs["state"] == "complete") & (runs["counted"].astype(bool) if "counted" in runs else True)]
     sizes = sorted(done["train_size"].dropna().unique())
     nmin, nmax = (min(sizes), max(sizes)) if sizes else (1, 1)
     name = "accuracy" if metric == "accuracy" else METRICS[metric].label

@@ -126,7 +126,7 @@ def splits_payload(data: Any, sizes: Sequence[int], seeds: Sequence[int]) -> dic
     subsets: dict[str, dict[str, list[int]]] = {}
     for n in sizes:
         subsets[str(n)] = {str(s): np.asarray(data.subset(int(n), int(s))).tolist() for s in seeds}
-    return {
+    out = {
         "class_names": list(data.class_names),
         "fingerprint": data.fingerprint,
         "eval": np.asarray(data.eval_idx).tolist(),
@@ -135,6 +135,23 @@ def splits_payload(data: Any, sizes: Sequence[int], seeds: Sequence[int]) -> dic
         "dropped": np.asarray(data.dropped_idx).tolist(),
         "subsets": subsets,
     }
+    if getattr(data, "groups", None) is not None:  # the report resamples patients, not images (issue 19)
+        try:
+            out["eval_groups"] = eval_groups_payload(data.ids, data.groups, data.eval_idx)
+        except (OSError, ValueError, KeyError):  # no manifest to name the images: images resampled
+            pass
+    return out
+
+
+def eval_groups_payload(ids: Sequence[Any], groups: Sequence[Any], eval_idx: Sequence[int]) -> dict[str, int]:
+    """``image_id -> patient code`` of the evaluation images, codes renumbered 0.. in evaluation
+    order (a code says which images share a patient, never who the patient is)."""
+    import numpy as np
+
+    ev = np.asarray(eval_idx, dtype=np.int64)
+    ids, groups = np.asarray(ids), np.asarray(groups)
+    seen: dict = {}
+    return {str(ids[i]): seen.setdefault(groups[i].item() if hasattr(groups[i], "item") else groups[i], len(seen)) for i in ev}
 
 
 def data_summary_payload(data: Any, cfg: StudyConfig) -> dict:
@@ -725,6 +742,7 @@ def collect_rows(exp_dir: Path, results: Any, lookup: Optional[Mapping[str, Any]
             r = read_result(d)
             if r and r.get("complete"):
                 rows[d.name] = _row(d.name, r, "done")
+                rows[d.name]["degenerate"] = _degenerate(d)
     if results is not None:
         for res in results:
             tid = _trial_id_of(res, lookup)
@@ -741,6 +759,33 @@ def collect_rows(exp_dir: Path, results: Any, lookup: Optional[Mapping[str, Any]
                 "error": redact(str(res.error).strip().splitlines()[-1][:300]) if res.error else "",
             }
     return sorted(rows.values(), key=lambda r: (str(r.get("model")), int(r.get("train_size") or 0), str(r.get("optimizer")), int(r.get("seed") or 0)))
+
+
+def _degenerate(tdir: Path) -> str:
+    """Why the trial's output is degenerate ("" when it is not, or unknown): the rule the summary
+    and the report share (:func:`lungray.report.stats.degenerate_output`)."""
+    from lungray.report.stats import degenerate_output
+    from lungray.sweep.expdir import ARTIFACTS_DIR
+
+    p = Path(tdir) / ARTIFACTS_DIR / T.PREDICTIONS
+    if not p.is_file():
+        return ""
+    import numpy as np
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(p)
+    except (OSError, ValueError):
+        return ""
+    probs = [c for c in df.columns if str(c).startswith("prob_")]
+    if not probs or "y_true" not in df:
+        return ""
+    y = df["y_true"]
+    if not pd.api.types.is_numeric_dtype(y):  # class names: their prob_<name> column's index
+        y = y.astype(str).map({str(c)[len("prob_"):]: i for i, c in enumerate(probs)})
+    if y.isna().any():
+        return ""
+    return degenerate_output(df[probs].to_numpy(dtype=float), y.to_numpy(dtype=np.int64))
 
 
 def _row(trial_id: str, r: Mapping[str, Any], status: str) -> dict:
