@@ -298,6 +298,8 @@ def test_report_per_image_scores_by_hand():
     ids, s = per_image_scores(f, (), "iou_all")
     assert ids.tolist() == ["c", "a", "b"] and s == pytest.approx([1 / 3, 1.0, 1 / 7])  # known masks
     g = f.assign(dice=[0.7, 1.0, 0.1, np.nan])
-    np.testing.assert_allclose(_aligned_scores(["r1", "r2"], {"r1": f, "r2": g}, "dice_pos"), [[0.25, 0.5], [0.1, 0.7]])
+    scores, ids = _aligned_scores(["r1", "r2"], {"r1": f, "r2": g}, "dice_pos")
+    np.testing.assert_allclose(scores, [[0.25, 0.5], [0.1, 0.7]])
+    assert ids.tolist() == ["b", "c"]
     with pytest.raises(ValueError, match="no per-image score for metric 'miou_global'"):
         per_image_scores(f, (), "miou_global")
