@@ -171,8 +171,13 @@ def test_a_failed_panel_is_a_red_box_and_a_non_zero_outcome(prepared_phantom, tm
     assert e.value.path == out / "report.html" and len(str(e.value).splitlines()) == 1
     html = (out / "report.html").read_text()
     assert html.count('<div class="error">FAILED: broken: no Grad-CAM panel') == 1
-    assert (out / "figures" / "gradcam_panels.png").stat().st_size > 5_000  # the frozen model's panel
+    gradcam = html[html.index('id="gradcam"'):html.index('id="pointing"')]
+    assert len(gradcam.split('<img src="data:image/png;base64,')[1].split('"')[0]) > 5_000  # the frozen model's panel
     assert "backbone.body.layer4.1.conv2" in html and "last_conv" in html
+    # issue 20.4: a ResNet's last conv at 32 px is one cell: said next to the panel and the pointing score
+    assert "1×1 (32 px per cell)" in gradcam and "frozen: its target layer&#x27;s map is only 1×1 cells for a 32 px input" in gradcam
+    pointing = html[html.index('id="pointing"'):]
+    assert "cannot localise a lesion" in pointing
 
     lines: list[str] = []
     path, failure = _build_report(uri, "red", fk.parent_id, tmp_path / "exp", True, lines.append)
