@@ -67,6 +67,35 @@ def test_every_freeze_policy_gets_the_same_heat_map(name, res, extra):
         assert all(p.grad is None for p in model.parameters())  # nothing left behind for a later step
 
 
+@pytest.mark.parametrize("name, res, extra", FAMILIES)
+def test_the_graph_cut_at_the_target_layer_gives_the_full_graphs_maps(name, res, extra):
+    """Issue 22.4: cam_pass records autograd only from the target layer on (no backward through
+    the trunk, no parameter gradient). Its maps must be those of pytorch-grad-cam run the
+    textbook way, through the whole graph; the parameters' flags come back as they were."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from lungray.report.gradcam import cam_pass, no_inplace
+
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(name=name, **extra), 3, resolution=res).eval()
+    if name != "logreg":
+        apply_freeze(model, "last:1")  # a mix of frozen and trainable parameters
+    flags = [p.requires_grad for p in model.parameters()]
+    x = torch.randn(2, 1, res, res, generator=torch.Generator().manual_seed(1)).repeat_interleave(3, 0)
+    targets = [0, 1, 2, 0, 1, 2]
+    got = cam_pass(model, x, targets)
+    assert [p.requires_grad for p in model.parameters()] == flags
+    layers, reshape = gradcam_target(model)
+    with no_inplace(model), GradCAM(model=model, target_layers=layers, reshape_transform=reshape) as cam, torch.enable_grad():
+        ref = cam(input_tensor=x.clone().requires_grad_(True), targets=[ClassifierOutputTarget(t) for t in targets])
+        ref_logits = cam.outputs.detach().numpy()
+    model.zero_grad(set_to_none=True)
+    np.testing.assert_allclose(got.maps, ref, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(got.logits, ref_logits, atol=1e-5, err_msg=name)
+    assert (ref.reshape(6, -1).max(1) > 0.5).sum() >= 2  # real maps, not all zeros
+
+
 def test_plain_pytorch_grad_cam_records_no_gradient_on_a_frozen_trunk():
     """The defect compute_cams fixes: with the trunk frozen and a plain input, pytorch-grad-cam
     never sees a gradient at the target layer and fails."""

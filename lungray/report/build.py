@@ -253,6 +253,10 @@ class _Builder:
         grid = (f"models: {', '.join(s.models)} · sizes: {', '.join(map(str, self.sizes))} · "
                 f"optimizers: {', '.join(s.optimizers)} · seeds: {', '.join(map(str, s.seeds))}")
         parts.append(f'<p class="muted">{H.esc(grid)}</p>')
+        if not self.formats:
+            parts.append('<p class="muted">Figures are embedded at their print width (180 mm); for 300-dpi PNG, SVG and '
+                         "PDF files under figures/ build the report with lungray report --print-figures (or set "
+                         "tracking.print_figures: true for the sweep).</p>")
         return "".join(parts)
 
     # -- 1 ----------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ __all__ = [
     "cam_pass",
     "cam_batch_size",
     "compute_cams",
+    "graph_from",
     "map_caveat",
     "describe_grid",
     "PointingResult",
@@ -207,6 +208,13 @@ def cam_pass(
     in one pass at 64 px). The maps of an image do not depend on the batch it is in: the model
     is in eval mode and each image's target is its own output, so the gradient of the summed
     targets with respect to an image's activation is that image's own gradient.
+
+    Autograd starts at the target layer (:func:`graph_from`): Grad-CAM needs the gradient of the
+    targets with respect to that layer's activation only, so nothing before the layer is
+    recorded and no parameter gradient is computed. For a ResNet's last block that skips almost
+    the whole backward pass (issue 22.4), and a frozen trunk (``freeze: backbone``: no parameter
+    before the layer trains) needs nothing special: the activation is a leaf that requires
+    gradients either way.
     """
     import torch
     from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
@@ -223,12 +231,13 @@ def cam_pass(
     targets_all = [int(t) for t in target_classes]
     bs = batch_size or cam_batch_size(*x.shape[-2:])
     maps, logits, grid = [], [], (0, 0)
-    with no_inplace(model), cam_cls(model=model, target_layers=list(target_layers), reshape_transform=reshape_transform) as cam:
+    # graph_from is entered first so its hook runs before pytorch-grad-cam's on the same layer
+    with no_inplace(model), graph_from(model, target_layers) as cut, \
+            cam_cls(model=model, target_layers=list(target_layers), reshape_transform=reshape_transform) as cam:
         for i in range(0, len(targets_all), bs):
-            # the input requires gradients, so the target activation does too even when every
-            # parameter before it is frozen (freeze: backbone): otherwise pytorch-grad-cam
-            # records no gradient and fails on every frozen trunk
-            xb = x[i : i + bs].detach().to(device).requires_grad_(True)
+            # with several target layers the graph cannot start at one of them: the input then
+            # requires gradients, so every target activation does even on a frozen trunk
+            xb = x[i : i + bs].detach().to(device).requires_grad_(not cut)
             with torch.enable_grad():
                 out = cam(input_tensor=xb, targets=[ClassifierOutputTarget(t) for t in targets_all[i : i + bs]])
             maps.append(np.asarray(out, dtype=np.float32))
@@ -240,6 +249,39 @@ def cam_pass(
     if not maps:
         return CamPass(np.zeros((0,) + tuple(x.shape[-2:]), dtype=np.float32), np.zeros((0, 0), np.float32), grid)
     return CamPass(np.concatenate(maps), np.concatenate(logits), grid)
+
+
+@contextlib.contextmanager
+def graph_from(model, target_layers: Sequence[Any]):
+    """Record autograd only from the single target layer on; yields whether it could.
+
+    While active, no parameter of ``model`` requires gradients and a forward hook (prepended,
+    so it runs before any CAM hook on the layer) replaces the layer's output by a detached copy
+    that requires them: a leaf. The forward pass before the layer then builds no graph, and the
+    backward pass of the targets stops at the layer; the gradient with respect to the activation
+    is the same as through the whole graph. With several target layers (a later one would cut
+    the graph of an earlier one) nothing is changed and ``False`` is yielded. Parameters' flags
+    are restored afterwards."""
+    import torch
+
+    layers = list(target_layers)
+    if len(layers) != 1:
+        yield False
+        return
+    params = [(p, p.requires_grad) for p in model.parameters()]
+
+    def leaf(module, inputs, output):
+        return output.detach().requires_grad_(True) if isinstance(output, torch.Tensor) else None
+
+    handle = layers[0].register_forward_hook(leaf, prepend=True)
+    try:
+        for p, _ in params:
+            p.requires_grad_(False)
+        yield True
+    finally:
+        handle.remove()
+        for p, flag in params:
+            p.requires_grad_(flag)
 
 
 def compute_cams(
