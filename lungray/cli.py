@@ -171,7 +171,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "report":
         from lungray.report import build_report
-
         from lungray.report.figures import FIGURE_FORMATS
 
         uri = report_tracking_uri(args.tracking_uri)
