@@ -232,12 +232,12 @@ def cam_pass(
     bs = batch_size or cam_batch_size(*x.shape[-2:])
     maps, logits, grid = [], [], (0, 0)
     # graph_from is entered first so its hook runs before pytorch-grad-cam's on the same layer
-    with no_inplace(model), graph_from(model, target_layers) as cut, \
+    with no_inplace(model), channels_last(model), graph_from(model, target_layers) as cut, \
             cam_cls(model=model, target_layers=list(target_layers), reshape_transform=reshape_transform) as cam:
         for i in range(0, len(targets_all), bs):
             # with several target layers the graph cannot start at one of them: the input then
             # requires gradients, so every target activation does even on a frozen trunk
-            xb = x[i : i + bs].detach().to(device).requires_grad_(not cut)
+            xb = x[i : i + bs].detach().to(device).contiguous(memory_format=torch.channels_last).requires_grad_(not cut)
             with torch.enable_grad():
                 out = cam(input_tensor=xb, targets=[ClassifierOutputTarget(t) for t in targets_all[i : i + bs]])
             maps.append(np.asarray(out, dtype=np.float32))
@@ -249,6 +249,20 @@ def cam_pass(
     if not maps:
         return CamPass(np.zeros((0,) + tuple(x.shape[-2:]), dtype=np.float32), np.zeros((0, 0), np.float32), grid)
     return CamPass(np.concatenate(maps), np.concatenate(logits), grid)
+
+
+@contextlib.contextmanager
+def channels_last(model):
+    """The model's 4-D weights in channels-last layout for the duration (and the input with
+    them): oneDNN's convolutions run 25-40 % faster that way on a CPU (a ResNet-18 at 64 px,
+    measured for issue 22.4); the weights are put back in the default layout afterwards."""
+    import torch
+
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield model
+    finally:
+        model.to(memory_format=torch.contiguous_format)
 
 
 @contextlib.contextmanager
