@@ -295,6 +295,9 @@ class TrackingConfig:
     experiment: Optional[str] = None  # None: the study name
     log_checkpoints: bool = True
     gradcam: bool = True  # Grad-CAM panels in the report
+    # also write every report figure as a 300-dpi PNG, SVG and PDF (180 mm) under report/figures/;
+    # off by default: the page embeds its figures, and the print files were a quarter of its time
+    print_figures: bool = False
 
 
 @dataclass(frozen=True)

@@ -182,6 +182,20 @@ def test_bench_sweep_quick():
     assert row.split()[4:6] == ["8", "8"], row  # trials, finished
 
 
+@pytest.mark.slow
+def test_bench_report_quick():
+    out, ratios = run_script("bench_report.py", "--quick", timeout=1500)
+    want = {"report_cli_wall_after_vs_before", "report_cli_cpu_after_vs_before", "report_cli_print_files_vs_none",
+            "report_step_wall_after_vs_before", "report_step_cpu_after_vs_before"}
+    assert want <= set(ratios), out
+    assert all(v > 0 for v in ratios.values()), ratios
+    for variant in ("cli before", "cli after", "cli after, print files", "step before", "step after"):
+        assert f"  {variant} " in out
+    # the after build prints one line ("wrote ..."), the before one printed it twice
+    row = next(line for line in out.splitlines() if line.startswith("  cli after "))
+    assert row.split()[-1] == "1", row
+
+
 def test_sweep_series_grids_are_k_identical_trials():
     import bench_sweep
 

@@ -43,9 +43,29 @@ def report(fake, tmp_path_factory):
     from lungray.cli import main
 
     out = tmp_path_factory.mktemp("report")
-    rc = main(["report", "--tracking-uri", fake.tracking_uri, "--experiment", "fake_study", "--out", str(out), "--no-gradcam"])
+    rc = main(["report", "--tracking-uri", fake.tracking_uri, "--experiment", "fake_study", "--out", str(out), "--no-gradcam",
+               "--print-figures"])
     assert rc == 0
     return out
+
+
+PRINT_MM = 180.0
+
+
+def assert_print_width(folder, name: str) -> None:
+    """Issue 20.4: a saved figure is exactly 180 mm wide in every print format, measured in the
+    files: the PNG's pixels at its stated dpi, the SVG's width in points, the PDF's MediaBox."""
+    from PIL import Image
+
+    png = Image.open(folder / f"{name}.png")
+    dpi = png.info["dpi"][0]
+    assert round(dpi) == 300, (name, dpi)
+    assert png.size[0] / dpi * 25.4 == pytest.approx(PRINT_MM, abs=25.4 / dpi), (name, png.size)
+    svg = (folder / f"{name}.svg").read_text()
+    width_pt = float(re.search(r'<svg[^>]*\swidth="([0-9.]+)pt"', svg).group(1))
+    assert width_pt / 72 * 25.4 == pytest.approx(PRINT_MM, abs=0.05), (name, width_pt)
+    box = re.search(rb"/MediaBox\s*\[\s*([-0-9.]+)\s+([-0-9.]+)\s+([-0-9.]+)\s+([-0-9.]+)", (folder / f"{name}.pdf").read_bytes())
+    assert (float(box.group(3)) - float(box.group(1))) / 72 * 25.4 == pytest.approx(PRINT_MM, abs=0.05), (name, box.group(0))
 
 
 def _planted(model: str, n: int, seed: int) -> float:
@@ -131,16 +151,57 @@ def test_report_files_and_all_sections(fake, report):
                  "class_counts.csv", "failed_trials.csv", "missing_trials.csv", "missed_as_normal.csv",
                  "figures/learning_curves.png", "figures/power_law.png", "figures/roc.png", "adequacy.csv"]:
         assert (report / name).is_file(), name
-    # issue 13.6: every figure at print size (180 mm at 300 dpi) with vector SVG and PDF beside it
-    from PIL import Image
-
+    # issue 13.6 / 20.4: with --print-figures every figure at print size (180 mm at 300 dpi) with
+    # vector SVG and PDF beside it, each exactly 180 mm wide (class balance and duplicate pairs too)
     pngs = sorted((report / "figures").glob("*.png"))
-    assert len(pngs) >= 8
+    assert len(pngs) >= 8 and {"class_balance", "learning_curves", "roc"} <= {p.stem for p in pngs}
     for png in pngs:
         assert png.with_suffix(".svg").read_text().lstrip().startswith("<?xml"), png
         assert png.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-", png
-    for name in ("learning_curves", "power_law", "dynamics_loss", "roc"):
-        assert Image.open(report / "figures" / f"{name}.png").size[0] == pytest.approx(180 / 25.4 * 300, abs=3)
+        assert_print_width(report / "figures", png.stem)
+
+
+def test_lungray_report_prints_one_line_and_writes_beside_the_store(fake, store, tmp_path):
+    """Issue 20.5/20.6: `lungray report` says "wrote ..." once and nothing else (fontTools subsets
+    fonts into every PDF and logs each table at INFO), and without --out it writes report/ beside
+    the store's mlflow.db, never into the folder it is run from."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    cwd = tmp_path / "here"
+    cwd.mkdir()
+    p = subprocess.run([sys.executable, "-m", "lungray", "report", "--tracking-uri", fake.tracking_uri, "--experiment",
+                        "fake_study", "--no-gradcam", "--print-figures"], capture_output=True, text=True, env=env, cwd=cwd,
+                       timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    out = store[1] / "report"
+    assert (p.stdout + p.stderr).splitlines() == [f"wrote {out / 'report.html'}"], (p.stdout + p.stderr)[-3000:]
+    assert (out / "report.html").is_file() and (out / "figures" / "roc.pdf").is_file()
+    assert list(cwd.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["thumbnail strip", "wide grid"])
+def test_a_figure_drawn_at_another_width_is_saved_at_print_width(tmp_path, kind):
+    """The report's own rule for a figure not drawn at 180 mm (the duplicate pairs: 1.9 in per
+    pair; a wide image grid): saved at exactly 180 mm, a narrow one keeping its height."""
+    from lungray.report import figures as F
+    from lungray.report.provenance import pair_figure
+
+    if kind == "thumbnail strip":
+        ex = [{"row_a": 0, "row_b": 1, "split_a": "pool", "split_b": "eval", "stage": "phash", "transform": "flip"}] * 2
+        fig = pair_figure(np.zeros((2, 8, 8), np.uint8), 255.0, ex)
+    else:
+        fig = F.image_grid_figure([np.zeros((8, 8))] * 8, ["x"] * 8, ncols=8)
+    w, h = fig.get_size_inches()
+    F.at_print_width(fig)
+    assert fig.get_figwidth() == pytest.approx(F.FULL_WIDTH)
+    assert fig.get_figheight() == pytest.approx(h if w < F.FULL_WIDTH else h * F.FULL_WIDTH / w)
+    F.save_figure(fig, tmp_path / "f")
+    assert_print_width(tmp_path, "f")
 
 
 def test_report_is_self_contained(report):
@@ -364,6 +425,19 @@ def test_four_classes_two_optimizers_and_nothing_finished(store, tmp_path):
                         log_to_mlflow=True)
     html = path.read_text()
     assert "Complete: all 16 trials of the grid finished." in html
+    # no print formats asked for: none written (issue 22.4), the page embeds every figure at
+    # the print width's screen resolution (180 mm at 150 dpi)
+    assert not (tmp_path / "r4" / "figures").exists() and "Print files:" not in html
+    import io
+
+    from PIL import Image
+
+    from lungray.report.figures import SCREEN_DPI
+
+    srcs = re.findall(r'<img src="data:image/png;base64,([^"]+)"', html)
+    assert len(srcs) >= 6
+    for src in srcs:
+        assert Image.open(io.BytesIO(base64.b64decode(src))).size[0] == pytest.approx(180 / 25.4 * SCREEN_DPI, abs=1)
     tab = pd.read_csv(tmp_path / "r4" / "table_accuracy.csv")
     assert set(tab.label) == {"alpha / adam", "alpha / sgd", "beta / adam", "beta / sgd"}
     mn = pd.read_csv(tmp_path / "r4" / "missed_as_normal.csv")

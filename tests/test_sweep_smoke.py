@@ -217,7 +217,7 @@ def test_readme_cpu_examples_run_as_written(user):
             continue
         assert p.returncode == 0, (cmd, p.stdout[-3000:], p.stderr[-3000:])
         if cmd.startswith("lungray report"):
-            html = (home / "report" / "report.html").read_text()
+            html = (home / "lungray_runs" / "report" / "report.html").read_text()  # beside the store, not ./report
             # the report of the latest sweep (the README runs a study's smoke twin after the smoke
             # preset), with Grad-CAM panels rebuilt from the (hard-linked) best weights
             gradcam = html[html.index('id="gradcam"'):html.index('id="pointing"')]
@@ -227,7 +227,9 @@ def test_readme_cpu_examples_run_as_written(user):
             assert json.loads((latest / "sweep.json").read_text())["parent_run_id"] in html
         if "--resume" in cmd:
             assert "(8 already finished)" in p.stdout and "done: 8/8 trials finished" in p.stdout
-    assert (home / "phantom_sheet.png").stat().st_size > 1000
+    assert (home / "lungray_runs" / "phantom_sheet.png").stat().st_size > 1000
+    # issue 20.6: the README's commands leave nothing in the folder they are run from but the output folder
+    assert sorted(p.name for p in home.iterdir()) == ["lungray_runs", "sweeps"]
     assert len(c.search_runs([state["experiment_id"]])) == before  # mlflow-sync and resume added no run
 
 

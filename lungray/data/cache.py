@@ -26,7 +26,7 @@ into ``<cache_dir>/<key>/``:
 
 Decoding runs as Ray tasks over chunks of rows when the dataset is large (``ray.init`` on the
 local machine if no cluster is connected, shut down again afterwards), serially otherwise, with a
-tqdm progress bar. A row whose decode fails is quarantined with the reason instead of killing
+progress bar (:mod:`lungray.data.progress`: tqdm on a terminal, one line off it). A row whose decode fails is quarantined with the reason instead of killing
 the job. Everything is written into a temporary sibling folder and renamed into place, so a
 crash never leaves a half-written cache, and a second call with the same key returns at once.
 """
@@ -265,9 +265,9 @@ def _run_chunks(
     total: int,
 ):
     """Yield (chunk_index, result) as chunks finish (Ray tasks or in-process)."""
-    from tqdm.auto import tqdm
+    from lungray.data.progress import progress_bar
 
-    bar = tqdm(total=total, desc="decoding images", unit="img", disable=not progress)
+    bar = progress_bar(total=total, desc="decoding images", unit="img", enabled=progress)
     try:
         if not parallel:
             for ci, ch in enumerate(chunks):

@@ -222,10 +222,10 @@ def check_files(
     with ThreadPoolExecutor(max_workers=max(1, workers)) as ex:
         iterator: Any = ex.map(lambda p: check_file(str(p), decode_pixels), paths)
         if progress and len(todo) > 500:
-            from tqdm.auto import tqdm
+            from lungray.data.progress import progress_bar
 
             what = "decoding" if decode_pixels else "checking"
-            iterator = tqdm(iterator, total=len(todo), desc=f"{what} files", unit="img")
+            iterator = progress_bar(iterator, total=len(todo), desc=f"{what} files", unit="img")
         results = list(iterator)
     for col in ("problem", "sha256", "phash", "width", "height"):
         values = df[col].to_numpy().copy()

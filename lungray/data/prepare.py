@@ -111,10 +111,10 @@ def find_dataset_duplicates(root: str | Path, max_distance: int, *, progress: bo
     path = root / f"duplicates-{key}.parquet"
     if path.is_file():
         return pd.read_parquet(path)
-    from tqdm.auto import tqdm
+    from lungray.data.progress import progress_bar
 
     cached = pd.read_parquet(root / "manifest.parquet", columns=["sha256"])
-    bar = tqdm(desc="verifying duplicate candidates", unit="pair", disable=not progress)
+    bar = progress_bar(desc="verifying duplicate candidates", unit="pair", enabled=progress)
     try:
         pairs = find_duplicates(np.load(root / "hashes.npy"), cached["sha256"].to_numpy(), int(max_distance),
                                 features=load_features(root), progress=bar.update)

@@ -129,6 +129,7 @@ def build_report(
     device: Optional[str] = None,
     log_to_mlflow: bool = False,
     max_pointing_images: int = 200,
+    figure_formats: Sequence[str] = (),
 ) -> Path:
     """Build ``<out_dir>/report.html`` (+ CSV tables and PNG figures) from MLflow; return its path.
 
@@ -140,14 +141,17 @@ def build_report(
     that fails (a Grad-CAM model that cannot be rebuilt...) is a red "FAILED" box in its section,
     and :class:`ReportIncomplete` is raised once the whole report is written. ``gradcam=False``
     skips sections 7-8 (no model is rebuilt, no torch import). ``n_boot`` and ``seed`` drive
-    the bootstrap intervals; the same seed gives the same report.
+    the bootstrap intervals; the same seed gives the same report. ``figure_formats`` (e.g.
+    :data:`lungray.report.figures.FIGURE_FORMATS`: 300-dpi PNG, SVG, PDF) also writes every
+    figure at print size under ``figures/``; by default the figures are only in the page (the
+    print files took a quarter of a report's time, issue 22.4).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "figures").mkdir(exist_ok=True)
+    formats = F.check_formats(figure_formats)
     with tempfile.TemporaryDirectory(prefix="lungray-report-") as tmp:
         sweep = load_sweep(tracking_uri, experiment, parent_run_id, artifact_dir=Path(tmp) / "artifacts")
-        builder = _Builder(sweep, out, Path(tmp), target_accuracies, n_boot, seed)
+        builder = _Builder(sweep, out, Path(tmp), target_accuracies, n_boot, seed, formats)
         sections = [
             builder.learning_curves(),
             builder.study_tables(),
@@ -168,7 +172,7 @@ def build_report(
         html_text = H.page(f"lungray report: {sweep.study}", builder.subtitle(), builder.header(), sections)
     path = out / REPORT_HTML
     path.write_text(html_text, encoding="utf-8")
-    log.info("wrote %s", path)
+    log.debug("wrote %s", path)  # the caller says it once (lungray report, the sweep's report step)
     if log_to_mlflow:
         sweep.client().log_artifacts(sweep.parent_id, str(out), artifact_path="report")
     failures = [f"{sec.title}: {e}" for sec in sections for e in sec.errors]
@@ -178,8 +182,10 @@ def build_report(
 
 
 class _Builder:
-    def __init__(self, sweep: Sweep, out: Path, tmp: Path, targets: Sequence[float], n_boot: int, seed: int):
+    def __init__(self, sweep: Sweep, out: Path, tmp: Path, targets: Sequence[float], n_boot: int, seed: int,
+                 formats: Sequence[str] = ()):
         self.sweep = sweep
+        self.formats = tuple(formats)
         self.out = out
         self.tmp = tmp
         self.targets = tuple(targets)
@@ -209,10 +215,13 @@ class _Builder:
         df.to_csv(self.out / name, index=False)
 
     def fig(self, fig, name: str, alt: str, caption: str = "") -> str:
-        """Write the figure at print resolution (PNG, 300 dpi) and as vector files (SVG, PDF)
-        under ``figures/``, and embed a lighter screen PNG in the page."""
-        files = F.save_figure(fig, self.out / "figures" / name)
-        cap = caption + (" " if caption else "") + f"Print files: figures/{name}." + "/".join(p.suffix[1:] for p in files) + "."
+        """Embed the figure in the page (a screen PNG) at the print width (180 mm); with print
+        formats asked for, also write it under ``figures/`` (300-dpi PNG, SVG, PDF)."""
+        F.at_print_width(fig)
+        cap = caption
+        if self.formats:
+            files = F.save_figure(fig, self.out / "figures" / name, self.formats)
+            cap += (" " if cap else "") + f"Print files: figures/{name}." + "/".join(p.suffix[1:] for p in files) + "."
         return H.figure(F.data_uri(F.to_png(fig, F.SCREEN_DPI)), alt, cap)
 
     def _no_runs(self, sid: str, title: str) -> Optional[H.Section]:
@@ -253,6 +262,10 @@ class _Builder:
         grid = (f"models: {', '.join(s.models)} · sizes: {', '.join(map(str, self.sizes))} · "
                 f"optimizers: {', '.join(s.optimizers)} · seeds: {', '.join(map(str, s.seeds))}")
         parts.append(f'<p class="muted">{H.esc(grid)}</p>')
+        if not self.formats:
+            parts.append('<p class="muted">Figures are embedded at their print width (180 mm); for 300-dpi PNG, SVG and '
+                         "PDF files under figures/ build the report with lungray report --print-figures (or set "
+                         "tracking.print_figures: true for the sweep).</p>")
         return "".join(parts)
 
     # -- 1 ----------------------------------------------------------------------------------------

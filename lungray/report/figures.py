@@ -21,6 +21,8 @@ from lungray.report.tables import METRICS, positive_class
 __all__ = [
     "to_png",
     "save_figure",
+    "check_formats",
+    "at_print_width",
     "data_uri",
     "learning_curves_figure",
     "dynamics_figure",
@@ -58,6 +60,30 @@ def class_ticks(k: int) -> tuple[list[int], bool]:
         return list(range(k)), True
     step = math.ceil(k / LABELLED_CLASSES)
     return list(range(0, k, step)), False
+
+
+def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    """The print formats asked for, validated (``png``, ``svg``, ``pdf``; none is fine)."""
+    out = tuple(dict.fromkeys(str(f).lower().lstrip(".") for f in formats or ()))
+    bad = [f for f in out if f not in FIGURE_FORMATS]
+    if bad:
+        from lungray.errors import ConfigError
+
+        raise ConfigError(f"figure format(s) {', '.join(bad)} not supported; use {', '.join(FIGURE_FORMATS)}")
+    return out
+
+
+def at_print_width(fig):
+    """Make ``fig`` exactly :data:`FULL_WIDTH` (180 mm) wide: every report figure is printed at
+    the width the README states (issue 20.4).
+
+    A figure drawn narrower (a strip of image thumbnails, whose natural width is its number of
+    columns) keeps its height, its panels their size, and gets the rest as margin; a wider one
+    is scaled down with its proportions."""
+    w, h = fig.get_size_inches()
+    if abs(w - FULL_WIDTH) > 1e-9:
+        fig.set_size_inches(FULL_WIDTH, h if w < FULL_WIDTH else h * FULL_WIDTH / w)
+    return fig
 
 
 def _figure(w: float, h: float):
@@ -372,7 +398,7 @@ def class_balance_figure(counts: dict[str, dict[str, int]]):
     """Grouped bars: images per class in each split (eval / val / pool)."""
     splits = list(counts)
     classes = list(dict.fromkeys(c for s in splits for c in counts[s]))
-    fig = _figure(min(FULL_WIDTH, 1.6 + 1.1 * len(classes)), 2.6)
+    fig = _figure(FULL_WIDTH, 2.6)
     ax = fig.subplots()
     w = 0.8 / max(1, len(splits))
     for i, s in enumerate(splits):

@@ -444,7 +444,8 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
         report_path = report_error = None
         want_report = cfg.report if report is None else report
         if want_report and not interrupted and parent_done:
-            report_path, report_error = _build_report(tracking_uri, experiment, parent_run_id, exp_dir, cfg.tracking.gradcam, echo)
+            report_path, report_error = _build_report(tracking_uri, experiment, parent_run_id, exp_dir, cfg.tracking.gradcam, echo,
+                                                      print_figures=cfg.tracking.print_figures)
         if not parent_done:
             S.mark_parent_pending(exp_dir)
             echo(f"{S.outage_line(exp_dir) or 'MLflow writes are queued'}; the results are complete in {exp_dir}: "
@@ -581,6 +582,8 @@ def _dry_run(cfg: StudyConfig, address: Optional[str], autoscaling_config: Optio
         pre: Optional[G.Preflight] = G.preflight(cfg, cluster)
     except ConfigError as e:
         pre, error = None, str(e)
+    # each problem once: the first is the error line the dry run exits with, the others above it
+    checks += [f"data problem: {p}" for p in problems[1:]]
     echo(G.dry_run_text(cfg, pre, cluster, error=error, checks=checks))
     if problems:
         from lungray.errors import DataError
@@ -822,7 +825,8 @@ def _trial_id_of(res: Any, lookup: Optional[Mapping[str, Any]] = None) -> str:
     return str(m.get("trial_id") or Path(str(getattr(res, "path", "") or "")).name)
 
 
-def _build_report(tracking_uri: str, experiment: str, parent_run_id: str, exp_dir: Path, gradcam: bool, echo) -> tuple[Optional[Path], Optional[str]]:
+def _build_report(tracking_uri: str, experiment: str, parent_run_id: str, exp_dir: Path, gradcam: bool, echo,
+                  print_figures: bool = False) -> tuple[Optional[Path], Optional[str]]:
     """Build the HTML report and log it to the parent run: ``(path, failure line or None)``.
 
     A report written with failed parts (red boxes) still returns its path, with the one-line
@@ -835,7 +839,11 @@ def _build_report(tracking_uri: str, experiment: str, parent_run_id: str, exp_di
         from lungray.report import build_report
 
         try:
-            path, failure = Path(build_report(tracking_uri=tracking_uri, experiment=experiment, parent_run_id=parent_run_id, out_dir=str(exp_dir / "report"), gradcam=gradcam)), None
+            from lungray.report.figures import FIGURE_FORMATS
+
+            path, failure = Path(build_report(tracking_uri=tracking_uri, experiment=experiment, parent_run_id=parent_run_id,
+                                              out_dir=str(exp_dir / "report"), gradcam=gradcam,
+                                              figure_formats=FIGURE_FORMATS if print_figures else ())), None
         except ReportIncomplete as e:
             path, failure = e.path, str(e)
         M.retry(lambda: M.client(tracking_uri).log_artifacts(parent_run_id, str(path.parent), "report"))
