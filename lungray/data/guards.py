@@ -79,8 +79,8 @@ def split_problems(
     lost = [c for c in present if ev[c] == 0]
     if lost:
         out.append(f"the evaluation set would hold no {' and no '.join(repr(names[c]) for c in lost)} image{tail}: "
-                   "its metrics would miss a class; fix the grouping (see the duplicate clusters), add images of the class, "
-                   "or drop it with data.class_map")
+                   "its metrics would miss the class; use more data or a larger data.eval_size, or drop the class with "
+                   "data.class_map")
     else:
         low = [c for c in present if ev[c] < min_ev]
         if low:
