@@ -100,7 +100,7 @@ def draw_styles(r: np.random.Generator, site: int, kinds: tuple[str, ...]) -> St
     m_c, t_c, b_c = corners[0], corners[1], corners[2]
     marker = text = box = ruler = None
     if "marker" in kinds:
-        size = float(r.uniform(0.06, 0.09))
+        size = float(r.uniform(0.12, 0.17))  # a lead letter is 2-3 cm on a 35-43 cm film
         marker = MarkerStyle(x=m_c[0] * float(r.uniform(0.72, 0.86)), y=m_c[1] * float(r.uniform(0.72, 0.86)),
                              letter="R" if r.random() < 0.7 else "L", size=size, boxed=bool(r.random() < 0.5))
     if "text" in kinds:
@@ -129,17 +129,26 @@ def _font(height_px: float) -> tuple[float, int]:
     return max(height_px, 1.0) / 22.0, max(1, int(round(height_px / 8.0)))
 
 
-def _put(img: np.ndarray, text: str, x: float, y: float, height_px: float, value: float, *, right: bool = False) -> None:
-    """Text with its baseline at detector point (x, y), left or right aligned."""
+def _put(img: np.ndarray, text: str, x: float, y: float, height_px: float, value: float, *, right: bool = False, bold: bool = False) -> None:
+    """Text with its baseline at detector point (x, y), left or right aligned (``bold``: a lead letter's strokes)."""
     import cv2
 
     res = img.shape[0]
     scale, th = _font(height_px)
+    if bold:
+        th = max(2, th, int(round(height_px / 5.0)))
     (w, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, th)
     px, py = _px(x, res), _px(y, res)
     if right:
         px -= w
-    cv2.putText(img, text, (px, py), cv2.FONT_HERSHEY_SIMPLEX, scale, value, th, cv2.LINE_AA)
+    if bold:  # a lead letter is an object in the beam: anti-aliased, partial volume at its rims
+        cv2.putText(img, text, (px, py), cv2.FONT_HERSHEY_SIMPLEX, scale, value, th, cv2.LINE_AA)
+        return
+    # burned-in text is written on the pixel grid at the film's own resolution: crisp and flat
+    # (OpenCV 5 renders text anti-aliased whatever the line type, so threshold its coverage)
+    cover = np.zeros_like(img, dtype=np.uint8)
+    cv2.putText(cover, text, (px, py), cv2.FONT_HERSHEY_SIMPLEX, scale, 255, th, cv2.LINE_AA)
+    img[cover >= 128] = value
 
 
 def physical_density(st: Styles, fr: Frame, r: np.random.Generator) -> np.ndarray:
@@ -153,7 +162,7 @@ def physical_density(st: Styles, fr: Frame, r: np.random.Generator) -> np.ndarra
     if st.marker is not None:
         m = st.marker
         h = m.size * res / 2
-        _put(canvas, m.letter, m.x + jx - 0.3 * m.size, m.y + jy + 0.5 * m.size, h, 255)
+        _put(canvas, m.letter, m.x + jx - 0.3 * m.size, m.y + jy + 0.5 * m.size, h, 255, bold=True)
         if m.boxed:
             a = (_px(m.x + jx - 0.85 * m.size, res), _px(m.y + jy - 0.8 * m.size, res))
             b = (_px(m.x + jx + 0.85 * m.size, res), _px(m.y + jy + 0.8 * m.size, res))
@@ -167,7 +176,7 @@ def physical_density(st: Styles, fr: Frame, r: np.random.Generator) -> np.ndarra
             ln = 0.05 if k % 5 == 0 else 0.025
             x1 = x + ln if x < 0 else x - ln
             cv2.line(canvas, (_px(x, res), _px(yy + jy, res)), (_px(x1, res), _px(yy + jy, res)), 255, lw, cv2.LINE_AA)
-    out = (3.0 / 255.0) * canvas.astype(np.float64)
+    out = (8.0 / 255.0) * canvas.astype(np.float64)  # lead: no signal under it, whatever the exposure and noise
     if st.ecg > 0 and r.random() < st.ecg:
         out += _ecg(r, fr)
     return out
