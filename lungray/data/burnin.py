@@ -19,9 +19,9 @@ What marks a burned-in annotation, and what this module uses:
   strong contrast to its surroundings (a white top-hat).
 
 :func:`burnin_mask` marks those pixels (and the dark text inside a white box, the holes of a
-bright component), dilated over the anti-aliased rim. Large bright flat regions (a saturated
-abdomen, unexposed collimation margins) are marked too: they hold no anatomy to match, so
-masking them costs nothing. The mask is used three ways: no keypoint is taken on or next to it
+bright component), keeps the parts shaped like annotations (small, or a solid block like a
+label box; a saturated skull ring or the clipped half of a brightened copy is anatomy or
+nothing, and stays), and dilates them over the anti-aliased rim. The mask is used three ways: no keypoint is taken on or next to it
 (:func:`lungray.data.keypoints.describe`), the photometric check of a candidate pair ignores
 its pixels, and the perceptual hash is computed on the image with it inpainted
 (:func:`content_image`), so a copy matches its original whether or not either carries the
@@ -59,9 +59,11 @@ THIN_MIN = 6
 #: holes of a bright component (black text in a white box) are filled when smaller than this
 #: share of the image; a collimation frame's hole is the whole body and is left alone
 MAX_HOLE = 0.02
-#: a masked part larger than this share of the image is a saturated or unexposed region, not an
-#: annotation: masked, but not inpainted
-MAX_INPAINT = 0.05
+#: annotation-shaped parts: at most ``MAX_PART`` of the image, or a solid block (``MIN_FILL`` of
+#: its bounding box) of at most ``MAX_BLOCK`` (a label box)
+MAX_PART = 0.02
+MAX_BLOCK = 0.15
+MIN_FILL = 0.6
 
 
 def _to_u8(img: np.ndarray) -> np.ndarray:
@@ -99,7 +101,7 @@ def burnin_mask(img: np.ndarray, size: int | None = None) -> np.ndarray:
     >>> im[5:12, 5:25] = 255  # a white label
     >>> m = burnin_mask(im)
     >>> bool(m[8, 10]), bool(m[40, 40]), round(float(m.mean()), 2)
-    (True, False, 0.06)
+    (True, False, 0.04)
     """
     import cv2
 
@@ -133,6 +135,8 @@ def burnin_mask(img: np.ndarray, size: int | None = None) -> np.ndarray:
             small = small[small > 0]
             if len(small):
                 m8 |= np.isin(lab, small).astype(np.uint8)
+        m8 = _annotation_parts(m8)
+    if m8.any():
         # the anti-aliased rim and outline of the strokes
         rim = max(1, int(round(side / 256)))
         m8 = cv2.dilate(m8, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rim + 1, 2 * rim + 1)))
@@ -142,25 +146,29 @@ def burnin_mask(img: np.ndarray, size: int | None = None) -> np.ndarray:
     return out
 
 
-def annotation_parts(mask: np.ndarray, max_share: float = MAX_INPAINT) -> np.ndarray:
-    """The connected parts of a burned-in mask that are each at most ``max_share`` of the image:
-    the annotations proper. Large flat bright regions (a saturated abdomen, unexposed margins,
-    the clipped half of a brightened copy) hold no anatomy to recover, and inpainting them would
-    invent content, so they are left as they are."""
+def _annotation_parts(m8: np.ndarray) -> np.ndarray:
+    """The connected parts of the candidate mask that are shaped like annotations: small (a
+    glyph, a text line, a ruler, a letter: at most ``MAX_PART`` of the image) or a solid block
+    (a label box: at most ``MAX_BLOCK`` of the image and filling ``MIN_FILL`` of its bounding
+    box). Large or sparse bright regions (a saturated skull ring, the clipped half of a
+    brightened copy, a saturated abdomen) are anatomy or nothing: they stay, so their edges still
+    count as content (flat parts carry no detail for the photometric check anyway)."""
     import cv2
 
-    m8 = np.asarray(mask, np.uint8)
-    if not m8.any():
-        return m8.astype(bool)
     n, lab, stats, _ = cv2.connectedComponentsWithStats(m8, connectivity=8)
-    small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] <= max_share * m8.size)
-    small = small[small > 0]
-    return np.isin(lab, small)
+    if n <= 1:
+        return m8
+    total = m8.size
+    area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
+    box = (stats[:, cv2.CC_STAT_WIDTH] * stats[:, cv2.CC_STAT_HEIGHT]).astype(np.float64)
+    keep = (area <= MAX_PART * total) | ((area <= MAX_BLOCK * total) & (area >= MIN_FILL * box))
+    keep[0] = False
+    return keep[lab].astype(np.uint8)
 
 
 def content_image(img: np.ndarray, size: int = 128) -> np.ndarray:
     """The image as uint8, area-resized to at most ``size`` px a side, with its burned-in
-    annotations (:func:`annotation_parts`) inpainted (OpenCV's Telea method): what the perceptual
+    annotations inpainted (OpenCV's Telea method): what the perceptual
     hash is computed on, so
     a copy with or without the markings hashes like its original and two patients do not hash
     alike because they share a site's markings."""
@@ -170,7 +178,7 @@ def content_image(img: np.ndarray, size: int = 128) -> np.ndarray:
     h, w = u8.shape
     s = min(1.0, size / max(h, w))
     small = u8 if s >= 1 else cv2.resize(u8, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-    m = annotation_parts(burnin_mask(u8))
+    m = burnin_mask(u8)
     if not m.any():
         return small
     if m.shape != small.shape:

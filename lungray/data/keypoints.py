@@ -155,7 +155,7 @@ def describe(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     one image (see :class:`Features`): no keypoint within ``MASK_MARGIN`` px of a burned-in annotation."""
     import cv2
 
-    from lungray.data.burnin import annotation_parts, burnin_mask
+    from lungray.data.burnin import burnin_mask
 
     u8 = _as_u8(img, SIZE)
     marks = burnin_mask(img)  # at the detector's working size (<= 512 px): strokes still flat there
@@ -184,9 +184,8 @@ def describe(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     if marks.any():
         tm = cv2.resize(marks.astype(np.float32), (THUMB, THUMB), interpolation=cv2.INTER_AREA) > 0
         tm = cv2.dilate(tm.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
-        parts = annotation_parts(tm)
-        if parts.any():  # the markings inpainted, so they cannot steer the ECC refinement
-            thumb = cv2.inpaint(thumb, parts.astype(np.uint8), 3, cv2.INPAINT_TELEA)
+        # the markings inpainted, so they cannot steer the ECC refinement
+        thumb = cv2.inpaint(thumb, tm.astype(np.uint8), 3, cv2.INPAINT_TELEA)
     return desc, xy, count, thumb, np.packbits(tm, axis=-1)
 
 

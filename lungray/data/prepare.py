@@ -66,6 +66,21 @@ def _split_key(cache_key: str, cfg: Any) -> str:
     return hashlib.sha256(s.encode()).hexdigest()[:12]
 
 
+def _audit_line(pairs: pd.DataFrame, n: int, patients: Optional[np.ndarray], suspects: Any) -> str:
+    """One console line: what the duplicate search found (each stage, clusters, pairs across patients and labels)."""
+    from lungray.data.leakage import cluster_summary
+
+    by = {k: int((pairs["stage"] == k).sum()) for k in ("sha256", "phash", "keypoints")}
+    cl = cluster_summary(pairs, n)
+    across = 0
+    if patients is not None and len(pairs):
+        a, b = patients[pairs["row_a"].to_numpy()], patients[pairs["row_b"].to_numpy()]
+        across = int((a != b).sum())
+    return (f"leakage audit: {by['sha256']} exact and {by['phash'] + by['keypoints']} near-duplicate pair(s) "
+            f"({by['phash']} by perceptual hash, {by['keypoints']} by keypoints); {cl['n_clusters']} cluster(s), the largest "
+            f"{cl['largest']}; {across} pair(s) across patients, {0 if suspects is None else len(suspects)} across labels")
+
+
 def _grouping_note(source: str, patient_grouped: bool, how: str, mode: str) -> str:
     """One sentence for the report: what keeps copies and patients on one side of the split."""
     if how == "predefined":
@@ -165,6 +180,8 @@ def prepare_data(
     from lungray.data.guards import cluster_problems, split_problems, suspect_line
 
     refusals = cluster_problems(edges, len(labels), labels, class_names, cfg, patients)
+    if pairs is not None:
+        say(_audit_line(pairs, len(labels), patients, suspects))
     note = suspect_line(suspects, labels, class_names, cached["image_id"].to_numpy())
     if note:
         say(note)
