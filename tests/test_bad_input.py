@@ -561,7 +561,8 @@ def test_bad_input(case: Case, work: Path):
         assert sum(sum(v.values()) for v in data.class_counts().values()) + len(data.dropped_idx) == sum(counts.values())
         for line in expected:
             assert line in shown, (line, shown)
-        assert shown[-1].startswith(f"data: {sum(counts.values())} of ") and f"{len(expected)} quarantined" in shown[-1]
+        totals = next(s for s in shown if s.startswith("data: "))  # then the leakage audit's line
+        assert totals.startswith(f"data: {sum(counts.values())} of ") and f"{len(expected)} quarantined" in totals
         bad = rep.manifest[rep.manifest["problem"] != ""]
         for p, reason in zip(bad["path"], bad["problem"]):
             if p and not case.id.startswith(("csv_", "label_", "unknown_")):

@@ -35,7 +35,7 @@ def _dataset(root: Path) -> None:
 
     from lungray.data.phantom import generate_phantom, write_dicom
 
-    ph = generate_phantom(60, resolution=32, seed=4)
+    ph = generate_phantom(60, resolution=32, seed=4, series_fraction=0.0)  # files get one patient id each: no CT-like series
     for i in range(ph.images.shape[0] - 2):
         cls = ph.class_names[int(ph.labels[i])]
         d = root / cls

@@ -44,7 +44,7 @@ small CNN's accuracy is far from saturated at 50 training images and still risin
 epochs, horizontal flips, nested patient-grouped subsets, about 600 held-out images, 3 seeds,
 2-class phantom at 64 px: mean accuracy 0.52 / 0.63 / 0.64 / 0.77 at 50 / 100 / 200 / 500
 images (ranges over seeds 0.49-0.58 ... 0.57-0.88). On the current phantom (sites, markings,
-series), measured by ``bench/bench_phantom_curve.py``: see ``bench/RESULTS.md``.
+series), measured by ``bench/bench_phantom.py --curve``: see ``bench/RESULTS.md``.
 
 Run ``python -m lungray.data.phantom --out sheet.png [--classes 4] [--resolution 256]`` to look
 at it.
