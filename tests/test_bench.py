@@ -155,7 +155,7 @@ def test_bench_leakage_quick():
     out, ratios = run_script("bench_leakage.py", "--quick")
     assert "recall per transform" in out and "false pairs (different patients / different real files)" in out
     assert set(ratios) >= {"recall_keras_mix", "recall_keras_mix_markings", "false_pair_rate", "false_pair_rate_shared_markings",
-                           "clusters_joining_patients", "cost_exponent", "verified_exponent"}
+                           "clusters_joining_patients", "copies_in_cluster", "cost_exponent", "verified_exponent"}
     for t in ("rotation 30", "zoom 0.9", "shift 10%", "keras mix", "mix + markings"):
         assert f"phantom  {t}" in out
     for g in ("phantom (1 site)", "second generator", "real (RG1 + CR tiles)"):

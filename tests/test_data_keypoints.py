@@ -169,3 +169,12 @@ def test_cross_split_pairs_and_doc():
     assert doc["cross_split"]["pool-val"]["keypoints"] == 0
     assert [(e["id_a"], e["split_a"], e["id_b"], e["split_b"]) for e in doc["examples"]][:2] == [
         ("im0", "pool", "im5", "eval"), ("im3", "val", "im4", "eval")]
+    # with labels (4 classes) and patients: labels on every example, pairs across labels first
+    names = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
+    doc = leakage_doc(p, 6, splits, ids=[f"im{i}" for i in range(6)], labels=[0, 3, 3, 2, 2, 0], class_names=names,
+                      patients=[0, 1, 1, 2, 3, 4])
+    assert doc["suspect_pairs"] == 0 and doc["pairs_across_patients"] == 2  # (0, 5) and (3, 4) join two patients
+    assert [(e["label_a"], e["label_b"], e["suspect"]) for e in doc["examples"]][:2] == [("COVID", "COVID", False), ("Normal", "Normal", False)]
+    doc = leakage_doc(p, 6, splits, labels=[0, 3, 1, 2, 2, 0], class_names=names)
+    assert doc["suspect_pairs"] == 1 and doc["examples"][0]["suspect"] and (doc["examples"][0]["label_a"], doc["examples"][0]["label_b"]) == (
+        "Viral Pneumonia", "Lung_Opacity")

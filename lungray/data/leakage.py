@@ -445,7 +445,7 @@ def leakage_doc(
 
     by_stage = {s: int((pairs["stage"] == s).sum()) for s in STAGES} if len(pairs) else {s: 0 for s in STAGES}
     y = np.asarray(labels, dtype=np.int64) if labels is not None else None
-    names = list(class_names) if class_names is not None else None
+    cls = list(class_names) if class_names is not None else None
     ra = pairs["row_a"].to_numpy(dtype=np.int64) if len(pairs) else np.zeros(0, np.int64)
     rb = pairs["row_b"].to_numpy(dtype=np.int64) if len(pairs) else np.zeros(0, np.int64)
     suspect = (y[ra] != y[rb]) if y is not None else np.zeros(len(ra), bool)
@@ -480,8 +480,8 @@ def leakage_doc(
             "ncc": None if np.isnan(r.ncc) else float(r.ncc),
         }
         if y is not None:
-            e["label_a"] = names[y[a]] if names is not None else int(y[a])
-            e["label_b"] = names[y[b]] if names is not None else int(y[b])
+            e["label_a"] = cls[y[a]] if cls is not None else int(y[a])
+            e["label_b"] = cls[y[b]] if cls is not None else int(y[b])
             e["suspect"] = bool(y[a] != y[b])
         examples.append(e)
     return {
