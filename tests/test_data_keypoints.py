@@ -178,3 +178,38 @@ def test_cross_split_pairs_and_doc():
     doc = leakage_doc(p, 6, splits, labels=[0, 3, 1, 2, 2, 0], class_names=names)
     assert doc["suspect_pairs"] == 1 and doc["examples"][0]["suspect"] and (doc["examples"][0]["label_a"], doc["examples"][0]["label_b"]) == (
         "Viral Pneumonia", "Lung_Opacity")
+
+
+def test_hash_pairs_are_confirmed_photometrically(keras_set):
+    """Issue 18: two different look-alike films within 6 bits were paired by "phash identity" (the
+    default report showed such a pair, different labels and all). With keypoint features, a hash
+    pair more than 3 bits apart must pass the photometric check under the hash's map; a resized,
+    re-encoded or flipped copy does, a look-alike does not. Hashes forced 5 bits apart here."""
+    import cv2
+
+    from lungray.data.leakage import PHASH_SURE
+
+    images = keras_set[0]
+    a, b = images[0], images[1]  # two different patients
+    _, buf = cv2.imencode(".jpg", cv2.resize(a, (100, 100), interpolation=cv2.INTER_AREA), [cv2.IMWRITE_JPEG_QUALITY, 80])
+    copy = cv2.resize(cv2.imdecode(buf, 0), (128, 128))
+    flipped = np.ascontiguousarray(a[:, ::-1])
+    imgs = [a, b, copy, flipped]
+    f = KP.describe_batch(imgs)
+    H = dihedral_hashes_batch(np.stack(imgs))
+    five = np.uint64(0b11111)
+    H[1] = H[0] ^ five  # the look-alike: 5 bits from a
+    H[2] = H[0] ^ (five << np.uint64(20))  # the copy: 5 other bits (10 from the look-alike)
+    sha = [sha256_bytes(im.tobytes()) for im in imgs]
+    hash_only = find_duplicates(H, sha, 6)
+    assert {(0, 1), (0, 2), (0, 3)} <= set(zip(hash_only.row_a, hash_only.row_b))
+    full = find_duplicates(H, sha, 6, features=f)
+    found = set(zip(full.row_a, full.row_b))
+    assert (0, 1) not in found and (1, 3) not in found  # the look-alike is refused
+    assert {(0, 2), (0, 3)} <= found
+    kept = full.set_index(["row_a", "row_b"])
+    assert kept.loc[(0, 2), "stage"] == "phash" and kept.loc[(0, 2), "ncc"] >= KP.MIN_NCC
+    assert kept.loc[(0, 3), "transform"] == "hflip"
+    # within PHASH_SURE bits the hash alone decides (a copy resampled to a few pixels keeps little detail)
+    H[1] = H[0] ^ np.uint64((1 << PHASH_SURE) - 1)
+    assert (0, 1) in set(zip(*find_duplicates(H, sha, 6, features=f)[["row_a", "row_b"]].to_numpy().T))

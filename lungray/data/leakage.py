@@ -258,9 +258,10 @@ splits and audits made by an older search are never reused). 3: burned-in annota
 hashes of the content image, no strong-inlier shortcut, the partner cap (issue 18)."""
 
 DUPLICATE_COLUMNS = ["row_a", "row_b", "kind", "stage", "distance", "ncc", "transform"]
+PHASH_SURE = 3  # perceptual-hash pairs this close are copies without the photometric check (issue 18)
 STAGES = {
     "sha256": "exact: identical bytes (sha256)",
-    "phash": "near: perceptual hash (resized, re-encoded, flipped, quarter-turned)",
+    "phash": "near: perceptual hash, photometrically confirmed (resized, re-encoded, flipped, quarter-turned)",
     "keypoints": "near: keypoints + affine RANSAC + photometric check (rotated, zoomed, shifted, flipped, brightened)",
 }
 
@@ -303,7 +304,9 @@ def find_duplicates(
 
     Three stages, cheapest first; a pair found by an earlier stage is not searched again:
     ``sha256`` (identical bytes), ``phash`` (dihedral perceptual hash within ``max_distance``
-    bits; ``transform`` says how ``row_b`` = transform(``row_a``)) and, when ``features``
+    bits; ``transform`` says how ``row_b`` = transform(``row_a``); with ``features``, a hash pair
+    more than ``PHASH_SURE`` bits apart must also pass the photometric check under that map,
+    :func:`lungray.data.keypoints.verify_hash_pairs`, whose score is then in ``ncc``) and, when ``features``
     (:class:`lungray.data.keypoints.Features`) are given, ``keypoints`` (:mod:`lungray.data.keypoints`:
     ``distance`` is then the number of RANSAC inliers and ``ncc`` the photometric score).
     ``max_distance=None`` keeps the exact stage only. ``progress(k)`` is called as candidates are verified.
@@ -330,9 +333,24 @@ def find_duplicates(
         a, b, d, k = _phash_all_pairs(hashes, np.arange(n), int(max_distance))
         keep = np.array([(int(x), int(y)) not in known for x, y in zip(a, b)], dtype=bool)
         a, b, d, k = a[keep], b[keep], d[keep], k[keep]
+        names = [DIHEDRAL[int(x)] for x in k]
+        ncc = np.full(len(a), np.nan)
+        if features is not None and len(features) and len(a):
+            # look-alike films within 6 bits: confirmed or refused by the photometric check under
+            # the hash's dihedral map (issue 18: such pairs joined two patients in the default report)
+            from lungray.data.keypoints import MIN_NCC, verify_hash_pairs
+
+            ncc = verify_hash_pairs(features, a, b, names)
+            # -1: too little detail to tell, the hash decides; within PHASH_SURE bits the hash decides
+            # too (the look-alikes measured were 5-6 bits apart, while a copy resampled from 48 to
+            # 36 px keeps too little fine detail to score well but stays within 3 bits)
+            keep = (ncc < -0.5) | (ncc >= MIN_NCC) | (d <= PHASH_SURE)
+            a, b, d, k, ncc = a[keep], b[keep], d[keep], k[keep], ncc[keep]
+            names = [nm for nm, kp in zip(names, keep) if kp]
+            ncc = np.where(ncc < -0.5, np.nan, ncc)
         known |= set(zip(a.tolist(), b.tolist()))
         frames.append(pd.DataFrame({"row_a": a, "row_b": b, "kind": "near", "stage": "phash", "distance": d.astype(float),
-                                    "ncc": np.nan, "transform": [DIHEDRAL[int(x)] for x in k]}))
+                                    "ncc": ncc, "transform": names}))
         if features is not None and len(features):
             from lungray.data.keypoints import keypoint_pairs
 
