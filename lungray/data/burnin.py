@@ -166,9 +166,31 @@ def _annotation_parts(m8: np.ndarray) -> np.ndarray:
     return keep[lab].astype(np.uint8)
 
 
-def content_image(img: np.ndarray, size: int = 128) -> np.ndarray:
+def fill(img: np.ndarray, mask: np.ndarray, sigma: float = 3.0) -> np.ndarray:
+    """``img`` (uint8) with the ``mask`` pixels replaced by the Gaussian-weighted mean of the
+    unmasked pixels around them (normalised convolution): a smooth, cheap inpainting, ten
+    times faster than OpenCV's Telea method at 128 px, which is all a hash or an ECC refinement
+    needs (neither may see the annotation; neither needs its place re-invented in detail)."""
+    import cv2
+
+    m = np.asarray(mask, bool)
+    if not m.any():
+        return img
+    keep = (~m).astype(np.float32)
+    num = cv2.GaussianBlur(img.astype(np.float32) * keep, (0, 0), sigma)
+    den = cv2.GaussianBlur(keep, (0, 0), sigma)
+    out = img.copy()
+    filled = num[m] / np.maximum(den[m], 1e-3)
+    far = den[m] < 1e-3  # deep inside a large mark: the image's unmasked mean
+    if far.any():
+        filled[far] = float(img[~m].mean()) if (~m).any() else 0.0
+    out[m] = np.clip(np.rint(filled), 0, 255).astype(img.dtype)
+    return out
+
+
+def content_image(img: np.ndarray, size: int = 128, marks: np.ndarray | None = None) -> np.ndarray:
     """The image as uint8, area-resized to at most ``size`` px a side, with its burned-in
-    annotations inpainted (OpenCV's Telea method): what the perceptual
+    annotations inpainted (OpenCV's Telea method; ``marks``: a :func:`burnin_mask` already computed): what the perceptual
     hash is computed on, so
     a copy with or without the markings hashes like its original and two patients do not hash
     alike because they share a site's markings."""
@@ -178,9 +200,11 @@ def content_image(img: np.ndarray, size: int = 128) -> np.ndarray:
     h, w = u8.shape
     s = min(1.0, size / max(h, w))
     small = u8 if s >= 1 else cv2.resize(u8, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-    m = burnin_mask(u8)
+    m = burnin_mask(u8) if marks is None else np.asarray(marks, bool)
     if not m.any():
         return small
     if m.shape != small.shape:
         m = cv2.resize(m.astype(np.float32), (small.shape[1], small.shape[0]), interpolation=cv2.INTER_AREA) > 0
+    # Telea here, not :func:`fill`: the hash's mid frequencies stay closer to the unmarked film's
+    # (a 36-px copy of a 48-px film hashed 3 bits from it this way, 4 with the smooth fill)
     return cv2.inpaint(small, m.astype(np.uint8), 3, cv2.INPAINT_TELEA)

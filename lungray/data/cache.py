@@ -141,6 +141,7 @@ def _decode_rows(
     file), also ``masks`` (k, R, R) uint8 in the image's geometry and ``mask_problem`` per row
     (a mask file that cannot be read leaves the image usable and its mask all ``IGNORE``).
     """
+    from lungray.data.burnin import burnin_mask, content_image
     from lungray.data.decode import decode, dicom_info, npz_row, resize, sniff, to_storage
     from lungray.data.hashing import dihedral_hashes, sha256_file
     from lungray.data.masks import IGNORE, row_mask
@@ -160,8 +161,9 @@ def _decode_rows(
         try:
             img = decode(path)
             out["height"][i], out["width"][i] = int(img.shape[0]), int(img.shape[1])
-            hashes[i] = dihedral_hashes(_hash_input(img))
-            feats.desc[i], feats.xy[i], feats.count[i], feats.thumbs[i], feats.masks[i] = describe(img)
+            marks = burnin_mask(img)  # once, for the hash and the keypoints
+            hashes[i] = dihedral_hashes(content_image(img, HASH_SIZE, marks))
+            feats.desc[i], feats.xy[i], feats.count[i], feats.thumbs[i], feats.masks[i] = describe(img, marks)
             small = resize(img, resolution, resize_mode)
             images[i] = to_storage(apply_preprocessing(preprocess, small, resolution), dtype)
             if masks is not None:
@@ -269,9 +271,12 @@ def _audit_features(images: np.ndarray) -> tuple[np.ndarray, Any]:
     hashes = np.zeros((k, 8), dtype=np.uint64)
     feats = Features.empty(k)
 
+    from lungray.data.burnin import burnin_mask, content_image
+
     def one(i: int) -> None:
-        hashes[i] = dihedral_hashes(_hash_input(images[i]))
-        feats.desc[i], feats.xy[i], feats.count[i], feats.thumbs[i], feats.masks[i] = describe(images[i])
+        marks = burnin_mask(images[i])  # once, for the hash and the keypoints
+        hashes[i] = dihedral_hashes(content_image(images[i], HASH_SIZE, marks))
+        feats.desc[i], feats.xy[i], feats.count[i], feats.thumbs[i], feats.masks[i] = describe(images[i], marks)
 
     with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as ex:
         list(ex.map(one, range(k)))

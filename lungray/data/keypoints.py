@@ -156,15 +156,16 @@ def _as_u8(img: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.rint(f), 0, 255).astype(np.uint8)
 
 
-def describe(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def describe(img: np.ndarray, marks: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(desc (2, K, 32), xy (2, K, 2), count (2,), thumb (THUMB, THUMB), mask (THUMB, THUMB // 8))`` of
-    one image (see :class:`Features`): no keypoint within ``MASK_MARGIN`` px of a burned-in annotation."""
+    one image (see :class:`Features`): no keypoint within ``MASK_MARGIN`` px of a burned-in annotation
+    (``marks``: its :func:`lungray.data.burnin.burnin_mask`, when already computed)."""
     import cv2
 
-    from lungray.data.burnin import burnin_mask
+    from lungray.data.burnin import burnin_mask, fill
 
     u8 = _as_u8(img, SIZE)
-    marks = burnin_mask(img)  # at the detector's working size (<= 512 px): strokes still flat there
+    marks = burnin_mask(img) if marks is None else marks  # at the detector's working size (<= 512 px): strokes still flat there
     desc = np.zeros((2, N_KEYPOINTS, DESC_BYTES), np.uint8)
     xy = np.zeros((2, N_KEYPOINTS, 2), np.float32)
     count = np.zeros(2, np.int16)
@@ -190,8 +191,7 @@ def describe(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     if marks.any():
         tm = cv2.resize(marks.astype(np.float32), (THUMB, THUMB), interpolation=cv2.INTER_AREA) > 0
         tm = cv2.dilate(tm.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
-        # the markings inpainted, so they cannot steer the ECC refinement
-        thumb = cv2.inpaint(thumb, tm.astype(np.uint8), 3, cv2.INPAINT_TELEA)
+        thumb = fill(thumb, tm)  # the markings filled in, so they cannot steer the ECC refinement
     return desc, xy, count, thumb, np.packbits(tm, axis=-1)
 
 
