@@ -35,6 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--curve", action="store_true", help="also train the calibration CNN (minutes)")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--difficulties", type=float, nargs="+", default=[1.0, 0.5], help="--curve: the difficulties to measure")
+    p.add_argument("--skip-cost", action="store_true", help="only the curve (parts 1 and 2 skipped)")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
     if a.quick:
@@ -111,7 +113,7 @@ def curve(a) -> None:
 
     sizes = [50, 100, 200, 500] if not a.quick else [20, 40]
     rows = []
-    for diff in (1.0, 0.5):
+    for diff in a.difficulties:
         cfg = DataConfig(phantom_n=1400 if not a.quick else 160, phantom_difficulty=diff, resolution=64,
                          eval_size=600 if not a.quick else 50, val_size=0, leakage="off")
         with tempfile.TemporaryDirectory(prefix="bench_curve_") as d:
@@ -146,8 +148,10 @@ def curve(a) -> None:
 def main(argv=None) -> int:
     a = parse_args(argv)
     C.print_header("bench_phantom: the phantom's and the audit's cost in the default data build", a)
-    r = generation(a)
-    r |= data_build(a)
+    r: dict[str, float] = {}
+    if not a.skip_cost:
+        r |= generation(a)
+        r |= data_build(a)
     if a.curve:
         curve(a)
     C.print_load()
