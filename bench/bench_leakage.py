@@ -66,8 +66,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def make_copy(name: str, img, rng):
-    import numpy as np
-
     from lungray.data import audit_sets as A
     from lungray.data.kerasaug import keras_random_params, keras_transform
 

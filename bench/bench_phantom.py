@@ -94,8 +94,6 @@ def data_build(a) -> dict[str, float]:
 
 
 def curve(a) -> None:
-    import dataclasses
-
     import numpy as np
     import torch
     from torch import nn
