@@ -67,9 +67,9 @@ class DataConfig:
     Split refusals (issue 18; checked before anything trains and by ``lungray data check``,
     exit 1): the evaluation set must hold at least ``min_eval_per_class`` images of every class
     and the validation set (when ``val_size`` > 0) at least ``min_val_per_class``; no duplicate
-    cluster of the leakage audit may hold more than ``max_cluster_share`` of the images (and
-    never more than 10 when that share is smaller) or join more than ``max_cluster_patients``
-    distinct patient ids. A duplicate pair whose two images carry different labels is never a
+    cluster of the leakage audit may hold more than ``max_cluster_share`` of the images (10
+    images are always allowed, however small the dataset) or join more than
+    ``max_cluster_patients`` distinct patient ids. A duplicate pair whose two images carry different labels is never a
     grouping edge: it is reported as a label conflict or a suspected false pair.
     """
 
