@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 __all__ = ["PROBES_CSV", "METRICS", "trial_probes", "lung_probes"]
 
 #: the per-image table of a trial's lung probes (an MLflow artifact beside predictions.csv)
-PROBES_CSV = "probes.csv"
+PROBES_CSV = T.PROBES_CSV
 
 #: the trial metrics the probes log (MLflow, result.json)
 METRICS = (
