@@ -261,3 +261,118 @@ def trial_probes_of(*args):
     from lungray.sweep.probes import trial_probes
 
     return trial_probes(*args)
+
+
+# ------------------------------------------------------------------------------------------
+# the report's decisions on hand-made probe tables
+# ------------------------------------------------------------------------------------------
+
+
+def _table(rows, y, lb1, intact1=None, out1=None, cam=None, rnd=None, blind=0.6, area=0.3):
+    import pandas as pd
+
+    n = len(rows)
+    intact1 = np.where(np.asarray(y) == 1, 0.9, 0.1) if intact1 is None else np.asarray(intact1, float)
+    out1 = np.full(n, 0.5) if out1 is None else np.asarray(out1, float)
+    t = {"row": rows, "y_true": y}
+    for view, p1 in (("intact", intact1), ("lungs_blanked", np.asarray(lb1, float)), ("outside_blanked", out1)):
+        t[f"{view}_prob_0"], t[f"{view}_prob_1"] = 1 - p1, p1
+    t["cam_lung_share"] = np.full(n, 0.2) if cam is None else cam
+    t["cam_lung_share_randomised"] = np.full(n, np.nan) if rnd is None else rnd
+    t["blind_lung_share"], t["lung_area"] = np.full(n, blind), np.full(n, area)
+    return pd.DataFrame(t)
+
+
+def test_cell_ablation_by_hand():
+    from lungray.report.shortcut import cell_ablation
+    from lungray.report.stats import binom_ci
+
+    # lungs blanked: class-1 probabilities 0.1 0.2 0.9 0.4 for y 0 0 1 1 -> 3 of 4 right, AUC 4/4 pairs = 1
+    t = _table([7, 3, 5, 9], [0, 0, 1, 1], [0.1, 0.2, 0.9, 0.4])
+    r = cell_ablation([t], n_boot=200, seed=0)
+    ci = binom_ci(3, 4)
+    assert (r["runs"], r["n_images"], r["chance"]) == (1, 4, 0.5)
+    assert (r["lungs_blanked_accuracy"], r["lungs_blanked_accuracy_low"], r["lungs_blanked_accuracy_high"]) == \
+        pytest.approx((0.75, ci.low, ci.high))
+    # every resample with both classes still separates them perfectly: the AUC interval is [1, 1] > 0.5
+    assert (r["lungs_blanked_auc"], r["lungs_blanked_auc_low"], r["lungs_blanked_auc_high"]) == (1.0, 1.0, 1.0)
+    assert r["uses_shortcut"] and r["intact_accuracy"] == 1.0
+    # a constant answer with the lungs blanked: accuracy = chance, AUC 0.5 -> no shortcut
+    flat = cell_ablation([_table([7, 3, 5, 9], [0, 0, 1, 1], [0.3] * 4)], n_boot=200)
+    assert flat["lungs_blanked_accuracy"] == 0.5 and flat["lungs_blanked_auc"] == 0.5 and not flat["uses_shortcut"]
+
+
+def test_cell_ablation_pairs_runs_by_row():
+    from lungray.report.shortcut import cell_ablation
+
+    a = _table([1, 2, 3, 4], [0, 0, 1, 1], [0.1, 0.2, 0.9, 0.4])
+    # the second run lists the rows in another order and has one more: only the common rows count
+    b = _table([4, 9, 3, 2, 1], [1, 0, 1, 0, 0], [0.8, 0.7, 0.8, 0.3, 0.3])
+    r = cell_ablation([a, b], n_boot=100)
+    assert (r["runs"], r["n_images"]) == (2, 4)
+    assert r["lungs_blanked_accuracy"] == pytest.approx((0.75 + 1.0) / 2)  # run b: rows 1-4 all right
+
+
+def test_cell_saliency_by_hand():
+    from lungray.report.shortcut import cell_saliency
+
+    y = [0, 1] * 10  # 20 images, all right intact: Clopper-Pearson low 0.025 ** (1 / 20) = 0.83 > chance 0.5
+    cam = np.full(20, 0.2)
+    cam[3] = np.nan  # a map with no mass: left out of the cell
+    rnd_a = np.full(20, np.nan)
+    rnd_a[:2] = [0.5, 0.1]
+    rnd_b = np.full(20, np.nan)
+    rnd_b[:3] = [0.3, np.nan, 0.4]
+    r = cell_saliency([_table(list(range(20)), y, [0.5] * 20, cam=cam, rnd=rnd_a), _table(list(range(20)), y, [0.5] * 20, rnd=rnd_b)])
+    assert (r["runs"], r["n_images"], r["learned"]) == (2, 19, True)
+    assert (r["cam_share"], r["blind_share"], r["lung_area"]) == pytest.approx((0.2, 0.6, 0.3))
+    # randomised: per image the mean of the maps that exist (0.4, 0.1, 0.4; image 3 is out), 4 maps
+    assert r["randomised_share"] == pytest.approx(0.3) and r["randomised_images"] == 4
+    assert r["looks_outside"]  # 0.2 in the lungs, a uniform map puts 0.3 there
+    inside = cell_saliency([_table(list(range(20)), y, [0.5] * 20, cam=np.full(20, 0.55))])
+    assert not inside["looks_outside"] and inside["cam_share"] == pytest.approx(0.55)
+    # a model at chance: its maps are not interpretable, never flagged
+    chance = cell_saliency([_table(list(range(20)), y, [0.5] * 20, intact1=np.full(20, 0.6))])
+    assert not chance["learned"] and not chance["looks_outside"]
+
+
+def test_association_counts_patients_once():
+    from lungray.report.shortcut import association
+
+    # four patients with 5 films each; site and label agree per patient on 3 of 4
+    site = np.repeat([0, 0, 1, 1], 5)
+    label = np.repeat([0, 1, 1, 1], 5)
+    films = association(site, label)
+    per_patient = association(site, label, groups=np.repeat(["a", "b", "c", "d"], 5))
+    assert films["n"] == 20 and per_patient["n"] == 4
+    # 2 x 2 table [[5, 5], [0, 10]]: chi2 = 20 * (5*10 - 5*0)^2 / (10 * 10 * 5 * 15) = 6.667, V = sqrt(6.667 / 20)
+    assert films["chi2"] == pytest.approx(20 / 3) and films["cramers_v"] == pytest.approx((1 / 3) ** 0.5)
+    assert films["p"] < 0.05 < per_patient["p"]  # the same association is no evidence from 4 patients
+
+
+def test_verdict_and_caveats_words():
+    import pandas as pd
+
+    from lungray.report.shortcut import ShortcutFindings, shortcut_caveats, verdict
+
+    empty = ShortcutFindings(pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
+    assert verdict(empty).startswith("Not measured") and shortcut_caveats(empty) == []
+    ab = pd.DataFrame([{"model": "cnn", "train_size": 50, "optimizer": "adam", "chance": 0.5, "uses_shortcut": False,
+                        **{f"lungs_blanked_{m}{s}": v for m in ("accuracy", "auc") for s, v in (("", 0.5), ("_low", 0.4), ("_high", 0.6))}}])
+    sal = pd.DataFrame([{"model": "cnn", "train_size": 50, "learned": True, "looks_outside": False}])
+    src = pd.DataFrame([{"model": "cnn", "train_size": 50, "predictable": True, "degrave": False, "source_auc": 0.9,
+                         "source_auc_low": 0.8, "source_auc_high": 0.95}])
+    ok = ShortcutFindings(ab, sal, src, {"cramers_v": 0.02, "p": 0.8, "n": 40})
+    assert verdict(ok) == ("Yes, as far as these probes can tell: with the lungs blanked every cell falls to chance; Grad-CAM mass "
+                           "is not outside the lungs; the source is predictable but not associated with the label.")
+    assert shortcut_caveats(ok) == []
+    bad = ShortcutFindings(ab.assign(uses_shortcut=True, lungs_blanked_accuracy=0.9, lungs_blanked_accuracy_low=0.8,
+                                     lungs_blanked_accuracy_high=0.95),
+                           sal, src.assign(degrave=True), {"cramers_v": 0.8, "p": 1e-9, "n": 40})
+    assert verdict(bad).startswith("No: the models use shortcuts outside the lungs (1 of 1 cell(s) still score above chance")
+    lines = shortcut_caveats(bad)
+    assert lines[0] == ("Shortcut: cnn at n=50 still scores above chance with the lungs blanked (accuracy 0.900 [0.800, 0.950] "
+                        "vs chance 0.500; AUC 0.500 [0.400, 0.600]): it reads something outside the lungs.")
+    assert lines[1] == ("Source shortcut possible (DeGrave test): the site is predictable from the images (source AUC 0.900 "
+                        "[0.800, 0.950], cnn at n=50) and associated with the label on the evaluation images (Cramér's V 0.80, "
+                        "p < 0.0001).")
