@@ -294,9 +294,12 @@ def test_cell_ablation_by_hand():
     assert (r["runs"], r["n_images"], r["chance"]) == (1, 4, 0.5)
     assert (r["lungs_blanked_accuracy"], r["lungs_blanked_accuracy_low"], r["lungs_blanked_accuracy_high"]) == \
         pytest.approx((0.75, ci.low, ci.high))
-    # every resample with both classes still separates them perfectly: the AUC interval is [1, 1] > 0.5
+    # every resample with both classes still separates them perfectly: the AUC interval is [1, 1]
     assert (r["lungs_blanked_auc"], r["lungs_blanked_auc_low"], r["lungs_blanked_auc_high"]) == (1.0, 1.0, 1.0)
-    assert r["uses_shortcut"] and r["intact_accuracy"] == 1.0
+    # ...but 3 of 4 is no evidence of accuracy above chance (the low bound 0.19 < 0.5): the accuracy decides
+    assert not r["uses_shortcut"] and r["intact_accuracy"] == 1.0
+    many = cell_ablation([_table(list(range(40)), [0, 1] * 20, [0.2, 0.8] * 20)], n_boot=100)
+    assert many["lungs_blanked_accuracy_low"] == pytest.approx(binom_ci(40, 40).low) and many["uses_shortcut"]
     # a constant answer with the lungs blanked: accuracy = chance, AUC 0.5 -> no shortcut
     flat = cell_ablation([_table([7, 3, 5, 9], [0, 0, 1, 1], [0.3] * 4)], n_boot=200)
     assert flat["lungs_blanked_accuracy"] == 0.5 and flat["lungs_blanked_auc"] == 0.5 and not flat["uses_shortcut"]
