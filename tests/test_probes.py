@@ -366,7 +366,7 @@ def test_verdict_and_caveats_words():
     src = pd.DataFrame([{"model": "cnn", "train_size": 50, "predictable": True, "degrave": False, "source_auc": 0.9,
                          "source_auc_low": 0.8, "source_auc_high": 0.95}])
     ok = ShortcutFindings(ab, sal, src, {"cramers_v": 0.02, "p": 0.8, "n": 40})
-    assert verdict(ok) == ("Yes, as far as these probes can tell: with the lungs blanked every cell falls to chance; Grad-CAM mass "
+    assert verdict(ok) == ("Yes, as far as these probes can tell: with the lungs blanked no cell scores above chance; Grad-CAM mass "
                            "is not outside the lungs; the source is predictable but not associated with the label.")
     assert shortcut_caveats(ok) == []
     bad = ShortcutFindings(ab.assign(uses_shortcut=True, lungs_blanked_accuracy=0.9, lungs_blanked_accuracy_low=0.8,

@@ -392,7 +392,7 @@ def verdict(f: ShortcutFindings) -> str:
         return "No: the models use shortcuts outside the lungs (" + "; ".join(bad) + ")."
     checked = []
     if not f.ablation.empty:
-        checked.append("with the lungs blanked every cell falls to chance")
+        checked.append("with the lungs blanked no cell scores above chance")
     if not f.saliency.empty:
         checked.append("Grad-CAM mass is not outside the lungs" if f.saliency["learned"].any()
                        else "no model beat chance, so its heat maps say nothing")
@@ -454,7 +454,7 @@ def shortcut_section(b: Any) -> H.Section:
             df[f"{view}_acc_txt"] = df.apply(ci(f"{view}_accuracy"), axis=1)
             df[f"{view}_auc_txt"] = df.apply(ci(f"{view}_auc"), axis=1)
         df["chance_txt"] = df["chance"].map(lambda v: H.fmt(v))
-        df["flag"] = df["uses_shortcut"].map(lambda v: "uses shortcuts" if v else "at chance")
+        df["flag"] = df["uses_shortcut"].map(lambda v: "uses shortcuts" if v else "not above chance")
         parts.append("<h3>Lung ablations</h3>" + H.table(
             df,
             ["model", "train_size", "optimizer", "runs", "n_images", "intact_acc_txt", "lungs_blanked_acc_txt", "chance_txt",
@@ -472,7 +472,7 @@ def shortcut_section(b: Any) -> H.Section:
         df["rnd_txt"] = df.apply(lambda r: H.fmt_ci(r["randomised_share"], r["randomised_low"], r["randomised_high"])
                                  + f" ({int(r['randomised_images'])} maps)", axis=1)
         df["flag"] = df.apply(lambda r: "outside the lungs" if r["looks_outside"] else
-                              ("more in the lungs than a uniform map" if r["learned"] else "model at chance: not interpretable"), axis=1)
+                              ("more in the lungs than a uniform map" if r["learned"] else "model not shown above chance: not interpretable"), axis=1)
         parts.append("<h3>Grad-CAM mass inside the lungs</h3>" + H.table(
             df, ["model", "train_size", "optimizer", "runs", "n_images", "cam_txt", "blind_share", "rnd_txt", "lung_area", "flag"],
             headers={"train_size": "n", "runs": "seeds", "n_images": "images", "cam_txt": "share in the lungs, model",
