@@ -505,4 +505,9 @@ def shortcut_section(b: Any) -> H.Section:
             "changes the lungs' shape can still be read with the lungs blanked. Intervals: seeds and evaluation images; "
             "chance is what a constant answer scores (accuracy) or 0.5 (AUC). Grad-CAM maps are of each network's own "
             "predicted class; a randomised network's map often has no mass at all and then counts for nothing.", "muted"))
+    runs = b.sweep.complete
+    if "probe_seconds" in runs.columns and "train_seconds" in runs.columns and runs["probe_seconds"].notna().any():
+        ps, ts = runs["probe_seconds"].dropna(), runs.loc[runs["probe_seconds"].notna(), "train_seconds"]
+        parts.append(H.note(f"The lung probes took {ps.mean():.1f} s per trial on average ({100 * ps.sum() / max(ts.sum(), 1e-9):.0f} % "
+                            "of the training time of the same trials; the source probes are trials of their own).", "muted"))
     return H.Section(sid, TITLE, "".join(parts), notes=list(f.notes))
