@@ -236,6 +236,7 @@ def test_lung_probe_pass_matches_its_own_table(prepared_phantom, trained, tmp_pa
     assert tab["cam_lung_share"].iloc[30:].isna().all() and tab["cam_lung_share"].iloc[:30].notna().any()
     assert tab["cam_lung_share"].dropna().between(0, 1).all()
     assert metrics["probe_cam_images"] == 30
+    assert metrics["probe_cam_grid"] == 8  # simple_cnn's last convolution at 32 px: an 8 x 8 map
     assert metrics["probe_cam_lung_share"] == pytest.approx(tab["cam_lung_share"].mean())
     assert metrics["probe_lung_area"] == pytest.approx(tab["lung_area"].mean())
     assert tab["blind_lung_share"].notna().all() and (tab["blind_lung_share"] > tab["lung_area"]).mean() > 0.9

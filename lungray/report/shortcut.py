@@ -349,6 +349,20 @@ def _labels_by_row(sw: Any) -> Optional[dict[int, int]]:
     return None
 
 
+def _coarse_grid(runs: pd.DataFrame) -> str:
+    """A warning when some model's Grad-CAM grid is too coarse to say whether a map is on a lung."""
+    from lungray.report.gradcam import COARSE_MAP_CELLS
+
+    if "probe_cam_grid" not in runs.columns:
+        return ""
+    g = runs.dropna(subset=["probe_cam_grid"])
+    bad = sorted(set(g.loc[g["probe_cam_grid"] < COARSE_MAP_CELLS, "model"]))
+    if not bad:
+        return ""
+    return (f"The Grad-CAM map of {', '.join(bad)} has fewer than {COARSE_MAP_CELLS} cells per side at this input size: it "
+            "cannot say whether it lies on a lung, and its lung share is close to the uniform map's whatever the model looks at.")
+
+
 def _eval_groups(sw: Any) -> Optional[dict]:
     from lungray.report.tables import eval_groups
 
@@ -480,6 +494,9 @@ def shortcut_section(b: Any) -> H.Section:
                      "lung_area": "lungs' share of the image (uniform map)", "flag": "verdict"},
             text_columns=["model", "optimizer", "flag"],
         ))
+        coarse = _coarse_grid(b.sweep.complete)
+        if coarse:
+            parts.append(H.note(coarse))
     if not f.source.empty:
         b.csv(f.source, "shortcut_source_probe.csv")
         df = f.source.copy()

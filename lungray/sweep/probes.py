@@ -57,6 +57,7 @@ METRICS = (
     "probe_outside_blanked_accuracy",
     "probe_outside_blanked_auc",
     "probe_cam_images",
+    "probe_cam_grid",
     "probe_cam_lung_share",
     "probe_cam_lung_share_randomised",
     "probe_cam_lung_share_blind",
@@ -148,8 +149,9 @@ def lung_probes(
     n_cam = min(int(cam_images), len(rows))
     share = np.full(len(rows), np.nan)
     share_rnd = np.full(len(rows), np.nan)
+    grid = float("nan")
     if n_cam:
-        share[:n_cam], share_rnd[:n_cam] = _cam_shares(loaded, images[:n_cam], masks[:n_cam], probs["intact"][:n_cam].argmax(1),
+        share[:n_cam], share_rnd[:n_cam], grid = _cam_shares(loaded, images[:n_cam], masks[:n_cam], probs["intact"][:n_cam].argmax(1),
                                                        data, size, seed=int(trial.seed))
     train_rows = np.sort(np.asarray(data.subset(trial.train_size, trial.seed), dtype=np.int64))
     prior = mean_mask(np.asarray(lung_all[train_rows]))
@@ -157,6 +159,7 @@ def lung_probes(
     area = area_share(masks) if len(rows) else np.zeros(0)
     metrics.update({
         "probe_cam_images": float(n_cam),
+        "probe_cam_grid": grid,
         "probe_cam_lung_share": _nanmean(share),
         "probe_cam_lung_share_randomised": _nanmean(share_rnd),
         "probe_cam_lung_share_blind": _nanmean(blind[:n_cam]) if n_cam else _nanmean(blind),
@@ -193,8 +196,9 @@ def _predict(loaded: Any, images: np.ndarray, max_value: float, size: Optional[i
 
 
 def _cam_shares(loaded: Any, images: np.ndarray, masks: np.ndarray, targets: np.ndarray, data: Any,
-                size: Optional[int], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Lung shares of the trained model's Grad-CAM maps and of its randomised copy's (same images, same targets)."""
+                size: Optional[int], seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Lung shares of the trained model's Grad-CAM maps and of its randomised copy's (same images), and the
+    cells per side of the map's grid (a 2 x 2 map cannot say whether it is on a lung)."""
     from lungray.metrics.saliency import lung_share
     from lungray.report.gradcam import cam_pass, normalise_images, randomised_copy, resize_maps
 
@@ -202,11 +206,12 @@ def _cam_shares(loaded: Any, images: np.ndarray, masks: np.ndarray, targets: np.
 
     x = normalise_images(images, data.max_value, loaded.norm, size=size)
     res = int(data.resolution)
-    maps = resize_maps(cam_pass(loaded.model, x, targets).maps, res)
+    cp = cam_pass(loaded.model, x, targets)
+    maps = resize_maps(cp.maps, res)
     rnd = randomised_copy(loaded.model, seed=seed).to(loaded.device)
     # each model's map is of its OWN predicted class: a randomised network's map of the trained
     # model's class is often all zero after Grad-CAM's ReLU (no mass to place: NaN)
     with torch.inference_mode():
         rnd_targets = torch.cat([rnd(x[i : i + 256].to(loaded.device)).argmax(1).cpu() for i in range(0, len(x), 256)]).numpy()
     maps_rnd = resize_maps(cam_pass(rnd, x, rnd_targets).maps, res)
-    return lung_share(maps, masks), lung_share(maps_rnd, masks)
+    return lung_share(maps, masks), lung_share(maps_rnd, masks), float(min(cp.grid) if all(cp.grid) else 0)
