@@ -380,3 +380,21 @@ def test_verdict_and_caveats_words():
     assert lines[1] == ("Source shortcut possible (DeGrave test): the site is predictable from the images (source AUC 0.900 "
                         "[0.800, 0.950], cnn at n=50) and associated with the label on the evaluation images (Cramér's V 0.80, "
                         "p < 0.0001).")
+
+
+def test_a_source_probe_on_data_without_sites_stops_before_ray(tmp_path, monkeypatch):
+    """Bad input: one line naming the dataset and what to do, before Ray or any training starts."""
+    import ray
+
+    from lungray.study import load_study
+    from lungray.sweep.runner import run_study
+    from lungray.sweep.testing import make_prepared
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    cfg = load_study("smoke", overrides=["probes.source=true", "data.phantom_sites=2", f"output_dir={tmp_path}",
+                                         f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "sizes=[10]", "seeds=[0]"])
+    data = make_prepared(tmp_path / "data")  # no site column
+    with pytest.raises(ConfigError) as e:
+        run_study(cfg, data=data, echo=lambda s: None, report=False)
+    msg = str(e.value)
+    assert "\n" not in msg and str(data.root) in msg and "give the manifest a 'site' column" in msg
