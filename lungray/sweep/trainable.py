@@ -186,6 +186,7 @@ def tune_trial(config: dict, ctx: SweepContext) -> None:
     wall = time.time() - t0
     timings = summary.get("timings", {})
     busy = float(timings.get("train_seconds", 0.0)) + float(timings.get("eval_seconds", 0.0))
+    busy += float(summary.get("metrics", {}).get("probe_seconds", 0.0))  # the lung probes evaluate too (issue 24)
     overhead = max(0.0, wall - busy)
     metrics = {**summary.get("metrics", {}), "trial_overhead_seconds": overhead, "trial_wall_seconds": wall}
     summary = {**summary, "metrics": metrics, "trial_overhead_seconds": overhead, "trial_wall_seconds": wall, "trial_start": t0, "trial_end": time.time()}
