@@ -398,3 +398,17 @@ def test_a_source_probe_on_data_without_sites_stops_before_ray(tmp_path, monkeyp
         run_study(cfg, data=data, echo=lambda s: None, report=False)
     msg = str(e.value)
     assert "\n" not in msg and str(data.root) in msg and "give the manifest a 'site' column" in msg
+
+
+@pytest.mark.gpu
+def test_lung_probes_on_cuda_agree_with_cpu(prepared_phantom, trained):
+    """The probe pass on the trial's GPU (a sweep's trials run there) gives the CPU's answers."""
+    from lungray.sweep.probes import lung_probes
+
+    trial, res = trained
+    cpu, tab_cpu = lung_probes(prepared_phantom, trial, res.best_checkpoint, cam_images=30, device="cpu")
+    gpu, tab_gpu = lung_probes(prepared_phantom, trial, res.best_checkpoint, cam_images=30, device="cuda")
+    for k in ("probe_intact_accuracy", "probe_lungs_blanked_accuracy", "probe_outside_blanked_accuracy", "probe_cam_grid"):
+        assert gpu[k] == cpu[k], k
+    assert np.allclose(tab_gpu["lungs_blanked_prob_1"], tab_cpu["lungs_blanked_prob_1"], atol=1e-4)
+    assert np.allclose(tab_gpu["cam_lung_share"], tab_cpu["cam_lung_share"], atol=1e-3, equal_nan=True)
