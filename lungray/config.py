@@ -365,6 +365,42 @@ class VariantConfig:
         return self.label or "+".join(str(v) for v in (self.preprocess, self.normalization) if v is not None)
 
 
+#: ``train.task`` of a source-probe trial and the suffix of its arm (``resnet18~source-probe``):
+#: the report tells probe trials from the study's own by it (:attr:`TrialConfig.is_probe`)
+SITE_TASK = "site"
+PROBE_ARM_SUFFIX = "~source-probe"
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Does the model look at the lungs? The shortcut probes of issue 24 (points 2-4).
+
+    The COVID chest-film literature was undone by models that learned the hospital, not the
+    disease (DeGrave et al. 2021, Nat Mach Intell; Roberts et al. 2021, Nat Mach Intell). These
+    probes measure it inside every study, as trials and evaluation passes of the same sweep:
+
+    - ``source``: for every trial of the grid, a *source-probe* trial trains the same
+      architecture, on the same training subset and budget, to predict the acquisition site
+      (``train.task = site``; its arm is ``<arm>~source-probe``). The report gives its AUC with
+      an interval and warns when the source is predictable AND associated with the label (the
+      DeGrave test). Needs every image's site (the phantom; a manifest ``site`` column).
+    - ``lungs``: after training, every classification trial evaluates its selected model on its
+      evaluation images with the lung fields blanked and with everything outside them blanked
+      (:mod:`lungray.data.ablation`, fill ``fill``), and measures the share of its Grad-CAM mass
+      inside the lungs next to an image-blind map (the mean training lung mask) and the same
+      architecture with randomised weights (:mod:`lungray.metrics.saliency`). Runs when the
+      prepared data has lung masks (the phantom's, the Radiography Database's ``masks/``);
+      skipped, and said so, otherwise.
+    - ``cam_images``: evaluation images per trial in the Grad-CAM pass (0: no saliency probe);
+      the ablations always use every evaluation image with a usable lung mask.
+    """
+
+    source: bool = False
+    lungs: bool = True
+    fill: str = "kept_mean"
+    cam_images: int = 200
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """A whole study: the grid model x training size x optimizer x seed, and how to run it."""
@@ -385,6 +421,7 @@ class StudyConfig:
     lr_search: Optional[Mapping[str, Any]] = None  # {"samples": 4, "low": 1e-5, "high": 1e-2}; off by default
     report: bool = True
     variants: tuple[VariantConfig, ...] = (VariantConfig(),)  # preprocessing x normalisation arms (section 4)
+    probes: ProbeConfig = field(default_factory=ProbeConfig)  # shortcut probes (issue 24: source, lung ablations, saliency)
 
     # -- derived ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -401,8 +438,18 @@ class StudyConfig:
         """The grid, in a stable order: model x variant x size x optimizer x seed.
 
         A variant's normalisation is resolved into the trial's ``train`` section, so a trial
-        carries the settings it ran with; its preprocessing stays on ``trial.variant``.
+        carries the settings it ran with; its preprocessing stays on ``trial.variant``. With
+        ``probes.source`` every trial is followed by its source-probe twin (same model, variant,
+        size, optimizer, seed and budget; ``train.task = site``), so Tune schedules the probes
+        like any trial.
         """
+        out = self.study_trials()
+        if self.probes.source:
+            out += [replace(t, train=replace(t.train, task=SITE_TASK)) for t in list(out)]
+        return out
+
+    def study_trials(self) -> list["TrialConfig"]:
+        """The study's own trials (:meth:`trials` without the source probes)."""
         out = []
         for m in self.models:
             for v in self.variants:
@@ -477,8 +524,15 @@ class TrialConfig:
 
     @property
     def arm(self) -> str:
-        """What the grid and the report compare: the model key, ``@<variant key>`` when set."""
-        return f"{self.model.key}@{self.variant.key}" if self.variant.key else self.model.key
+        """What the grid and the report compare: the model key, ``@<variant key>`` when set;
+        a source probe's ends with :data:`PROBE_ARM_SUFFIX`."""
+        arm = f"{self.model.key}@{self.variant.key}" if self.variant.key else self.model.key
+        return arm + PROBE_ARM_SUFFIX if self.is_probe else arm
+
+    @property
+    def is_probe(self) -> bool:
+        """A source-probe trial (``probes.source``): it predicts the site, not the label."""
+        return self.train.task == SITE_TASK
 
     @property
     def cell(self) -> str:

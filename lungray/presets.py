@@ -178,6 +178,26 @@ PRESETS: dict[str, dict[str, Any]] = {
                      "early_stopping_patience": 6, "monitor": "val_loss"},
         "train": {"task": "segmentation", "loss": "dice_rsna", "augmentation": "none", "normalization": "pool"},
     },
+    # Does the model look at the lungs? (issue 24; DeGrave et al. 2021, Nat Mach Intell) CPU twin
+    # of the shortcut probes, minutes on 2 CPUs: the phantom from two sites with the site
+    # shortcut planted (correlation 1: every COVID film from one site, every Normal film from the
+    # other; the sites differ in contrast, collimation and markings), a small CNN, every trial
+    # followed by its source probe (the same CNN predicting the site on the same subset) and the
+    # lung ablations and Grad-CAM lung share after training. The report's section "Does the
+    # model look at the lungs?" should flag it; `data.phantom_site_label_correlation=0` is the
+    # control that should not.
+    "shortcut_smoke": {
+        "name": "shortcut_smoke",
+        "data": {"source": "phantom", "phantom_n": 360, "phantom_sites": 2, "phantom_site_label_correlation": 1.0,
+                 "resolution": 32, "eval_size": 120, "val_size": 40},
+        "models": [{"name": "simple_cnn", "width": 8}],
+        "sizes": [60, 150],
+        "optimizers": [{"name": "adam", "lr": 3e-3}],
+        "seeds": [0, 1],
+        "schedule": {"rule": "fixed", "batch_size": 16, "epochs": 4},
+        "train": {"augmentation": "none", "normalization": "pool"},
+        "probes": {"source": True, "lungs": True, "cam_images": 120},
+    },
 }
 
 

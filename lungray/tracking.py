@@ -81,6 +81,8 @@ HISTORY = "history.csv"
 TRIAL_CONFIG = "trial_config.json"
 CHECKPOINT_DIR = "checkpoint"
 BEST_CHECKPOINT = "checkpoint/best.pt"
+PROBES_CSV = "probes.csv"  # per-image lung ablations and Grad-CAM lung shares of a trial (issue 24, lungray.sweep.probes)
+PROBE_ERROR_TAG = "lungray.probe_error"  # why a trial's lung probes did not run (the trial itself stands)
 
 
 #: MLflow 3's experiment type: its UI opens a "custom model development" (machine learning)

@@ -22,7 +22,9 @@ from lungray.presets import PAPER_SIZE_RULES, preset_names
 def test_every_preset_validates(name):
     cfg = load_study(name, overrides=[] if name in ("smoke", "default") else ["data.path=/data/x"])
     assert isinstance(cfg, StudyConfig)
-    assert len(cfg.trials()) == len(cfg.models) * len(cfg.variants) * len(cfg.sizes) * len(cfg.optimizers) * len(cfg.seeds)
+    grid = len(cfg.models) * len(cfg.variants) * len(cfg.sizes) * len(cfg.optimizers) * len(cfg.seeds)
+    assert len(cfg.study_trials()) == grid
+    assert len(cfg.trials()) == grid * (2 if cfg.probes.source else 1)  # each with its source probe (issue 24.2)
 
 
 def test_paper_preset_is_the_protocol():

@@ -92,6 +92,8 @@ def cpu_example(cmd: str) -> bool:
 CI_BUDGET = {
     "python sweeps/segmentation_study.py --preset segmentation_smoke":
         " --set seeds=[0] --set sizes=[25,100] --set schedule.max_steps=30 --set schedule.eval_every=10",
+    # issue 24's probes: one seed (2 trials and their 2 source probes); tests/test_probes_sweep.py checks what they find
+    "python sweeps/size_study.py --preset shortcut_smoke": " --set seeds=[0]",
 }
 
 

@@ -60,9 +60,10 @@ def assert_rows_identical(got: list[dict], want: list[dict]) -> None:
 
 
 def test_registry_lists_classification_and_rejects_unknown_tasks():
-    assert TASKS.names() == ["classification", "segmentation"]
+    assert TASKS.names() == ["classification", "segmentation", "site"]  # site: the source probe (issue 24.2)
     assert TASKS.get("classification").target_kind == "label"
-    with pytest.raises(ConfigError, match=r"unknown task 'segmentaton'; valid choices: classification, segmentation"):
+    assert TASKS.get("site").target_kind == "site"
+    with pytest.raises(ConfigError, match=r"unknown task 'segmentaton'; valid choices: classification, segmentation, site"):
         load_study("smoke", overrides=["train.task=segmentaton"])
 
 

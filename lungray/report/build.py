@@ -23,6 +23,7 @@ from lungray.report import tables as TB
 from lungray.report.explain import gradcam_sections
 from lungray.report.load import Sweep, load_sweep, safe_uri
 from lungray.report.provenance import provenance_section
+from lungray.report.shortcut import shortcut_section
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,8 @@ def build_report(
             msg = "Grad-CAM panels were not requested (--no-gradcam)."
             sections += [H.Section("gradcam", "Grad-CAM panels", "", notes=[msg]),
                          H.Section("pointing", "Sanity of the heat maps", "", notes=[msg])]
+        if _has_probes(sweep):  # issue 24: does the model look at the lungs?
+            sections.append(shortcut_section(builder))
         sections.append(builder.provenance())
         html_text = H.page(f"lungray report: {sweep.study}", builder.subtitle(), builder.header(), sections)
     path = out / REPORT_HTML
@@ -179,6 +182,14 @@ def build_report(
     if failures:
         raise ReportIncomplete(path, failures)
     return path
+
+
+def _has_probes(sweep: Sweep) -> bool:
+    """Whether the sweep measured any shortcut probe (issue 24): lung probes logged by a trial,
+    source-probe runs, or a study that asked for them (then the section says what is missing)."""
+    cfg = sweep.config
+    asked = cfg is not None and getattr(getattr(cfg, "probes", None), "source", False)
+    return bool(asked or not sweep.probe_runs.empty or "probe_n_images" in sweep.runs.columns)
 
 
 class _Builder:

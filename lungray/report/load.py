@@ -66,6 +66,9 @@ class Sweep:
     expected: pd.DataFrame
     checkpoints: dict[str, bool] = field(default_factory=dict)  # run id -> has checkpoint/best.pt
     notes: list[str] = field(default_factory=list)
+    #: the source-probe trials (``probes.source``, issue 24.2: the same columns as ``runs``),
+    #: kept out of every table of the study's own models; :mod:`lungray.report.shortcut` reads them
+    probe_runs: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     # -- views --------------------------------------------------------------------------------
     @property
@@ -85,7 +88,7 @@ class Sweep:
 
     @property
     def models(self) -> list[str]:
-        arms = list(dict.fromkeys(t.arm for t in self.config.trials())) if self.config else None
+        arms = list(dict.fromkeys(t.arm for t in self.config.study_trials())) if self.config else None
         return _ordered(self.runs["model"], arms)
 
     @property
@@ -390,6 +393,12 @@ def load_sweep(
         runs["train_size"] = runs["train_size"].astype("Int64")
         runs["seed"] = runs["seed"].astype("Int64")
         runs = runs.sort_values(["model", "optimizer", "train_size", "seed"]).reset_index(drop=True)
+    # source probes (issue 24.2) predict the site, not the label: never a model of the study's tables
+    from lungray.config import PROBE_ARM_SUFFIX
+
+    is_probe = runs["model"].astype(str).str.endswith(PROBE_ARM_SUFFIX)
+    probe_runs = runs[is_probe].reset_index(drop=True)
+    runs = runs[~is_probe].reset_index(drop=True)
 
     # -- artifacts of complete trials ---------------------------------------------------------
     preds: dict[str, pd.DataFrame] = {}
@@ -438,6 +447,7 @@ def load_sweep(
         expected=expected,
         checkpoints=ckpts,
         notes=notes,
+        probe_runs=probe_runs,
     )
 
 
@@ -479,7 +489,7 @@ def _expected_grid(config, runs: pd.DataFrame) -> pd.DataFrame:
         by_axes[(r["model"], int(r["train_size"]) if pd.notna(r["train_size"]) else None, r["optimizer"],
                  int(r["seed"]) if pd.notna(r["seed"]) else None)] = r
     rows = []
-    for t in config.trials():
+    for t in config.study_trials():  # the source probes' grid is the shortcut section's (issue 24.2)
         key = (t.arm, int(t.train_size), t.optimizer.key, int(t.seed))
         r = by_axes.get(key)
         rows.append(

@@ -69,7 +69,7 @@ def config_summary(cfg, source: str, grid: bool = True) -> list[str]:
     lines = [
         f"# study {cfg.name} ({source}), grid fingerprint {cfg.fingerprint()}",
         f"#   {axis('model', [m.key for m in cfg.models])} x {axis('size', list(cfg.sizes))} x "
-        f"{axis('optimizer', [o.key for o in cfg.optimizers])} x {axis('seed', list(cfg.seeds))} = {n_trials(cfg)} trials",
+        f"{axis('optimizer', [o.key for o in cfg.optimizers])} x {axis('seed', list(cfg.seeds))}{' x 2 (each with its source probe)' if cfg.probes.source else ''} = {n_trials(cfg)} trials",
         f"#   task: {cfg.train.task} (loss: {loss}); data source: {data}; output: {cfg.output_dir} (full resolved config: config.yaml in the experiment directory; -v prints it)",
     ]
     return lines if grid else [lines[0], lines[2]]

@@ -149,6 +149,7 @@ def n_trials(cfg: StudyConfig) -> int:
     """Number of trials Tune will run (grid size x learning-rate samples)."""
     spec = lr_search_spec(cfg)
     grid = len(cfg.models) * len(cfg.variants) * len(cfg.sizes) * len(cfg.optimizers) * len(cfg.seeds)
+    grid *= 2 if cfg.probes.source else 1  # every trial's source-probe twin (issue 24.2)
     return grid * (spec.samples if spec else 1)
 
 

@@ -294,6 +294,10 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
     from lungray.train.tasks import TASKS
 
     TASKS.get(cfg.train.task).check_data(data)  # e.g. segmentation on data without masks: before Ray
+    if cfg.probes.source:  # a source probe on data without sites: one line, before Ray
+        from lungray.config import SITE_TASK
+
+        TASKS.get(SITE_TASK).check_data(data)
 
     # 2. Ray and the preflight
     import ray
@@ -406,6 +410,7 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
             body=trial_body if trial_body is not None else DEFAULT_BODY,
             train_env=train_env(cluster, worker_tracking_uri(tracking_uri)),
             tune_report_seconds=0.0 if (spec is not None and spec.asha) else 1.0,
+            probes=cfg.probes,
         )
         done_before = _count_done(exp_dir)
         S.set_watch(tracking_uri)

@@ -119,7 +119,10 @@ def sync_trial(
         c = logger.client
         if not M.retry(lambda: c.get_metric_history(run_id, "best_epoch")):  # final metrics exactly once
             logger.log_final(result.get("metrics", {}))
-        logger.set_tags({M.NODE_ID_TAG: result.get("node_id", "unknown"), M.NODE_IP_TAG: result.get("node_ip", "unknown")})
+        tags = {M.NODE_ID_TAG: result.get("node_id", "unknown"), M.NODE_IP_TAG: result.get("node_ip", "unknown")}
+        if result.get("probe_error"):  # the lung probes' own failure (lungray.sweep.probes): the report shows it
+            tags[T.PROBE_ERROR_TAG] = str(result["probe_error"])[:500]
+        logger.set_tags(tags)
         failpoint("sync.before_artifacts", trial.name)
         _upload_missing(logger, tdir / ARTIFACTS_DIR, log_checkpoints)
         M.finish_run(tracking_uri, run_id, "FINISHED")

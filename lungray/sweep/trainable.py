@@ -99,6 +99,9 @@ class SweepContext:
     #: in-trial path: epochs without a checkpoint reach Tune at most this often (0: every
     #: epoch, which an early-stopping scheduler such as ASHA needs)
     tune_report_seconds: float = 1.0
+    #: the study's ``probes`` (issue 24: lung ablations and saliency after training,
+    #: :mod:`lungray.sweep.probes`); None: none run
+    probes: Any = None
 
     def trial_dir(self, trial_id: str) -> Path:
         return Path(self.experiment_dir) / "trials" / trial_id
@@ -183,6 +186,7 @@ def tune_trial(config: dict, ctx: SweepContext) -> None:
     wall = time.time() - t0
     timings = summary.get("timings", {})
     busy = float(timings.get("train_seconds", 0.0)) + float(timings.get("eval_seconds", 0.0))
+    busy += float(summary.get("metrics", {}).get("probe_seconds", 0.0))  # the lung probes evaluate too (issue 24)
     overhead = max(0.0, wall - busy)
     metrics = {**summary.get("metrics", {}), "trial_overhead_seconds": overhead, "trial_wall_seconds": wall}
     summary = {**summary, "metrics": metrics, "trial_overhead_seconds": overhead, "trial_wall_seconds": wall, "trial_start": t0, "trial_end": time.time()}
@@ -523,6 +527,12 @@ def write_trial_outputs(ctx: SweepContext, trial: TrialConfig, trial_id: str, re
         # moved, not copied: within the trial directory a rename, so the weights exist once
         shutil.move(str(result.best_checkpoint), str(art / T.BEST_CHECKPOINT))
     metrics = final_metrics(result)
+    probe_extra: dict[str, Any] = {}
+    if ctx.probes is not None and (art / T.BEST_CHECKPOINT).exists():
+        from lungray.sweep.probes import trial_probes  # issue 24: does the model look at the lungs?
+
+        probe_metrics, probe_extra = trial_probes(ctx.data, trial, art, ctx.probes)
+        metrics.update(probe_metrics)
     summary = {
         "trial_id": trial_id,
         "trial": trial.name,
@@ -536,6 +546,7 @@ def write_trial_outputs(ctx: SweepContext, trial: TrialConfig, trial_id: str, re
         "history": [{k: _plain(v) for k, v in h.items()} for h in (result.history or [])],
         "timings": {k: _plain(v) for k, v in (result.timings or {}).items()},
         **{k: _plain(v) for k, v in extra.items()},
+        **probe_extra,
     }
     summary["complete"] = True
     write_result(tdir, summary)

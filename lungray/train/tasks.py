@@ -57,8 +57,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from lungray.config import TrialConfig
 
 __all__ = [
-    "TASKS", "Task", "ReportSpec", "ClassificationTask", "SegmentationTask", "class_weights", "sample_weights",
-    "image_confusion_torch",
+    "TASKS", "Task", "ReportSpec", "ClassificationTask", "SegmentationTask", "SiteTask", "SITE_TASK", "class_weights",
+    "sample_weights", "image_confusion_torch",
 ]
 
 
@@ -635,4 +635,62 @@ TASKS.register(
     "segmentation",
     SegmentationTask(),
     doc="one mask per image: U-Nets, Dice/CE losses, per-image Dice/IoU over positive and all images, detection AUC",
+)
+
+
+# ------------------------------------------------------------------------------------------
+# the source probe (issue 24.2)
+# ------------------------------------------------------------------------------------------
+
+#: ``train.task`` of a source-probe trial (``probes.source``: :meth:`lungray.config.StudyConfig.trials`)
+from lungray.config import SITE_TASK  # noqa: E402 - beside the task it names
+
+
+class SiteTask(ClassificationTask):
+    """Predict the acquisition site (source) of a film instead of its finding: the source probe.
+
+    DeGrave et al. (2021, Nat Mach Intell) and Zech et al. (2018, PLoS Med) showed chest-film
+    CNNs tell the hospital apart almost perfectly; when the site also predicts the label, a
+    classifier can score well by recognising the site. A trial of this task trains the grid's
+    architecture on the SAME subset and budget as its label trial (the subset is drawn from the
+    real labels: :class:`lungray.data.site_targets.SiteTargets` changes only the targets) and is
+    scored like any classifier (``test_auc`` is the source AUC the report shows). Everything but
+    the targets and class names is classification's.
+    """
+
+    name = SITE_TASK
+    target_kind = "site"
+
+    def check(self, cfg):
+        d = cfg.data
+        if d.source == "phantom" and d.phantom_sites < 2:
+            raise ConfigError(
+                f"probes.source: data.phantom_sites is {d.phantom_sites}; a source probe needs at least 2 sites "
+                "(set data.phantom_sites=2 or more, or probes.source=false)"
+            )
+
+    def check_data(self, data):
+        from lungray.data.site_targets import site_names
+
+        site_names(data)
+
+    def class_names(self, data):
+        from lungray.data.site_targets import site_names
+
+        return site_names(data)
+
+    def dataset(self, data, idx, *, augmentation, mean, std, seed, **kwargs):
+        from lungray.data.dataset import ImageDataset
+        from lungray.data.site_targets import SiteTargets
+
+        return ImageDataset(SiteTargets(data), idx, augmentation=augmentation, mean=mean, std=std, seed=seed, **kwargs)
+
+    def targets(self, data, idx):
+        return np.asarray(data.sites[idx], dtype=np.int64)
+
+
+TASKS.register(
+    SITE_TASK,
+    SiteTask(),
+    doc="the source probe: the acquisition site of each film from its pixels (issue 24.2; set probes.source, not train.task)",
 )

@@ -188,6 +188,7 @@ def validate_study(cfg: StudyConfig, require_data: bool = True) -> StudyConfig:
     if t.eval_batch_size < 1:
         raise ConfigError(f"train.eval_batch_size must be >= 1, got {t.eval_batch_size}")
     task.check(cfg)
+    _check_probes(cfg)
 
     r = cfg.resources
     if r.workers < 1:
@@ -204,6 +205,26 @@ def validate_study(cfg: StudyConfig, require_data: bool = True) -> StudyConfig:
             "set resources.workers=1, or use_ray_train=auto/true for DDP through Ray Train"
         )
     return cfg
+
+
+def _check_probes(cfg: StudyConfig) -> None:
+    """``probes`` (issue 24): a fill the ablation knows, a CAM image count, and a source probe
+    only beside a classification study on data that can have sites."""
+    from lungray.config import SITE_TASK
+    from lungray.data.ablation import FILLS
+    from lungray.train.tasks import TASKS
+
+    p = cfg.probes
+    one_of("probes.fill", p.fill, list(FILLS))
+    if p.cam_images < 0:
+        raise ConfigError(f"probes.cam_images must be >= 0 (0: no saliency probe), got {p.cam_images}")
+    if p.source:
+        if cfg.train.task != "classification":
+            raise ConfigError(
+                f"probes.source: the source probe sits beside a classification study, and train.task is '{cfg.train.task}'; "
+                "set probes.source=false"
+            )
+        TASKS.get(SITE_TASK).check(cfg)
 
 
 def _check_variants(cfg: StudyConfig) -> None:
