@@ -69,7 +69,7 @@ def generation(a) -> dict[str, float]:
 def data_build(a) -> dict[str, float]:
     import dataclasses
 
-    from lungray.config import load_study
+    from lungray.study import load_study
     from lungray.data.prepare import prepare_data
 
     cfg = load_study("default").data

@@ -400,7 +400,7 @@ def test_cli_dry_run_refuses_sizes_larger_than_the_phantom_pool(capsys, tmp_path
 
     import re
 
-    from lungray.config import load_study
+    from lungray.study import load_study
     from lungray.data.adapters import build_manifest
     from lungray.data.split_plan import groups_of, make_splits
 
