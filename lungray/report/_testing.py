@@ -138,6 +138,8 @@ def log_fake_sweep(
     probs_fn: Optional[Callable] = None,
     artifact_root: Optional[str] = None,
     resolution: int = 32,
+    best_epoch_fn: Optional[Callable[[str, int, int], int]] = None,
+    degenerate: Sequence[tuple] = (),
 ) -> FakeSweep:
     """Log a parent run and one child run per trial; see the module docstring for the plant.
 
@@ -147,6 +149,11 @@ def log_fake_sweep(
     ``checkpoint_fn(trial_config, run_dir) -> path`` may write a ``best.pt`` to log;
     ``probs_fn(trial_config) -> (n_eval, n_classes)`` replaces the planted predictions with real
     ones (a trained model's), the metrics then being computed from those.
+    ``best_epoch_fn(model, n, seed) -> epoch`` (0-based) plants where each trial's validation
+    loss is lowest (a V: falling to that epoch, rising after it); by default it falls to the
+    last epoch (every trial ends its budget still improving). ``degenerate`` lists
+    ``(model, n, seed)`` whose output is constant (the same probabilities for every image: a
+    run the report sets apart).
     """
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
@@ -240,12 +247,13 @@ def log_fake_sweep(
         # per-epoch curves: losses fall with the epoch, a little worse for larger seeds
         metrics = []
         hist = []
+        best_e = epochs - 1 if best_epoch_fn is None else int(best_epoch_fn(m, n, s))
         for e in range(epochs):
             row = {
                 "epoch": e,
                 "train_loss": 1.0 / (e + 1),
                 "train_accuracy": 0.5 + 0.1 * e,
-                "val_loss": 1.2 / (e + 1) + 0.01 * s + 0.1 * n_max / n,
+                "val_loss": (1.2 / (e + 1) if best_epoch_fn is None else 0.2 + 0.1 * abs(e - best_e)) + 0.01 * s + 0.1 * n_max / n,
                 "val_accuracy": 0.5 + 0.08 * e,
                 "val_auc": 0.6 + 0.1 * e,
                 "lr": 1e-3,
@@ -271,8 +279,12 @@ def log_fake_sweep(
             probs = probs / probs.sum(1, keepdims=True)  # float32 softmax rows sum to 1 +- 1e-7
             correct = probs.argmax(1) == y
             n_right = int(correct.sum())
+        if (m, n, s) in set(map(tuple, degenerate)):  # a collapsed run: one output for every image
+            probs = np.tile(np.linspace(1.0, 2.0, k) / np.linspace(1.0, 2.0, k).sum(), (n_eval, 1))
+            correct = probs.argmax(1) == y
+            n_right = int(correct.sum())
         final, per_class, cm = _classification_metrics(y, probs, class_names)
-        final.update({"best_epoch": float(epochs - 1), "epochs_run": float(epochs), "train_seconds": 1.0 + n / 100,
+        final.update({"best_epoch": float(best_e), "epochs_run": float(epochs), "train_seconds": 1.0 + n / 100,
                       "eval_seconds": 0.5, "trial_overhead_seconds": 0.2})
         metrics += [Metric(kk, float(v), 0, 0) for kk, v in final.items()]
         client.log_batch(rid, metrics=metrics, params=params)
