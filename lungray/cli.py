@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate a dataset before anything trains",
         description="Decode every file and check labels and splits. Exit status: 0 when the dataset can be "
         "used (quarantined files and warnings are listed), 1 when it cannot (no images, fewer than two "
-        "classes, an impossible split or size) or, with --strict, on any problem; 2 on a usage error.",
+        "classes, an impossible split or size, a split that loses a class or holds too few of one, a duplicate "
+        "cluster too large to be copies) or, with --strict, on any problem; 2 on a usage error.",
     )
     chk.add_argument("path", nargs="?", default=None, help="dataset root or file (omit for the phantom)")
     chk.add_argument("--source", default=None, help="adapter name (default: guessed from the layout)")
@@ -55,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--val-size", type=float, default=None,
                      help="validation images: a count or a fraction of what remains after the evaluation set "
                      "(default: the study's data.val_size; 100 for the built-in phantom)")
+    chk.add_argument("--min-eval-per-class", type=int, default=None,
+                     help="refuse a split with fewer evaluation images of a class (default: data.min_eval_per_class, 10)")
+    chk.add_argument("--min-val-per-class", type=int, default=None,
+                     help="refuse a split with fewer validation images of a class (default: data.min_val_per_class, 3)")
     chk.add_argument("--strict", action="store_true", help="exit 1 on any problem or warning instead of quarantining")
     chk.add_argument("--quick", action="store_true", help="header checks only: do not decode the pixels")
     chk.add_argument(
@@ -160,7 +165,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         if not (args.no_duplicates or args.quick) and report.usable:
             from lungray.data.check import report_duplicates
 
-            report_duplicates(cfg, report.manifest, args.cache_dir, echo=print)
+            dup = report_duplicates(cfg, report.manifest, args.cache_dir, echo=print)
+            # a cluster the audit chained and the split it forces are errors too (issue 18): exit 1
+            report.dataset_problems += dup["problems"]
+            report.problems += dup["problems"]
         if args.manifest_out:
             report.manifest.to_parquet(args.manifest_out)
         status = exit_status(report, strict=args.strict)
@@ -246,6 +254,8 @@ def data_check_config(args: argparse.Namespace, source: str):
         class_map=_kv(args.class_map),
         eval_size=size(args.eval_size, base.eval_size),
         val_size=size(args.val_size, base.val_size),
+        min_eval_per_class=base.min_eval_per_class if args.min_eval_per_class is None else args.min_eval_per_class,
+        min_val_per_class=base.min_val_per_class if args.min_val_per_class is None else args.min_val_per_class,
         strict=args.strict,
         allow_outside_root=args.allow_outside_root,
     )

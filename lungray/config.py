@@ -45,6 +45,33 @@ class DataConfig:
     ``covid_ct_xray``, ``rsna``, ``csv``, ``medmnist``). ``class_map`` maps source class names to
     study class names (e.g. 4 folders -> "COVID" vs "rest"); a source class mapped to ``null``
     is dropped.
+
+    The phantom (``source: phantom``, :mod:`lungray.data.phantom`; issue 18: it looks like the
+    public sets, each knob measured by ``tests/test_data_phantom.py``):
+
+    - ``phantom_n`` images (augmented copies included), ``phantom_classes`` 2 or 4,
+      ``phantom_difficulty`` (divides every finding's density), ``phantom_seed``;
+    - ``phantom_images_per_patient``: mean follow-up films per patient (geometric, >= 1);
+    - ``phantom_series_fraction`` of the patients come as a CT-like series of
+      ``phantom_series_length`` nearly identical films (adjacent slices);
+    - ``phantom_sites`` acquisition sites, differing in contrast, gamma, noise and collimation
+      and in where they put their markings; ``phantom_site_label_correlation`` in [0, 1] plants
+      a site shortcut (``P(site = the class's home site) = c + (1 - c) / sites``; 0: none);
+    - ``phantom_markings``: which of ``marker`` (lead L/R, boxed at some sites), ``text`` (1-4
+      burned-in lines), ``label_box``, ``ruler``, ``ecg`` (electrodes and leads) sites may use;
+      ``[]`` gives clean films;
+    - ``phantom_copies``: mean number of Keras-style augmented copies per film (the Kaggle sets'
+      copies, carrying the original's markings; 0 = none);
+    - ``phantom_patient_ids``: ``false`` leaves the patient ids out of the manifest, like the
+      Kaggle folder sets (then only the leakage audit groups copies).
+
+    Split refusals (issue 18; checked before anything trains and by ``lungray data check``,
+    exit 1): the evaluation set must hold at least ``min_eval_per_class`` images of every class
+    and the validation set (when ``val_size`` > 0) at least ``min_val_per_class``; no duplicate
+    cluster of the leakage audit may hold more than ``max_cluster_share`` of the images (10
+    images are always allowed, however small the dataset) or join more than
+    ``max_cluster_patients`` distinct patient ids. A duplicate pair whose two images carry different labels is never a
+    grouping edge: it is reported as a label conflict or a suspected false pair.
     """
 
     source: str = "phantom"
@@ -56,6 +83,14 @@ class DataConfig:
     phantom_classes: int = 2
     phantom_difficulty: float = 1.0
     phantom_seed: int = 0
+    phantom_images_per_patient: float = 2.0
+    phantom_series_fraction: float = 0.1
+    phantom_series_length: int = 6
+    phantom_sites: int = 3
+    phantom_site_label_correlation: float = 0.0
+    phantom_markings: tuple[str, ...] = ("marker", "text", "label_box", "ruler", "ecg")
+    phantom_copies: float = 0.0
+    phantom_patient_ids: bool = True
     # decode / cache
     resolution: int = 64
     resize: str = "stretch"  # "stretch" or "letterbox"
@@ -71,6 +106,12 @@ class DataConfig:
     # selection read the test images): study 5 as published (PROTOCOLS.md section 5), a flaw kept
     # only to reproduce it; needs val_size 0, and the report flags every sweep that uses it
     val_is_eval: bool = False
+    # split refusals: an accuracy on 10 images has a 95 % interval of about +-0.3, below that a
+    # per-class metric is noise; a validation set needs each class to pick a checkpoint by
+    min_eval_per_class: int = 10
+    min_val_per_class: int = 3
+    max_cluster_share: float = 0.05  # one duplicate cluster holding more of the data is the audit chaining distinct images
+    max_cluster_patients: int = 3  # a copy belongs to one patient: a cluster over more patient ids is false pairs
     # leakage audit
     # duplicate clusters are split groups (no copy crosses a holdout split); "drop" removes training-side
     # copies of val/eval images where a source's own predefined split lets them cross, "report" lists them,

@@ -167,9 +167,20 @@ def test_bench_data_quick():
 def test_bench_leakage_quick():
     out, ratios = run_script("bench_leakage.py", "--quick")
     assert "recall per transform" in out and "false pairs (different patients / different real files)" in out
-    assert set(ratios) >= {"recall_keras_mix", "false_pair_rate"}
-    for t in ("rotation 30", "zoom 0.9", "shift 10%", "keras mix"):
+    assert set(ratios) >= {"recall_keras_mix", "recall_keras_mix_markings", "false_pair_rate", "false_pair_rate_shared_markings",
+                           "clusters_joining_patients", "copies_in_cluster", "cost_exponent", "verified_exponent"}
+    for t in ("rotation 30", "zoom 0.9", "shift 10%", "keras mix", "mix + markings"):
         assert f"phantom  {t}" in out
+    for g in ("phantom (1 site)", "second generator", "real (RG1 + CR tiles)"):
+        assert g in out
+    assert "cost against n" in out and "without mask and cap" in out
+
+
+@pytest.mark.slow
+def test_bench_phantom_quick():
+    out, ratios = run_script("bench_phantom.py", "--quick", "--curve")
+    assert {"generation_defaults_over_clean", "data_build_audit_over_off", "data_build_cpu_s"} <= set(ratios), out
+    assert "the default preset's data build" in out and "accuracy of the calibration CNN" in out
 
 
 @pytest.mark.slow

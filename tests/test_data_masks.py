@@ -133,7 +133,8 @@ def rsna_tree(tmp_path_factory):
 
 
 def _rsna(rsna_tree, tmp_path, mode):
-    cfg = DataConfig(source="rsna", path=str(rsna_tree), resolution=32, resize=mode, eval_size=2, val_size=2, leakage="off")
+    cfg = DataConfig(source="rsna", path=str(rsna_tree), resolution=32, resize=mode, eval_size=2, val_size=2, leakage="off",
+                     min_eval_per_class=1, min_val_per_class=1)  # a few-file fixture
     d = prepare_data(cfg, output_dir=tmp_path, progress=False, parallel=False)
     ids = list(d.ids)
     row = {pid: ids.index("rsna_" + hash_patient_id(pid, id_salt("rsna"))[2:]) for pid in P}
@@ -357,11 +358,11 @@ def test_lung_masks_follow_every_preprocessing(tmp_path, preprocess):
 
 
 def test_phantom_masks_round_trip(prepared_phantom):
-    from lungray.data.adapters import phantom_arrays
+    from lungray.data.phantom import generate_phantom
 
     d = prepared_phantom
     assert d.mask_kind == "lesion"
-    ph = phantom_arrays(240, 2, 32, 1.0, 0)
+    ph = generate_phantom(240, n_classes=2, resolution=32)
     order = [list(ph.ids).index(i) for i in d.ids]
     assert np.array_equal(np.asarray(d.masks), ph.masks[order])
     normal = np.asarray(d.labels) == d.class_names.index("Normal")
@@ -395,7 +396,8 @@ def radiography_tree(tmp_path):
 
 
 def test_radiography_lung_masks(radiography_tree, tmp_path, caplog):
-    cfg = DataConfig(source="covid_radiography", path=str(radiography_tree), resolution=16, eval_size=4, val_size=2, leakage="off")
+    cfg = DataConfig(source="covid_radiography", path=str(radiography_tree), resolution=16, eval_size=4, val_size=0, leakage="off",
+                     min_eval_per_class=1, min_val_per_class=1)  # a few-file fixture
     from lungray.data.manifest import hash_image_id, id_salt
 
     h = lambda rel: hash_image_id(rel, id_salt("covid_radiography"))  # noqa: E731  (ids are salted hashes)
@@ -424,7 +426,8 @@ def test_radiography_without_mask_folders_has_no_masks(tmp_path):
     for cls in ("COVID", "Normal"):
         for i in range(6):
             _png(root / cls / f"{cls}-{i}.png", rng.integers(0, 256, (20, 20), dtype=np.uint8))
-    cfg = DataConfig(source="covid_radiography", path=str(root), resolution=16, eval_size=2, val_size=2, leakage="off")
+    cfg = DataConfig(source="covid_radiography", path=str(root), resolution=16, eval_size=2, val_size=2, leakage="off",
+                     min_eval_per_class=1, min_val_per_class=1)  # a few-file fixture
     d = prepare_data(cfg, output_dir=tmp_path / "out", progress=False, parallel=False)
     assert d.mask_kind is None and d.masks is None and not (Path(d.root) / "masks.npy").exists()
     with pytest.raises(ConfigError, match="has no masks"):

@@ -133,7 +133,7 @@ def test_sweep_results_notebook_without_a_store_says_so_and_creates_none(tmp_pat
 def test_explore_dataset_notebook_on_the_phantom(tmp_path):
     nb = run_notebook(
         "explore_dataset.ipynb",
-        {"LUNGRAY_PHANTOM_N": "160", "LUNGRAY_RESOLUTION": "32", "LUNGRAY_OUTPUT": str(tmp_path / "out")},
+        {"LUNGRAY_PHANTOM_N": "240", "LUNGRAY_RESOLUTION": "32", "LUNGRAY_OUTPUT": str(tmp_path / "out")},
         tmp_path,
     )
     text = outputs_text(nb)

@@ -323,13 +323,14 @@ def test_dry_run_with_data_checks_sizes_and_exits_with_the_problem(tmp_path, cap
         d.mkdir(parents=True)
         for i in range(10):
             cv2.imwrite(str(d / f"{c}-{i}.png"), rng.integers(0, 256, (16, 16), dtype=np.uint8))
-    rc = main(["--preset", "transfer", "--data", str(root), "--dry-run", "--output", str(tmp_path / "out")], prog="transfer_study.py")
+    tiny = ["--set", "data.min_eval_per_class=1", "--set", "data.min_val_per_class=1"]  # 10 images a class: a few-file fixture
+    rc = main(["--preset", "transfer", "--data", str(root), "--dry-run", "--output", str(tmp_path / "out"), *tiny], prog="transfer_study.py")
     out, err = capsys.readouterr()
     assert rc == 2
     assert "-> 144 trials" in out and "cluster lacks:" in out  # the grid is printed first
     assert "data: training pool 32 images" in out and "data problem:" in out
     assert len(err.strip().splitlines()) == 1 and "500" in err and err.startswith("transfer_study.py: error:")
-    rc = main(["--preset", "transfer", "--data", str(root), "--dry-run", "--set", "sizes=[8, all]", "--output", str(tmp_path / "out")],
+    rc = main(["--preset", "transfer", "--data", str(root), "--dry-run", "--set", "sizes=[8, all]", "--output", str(tmp_path / "out"), *tiny],
               prog="transfer_study.py")
     out = capsys.readouterr().out
     assert rc == 0 and "data: training size 'all' = 32 images" in out and "-> 96 trials" in out

@@ -533,3 +533,36 @@ def test_leakage_html_examples_as_thumbnails_and_image_level_split():
 
     fig = _pair_figure(np.zeros((12, 8, 8), np.uint8), 255.0, leak["audit"]["examples"])
     assert len(fig.axes) == 4 and fig.axes[0].get_title() == "pool"
+
+
+def test_pair_figure_and_html_show_labels_and_warn_on_pairs_across_labels():
+    """Issue 18: the default report paired distinct phantom patients with different labels by
+    "phash identity" with no label shown and no warning."""
+    from lungray.report._testing import _fake_leakage
+    from lungray.report.build import _leakage_html, _pair_figure
+
+    leak = _fake_leakage(100)
+    ex = leak["audit"]["examples"]
+    ex[0].update(label_a="COVID", label_b="COVID", suspect=False)
+    ex[1].update(label_a="COVID", label_b="Normal", suspect=True)
+    leak["audit"]["suspect_pairs"] = 1
+    leak["audit"]["pairs_across_patients"] = 2
+    fig = _pair_figure(np.zeros((12, 8, 8), np.uint8), 255.0, ex)
+    titles = [(ax.get_title(), ax.title.get_color()) for ax in fig.axes]
+    # axes row by row: the two top images, then the two bottom ones; the pair across labels in red
+    assert titles == [("pool · COVID", "black"), ("pool · COVID", "#c0392b"), ("pool · COVID", "black"), ("pool · Normal", "#c0392b")]
+    assert "LABELS DIFFER" in fig.axes[3].get_xlabel()
+    out = _leakage_html(leak)  # no images reachable: the table
+    assert "1 duplicate pair(s) join images with different labels" in out and "2 duplicate pair(s) join two different patient ids" in out
+    assert "img-011 (pool, Normal)" in out and "DIFFERENT: label conflict or false pair" in out
+
+
+def test_no_complete_banner_over_an_evaluation_without_a_class(store, tmp_path):
+    from lungray.report import build_report
+
+    uri, root = store
+    fk = log_fake_sweep(uri, "lost_class", models=("alpha",), sizes=(40,), seeds=(0,), n_eval=100, epochs=1,
+                        class_counts={"eval": {"Normal": 0, "COVID": 100}}, artifact_root=(root / "art_lost").as_uri())
+    html = build_report(uri, parent_run_id=fk.parent_id, out_dir=tmp_path / "r", gradcam=False, n_boot=50).read_text()
+    assert "Complete: all" not in html
+    assert "NOT A COMPLETE EVALUATION: all 1 trials finished, but the evaluation set holds no &#x27;Normal&#x27; image" in html

@@ -12,6 +12,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lungray.config import dump_yaml
@@ -397,14 +398,26 @@ def test_cli_dry_run_says_what_the_cluster_lacks_instead_of_refusing(capsys, tmp
 def test_cli_dry_run_refuses_sizes_larger_than_the_phantom_pool(capsys, tmp_path):
     from lungray.sweep.cli import main
 
-    # smoke: 360 phantom images, 120 held out, 40 for validation -> a pool of 200
-    assert main(["--preset", "smoke", "--dry-run", "--set", "sizes=[40,200]", "--output", str(tmp_path)], prog="size_study.py") == 0
-    capsys.readouterr()
-    rc = main(["--preset", "smoke", "--dry-run", "--set", "sizes=[40,201]", "--output", str(tmp_path)], prog="size_study.py")
+    import re
+
+    from lungray.config import load_study
+    from lungray.data.adapters import build_manifest
+    from lungray.data.split_plan import groups_of, make_splits
+
+    # smoke: 360 phantom images, about 120 held out (whole patients), about 40 for validation:
+    # the pool the dry run must count, made here with the same split
+    d = load_study("smoke").data
+    m = build_manifest(d)
+    _, _, pool, _ = make_splits(m["class_index"].to_numpy(), groups_of(m["patient_id"].to_numpy()), m["split"].to_numpy(), d)
+    n = len(pool)
+    per = np.bincount(m["class_index"].to_numpy()[pool], minlength=2)
+    assert main(["--preset", "smoke", "--dry-run", "--set", f"sizes=[40,{n}]", "--output", str(tmp_path)], prog="size_study.py") == 0
+    assert re.search(rf"data: training pool {n} images", capsys.readouterr().out)
+    rc = main(["--preset", "smoke", "--dry-run", "--set", f"sizes=[40,{n + 1}]", "--output", str(tmp_path)], prog="size_study.py")
     err = capsys.readouterr().err.strip().splitlines()
     # the dry run makes the real held-out split of the phantom (sweep/checks.py) and counts its pool
-    assert rc == 2 and err == ["size_study.py: error: training size 201 is larger than the training pool of 200 images "
-                               "(Normal: 109, COVID: 91); use smaller sizes, a smaller data.eval_size/data.val_size, or more data"]
+    assert rc == 2 and err == [f"size_study.py: error: training size {n + 1} is larger than the training pool of {n} images "
+                               f"(Normal: {per[0]}, COVID: {per[1]}); use smaller sizes, a smaller data.eval_size/data.val_size, or more data"]
     assert not any(tmp_path.iterdir())
 
 

@@ -28,7 +28,7 @@ SCRIPT = str(REPO / "sweeps" / "segmentation_study.py")
 
 STUDY = """
 name: rsna_tiny
-data: {resolution: 32, eval_size: 2, val_size: 2, leakage: "off"}
+data: {resolution: 32, eval_size: 2, val_size: 2, leakage: "off", min_eval_per_class: 1, min_val_per_class: 1}
 models: [{name: unet_keras, width: 4}, {name: "unet:resnet10t", width: 2}]
 sizes: [4]
 seeds: [0]

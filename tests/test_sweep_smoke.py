@@ -186,9 +186,10 @@ def test_outputs_keep_no_checkpoint_and_the_best_weights_once(user):
     assert all(f.stat().st_ino in logged and f.stat().st_nlink == 2 for f in bests)  # one file, in both places
     own, shared, total = disk_breakdown(exp_dir, out)
     # measured (each file once): this sweep's folder, MLflow's store and the data cache, e.g.
-    # trials/ 1.6 MB, report/ 0.8 MB, tune/ 0.4 MB; mlartifacts/ 1.0 MB, mlflow.db 1.2 MB, cache/ 0.8 MB
+    # trials/ 1.6 MB, report/ 3.0 MB, tune/ 0.4 MB; mlartifacts/ 3.1 MB, mlflow.db 1.2 MB, cache/ 12 MB (the
+    # leakage audit's keypoint features of the 360 phantom films, about 30 KB each since issue 18)
     assert set(own) == {"config.yaml", "sweep.json", "trials/", "tune/", "report/", "trials.csv", "summary.csv"}
-    assert own["tune/"] < 2e6 and own["trials/"] < 5e6 and total < 20e6, (own, shared, total)
+    assert own["tune/"] < 2e6 and own["trials/"] < 5e6 and total < 30e6, (own, shared, total)
     # the same total by another route: find's inode and size of every file, each inode once
     listing = subprocess.run(["find", str(out), "-type", "f", "-printf", "%i %s\n"], capture_output=True, text=True).stdout
     by_inode = dict(ln.split() for ln in listing.splitlines())  # a hard-linked file: one entry

@@ -140,6 +140,7 @@ def log_fake_sweep(
     resolution: int = 32,
     best_epoch_fn: Optional[Callable[[str, int, int], int]] = None,
     degenerate: Sequence[tuple] = (),
+    class_counts: Optional[Mapping[str, Mapping[str, int]]] = None,
 ) -> FakeSweep:
     """Log a parent run and one child run per trial; see the module docstring for the plant.
 
@@ -153,7 +154,8 @@ def log_fake_sweep(
     loss is lowest (a V: falling to that epoch, rising after it); by default it falls to the
     last epoch (every trial ends its budget still improving). ``degenerate`` lists
     ``(model, n, seed)`` whose output is constant (the same probabilities for every image: a
-    run the report sets apart).
+    run the report sets apart). ``class_counts`` replaces split entries of the logged class
+    counts (``{"eval": {"Normal": 0, ...}}``).
     """
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
@@ -201,6 +203,7 @@ def log_fake_sweep(
     n_pool = 400 - n_eval
     (pdir / T.LEAKAGE_JSON).write_text(json.dumps(_fake_leakage(n_eval)))
     counts = {s: {c: int(n // k) for c in class_names} for s, n in (("eval", n_eval), ("val", 40), ("pool", n_pool))}
+    counts.update(class_counts or {})  # e.g. an evaluation set that lost a class (issue 18)
     (pdir / T.DATA_SUMMARY).write_text(
         json.dumps(
             {

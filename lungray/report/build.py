@@ -263,6 +263,12 @@ class _Builder:
         if st["expected"] is None:
             parts.append(H.note(f"{st['complete']} trial(s) complete, {st['failed']} failed, {st['running']} running; "
                                 "the expected grid is unknown (no config.yaml)."))
+        elif st["complete"] == st["expected"] and (lacking := self._eval_lacks()):
+            # issue 18: every trial finished, but on an evaluation set without a class: not complete
+            parts.append(H.note(
+                f"NOT A COMPLETE EVALUATION: all {st['expected']} trials finished, but {lacking}, so accuracy, "
+                "per-class metrics and curves miss that class. Re-split the data; `lungray data check` names the cause.",
+                "error"))
         elif st["complete"] == st["expected"]:
             parts.append(H.note(f"Complete: all {st['expected']} trials of the grid finished.", "ok"))
         else:
@@ -289,6 +295,28 @@ class _Builder:
                          "PDF files under figures/ build the report with lungray report --print-figures (or set "
                          "tracking.print_figures: true for the sweep).</p>")
         return "".join(parts)
+
+    def _eval_lacks(self) -> str:
+        """Words for the classes an evaluation set lacks ('' when none does): from the prepared
+        split's class counts and, per cell, from a finished trial whose per-class recall is
+        missing (no image of the class was scored)."""
+        names = list(self.sweep.class_names)
+        ev = ((self.sweep.data_summary or {}).get("class_counts") or {}).get("eval") or {}
+        missing = [c for c in names if c in ev and int(ev[c]) == 0]
+        if missing:
+            return "the evaluation set holds no " + " and no ".join(f"'{c}'" for c in missing) + " image"
+        done = self.sweep.complete
+        cells: dict[str, set] = {}
+        for c in names:
+            col = T.per_class_key("recall", c)
+            if col in done.columns:
+                for cell in done.loc[done[col].isna(), "cell"] if "cell" in done.columns else []:
+                    cells.setdefault(str(cell), set()).add(c)
+        if cells:
+            lacked = sorted(set().union(*cells.values()))
+            return (f"the evaluation of {len(cells)} cell(s) (e.g. {next(iter(sorted(cells)))}) scored no "
+                    + " and no ".join(f"'{c}'" for c in lacked) + " image")
+        return ""
 
     # -- 1 ----------------------------------------------------------------------------------------
     def learning_curves(self) -> H.Section:

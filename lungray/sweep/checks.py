@@ -28,7 +28,7 @@ def dataset_checks(cfg: StudyConfig) -> tuple[list[str], list[str], Optional[int
     import numpy as np
 
     from lungray.data.check import check_dataset
-    from lungray.data.prepare import groups_of, make_splits
+    from lungray.data.split_plan import groups_of, make_splits
     from lungray.errors import DataError
 
     counts = [int(n) for n in cfg.sizes if not is_pool_size(n)]

@@ -71,6 +71,15 @@ def validate_study(cfg: StudyConfig, require_data: bool = True) -> StudyConfig:
             f"data.val_is_eval: the evaluation set is the validation set, so no separate one is carved out; "
             f"set data.val_size: 0 (got {d.val_size})"
         )
+    if d.source == "phantom":  # every phantom knob, each error naming its data.phantom_* key
+        from lungray.data.adapters import phantom_spec
+
+        phantom_spec(d)
+    for k in ("min_eval_per_class", "min_val_per_class", "max_cluster_patients"):
+        if getattr(d, k) < 0:
+            raise ConfigError(f"data.{k} must be >= 0, got {getattr(d, k)}")
+    if not 0 < d.max_cluster_share <= 1:
+        raise ConfigError(f"data.max_cluster_share must be a share in (0, 1], got {d.max_cluster_share}")
     if require_data and d.source != "phantom" and not d.path:
         raise ConfigError(
             f"data.path is required for data.source '{d.source}': pass --data PATH (or set data.path)"
