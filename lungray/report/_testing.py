@@ -18,6 +18,7 @@ Used by ``tests/test_report*.py`` and ``tests/test_notebooks.py``; not part of t
 
 from __future__ import annotations
 
+import html as _html
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -337,10 +338,21 @@ window.addEventListener('load', function () {
   for (var i = 0; i < imgs.length; i++) {
     out.push([imgs[i].complete && imgs[i].naturalWidth > 0, imgs[i].naturalWidth, imgs[i].getAttribute('src').slice(0, 22)]);
   }
+  var heads = [];
+  var hs = document.querySelectorAll('h1, h2');
+  for (var j = 0; j < hs.length; j++) { heads.push(hs[j].textContent.trim()); }
+  var hl = document.getElementById('headline');
+  var box = hl ? hl.getBoundingClientRect() : null;
+  var layout = {headings: heads, headline_top: box ? box.top + window.scrollY : -1,
+                headline_height: box ? box.height : 0, headline_text: hl ? hl.innerText : ''};
   var pre = document.createElement('pre');
   pre.id = 'lungray-image-probe';
   pre.textContent = JSON.stringify(out);
   document.body.appendChild(pre);
+  var pre2 = document.createElement('pre');
+  pre2.id = 'lungray-layout-probe';
+  pre2.textContent = JSON.stringify(layout);
+  document.body.appendChild(pre2);
 });
 </script>"""
 
@@ -351,6 +363,7 @@ class BrowserCheck:
     images: list  # [loaded, naturalWidth, src prefix] per <img>, in document order
     page_requests: list  # URLs the PAGE asked the network for (browser housekeeping excluded)
     net_log: Path
+    layout: dict = field(default_factory=dict)  # headings (h1/h2 in order), the headline's box and text
 
 
 def page_requests_from_net_log(path: str | Path) -> list[str]:
@@ -409,7 +422,9 @@ def chromium_check(html_path: str | Path, workdir: str | Path, *, width: int = 1
     images = json.loads(m.group(1)) if m else None
     if images is None:
         raise RuntimeError("the image probe did not run in Chromium (no lungray-image-probe element in the DOM)")
-    return BrowserCheck(shot, images, page_requests_from_net_log(net), net)
+    m2 = re.search(r'<pre id="lungray-layout-probe">(.*?)</pre>', res.stdout, re.S)
+    layout = json.loads(_html.unescape(m2.group(1))) if m2 else {}
+    return BrowserCheck(shot, images, page_requests_from_net_log(net), net, layout)
 
 
 def _fake_leakage(n_eval: int) -> dict:

@@ -22,7 +22,7 @@ from lungray.report import figures as F
 from lungray.report import html as H
 from lungray.report import tables as TB
 from lungray.report.explain import gradcam_sections
-from lungray.report.findings import CELL_BOOT, Findings, compute_findings, with_labels
+from lungray.report.findings import CELL_BOOT, Findings, compute_findings, eval_lacks, with_labels
 from lungray.report.headline import Headline, make_headline
 from lungray.report.load import Sweep, load_sweep, safe_uri
 from lungray.report.provenance import provenance_section
@@ -297,26 +297,7 @@ class _Builder:
         return "".join(parts)
 
     def _eval_lacks(self) -> str:
-        """Words for the classes an evaluation set lacks ('' when none does): from the prepared
-        split's class counts and, per cell, from a finished trial whose per-class recall is
-        missing (no image of the class was scored)."""
-        names = list(self.sweep.class_names)
-        ev = ((self.sweep.data_summary or {}).get("class_counts") or {}).get("eval") or {}
-        missing = [c for c in names if c in ev and int(ev[c]) == 0]
-        if missing:
-            return "the evaluation set holds no " + " and no ".join(f"'{c}'" for c in missing) + " image"
-        done = self.sweep.complete
-        cells: dict[str, set] = {}
-        for c in names:
-            col = T.per_class_key("recall", c)
-            if col in done.columns:
-                for cell in done.loc[done[col].isna(), "cell"] if "cell" in done.columns else []:
-                    cells.setdefault(str(cell), set()).add(c)
-        if cells:
-            lacked = sorted(set().union(*cells.values()))
-            return (f"the evaluation of {len(cells)} cell(s) (e.g. {next(iter(sorted(cells)))}) scored no "
-                    + " and no ".join(f"'{c}'" for c in lacked) + " image")
-        return ""
+        return eval_lacks(self.sweep)
 
     # -- 1 ----------------------------------------------------------------------------------------
     def learning_curves(self) -> H.Section:

@@ -25,7 +25,7 @@ from lungray.report import budget as B
 from lungray.report import tables as TB
 from lungray.report.load import Sweep
 
-__all__ = ["Findings", "compute_findings", "with_labels", "CELL_BOOT", "FIT_BOOT", "CELL_COLUMNS"]
+__all__ = ["Findings", "compute_findings", "with_labels", "eval_lacks", "CELL_BOOT", "FIT_BOOT", "CELL_COLUMNS"]
 
 #: Bootstrap resamples of the evaluation images behind the cell intervals of AUC, macro F1 and
 #: balanced accuracy (accuracy and log loss need none: their image term is in closed form).
@@ -49,6 +49,30 @@ def with_labels(sweep: Sweep, predictions: Optional[dict] = None) -> tuple[pd.Da
     labels = [m if n_opt <= 1 else f"{m} / {o}" for m in sweep.models for o in sweep.optimizers]
     labels = [lab for lab in labels if lab in set(runs["label"])]
     return runs, labels
+
+
+def eval_lacks(sweep: Sweep) -> str:
+    """Words for the classes an evaluation set lacks (``""`` when none does): from the prepared
+    split's class counts and, per cell, from a finished trial whose per-class recall is missing
+    (no image of the class was scored). Issue 18: a grid where every trial finished on such a
+    set is not a complete evaluation; the report's banner and the headline both say so."""
+    names = list(sweep.class_names)
+    ev = ((sweep.data_summary or {}).get("class_counts") or {}).get("eval") or {}
+    missing = [c for c in names if c in ev and int(ev[c]) == 0]
+    if missing:
+        return "the evaluation set holds no " + " and no ".join(f"'{c}'" for c in missing) + " image"
+    done = sweep.complete
+    cells: dict[str, set] = {}
+    for c in names:
+        col = T.per_class_key("recall", c)
+        if col in done.columns:
+            for cell in done.loc[done[col].isna(), "cell"] if "cell" in done.columns else []:
+                cells.setdefault(str(cell), set()).add(c)
+    if cells:
+        lacked = sorted(set().union(*cells.values()))
+        return (f"the evaluation of {len(cells)} cell(s) (e.g. {next(iter(sorted(cells)))}) scored no "
+                + " and no ".join(f"'{c}'" for c in lacked) + " image")
+    return ""
 
 
 @dataclass

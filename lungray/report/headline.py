@@ -34,7 +34,7 @@ import pandas as pd
 
 from lungray.report import budget as B
 from lungray.report import tables as TB
-from lungray.report.findings import Findings
+from lungray.report.findings import Findings, eval_lacks
 
 __all__ = ["Caveat", "Headline", "caveat_provider", "caveat_providers", "collect_caveats", "make_headline", "TITLE"]
 
@@ -287,10 +287,36 @@ def _partial(f: Findings) -> list[Caveat]:
                    f"{st['running']} running, {st['missing']} not started); cells with fewer runs are less certain.")]
 
 
+@caveat_provider("evaluation", order=12)
+def _evaluation(f: Findings) -> list[Caveat]:
+    """Issue 18: every trial finished, but on an evaluation set without a class."""
+    lacking = eval_lacks(f.sweep)
+    if not lacking:
+        return []
+    return [Caveat("evaluation", f"NOT A COMPLETE EVALUATION: {lacking}, so accuracy, per-class metrics and curves miss "
+                   "that class. Re-split the data; `lungray data check` names the cause.")]
+
+
 @caveat_provider("budget", order=20)
 def _budget(f: Findings) -> list[Caveat]:
-    s = B.flagged_sentence(f.budget_cells)
-    return [Caveat("budget", s)] if s else []
+    """Issue 20.2: points whose runs were still improving when their budget ran out; and a
+    fixed-steps budget, under which the curve does not measure data alone whatever the flags."""
+    out = []
+    cfg = f.sweep.config
+    bc = f.budget_cells
+    if cfg is not None and cfg.schedule.rule == "steps" and not bc.empty:
+        per = bc.dropna(subset=["passes"]).groupby("train_size")["passes"].median()
+        if len(per) >= 2:
+            lo, hi = per.index.min(), per.index.max()
+            out.append(Caveat("budget_rule", (
+                f"The curve does not measure data alone: every size had the same budget of {cfg.schedule.max_steps} "
+                f"optimisation steps, so {int(lo):,} images got about {per[lo]:.0f} passes over the images and "
+                f"{int(hi):,} images about {per[hi]:.0f}; a larger size may score lower than its data allow "
+                "(schedule.rule: size or fixed epochs with early stopping measures the data).")))
+    s = B.flagged_sentence(bc)
+    if s:
+        out.append(Caveat("budget", s))
+    return out
 
 
 @caveat_provider("set_apart", order=30)
@@ -348,4 +374,26 @@ def _leakage(f: Findings) -> list[Caveat]:
                           "on the evaluation side (data.leakage: drop).", INFO))
     if "image-level split" in grouping:
         out.append(Caveat("leakage", f"Split by image: {grouping}."))
+    audit = leak.get("audit") or {}
+    n_sus = int(audit.get("suspect_pairs", s.get("suspect_pairs", 0)) or 0)
+    if n_sus:
+        out.append(Caveat("leakage", f"{n_sus:,} duplicate pair(s) join images with different labels (label conflicts or "
+                          "false pairs of the audit; section 9 shows them)."))
+    n_pat = int(audit.get("pairs_across_patients", s.get("pairs_across_patients", 0)) or 0)
+    if n_pat:
+        out.append(Caveat("leakage", f"{n_pat:,} duplicate pair(s) join two different patient ids: false pairs or "
+                          "patient-id errors (section 9)."))
     return out
+
+
+@caveat_provider("site_shortcut", order=65)
+def _site_shortcut(f: Findings) -> list[Caveat]:
+    """A phantom built with a planted site-label shortcut: a model may score by the site."""
+    cfg = f.sweep.config
+    d = cfg.data if cfg is not None else None
+    c = float(getattr(d, "phantom_site_label_correlation", 0.0) or 0.0) if d is not None and d.source == "phantom" else 0.0
+    if c <= 0:
+        return []
+    return [Caveat("site_shortcut", f"The phantom plants a site shortcut (data.phantom_site_label_correlation = {c:g}): "
+                   "the acquisition site, visible in contrast and burned-in markings, predicts the class, so a score "
+                   "may come from the site rather than the lungs.")]

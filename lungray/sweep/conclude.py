@@ -13,7 +13,8 @@ object come, in this order:
    shows on the run's page), ``headline.md``/``headline.json``, and one metric set per cell
    (``cell/<model>/n<size>/<metric>``, ``_low``, ``_high``, ``runs``, ``set_apart``,
    ``budget_limited``: :func:`lungray.tracking.cell_metric_key`);
-4. "What this study found" as the console's last block, before the MLflow UI and disk lines.
+4. "What this study found" (:attr:`Conclusion.headline`): the driver prints it as the
+   console's last block, after the MLflow UI, disk and "done" lines, where a user looks.
 
 So the console, ``summary.csv``, the MLflow UI and the report agree number for number. When
 the store cannot be read (an outage: the parent is queued for ``lungray mlflow-sync``) the
@@ -33,7 +34,7 @@ from lungray import tracking as T
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Conclusion", "conclude", "console_table", "parent_metrics", "build_report_step", "SUMMARY_CSV"]
+__all__ = ["Conclusion", "conclude", "console_frame", "console_table", "publish", "parent_metrics", "build_report_step", "SUMMARY_CSV"]
 
 SUMMARY_CSV = "summary.csv"
 
@@ -42,19 +43,27 @@ SUMMARY_CSV = "summary.csv"
 class Conclusion:
     """What :func:`conclude` produced (for :class:`lungray.sweep.runner.SweepResult`)."""
 
-    summary: Any = None  # pandas.DataFrame: Findings.cells()
+    summary: Any = None  # pandas.DataFrame: the console's model x size table (report section 2's strings)
+    cells: Any = None  # pandas.DataFrame: Findings.cells(), one row per cell (summary.csv)
     report_path: Optional[Path] = None
     report_error: Optional[str] = None
     headline: list[str] = field(default_factory=list)  # the console lines of the headline
     findings: Any = None
 
 
-def console_table(findings) -> str:
-    """The console's summary: report section 2's table of the primary metric, as printed there."""
+def console_frame(findings):
+    """Report section 2's table of the primary metric (model x ``n = <size>``, the cells'
+    strings as printed there): :attr:`lungray.sweep.runner.SweepResult.summary`."""
     from lungray.report import tables as TB
 
     f = findings
-    wide = TB.study_table_wide(f.summary, f.primary, f.labels, f.sweep.sizes)
+    return TB.study_table_wide(f.summary, f.primary, f.labels, f.sweep.sizes)
+
+
+def console_table(findings) -> str:
+    """The console's summary: report section 2's table of the primary metric, as printed there."""
+    f = findings
+    wide = console_frame(f)
     if wide.empty:
         return f"no finished trials with {T.TEST_PREFIX}{f.primary}"
     text = (f"{T.TEST_PREFIX}{f.primary}: mean over the runs that count [95% interval over seeds and evaluation images]; "
@@ -150,7 +159,8 @@ def conclude(tracking_uri: str, experiment: str, parent_run_id: str, exp_dir: Pa
             f = compute_findings(sweep)
             cells = f.cells()
             cells.to_csv(exp_dir / SUMMARY_CSV, index=False)
-            out.summary, out.findings = cells, f
+            out.cells, out.findings = cells, f
+            out.summary = console_frame(f)
         except Exception as e:  # noqa: BLE001 - one line; the report step then rebuilds from MLflow itself
             log.debug("findings failed", exc_info=True)
             echo(f"error: the sweep's findings could not be computed ({type(e).__name__}: {str(e).strip()[:300]}); "
@@ -171,8 +181,5 @@ def conclude(tracking_uri: str, experiment: str, parent_run_id: str, exp_dir: Pa
             log.debug("publishing the headline failed", exc_info=True)
             echo(f"warning: the headline was not logged to MLflow ({type(e).__name__}: {str(e).strip()[:200]}); "
                  f"it is in {exp_dir / SUMMARY_CSV} and the report")
-        out.headline = headline.lines()
-        echo("")
-        for line in out.headline:
-            echo(line)
+        out.headline = headline.lines()  # the driver prints them as its last lines
     return out

@@ -57,7 +57,9 @@ class SweepResult:
     experiment_id: Optional[str] = None
     parent_run_id: Optional[str] = None
     trials: Any = None  # pandas.DataFrame, one row per trial
-    summary: Any = None  # pandas.DataFrame, model x size
+    summary: Any = None  # pandas.DataFrame, model x size: the console's table (report section 2's strings)
+    cells: Any = None  # pandas.DataFrame, one row per cell: summary.csv, the MLflow parent's cell/* metrics
+    headline: list[str] = field(default_factory=list)  # "What this study found", as printed last
     report_path: Optional[Path] = None
     dry_run: bool = False
     n_errors: int = 0
@@ -463,6 +465,10 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
         echo(ui_line(tracking_uri, experiment_id, cfg.output_dir))
         echo(disk_line(exp_dir, Path(cfg.output_dir)))
         echo(f"done: {len(trials_df) - n_errors}/{len(trials_df)} trials finished; experiment directory {exp_dir}")
+        if end is not None and end.headline:  # the answer last, where the eye lands (issue 20.1)
+            echo("")
+            for line in end.headline:
+                echo(line)
         return SweepResult(
             experiment_dir=exp_dir,
             config=cfg,
@@ -472,6 +478,8 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
             parent_run_id=parent_run_id,
             trials=trials_df,
             summary=summary,
+            cells=end.cells if end is not None else None,
+            headline=list(end.headline) if end is not None else [],
             report_path=report_path,
             n_errors=n_errors,
             data=data,
