@@ -165,9 +165,14 @@ def compute_findings(
         fit_table = (fit_table.set_index("label").reindex([lab for lab in labels if lab in set(fit_table["label"])])
                      .reset_index())
     budget_runs = B.run_budgets(sweep, runs)
+    budget_cells = B.cell_budgets(budget_runs)
+    if not budget_cells.empty:  # grid order, as every table of the report
+        rank = {lab: i for i, lab in enumerate(labels)}
+        budget_cells = (budget_cells.assign(_o=budget_cells["label"].map(lambda x: rank.get(x, len(rank))))
+                        .sort_values(["_o", "train_size"], kind="stable").drop(columns="_o").reset_index(drop=True))
     return Findings(sweep=sweep, predictions=preds, runs=runs, labels=labels, primary=primary,
                     targets=tuple(target_accuracies), summary=summary, paired=paired, adequacy=adequacy,
-                    fit_table=fit_table, fits=fits, budget_runs=budget_runs, budget_cells=B.cell_budgets(budget_runs),
+                    fit_table=fit_table, fits=fits, budget_runs=budget_runs, budget_cells=budget_cells,
                     status=TB.grid_status(sweep))
 
 

@@ -177,7 +177,14 @@ def _size_lines(f: Findings) -> list[str]:
         if len(g) == 1:
             out.append(f"{where}: {lead['label']} {_score(lead)} ({runs}; the only model).")
             continue
-        head = f"{where}: {lead['label']} leads with {_score(lead)} ({runs})"
+        others = g[g["label"] != lead["label"]]
+        tied = others[np.isclose(others["mean"].astype(float), float(lead["mean"]), atol=5e-4, rtol=0)]
+        if len(tied):  # the same number to 3 decimals: nobody leads, whatever the order
+            head = (f"{where}: no model leads: {lead['label']} {_score(lead)} ({runs}) and "
+                    + _join([f"{r.label} {_score(r._asdict())} ({int(r.n)} run{'s' if int(r.n) != 1 else ''})"
+                             for r in tied.itertuples()]) + " are level")
+        else:
+            head = f"{where}: {lead['label']} leads with {_score(lead)} ({runs})"
         pc = f.paired
         sel = pc[(pc["train_size"] == n) & (pc["optimizer"] == o) & ((pc["model_a"] == lead["model"]) | (pc["model_b"] == lead["model"]))] \
             if pc is not None and not pc.empty else pd.DataFrame()
@@ -227,8 +234,17 @@ def _target_lines(f: Findings) -> list[str]:
             else:
                 where = str(getattr(r, col + "_where") or "")
                 parts.append(f"{r.label}: {fmt_n_ci(est, lo, hi)}" + (f" ({where})" if where else ""))
-        out.append(f"Training images for {t:.0%} {words} [95% interval]: " + "; ".join(parts) + ".")
+        out.append(f"Training images for {t:.0%} {words} [95% interval]: " + _same_reason(parts, list(tab["label"])) + ".")
     return out
+
+
+def _same_reason(parts: list[str], labels: list[str]) -> str:
+    """``"a: cannot be said (why); b: cannot be said (why)"`` once: ``"cannot be said for a or b (why)"``."""
+    whys = {p.split(": ", 1)[1] for p in parts if ": " in p}
+    if len(parts) > 1 and len(whys) == 1 and next(iter(whys)).startswith("cannot be said ("):
+        why = next(iter(whys))[len("cannot be said "):]
+        return f"cannot be said for {_join(labels).replace(' and ', ' or ')} {why}"
+    return "; ".join(parts)
 
 
 def _metric_words(f: Findings) -> str:
