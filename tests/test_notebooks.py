@@ -50,6 +50,7 @@ def outputs_text(nb) -> str:
             data = out.get("data", {})
             parts.append(data.get("text/plain", ""))
             parts.append(data.get("text/html", ""))
+            parts.append(data.get("text/markdown", ""))
     return "\n".join(parts)
 
 
@@ -82,6 +83,8 @@ def test_sweep_results_notebook_reproduces_the_report_table(tmp_path):
     assert "0.440 [0.415, 0.465]" in text  # beta at n=25
     assert "24 complete, 0 failed, 0 expected trials not complete" in text
     assert images_in(nb) == 1  # the learning-curve figure
+    # the report's headline, with the same cell number (issue 20.1)
+    assert "## What this study found" in text and "At 25 training images: alpha leads with 0.540 [0.515, 0.565]" in text
 
 
 def test_sweep_results_notebook_run_as_is_finds_the_main_jobs_store_and_latest_sweep(tmp_path):
