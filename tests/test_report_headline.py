@@ -345,3 +345,34 @@ def test_chromium_opens_the_report_with_the_headline_and_180_mm_figures(conclude
     assert len(res.images) >= 5
     for ok, width, _ in res.images:
         assert ok and width / SCREEN_DPI * 25.4 == pytest.approx(180.0, abs=25.4 / SCREEN_DPI), width
+
+
+def test_budget_rule_by_hand():
+    """The flag's rule on hand-made runs: early stopping, the planned epochs, the last quarter."""
+    from lungray.report.budget import _judge
+
+    nan = float("nan")
+    # closed-form fit, stopped early, or ended before its planned epochs: never budget-limited
+    assert _judge(True, False, 1, 1, 0, 1, 1, None, "val_loss")[0] is False
+    assert _judge(False, True, 12, 25, 6, 12, 7, 5, "val_loss") == (False, "early stopping ended it at epoch 12 of 25")
+    assert _judge(False, False, 10, 25, 9, 10, 10, None, "val_loss")[0] is False
+    # with early stopping: used the whole budget without being stopped -> still improving
+    lim, why = _judge(False, False, 25, 25, 22, 25, 23, 5, "val_loss")
+    assert lim and "within the last 5" in why
+    # without: best in the last quarter of 8 evaluations (7 or 8) flags, 6 does not
+    assert _judge(False, False, 8, 8, 6, 8, 7, None, "val_loss") == (True, "best val_loss at evaluation 7 of 8 (the last quarter)")
+    assert _judge(False, False, 8, 8, 7, 8, 8, None, "val_loss") == (True, "best val_loss at the last evaluation")
+    assert _judge(False, False, 8, 8, 5, 8, 6, None, "val_loss") == (False, "best val_loss at evaluation 6 of 8")
+    # no history: the logged best epoch against the epochs run
+    assert _judge(False, False, 3, 3, 3, 0, nan, None, "val_loss") == (True, "best epoch 3 is the last")
+
+
+def test_a_trial_logs_its_budget_for_the_report():
+    from lungray.train.result import TrialResult
+
+    r = TrialResult(metrics={"test_accuracy": 0.5}, per_class=None, confusion=None, predictions=None, history=[],
+                    best_epoch=6, best_checkpoint=None, timings={}, epochs_run=7, stopped_early=False,
+                    resolved={"batch_size": 16, "epochs": 7, "steps_per_epoch": 29, "n_train": 450})
+    m = r.mlflow_metrics()
+    assert (m["epochs_planned"], m["steps_per_epoch"], m["batch_size_used"], m["stopped_early"]) == (7.0, 29.0, 16.0, 0.0)
+    assert m["best_epoch"] == 6.0 and m["epochs_run"] == 7.0
