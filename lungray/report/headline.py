@@ -362,7 +362,7 @@ def _adequacy(f: Findings) -> list[Caveat]:
     lo, hi = float(ad["mdd_points"].min()), float(ad["mdd_points"].max())
     rng = f"{lo:.1f}" if f"{lo:.1f}" == f"{hi:.1f}" else f"{lo:.1f}-{hi:.1f}"
     n_img = int(ad["n_images"].max())
-    return [Caveat("adequacy", f"Test-set adequacy: {n_img:,} evaluation images resolve accuracy differences of about "
+    return [Caveat("adequacy", f"Test-set adequacy: {n_img:,} evaluation images resolve {_metric_words(f)} differences of about "
                    f"{rng} points or more between two models (one run is known to ±{ad['halfwidth_points'].max():.1f} "
                    "points); a smaller gap reads 'within noise' whatever its truth, and only more evaluation images "
                    "(not more seeds) can resolve it.", INFO)]

@@ -414,6 +414,13 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
         S.set_watch(tracking_uri)
         results, interrupted = _run_tune(cfg, ctx, pre, spec, total, exp_dir, resume=resume_dir is not None, done_before=done_before, echo=echo, verbose=verbose)
         remove_finished_work(exp_dir)
+        if started_ray:
+            # nothing below needs Ray, and the end step reads MLflow and builds the report for a
+            # while: a Tune worker exiting late would have its output forwarded into the console's
+            # last lines, where the headline goes (seen: an abseil "mutex.cc ... RAW: Unlock" line)
+            ray.shutdown()
+            LR.forget(ray_records)
+            started_ray = False
 
         # 5. results, summary, report
         rows = collect_rows(exp_dir, results, ctx.trials)
