@@ -376,3 +376,19 @@ def test_a_trial_logs_its_budget_for_the_report():
     m = r.mlflow_metrics()
     assert (m["epochs_planned"], m["steps_per_epoch"], m["batch_size_used"], m["stopped_early"]) == (7.0, 29.0, 16.0, 0.0)
     assert m["best_epoch"] == 6.0 and m["epochs_run"] == 7.0
+
+
+def test_cells_without_an_interval_are_named_and_nothing_is_called_real(store):
+    """One seed per cell: no interval and no test of the recipes; the headline says both."""
+    from lungray.report.findings import compute_findings
+    from lungray.report.headline import make_headline
+    from lungray.report.load import load_sweep
+
+    uri, root = store
+    log_fake_sweep(uri, "one_seed", models=("alpha", "beta"), sizes=(25, 50), seeds=(0,), artifact_root=(root / "art1").as_uri())
+    h = make_headline(compute_findings(load_sweep(uri, "one_seed")))
+    cav = next(c.text for c in h.caveats if c.key == "no_interval")
+    assert cav.startswith("No interval: alpha at 25 (1 run), alpha at 50 (1 run), beta at 25 (1 run) and beta at 50 (1 run)")
+    for s in h.sizes:
+        assert "(one seed: no test of the recipes)" in s and "a real difference" not in s, s
+        assert "(n=1, no interval)" in s
