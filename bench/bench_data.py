@@ -261,6 +261,7 @@ def bench_loader_alone(args, out: Path, png_tree: Path) -> None:
 
     res_px = args.alone_resolution
     cfg = DataConfig(source="folder", path=str(png_tree), resolution=res_px, eval_size=8, val_size=4, leakage="off",
+                     min_eval_per_class=0, min_val_per_class=0,  # a loader throughput run, no metric on these splits
                      cache_dir=str(out / "cache_alone"))
     data = prepare_data(cfg, output_dir=str(out / "prepared_alone"), progress=False)
     idx = np.tile(np.asarray(data.pool_idx), 4)

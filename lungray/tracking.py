@@ -9,7 +9,15 @@ Parent run (one per sweep), tags:
   artifacts: ``config.yaml``, ``leakage.json``, ``data_summary.json`` (class counts per split,
     subset sizes, preprocessing, class names), ``splits.json`` (eval/val/pool/dropped indices and
     the nested subset indices per size and seed), ``report/report.html`` + CSV tables when the
-    report runs.
+    report runs; at the end of the sweep ``trials.csv``, ``summary.csv`` (one row per cell: the
+    number the report shows), ``headline.md`` and ``headline.json`` (the report's "What this
+    study found")
+  the headline also as the run's description (tag ``mlflow.note.content``, shown by the UI)
+  metrics per cell (issue 20.3; the same runs and interval as the report):
+    ``cell/<model>[/<optimizer>]/n<size>/<metric>`` (mean over the runs that count), ``..._low``,
+    ``..._high`` (its 95% interval, when it has one), ``.../runs`` (runs counted),
+    ``.../set_apart`` (degenerate runs left out), ``.../budget_limited`` (counted runs whose best
+    epoch came at the end of their budget): :func:`cell_metric_key`
 
 Child run (one per trial), nested under the parent (``mlflow.parentRunId`` tag), tags:
     ``lungray.role = "trial"``, ``lungray.trial_id`` (find-or-create key), ``lungray.model``,
@@ -24,7 +32,8 @@ Child run (one per trial), nested under the parent (``mlflow.parentRunId`` tag),
     ``test_weighted_f1``, ``test_auc``, ``test_sensitivity``, ``test_specificity``,
     per class ``test_precision__<class>``, ``test_recall__<class>``, ``test_f1__<class>``,
     ``test_missed_as_normal__<class>``; plus ``best_epoch``, ``epochs_run``, ``train_seconds``,
-    ``eval_seconds``, ``trial_overhead_seconds``
+    ``eval_seconds``, ``trial_overhead_seconds``, and the budget: ``epochs_planned``,
+    ``steps_per_epoch``, ``batch_size_used``, ``stopped_early`` (0/1)
   artifacts: ``predictions.csv`` (image_id, y_true, prob_<class>...), ``per_class.csv``,
     ``confusion_matrix.png``, ``confusion_matrix.csv``, ``history.csv``, ``trial_config.json``,
     ``checkpoint/best.pt`` (unless ``tracking.log_checkpoints`` is off): a dict loadable with
@@ -79,6 +88,10 @@ CONFUSION_PNG = "confusion_matrix.png"
 CONFUSION_CSV = "confusion_matrix.csv"
 HISTORY = "history.csv"
 TRIAL_CONFIG = "trial_config.json"
+HEADLINE_MD = "headline.md"
+HEADLINE_JSON = "headline.json"
+#: The MLflow UI shows this tag of a run as its description (markdown)
+NOTE = "mlflow.note.content"
 CHECKPOINT_DIR = "checkpoint"
 BEST_CHECKPOINT = "checkpoint/best.pt"
 PROBES_CSV = "probes.csv"  # per-image lung ablations and Grad-CAM lung shares of a trial (issue 24, lungray.sweep.probes)
@@ -135,6 +148,25 @@ def is_sqlite(tracking_uri: str) -> bool:
 def metric_key(name: str) -> str:
     """MLflow-safe key for a class name ('Viral Pneumonia' stays; 'a/b?' -> 'a/b_')."""
     return re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)
+
+
+def cell_metric_key(model: str, optimizer, size: int, metric: str, part: str = "") -> str:
+    """The parent run's metric key of one cell (``optimizer`` None when the sweep has one):
+
+    >>> cell_metric_key("unet:resnet34", None, 100, "dice_pos")
+    'cell/unet_resnet34/n100/dice_pos'
+    >>> cell_metric_key("resnet18", "sgd", 50, "accuracy", "low")
+    'cell/resnet18/sgd/n50/accuracy_low'
+    >>> cell_metric_key("resnet18", None, 50, "accuracy", "runs")
+    'cell/resnet18/n50/runs'
+    """
+    def part_of(s: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_\-.]", "_", str(s))
+
+    head = "cell/" + part_of(model) + (f"/{part_of(optimizer)}" if optimizer else "") + f"/n{int(size)}/"
+    if part in ("", "low", "high"):
+        return head + part_of(metric) + (f"_{part}" if part else "")
+    return head + part_of(part)
 
 
 def per_class_key(metric: str, class_name: str) -> str:

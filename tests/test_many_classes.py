@@ -70,18 +70,25 @@ def test_repeated_findings_are_capped_with_a_count():
 
 
 def test_a_capped_class_flood_in_a_real_check(tmp_path, capsys):
-    """70 classes refused by max_classes=64; with the limit raised, their per-class split warnings
-    are capped at MAX_LINES_PER_KIND lines plus one count line."""
+    """70 one-image classes (refused by max_classes=64); with the limit raised, the split refusals
+    (issue 18) are one line per split, each naming MAX_NAMED classes and counting the rest, not
+    1,300-character lines of 70 names."""
     from lungray.config import DataConfig
-    from lungray.data.check import MAX_LINES_PER_KIND, check_dataset
+    from lungray.data.check import check_dataset
+    from lungray.data.guards import MAX_NAMED
 
     root = _one_image_classes(tmp_path / "ds", 70)
     printed: list[str] = []
     rep = check_dataset(DataConfig(source="folder", path=str(root), max_classes=100), echo=printed.append, probe_files=False)
-    per_class = [x for x in printed if x.startswith("class '")]
-    assert len(rep.problems) > MAX_LINES_PER_KIND and len(per_class) <= MAX_LINES_PER_KIND
-    assert any(x.startswith("... ") and x.endswith("more like the line above (the data check's manifest has every row)") for x in printed)
-    assert len(printed) <= 2 * MAX_LINES_PER_KIND + 5
+    splits = [p for p in rep.problems if " set would hold no " in p or "training pool would hold no " in p]
+    assert len(splits) == 3, rep.problems  # evaluation, validation, training pool
+    for line in splits:
+        named = line.count("'PAT")
+        assert named == MAX_NAMED and " more classes" in line and len(line) < 500, line
+    # with 70 classes of one image, every image lands in one split: the three counts add up
+    more = [int(line.split(" or any of ")[1].split()[0]) + MAX_NAMED for line in splits]
+    assert sum(70 - m for m in more) == 70, more
+    assert len(printed) <= 10, printed
 
 
 def _texts(fig) -> int:

@@ -28,26 +28,34 @@ def test_an_absurd_resolution_is_one_line_before_any_array(capsys, monkeypatch):
 
 
 def test_dry_run_never_renders_the_phantom_at_full_resolution(monkeypatch, capsys):
-    """--dry-run at 1024 px took 136 s and 1.34 GB (2048 px: over 300 s): it needs labels only."""
-    from lungray.data import adapters as A
+    """--dry-run at 1024 px took 136 s and 1.34 GB (2048 px: over 300 s): it needs the layout
+    only (labels, patients, sites), which the phantom draws without rendering a pixel."""
     from lungray.data import phantom as P
     from lungray.sweep.cli import main
 
-    A.phantom_arrays.cache_clear()
     seen = []
     real = P.generate_phantom
 
-    def spy(n, n_classes=2, resolution=64, difficulty=1.0, seed=0):
-        seen.append(resolution)
-        return real(n, n_classes=n_classes, resolution=resolution, difficulty=difficulty, seed=seed)
+    def spy(n, *a, **kw):
+        seen.append(kw.get("resolution"))
+        return real(n, *a, **kw)
 
     monkeypatch.setattr(P, "generate_phantom", spy)
     code = main(["--preset", "smoke", "--set", "data.resolution=2048", "--dry-run"], default_preset="smoke", prog="size_study.py")
     out = capsys.readouterr().out
     assert code == 0, out
-    assert seen and max(seen) == A.PHANTOM_MANIFEST_PX  # the manifest's draw, not a 2048 px render
+    assert seen == []  # nothing rendered, at any resolution
     assert "data: phantom: " in out and "training pool" in out
+    # the spy is where the cache renders: a real data build at 32 px goes through it
+    from lungray.data import adapters as A
+    from lungray.data.adapters import phantom_spec
+    from lungray.study import load_study
+
     A.phantom_arrays.cache_clear()
+    spec = phantom_spec(load_study("smoke").data)
+    A.phantom_arrays(4, spec, 32)
+    A.phantom_arrays.cache_clear()
+    assert seen == [32]
 
 
 def test_the_phantom_manifest_does_not_depend_on_the_resolution():

@@ -50,6 +50,7 @@ def outputs_text(nb) -> str:
             data = out.get("data", {})
             parts.append(data.get("text/plain", ""))
             parts.append(data.get("text/html", ""))
+            parts.append(data.get("text/markdown", ""))
     return "\n".join(parts)
 
 
@@ -78,10 +79,18 @@ def test_sweep_results_notebook_reproduces_the_report_table(tmp_path):
     nb = run_notebook("sweep_results.ipynb", {"LUNGRAY_TRACKING_URI": uri, "LUNGRAY_EXPERIMENT": "nb_sweep"}, tmp_path)
     text = outputs_text(nb)
     # the planted accuracies: alpha 0.5 + 0.4 n/200 - 0.01 seed, beta 10 points lower
-    assert "0.540 [0.515, 0.565] ★" in text  # alpha at n=25, clear of beta
-    assert "0.440 [0.415, 0.465]" in text  # beta at n=25
+    from lungray.report import report_parts
+
+    table = report_parts(uri, "nb_sweep").study_table("accuracy")  # the report's own strings
+    assert table.loc["alpha", "n = 25"].startswith("0.540 [") and table.loc["alpha", "n = 25"].endswith(" ★")
+    assert table.loc["beta", "n = 25"].startswith("0.440 [")
+    assert table.loc["alpha", "n = 25"] in text  # alpha at n=25, ahead of beta by the paired test
+    assert table.loc["beta", "n = 25"] in text  # beta at n=25
     assert "24 complete, 0 failed, 0 expected trials not complete" in text
     assert images_in(nb) == 1  # the learning-curve figure
+    # the report's headline, with the same cell number (issue 20.1)
+    lead = table.loc["alpha", "n = 25"].removesuffix(" ★")
+    assert "## What this study found" in text and f"At 25 training images: alpha leads with {lead} (3 runs)" in text
 
 
 def test_sweep_results_notebook_run_as_is_finds_the_main_jobs_store_and_latest_sweep(tmp_path):

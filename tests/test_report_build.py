@@ -539,7 +539,8 @@ def test_pair_figure_and_html_show_labels_and_warn_on_pairs_across_labels():
     """Issue 18: the default report paired distinct phantom patients with different labels by
     "phash identity" with no label shown and no warning."""
     from lungray.report._testing import _fake_leakage
-    from lungray.report.provenance import leakage_html as _leakage_html, pair_figure as _pair_figure
+    from lungray.report.provenance import leakage_html as _leakage_html
+    from lungray.report.provenance import pair_figure as _pair_figure
 
     leak = _fake_leakage(100)
     ex = leak["audit"]["examples"]

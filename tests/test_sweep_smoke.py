@@ -121,7 +121,8 @@ def test_smoke_preset_end_to_end_with_the_real_training_loop(user):
     # printed: a summary of the study, one line per finished trial, the summary table
     assert "# study smoke (preset smoke)" in p.stdout and f"= {n} trials" in p.stdout
     assert sum(1 for ln in p.stdout.splitlines() if ln.startswith("[") and " done " in ln) == n
-    assert "test_accuracy, mean ± sd over seeds:" in p.stdout and "simple_cnn" in p.stdout and "n=120" in p.stdout
+    assert "test_accuracy: mean over the runs that count [95% interval" in p.stdout and "simple_cnn" in p.stdout
+    assert "n = 120" in p.stdout
     assert cfg.fingerprint() == json.loads((exp_dir / "sweep.json").read_text())["fingerprint"]
     assert (exp_dir / "config.yaml").read_text().startswith("name: smoke")
 
@@ -158,6 +159,44 @@ def test_smoke_preset_end_to_end_with_the_real_training_loop(user):
     assert exp.tags[T.EXPERIMENT_KIND_TAG] == T.EXPERIMENT_KIND and T.VIEW_TAG_PREFIX + T.VIEW_KEY in exp.tags
 
 
+def test_the_main_job_ends_with_the_headline_everywhere(user):
+    """Issue 20.1/20.3: the console's last lines, the report's top and the MLflow parent run carry
+    the same "What this study found", and each cell's number is the same in all three."""
+    import html as _html
+
+    import pandas as pd
+
+    from lungray.report.headline import TITLE
+
+    _, p, exp_dir = user
+    lines = p.stdout.strip().splitlines()
+    (start,) = [i for i, ln in enumerate(lines) if ln.startswith(TITLE)]
+    block = lines[start:]
+    assert lines[start - 2].startswith("done: 8/8 trials finished") and lines[start - 1] == ""  # the last block
+    md = (exp_dir / "report" / T.HEADLINE_MD).read_text()
+    items = [ln[2:].replace("**", "") for ln in md.splitlines() if ln.startswith("- ")]
+    assert items == [ln.strip()[2:] if ln.strip().startswith("- ") else ln.strip() for ln in block[1:] if ln.strip() != "Caveats:"]
+    report = (exp_dir / "report" / "report.html").read_text()
+    assert report.index('id="headline"') < report.index('<section id="curves">')
+    assert all(_html.escape(i) in report for i in items)
+    state = json.loads((exp_dir / "sweep.json").read_text())
+    c = M.client(state["tracking_uri"])
+    parent = c.get_run(state["parent_run_id"])
+    assert parent.data.tags[T.NOTE] == md
+    cells = pd.read_csv(exp_dir / "summary.csv")
+    assert len(cells) == 4  # 2 models x 2 sizes
+    from lungray.report.html import fmt_ci
+
+    for r in cells.itertuples():
+        assert parent.data.metrics[r.mlflow_key] == pytest.approx(r.mean, rel=1e-12)
+        assert parent.data.metrics[T.cell_metric_key(r.model, None, r.train_size, "accuracy", "runs")] == r.n
+        text = fmt_ci(r.mean, r.ci_low, r.ci_high, r.n)
+        assert text in p.stdout and _html.escape(text) in report, (r.label, r.train_size, text)
+    # the budget next to the curves: pretrained or not, epochs per size
+    curves = report[report.index('<section id="curves">'):report.index('<section id="tables">')]
+    assert "Training budget per point" in curves and "from scratch" in curves
+
+
 def test_the_console_is_a_short_progress_view_without_noise(user):
     _, p, exp_dir = user
     console = p.stdout + p.stderr
@@ -165,12 +204,16 @@ def test_the_console_is_a_short_progress_view_without_noise(user):
     assert not found, (found, console[-3000:])
     assert p.stderr.strip() == "", p.stderr[-2000:]
     lines = p.stdout.strip().splitlines()
-    assert len(lines) < 40, "\n".join(lines)
+    assert len(lines) < 60, "\n".join(lines)  # the progress view, the section-2 table and the headline
     trial_lines = [ln for ln in lines if re.match(r"\[\d+/8\] done ", ln)]
     assert len(trial_lines) == 8 and all("ETA" in ln for ln in trial_lines[:-1]) and "ETA" not in trial_lines[-1]
     (ui,) = [ln for ln in lines if ln.startswith("MLflow UI: ")]
     assert "#/experiments/" in ui and "workflowType=machine_learning" in ui and f"viewStateShareKey={T.VIEW_KEY}" in ui
-    assert lines[-1] == f"done: 8/8 trials finished; experiment directory {exp_dir}"
+    from lungray.report.headline import TITLE
+
+    end = next(i for i, ln in enumerate(lines) if ln.startswith("done: "))
+    assert lines[end] == f"done: 8/8 trials finished; experiment directory {exp_dir}"
+    assert lines[end + 2].startswith(TITLE) and all(ln.startswith("  ") for ln in lines[end + 3:])  # then the answer
 
 
 def test_outputs_keep_no_checkpoint_and_the_best_weights_once(user):

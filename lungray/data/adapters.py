@@ -262,10 +262,6 @@ def _quarantine_escapes(rows: list[dict[str, Any]], cfg: Any) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-#: the resolution the phantom's manifest (labels, ids, patients) is drawn at
-PHANTOM_MANIFEST_PX = 16
-
-
 def phantom_spec(cfg: Any) -> Any:
     """The :class:`~lungray.data.phantom.PhantomSpec` of a data config's ``phantom_*`` keys."""
     from lungray.data.phantom import PhantomSpec

@@ -42,8 +42,20 @@ def _counts(labels: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(labels[idx], minlength=k) if idx.size else np.zeros(k, dtype=np.int64)
 
 
+#: classes a refusal names before it counts the rest (70 one-image classes made 1,300-character lines)
+MAX_NAMED = 6
+
+
 def _listing(names: Sequence[str], counts: np.ndarray, which: Sequence[int]) -> str:
-    return ", ".join(f"{int(counts[c])} '{names[c]}'" for c in which)
+    shown = ", ".join(f"{int(counts[c])} '{names[c]}'" for c in which[:MAX_NAMED])
+    return shown + (f" and {len(which) - MAX_NAMED} more classes like them" if len(which) > MAX_NAMED else "")
+
+
+def _none_of(names: Sequence[str], which: Sequence[int]) -> str:
+    """``'A' and no 'B'``, or for many classes ``'A', 'B', ... (and 40 more classes)``: after "would hold no"."""
+    if len(which) <= MAX_NAMED:
+        return " and no ".join(repr(names[c]) for c in which)
+    return ", ".join(repr(names[c]) for c in which[:MAX_NAMED]) + f" or any of {len(which) - MAX_NAMED} more classes"
 
 
 def split_problems(
@@ -78,7 +90,7 @@ def split_problems(
     min_ev, min_va = int(cfg.min_eval_per_class), int(cfg.min_val_per_class)
     lost = [c for c in present if ev[c] == 0]
     if lost:
-        out.append(f"the evaluation set would hold no {' and no '.join(repr(names[c]) for c in lost)} image{tail}: "
+        out.append(f"the evaluation set would hold no {_none_of(names, lost)} image{tail}: "
                    "its metrics would miss the class; use more data or a larger data.eval_size, or drop the class with "
                    "data.class_map")
     else:
@@ -92,7 +104,7 @@ def split_problems(
         lost = [c for c in present if va[c] == 0]
         low = [c for c in present if 0 < va[c] < min_va]
         if lost:
-            out.append(f"the validation set would hold no {' and no '.join(repr(names[c]) for c in lost)} image{tail}: "
+            out.append(f"the validation set would hold no {_none_of(names, lost)} image{tail}: "
                        "model selection and early stopping would ignore the class; use more data, a larger data.val_size, "
                        "or data.val_size=0 for no validation set")
         elif low:
@@ -101,7 +113,7 @@ def split_problems(
                        "or lower data.min_val_per_class")
     lost = [c for c in present if po[c] == 0]
     if lost:
-        out.append(f"the training pool would hold no {' and no '.join(repr(names[c]) for c in lost)} image{tail}: "
+        out.append(f"the training pool would hold no {_none_of(names, lost)} image{tail}: "
                    "no model could learn the class; use more data or smaller data.eval_size/data.val_size")
     return out
 

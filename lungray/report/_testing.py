@@ -18,6 +18,7 @@ Used by ``tests/test_report*.py`` and ``tests/test_notebooks.py``; not part of t
 
 from __future__ import annotations
 
+import html as _html
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -138,6 +139,8 @@ def log_fake_sweep(
     probs_fn: Optional[Callable] = None,
     artifact_root: Optional[str] = None,
     resolution: int = 32,
+    best_epoch_fn: Optional[Callable[[str, int, int], int]] = None,
+    degenerate: Sequence[tuple] = (),
     class_counts: Optional[Mapping[str, Mapping[str, int]]] = None,
 ) -> FakeSweep:
     """Log a parent run and one child run per trial; see the module docstring for the plant.
@@ -147,8 +150,13 @@ def log_fake_sweep(
     (a sweep still running). ``identical`` maps a model to another whose predictions it copies.
     ``checkpoint_fn(trial_config, run_dir) -> path`` may write a ``best.pt`` to log;
     ``probs_fn(trial_config) -> (n_eval, n_classes)`` replaces the planted predictions with real
-    ones (a trained model's), the metrics then being computed from those. ``class_counts``
-    replaces split entries of the logged class counts (``{"eval": {"Normal": 0, ...}}``).
+    ones (a trained model's), the metrics then being computed from those.
+    ``best_epoch_fn(model, n, seed) -> epoch`` (0-based) plants where each trial's validation
+    loss is lowest (a V: falling to that epoch, rising after it); by default it falls to the
+    last epoch (every trial ends its budget still improving). ``degenerate`` lists
+    ``(model, n, seed)`` whose output is constant (the same probabilities for every image: a
+    run the report sets apart). ``class_counts`` replaces split entries of the logged class
+    counts (``{"eval": {"Normal": 0, ...}}``).
     """
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
@@ -243,12 +251,13 @@ def log_fake_sweep(
         # per-epoch curves: losses fall with the epoch, a little worse for larger seeds
         metrics = []
         hist = []
+        best_e = epochs - 1 if best_epoch_fn is None else int(best_epoch_fn(m, n, s))
         for e in range(epochs):
             row = {
                 "epoch": e,
                 "train_loss": 1.0 / (e + 1),
                 "train_accuracy": 0.5 + 0.1 * e,
-                "val_loss": 1.2 / (e + 1) + 0.01 * s + 0.1 * n_max / n,
+                "val_loss": (1.2 / (e + 1) if best_epoch_fn is None else 0.2 + 0.1 * abs(e - best_e)) + 0.01 * s + 0.1 * n_max / n,
                 "val_accuracy": 0.5 + 0.08 * e,
                 "val_auc": 0.6 + 0.1 * e,
                 "lr": 1e-3,
@@ -274,8 +283,12 @@ def log_fake_sweep(
             probs = probs / probs.sum(1, keepdims=True)  # float32 softmax rows sum to 1 +- 1e-7
             correct = probs.argmax(1) == y
             n_right = int(correct.sum())
+        if (m, n, s) in set(map(tuple, degenerate)):  # a collapsed run: one output for every image
+            probs = np.tile(np.linspace(1.0, 2.0, k) / np.linspace(1.0, 2.0, k).sum(), (n_eval, 1))
+            correct = probs.argmax(1) == y
+            n_right = int(correct.sum())
         final, per_class, cm = _classification_metrics(y, probs, class_names)
-        final.update({"best_epoch": float(epochs - 1), "epochs_run": float(epochs), "train_seconds": 1.0 + n / 100,
+        final.update({"best_epoch": float(best_e), "epochs_run": float(epochs), "train_seconds": 1.0 + n / 100,
                       "eval_seconds": 0.5, "trial_overhead_seconds": 0.2})
         metrics += [Metric(kk, float(v), 0, 0) for kk, v in final.items()]
         client.log_batch(rid, metrics=metrics, params=params)
@@ -325,10 +338,21 @@ window.addEventListener('load', function () {
   for (var i = 0; i < imgs.length; i++) {
     out.push([imgs[i].complete && imgs[i].naturalWidth > 0, imgs[i].naturalWidth, imgs[i].getAttribute('src').slice(0, 22)]);
   }
+  var heads = [];
+  var hs = document.querySelectorAll('h1, h2');
+  for (var j = 0; j < hs.length; j++) { heads.push(hs[j].textContent.trim()); }
+  var hl = document.getElementById('headline');
+  var box = hl ? hl.getBoundingClientRect() : null;
+  var layout = {headings: heads, headline_top: box ? box.top + window.scrollY : -1,
+                headline_height: box ? box.height : 0, headline_text: hl ? hl.innerText : ''};
   var pre = document.createElement('pre');
   pre.id = 'lungray-image-probe';
   pre.textContent = JSON.stringify(out);
   document.body.appendChild(pre);
+  var pre2 = document.createElement('pre');
+  pre2.id = 'lungray-layout-probe';
+  pre2.textContent = JSON.stringify(layout);
+  document.body.appendChild(pre2);
 });
 </script>"""
 
@@ -339,6 +363,7 @@ class BrowserCheck:
     images: list  # [loaded, naturalWidth, src prefix] per <img>, in document order
     page_requests: list  # URLs the PAGE asked the network for (browser housekeeping excluded)
     net_log: Path
+    layout: dict = field(default_factory=dict)  # headings (h1/h2 in order), the headline's box and text
 
 
 def page_requests_from_net_log(path: str | Path) -> list[str]:
@@ -397,7 +422,9 @@ def chromium_check(html_path: str | Path, workdir: str | Path, *, width: int = 1
     images = json.loads(m.group(1)) if m else None
     if images is None:
         raise RuntimeError("the image probe did not run in Chromium (no lungray-image-probe element in the DOM)")
-    return BrowserCheck(shot, images, page_requests_from_net_log(net), net)
+    m2 = re.search(r'<pre id="lungray-layout-probe">(.*?)</pre>', res.stdout, re.S)
+    layout = json.loads(_html.unescape(m2.group(1))) if m2 else {}
+    return BrowserCheck(shot, images, page_requests_from_net_log(net), net, layout)
 
 
 def _fake_leakage(n_eval: int) -> dict:

@@ -17,23 +17,22 @@ import pandas as pd
 
 from lungray import tracking as T
 from lungray.errors import LungrayError
+from lungray.report import budget as B
 from lungray.report import figures as F
 from lungray.report import html as H
 from lungray.report import tables as TB
 from lungray.report.explain import gradcam_sections
+from lungray.report.findings import CELL_BOOT, Findings, compute_findings, eval_lacks, with_labels
+from lungray.report.headline import Headline, make_headline
 from lungray.report.load import Sweep, load_sweep, safe_uri
 from lungray.report.provenance import provenance_section
-from lungray.report.shortcut import shortcut_section
+from lungray.report.shortcut import has_probes, shortcut_section
 
 log = logging.getLogger(__name__)
 
 __all__ = ["build_report", "ReportParts", "report_parts", "ReportIncomplete"]
 
 REPORT_HTML = "report.html"
-
-#: Bootstrap resamples of the evaluation images behind the cell intervals of AUC, macro F1 and
-#: balanced accuracy (accuracy and log loss need none: their image term is in closed form).
-CELL_BOOT = 1000
 
 #: What every "seeds+images" interval of the report estimates, and what it holds fixed.
 INTERVAL_MEANING = (
@@ -72,30 +71,32 @@ class ReportIncomplete(LungrayError):
 class ReportParts:
     """The computed pieces of a report (tables and figures) before they become HTML.
 
-    The notebooks use :func:`report_parts` to get exactly the figures and tables of the report.
+    The notebooks use :func:`report_parts` to get exactly the figures, tables and headline of
+    the report (one :class:`~lungray.report.findings.Findings`, as the report reads).
     """
 
-    def __init__(self, sweep: Sweep, runs: pd.DataFrame, summary: pd.DataFrame, labels: list[str]):
-        self.sweep = sweep
-        self.runs = runs
-        self.summary = summary
-        self.labels = labels
+    def __init__(self, findings: Findings):
+        self.findings = findings
+        self.sweep = findings.sweep
+        self.runs = findings.runs
+        self.summary = findings.summary
+        self.labels = findings.labels
 
     def study_table(self, metric: str = "accuracy") -> pd.DataFrame:
         """The model x size table of report section 2, as printed there."""
         return TB.study_table_wide(self.summary, metric, self.labels, self.sweep.sizes)
 
     def learning_curves(self):
-        return F.learning_curves_figure(self.summary, labels=self.labels, runs=self.runs)
+        return F.learning_curves_figure(self.summary, labels=self.labels, runs=self.runs,
+                                        budget=self.findings.budget_cells)
+
+    def headline(self) -> Headline:
+        """The report's "What this study found" (``.markdown()``, ``.lines()``)."""
+        return make_headline(self.findings)
 
 
 def _with_labels(sweep: Sweep, predictions: Optional[dict] = None) -> tuple[pd.DataFrame, list[str]]:
-    runs = TB.add_derived(sweep, predictions)
-    n_opt = runs["optimizer"].nunique() if not runs.empty else 0
-    runs["label"] = [m if n_opt <= 1 else f"{m} / {o}" for m, o in zip(runs["model"], runs["optimizer"])]
-    labels = [m if n_opt <= 1 else f"{m} / {o}" for m in sweep.models for o in sweep.optimizers]
-    labels = [lab for lab in labels if lab in set(runs["label"])]
-    return runs, labels
+    return with_labels(sweep, predictions)
 
 
 def report_parts(
@@ -104,14 +105,12 @@ def report_parts(
     parent_run_id: Optional[str] = None,
     *,
     sweep: Optional[Sweep] = None,
+    seed: int = 0,
 ) -> ReportParts:
-    """Load a sweep and compute the summary the report's section 1 and 2 are drawn from (with
-    the per-image predictions, so the intervals are the report's: seeds + evaluation images)."""
+    """Load a sweep and compute its findings as the report does (the cell intervals over seeds
+    and evaluation images, the paired tests behind section 2's marks, the fits, the budget flags)."""
     sweep = sweep or load_sweep(tracking_uri, experiment, parent_run_id)
-    preds = TB.prediction_arrays(sweep)
-    runs, labels = _with_labels(sweep, preds)
-    return ReportParts(sweep, runs, TB.summarise(runs, predictions=preds, n_boot=CELL_BOOT, frames=sweep.predictions,
-                                                 groups=TB.eval_groups(sweep)), labels)
+    return ReportParts(compute_findings(sweep, seed=seed))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,6 +130,7 @@ def build_report(
     log_to_mlflow: bool = False,
     max_pointing_images: int = 200,
     figure_formats: Sequence[str] = (),
+    findings: Optional[Findings] = None,
 ) -> Path:
     """Build ``<out_dir>/report.html`` (+ CSV tables and PNG figures) from MLflow; return its path.
 
@@ -145,14 +145,23 @@ def build_report(
     the bootstrap intervals; the same seed gives the same report. ``figure_formats`` (e.g.
     :data:`lungray.report.figures.FIGURE_FORMATS`: 300-dpi PNG, SVG, PDF) also writes every
     figure at print size under ``figures/``; by default the figures are only in the page (the
-    print files took a quarter of a report's time, issue 22.4).
+    print files took a quarter of a report's time, issue 22.4). ``findings`` (what
+    :func:`~lungray.report.findings.compute_findings` returned for this sweep, e.g. the sweep
+    driver's, which also printed and logged them) are used as they are instead of reading
+    MLflow again: the report then shows exactly those numbers.
+
+    The page opens with "What this study found" (:mod:`lungray.report.headline`), also written
+    as ``headline.md`` and ``headline.json`` beside the HTML.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     formats = F.check_formats(figure_formats)
     with tempfile.TemporaryDirectory(prefix="lungray-report-") as tmp:
-        sweep = load_sweep(tracking_uri, experiment, parent_run_id, artifact_dir=Path(tmp) / "artifacts")
-        builder = _Builder(sweep, out, Path(tmp), target_accuracies, n_boot, seed, formats)
+        if findings is None:
+            sweep = load_sweep(tracking_uri, experiment, parent_run_id, artifact_dir=Path(tmp) / "artifacts")
+            findings = compute_findings(sweep, target_accuracies=target_accuracies, n_boot=n_boot, seed=seed)
+        sweep = findings.sweep
+        builder = _Builder(findings, out, Path(tmp), n_boot, seed, formats)
         sections = [
             builder.learning_curves(),
             builder.study_tables(),
@@ -169,10 +178,13 @@ def build_report(
             msg = "Grad-CAM panels were not requested (--no-gradcam)."
             sections += [H.Section("gradcam", "Grad-CAM panels", "", notes=[msg]),
                          H.Section("pointing", "Sanity of the heat maps", "", notes=[msg])]
-        if _has_probes(sweep):  # issue 24: does the model look at the lungs?
+        if has_probes(sweep):  # issue 24: does the model look at the lungs?
             sections.append(shortcut_section(builder))
         sections.append(builder.provenance())
-        html_text = H.page(f"lungray report: {sweep.study}", builder.subtitle(), builder.header(), sections)
+        headline = make_headline(findings)
+        write_headline(headline, out)
+        html_text = H.page(f"lungray report: {sweep.study}", builder.subtitle(), builder.header(), sections,
+                           lead=headline.html())
     path = out / REPORT_HTML
     path.write_text(html_text, encoding="utf-8")
     log.debug("wrote %s", path)  # the caller says it once (lungray report, the sweep's report step)
@@ -184,34 +196,36 @@ def build_report(
     return path
 
 
-def _has_probes(sweep: Sweep) -> bool:
-    """Whether the sweep measured any shortcut probe (issue 24): lung probes logged by a trial,
-    source-probe runs, or a study that asked for them (then the section says what is missing)."""
-    cfg = sweep.config
-    asked = cfg is not None and getattr(getattr(cfg, "probes", None), "source", False)
-    return bool(asked or not sweep.probe_runs.empty or "probe_n_images" in sweep.runs.columns)
+def write_headline(headline: Headline, out: Path) -> None:
+    """``headline.md`` and ``headline.json`` (with the number of every cell) into ``out``."""
+    import json
+
+    from lungray import tracking as T
+
+    (Path(out) / T.HEADLINE_MD).write_text(headline.markdown(), encoding="utf-8")
+    (Path(out) / T.HEADLINE_JSON).write_text(json.dumps(headline.to_dict(), indent=1, default=str), encoding="utf-8")
 
 
 class _Builder:
-    def __init__(self, sweep: Sweep, out: Path, tmp: Path, targets: Sequence[float], n_boot: int, seed: int,
-                 formats: Sequence[str] = ()):
-        self.sweep = sweep
+    def __init__(self, findings: Findings, out: Path, tmp: Path, n_boot: int, seed: int, formats: Sequence[str] = ()):
+        self.findings = f = findings
+        self.sweep = sweep = f.sweep
         self.formats = tuple(formats)
         self.out = out
         self.tmp = tmp
-        self.targets = tuple(targets)
+        self.targets = f.targets
         self.n_boot = n_boot
         self.seed = seed
-        self.predictions = TB.prediction_arrays(sweep)
-        self.runs, self.labels = _with_labels(sweep, self.predictions)
+        self.predictions = f.predictions
+        self.runs, self.labels = f.runs, f.labels
         self.spec = sweep.spec  # what the task's trials report: the primary metric, the explanation panels
-        self.primary = self.spec.primary_metric
-        self.summary = TB.summarise(self.runs, predictions=self.predictions, n_boot=min(n_boot, CELL_BOOT), seed=seed,
-                                    frames=sweep.predictions, groups=TB.eval_groups(sweep))
+        self.primary = f.primary
+        self.summary = f.summary
         self.sizes = sweep.sizes
-        self.status = TB.grid_status(sweep)
+        self.status = f.status
         self.csv(self.runs.drop(columns=["start_time"], errors="ignore"), "runs.csv")
         self.csv(self.summary, "summary.csv")
+        self.csv(f.cells(), "cells.csv")
 
     # -- helpers ------------------------------------------------------------------------------
     def _primary_words(self) -> str:
@@ -286,48 +300,64 @@ class _Builder:
         return "".join(parts)
 
     def _eval_lacks(self) -> str:
-        """Words for the classes an evaluation set lacks ('' when none does): from the prepared
-        split's class counts and, per cell, from a finished trial whose per-class recall is
-        missing (no image of the class was scored)."""
-        names = list(self.sweep.class_names)
-        ev = ((self.sweep.data_summary or {}).get("class_counts") or {}).get("eval") or {}
-        missing = [c for c in names if c in ev and int(ev[c]) == 0]
-        if missing:
-            return "the evaluation set holds no " + " and no ".join(f"'{c}'" for c in missing) + " image"
-        done = self.sweep.complete
-        cells: dict[str, set] = {}
-        for c in names:
-            col = T.per_class_key("recall", c)
-            if col in done.columns:
-                for cell in done.loc[done[col].isna(), "cell"] if "cell" in done.columns else []:
-                    cells.setdefault(str(cell), set()).add(c)
-        if cells:
-            lacked = sorted(set().union(*cells.values()))
-            return (f"the evaluation of {len(cells)} cell(s) (e.g. {next(iter(sorted(cells)))}) scored no "
-                    + " and no ".join(f"'{c}'" for c in lacked) + " image")
-        return ""
+        return eval_lacks(self.sweep)
 
     # -- 1 ----------------------------------------------------------------------------------------
     def learning_curves(self) -> H.Section:
         title = "Learning curves"
         if (empty := self._no_runs("curves", title)) is not None:
             return empty
+        f = self.findings
         body = self.fig(
-            F.learning_curves_figure(self.summary, labels=self.labels, runs=self.runs),
+            F.learning_curves_figure(self.summary, labels=self.labels, runs=self.runs, budget=f.budget_cells),
             "learning_curves",
             "Learning curves: metrics against training size",
             "Mean over seeds (degenerate runs, marked x, are left out unless every run of the cell is); the band is "
             "the 95% interval over seeds and "
-            "evaluation images (none with one seed). Validation loss is taken at each trial's best epoch; held-out "
+            "evaluation images (none with one seed). A ringed point may be limited by the training budget, not by the "
+            "data (table below). Validation loss is taken at each trial's best epoch; held-out "
             "log loss on the evaluation set.",
         )
+        body += self._budget_table()
+        notes = [n for n in (B.flagged_sentence(f.budget_cells), TB.set_apart_sentence(self.runs)) if n]
         return H.Section(
             "curves",
             title,
             body,
             intro=f"Held-out {self._headline_words()} against the number of training images "
-            "(log scale), one line per model, on the same fixed evaluation images for every size and seed.",
+            "(log scale), one line per model, on the same fixed evaluation images for every size and seed. "
+            "Each point is only a measure of the data if its runs trained until validation stopped improving: "
+            "the table under the figure gives each point's budget and what its runs used.",
+            notes=notes,
         )
+
+    def _budget_table(self) -> str:
+        """Pretrained or not, the budget and what the runs used, per model and size (issue 20.2)."""
+        f = self.findings
+        bc = f.budget_cells
+        self.csv(f.budget_runs, "budget_runs.csv")
+        self.csv(bc, "budget.csv")
+        if bc.empty:
+            return ""
+        shown = bc.assign(
+            stopped=[f"{r.n_stopped_early} of {r.n}" for r in bc.itertuples()],
+            limited=[f"{'YES, ' if r.budget_limited else ''}{r.n_limited} of {r.n}" for r in bc.itertuples()],
+        )
+        sentence = B.schedule_sentence(self.sweep.config)
+        return ("<h3>Training budget per point</h3>" + (f'<p class="intro">{H.esc(sentence)}</p>' if sentence else "")
+                + H.table(shown, ["label", "train_size", "pretrained", "batch_size", "steps_per_epoch", "epochs_planned",
+                                  "steps_planned", "epochs_run", "best_epoch", "steps_run", "passes", "stopped", "limited"],
+                          headers={"label": "model", "train_size": "size", "batch_size": "batch",
+                                   "steps_per_epoch": "steps / epoch", "epochs_planned": "epochs (budget)",
+                                   "steps_planned": "steps (budget)", "epochs_run": "epochs run (median)",
+                                   "best_epoch": "best epoch (median)", "steps_run": "steps run (median)",
+                                   "passes": "passes over the images (median)", "stopped": "stopped early",
+                                   "limited": f"budget-limited ({B.BUDGET_CAVEAT})"},
+                          formats={c: (lambda v: H.fmt(v, 0)) for c in ("batch_size", "steps_per_epoch", "epochs_planned",
+                                                                        "steps_planned", "epochs_run", "best_epoch", "steps_run")}
+                          | {"passes": lambda v: H.fmt(v, 1)},
+                          text_columns=["label", "pretrained", "stopped", "limited"],
+                          cell_class=lambda r, c: "bad" if c == "limited" and r["budget_limited"] else ""))
 
     # -- 2 ----------------------------------------------------------------------------------------
     def study_tables(self) -> H.Section:
@@ -342,13 +372,18 @@ class _Builder:
             self.csv(tab, f"table_{name}.csv")
             body.append(f"<h3>{H.esc(TB.METRICS[name].label)}</h3>")
             body.append(H.study_table_html(TB.study_table_wide(self.summary, name, self.labels, self.sizes)))
+        primary = TB.METRICS[self.primary].label
+        notes = [n for n in (TB.set_apart_sentence(self.runs), B.flagged_sentence(self.findings.budget_cells)) if n]
         return H.Section(
             "tables",
             title,
             "".join(body),
-            intro="Mean over seeds [95% interval]. Bold with ★: best mean at that size with an interval clear of "
-            "the runner-up; ☆: best mean, but overlapping intervals (see the paired comparisons before calling it a "
-            "win). " + INTERVAL_MEANING + " " + TB.unit_sentence(self.summary),
+            intro=f"Mean over seeds [95% interval]. Bold: the best mean at that size. On the {primary} table its mark is "
+            "the verdict of the paired comparisons (section 5, Holm-adjusted): ★ significantly ahead of every model it "
+            "was paired with, ☆ not shown to be ahead (within noise, or untested with one seed). The other metrics have "
+            "no paired test: their best mean is marked ☆ and only the intervals guide. " + INTERVAL_MEANING + " "
+            + TB.unit_sentence(self.summary),
+            notes=notes,
         )
 
     # -- 3 ----------------------------------------------------------------------------------------
@@ -371,6 +406,13 @@ class _Builder:
     def chosen_sizes(self) -> list[int]:
         return sorted({self.sizes[0], self.sizes[-1]}) if self.sizes else []
 
+    def _seeds_at(self, size: int) -> str:
+        """``simple_cnn: seeds 0,1,2; resnet18: seeds 1,2 (seed 0 set apart)``: the runs a pooled figure holds."""
+        c = self.findings.cells()
+        c = c[c["train_size"] == size]
+        return "; ".join(f"{r.label}: seeds {r.seeds}" + (f" (seed {r.set_apart_seeds} set apart)" if r.n_set_apart and r.n_set_apart < r.n_runs else "")
+                         for r in c.itertuples())
+
     def per_class(self) -> H.Section:
         title = "Per-class results"
         if (empty := self._no_runs("perclass", title)) is not None:
@@ -392,8 +434,9 @@ class _Builder:
                 F1=[H.fmt_ci(r.f1, r.f1_low, r.f1_high, r.n) for r in pc.itertuples()],
             )
             body.append("<h3>Precision, recall and F1 (mean over seeds [95% interval over seeds and evaluation images])</h3>")
-            body.append(H.table(shown, ["train_size", "label", "class", "P", "R", "F1", "n"],
-                                headers={"train_size": "size", "label": "model", "n": "seeds"},
+            body.append(H.table(shown, ["train_size", "label", "class", "P", "R", "F1", "n", "n_degenerate"],
+                                headers={"train_size": "size", "label": "model", "n": "seeds counted",
+                                         "n_degenerate": "set apart (degenerate)"},
                                 text_columns=["label", "class"]))
         mn = TB.missed_as_normal_table(self.runs, sw.class_names, sizes)
         if not mn.empty:
@@ -411,21 +454,26 @@ class _Builder:
                 ).to_csv(self.out / f"confusion_n{n}.csv")
                 body.append(self.fig(F.confusion_figure(cms, sw.class_names, f"n = {n} training images"),
                                       f"confusion_n{n}", f"Confusion matrices at n={n}",
-                                      "Rows: true class, normalised to 1; predictions pooled over the seeds that count."))
+                                      "Rows: true class, normalised to 1; predictions pooled over the seeds that count "
+                                      f"({self._seeds_at(n)})."))
         if sizes:
             curves = F.roc_curves(sw, sizes[-1])
             if curves:
                 body.append(self.fig(F.roc_figure(curves, f"ROC at n = {sizes[-1]}"), "roc", "ROC curves",
-                                      "Predictions pooled over seeds; one-vs-rest per class for more than two classes."))
+                                      f"Predictions pooled over the seeds that count ({self._seeds_at(sizes[-1])}); "
+                                      "one-vs-rest per class for more than two classes."))
+        apart = TB.set_apart_sentence(self.runs, sizes)
         return H.Section("perclass", title, "".join(body),
-                         intro=f"At the smallest and largest training sizes ({', '.join(map(str, sizes))}).")
+                         intro=f"At the smallest and largest training sizes ({', '.join(map(str, sizes))}), over the runs "
+                         "that count in sections 1-2 (the same runs in the tables, confusion matrices and ROC curves).",
+                         notes=[apart] if apart else [])
 
     # -- 5 ----------------------------------------------------------------------------------------
     def paired(self) -> H.Section:
         title = "Paired comparisons"
         if (empty := self._no_runs("paired", title)) is not None:
             return empty
-        pc = TB.paired_comparisons(self.sweep, metric=self.primary)
+        pc = self.findings.paired
         self.paired_df = pc
         self.csv(pc, "paired.csv")
         adequacy = self._adequacy(pc)
@@ -462,10 +510,12 @@ class _Builder:
                             formats={c: H.fmt_p for c in ("mcnemar_p", "mcnemar_p_holm")},
                             text_columns=["optimizer", "model_a", "model_b"])
         body += adequacy
+        apart = TB.set_apart_sentence(self.runs)
         return H.Section(
             "paired",
             title,
             body,
+            notes=[apart + " A seed is paired only where both models' runs count."] if apart else [],
             intro=f"{TB.METRICS[self.primary].label} difference between models trained on the same subsets (seeds) and "
             "scored on the same evaluation images (points: 100 x the per-image difference). The test: the paired per-image "
             "differences, whose variance holds the seed-to-seed and the evaluation-image (or patient) term, referred to "
@@ -476,7 +526,7 @@ class _Builder:
 
     def _adequacy(self, pc: pd.DataFrame) -> str:
         """The test-set adequacy table (Beleites et al. 2013) and one sentence per size."""
-        ad = TB.adequacy_table(self.summary, pc)
+        ad = self.findings.adequacy
         self.csv(ad, "adequacy.csv")
         if ad.empty:
             return ""
@@ -510,10 +560,7 @@ class _Builder:
         title = "Learning-curve fit"
         if (empty := self._no_runs("fit", title)) is not None:
             return empty
-        tab, fits = TB.learning_curve_fits(self.sweep, target_accuracies=self.targets, n_boot=min(self.n_boot, 400),
-                                           seed=self.seed, predictions=self.predictions, metric=self.primary,
-                                           frames=self.sweep.predictions)
-        tab = tab.set_index("label").reindex([lab for lab in self.labels if lab in set(tab["label"])]).reset_index() if not tab.empty else tab
+        tab, fits = self.findings.fit_table, self.findings.fits
         self.csv(tab, "power_law.csv")
         body = self.fig(F.fit_figure(self.runs, fits, self.targets, self.labels, self.primary), "power_law", "Power-law fits",
                          "Dots: runs. Line: error(n) = a·n^-b + c fitted over all runs, solid over the measured sizes, "
@@ -540,7 +587,8 @@ class _Builder:
             cols.append("verdict")
             body += H.table(shown, cols, headers=heads, text_columns=["label", "verdict", "runs_per_size"] + cols[3:6],
                             cell_class=lambda r, c: "bad" if c == "verdict" and not r["reliable"] else "")
-        return H.Section("fit", title, body,
+        notes = [n for n in (TB.set_apart_sentence(self.runs), B.flagged_sentence(self.findings.budget_cells)) if n]
+        return H.Section("fit", title, body, notes=notes,
                          intro=f"How error (1 - {self._primary_words()}) falls with training size, and how many images a "
                          f"target {self._primary_words()} would take if "
                          "the trend held. A size beyond the largest one measured is an extrapolation and says so. No "

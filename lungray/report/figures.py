@@ -150,10 +150,13 @@ def learning_curves_figure(
                               "accuracy", "balanced_accuracy", "macro_f1", "auc", "val_loss", "log_loss"),
     labels: Optional[Sequence[str]] = None,
     runs: Optional[pd.DataFrame] = None,
+    budget: Optional[pd.DataFrame] = None,
 ):
     """Metric against training size, one line per model (x optimizer): mean over seeds with its
     95 % interval as a band (issue 4, section 1). Sizes with one seed show a point only. With
     ``runs``, degenerate runs (``counted`` False, left out of the mean) are drawn as crosses.
+    With ``budget`` (:func:`lungray.report.budget.cell_budgets`), a point that may be limited by
+    the training budget rather than the data is ringed (issue 20.2).
     Metrics the summary does not hold are left out (a classification sweep has no Dice, a
     segmentation sweep no accuracy)."""
     from matplotlib.lines import Line2D
@@ -167,6 +170,9 @@ def learning_curves_figure(
     colors = _colors(labels)
     sizes = sorted(summary["train_size"].unique()) if not summary.empty else []
     stuck = runs[~runs["counted"].astype(bool)] if runs is not None and "counted" in runs else None
+    limited = (set(zip(budget.loc[budget["budget_limited"].astype(bool), "label"],
+                       budget.loc[budget["budget_limited"].astype(bool), "train_size"].astype(int)))
+               if budget is not None and not budget.empty else set())
     for ax, name in zip(axes, metrics):
         s = summary[summary["metric"] == name]
         for lab in labels:
@@ -174,6 +180,9 @@ def learning_curves_figure(
             if g.empty:
                 continue
             ax.plot(g["train_size"], g["mean"], "o-", color=colors[lab], label=lab, lw=1.4, ms=3)
+            ring = g[[(lab, int(n)) in limited for n in g["train_size"]]]
+            if len(ring):
+                ax.plot(ring["train_size"], ring["mean"], "o", mfc="none", mec=colors[lab], ms=8, mew=1.1)
             band = g.dropna(subset=["ci_low", "ci_high"])
             if len(band):
                 ax.fill_between(band["train_size"], band["ci_low"], band["ci_high"], color=colors[lab], alpha=0.18, lw=0)
@@ -193,6 +202,9 @@ def learning_curves_figure(
     if stuck is not None and len(stuck):
         handles.append(Line2D([], [], color="k", marker="x", ls="none", ms=5))
         names.append("degenerate run (left out of the mean unless all runs of the size are)")
+    if limited:
+        handles.append(Line2D([], [], color="k", marker="o", mfc="none", ls="none", ms=8, mew=1.1))
+        names.append("may be limited by the training budget, not by the data")
     if metrics:
         _shared_legend(fig, handles, names)
     return fig

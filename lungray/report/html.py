@@ -45,6 +45,13 @@ figcaption { color: var(--muted); font-size: 12px; max-width: 980px; }
 pre { background: #f6f8fa; border: 1px solid var(--line); padding: 8px; font-size: 12px; overflow-x: auto; max-height: 480px; }
 ul.sentences li { margin: 2px 0; font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 13px; }
 .muted { color: var(--muted); }
+section.headline { border: 1px solid var(--line); border-left: 5px solid var(--accent); background: #fff; margin: 10px 0 12px 0;
+                   padding: 8px 14px; max-width: 1180px; }
+section.headline h2 { margin: 2px 0 4px 0; }
+section.headline ul { margin: 4px 0 6px 0; padding-left: 20px; }
+section.headline li { margin: 3px 0; }
+section.headline ul.caveats li.warn { color: var(--warn); }
+section.headline ul.caveats li.info { color: var(--muted); }
 dl.kv { display: grid; grid-template-columns: max-content auto; gap: 2px 14px; font-size: 13px; }
 dl.kv dt { color: var(--muted); } dl.kv dd { margin: 0; font-family: ui-monospace, Menlo, Consolas, monospace; }
 """
@@ -185,7 +192,9 @@ class Section:
         return f'<section id="{esc(self.id)}"><h2>{number}. {esc(self.title)}</h2>{errors}{intro}{notes}{self.body}</section>'
 
 
-def page(title: str, subtitle: str, header_body: str, sections: Sequence[Section]) -> str:
+def page(title: str, subtitle: str, header_body: str, sections: Sequence[Section], lead: str = "") -> str:
+    """The whole document. ``lead`` (trusted HTML: the report's "What this study found") comes
+    right under the title, before everything else (issue 20.1)."""
     toc = "".join(f'<a href="#{esc(s.id)}">{i}. {esc(s.title)}</a>' for i, s in enumerate(sections, 1))
     body = "".join(s.render(i) for i, s in enumerate(sections, 1))
     return (
@@ -195,7 +204,7 @@ def page(title: str, subtitle: str, header_body: str, sections: Sequence[Section
         # forbid every fetch: a report that tried to load anything would show it as a broken image
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">"
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
-        f"<header><h1>{esc(title)}</h1><div class=\"muted\">{esc(subtitle)}</div>{header_body}"
+        f"<header><h1>{esc(title)}</h1>{lead}<div class=\"muted\">{esc(subtitle)}</div>{header_body}"
         f'<nav class="toc">{toc}</nav></header><main>{body}</main></body></html>\n'
     )
 

@@ -447,12 +447,29 @@ def shortcut_caveats(f: ShortcutFindings) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
+def has_probes(sweep: Any) -> bool:
+    """Whether the sweep measured any shortcut probe (issue 24): lung probes logged by a trial,
+    source-probe runs, or a study that asked for them (then the section says what is missing)."""
+    cfg = sweep.config
+    asked = cfg is not None and getattr(getattr(cfg, "probes", None), "source", False)
+    return bool(asked or not sweep.probe_runs.empty or "probe_n_images" in sweep.runs.columns)
+
+
+def cached_findings(findings: Any, tmp: Path, *, n_boot: int = N_BOOT, seed: int = 0) -> ShortcutFindings:
+    """The shortcut tables of a sweep's :class:`~lungray.report.findings.Findings`, computed once
+    and kept in its ``extras`` so the section and the headline's caveats read the same numbers."""
+    got = findings.extras.get("shortcut")
+    if got is None:
+        got = findings.extras["shortcut"] = shortcut_findings(findings.sweep, tmp, n_boot=n_boot, seed=seed)
+    return got
+
+
 def shortcut_section(b: Any) -> H.Section:
-    """The report section (``b``: the report builder: its sweep, output folder, seed)."""
+    """The report section (``b``: the report builder: its findings, output folder, seed)."""
     sid = "shortcuts"
     try:
-        f = shortcut_findings(b.sweep, Path(b.tmp) / "shortcut", n_boot=min(int(getattr(b, "n_boot", N_BOOT)), N_BOOT),
-                              seed=int(getattr(b, "seed", 0)))
+        f = cached_findings(b.findings, Path(b.tmp) / "shortcut", n_boot=min(int(getattr(b, "n_boot", N_BOOT)), N_BOOT),
+                            seed=int(getattr(b, "seed", 0)))
     except Exception as e:  # noqa: BLE001 - a red box in the section, the rest of the report stands
         log.debug("shortcut section failed", exc_info=True)
         return H.Section(sid, TITLE, "", errors=[H.first_line(e) or type(e).__name__])

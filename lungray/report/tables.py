@@ -33,6 +33,9 @@ __all__ = [
     "summarise",
     "study_table",
     "study_table_wide",
+    "mark_tested_best",
+    "set_apart",
+    "set_apart_sentence",
     "per_class_table",
     "missed_as_normal_table",
     "confusion_matrices",
@@ -189,6 +192,33 @@ def counted_runs(sweep: Sweep, predictions: Optional[Predictions] = None) -> pd.
     except AttributeError:  # a read-only stand-in
         pass
     return done.copy()
+
+
+def set_apart(runs: pd.DataFrame, sizes: Optional[Sequence[int]] = None) -> pd.DataFrame:
+    """The complete runs that do NOT count (``counted`` False: degenerate output, left out of
+    their cell everywhere), optionally only at ``sizes``."""
+    if runs is None or runs.empty or "counted" not in runs:
+        return runs.iloc[0:0] if runs is not None else pd.DataFrame()
+    done = runs[runs["state"] == COMPLETE] if "state" in runs else runs
+    out = done[~done["counted"].astype(bool)]
+    if sizes is not None:
+        out = out[out["train_size"].isin(list(sizes))]
+    return out
+
+
+def set_apart_sentence(runs: pd.DataFrame, sizes: Optional[Sequence[int]] = None) -> str:
+    """One sentence naming the runs set apart (``""`` when none): what every place that shows
+    a cell's numbers says under them (issue 20.3), e.g. ``Set apart (degenerate output; not
+    counted here or in any other number of this report): resnet18 at 50 images, seed 0
+    (constant output).``"""
+    off = set_apart(runs, sizes)
+    if off.empty:
+        return ""
+    lab = "label" if "label" in off else "model"
+    parts = [f"{r[lab]} at {int(r['train_size'])} images, seed {int(r['seed'])} ({r.get('degenerate', '') or 'degenerate'})"
+             for _, r in off.sort_values([lab, "train_size", "seed"]).iterrows()]
+    return ("Set apart (degenerate output; not counted here or in any other number of this report, as on the console "
+            "and in MLflow): " + "; ".join(parts) + ".")
 
 
 def add_derived(sweep: Sweep, predictions: Optional[Predictions] = None) -> pd.DataFrame:
@@ -360,7 +390,8 @@ def summarise(
     recipe, not a noisy draw of its accuracy. A weak but working run always counts. ``n`` is
     the number of runs in the interval. ``best`` marks, for each size and metric, the (model,
     optimizer) with the best mean; ``best_clear`` additionally requires its interval not to
-    overlap the runner-up's (a rough screen; the paired comparisons are the real test).
+    overlap the runner-up's (a rough screen kept in the CSV; the marks the report and the
+    console print come from the paired comparisons, :func:`mark_tested_best`).
     """
     done = runs[runs["state"] == COMPLETE] if "state" in runs else runs
     n_opt = done["optimizer"].nunique()
@@ -448,16 +479,56 @@ def study_table(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
     s = summary[summary["metric"] == metric]
     cols = ["label", "model", "optimizer", "train_size", "mean", "ci_low", "ci_high", "n", "n_runs", "n_degenerate",
             "degenerate_seeds", "degenerate_why", "mean_all", "interval", "var_seed", "var_image", "df", "n_images", "unit",
-            "n_units", "scale", "best", "best_clear"]
+            "n_units", "scale", "best", "best_clear", "best_verdict"]
     return s[[c for c in cols if c in s.columns]].reset_index(drop=True)
+
+
+#: ``best_verdict`` of the best cell of a size, from the paired comparisons (section 5)
+AHEAD, WITHIN_NOISE, BEHIND, UNTESTED = "ahead", "within noise", "behind on the paired seeds", "untested"
+
+
+def mark_tested_best(summary: pd.DataFrame, paired: Optional[pd.DataFrame], metric: str) -> pd.DataFrame:
+    """``summary`` with ``best_verdict`` on the best cell of each size for ``metric`` (the
+    metric the paired comparisons test), taken from those comparisons, never from overlapping
+    intervals (issue 20.4: section 2 starred a cell "overlapping" that section 5 found
+    significantly ahead): :data:`AHEAD` when every comparison of that model at that size (and
+    optimizer) is significant after Holm's correction with it ahead; :data:`BEHIND` when one
+    is significant the other way (its mean over all runs leads, on the seeds both models share
+    it trails); :data:`WITHIN_NOISE` otherwise; :data:`UNTESTED` when it has no comparison with
+    a p-value (one seed, one model). ``""`` on every other row."""
+    out = summary.copy()
+    out["best_verdict"] = ""
+    if out.empty:
+        return out
+    rows = out.index[(out["metric"] == metric) & out["best"].astype(bool)]
+    for i in rows:
+        r = out.loc[i]
+        sel = paired[(paired["train_size"] == r["train_size"]) & (paired["optimizer"] == r["optimizer"])
+                     & ((paired["model_a"] == r["model"]) | (paired["model_b"] == r["model"]))] if paired is not None and not paired.empty else None
+        if sel is None or sel.empty or not np.isfinite(sel["p"].to_numpy(dtype=float)).any():
+            out.loc[i, "best_verdict"] = UNTESTED
+            continue
+        sig = sel["significant"].astype(bool)
+        ahead = sel["model_a"] == r["model"]
+        if (sig & ~ahead).any():
+            out.loc[i, "best_verdict"] = BEHIND
+        elif sig.all() and ahead.all():
+            out.loc[i, "best_verdict"] = AHEAD
+        else:
+            out.loc[i, "best_verdict"] = WITHIN_NOISE
+    return out
 
 
 def study_table_wide(summary: pd.DataFrame, metric: str, labels: Optional[Sequence[str]] = None,
                      sizes: Optional[Sequence[int]] = None, digits: int = 3) -> pd.DataFrame:
     """The studies' table as printed: rows model (x optimizer), columns ``n = <size>``, cells
-    ``"mean [low, high]"`` with ``★`` on the best mean of each size whose interval clears the
-    runner-up's, ``☆`` on a best mean whose interval overlaps, ``"missing"`` for an empty cell,
-    and the degenerate runs named after the interval (they are not in it).
+    ``"mean [low, high]"``, ``"missing"`` for an empty cell, and the degenerate runs named after
+    the interval (they are not in it). The best mean of each size is marked: with the paired
+    comparisons' verdict (``best_verdict``, :func:`mark_tested_best`, the metric section 5
+    tests) ``★`` when it is significantly ahead of every model it was paired with, ``☆`` when
+    not (within noise, or untested); for a metric without a paired test ``☆`` (best mean; the
+    intervals are the only guide). The marks never come from overlapping intervals alone, so
+    they cannot contradict the paired comparisons.
     """
     from lungray.report.html import fmt_ci
 
@@ -474,7 +545,7 @@ def study_table_wide(summary: pd.DataFrame, metric: str, labels: Optional[Sequen
             r = r.iloc[0]
             cell = fmt_ci(r["mean"], r["ci_low"], r["ci_high"], int(r["n"]), digits)
             if r["best"]:
-                cell += " ★" if r["best_clear"] else " ☆"
+                cell += " ★" if r.get("best_verdict", "") == AHEAD else " ☆"
             k = int(r.get("n_degenerate", 0) or 0)
             why = str(r.get("degenerate_why", "") or "")
             if k and k == int(r.get("n_runs", k)):

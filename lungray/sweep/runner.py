@@ -15,7 +15,8 @@ Layout of one sweep (``<output_dir>/<study>_<timestamp>/``, the *experiment dire
 ``trials/<trial_id>/``  the trial's results and artifacts (source of truth for mlflow-sync),
                   ``artifacts/checkpoint/best.pt`` (the best weights, once), and while it runs
                   ``work/`` (its one resumable checkpoint: :mod:`lungray.sweep.trainable`)
-``trials.csv``, ``summary.csv``   per-trial results and the model x size summary
+``trials.csv``, ``summary.csv``   per-trial results and the model x size cells (the report's
+                  numbers: :mod:`lungray.sweep.conclude`)
 ``report/``       the HTML report (when it builds)
 ``ray_instance.json``   the local Ray instance the driver started (:mod:`lungray.sweep.local_ray`)
 """
@@ -56,7 +57,9 @@ class SweepResult:
     experiment_id: Optional[str] = None
     parent_run_id: Optional[str] = None
     trials: Any = None  # pandas.DataFrame, one row per trial
-    summary: Any = None  # pandas.DataFrame, model x size
+    summary: Any = None  # pandas.DataFrame, model x size: the console's table (report section 2's strings)
+    cells: Any = None  # pandas.DataFrame, one row per cell: summary.csv, the MLflow parent's cell/* metrics
+    headline: list[str] = field(default_factory=list)  # "What this study found", as printed last
     report_path: Optional[Path] = None
     dry_run: bool = False
     n_errors: int = 0
@@ -416,6 +419,13 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
         S.set_watch(tracking_uri)
         results, interrupted = _run_tune(cfg, ctx, pre, spec, total, exp_dir, resume=resume_dir is not None, done_before=done_before, echo=echo, verbose=verbose)
         remove_finished_work(exp_dir)
+        if started_ray:
+            # nothing below needs Ray, and the end step reads MLflow and builds the report for a
+            # while: a Tune worker exiting late would have its output forwarded into the console's
+            # last lines, where the headline goes (seen: an abseil "mutex.cc ... RAW: Unlock" line)
+            ray.shutdown()
+            LR.forget(ray_records)
+            started_ray = False
 
         # 5. results, summary, report
         rows = collect_rows(exp_dir, results, ctx.trials)
@@ -425,10 +435,8 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
         n_errors = int((trials_df["status"] != "done").sum()) if len(trials_df) else 0
         trials_df.to_csv(exp_dir / "trials.csv", index=False)
         done_rows = [r for r in rows if r["status"] == "done"]
+        # the per-trial table, shown only when the findings cannot be read back from MLflow (below)
         summary = summary_table(done_rows, headline_metric(cfg))
-        summary.to_csv(exp_dir / "summary.csv")
-        echo("")
-        echo(format_summary(done_rows, headline_metric(cfg)))
         if n_errors:
             echo(f"{n_errors} trial(s) did not finish; see {exp_dir / 'trials.csv'} and the lungray.error tag in MLflow")
         over = pd.to_numeric(trials_df.get("trial_overhead_seconds", pd.Series(dtype=float)), errors="coerce").dropna()
@@ -448,9 +456,18 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
         parent_done = not queued and S.finish_parent(exp_dir, tracking_uri, parent_run_id, state["status"], n_errors)
         report_path = report_error = None
         want_report = cfg.report if report is None else report
-        if want_report and not interrupted and parent_done:
-            report_path, report_error = _build_report(tracking_uri, experiment, parent_run_id, exp_dir, cfg.tracking.gradcam, echo,
-                                                      print_figures=cfg.tracking.print_figures)
+        end = None
+        if not interrupted and parent_done:  # console table, summary.csv, report, MLflow headline: one set of numbers
+            from lungray.sweep.conclude import conclude
+
+            end = conclude(tracking_uri, experiment, parent_run_id, exp_dir, cfg, report=want_report, echo=echo)
+            report_path, report_error = end.report_path, end.report_error
+        if end is not None and end.summary is not None:
+            summary = end.summary
+        else:
+            summary.to_csv(exp_dir / "summary.csv")
+            echo("")
+            echo(format_summary(done_rows, headline_metric(cfg)))
         if not parent_done:
             S.mark_parent_pending(exp_dir)
             echo(f"{S.outage_line(exp_dir) or 'MLflow writes are queued'}; the results are complete in {exp_dir}: "
@@ -460,6 +477,10 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
         echo(ui_line(tracking_uri, experiment_id, cfg.output_dir))
         echo(disk_line(exp_dir, Path(cfg.output_dir)))
         echo(f"done: {len(trials_df) - n_errors}/{len(trials_df)} trials finished; experiment directory {exp_dir}")
+        if end is not None and end.headline:  # the answer last, where the eye lands (issue 20.1)
+            echo("")
+            for line in end.headline:
+                echo(line)
         return SweepResult(
             experiment_dir=exp_dir,
             config=cfg,
@@ -469,6 +490,8 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
             parent_run_id=parent_run_id,
             trials=trials_df,
             summary=summary,
+            cells=end.cells if end is not None else None,
+            headline=list(end.headline) if end is not None else [],
             report_path=report_path,
             n_errors=n_errors,
             data=data,
@@ -832,32 +855,7 @@ def _trial_id_of(res: Any, lookup: Optional[Mapping[str, Any]] = None) -> str:
 
 def _build_report(tracking_uri: str, experiment: str, parent_run_id: str, exp_dir: Path, gradcam: bool, echo,
                   print_figures: bool = False) -> tuple[Optional[Path], Optional[str]]:
-    """Build the HTML report and log it to the parent run: ``(path, failure line or None)``.
+    """Build the HTML report and log it to the parent run (:func:`lungray.sweep.conclude.build_report_step`)."""
+    from lungray.sweep.conclude import build_report_step
 
-    A report written with failed parts (red boxes) still returns its path, with the one-line
-    failure; a report that could not be built at all returns no path and the warning line.
-    """
-    from lungray.report.build import ReportIncomplete
-    from lungray.sweep import mlflow_run as M
-
-    try:
-        from lungray.report import build_report
-
-        try:
-            from lungray.report.figures import FIGURE_FORMATS
-
-            path, failure = Path(build_report(tracking_uri=tracking_uri, experiment=experiment, parent_run_id=parent_run_id,
-                                              out_dir=str(exp_dir / "report"), gradcam=gradcam,
-                                              figure_formats=FIGURE_FORMATS if print_figures else ())), None
-        except ReportIncomplete as e:
-            path, failure = e.path, str(e)
-        M.retry(lambda: M.client(tracking_uri).log_artifacts(parent_run_id, str(path.parent), "report"))
-        echo(f"report: {path}")
-        if failure:
-            echo(f"error: {failure}")
-        return path, failure
-    except Exception as e:  # noqa: BLE001 - the sweep's results must never be lost to the report
-        line = (f"the report could not be built ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
-                f"rebuild it with: lungray report --tracking-uri {tracking_uri} --run-id {parent_run_id}")
-        echo(f"error: {line}")
-        return None, line
+    return build_report_step(tracking_uri, experiment, parent_run_id, exp_dir, gradcam, echo, print_figures)

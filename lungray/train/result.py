@@ -36,11 +36,23 @@ class TrialResult:
     resolved: dict[str, Any] = field(default_factory=dict)  # batch_size, epochs, steps_per_epoch, n_train, norm
 
     def mlflow_metrics(self) -> dict[str, float]:
-        """The final, step-less metrics of a trial's MLflow run (see :mod:`lungray.tracking`)."""
+        """The final, step-less metrics of a trial's MLflow run (see :mod:`lungray.tracking`).
+
+        Besides the held-out metrics: the budget the trial was given and what it used
+        (``epochs_planned``, ``steps_per_epoch``, ``batch_size_used``, ``stopped_early`` 0/1),
+        so the report can tell a point limited by its training budget from one limited by its
+        data (issue 20.2) from what the trial did, not from a re-derivation of the schedule.
+        """
         out = {k: float(v) for k, v in self.metrics.items() if k.startswith(TEST_PREFIX)}
         if self.best_epoch is not None:
             out["best_epoch"] = float(self.best_epoch)
         out["epochs_run"] = float(self.epochs_run)
+        if self.completed:
+            out["stopped_early"] = float(bool(self.stopped_early))
+            for key, name in (("epochs", "epochs_planned"), ("steps_per_epoch", "steps_per_epoch"),
+                              ("batch_size", "batch_size_used")):
+                if isinstance(self.resolved.get(key), (int, float)):
+                    out[name] = float(self.resolved[key])
         for k in ("train_seconds", "eval_seconds", "setup_seconds"):
             if k in self.timings:
                 out[k] = float(self.timings[k])
