@@ -22,7 +22,6 @@ Layout of one sweep (``<output_dir>/<study>_<timestamp>/``, the *experiment dire
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import logging
@@ -288,11 +287,16 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
     LR.stop_leftovers(LR.records_for(cfg.output_dir, exp_dir if state is not None else None), echo=echo)
     # MLflow credentials reach a local Ray's workers through the environment they inherit from
     # this process, never through a runtime_env (Ray logs those: lungray.sweep.ray_env)
-    from lungray.sweep.mlflow_run import check_access, credentials_to_env
+    from lungray.sweep import mlflow_run as M
 
     given = usable_uri(cfg.tracking.tracking_uri or T.default_tracking_uri(cfg.output_dir), "tracking_uri")  # a saved one is masked
-    check_access(credentials_to_env(given))  # a 401/403 is one line now, not after Ray's start-up
+    M.check_access(M.credentials_to_env(given))  # a 401/403 is one line now, not after Ray's start-up
+    if state is None:
+        tracking_uri = cfg.tracking.tracking_uri or T.default_tracking_uri(cfg.output_dir)
+    else:
+        tracking_uri = usable_uri(cfg.tracking.tracking_uri or state["tracking_uri"], f"{exp_dir / SWEEP_JSON}: tracking_uri")
     quiet_ray_console(verbose)
+    warm = M.StoreWarmUp(tracking_uri, quiet=not verbose).start()  # MLflow's import and store while Ray starts
     started_ray = init_ray(address, logging_level=logging.INFO if verbose else logging.WARNING)
     instance = LR.started_instance() if started_ray else None  # None when it joined a running cluster
     ray_records = [LR.record_dir(cfg.output_dir) / f"{os.getpid()}.json"] if instance else []
@@ -307,9 +311,7 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
             echo(f"note: {n}")
 
         # 3. MLflow: experiment + parent run (created once; reused on resume)
-        from lungray.sweep import mlflow_run as M
-
-        tracking_uri = cfg.tracking.tracking_uri or T.default_tracking_uri(cfg.output_dir)
+        warm.wait()
         experiment = cfg.tracking.experiment or cfg.name
         M.OUTAGE.for_sweep(None)  # a fresh start: whatever this process saw before is history
         if state is None:
@@ -351,7 +353,6 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
             echo(f"experiment directory: {exp_dir}")
             echo(f"MLflow: {tracking_uri} experiment '{experiment}' parent run {parent_run_id}")
         else:
-            tracking_uri = usable_uri(cfg.tracking.tracking_uri or state["tracking_uri"], f"{exp_dir / SWEEP_JSON}: tracking_uri")
             experiment_id, parent_run_id = state["experiment_id"], state["parent_run_id"]
             for k in ("status", "failed_trials", "finished"):  # the end recorded by a previous driver
                 state.pop(k, None)
@@ -463,8 +464,9 @@ def quiet_ray_console(verbose: bool) -> None:
     Ray 2.60 logs "Token authentication is enabled for this Ray cluster..." at WARNING on every
     local start, though enabling it is its secure default: the line is dropped (the warning for a
     cluster WITHOUT authentication is not). ``ray.init(logging_level=...)`` handles Ray's INFO
-    lines ("Started a local Ray instance"), and MLflow's "Creating initial MLflow database
-    tables..." INFO lines are raised to WARNING.
+    lines ("Started a local Ray instance"); MLflow's "Creating initial MLflow database
+    tables..." INFO lines are raised to WARNING where MLflow is imported
+    (:class:`~lungray.sweep.mlflow_run.StoreWarmUp`, in a thread while Ray starts).
     """
     if verbose:
         return
@@ -477,9 +479,6 @@ def quiet_ray_console(verbose: bool) -> None:
         lg = logging.getLogger(name)
         if not any(isinstance(f, _DropTrialFailure) for f in lg.filters):
             lg.addFilter(_DropTrialFailure())
-    import mlflow  # noqa: F401 - configures its loggers at import; set the level after that
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 class _DropTokenEnabled(logging.Filter):
@@ -627,17 +626,26 @@ def _run_tune(cfg, ctx, pre, spec, total, exp_dir: Path, *, resume: bool, done_b
     # trials (from their checkpoints), which also covers a trial driver lost with its node.
     # Without Ray Train (one-worker trials by default) Tune's own retries resume from the
     # trial's last Tune checkpoint.
+    # Tune's own result files (tune/<trial>/result.json, progress.csv) are kept; its TensorBoard
+    # logger is not: nothing reads its event files, and creating it imported tensorboardX and
+    # torch into the driver while the first trials started (bench/RESULTS.md, issue 22.3)
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
     run_config = tune.RunConfig(
         name=TUNE_NAME,
         storage_path=str(exp_dir),
         failure_config=tune.FailureConfig(max_failures=0 if ctx.use_ray_train else cfg.resources.max_failures),
-        callbacks=[progress, S.outage_watch(str(exp_dir))],
+        callbacks=[progress, S.outage_watch(str(exp_dir)), CSVLoggerCallback(), JsonLoggerCallback()],
         verbose=1 if verbose else 0,
     )
     tune_path = exp_dir / TUNE_NAME
+    env: dict[str, str] = {} if verbose else {"RAY_AIR_NEW_OUTPUT": "0"}
     if resume and tune_path.exists() and tune.Tuner.can_restore(str(tune_path)) and not _tune_state_damaged(tune_path, echo):
+        # the saved run config's callbacks come back with it (a sweep of an older lungray may
+        # lack the explicit loggers: Tune then adds its defaults, TensorBoard's included)
         tuner = tune.Tuner.restore(str(tune_path), trainable=trainable, resume_unfinished=True, resume_errored=True, restart_errored=False)
     else:
+        env["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # the two above are given explicitly
         axes = G.param_space_axes(cfg)
         space: dict[str, Any] = {k: tune.grid_search(v) for k, v in axes.items()}
         scheduler = None
@@ -665,9 +673,9 @@ def _run_tune(cfg, ctx, pre, spec, total, exp_dir: Path, *, resume: bool, done_b
         # Tune's new output engine prints its configuration box, "View detailed results here"
         # and a TensorBoard hint even at verbose=0; the legacy engine at 0 prints nothing, and
         # lungray prints one line per finished trial instead (``-v`` keeps Tune's tables)
-        from lungray.sweep.ray_env import no_secrets_in_runtime_env
+        from lungray.sweep.ray_env import no_secrets_in_runtime_env, scoped_env
 
-        with _env({} if verbose else {"RAY_AIR_NEW_OUTPUT": "0"}), no_secrets_in_runtime_env():  # no AWS keys in Ray's logs
+        with scoped_env(env), no_secrets_in_runtime_env():  # no AWS keys in Ray's logs
             results = tuner.fit()
     except KeyboardInterrupt:
         return None, True
@@ -699,21 +707,6 @@ def _tune_state_damaged(tune_path: Path, echo) -> bool:
     tune_path.rename(aside)
     echo(f"note: Tune's state in {tune_path} is damaged ({why}); kept as {aside.name}, unfinished trials start afresh, finished ones are kept")
     return True
-
-
-@contextlib.contextmanager
-def _env(values: Mapping[str, str]):
-    """Set environment variables for the duration of the block, then restore them."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def collect_rows(exp_dir: Path, results: Any, lookup: Optional[Mapping[str, Any]] = None) -> list[dict]:
