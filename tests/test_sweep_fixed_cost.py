@@ -1,0 +1,111 @@
+"""What a sweep pays before and after its trials (issue 22.3), as behaviour: the timings are in
+``bench/bench_sweep.py`` (section 4) and ``bench/RESULTS.md``, never asserted here.
+
+* The local Ray instance a sweep starts prestarts no worker processes (Tune's trial actors never
+  use them) and no dashboard modules unless asked; a plain ``ray.init()`` on the same machine
+  is the control, so the check is seen to catch what it looks for.
+* MLflow's import and store open in a thread while Ray starts: the warm-up creates the sqlite
+  schema the driver then reuses, and a store it cannot open is left to the driver's own calls,
+  which report it as before.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lungray.sweep import mlflow_run as M
+from lungray.sweep.ray_env import DASHBOARD_ENV, local_init_kwargs
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: Starts Ray (lungray's init_ray, or plain ray.init for the control) in a fresh process and
+#: reports what the raylet started: idle worker processes, and the dashboard's command line.
+_PROBE = r"""
+import json, os, sys, time
+import psutil, ray
+from lungray.sweep.cluster import init_ray
+
+mode = sys.argv[1]
+before = dict(os.environ)
+if mode == "plain":
+    ray.init(address="local", logging_level="ERROR")
+else:
+    init_ray("local", logging_level="ERROR")
+node = ray._private.worker._global_node
+raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
+dash = node.all_processes.get("dashboard")
+dash_cmd = psutil.Process(dash[0].process.pid).cmdline() if dash else []
+workers, deadline = [], time.time() + float(sys.argv[2])
+while time.time() < deadline:  # prestarted workers appear within a few seconds of the driver connecting
+    workers = [p.pid for p in raylet.children(recursive=True) if any("default_worker.py" in a for a in p.cmdline())]
+    if workers and mode == "plain":
+        break
+    time.sleep(0.2)
+leaked = sorted(k for k in os.environ if k.startswith("RAY_") and before.get(k) != os.environ.get(k))
+ray.shutdown()
+print(json.dumps({"workers": len(workers), "dashboard_cmd": dash_cmd, "leaked_env": leaked}))
+"""
+
+
+def _probe(mode: str, wait_s: float, env: dict | None = None) -> dict:
+    full = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **(env or {})}
+    full.pop("RAY_ADDRESS", None)
+    full.pop(DASHBOARD_ENV, None) if DASHBOARD_ENV not in (env or {}) else None
+    r = subprocess.run([sys.executable, "-c", _PROBE, mode, str(wait_s)], capture_output=True, text=True, env=full, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_sweeps_local_ray_prestarts_no_worker_and_loads_no_dashboard_unless_asked():
+    plain = _probe("plain", 60)
+    assert plain["workers"] >= 1  # the control: Ray 2.60 prestarts one idle worker per CPU for the driver
+    assert "--modules-to-load=UsageStatsHead" not in plain["dashboard_cmd"]
+
+    lean = _probe("lungray", 10)
+    assert lean["workers"] == 0  # nothing in a sweep would ever run in them
+    assert "--modules-to-load=UsageStatsHead" in lean["dashboard_cmd"]  # Ray's include_dashboard=False
+    assert lean["leaked_env"] == []  # the raylet got RAY_prestart_worker_first_driver=0; the driver's env is as it was
+
+    asked = _probe("lungray", 0, env={DASHBOARD_ENV: "1"})
+    assert "--modules-to-load=UsageStatsHead" not in asked["dashboard_cmd"]
+
+
+def test_the_dashboard_is_on_only_when_asked():
+    assert local_init_kwargs({}) == {"include_dashboard": False}
+    assert local_init_kwargs({DASHBOARD_ENV: "0"}) == {"include_dashboard": False}
+    for on in ("1", "true", "YES", " on "):
+        assert local_init_kwargs({DASHBOARD_ENV: on}) == {"include_dashboard": True}
+
+
+def test_the_store_warm_up_creates_the_schema_the_driver_then_uses(tmp_path):
+    db = tmp_path / "out" / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    warm = M.StoreWarmUp(uri, quiet=True).start()
+    assert warm.wait(timeout=300)
+    assert warm.error is None and warm.seconds > 0
+    with sqlite3.connect(db) as con:
+        tables = {r[0] for r in con.execute("select name from sqlite_master where type = 'table'")}
+    assert {"experiments", "runs", "metrics", "alembic_version"} <= tables  # MLflow's migrations ran
+    assert logging.getLogger("mlflow").level == logging.WARNING  # its "Creating initial ... tables" lines stay off the console
+    exp_id = M.ensure_experiment(uri, "study", artifact_root=str(tmp_path / "out" / "mlartifacts"))
+    assert M.client(uri).get_experiment(exp_id).name == "study"
+
+
+def test_a_store_the_warm_up_cannot_open_is_left_to_the_driver(tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the store's folder should be")
+    uri = f"sqlite:///{blocker / 'mlflow.db'}"
+    warm = M.StoreWarmUp(uri).start()
+    assert warm.wait(timeout=300)  # it never raises in the driver ...
+    assert warm.error is not None
+    with pytest.raises(Exception):  # ... the driver's own call meets the problem and reports it, as before
+        M.ensure_experiment(uri, "study")
