@@ -302,26 +302,81 @@ def run_child(args, out: Path, n_trials: int, env: dict, sets=(), pythonpath: Op
     if pythonpath is not None:  # another lungray (section 4); Ray's workers inherit it
         full_env["PYTHONPATH"] = pythonpath
     load0 = os.getloadavg()[0]
-    cpu0 = _children_cpu()
+    cpu = TreeCPU(driver_args=cmd[1:3])
     t0 = time.time()
-    r = subprocess.run(cmd, env=full_env, capture_output=True, text=True)
-    wall = time.time() - t0
-    left = _reap_orphans()
-    cpu = _children_cpu() - cpu0
+    with cpu:
+        r = subprocess.run(cmd, env=full_env, capture_output=True, text=True)
+        wall = time.time() - t0
+        _reap_orphans()
     if r.returncode != 0:
         sys.stderr.write(r.stdout[-4000:] + r.stderr[-8000:])
         raise SystemExit(f"sweep child failed (exit {r.returncode}): {' '.join(cmd)}")
     res = json.loads(path.read_text())
     res["process_wall"] = wall
     res["load_start"] = load0
-    res["cpu"] = cpu if not left else float("nan")  # a process still running: its CPU is not in the sum
+    res["cpu"] = cpu.by_role()
     return res
+
+
+class TreeCPU:
+    """CPU seconds of every process this script starts (the sweep's driver, Ray's services, the
+    trial processes), sampled every 0.1 s while a sweep runs: what a sweep costs the machine,
+    however loaded it is. ``/proc`` per process, kept at its last value; a process's last tenth
+    of a second is missed. Orphans stay below this process (:func:`_subreaper`)."""
+
+    def __init__(self, driver_args: list[str]):
+        import threading
+
+        self.driver_args = driver_args
+        self.seen: dict[tuple[int, float], list] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "TreeCPU":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _role(self, p) -> str:
+        cmd = " ".join(p.cmdline())
+        if all(a in cmd for a in self.driver_args):
+            return "driver"
+        if "default_worker.py" in cmd or cmd.startswith("ray::"):
+            return "trial processes"
+        return "ray services"
+
+    def _loop(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while True:
+            for p in me.children(recursive=True):
+                try:
+                    with p.oneshot():
+                        key = (p.pid, p.create_time())
+                        t = p.cpu_times()
+                        if key not in self.seen:
+                            self.seen[key] = [self._role(p), 0.0]
+                        self.seen[key][1] = t.user + t.system
+                except psutil.Error:
+                    pass
+            if self._stop.wait(0.1):
+                return
+
+    def by_role(self) -> dict[str, float]:
+        out = {"driver": 0.0, "ray services": 0.0, "trial processes": 0.0}
+        for role, c in self.seen.values():
+            out[role] = out.get(role, 0.0) + c
+        out["total"] = sum(out.values())
+        return out
 
 
 def _subreaper() -> bool:
     """Adopt the orphans of the sweeps this script starts (Linux ``PR_SET_CHILD_SUBREAPER``):
-    Ray's workers outlive their raylet by a moment, and their CPU time is counted only when
-    some ancestor reaps them (:func:`_reap_orphans`)."""
+    Ray's processes outlive their parents by a moment and are then reaped (and measured) here."""
     try:
         import ctypes
 
@@ -330,29 +385,15 @@ def _subreaper() -> bool:
         return False
 
 
-def _children_cpu() -> float:
-    import resource
-
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
-def _reap_orphans(timeout: float = 15.0) -> int:
-    """Reap adopted orphans until none is left (or ``timeout``); returns how many still run."""
+def _reap_orphans(timeout: float = 15.0) -> None:
+    """Reap adopted orphans until none is left (or ``timeout``)."""
     deadline = time.time() + timeout
-    while True:
+    while time.time() < deadline:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return 0
+            return
         if pid == 0:
-            if time.time() > deadline:
-                try:
-                    import psutil
-
-                    return len(psutil.Process().children())
-                except Exception:  # noqa: BLE001 - informative only
-                    return 1
             time.sleep(0.1)
 
 
@@ -508,8 +549,10 @@ def fixed_cost(res: dict, slots: int) -> dict:
         out["end s"] = res["t1"] - max(t["end"] for t in tr)
     # CPU seconds of the sweep's whole process tree (driver, Ray's processes, trial workers),
     # trial compute taken out: what the fixed cost costs the machine, whatever else loads it
-    out["cpu s"] = res.get("cpu", float("nan"))
-    out["fixed cpu s"] = out["cpu s"] - compute
+    cpu = res.get("cpu") or {}
+    out["fixed cpu s"] = cpu.get("total", float("nan")) - compute
+    for role in ("driver", "ray services", "trial processes"):
+        out[f"cpu {role} s"] = cpu.get(role, float("nan"))
     out["load"] = res.get("load_start", float("nan"))
     return out
 
@@ -528,7 +571,8 @@ def _extract(ref: str, out: Path) -> Path:
 
 
 FIXED_COLS = ("run_study s", "fixed s", "data s", "ray + preflight s", "mlflow s", "to first trial s", "first trial extra s", "end s",
-              "fixed cpu s", "load")
+              "load")
+CPU_COLS = ("fixed cpu s", "cpu driver s", "cpu ray services s", "cpu trial processes s")
 
 
 def bench_fixed_cost(args, out: Path) -> None:
@@ -551,7 +595,9 @@ def bench_fixed_cost(args, out: Path) -> None:
 
     vals = C.interleave({k: one(k) for k in sides}, args.rounds)
     rows = [{"lungray": k, **{c: C.median([r.get(c, float("nan")) for r in recs[k]]) for c in FIXED_COLS}} for k in sides]
-    C.print_table(rows, "a sweep's fixed cost on the smoke grid (medians over rounds, seconds; load = 1-min load average at its start)")
+    C.print_table(rows, "a sweep's fixed cost on the smoke grid (medians over rounds, wall seconds; load = 1-min load average at its start)")
+    rows = [{"lungray": k, **{c: C.median([r.get(c, float("nan")) for r in recs[k]]) for c in CPU_COLS}} for k in sides]
+    C.print_table(rows, "CPU seconds of the sweep's processes (medians; fixed = all of them minus the trials' train + eval)")
     b, a = list(sides)
     C.print_ratio("fixed_cost_after_vs_before", C.paired_ratio(vals[a], vals[b]), note="(median of per-round ratios; < 1: the fixed cost shrank to that fraction)")
     C.print_ratio("fixed_cost_after_seconds", C.median(vals[a]), note="(seconds, not a ratio: target <= 5 s)")

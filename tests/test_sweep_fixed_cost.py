@@ -109,3 +109,44 @@ def test_a_store_the_warm_up_cannot_open_is_left_to_the_driver(tmp_path):
     assert warm.error is not None
     with pytest.raises(Exception):  # ... the driver's own call meets the problem and reports it, as before
         M.ensure_experiment(uri, "study")
+
+
+_PRELOAD = r"""
+import json, sys
+from lungray.study import load_study
+from lungray.sweep.trainable import DEFAULT_BODY, SweepContext, preload_training_stack
+from lungray.sweep.testing import FakeTrialBody
+
+model, body = sys.argv[1], sys.argv[2]
+cfg = load_study("smoke", overrides=[f"models=[{model}]"])
+trial = cfg.trials()[0]
+ctx = SweepContext(study="s", experiment_dir="/nonexistent", tracking_uri="sqlite:///x.db", experiment_id="1",
+                   parent_run_id="p", data=None, trials={}, use_ray_train=False,
+                   body=DEFAULT_BODY if body == "default" else FakeTrialBody(n_max=1))
+before = "torch" in sys.modules
+t = preload_training_stack(ctx, trial)
+if t is not None:
+    t.join(300)
+print(json.dumps({"before": before, "thread": t is not None, "torch": "torch" in sys.modules,
+                  "dynamo": "torch._dynamo" in sys.modules, "loop": "lungray.train.loop" in sys.modules,
+                  "pyplot": "matplotlib.pyplot" in sys.modules}))
+"""
+
+
+def _preload(model: str, body: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-c", _PRELOAD, model, body], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_slots_first_trial_preloads_what_its_body_trains_with():
+    cnn = _preload("simple_cnn", "default")
+    assert not cnn["before"] and cnn["thread"]
+    assert cnn["torch"] and cnn["loop"] and cnn["dynamo"]  # an optimizer's first call imports torch._dynamo
+    assert cnn["pyplot"]  # the confusion matrix PNG at the trial's end
+    logreg = _preload("logreg", "default")
+    assert logreg["torch"] and logreg["loop"] and not logreg["dynamo"]  # fitted in closed form: no optimizer
+    fake = _preload("simple_cnn", "fake")  # another body (the tests' fake): nothing is imported for it
+    assert not fake["thread"] and not fake["torch"] and not fake["pyplot"]
