@@ -2,8 +2,9 @@
 ``bench/bench_sweep.py`` (section 4) and ``bench/RESULTS.md``, never asserted here.
 
 * The local Ray instance a sweep starts prestarts no worker processes (Tune's trial actors never
-  use them) and no dashboard modules unless asked; a plain ``ray.init()`` on the same machine
-  is the control, so the check is seen to catch what it looks for.
+  use them) and no dashboard modules unless asked, and its end does not wait a second for the
+  autoscaler's monitor; a plain ``ray.init()`` on the same machine is the control, so the check
+  is seen to catch what it looks for.
 * MLflow's import and store open in a thread while Ray starts: the warm-up creates the sqlite
   schema the driver then reuses, and a store it cannot open is left to the driver's own calls,
   which report it as before.
@@ -45,13 +46,21 @@ dash = node.all_processes.get("dashboard")
 dash_cmd = psutil.Process(dash[0].process.pid).cmdline() if dash else []
 workers, deadline = [], time.time() + float(sys.argv[2])
 while time.time() < deadline:  # prestarted workers appear within a few seconds of the driver connecting
-    workers = [p.pid for p in raylet.children(recursive=True) if any("default_worker.py" in a for a in p.cmdline())]
+    workers = [p.pid for p in raylet.children(recursive=True)  # a worker renames itself ray::IDLE once up
+               if any("default_worker.py" in a or a == "ray::IDLE" for a in p.cmdline())]
     if workers and mode == "plain":
         break
     time.sleep(0.2)
-leaked = sorted(k for k in os.environ if k.startswith("RAY_") and before.get(k) != os.environ.get(k))
-ray.shutdown()
-print(json.dumps({"workers": len(workers), "dashboard_cmd": dash_cmd, "leaked_env": leaked}))
+leaked = [k for k in ("RAY_prestart_worker_first_driver",) if before.get(k) != os.environ.get(k)]
+monitor = node.all_processes["monitor"][0].process
+if mode == "plain":
+    ray.shutdown()
+else:
+    from lungray.sweep import local_ray as LR
+
+    LR.shutdown()
+print(json.dumps({"workers": len(workers), "dashboard_cmd": dash_cmd, "leaked_env": leaked,
+                  "monitor_exit": monitor.poll(), "initialized": ray.is_initialized()}))
 """
 
 
@@ -72,6 +81,7 @@ def test_a_sweeps_local_ray_prestarts_no_worker_and_loads_no_dashboard_unless_as
 
     lean = _probe("lungray", 10)
     assert lean["workers"] == 0  # nothing in a sweep would ever run in them
+    assert lean["monitor_exit"] == -9 and not lean["initialized"]  # killed at once (LR.shutdown), Ray down
     assert "--modules-to-load=UsageStatsHead" in lean["dashboard_cmd"]  # Ray's include_dashboard=False
     assert lean["leaked_env"] == []  # the raylet got RAY_prestart_worker_first_driver=0; the driver's env is as it was
 
@@ -83,7 +93,7 @@ def test_the_dashboard_is_on_only_when_asked():
     assert local_init_kwargs({}) == {"include_dashboard": False}
     assert local_init_kwargs({DASHBOARD_ENV: "0"}) == {"include_dashboard": False}
     for on in ("1", "true", "YES", " on "):
-        assert local_init_kwargs({DASHBOARD_ENV: on}) == {"include_dashboard": True}
+        assert local_init_kwargs({DASHBOARD_ENV: on}) == {}  # Ray's default: the dashboard when ray[default] is installed
 
 
 def test_the_store_warm_up_creates_the_schema_the_driver_then_uses(tmp_path):

@@ -64,15 +64,16 @@ DASHBOARD_ENV = "LUNGRAY_RAY_DASHBOARD"
 
 
 def local_init_kwargs(environ: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
-    """``ray.init`` options for a local instance the driver starts: the dashboard on request only.
+    """``ray.init`` options for a local instance the driver starts: the dashboard on request only
+    (then Ray's own default: started when its packages are installed, ``ray[default]``).
 
     >>> local_init_kwargs({})
     {'include_dashboard': False}
     >>> local_init_kwargs({"LUNGRAY_RAY_DASHBOARD": "1"})
-    {'include_dashboard': True}
+    {}
     """
     env = os.environ if environ is None else environ
-    return {"include_dashboard": env.get(DASHBOARD_ENV, "").strip().lower() in ("1", "true", "yes", "on")}
+    return {} if env.get(DASHBOARD_ENV, "").strip().lower() in ("1", "true", "yes", "on") else {"include_dashboard": False}
 
 
 @contextlib.contextmanager

@@ -164,8 +164,6 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
     TASKS.get(cfg.train.task).check_data(data)  # e.g. segmentation on data without masks: before Ray
 
     # 2. Ray and the preflight
-    import ray
-
     from lungray.sweep import local_ray as LR
     from lungray.sweep.cluster import cluster_spec, init_ray
 
@@ -340,7 +338,7 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
         )
     finally:
         if started_ray:
-            ray.shutdown()
+            LR.shutdown()
             LR.forget(ray_records)
 
 
