@@ -160,3 +160,30 @@ def test_a_slots_first_trial_preloads_what_its_body_trains_with():
     assert logreg["torch"] and logreg["loop"] and not logreg["dynamo"]  # fitted in closed form: no optimizer
     fake = _preload("simple_cnn", "fake")  # another body (the tests' fake): nothing is imported for it
     assert not fake["thread"] and not fake["torch"] and not fake["pyplot"]
+
+
+def test_a_new_local_store_is_a_copy_of_an_empty_one_mlflow_made_once(tmp_path, monkeypatch):
+    """MLflow's ~60 schema migrations run once per machine and MLflow version, not per store."""
+    import mlflow
+    import mlflow.store.db.utils as U
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    migrations = []
+    real = U._initialize_tables
+    monkeypatch.setattr(U, "_initialize_tables", lambda engine: (migrations.append(str(engine.url)), real(engine))[1])
+    uri_a, uri_b = (f"sqlite:///{tmp_path / d / 'mlflow.db'}" for d in ("a", "b"))
+    exp_a = M.ensure_experiment(uri_a, "study", artifact_root=str(tmp_path / "a" / "mlartifacts"))
+    template = tmp_path / "cache" / "lungray" / "mlflow-schema" / f"mlflow-{mlflow.__version__}.db"
+    assert template.exists() and len(migrations) == 1 and "mlflow-schema" in migrations[0]  # made by MLflow itself, once
+    exp_b = M.ensure_experiment(uri_b, "study", artifact_root=str(tmp_path / "b" / "mlartifacts"))
+    assert len(migrations) == 1  # the second store is a copy: no migration ran for it
+
+    c = M.client(uri_b)
+    assert c.get_experiment("0").name == "Default"  # recreated by MLflow for this store
+    assert c.get_experiment(exp_b).artifact_location == (tmp_path / "b" / "mlartifacts").resolve().as_uri()
+    run = c.create_run(exp_b)
+    c.log_metric(run.info.run_id, "m", 0.5, step=3)
+    assert [(m.step, m.value) for m in c.get_metric_history(run.info.run_id, "m")] == [(3, 0.5)]
+    assert [e.name for e in M.client(uri_a).search_experiments()] == ["study", "Default"]  # stores stay apart
+    assert M.client(uri_a).get_experiment_by_name("study").experiment_id == exp_a
+    assert c.search_runs([exp_b])[0].info.run_id == run.info.run_id and not M.client(uri_a).search_runs([exp_a])

@@ -260,19 +260,88 @@ def schema_lock(tracking_uri: str):
     with open(db.with_name(db.name + ".init.lock"), "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
+            if not db.exists():
+                seed_sqlite_store(db)
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+#: Where a new local store's schema comes from (``$XDG_CACHE_HOME/lungray``, else ``~/.cache/lungray``)
+CACHE_ENV = "XDG_CACHE_HOME"
+
+
+def schema_template() -> Optional[Path]:
+    """An empty MLflow sqlite store of the installed MLflow, made once per machine and version.
+
+    MLflow builds a new sqlite store by running its ~60 schema migrations, each committed to
+    disk: ~2.5 s on a quiet disk, 10 s and more on a busy one, for every new output folder
+    (issue 22.3). The result is the same file every time for one MLflow version, except the
+    Default experiment (id 0), whose artifact location MLflow derives from the store's
+    surroundings: the template is made by MLflow itself and has that row removed, and MLflow
+    recreates it, for the new store's own location, when it first opens a copy
+    (``SqlAlchemyStore._initialize_store_state``). ``None`` when it cannot be made (MLflow's own
+    migrations then run as before).
+    """
+    import fcntl
+    import sqlite3
+
+    try:
+        import mlflow
+
+        base = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache") / "lungray" / "mlflow-schema"
+        template = base / f"mlflow-{mlflow.__version__}.db"
+        if template.exists():
+            return template
+        base.mkdir(parents=True, exist_ok=True)
+        with open(base / ".lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            if template.exists():  # another process made it meanwhile
+                return template
+            tmp = base / f".{template.name}.{os.getpid()}.tmp"
+            tmp.unlink(missing_ok=True)
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)  # MLflow's own migrations
+            con = sqlite3.connect(tmp)
+            try:
+                with con:
+                    con.execute("DELETE FROM experiments WHERE experiment_id = 0")
+            finally:
+                con.close()
+            os.replace(tmp, template)
+            return template
+    except Exception:  # noqa: BLE001 - a cache; MLflow builds the store itself without it
+        log.debug("no MLflow schema template", exc_info=True)
+        return None
+
+
+def seed_sqlite_store(db: Path) -> bool:
+    """Create the new sqlite store ``db`` as a copy of :func:`schema_template` (atomically);
+    ``False`` when there is no template (MLflow then creates the store as before)."""
+    import shutil
+
+    template = schema_template()
+    if template is None:
+        return False
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(template, tmp)
+        os.replace(tmp, db)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False
+    return True
 
 
 
 class StoreWarmUp:
     """Import MLflow and open the sweep's store in a thread, while Ray starts (issue 22.3).
 
-    A new local sqlite store runs MLflow's ~60 schema migrations, each committed to disk: ~2.5 s
-    on a quiet 2-CPU machine and far more on a busy disk, most of it waiting on the disk, and
-    ``import mlflow`` takes ~1 s. ``ray.init`` meanwhile mostly waits for the processes it
-    starts. Both now overlap; :meth:`wait` is called before the driver's first MLflow write.
+    ``import mlflow`` takes ~1 s of a quiet CPU, and opening a new local sqlite store ran MLflow's
+    ~60 schema migrations (now a copy of :func:`schema_template`). ``ray.init`` meanwhile mostly
+    waits for the processes it starts. Both now overlap; :meth:`wait` is called before the
+    driver's first MLflow write.
 
     Nothing here refuses or retries: a failure is left for the driver's own calls, which report
     it (or queue the writes) exactly as before. MLflow's client caches the store per URI, so the
