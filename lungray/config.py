@@ -45,6 +45,33 @@ class DataConfig:
     ``covid_ct_xray``, ``rsna``, ``csv``, ``medmnist``). ``class_map`` maps source class names to
     study class names (e.g. 4 folders -> "COVID" vs "rest"); a source class mapped to ``null``
     is dropped.
+
+    The phantom (``source: phantom``, :mod:`lungray.data.phantom`; issue 18: it looks like the
+    public sets, each knob measured by ``tests/test_data_phantom.py``):
+
+    - ``phantom_n`` images (augmented copies included), ``phantom_classes`` 2 or 4,
+      ``phantom_difficulty`` (divides every finding's density), ``phantom_seed``;
+    - ``phantom_images_per_patient``: mean follow-up films per patient (geometric, >= 1);
+    - ``phantom_series_fraction`` of the patients come as a CT-like series of
+      ``phantom_series_length`` nearly identical films (adjacent slices);
+    - ``phantom_sites`` acquisition sites, differing in contrast, gamma, noise and collimation
+      and in where they put their markings; ``phantom_site_label_correlation`` in [0, 1] plants
+      a site shortcut (``P(site = the class's home site) = c + (1 - c) / sites``; 0: none);
+    - ``phantom_markings``: which of ``marker`` (lead L/R, boxed at some sites), ``text`` (1-4
+      burned-in lines), ``label_box``, ``ruler``, ``ecg`` (electrodes and leads) sites may use;
+      ``[]`` gives clean films;
+    - ``phantom_copies``: mean number of Keras-style augmented copies per film (the Kaggle sets'
+      copies, carrying the original's markings; 0 = none);
+    - ``phantom_patient_ids``: ``false`` leaves the patient ids out of the manifest, like the
+      Kaggle folder sets (then only the leakage audit groups copies).
+
+    Split refusals (issue 18; checked before anything trains and by ``lungray data check``,
+    exit 1): the evaluation set must hold at least ``min_eval_per_class`` images of every class
+    and the validation set (when ``val_size`` > 0) at least ``min_val_per_class``; no duplicate
+    cluster of the leakage audit may hold more than ``max_cluster_share`` of the images (10
+    images are always allowed, however small the dataset) or join more than
+    ``max_cluster_patients`` distinct patient ids. A duplicate pair whose two images carry different labels is never a
+    grouping edge: it is reported as a label conflict or a suspected false pair.
     """
 
     source: str = "phantom"
@@ -56,6 +83,14 @@ class DataConfig:
     phantom_classes: int = 2
     phantom_difficulty: float = 1.0
     phantom_seed: int = 0
+    phantom_images_per_patient: float = 2.0
+    phantom_series_fraction: float = 0.1
+    phantom_series_length: int = 6
+    phantom_sites: int = 3
+    phantom_site_label_correlation: float = 0.0
+    phantom_markings: tuple[str, ...] = ("marker", "text", "label_box", "ruler", "ecg")
+    phantom_copies: float = 0.0
+    phantom_patient_ids: bool = True
     # decode / cache
     resolution: int = 64
     resize: str = "stretch"  # "stretch" or "letterbox"
@@ -67,6 +102,16 @@ class DataConfig:
     val_size: Union[int, float] = 0.1  # count or fraction of what remains after eval
     split_seed: int = 0  # the held-out set is fixed across seeds: it has its own seed
     class_balanced: bool = False  # class-balanced nested subsets
+    # the held-out evaluation set is ALSO the validation set (early stopping and checkpoint
+    # selection read the test images): study 5 as published (PROTOCOLS.md section 5), a flaw kept
+    # only to reproduce it; needs val_size 0, and the report flags every sweep that uses it
+    val_is_eval: bool = False
+    # split refusals: an accuracy on 10 images has a 95 % interval of about +-0.3, below that a
+    # per-class metric is noise; a validation set needs each class to pick a checkpoint by
+    min_eval_per_class: int = 10
+    min_val_per_class: int = 3
+    max_cluster_share: float = 0.05  # one duplicate cluster holding more of the data is the audit chaining distinct images
+    max_cluster_patients: int = 3  # a copy belongs to one patient: a cluster over more patient ids is false pairs
     # leakage audit
     # duplicate clusters are split groups (no copy crosses a holdout split); "drop" removes training-side
     # copies of val/eval images where a source's own predefined split lets them cross, "report" lists them,
@@ -107,6 +152,13 @@ class ModelConfig:
     # inside the model ("backbone.body.layer4.2.conv2")
     gradcam_layer: str = "auto"
     padding: str = "same"  # simple_cnn's 3x3 convolutions: "same" or "valid" (section 5: 18,129,890 weights at 299 px)
+    # this model's own input, as a Keras application reads its directory iterator
+    # (PROTOCOLS.md section 5: the VGG19 reference at 224 px with vgg19.preprocess_input beside a
+    # CNN at 299 px in [0, 1]): ``input_size`` resizes the cached image (nearest neighbour, Keras'
+    # load_img default) before augmentation; ``normalization`` replaces train.normalization for
+    # this model (e.g. "keras_caffe"). None: the study's.
+    input_size: Optional[int] = None
+    normalization: Optional[str] = None
 
     @property
     def key(self) -> str:
@@ -145,6 +197,10 @@ class SizeRule:
     epochs: int
 
 
+#: ``schedule.steps_per_epoch`` of study 5's code (PROTOCOLS.md section 5)
+KERAS_BATCHES_OVER_BATCH = "ceil(n/b)//b"
+
+
 @dataclass(frozen=True)
 class ScheduleConfig:
     """How long to train, as a rule of the training size.
@@ -171,6 +227,29 @@ class ScheduleConfig:
     monitor: str = "val_loss"  # one of the task's validation metrics, each with its direction (lungray.train.tasks)
     checkpoint_every: int = 1  # epochs between resumable checkpoints...
     checkpoint_min_seconds: float = 60.0  # ...but at most one per this many seconds (0 = every checkpoint_every)
+    # what one "epoch" is: None = one pass over the training subset; N = N optimisation steps cut
+    # from one endless stream of shuffled passes (Keras fit(generator, steps_per_epoch=N); each
+    # epoch ends with the validation and early-stopping step); "ceil(n/b)//b" = study 5's code
+    # as published, len(train_set) // batch_size with len(train_set) already a count of batches
+    # (9 steps of 32 at its ~9,660 training images; PROTOCOLS.md section 5)
+    steps_per_epoch: Union[int, str, None] = None
+
+    def epoch_steps(self, n_train: int, batch_size: int) -> Optional[int]:
+        """``steps_per_epoch`` as a number of steps at this size (``None``: a full pass).
+
+        >>> ScheduleConfig(steps_per_epoch="ceil(n/b)//b").epoch_steps(9665, 32)  # ceil(9665/32) = 303 -> 303 // 32
+        9
+        >>> ScheduleConfig(steps_per_epoch="ceil(n/b)//b").epoch_steps(100, 32)  # at least one step
+        1
+        """
+        k = self.steps_per_epoch
+        if k is None:
+            return None
+        if k == KERAS_BATCHES_OVER_BATCH:
+            return max(1, math.ceil(int(n_train) / int(batch_size)) // int(batch_size))
+        if isinstance(k, str):
+            raise ConfigError(f"schedule.steps_per_epoch: '{k}' is not valid; a positive count, null, or '{KERAS_BATCHES_OVER_BATCH}'")
+        return int(k)
 
     def resolve(self, n_train: int) -> tuple[int, int]:
         """(batch_size, epochs) for a training size, per the rule."""
@@ -185,7 +264,7 @@ class ScheduleConfig:
         if self.rule == "steps":
             assert self.max_steps is not None
             bs = min(self.batch_size, n_train)
-            steps_per_epoch = math.ceil(n_train / bs)
+            steps_per_epoch = self.epoch_steps(n_train, bs) or math.ceil(n_train / bs)
             return bs, max(1, math.ceil(self.max_steps / steps_per_epoch))
         raise ConfigError(f"unknown schedule rule '{self.rule}'; valid choices: fixed, size, steps")
 
@@ -195,7 +274,7 @@ class TrainConfig:
     """Everything about the training loop that is not the model, optimizer or budget."""
 
     task: str = "classification"  # a lungray.train.tasks.TASKS name: "classification" or "segmentation"
-    loss: str = "auto"  # the task's loss: "auto" = its default (classification: ce; segmentation: dice, as the RSNA study)
+    loss: str = "auto"  # the task's loss: "auto" = its default (classification: ce; segmentation: dice); the RSNA study's is dice_rsna
     augmentation: str = "none"  # an augmentation preset name
     normalization: str = "pool"  # "imagenet", "pool" (mean/std of the training pool), "none"
     imbalance: str = "none"  # "none", "weighted_loss", "weighted_sampler"
@@ -257,6 +336,9 @@ class TrackingConfig:
     experiment: Optional[str] = None  # None: the study name
     log_checkpoints: bool = True
     gradcam: bool = True  # Grad-CAM panels in the report
+    # also write every report figure as a 300-dpi PNG, SVG and PDF (180 mm) under report/figures/;
+    # off by default: the page embeds its figures, and the print files were a quarter of its time
+    print_figures: bool = False
 
 
 @dataclass(frozen=True)
@@ -324,7 +406,7 @@ class StudyConfig:
         out = []
         for m in self.models:
             for v in self.variants:
-                train = self.variant_train(v)
+                train = self.variant_train(v, m)
                 for n in self.sizes:
                     for o in self.optimizers:
                         for s in self.seeds:
@@ -342,11 +424,15 @@ class StudyConfig:
                             )
         return out
 
-    def variant_train(self, v: VariantConfig) -> TrainConfig:
-        """``train`` with the variant's normalisation settings applied."""
-        if v.normalization is None and v.norm_mean is None and v.norm_std is None:
-            return self.train
+    def variant_train(self, v: VariantConfig, m: Optional[ModelConfig] = None) -> TrainConfig:
+        """``train`` with the model's normalisation (``models[i].normalization``) or the
+        variant's settings applied (validation refuses a model and a variant that both set one)."""
         t = self.train
+        if m is not None and m.normalization is not None:
+            keep = m.normalization == t.normalization
+            t = replace(t, normalization=m.normalization, norm_mean=t.norm_mean if keep else None, norm_std=t.norm_std if keep else None)
+        if v.normalization is None and v.norm_mean is None and v.norm_std is None:
+            return t
         # a variant that switches to another normalisation does not inherit fixed numbers
         keep = v.normalization is None or v.normalization == t.normalization
         return replace(

@@ -181,10 +181,11 @@ def install_log_redaction(logger: logging.Logger | None = None) -> None:
 
 
 def configure_logging(verbose: bool, level: int = logging.INFO) -> None:
-    """Console logging at ``level``, every record redacted (:func:`install_log_redaction`); the
-    ``lungray`` CLI and the sweep scripts call this first. ``-v`` adds lungray's debug lines and
+    """Console logging, every record redacted (:func:`install_log_redaction`); the ``lungray``
+    CLI and the sweep scripts call this first. lungray's own lines from ``level`` up, libraries'
+    from WARNING up: their INFO chatter (fontTools writes one line per table of every font it
+    subsets into a PDF, issue 20.5) is not for the console. ``-v`` adds lungray's debug lines and
     libraries' INFO lines, never their DEBUG lines (PIL alone writes one per PNG chunk it reads)."""
-    logging.basicConfig(level=logging.INFO if verbose else level, format="%(message)s")
-    if verbose:
-        logging.getLogger("lungray").setLevel(logging.DEBUG)
+    logging.basicConfig(level=logging.INFO if verbose else max(level, logging.WARNING), format="%(message)s")
+    logging.getLogger("lungray").setLevel(logging.DEBUG if verbose else level)
     install_log_redaction()  # credentials never reach the console (issue 15)

@@ -394,12 +394,9 @@ CASES: list[Case] = [
     Case("unknown_label", "a class folder the class map does not mention", lambda root, tmp: _with_other(root),
          "quarantined", ("Other/0.png: unknown label 'Other' (not in data.class_map); add the class to data.class_map (or map it to null) or remove the file",), "header"),
     # ---- labels ----------------------------------------------------------------------------------
-    Case("typo_case", "label typo: 'Covid' next to 'COVID'", extra_class("Covid", 2), "warning",
-         ("near-identical class names 'COVID' (8 images), 'Covid' (2 images): one class under several spellings? "
-          'merge them with data.class_map: {"COVID": "COVID", "Covid": "COVID", "Normal": "Normal"}',
-          "class 'Covid' has 2 usable image(s): the held-out split gives it 1 evaluation, 0 validation and 1 "
-          "training-pool image(s), so it is never validated; add images, merge it into another class or drop it with "
-          "data.class_map"),
+    Case('typo_case', "label typo: 'Covid' next to 'COVID'", extra_class("Covid", 2), "error",
+         ("the validation set would hold no 'Covid' image: model selection and early stopping would ignore the class; use more data, a larger data.val_size, or data.val_size=0 for no validation set",
+          "near-identical class names 'COVID' (8 images), 'Covid' (2 images): one class under several spellings? merge them with data.class_map: {\"COVID\": \"COVID\", \"Covid\": \"COVID\", \"Normal\": \"Normal\"}",),
          counts={"COVID": 8, "Covid": 2, "Normal": 8}),
     Case("nfc_nfd_classes", "two class folders named alike in NFC and NFD Unicode forms (a macOS copy): they print identically",
          plus({f"{NEUMONIA_NFD}/{i}.png": (lambda i: lambda root: png_bytes(imgs()[20 + i]))(i) for i in range(8)},
@@ -408,45 +405,35 @@ CASES: list[Case] = [
           "Neumoni\\u0301a): the same name in two Unicode forms (a folder copied from macOS?); merge them with "
           f'data.class_map: {{"COVID": "COVID", "Neumoni\\u0301a": "{NEUMONIA_NFC}", "{NEUMONIA_NFC}": "{NEUMONIA_NFC}"}}',),
          counts={"COVID": 8, NEUMONIA_NFC: 8, NEUMONIA_NFD: 8}),
-    Case("typo_lookalike_l", "label typo with a look-alike letter: 'COVlD' (l for I), one image", extra_class("COVlD", 1),
-         "warning",
-         ("near-identical class names 'COVID' (8 images), 'COVlD' (1 image): one class under several spellings? "
-          'merge them with data.class_map: {"COVID": "COVID", "COVlD": "COVID", "Normal": "Normal"}',
-          "class 'COVlD' has 1 usable image(s): the held-out split gives it 0 evaluation, 0 validation and 1 "
-          "training-pool image(s), so it is never evaluated or validated; add images, merge it into another class or drop it with "
-          "data.class_map"),
+    Case('typo_lookalike_l', "label typo with a look-alike letter: 'COVlD' (l for I), one image", extra_class("COVlD", 1), "error",
+         ("the evaluation set would hold no 'COVlD' image: its metrics would miss the class; use more data or a larger data.eval_size, or drop the class with data.class_map",
+          "the validation set would hold no 'COVlD' image: model selection and early stopping would ignore the class; use more data, a larger data.val_size, or data.val_size=0 for no validation set",
+          "near-identical class names 'COVID' (8 images), 'COVlD' (1 image): one class under several spellings? merge them with data.class_map: {\"COVID\": \"COVID\", \"COVlD\": \"COVID\", \"Normal\": \"Normal\"}",),
          counts={"COVID": 8, "COVlD": 1, "Normal": 8}),
-    Case("typo_zero_for_o", "label typo: 'C0VID' (zero for O)", extra_class("C0VID", 3), "warning",
-         ("near-identical class names 'COVID' (8 images), 'C0VID' (3 images): one class under several spellings? "
-          'merge them with data.class_map: {"C0VID": "COVID", "COVID": "COVID", "Normal": "Normal"}',
-          "class 'C0VID' has 3 usable image(s): the held-out split gives it 1 evaluation, 0 validation and 2 "
-          "training-pool image(s), so it is never validated; add images, merge it into another class or drop it with "
-          "data.class_map"),
+    Case('typo_zero_for_o', "label typo: 'C0VID' (zero for O)", extra_class("C0VID", 3), "error",
+         ("the validation set would hold no 'C0VID' image: model selection and early stopping would ignore the class; use more data, a larger data.val_size, or data.val_size=0 for no validation set",
+          "near-identical class names 'COVID' (8 images), 'C0VID' (3 images): one class under several spellings? merge them with data.class_map: {\"C0VID\": \"COVID\", \"COVID\": \"COVID\", \"Normal\": \"Normal\"}",),
          counts={"C0VID": 3, "COVID": 8, "Normal": 8}),
-    Case("typo_whitespace", "label typo: a trailing space, 'Normal '", extra_class("Normal ", 3), "warning",
-         ("near-identical class names 'Normal' (8 images), 'Normal ' (3 images): one class under several spellings? "
-          'merge them with data.class_map: {"COVID": "COVID", "Normal": "Normal", "Normal ": "Normal"}',
-          "class 'Normal ' has 3 usable image(s): the held-out split gives it 1 evaluation, 0 validation and 2 "
-          "training-pool image(s), so it is never validated; add images, merge it into another class or drop it with "
-          "data.class_map"),
+    Case('typo_whitespace', "label typo: a trailing space, 'Normal '", extra_class("Normal ", 3), "error",
+         ("the validation set would hold no 'Normal ' image: model selection and early stopping would ignore the class; use more data, a larger data.val_size, or data.val_size=0 for no validation set",
+          "near-identical class names 'Normal' (8 images), 'Normal ' (3 images): one class under several spellings? merge them with data.class_map: {\"COVID\": \"COVID\", \"Normal\": \"Normal\", \"Normal \": \"Normal\"}",),
          counts={"COVID": 8, "Normal": 8, "Normal ": 3}),
-    Case("typo_homoglyph", "label typo: Cyrillic 'С' in 'СOVID'", extra_class("\u0421OVID", 3), "warning",
-         ("near-identical class names 'COVID' (8 images), '\u0421OVID' (3 images): one class under several spellings? "
-          'merge them with data.class_map: {"COVID": "COVID", "Normal": "Normal", "\u0421OVID": "COVID"}',
-          "class '\u0421OVID' has 3 usable image(s): the held-out split gives it 1 evaluation, 0 validation and 2 "
-          "training-pool image(s), so it is never validated; add images, merge it into another class or drop it with "
-          "data.class_map"),
+    Case('typo_homoglyph', "label typo: Cyrillic 'С' in '\u0421OVID'", extra_class("\u0421OVID", 3), "error",
+         ("the validation set would hold no '\u0421OVID' image: model selection and early stopping would ignore the class; use more data, a larger data.val_size, or data.val_size=0 for no validation set",
+          "near-identical class names 'COVID' (8 images), '\u0421OVID' (3 images): one class under several spellings? merge them with data.class_map: {\"COVID\": \"COVID\", \"Normal\": \"Normal\", \"СOVID\": \"COVID\"}",),
          counts={"COVID": 8, "Normal": 8, "\u0421OVID": 3}),
-    Case("class_one_image", "a class with 1 image", extra_class("Rare", 1), "warning",
-("class 'Rare' has 1 usable image(s): the held-out split gives it 0 evaluation, 0 validation and 1 "
-          "training-pool image(s), so it is never evaluated or validated; add images, merge it into another class or drop it with "
-          "data.class_map",),
+    Case('class_one_image', 'a class with 1 image', extra_class("Rare", 1), "error",
+         ("the evaluation set would hold no 'Rare' image: its metrics would miss the class; use more data or a larger data.eval_size, or drop the class with data.class_map",
+          "the validation set would hold no 'Rare' image: model selection and early stopping would ignore the class; use more data, a larger data.val_size, or data.val_size=0 for no validation set",),
          counts={"COVID": 8, "Normal": 8, "Rare": 1}),
-    Case("class_two_images", "a class with 2 images", extra_class("Rare", 2), "warning",
-("class 'Rare' has 2 usable image(s): the held-out split gives it 1 evaluation, 0 validation and 1 "
-          "training-pool image(s), so it is never validated; add images, merge it into another class or drop it with "
-          "data.class_map",),
+    Case('class_two_images', 'a class with 2 images', extra_class("Rare", 2), "error",
+         ("the validation set would hold no 'Rare' image: model selection and early stopping would ignore the class; use more data, a larger data.val_size, or data.val_size=0 for no validation set",),
          counts={"COVID": 8, "Normal": 8, "Rare": 2}),
+    Case("typo_splits_fine", "label typo on a class large enough for every split: 'Covid' (8 images)",
+         lambda root, tmp: (extra_class("Covid", 8, first=24)(root, tmp), {"val_size": 3})[1], "warning",
+         ('near-identical class names \'COVID\' (8 images), \'Covid\' (8 images): one class under several spellings? '
+          'merge them with data.class_map: {"COVID": "COVID", "Covid": "COVID", "Normal": "Normal"}',),
+         counts={"COVID": 8, "Covid": 8, "Normal": 8}),
     # ---- the dataset cannot be used --------------------------------------------------------------
     Case("empty_class", "an empty class folder", plus({"Empty": None}),
          "error",
@@ -470,6 +457,14 @@ CASES: list[Case] = [
          plus({}, eval_size=16, val_size=0), "error",
          ("the held-out split cannot be made: eval_size=16 and val_size=0 leave no training pool out of 16 images",),
          prefix=True),
+    Case("eval_below_minimum", "an evaluation set with fewer images of a class than data.min_eval_per_class",
+         plus({}, min_eval_per_class=10), "error",
+         ("the evaluation set would hold only 2 'COVID', 2 'Normal' image(s), fewer than data.min_eval_per_class = 10 per "
+          "class: a metric on so few is noise; use more data, a larger data.eval_size, or lower data.min_eval_per_class",)),
+    Case("val_loses_a_class", "a validation set too small to hold every class",
+         plus({}, val_size=1), "error",
+         ("the validation set would hold no 'Normal' image: model selection and early stopping would ignore the class; "
+          "use more data, a larger data.val_size, or data.val_size=0 for no validation set",)),
     # ---- information only ------------------------------------------------------------------------
     Case("non_image_files", "non-image files in the class folders (.txt, .xlsx)",
          plus({"COVID/notes.txt": lambda root: b"x", "Normal/meta.xlsx": lambda root: b"x"}),
@@ -561,7 +556,10 @@ def _cfg(case: Case, root: Path, tmp: Path) -> tuple[Any, tuple]:
 
     over = case.build(root, tmp) or {}
     sizes = tuple(over.pop("sizes", ()))
-    kw: dict = {"source": "folder", "path": str(root), "resolution": 16, "val_size": 2, **over}
+    # 8 images per class: below a study's split minimums (data.min_eval_per_class 10), lifted here
+    # except by the cases that test them
+    kw: dict = {"source": "folder", "path": str(root), "resolution": 16, "val_size": 2,
+                "min_eval_per_class": 1, "min_val_per_class": 1, **over}
     return DataConfig(**kw), sizes
 
 
@@ -642,7 +640,8 @@ def test_bad_input(case: Case, work: Path):
         # the sweep names images by hashed id, never by file name (issue 23, point 6)
         for line in expected:
             assert _as_sweep(line, rep.manifest, cfg) in shown, (_as_sweep(line, rep.manifest, cfg), shown)
-        assert shown[-1].startswith(f"data: {sum(counts.values())} of ") and f"{len(expected)} quarantined" in shown[-1]
+        totals = next(s for s in shown if s.startswith("data: "))  # then the leakage audit's line
+        assert totals.startswith(f"data: {sum(counts.values())} of ") and f"{len(expected)} quarantined" in totals
         bad = rep.manifest[rep.manifest["problem"] != ""]
         for p, reason in zip(bad["path"], bad["problem"]):
             if p and case.stage != "manifest" and not case.id.startswith(("csv_", "label_", "unknown_")):
@@ -653,28 +652,40 @@ def test_bad_input(case: Case, work: Path):
         assert rep.dataset_problems == [] and rep.n_quarantined == 0
         assert printed[-len(rep.warnings) - 1 :] == rep.warnings + [rep.summary]
         assert exit_status(rep) == 0 and exit_status(rep, strict=True) == 1  # data.strict: test_strict_refuses
-        if expected[0].startswith("near-identical"):  # the printed class_map line merges the spellings
-            line = expected[0].split("merge them with ")[1]
-            cmap = yaml.safe_load(line.split(": ", 1)[1])
-            merged: dict = {}
-            for k, v in counts.items():
-                merged[cmap[k]] = merged.get(cmap[k], 0) + v
-            fixed = check_dataset(dataclasses.replace(cfg, class_map=cmap), echo=None, decode_files=True)
-            assert fixed.ok and fixed.class_counts == merged and len(merged) == 2
+        _merge_fixes(cfg, rep, counts)
         return
     assert case.outcome == "error"
     if case.prefix:
         assert rep.problems[-1].startswith(expected[-1]) and rep.problems[:-1] == expected[:-1]
         expected[-1] = rep.problems[-1]
-    assert rep.dataset_problems == expected[-len(rep.dataset_problems) :] and rep.problems == expected
+    errors = [p for p in expected if p not in rep.warnings]  # a label typo's hint comes after the errors it causes
+    assert rep.dataset_problems == errors[-len(rep.dataset_problems) :] and rep.problems == expected
     assert exit_status(rep) == 1 and not rep.usable
+    if rep.warnings:
+        _merge_fixes(cfg, rep, counts)
     if not sizes:
         with pytest.raises(DataError) as e:
             prepare_data(cfg, output_dir=tmp / "out", progress=False, parallel=False, echo=[].append)
-        assert expected[-1] in str(e.value)
+        assert errors[-1] in str(e.value) and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("case_id", ["truncated_png", "float_tiff_nan", "typo_lookalike_l"])
+def _merge_fixes(cfg: Any, rep: Any, counts: dict) -> None:
+    """A near-identical class-name warning's class_map line merges the spellings, and the merged
+    dataset checks clean."""
+    from lungray.data.check import check_dataset
+
+    for w in rep.warnings:
+        if not w.startswith("near-identical"):
+            continue
+        cmap = yaml.safe_load(w.split("merge them with ")[1].split(": ", 1)[1])
+        merged: dict = {}
+        for k, v in counts.items():
+            merged[cmap[k]] = merged.get(cmap[k], 0) + v
+        fixed = check_dataset(dataclasses.replace(cfg, class_map=cmap), echo=None, decode_files=True)
+        assert fixed.ok and fixed.class_counts == merged and len(merged) == 2
+
+
+@pytest.mark.parametrize("case_id", ["truncated_png", "float_tiff_nan", "typo_splits_fine"])
 def test_strict_refuses_what_the_default_lets_through(case_id: str, work: Path):
     """``data.strict`` (the sweep) refuses a header-level quarantine, a pixel-level quarantine (found
     by the cache's decode) and a label warning; the default prepares all three, warning printed."""
@@ -797,7 +808,8 @@ def test_real_decompression_bomb_is_quarantined_without_decoding(tmp_path):
     bomb = _real_png(root / "COVID" / "bomb.png", 30000, 30000, gradient=False)
     assert bomb.stat().st_size < 1_000_000
     code = f"import sys; from lungray.cli import main; rc = main(sys.argv[1:]); print('maxrss_mb', {_HWM}); sys.exit(rc)"
-    p = subprocess.run([sys.executable, "-c", code, "data", "check", str(root), "--val-size", "2", "--no-duplicates"],
+    p = subprocess.run([sys.executable, "-c", code, "data", "check", str(root), "--val-size", "2", "--no-duplicates",
+                        "--min-eval-per-class", "1", "--min-val-per-class", "1"],
                        capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "PYTHONWARNINGS": "always"})
     assert p.returncode == 0, p.stderr
     assert "COVID/bomb.png: image too large (30000x30000 px = 900.0 megapixels; the limit is 89.5); downscale it" in p.stdout

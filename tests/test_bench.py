@@ -140,6 +140,19 @@ def test_bench_segmentation_quick():
 
 
 @pytest.mark.slow
+def test_diagnose_unet_twin_quick():
+    """The issue-21.5 diagnosis runs every variant (a Dice table, not a ratio: no RATIO lines)."""
+    r = subprocess.run([sys.executable, str(BENCH / "diagnose_unet_twin.py"), "--quick"], cwd=str(REPO), capture_output=True,
+                       text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "== diagnose_unet_twin ==" in r.stdout
+    import diagnose_unet_twin as D
+
+    table = re.findall(r"^DICE (\S+)\s+16\s+([0-9.]+|nan)\s+.*\s(\d)/1$", r.stdout, re.M)
+    assert [v for v, _, _ in table] == list(D.VARIANTS), r.stdout[-3000:]
+
+
+@pytest.mark.slow
 def test_bench_data_quick():
     out, ratios = run_script("bench_data.py", "--quick")
     want = {"data_pipeline_w0", "data_pipeline_w1", "decode_png_ray_vs_serial", "decode_dcm_ray_vs_serial",
@@ -154,9 +167,20 @@ def test_bench_data_quick():
 def test_bench_leakage_quick():
     out, ratios = run_script("bench_leakage.py", "--quick")
     assert "recall per transform" in out and "false pairs (different patients / different real files)" in out
-    assert set(ratios) >= {"recall_keras_mix", "false_pair_rate"}
-    for t in ("rotation 30", "zoom 0.9", "shift 10%", "keras mix"):
+    assert set(ratios) >= {"recall_keras_mix", "recall_keras_mix_markings", "false_pair_rate", "false_pair_rate_shared_markings",
+                           "clusters_joining_patients", "copies_in_cluster", "cost_exponent", "verified_exponent"}
+    for t in ("rotation 30", "zoom 0.9", "shift 10%", "keras mix", "mix + markings"):
         assert f"phantom  {t}" in out
+    for g in ("phantom (1 site)", "second generator", "real (RG1 + CR tiles)"):
+        assert g in out
+    assert "cost against n" in out and "without mask and cap" in out
+
+
+@pytest.mark.slow
+def test_bench_phantom_quick():
+    out, ratios = run_script("bench_phantom.py", "--quick", "--curve")
+    assert {"generation_defaults_over_clean", "data_build_audit_over_off", "data_build_cpu_s"} <= set(ratios), out
+    assert "the default preset's data build" in out and "accuracy of the calibration CNN" in out
 
 
 @pytest.mark.slow
@@ -167,6 +191,20 @@ def test_bench_sweep_quick():
     # the smoke grid really ran its 8 trials to the end
     row = next(line for line in out.splitlines() if line.strip().startswith("smoke grid (8 trials) "))
     assert row.split()[4:6] == ["8", "8"], row  # trials, finished
+
+
+@pytest.mark.slow
+def test_bench_report_quick():
+    out, ratios = run_script("bench_report.py", "--quick", timeout=1500)
+    want = {"report_cli_wall_after_vs_before", "report_cli_cpu_after_vs_before", "report_cli_print_files_vs_none",
+            "report_step_wall_after_vs_before", "report_step_cpu_after_vs_before"}
+    assert want <= set(ratios), out
+    assert all(v > 0 for v in ratios.values()), ratios
+    for variant in ("cli before", "cli after", "cli after, print files", "step before", "step after"):
+        assert f"  {variant} " in out
+    # the after build prints one line ("wrote ..."), the before one printed it twice
+    row = next(line for line in out.splitlines() if line.startswith("  cli after "))
+    assert row.split()[-1] == "1", row
 
 
 def test_sweep_series_grids_are_k_identical_trials():

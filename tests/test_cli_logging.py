@@ -21,7 +21,8 @@ def test_verbose_data_check_does_not_flood_with_pil_debug_lines(tmp_path):
         for i in range(3):
             Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8)).save(tmp_path / cls / f"{cls}-{i}.png")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    p = subprocess.run([sys.executable, "-m", "lungray", "-v", "data", "check", str(tmp_path), "--source", "folder"],
+    p = subprocess.run([sys.executable, "-m", "lungray", "-v", "data", "check", str(tmp_path), "--source", "folder",
+                        "--min-eval-per-class", "1", "--min-val-per-class", "1", "--val-size", "0"],
                        capture_output=True, text=True, env=env, timeout=300)
     console = p.stdout + p.stderr
     assert p.returncode == 0, console[-2000:]

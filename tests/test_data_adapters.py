@@ -44,14 +44,23 @@ def test_phantom_adapter():
     assert list(df.columns) == list(COLUMNS)
     assert class_names_of(df) == ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
     assert len(df) == 30 and (df["problem"] == "").all()
-    assert df["path"].iloc[7] == "phantom://seed=0/classes=4/difficulty=1/7"
+    from lungray.data.adapters import parse_phantom_uri, phantom_spec
+    from lungray.data.phantom import PhantomSpec, generate_phantom
+
+    spec = phantom_spec(DataConfig(phantom_classes=4))
+    assert spec == PhantomSpec(n_classes=4)
+    assert df["path"].iloc[7] == f"phantom://{spec.key}/7" and parse_phantom_uri(df["path"].iloc[7]) == (spec, 7)
     assert df["image_id"].iloc[7] == "phantom-s0-000007"
     assert df["patient_id"].str.match(r"^p_[0-9a-f]{16}$").all()
     assert df["patient_id"].nunique() < 30  # patients have several images
-    from lungray.data.phantom import generate_phantom
-
     ph = generate_phantom(30, n_classes=4, resolution=16)
     assert np.array_equal(df["class_index"].to_numpy(), ph.labels)
+    assert df["site"].tolist() == [f"site-{s}" for s in ph.sites]
+    # a Kaggle-like phantom: no patient ids in the manifest (only the audit's clusters group copies)
+    hidden = build_manifest(DataConfig(phantom_n=30, phantom_patient_ids=False, resolution=16))
+    assert (hidden["patient_id"] == "").all() and (hidden["site"] != "").all()
+    with pytest.raises(DataError, match="malformed phantom path"):
+        parse_phantom_uri("phantom://seed=0/bogus=1/3")
 
 
 # --------------------------------------------------------------------------------------------

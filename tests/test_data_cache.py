@@ -15,6 +15,7 @@ from lungray.config import DataConfig
 from lungray.data import cache as C
 from lungray.data.adapters import build_manifest
 from lungray.data.decode import decode, resize, to_storage
+from lungray.data.burnin import content_image
 from lungray.data.hashing import dihedral_hashes
 from lungray.data.preprocess import apply_preprocessing
 
@@ -60,7 +61,7 @@ def test_cache_contents_match_decode_resize_preprocess(tree, tmp_path):
         expected = to_storage(apply_preprocessing("clahe", resize(img, 16, "stretch"), 16), "uint8")
         assert np.array_equal(images[i], expected), row["image_id"]
         assert row["sha256"] == hashlib.sha256(Path(row["path"]).read_bytes()).hexdigest()
-        assert np.array_equal(hashes[i], dihedral_hashes(img))
+        assert np.array_equal(hashes[i], dihedral_hashes(content_image(img)))  # burned-in annotations inpainted
         assert row["phash"] == f"{int(hashes[i, 0]):016x}"
         assert (row["height"], row["width"]) == img.shape
     narrow = man[man["path"].str.endswith("/Normal/n_narrow.png")].iloc[0]
@@ -151,9 +152,18 @@ def test_phantom_cache_has_masks_and_generated_pixels(tmp_path):
     ph = generate_phantom(12, resolution=16)
     assert np.array_equal(np.load(root / "images.npy"), ph.images)
     assert np.array_equal(np.load(root / "masks.npy"), ph.masks)
+    assert np.array_equal(np.load(root / "lung_masks.npy"), ph.lung_masks) and json.loads((root / "meta.json").read_text())["lung_masks"]
     assert np.array_equal(np.load(root / "labels.npy"), ph.labels)
     man = pd.read_parquet(root / "manifest.parquet")
     assert man["sha256"].iloc[3] == hashlib.sha256(ph.images[3].tobytes()).hexdigest()
+    assert man["site"].tolist() == [f"site-{s}" for s in ph.sites]
+    # phantom rows are hashed and described like decoded files (issue 18: the keypoint stage runs)
+    assert np.array_equal(np.load(root / "hashes.npy")[5], dihedral_hashes(content_image(ph.images[5])))
+    feats = C.load_features(root)
+    from lungray.data.keypoints import describe
+
+    want = describe(ph.images[5])
+    assert (feats.count > 0).all() and np.array_equal(feats.count[5], want[2]) and np.array_equal(feats.desc[5], want[0])
 
 
 def test_ray_parallel_decode_equals_serial(tree, tmp_path):

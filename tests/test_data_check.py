@@ -12,6 +12,11 @@ from lungray.config import DataConfig
 from lungray.data.check import check_dataset, guess_source, problem_kind
 from lungray.errors import DataError
 
+# the minimums of a real study (data.min_eval_per_class 10, min_val_per_class 3) refuse these
+# few-file fixtures; the tests of other checks lift them
+TINY = {"min_eval_per_class": 1, "min_val_per_class": 1}
+TINY_CLI = ["--min-eval-per-class", "1", "--min-val-per-class", "1"]
+
 
 @pytest.fixture(scope="module")
 def imgs():
@@ -67,7 +72,7 @@ EXPECTED_A = {  # each line: the file, the reason (the manifest's problem column
 def test_every_bad_file_kind_is_quarantined_with_one_line(bad_tree):
     lines: list[str] = []
     # val_size=2: one validation image per class (with 0.1, 1 image: a class never validated is a warning)
-    rep = check_dataset(DataConfig(source="folder", path=str(bad_tree), val_size=2), echo=lines.append)
+    rep = check_dataset(DataConfig(source="folder", path=str(bad_tree), val_size=2, **TINY), echo=lines.append)
     assert set(rep.problems) == EXPECTED_A
     assert set(lines[:-1]) == EXPECTED_A
     assert lines[-1] == rep.summary
@@ -85,7 +90,7 @@ def test_every_bad_file_kind_is_quarantined_with_one_line(bad_tree):
 def test_strict_raises_after_reporting(bad_tree):
     lines: list[str] = []
     with pytest.raises(DataError, match=r"data check failed \(strict\): 6 of 19 images quarantined"):
-        check_dataset(DataConfig(source="folder", path=str(bad_tree), val_size=2), strict=True, echo=lines.append)
+        check_dataset(DataConfig(source="folder", path=str(bad_tree), val_size=2, **TINY), strict=True, echo=lines.append)
     assert set(lines[:-1]) == EXPECTED_A  # everything was listed before failing
 
 
@@ -129,10 +134,11 @@ def test_csv_missing_file_row_number_and_duplicate_ids(tmp_path, imgs):
         "img/3.png: duplicate image_id; make the image ids unique",
     ]
     assert rep.class_counts == {"COVID": 1, "Normal": 1}
-    # one usable image per class: the held-out split cannot both evaluate and train each class
-    assert [w.split(":")[0] for w in rep.warnings] == [
-        "class 'COVID' has 1 usable image(s)", "class 'Normal' has 1 usable image(s)"
-    ] and rep.problems[3:] == rep.warnings
+    # one usable image per class: the held-out split cannot both evaluate and train each class (issue 18: errors)
+    assert [w.split(":")[0] for w in rep.dataset_problems] == [
+        "the evaluation set would hold no 'Normal' image", "the validation set would hold no 'COVID' and no 'Normal' image",
+        "the training pool would hold no 'COVID' image",
+    ] and rep.problems[3:] == rep.dataset_problems and rep.warnings == [] and not rep.usable
 
 
 def test_pool_too_small_for_requested_sizes(tmp_path, imgs):
@@ -140,7 +146,7 @@ def test_pool_too_small_for_requested_sizes(tmp_path, imgs):
     for i in range(10):
         _png(tmp_path / "A" / f"{i}.png", imgs[i])
         _png(tmp_path / "B" / f"{i}.png", imgs[10 + i])
-    cfg = DataConfig(source="folder", path=str(tmp_path), eval_size=6, val_size=2)
+    cfg = DataConfig(source="folder", path=str(tmp_path), eval_size=6, val_size=2, **TINY)
     lines: list[str] = []
     rep = check_dataset(cfg, sizes=(4, 12, 500), echo=lines.append)
     # 20 images - 6 eval - 2 val = a pool of 12: sizes 4 and 12 fit, 500 does not
@@ -152,9 +158,9 @@ def test_pool_too_small_for_requested_sizes(tmp_path, imgs):
 
 def test_phantom_checks_clean():
     lines: list[str] = []
-    rep = check_dataset(DataConfig(phantom_n=40, resolution=16), echo=lines.append)  # 20: a class without validation
+    rep = check_dataset(DataConfig(phantom_n=200, resolution=16), echo=lines.append)
     assert rep.ok and rep.problems == [] and lines == [rep.summary]
-    assert rep.summary.startswith("all 40 images OK; per class: Normal ")
+    assert rep.summary.startswith("all 200 images OK; per class: Normal ")
 
 
 def test_problem_kind():
@@ -190,9 +196,9 @@ def test_data_check_reports_duplicate_clusters(tmp_path, capsys):
 
     from lungray.cli import main
     from lungray.data.keypoints import keras_transform
-    from lungray.data.phantom import _patient_of, render_case
+    from lungray.data.phantom import PhantomSpec, layout, render_case
 
-    patient = _patient_of(40, 5)
+    patient = layout(80, PhantomSpec(seed=5)).patient
     first = np.flatnonzero(np.r_[True, patient[1:] != patient[:-1]])[:8]
     root = tmp_path / "ds"
     for k, i in enumerate(first):
@@ -204,7 +210,7 @@ def test_data_check_reports_duplicate_clusters(tmp_path, capsys):
             Image.fromarray(keras_transform(c.image, flip=True, brightness=1.2, theta=-8)).save(root / c.class_name / "im0_flip.png")
         if k == 1:
             (root / c.class_name / "im1_copy.png").write_bytes((root / c.class_name / "im1.png").read_bytes())
-    rc = main(["data", "check", str(root), "--cache-dir", str(tmp_path / "cache")])
+    rc = main(["data", "check", str(root), "--cache-dir", str(tmp_path / "cache"), "--val-size", "0", *TINY_CLI])
     out = capsys.readouterr().out
     assert rc == 0, out
     line = next(ln for ln in out.splitlines() if ln.startswith("duplicates:"))
@@ -213,7 +219,7 @@ def test_data_check_reports_duplicate_clusters(tmp_path, capsys):
     biggest = next(ln for ln in out.splitlines() if "cluster of 3" in ln)
     assert all(name in biggest for name in ("im0", "im0_rot", "im0_flip"))
     assert "no patient ids: a split of this dataset is image-level, grouped only by these clusters" in out
-    assert main(["data", "check", str(root), "--no-duplicates"]) == 0
+    assert main(["data", "check", str(root), "--no-duplicates", "--val-size", "0", *TINY_CLI]) == 0
     assert "duplicates:" not in capsys.readouterr().out
 
 
@@ -236,11 +242,11 @@ def test_cli_exit_status_quarantine_strict_unusable(tmp_path, imgs, capsys):
         _png(tmp_path / "ds" / "B" / f"{i}.png", imgs[10 + i])
     (tmp_path / "ds" / "A" / "bad\nB: fake.png").write_bytes(b"")
     ds = str(tmp_path / "ds")
-    rc, out, err = _run(["data", "check", ds, "--val-size", "2", "--no-duplicates"], capsys)
+    rc, out, err = _run(["data", "check", ds, "--val-size", "2", "--no-duplicates", *TINY_CLI], capsys)
     # one bad PNG: quarantined with a warning line, and the gate passes as the sweep would
     assert rc == 0 and "A/bad\\nB: fake.png: zero-byte file; re-download or remove it\n" in out
     assert out.count("\n") == 2 and out.splitlines()[-1].startswith("1 of 17 images quarantined")
-    rc, out, err = _run(["data", "check", ds, "--val-size", "2", "--strict", "--no-duplicates"], capsys)
+    rc, out, err = _run(["data", "check", ds, "--val-size", "2", "--strict", "--no-duplicates", *TINY_CLI], capsys)
     assert rc == 1 and err == "data check failed (--strict): 1 problem(s) above\n"
     (tmp_path / "one" / "A").mkdir(parents=True)
     _png(tmp_path / "one" / "A" / "0.png", imgs[0])
@@ -258,7 +264,7 @@ def test_cli_which_maps_a_hashed_id_back_to_its_file(tmp_path, imgs, capsys):
     for i in range(8):
         _png(tmp_path / "ds" / "A" / f"PAT-{i}.png", imgs[i])
         _png(tmp_path / "ds" / "B" / f"PAT-{10 + i}.png", imgs[10 + i])
-    cfg = DataConfig(source="folder", path=str(tmp_path / "ds"), resolution=16, val_size=2)
+    cfg = DataConfig(source="folder", path=str(tmp_path / "ds"), resolution=16, val_size=2, **TINY)
     d = prepare_data(cfg, output_dir=tmp_path / "out", progress=False, parallel=False)
     image_id = str(d.ids[3])
     assert image_id.startswith("img_") and "PAT" not in "".join(map(str, d.ids))
@@ -279,13 +285,13 @@ def test_check_manifest_carries_the_hashes_the_cache_computes(tmp_path, imgs, ca
     for i in range(8):
         _png(tmp_path / "ds" / "A" / f"{i}.png", imgs[i])
         _png(tmp_path / "ds" / "B" / f"{i}.png", imgs[10 + i][:, :20])  # 24 x 20
-    rc, _, _ = _run(["data", "check", str(tmp_path / "ds"), "--val-size", "2", "--no-duplicates", "--manifest-out", str(tmp_path / "m.parquet")], capsys)
+    rc, _, _ = _run(["data", "check", str(tmp_path / "ds"), "--val-size", "2", "--no-duplicates", "--manifest-out", str(tmp_path / "m.parquet"), *TINY_CLI], capsys)
     m = pd.read_parquet(tmp_path / "m.parquet").set_index("image_id")
     assert rc == 0 and len(m) == 16
     for image_id, r in m.iterrows():
         assert r["sha256"] == hashlib.sha256(Path(r["path"]).read_bytes()).hexdigest()
         assert (r["width"], r["height"]) == ((24, 24) if "/A/" in r["path"] else (20, 24))
-    cfg = DataConfig(source="folder", path=str(tmp_path / "ds"), resolution=16, val_size=2)
+    cfg = DataConfig(source="folder", path=str(tmp_path / "ds"), resolution=16, val_size=2, **TINY)
     cached = prepare_data(cfg, output_dir=tmp_path / "out", progress=False, parallel=False).manifest().set_index("image_id")
     cols = ["sha256", "phash", "width", "height", "path", "label"]
     pd.testing.assert_frame_equal(m.loc[cached.index, cols], cached[cols])

@@ -31,9 +31,9 @@ N_ORIG, N_COPIES = 70, 60
 @pytest.fixture(scope="module")
 def keras_set():
     """70 phantom chests of 70 different patients (128 px) + a Keras-style random copy of each of the first 60."""
-    from lungray.data.phantom import _patient_of, render_case
+    from lungray.data.phantom import PhantomSpec, layout, render_case
 
-    patient = _patient_of(200, 21)
+    patient = layout(400, PhantomSpec(seed=21)).patient
     first = np.flatnonzero(np.r_[True, patient[1:] != patient[:-1]])[:N_ORIG]  # one image per patient
     assert len(first) == N_ORIG
     originals = np.stack([render_case(int(i), resolution=128, seed=21).image for i in first])
@@ -72,8 +72,8 @@ def test_describe_shapes_and_mirror_frame(keras_set):
     assert feats.desc.shape == (len(images), 2, KP.N_KEYPOINTS, 32) and feats.thumbs.shape == (len(images), KP.THUMB, KP.THUMB)
     assert (feats.count > 50).all()  # a 128-px chest has plenty of corners at 256 px
     # side 1 of an image = side 0 of its mirror image, in the image's own frame (x mirrored)
-    d0, xy0, c0, _ = KP.describe(images[0])
-    dm, xym, cm, _ = KP.describe(np.ascontiguousarray(images[0][:, ::-1]))
+    d0, xy0, c0, _, _ = KP.describe(images[0])
+    dm, xym, cm, _, _ = KP.describe(np.ascontiguousarray(images[0][:, ::-1]))
     assert c0[1] == cm[0] and np.array_equal(d0[1, : c0[1]], dm[0, : cm[0]])
     np.testing.assert_allclose(xy0[1, : c0[1], 0], KP.SIZE - 1 - xym[0, : cm[0], 0], atol=1e-4)
     with pytest.raises(ValueError, match="2-D grayscale"):
@@ -111,10 +111,15 @@ def test_verification_rejects_an_implausible_or_unrelated_match(keras_set):
     m = {"a": np.zeros(k, np.int64), "b": np.ones(k, np.int64), "rel": np.zeros(k, np.int64),
          "pa": feats.xy[0, 0, :k], "pb": feats.xy[1, 0, :k]}
     assert len(KP.verify_candidates(feats, m)) == 0
-    # the same correspondences for an image and its exact copy pass
-    m2 = {**m, "pb": feats.xy[0, 0, :k]}
-    out = KP.verify_candidates(feats, m2)
+    # identity correspondences between two different patients (what a shared label box gives):
+    # a perfect geometric fit, rejected by the photometric check, which no inlier count skips
+    m_id = {**m, "pb": feats.xy[0, 0, :k]}
+    assert k >= 40 and len(KP.verify_candidates(feats, m_id)) == 0
+    # the same correspondences between an image and its exact copy pass
+    copy = KP.describe_batch([images[0], images[0].copy()])
+    out = KP.verify_candidates(copy, m_id)
     assert out[["row_a", "row_b", "inliers"]].values.tolist() == [[0, 1, k]] and out["transform"][0] == "rot +0 deg, zoom 1.00"
+    assert out["ncc"][0] > 0.99
     assert KP.describe_affine(np.array([[0.0, -1.1, 0], [1.1, 0.0, 0]])) == "rot +90 deg, zoom 1.10"
     assert KP.describe_affine(np.array([[-1.0, 0, 255], [0, 1.0, 0]])).endswith("mirrored")
 
@@ -164,3 +169,47 @@ def test_cross_split_pairs_and_doc():
     assert doc["cross_split"]["pool-val"]["keypoints"] == 0
     assert [(e["id_a"], e["split_a"], e["id_b"], e["split_b"]) for e in doc["examples"]][:2] == [
         ("im0", "pool", "im5", "eval"), ("im3", "val", "im4", "eval")]
+    # with labels (4 classes) and patients: labels on every example, pairs across labels first
+    names = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
+    doc = leakage_doc(p, 6, splits, ids=[f"im{i}" for i in range(6)], labels=[0, 3, 3, 2, 2, 0], class_names=names,
+                      patients=[0, 1, 1, 2, 3, 4])
+    assert doc["suspect_pairs"] == 0 and doc["pairs_across_patients"] == 2  # (0, 5) and (3, 4) join two patients
+    assert [(e["label_a"], e["label_b"], e["suspect"]) for e in doc["examples"]][:2] == [("COVID", "COVID", False), ("Normal", "Normal", False)]
+    doc = leakage_doc(p, 6, splits, labels=[0, 3, 1, 2, 2, 0], class_names=names)
+    assert doc["suspect_pairs"] == 1 and doc["examples"][0]["suspect"] and (doc["examples"][0]["label_a"], doc["examples"][0]["label_b"]) == (
+        "Viral Pneumonia", "Lung_Opacity")
+
+
+def test_hash_pairs_are_confirmed_photometrically(keras_set):
+    """Issue 18: two different look-alike films within 6 bits were paired by "phash identity" (the
+    default report showed such a pair, different labels and all). With keypoint features, a hash
+    pair more than 3 bits apart must pass the photometric check under the hash's map; a resized,
+    re-encoded or flipped copy does, a look-alike does not. Hashes forced 5 bits apart here."""
+    import cv2
+
+    from lungray.data.leakage import PHASH_SURE
+
+    images = keras_set[0]
+    a, b = images[0], images[1]  # two different patients
+    _, buf = cv2.imencode(".jpg", cv2.resize(a, (100, 100), interpolation=cv2.INTER_AREA), [cv2.IMWRITE_JPEG_QUALITY, 80])
+    copy = cv2.resize(cv2.imdecode(buf, 0), (128, 128))
+    flipped = np.ascontiguousarray(a[:, ::-1])
+    imgs = [a, b, copy, flipped]
+    f = KP.describe_batch(imgs)
+    H = dihedral_hashes_batch(np.stack(imgs))
+    five = np.uint64(0b11111)
+    H[1] = H[0] ^ five  # the look-alike: 5 bits from a
+    H[2] = H[0] ^ (five << np.uint64(20))  # the copy: 5 other bits (10 from the look-alike)
+    sha = [sha256_bytes(im.tobytes()) for im in imgs]
+    hash_only = find_duplicates(H, sha, 6)
+    assert {(0, 1), (0, 2), (0, 3)} <= set(zip(hash_only.row_a, hash_only.row_b))
+    full = find_duplicates(H, sha, 6, features=f)
+    found = set(zip(full.row_a, full.row_b))
+    assert (0, 1) not in found and (1, 3) not in found  # the look-alike is refused
+    assert {(0, 2), (0, 3)} <= found
+    kept = full.set_index(["row_a", "row_b"])
+    assert kept.loc[(0, 2), "stage"] == "phash" and kept.loc[(0, 2), "ncc"] >= KP.MIN_NCC
+    assert kept.loc[(0, 3), "transform"] == "hflip"
+    # within PHASH_SURE bits the hash alone decides (a copy resampled to a few pixels keeps little detail)
+    H[1] = H[0] ^ np.uint64((1 << PHASH_SURE) - 1)
+    assert (0, 1) in set(zip(*find_duplicates(H, sha, 6, features=f)[["row_a", "row_b"]].to_numpy().T))

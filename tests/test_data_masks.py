@@ -77,11 +77,11 @@ def test_fit_mask_resizes_to_the_image_placement():
 # RSNA: pydicom-made DICOMs + the real labels CSV, through the rsna adapter and prepare_data
 # --------------------------------------------------------------------------------------------
 
-# patientId -> (rows, cols, boxes [x, y, w, h] in the DICOM's pixel space; [] = Target 0)
+# patientId -> (rows, cols, boxes [x, y, w, h] in the challenge's 1024 x 1024 space; [] = Target 0)
 RSNA_CASES = {
     "0a0f91dc-6015-4342-b809-d19610854a21": (1024, 1024, [[100, 200, 300, 150], [600, 500, 200, 300], [350, 250, 100, 100]]),
     "0a1b2c3d-0000-4000-8000-000000000002": (1024, 1024, [[0, 0, 64, 32]]),
-    "0a1b2c3d-0000-4000-8000-000000000003": (512, 1024, [[256, 128, 512, 256]]),
+    "0a1b2c3d-0000-4000-8000-000000000003": (512, 1024, [[256, 256, 512, 512]]),  # boxes in the 1024 x 1024 space
     "0a1b2c3d-0000-4000-8000-000000000004": (1024, 1024, [[700, 100, 96, 600]]),
     "0b1b2c3d-0000-4000-8000-000000000005": (1024, 1024, []),
     "0b1b2c3d-0000-4000-8000-000000000006": (1024, 1024, []),
@@ -96,7 +96,8 @@ P = list(RSNA_CASES)
 #   10.9375..14.0625 -> cols 11..13, y 250..350 -> 7.8125..10.9375 -> rows 8..10 (9), of which
 #   col 11 x rows 8..10 (3) lie in box 1: union 45 + 54 + 9 - 3 = 105
 # P1: x 0..2 -> cols 0..1, y 0..1 -> row 0: 2
-# P2 (512 x 1024): stretch x 256..768 -> 8..24 (16 cols), y 128..384 at 32/512 -> 8..24 (16 rows):
+# P2 (512 x 1024): the box y 256..768 of the 1024 space is 128..384 of the DICOM's 512 rows;
+#   stretch x 256..768 -> 8..24 (16 cols), y 128..384 at 32/512 -> 8..24 (16 rows):
 #   256; letterbox 16 x 32 at top 8: rows 8 + 4..12 -> 12..19 (8 rows) x 16 cols: 128
 # P3: x 700..796 -> 21.875..24.875 -> cols 22..24 (3), y 100..700 -> 3.125..21.875 -> rows 3..21 (19): 57
 EXPECTED_STRETCH = {
@@ -132,7 +133,8 @@ def rsna_tree(tmp_path_factory):
 
 
 def _rsna(rsna_tree, tmp_path, mode):
-    cfg = DataConfig(source="rsna", path=str(rsna_tree), resolution=32, resize=mode, eval_size=2, val_size=2, leakage="off")
+    cfg = DataConfig(source="rsna", path=str(rsna_tree), resolution=32, resize=mode, eval_size=2, val_size=2, leakage="off",
+                     min_eval_per_class=1, min_val_per_class=1)  # a few-file fixture
     d = prepare_data(cfg, output_dir=tmp_path, progress=False, parallel=False)
     ids = list(d.ids)
     row = {pid: ids.index("rsna_" + hash_patient_id(pid, id_salt("rsna"))[2:]) for pid in P}
@@ -194,16 +196,173 @@ def test_rsna_masks_decoded_by_ray_tasks_equal_serial(rsna_tree, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# masks follow every preprocessing (issue 21.2) and RSNA boxes on DICOMs of any size (21.3)
+# --------------------------------------------------------------------------------------------
+
+#: (rows, cols) of the planted-box DICOMs: the challenge's 1024, resized copies, a non-square one
+PLANTED_SIZES = [(1024, 1024), (256, 256), (64, 64), (64, 64), (200, 160), (96, 128), (256, 256), (64, 64)]
+#: boxes in the challenge's 1024 x 1024 space, one or two per image
+PLANTED_BOXES = [
+    [[100, 200, 300, 150]], [[600, 500, 200, 300]], [[350, 250, 400, 400]], [[60, 600, 250, 250], [700, 100, 200, 500]],
+    [[300, 300, 300, 300]], [[500, 100, 320, 480]], [[0, 0, 280, 220]], [[740, 740, 280, 280]],
+]
+
+
+def write_planted_rsna_tree(root: Path, sizes=PLANTED_SIZES, boxes=PLANTED_BOXES, negatives: int = 2) -> Path:
+    """RSNA layout whose DICOM pixels show the boxes: 220 inside, 30 +- 12 outside, each box drawn
+    at its place in the DICOM's own size (the 1024-space box scaled by rows/1024, cols/1024)."""
+    from lungray.data.phantom import write_dicom
+
+    rng = np.random.default_rng(7)
+    lines = ["patientId,x,y,width,height,Target"]
+    for i, ((h, w), bx) in enumerate(zip(sizes, boxes)):
+        pid = f"9a9a9a9a-0000-4000-8000-{i:012d}"
+        img = np.clip(30 + rng.normal(0, 12, (h, w)), 0, 255)
+        for x, y, bw, bh in bx:
+            sx, sy = w / 1024, h / 1024
+            img[round(y * sy) : round((y + bh) * sy), round(x * sx) : round((x + bw) * sx)] = 220
+        write_dicom(root / "stage_2_train_images" / f"{pid}.dcm", img.astype(np.uint8), patient_id=pid, image_id=pid)
+        lines += [f"{pid},{float(x)},{float(y)},{float(bw)},{float(bh)},1" for x, y, bw, bh in bx]
+    for j in range(negatives):
+        pid = f"9b9b9b9b-0000-4000-8000-{j:012d}"
+        img = np.clip(30 + rng.normal(0, 12, (64, 64)), 0, 255).astype(np.uint8)  # not blank: a blank image is quarantined
+        write_dicom(root / "stage_2_train_images" / f"{pid}.dcm", img, patient_id=pid, image_id=pid)
+        lines.append(f"{pid},,,,,0")
+    (root / "stage_2_train_labels.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _alignment(img: np.ndarray, mask: np.ndarray, margin: int = 4) -> float:
+    """IoU of the mask and the image's bright region near it: the ``k`` brightest pixels of the
+    box around the mask (``margin`` pixels wider), ``k`` the mask's area. A rank, not a level,
+    so a photometric step (equalisation spreads the background over the whole range, locally
+    or not) changes nothing: only where the pixels are counts."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    r0, r1 = max(rows[0] - margin, 0), min(rows[-1] + margin + 1, mask.shape[0])
+    c0, c1 = max(cols[0] - margin, 0), min(cols[-1] + margin + 1, mask.shape[1])
+    win, m = img[r0:r1, c0:c1].astype(float).ravel(), mask[r0:r1, c0:c1].ravel() == 1
+    bright = np.zeros(win.size, dtype=bool)
+    bright[np.argsort(-win, kind="stable")[: int(m.sum())]] = True
+    return float((bright & m).sum() / (bright | m).sum())
+
+
+def _every_preprocessing() -> list[str]:
+    from lungray.data.preprocess import PREPROCESSING
+
+    return sorted(PREPROCESSING.names()) + ["center_crop+clahe"]
+
+
+@pytest.fixture(scope="module")
+def planted_rsna(tmp_path_factory):
+    return write_planted_rsna_tree(tmp_path_factory.mktemp("planted_rsna"))
+
+
+@pytest.mark.parametrize("mode", ["stretch", "letterbox"])
+@pytest.mark.parametrize("preprocess", _every_preprocessing())
+def test_rsna_masks_follow_every_preprocessing_on_dicoms_of_every_size(planted_rsna, tmp_path, preprocess, mode):
+    """Each mask lies on its image's bright box, whatever the preprocessing and the DICOM's size."""
+    cfg = DataConfig(source="rsna", path=str(planted_rsna), resolution=64, resize=mode, preprocess=preprocess)
+    root = C.build_cache(build_manifest(cfg), cfg, tmp_path, progress=False, parallel=False)
+    images, masks = np.load(root / "images.npy"), np.load(root / "masks.npy")
+    man = pd.read_parquet(root / "manifest.parquet")
+    pos = np.flatnonzero(man["boxes"].to_numpy() != "[]")
+    assert len(pos) == len(PLANTED_SIZES) and len(man) == len(PLANTED_SIZES) + 2
+    assert (masks[np.setdiff1d(np.arange(len(man)), pos)] == 0).all()
+    ious = [_alignment(images[i], masks[i]) for i in pos]
+    # only the resampled edge may differ: one pixel ring around boxes of 5-25 px a side
+    assert min(ious) > 0.75 and np.median(ious) > 0.85, (preprocess, mode, np.round(ious, 3))
+    if "center_crop" in preprocess:
+        # the uncropped geometry (the bug of issue 21.2) does not line up: the check has teeth
+        naive = [box_mask(json.loads(man["boxes"][i]), int(man["height"][i]), int(man["width"][i]), 64, mode, box_space=(1024, 1024))
+                 for i in pos]
+        assert np.median([_alignment(images[i], m) for i, m in zip(pos, naive)]) < 0.8
+
+
+def test_rsna_boxes_on_64_px_dicoms_are_the_1024_masks_scaled_and_data_check_names_them(tmp_path, capsys, caplog):
+    """Issue 21.3: 64 x 64 copies of the challenge's DICOMs kept every box (it used to empty them)."""
+    from lungray.data.check import check_dataset
+
+    sizes = [(64, 64)] * len(PLANTED_BOXES)
+    tree = write_planted_rsna_tree(tmp_path / "rsna64", sizes=sizes)
+    ref_tree = write_planted_rsna_tree(tmp_path / "rsna1024", sizes=[(1024, 1024)] * len(PLANTED_BOXES), negatives=0)
+    cfg = DataConfig(source="rsna", path=str(tree), resolution=32)
+    with caplog.at_level(logging.WARNING, logger="lungray.data.cache"):
+        root = C.build_cache(build_manifest(cfg), cfg, tmp_path / "c64", progress=False, parallel=False)
+    ref_cfg = DataConfig(source="rsna", path=str(ref_tree), resolution=32)
+    ref_root = C.build_cache(build_manifest(ref_cfg), ref_cfg, tmp_path / "c1024", progress=False, parallel=False)
+    man, ref_man = pd.read_parquet(root / "manifest.parquet"), pd.read_parquet(ref_root / "manifest.parquet")
+    masks, ref = np.load(root / "masks.npy"), dict(zip(ref_man["image_id"], np.load(ref_root / "masks.npy")))
+    pos = [i for i, b in enumerate(man["boxes"]) if b != "[]"]
+    assert len(pos) == len(PLANTED_BOXES)
+    for i in pos:  # the same 1024-space boxes at 32 px: the same masks, exactly
+        assert masks[i].sum() > 0 and np.array_equal(masks[i], ref[man["image_id"][i]]), man["image_id"][i]
+    # a hand case: [100, 200, 300, 150] at 32 px is columns 3..11 x rows 6..10 on a 64 px copy too
+    first = man.index[man["boxes"] == json.dumps([[100.0, 200.0, 300.0, 150.0]])][0]
+    assert np.array_equal(masks[first], _rect(32, (6, 10), (3, 11)))
+    # the cache says so once; `lungray data check` (decoding) names the files by hashed id only
+    assert f"{len(PLANTED_BOXES) + 2} RSNA DICOM(s) are not 1024 x 1024 (64 x 64: {len(PLANTED_BOXES) + 2};" in caplog.text
+    report = check_dataset(cfg, echo=print, decode_files=True)
+    out = capsys.readouterr().out
+    (note,) = [n for n in report.notes if "not 1024 x 1024" in n]
+    assert note in out and "scaled to each file's size" in note and "rsna_" in note
+    assert "9a9a9a9a" not in out and "9b9b9b9b" not in out  # the patient ids (file names) never appear
+    assert not any("1024" in line for line in report.problems)  # information, not a problem
+    ref_report = check_dataset(ref_cfg, echo=None, decode_files=True)
+    assert not any("not 1024 x 1024" in n for n in ref_report.notes)
+
+
+def test_phantom_and_lung_masks_follow_center_crop(tmp_path):
+    """The raster path (phantom lesions, Radiography lung masks) through a geometric step."""
+    from lungray.data.masks import preprocess_mask
+    from lungray.data.phantom import generate_phantom
+    from lungray.data.preprocess import apply_preprocessing
+
+    cfg = DataConfig(phantom_n=12, resolution=32, preprocess="center_crop")
+    root = C.build_cache(build_manifest(cfg), cfg, tmp_path / "ph", progress=False)
+    ph = generate_phantom(12, resolution=32)
+    masks = np.load(root / "masks.npy")
+    assert np.array_equal(masks, np.stack([preprocess_mask(m, "center_crop") for m in ph.masks]))
+    assert not np.array_equal(masks, ph.masks)
+    crop = np.stack([apply_preprocessing("center_crop", x.astype(np.float32) / 255, 32) for x in ph.images])
+    assert np.abs(np.load(root / "images.npy") / 255.0 - crop).max() <= 0.5 / 255 + 1e-6
+    # unknown pixels stay unknown and win on the edge; a photometric step moves nothing
+    unknown = np.full((32, 32), IGNORE, np.uint8)
+    assert (preprocess_mask(unknown, "center_crop") == IGNORE).all()
+    assert np.array_equal(preprocess_mask(ph.masks[1], "clahe+hist_eq+local_eq"), ph.masks[1])
+
+
+@pytest.mark.parametrize("preprocess", _every_preprocessing())
+def test_lung_masks_follow_every_preprocessing(tmp_path, preprocess):
+    """Radiography layout: each image's bright region IS its (smaller) lung mask file."""
+    root = tmp_path / "COVID-19_Radiography_Dataset"
+    rng = np.random.default_rng(4)
+    for cls in ("COVID", "Normal"):
+        for i in range(3):
+            m = np.zeros((48, 48), np.uint8)  # the mask file at 48 px for a 60 px image, same field of view
+            r, c = rng.integers(4, 20, size=2)
+            m[r : r + 22, c : c + 16] = 255
+            img = np.clip(30 + rng.normal(0, 10, (60, 60)), 0, 255)
+            img[np.asarray(Image.fromarray(m).resize((60, 60), Image.NEAREST)) > 127] = 210
+            _png(root / cls / "images" / f"{cls}-{i}.png", img.astype(np.uint8))
+            _png(root / cls / "masks" / f"{cls}-{i}.png", m)
+    cfg = DataConfig(source="covid_radiography", path=str(root), resolution=64, preprocess=preprocess)
+    cache = C.build_cache(build_manifest(cfg), cfg, tmp_path / "c", progress=False, parallel=False)
+    images, masks = np.load(cache / "images.npy"), np.load(cache / "masks.npy")
+    ious = [_alignment(x, m) for x, m in zip(images, masks)]
+    assert min(ious) > 0.75 and np.median(ious) > 0.85, (preprocess, np.round(ious, 3))
+
+
+# --------------------------------------------------------------------------------------------
 # phantom lesion masks round-trip through the cache
 # --------------------------------------------------------------------------------------------
 
 
 def test_phantom_masks_round_trip(prepared_phantom):
-    from lungray.data.adapters import phantom_arrays
+    from lungray.data.phantom import generate_phantom
 
     d = prepared_phantom
     assert d.mask_kind == "lesion"
-    ph = phantom_arrays(240, 2, 32, 1.0, 0)
+    ph = generate_phantom(240, n_classes=2, resolution=32)
     order = [list(ph.ids).index(i) for i in d.ids]
     assert np.array_equal(np.asarray(d.masks), ph.masks[order])
     normal = np.asarray(d.labels) == d.class_names.index("Normal")
@@ -237,7 +396,8 @@ def radiography_tree(tmp_path):
 
 
 def test_radiography_lung_masks(radiography_tree, tmp_path, caplog):
-    cfg = DataConfig(source="covid_radiography", path=str(radiography_tree), resolution=16, eval_size=4, val_size=2, leakage="off")
+    cfg = DataConfig(source="covid_radiography", path=str(radiography_tree), resolution=16, eval_size=4, val_size=0, leakage="off",
+                     min_eval_per_class=1, min_val_per_class=1)  # a few-file fixture
     from lungray.data.manifest import hash_image_id, id_salt
 
     h = lambda rel: hash_image_id(rel, id_salt("covid_radiography"))  # noqa: E731  (ids are salted hashes)
@@ -266,7 +426,8 @@ def test_radiography_without_mask_folders_has_no_masks(tmp_path):
     for cls in ("COVID", "Normal"):
         for i in range(6):
             _png(root / cls / f"{cls}-{i}.png", rng.integers(0, 256, (20, 20), dtype=np.uint8))
-    cfg = DataConfig(source="covid_radiography", path=str(root), resolution=16, eval_size=2, val_size=2, leakage="off")
+    cfg = DataConfig(source="covid_radiography", path=str(root), resolution=16, eval_size=2, val_size=2, leakage="off",
+                     min_eval_per_class=1, min_val_per_class=1)  # a few-file fixture
     d = prepare_data(cfg, output_dir=tmp_path / "out", progress=False, parallel=False)
     assert d.mask_kind is None and d.masks is None and not (Path(d.root) / "masks.npy").exists()
     with pytest.raises(ConfigError, match="has no masks"):
@@ -298,7 +459,20 @@ def squares(tmp_path_factory):
     return PreparedData(root=str(root), class_names=("a",), eval_idx=idx[:0], val_idx=idx[:0], pool_idx=idx)
 
 
-@pytest.mark.parametrize("aug", ["rot30_zoom_flip", "rot_hflip", "shift_shear_zoom"])
+def _moving_augmentations() -> list[str]:
+    from lungray.data.augment import AUGMENTATIONS
+
+    return [a for a in AUGMENTATIONS.names() if a != "none"]
+
+
+def test_every_augmentation_is_checked_for_alignment():
+    from lungray.data.augment import AUGMENTATIONS
+
+    assert set(_moving_augmentations()) == set(AUGMENTATIONS.names()) - {"none"}
+    assert len(_moving_augmentations()) >= 4
+
+
+@pytest.mark.parametrize("aug", _moving_augmentations())
 def test_joint_augmentation_keeps_image_and_mask_aligned(squares, aug):
     from lungray.data.dataset import ImageDataset
 

@@ -35,7 +35,7 @@ def _dataset(root: Path) -> None:
 
     from lungray.data.phantom import generate_phantom, write_dicom
 
-    ph = generate_phantom(60, resolution=32, seed=4)
+    ph = generate_phantom(60, resolution=32, seed=4, series_fraction=0.0)  # files get one patient id each: no CT-like series
     for i in range(ph.images.shape[0] - 2):
         cls = ph.class_names[int(ph.labels[i])]
         d = root / cls
@@ -87,7 +87,7 @@ def test_patient_ids_in_file_names_and_dicom_headers_reach_no_output(tmp_path):
     _dataset(ds)
     check = subprocess.run(
         [sys.executable, "-m", "lungray", "data", "check", str(ds), "--source", "folder", "--cache-dir", str(tmp_path / "check_cache"),
-         "--manifest-out", str(tmp_path / "m.parquet")],
+         "--manifest-out", str(tmp_path / "m.parquet"), "--min-eval-per-class", "5", "--min-val-per-class", "2"],  # 60 images
         capture_output=True, text=True, env=_env(), timeout=600,
     )
     assert check.returncode == 0, check.stdout + check.stderr
@@ -106,7 +106,7 @@ def test_patient_ids_in_file_names_and_dicom_headers_reach_no_output(tmp_path):
 
     cmd = [
         sys.executable, str(REPO / "sweeps" / "size_study.py"), "--preset", "smoke", "--output", str(out), "--address", "local",
-        "--set", "data.source=folder", "--set", f"data.path={ds}", "--set", "data.eval_size=16", "--set", "data.val_size=6",
+        "--set", "data.source=folder", "--set", f"data.path={ds}", "--set", "data.eval_size=16", "--set", "data.val_size=6", "--set", "data.min_eval_per_class=5",
         "--set", "models=[{name: simple_cnn, width: 8}]", "--set", "sizes=[20]", "--set", "seeds=[0]",
     ]
     run = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=1500, cwd=tmp_path)

@@ -67,6 +67,35 @@ def test_every_freeze_policy_gets_the_same_heat_map(name, res, extra):
         assert all(p.grad is None for p in model.parameters())  # nothing left behind for a later step
 
 
+@pytest.mark.parametrize("name, res, extra", FAMILIES)
+def test_the_graph_cut_at_the_target_layer_gives_the_full_graphs_maps(name, res, extra):
+    """Issue 22.4: cam_pass records autograd only from the target layer on (no backward through
+    the trunk, no parameter gradient). Its maps must be those of pytorch-grad-cam run the
+    textbook way, through the whole graph; the parameters' flags come back as they were."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from lungray.report.gradcam import cam_pass, no_inplace
+
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(name=name, **extra), 3, resolution=res).eval()
+    if name != "logreg":
+        apply_freeze(model, "last:1")  # a mix of frozen and trainable parameters
+    flags = [p.requires_grad for p in model.parameters()]
+    x = torch.randn(2, 1, res, res, generator=torch.Generator().manual_seed(1)).repeat_interleave(3, 0)
+    targets = [0, 1, 2, 0, 1, 2]
+    got = cam_pass(model, x, targets)
+    assert [p.requires_grad for p in model.parameters()] == flags
+    layers, reshape = gradcam_target(model)
+    with no_inplace(model), GradCAM(model=model, target_layers=layers, reshape_transform=reshape) as cam, torch.enable_grad():
+        ref = cam(input_tensor=x.clone().requires_grad_(True), targets=[ClassifierOutputTarget(t) for t in targets])
+        ref_logits = cam.outputs.detach().numpy()
+    model.zero_grad(set_to_none=True)
+    np.testing.assert_allclose(got.maps, ref, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(got.logits, ref_logits, atol=1e-5, err_msg=name)
+    assert (ref.reshape(6, -1).max(1) > 0.5).sum() >= 2  # real maps, not all zeros
+
+
 def test_plain_pytorch_grad_cam_records_no_gradient_on_a_frozen_trunk():
     """The defect compute_cams fixes: with the trunk frozen and a plain input, pytorch-grad-cam
     never sees a gradient at the target layer and fails."""
@@ -171,8 +200,13 @@ def test_a_failed_panel_is_a_red_box_and_a_non_zero_outcome(prepared_phantom, tm
     assert e.value.path == out / "report.html" and len(str(e.value).splitlines()) == 1
     html = (out / "report.html").read_text()
     assert html.count('<div class="error">FAILED: broken: no Grad-CAM panel') == 1
-    assert (out / "figures" / "gradcam_panels.png").stat().st_size > 5_000  # the frozen model's panel
+    gradcam = html[html.index('id="gradcam"'):html.index('id="pointing"')]
+    assert len(gradcam.split('<img src="data:image/png;base64,')[1].split('"')[0]) > 5_000  # the frozen model's panel
     assert "backbone.body.layer4.1.conv2" in html and "last_conv" in html
+    # issue 20.4: a ResNet's last conv at 32 px is one cell: said next to the panel and the pointing score
+    assert "1×1 (32 px per cell)" in gradcam and "frozen: its target layer&#x27;s map is only 1×1 cells for a 32 px input" in gradcam
+    pointing = html[html.index('id="pointing"'):]
+    assert "cannot localise a lesion" in pointing
 
     lines: list[str] = []
     path, failure = _build_report(uri, "red", fk.parent_id, tmp_path / "exp", True, lines.append)

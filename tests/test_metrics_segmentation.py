@@ -37,7 +37,9 @@ from lungray.metrics.segmentation import (
     per_image_iou,
     segmentation_report,
 )
-from lungray.train.losses import LOSSES, build_loss, ce_loss, dice_bce_loss, dice_ce_loss, dice_loss, soft_dice
+from lungray.train.losses import (
+    LOSSES, build_loss, ce_loss, dice_bce_loss, dice_ce_loss, dice_loss, dice_rsna_loss, loss_from_stats, loss_stats, soft_dice,
+)
 
 U = 255
 TRUTH = np.array(
@@ -215,6 +217,76 @@ def test_dice_loss_hand_cases():
     assert float(soft_dice(x, t, smooth=0.0)[1]) == pytest.approx(3 / 5)
 
 
+def _prob_map(p_fg: np.ndarray) -> torch.Tensor:
+    """K = 2 logits whose softmax puts ``p_fg`` on the foreground (logits 0 and log(p / (1 - p)))."""
+    p = torch.as_tensor(p_fg, dtype=torch.float64)
+    x = torch.zeros((p.shape[0], 2) + tuple(p.shape[1:]), dtype=torch.float64)
+    x[:, 1] = torch.log(p) - torch.log1p(-p)
+    return x
+
+
+def _box(r: int, top: int, left: int, side: int) -> np.ndarray:
+    m = np.zeros((r, r), dtype=np.int64)
+    m[top : top + side, left : left + side] = 1
+    return m
+
+
+def test_the_rsna_studys_dice_loss_hand_cases():
+    """``dice_rsna`` is the study's code: 1 - 2 (I + s) / (P + Y + s) on the foreground channel,
+    s = 1e-6, batch-global (PROTOCOLS.md section 3); ``dice`` (both channels, s = 1) is not."""
+    s = 1e-6
+    # A: a 32 x 32 image with a 10 x 10 box, p_fg = 0.01 everywhere ("all background"):
+    #    I = 0.01 * 100 = 1, P = 0.01 * 1024 = 10.24, Y = 100
+    truth_a = _box(32, 5, 5, 10)[None]
+    pred_a = _prob_map(np.full((1, 32, 32), 0.01))
+    study_a = 1 - 2 * (1 + s) / (10.24 + 100 + s)  # 0.981858
+    assert float(dice_rsna_loss(pred_a, torch.as_tensor(truth_a))) == pytest.approx(study_a, rel=1e-9)
+    assert study_a == pytest.approx(0.981858, abs=1e-6)
+    #    lungray's `dice` on the same: bg I = 0.99 * 924, P = 0.99 * 1024, Y = 924 -> (2I + 1) / (P + Y + 1);
+    #    fg (2 + 1) / (10.24 + 100 + 1); loss 1 - mean: 0.514430, half the study's
+    d_bg = (2 * 0.99 * 924 + 1) / (0.99 * 1024 + 924 + 1)
+    d_fg = 3 / 111.24
+    assert float(dice_loss(pred_a, torch.as_tensor(truth_a))) == pytest.approx(1 - (d_bg + d_fg) / 2, rel=1e-9)
+    assert 1 - (d_bg + d_fg) / 2 == pytest.approx(0.514430, abs=1e-6)
+    # B: a 64 x 64 image, true 20 x 20 box, predicted box (p_fg 0.9, else ~0) shifted 10 px right:
+    #    overlap 20 x 10 = 200 px: I = 0.9 * 200 = 180, P = 0.9 * 400 = 360, Y = 400
+    truth_b = _box(64, 10, 10, 20)[None]
+    p_b = np.full((1, 64, 64), 1e-30)
+    p_b[0, 10:30, 20:40] = 0.9
+    study_b = 1 - 2 * (180 + s) / (360 + 400 + s)  # 0.526316
+    assert float(dice_rsna_loss(_prob_map(p_b), torch.as_tensor(truth_b))) == pytest.approx(study_b, rel=1e-9)
+    # C: batch-global, not a mean of per-image losses: A and B as one batch of two 64 px images
+    truth_c = np.zeros((2, 64, 64), dtype=np.int64)
+    truth_c[0, :32, :32] = truth_a[0]
+    truth_c[1] = truth_b[0]
+    p_c = np.concatenate([np.full((1, 64, 64), 1e-30), p_b])
+    p_c[0, :32, :32] = 0.01
+    study_c = 1 - 2 * (1 + 180 + s) / (10.24 + 360 + 100 + 400 + s)
+    got_c = dice_rsna_loss(_prob_map(p_c), torch.as_tensor(truth_c))
+    assert float(got_c) == pytest.approx(study_c, rel=1e-9)
+    assert float(got_c) != pytest.approx((study_a + study_b) / 2, rel=1e-3)
+    # ... and the same from the per-image statistics summed over a split (validation's path)
+    assert float(loss_from_stats("dice_rsna", loss_stats(_prob_map(p_c), torch.as_tensor(truth_c), ce=False).sum(0))) \
+        == pytest.approx(study_c, rel=1e-9)
+    # D: a batch without foreground (p_fg = 0.01 on 4 x 4): 1 - 2s / (0.16 + s), about 1, flat:
+    #    its gradient is O(s), so such a batch teaches almost nothing, as in the study
+    x_d = _prob_map(np.full((1, 4, 4), 0.01)).requires_grad_(True)
+    loss_d = dice_rsna_loss(x_d, torch.zeros(1, 4, 4, dtype=torch.long))
+    assert float(loss_d.detach()) == pytest.approx(1 - 2 * s / (0.16 + s), rel=1e-12)
+    loss_d.backward()
+    assert float(x_d.grad.abs().max()) < 1e-4
+    # E: ignored pixels are skipped; a batch with no valid pixel is 0, not 1 - 2s/s = -1
+    t_e = torch.as_tensor(truth_a).clone()
+    t_e[0, 20:] = U  # rows 20.. unknown: 640 valid pixels left, the box (rows 5..14) whole
+    assert float(dice_rsna_loss(pred_a, t_e)) == pytest.approx(1 - 2 * (1 + s) / (6.40 + 100 + s), rel=1e-9)
+    assert float(dice_rsna_loss(pred_a, torch.full((1, 32, 32), U))) == 0.0
+    # F: one sigmoid channel is the foreground itself (p = 1/2 on 4 pixels, one foreground)
+    z = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
+    assert float(dice_rsna_loss(z, torch.tensor([[[1, 0], [0, 0]]]))) == pytest.approx(1 - 2 * (0.5 + s) / (2 + 1 + s))
+    # G: a named option with its keyword, through the registry
+    assert float(build_loss("dice_rsna", smooth=1.0)(pred_a, torch.as_tensor(truth_a))) == pytest.approx(1 - 2 * 2 / 111.24)
+
+
 def test_dice_ce_and_dice_bce_hand_cases():
     x = _logits_fg(LN3)
     t = torch.tensor([[[1, 1], [0, 0]]])
@@ -232,7 +304,7 @@ def test_dice_ce_and_dice_bce_hand_cases():
 def test_losses_with_no_valid_pixel_are_finite_with_finite_gradients():
     x = torch.randn(2, 2, 4, 4, requires_grad=True)
     t = torch.full((2, 4, 4), U)
-    for name in ("dice", "dice_ce", "ce"):
+    for name in ("dice", "dice_rsna", "dice_ce", "ce"):
         loss = build_loss(name)(x, t)
         assert torch.isfinite(loss) and float(loss.detach()) == pytest.approx(0.0), name
         loss.backward()
@@ -241,7 +313,7 @@ def test_losses_with_no_valid_pixel_are_finite_with_finite_gradients():
 
 
 def test_loss_registry_and_errors():
-    assert set(LOSSES.names()) >= {"dice", "dice_ce", "dice_bce", "ce"}
+    assert set(LOSSES.names()) >= {"dice", "dice_rsna", "dice_ce", "dice_bce", "ce"}
     from lungray.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown segmentation loss 'dcie'; valid choices"):

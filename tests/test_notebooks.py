@@ -16,12 +16,20 @@ import pytest
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-def run_notebook(name: str, env: dict[str, str], cwd: Path, timeout: int = 300):
-    """Execute a notebook in a fresh kernel with ``env`` added to the environment."""
+#: the variables a notebook reads its store and sweep from; a test that runs it "as is" unsets them
+STORE_VARS = ("LUNGRAY_TRACKING_URI", "MLFLOW_TRACKING_URI", "LUNGRAY_EXPERIMENT", "LUNGRAY_RUN_ID")
+
+
+def run_notebook(name: str, env: dict[str, str], cwd: Path, timeout: int = 300, unset: tuple[str, ...] = (),
+                 path: Path | None = None):
+    """Execute a notebook (``path``, default the repository's) in a fresh kernel with ``env``
+    added to the environment and ``unset`` removed from it."""
     from nbclient import NotebookClient
 
-    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    old = {k: os.environ.get(k) for k in env}
+    nb = nbformat.read(path or NOTEBOOKS / name, as_version=4)
+    old = {k: os.environ.get(k) for k in (*env, *unset)}
+    for k in unset:
+        os.environ.pop(k, None)
     os.environ.update(env)  # the kernel is a child process: it inherits this environment
     try:
         NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
@@ -76,10 +84,56 @@ def test_sweep_results_notebook_reproduces_the_report_table(tmp_path):
     assert images_in(nb) == 1  # the learning-curve figure
 
 
+def test_sweep_results_notebook_run_as_is_finds_the_main_jobs_store_and_latest_sweep(tmp_path):
+    """Issue 20.5: opened from notebooks/ with no parameter, the notebook reads the store the
+    README's main job wrote (lungray_runs/mlflow.db in the repository root) and shows its latest
+    sweep, whatever the experiment is called, and leaves no file behind (MLflow's own default
+    would have created notebooks/mlflow.db)."""
+    import shutil
+
+    from lungray.report._testing import log_fake_sweep
+
+    repo = tmp_path / "clone"
+    (repo / "notebooks").mkdir(parents=True)
+    shutil.copy(NOTEBOOKS / "sweep_results.ipynb", repo / "notebooks")
+    store = repo / "lungray_runs" / "mlflow.db"
+    store.parent.mkdir()
+    uri = f"sqlite:///{store}"
+    log_fake_sweep(uri, "older_study", models=("alpha", "beta"), sizes=(25, 50), seeds=(0, 1),
+                   artifact_root=(tmp_path / "art1").as_uri())
+    latest = log_fake_sweep(uri, "phantom_size_study", models=("alpha", "beta"), sizes=(25, 50), seeds=(0, 1, 2),
+                            artifact_root=(tmp_path / "art2").as_uri())
+    before = sorted(p.name for p in (repo / "notebooks").iterdir())
+    nb = run_notebook("sweep_results.ipynb", {}, repo / "notebooks", unset=STORE_VARS,
+                      path=repo / "notebooks" / "sweep_results.ipynb")
+    text = outputs_text(nb)
+    assert f"sweep run {latest.parent_id}" in text and str(store) in text
+    assert "12 complete, 0 failed, 0 expected trials not complete" in text  # the latest sweep's 2 x 2 x 3 trials
+    assert images_in(nb) == 1
+    assert sorted(p.name for p in (repo / "notebooks").iterdir()) == before  # no mlflow.db, nothing else
+
+
+def test_sweep_results_notebook_without_a_store_says_so_and_creates_none(tmp_path):
+    from nbclient.exceptions import CellExecutionError
+
+    shutil = __import__("shutil")
+    (tmp_path / "notebooks").mkdir()
+    shutil.copy(NOTEBOOKS / "sweep_results.ipynb", tmp_path / "notebooks")
+    with pytest.raises(CellExecutionError, match="no MLflow store found: no lungray_runs/mlflow.db in"):
+        run_notebook("sweep_results.ipynb", {}, tmp_path / "notebooks", unset=STORE_VARS,
+                     path=tmp_path / "notebooks" / "sweep_results.ipynb")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["notebooks", "sweep_results.ipynb"]
+    # a named sqlite store that does not exist is refused too, not created
+    with pytest.raises(CellExecutionError, match="no MLflow store at sqlite:///"):
+        run_notebook("sweep_results.ipynb", {"LUNGRAY_TRACKING_URI": f"sqlite:///{tmp_path / 'nope.db'}"},
+                     tmp_path / "notebooks", unset=STORE_VARS, path=tmp_path / "notebooks" / "sweep_results.ipynb")
+    assert not (tmp_path / "nope.db").exists()
+
+
 def test_explore_dataset_notebook_on_the_phantom(tmp_path):
     nb = run_notebook(
         "explore_dataset.ipynb",
-        {"LUNGRAY_PHANTOM_N": "160", "LUNGRAY_RESOLUTION": "32", "LUNGRAY_OUTPUT": str(tmp_path / "out")},
+        {"LUNGRAY_PHANTOM_N": "240", "LUNGRAY_RESOLUTION": "32", "LUNGRAY_OUTPUT": str(tmp_path / "out")},
         tmp_path,
     )
     text = outputs_text(nb)

@@ -323,14 +323,135 @@ def test_dry_run_with_data_checks_sizes_and_exits_with_the_problem(tmp_path, cap
         d.mkdir(parents=True)
         for i in range(10):
             cv2.imwrite(str(d / f"{c}-{i}.png"), rng.integers(0, 256, (16, 16), dtype=np.uint8))
-    rc = main(["--preset", "transfer", "--data", str(root), "--dry-run", "--output", str(tmp_path / "out")], prog="transfer_study.py")
+    tiny = ["--set", "data.min_eval_per_class=1", "--set", "data.min_val_per_class=1"]  # 10 images a class: a few-file fixture
+    rc = main(["--preset", "transfer", "--data", str(root), "--dry-run", "--output", str(tmp_path / "out"), *tiny], prog="transfer_study.py")
     out, err = capsys.readouterr()
     assert rc == 2
     assert "-> 144 trials" in out and "cluster lacks:" in out  # the grid is printed first
     assert "data: training pool 32 images" in out and "data problem:" in out
     assert len(err.strip().splitlines()) == 1 and "500" in err and err.startswith("transfer_study.py: error:")
-    rc = main(["--preset", "transfer", "--data", str(root), "--dry-run", "--set", "sizes=[8, all]", "--output", str(tmp_path / "out")],
+    rc = main(["--preset", "transfer", "--data", str(root), "--dry-run", "--set", "sizes=[8, all]", "--output", str(tmp_path / "out"), *tiny],
               prog="transfer_study.py")
     out = capsys.readouterr().out
     assert rc == 0 and "data: training size 'all' = 32 images" in out and "-> 96 trials" in out
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- study 5 as published (issue 21.4)
+
+
+def test_step_stream_cuts_keras_epochs_from_one_stream_of_passes():
+    """schedule.steps_per_epoch: epochs of N batches walk through a shuffled pass and on into
+    the next, as Keras' fit(generator, steps_per_epoch=N); each epoch replays alone (resume)."""
+    from lungray.train.loop import EpochSampler, StepStream
+
+    s = StepStream(10, batch_size=4, steps=2, seed=3)  # a pass is batches of 4, 4, 2
+    epochs = {}
+    for e in (1, 2, 3):
+        s.set_epoch(e)
+        epochs[e] = list(s)
+    assert [[len(b) for b in epochs[e]] for e in (1, 2, 3)] == [[4, 4], [2, 4], [4, 2]]
+    flat = [pi for e in (1, 2, 3) for b in epochs[e] for pi in b]
+    passes = {p: [i for q, i in flat if q == p] for p in (0, 1)}
+    ref = EpochSampler(10, 3)
+    for p, idx in passes.items():  # pass p is EpochSampler's order of epoch p + 1, each image once
+        ref.set_epoch(p + 1)
+        assert idx == ref.indices() and sorted(idx) == list(range(10))
+    s.set_epoch(2)
+    assert list(s) == epochs[2] and len(s) == 2  # epoch 2 alone, after a resume, is the same
+
+
+def test_published_schedule_counts_nine_steps_at_the_studys_size():
+    from lungray.config import ScheduleConfig
+
+    s = ScheduleConfig(rule="fixed", batch_size=32, epochs=100, steps_per_epoch="ceil(n/b)//b")
+    # 70 % of 13,808 images = 9,665 -> 303 batches -> 303 // 32 = 9 (the study's logs: "9/9")
+    assert s.epoch_steps(9665, 32) == 9 and s.epoch_steps(9184, 32) == 8 and s.epoch_steps(168, 32) == 1
+    assert ScheduleConfig(steps_per_epoch=5).epoch_steps(10**6, 32) == 5 and ScheduleConfig().epoch_steps(100, 32) is None
+    steps = ScheduleConfig(rule="steps", batch_size=16, max_steps=100, steps_per_epoch=7)
+    assert steps.resolve(1000) == (16, 15)  # ceil(100 / 7) epochs of 7 steps
+    from lungray.sweep.grid import grid_rows
+
+    row = grid_rows(load_study("smoke", overrides=["schedule.steps_per_epoch=2"]))[0]  # --dry-run's budget
+    assert (row["train_size"], row["batch"], row["epochs"], row["steps"]) == (40, 16, 3, 6)
+
+
+def test_keras_caffe_normalisation_is_vgg19_preprocess_input():
+    from lungray.data.augment import normalization_stats
+
+    mean, std = normalization_stats("keras_caffe", None, 3)
+    gray = np.array([0.0, 0.5, 1.0])
+    for c, m_bgr in enumerate((103.939, 116.779, 123.68)):  # keras: x[..., ::-1] - mean, x in 0-255
+        np.testing.assert_allclose((gray - mean[c]) / std[c], 255 * gray - m_bgr, rtol=1e-12)
+    m1, s1 = normalization_stats("keras_caffe", None, 1)
+    assert m1 * 255 == pytest.approx(0.299 * 123.68 + 0.587 * 116.779 + 0.114 * 103.939) and s1 == pytest.approx(1 / 255)
+
+
+def test_input_size_reads_the_cache_like_keras_load_img(prepared_phantom):
+    """models[i].input_size: the cached image (and mask) resized as PIL's NEAREST (Keras)."""
+    from PIL import Image
+
+    from lungray.data.dataset import ImageDataset
+
+    d = prepared_phantom
+    row = int(d.pool_idx[5])
+    x, _, _ = ImageDataset(d, [row], size=20)[0]
+    ref = np.asarray(Image.fromarray(np.asarray(d.images[row])).resize((20, 20), Image.NEAREST))
+    assert x.shape == (1, 20, 20)
+    np.testing.assert_array_equal(np.rint(x[0].numpy() * 255).astype(np.uint8), ref)
+    _, y, _ = ImageDataset(d, [row], size=20, target="mask")[0]
+    np.testing.assert_array_equal(y.numpy(), np.asarray(Image.fromarray(np.asarray(d.masks[row])).resize((20, 20), Image.NEAREST)))
+    assert ImageDataset(d, [row], size=d.resolution)[0][0].shape == (1, d.resolution, d.resolution)
+    # the report rebuilds the same input for Grad-CAM, and lays the maps back on the cached image
+    from lungray.report.gradcam import normalise_images, resize_maps
+
+    rep = normalise_images(np.asarray(d.images[[row]]), d.max_value, (0.0, 1.0), size=20)
+    np.testing.assert_allclose(rep[0].numpy(), x.numpy(), atol=1e-6)
+    assert resize_maps(np.ones((2, 20, 20)), d.resolution).shape == (2, d.resolution, d.resolution)
+
+
+def test_published_recipe_config_errors():
+    with pytest.raises(ConfigError, match=r"data.val_is_eval: .*set data.val_size: 0 \(got 20\)"):
+        load_study("smoke", overrides=["data.val_is_eval=true", "data.val_size=20"])
+    with pytest.raises(ConfigError, match=r"schedule.steps_per_epoch must be a count >= 1, null .* got 'n//b'"):
+        load_study("smoke", overrides=["schedule.steps_per_epoch=n//b"])
+    with pytest.raises(ConfigError, match=r"schedule.steps_per_epoch must be .* got 0"):
+        load_study("smoke", overrides=["schedule.steps_per_epoch=0"])
+    with pytest.raises(ConfigError, match=r"not sharded across DDP workers; set resources.workers: 1 \(got 2\)"):
+        load_study("smoke", overrides=["schedule.steps_per_epoch=3", "resources.workers=2"])
+    with pytest.raises(ConfigError, match=r"models\[0\].input_size must be >= 8"):
+        load_study("smoke", overrides=["models=[{name: simple_cnn, input_size: 4}]"])
+    with pytest.raises(ConfigError, match=r"unknown normalization 'caffe'"):
+        load_study("smoke", overrides=["models=[{name: simple_cnn, normalization: caffe}]"])
+    with pytest.raises(ConfigError, match=r"models\[0\].normalization 'keras_caffe' and the normalization of variant\(s\) imagenet"):
+        load_study("transfer_smoke", overrides=["models=[{name: simple_cnn, normalization: keras_caffe}]"])
+    with pytest.raises(ConfigError, match=r"simple_cnn with valid padding cannot run at data.resolution 24"):
+        load_study("default", overrides=["models=[{name: simple_cnn, padding: valid, input_size: 24}]"])
+
+
+def test_published_recipe_trains_on_a_stream_and_validates_on_the_test_set(tmp_path):
+    """val_is_eval: the validation set IS the evaluation set, so the selected epoch's validation
+    loss is the held-out loss; one-step "epochs" decay a per-step rate once per epoch."""
+    from lungray.config import DataConfig, ScheduleConfig, TrainConfig
+    from lungray.data import prepare_data
+    from lungray.train import run_trial
+
+    cfg = DataConfig(source="phantom", phantom_n=120, resolution=32, eval_size=36, val_size=0, val_is_eval=True, leakage="report")
+    data = prepare_data(cfg, output_dir=tmp_path / "d", progress=False)
+    np.testing.assert_array_equal(data.val_idx, data.eval_idx)
+    assert data.info["val_is_eval"] is True and len(data.eval_idx) == 36
+    trial = TrialConfig(
+        study="published", model=ModelConfig(name="simple_cnn", width=4, input_size=24, normalization="keras_caffe"),
+        train_size=60, seed=0, optimizer=OptimizerConfig(name="adam", lr=1e-3, scheduler="inverse_time", decay=0.5),
+        schedule=ScheduleConfig(rule="fixed", batch_size=16, epochs=4, steps_per_epoch="ceil(n/b)//b", early_stopping_patience=10,
+                                checkpoint_min_seconds=0),
+        train=TrainConfig(augmentation="shift_shear_zoom", normalization="none"),
+    )
+    res = run_trial(trial, data, workdir=tmp_path / "w")
+    r = res.resolved
+    assert r["steps_per_epoch"] == 1 and r["epochs"] == 4 and r["input_size"] == 24  # ceil(60/16) // 16 = 0 -> 1 step
+    assert r["norm_mean"] == pytest.approx(sum(w * m for w, m in zip((0.299, 0.587, 0.114), (123.68, 116.779, 103.939))) / 255)
+    assert [h["lr"] for h in res.history] == pytest.approx([1e-3 / (1 + 0.5 * e) for e in range(4)], rel=1e-9)  # 1 step per epoch
+    best = [h for h in res.history if h["epoch"] == res.best_epoch][0]
+    assert best["val_loss"] == pytest.approx(res.metrics["test_log_loss"], rel=1e-6)  # validated on the test images
+    assert best["val_accuracy"] == pytest.approx(res.metrics["test_accuracy"])

@@ -43,9 +43,29 @@ def report(fake, tmp_path_factory):
     from lungray.cli import main
 
     out = tmp_path_factory.mktemp("report")
-    rc = main(["report", "--tracking-uri", fake.tracking_uri, "--experiment", "fake_study", "--out", str(out), "--no-gradcam"])
+    rc = main(["report", "--tracking-uri", fake.tracking_uri, "--experiment", "fake_study", "--out", str(out), "--no-gradcam",
+               "--print-figures"])
     assert rc == 0
     return out
+
+
+PRINT_MM = 180.0
+
+
+def assert_print_width(folder, name: str) -> None:
+    """Issue 20.4: a saved figure is exactly 180 mm wide in every print format, measured in the
+    files: the PNG's pixels at its stated dpi, the SVG's width in points, the PDF's MediaBox."""
+    from PIL import Image
+
+    png = Image.open(folder / f"{name}.png")
+    dpi = png.info["dpi"][0]
+    assert round(dpi) == 300, (name, dpi)
+    assert png.size[0] / dpi * 25.4 == pytest.approx(PRINT_MM, abs=25.4 / dpi), (name, png.size)
+    svg = (folder / f"{name}.svg").read_text()
+    width_pt = float(re.search(r'<svg[^>]*\swidth="([0-9.]+)pt"', svg).group(1))
+    assert width_pt / 72 * 25.4 == pytest.approx(PRINT_MM, abs=0.05), (name, width_pt)
+    box = re.search(rb"/MediaBox\s*\[\s*([-0-9.]+)\s+([-0-9.]+)\s+([-0-9.]+)\s+([-0-9.]+)", (folder / f"{name}.pdf").read_bytes())
+    assert (float(box.group(3)) - float(box.group(1))) / 72 * 25.4 == pytest.approx(PRINT_MM, abs=0.05), (name, box.group(0))
 
 
 def _planted(model: str, n: int, seed: int) -> float:
@@ -53,25 +73,46 @@ def _planted(model: str, n: int, seed: int) -> float:
     return base - 0.10 if model == "beta" else base
 
 
-def _anova_interval(correct: np.ndarray) -> tuple[float, float, float]:
+def _anova_interval(correct: np.ndarray, pseudo: float = 0.0) -> tuple[float, float, float]:
     """The two-level interval of a cell from a two-way random-effects ANOVA (seeds x images),
     computed here by hand: Var(mean) = (MS_seed + max(0, MS_image - MS_resid)) / (S N), with
     Satterthwaite df from the seed part (guarded: its 75 % upper chi-square bound) and the
-    image part (N - 1 df)."""
+    image part (N - 1 df). ``pseudo`` > 0: the report's proportion interval (issue 19.3): the same
+    components with ``pseudo`` extra images right and as many wrong (frequency weights) seen by
+    every run, the interval on the logit scale around the adjusted mean m~, widened to hold the
+    plain mean."""
     from scipy import stats as st
+    from scipy.special import expit, logit
 
     x = correct.astype(float)
     S, N = x.shape
-    grand = x.mean()
-    ms_seed = N * ((x.mean(1) - grand) ** 2).sum() / (S - 1)
-    ms_img = S * ((x.mean(0) - grand) ** 2).sum() / (N - 1)
-    resid = x - x.mean(1, keepdims=True) - x.mean(0, keepdims=True) + grand
-    ms_res = (resid**2).sum() / ((S - 1) * (N - 1))
-    v_seed, v_img = ms_seed / (S * N), max(0.0, ms_img - ms_res) / (S * N)
+    if pseudo == 0:
+        grand = x.mean()
+        ms_seed = N * ((x.mean(1) - grand) ** 2).sum() / (S - 1)
+        ms_img = S * ((x.mean(0) - grand) ** 2).sum() / (N - 1)
+        resid = x - x.mean(1, keepdims=True) - x.mean(0, keepdims=True) + grand
+        ms_res = (resid**2).sum() / ((S - 1) * (N - 1))
+        v_seed, v_img = ms_seed / (S * N), max(0.0, ms_img - ms_res) / (S * N)
+    else:  # the same decomposition written as bootstrap variances, with frequency-weighted pseudo-images
+        n = N + 2 * pseudo
+
+        def var_of_mean(v):  # weighted sum of squares about the weighted mean, / (n (n - 1))
+            m = (v.sum(-1) + pseudo) / n
+            return m, (((v - m[..., None]) ** 2).sum(-1) + pseudo * ((1 - m) ** 2 + m**2)) / (n * (n - 1))
+
+        m_s, v_each = var_of_mean(x)
+        grand, v_shared = var_of_mean(x.mean(0))
+        v_seed = m_s.var(ddof=1) / S
+        v_img = max(0.0, (S * v_shared - v_each.mean()) / (S - 1))
     v_guard = v_seed * (S - 1) / st.chi2.ppf(0.25, S - 1)
     df = (v_guard + v_img) ** 2 / (v_guard**2 / (S - 1) + v_img**2 / (N - 1))
-    half = st.t.ppf(0.975, df) * math.sqrt(v_seed + v_img)
-    return grand, grand - half, grand + half
+    q = st.t.ppf(0.975, df)
+    if pseudo == 0:
+        half = q * math.sqrt(v_seed + v_img)
+        return grand, grand - half, grand + half
+    se = math.sqrt(v_seed + v_img) / (grand * (1 - grand))
+    raw = x.mean()
+    return raw, min(raw, expit(logit(grand) - q * se)), max(raw, expit(logit(grand) + q * se))
 
 
 def _cell(fake, model, n, seeds=(0, 1, 2)):
@@ -110,16 +151,57 @@ def test_report_files_and_all_sections(fake, report):
                  "class_counts.csv", "failed_trials.csv", "missing_trials.csv", "missed_as_normal.csv",
                  "figures/learning_curves.png", "figures/power_law.png", "figures/roc.png", "adequacy.csv"]:
         assert (report / name).is_file(), name
-    # issue 13.6: every figure at print size (180 mm at 300 dpi) with vector SVG and PDF beside it
-    from PIL import Image
-
+    # issue 13.6 / 20.4: with --print-figures every figure at print size (180 mm at 300 dpi) with
+    # vector SVG and PDF beside it, each exactly 180 mm wide (class balance and duplicate pairs too)
     pngs = sorted((report / "figures").glob("*.png"))
-    assert len(pngs) >= 8
+    assert len(pngs) >= 8 and {"class_balance", "learning_curves", "roc"} <= {p.stem for p in pngs}
     for png in pngs:
         assert png.with_suffix(".svg").read_text().lstrip().startswith("<?xml"), png
         assert png.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-", png
-    for name in ("learning_curves", "power_law", "dynamics_loss", "roc"):
-        assert Image.open(report / "figures" / f"{name}.png").size[0] == pytest.approx(180 / 25.4 * 300, abs=3)
+        assert_print_width(report / "figures", png.stem)
+
+
+def test_lungray_report_prints_one_line_and_writes_beside_the_store(fake, store, tmp_path):
+    """Issue 20.5/20.6: `lungray report` says "wrote ..." once and nothing else (fontTools subsets
+    fonts into every PDF and logs each table at INFO), and without --out it writes report/ beside
+    the store's mlflow.db, never into the folder it is run from."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    cwd = tmp_path / "here"
+    cwd.mkdir()
+    p = subprocess.run([sys.executable, "-m", "lungray", "report", "--tracking-uri", fake.tracking_uri, "--experiment",
+                        "fake_study", "--no-gradcam", "--print-figures"], capture_output=True, text=True, env=env, cwd=cwd,
+                       timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    out = store[1] / "report"
+    assert (p.stdout + p.stderr).splitlines() == [f"wrote {out / 'report.html'}"], (p.stdout + p.stderr)[-3000:]
+    assert (out / "report.html").is_file() and (out / "figures" / "roc.pdf").is_file()
+    assert list(cwd.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["thumbnail strip", "wide grid"])
+def test_a_figure_drawn_at_another_width_is_saved_at_print_width(tmp_path, kind):
+    """The report's own rule for a figure not drawn at 180 mm (the duplicate pairs: 1.9 in per
+    pair; a wide image grid): saved at exactly 180 mm, a narrow one keeping its height."""
+    from lungray.report import figures as F
+    from lungray.report.provenance import pair_figure
+
+    if kind == "thumbnail strip":
+        ex = [{"row_a": 0, "row_b": 1, "split_a": "pool", "split_b": "eval", "stage": "phash", "transform": "flip"}] * 2
+        fig = pair_figure(np.zeros((2, 8, 8), np.uint8), 255.0, ex)
+    else:
+        fig = F.image_grid_figure([np.zeros((8, 8))] * 8, ["x"] * 8, ncols=8)
+    w, h = fig.get_size_inches()
+    F.at_print_width(fig)
+    assert fig.get_figwidth() == pytest.approx(F.FULL_WIDTH)
+    assert fig.get_figheight() == pytest.approx(h if w < F.FULL_WIDTH else h * F.FULL_WIDTH / w)
+    F.save_figure(fig, tmp_path / "f")
+    assert_print_width(tmp_path, "f")
 
 
 def test_report_is_self_contained(report):
@@ -148,19 +230,24 @@ def test_study_table_equals_mlflow_and_the_plant(fake, report):
         planted = [_planted(r.model, r.train_size, s) for s in seeds]
         assert r.mean == pytest.approx(np.mean(planted), abs=1e-12)
         # the interval carries seeds AND evaluation images (issue 11.2): it equals the two-way
-        # ANOVA interval computed by hand from the planted per-image outcomes. Its seed part is the
-        # seeds-only t's: three seeds 0.01 apart, s^2 / 3 = 0.01^2 / 3
+        # ANOVA interval computed by hand from the planted per-image outcomes, in the proportion
+        # form of issue 19.3 (half a pseudo-image right and wrong, logit scale). Its seed part is
+        # the seeds-only t's of the adjusted means: three seeds 0.01 apart, (200/201)^2 0.01^2 / 3
         if r.n >= 2:
-            _, lo, hi = _anova_interval(_cell(fake, r.model, r.train_size, seeds))
+            _, lo, hi = _anova_interval(_cell(fake, r.model, r.train_size, seeds), pseudo=0.5)
             assert (r.ci_low, r.ci_high) == pytest.approx((lo, hi), abs=1e-9)
-            assert r.interval == "seeds+images" and r.var_image >= 0 and r.n_images == 200
+            assert r.interval == "seeds+images" and r.var_image >= 0 and r.n_images == 200 and r.unit == "image"
         if r.n == 3:
-            assert r.var_seed == pytest.approx(0.01**2 / 3, abs=1e-15)
-    # where the image part is 0 (the plant draws each seed's correct images at random, so no image
-    # is hard for every seed), the interval IS the seeds-only t: half-width t(0.975, 2) 0.01 / sqrt(3)
-    flat = tab[(tab.n == 3) & (tab.var_image == 0)]
-    assert len(flat) > 0
-    assert np.allclose(flat.ci_high - flat["mean"], T2 * 0.01 / math.sqrt(3), atol=1e-9)
+            assert r.var_seed == pytest.approx((200 / 201) ** 2 * 0.01**2 / 3, abs=1e-15)
+    # the same components without the pseudo-images ARE the two-way ANOVA's (stats.two_level_arrays)
+    from lungray.report import stats
+
+    x = _cell(fake, "alpha", 100).astype(float)
+    est, vs, vi, df = stats.two_level_arrays(x)
+    m, lo, hi = _anova_interval(x)
+    from scipy.stats import t
+
+    assert est == pytest.approx(m) and t.ppf(0.975, df) * math.sqrt(vs + vi) == pytest.approx(hi - m, rel=1e-12)
     # at n=25: alpha == gamma == 0.54 (tie: the first listed is marked best), beta 0.44
     at25 = tab[tab.train_size == 25].set_index("model")
     assert at25.loc["alpha", "mean"] == pytest.approx(0.54)
@@ -187,19 +274,23 @@ def test_runs_csv_holds_every_mlflow_metric(fake, report):
 def test_html_table_shows_the_same_numbers(fake, report):
     html = (report / "report.html").read_text()
     for model in ("alpha", "beta"):
-        m, lo, hi = _anova_interval(_cell(fake, model, 25))
+        m, lo, hi = _anova_interval(_cell(fake, model, 25), pseudo=0.5)
         assert f"{m:.3f} [{lo:.3f}, {hi:.3f}]" in html
     assert "conditional on the fixed training pool" in html  # the report says what the interval is
 
 
-def test_planted_near_chance_cells_are_named_at_chance(report):
-    """0.43-0.55 accuracy on 200 balanced images, with scores that hardly rank the classes, is not
-    distinguishable from chance (majority rate 0.5, AUC 0.5): the cell says so (issue 11.2)."""
+def test_planted_near_chance_cells_keep_every_run(report):
+    """0.43-0.55 accuracy on 200 balanced images is not distinguishable from chance, but these runs
+    predict both classes: weak, not degenerate. Every run counts (issue 19.4: the chance test left
+    such runs out and biased weak cells up); runs.csv keeps the chance test's p-values."""
     tab = pd.read_csv(report / "table_accuracy.csv")
     at25 = tab[tab.train_size == 25].set_index("model")
-    assert (at25.loc[["alpha", "beta", "gamma"], "n_at_chance"] == 3).all()
-    assert (tab[tab.train_size >= 100].n_at_chance == 0).all()
-    assert "all 3 runs at chance" in (report / "report.html").read_text()
+    assert (at25.loc[["alpha", "beta", "gamma"], "n"] == 3).all() and (tab.n_degenerate == 0).all()
+    runs = pd.read_csv(report / "runs.csv")
+    weak = runs[(runs.train_size == 25) & (runs.state == "complete")]
+    assert weak["counted"].all() and (weak["chance_p_accuracy"] > 0.05).any()
+    html = (report / "report.html").read_text()
+    assert "degenerate run (seed" not in html and "runs degenerate (" not in html
 
 
 # -- paired comparisons ----------------------------------------------------------------------------
@@ -232,6 +323,10 @@ def test_paired_detects_planted_difference_and_none_for_identical_models(fake, r
     assert re.search(r"alpha - beta at 100 images: \+10\.0 points \[\+\d+\.\d, \+\d+\.\d\], p (= |&lt; )[0-9.]+, Holm-adjusted \S+</li>", html)
     assert "alpha - gamma at 100 images: +0.0 points [+0.0, +0.0], p = 1, Holm-adjusted 1  (within noise)" in html
     assert "Family: the 12 comparisons" in html and "Holm" in html
+    # issue 19.6: McNemar (these trained models) is out of the verdict table, in its own table that says so
+    details = html.split("<h3>Details</h3>")[1].split("<h3>")[0]
+    assert "McNemar" not in details and "resampled by" in details
+    assert "These trained models (McNemar, not a verdict)" in html and "asks a different question" in html
     # test-set adequacy per cell: 200 evaluation images, discordance observed against the other models
     ad = pd.read_csv(report / "adequacy.csv")
     assert len(ad) == 3 * len(SIZES) and (ad.n_images == 200).all() and (ad.discordance_source == "observed").all()
@@ -266,9 +361,14 @@ def test_learning_curve_fit_is_flagged_when_it_extrapolates(report):
     fit = pd.read_csv(report / "power_law.csv")
     assert list(fit.label) == ["alpha", "beta", "gamma"]
     assert (fit.n_sizes == 4).all()
-    # the plant is linear in n, not a power law, and 95 % is far beyond 200 images
-    assert not fit.reliable.any()
-    assert fit["flags"].str.contains("largest size measured").all()
+    # the plant is linear in n: the fit pins its floor at 0 (a note, not a verdict: issue 19.7), and
+    # 90 % and 95 % are far beyond 200 images: each target is flagged on its own row
+    assert fit.reliable.all() and fit["notes"].str.startswith("floor c at its lower bound 0").all()
+    for col in ("n_for_acc90", "n_for_acc95"):
+        assert not fit[f"{col}_reliable"].any() and fit[f"{col}_flags"].str.contains("largest size measured").all()
+        assert fit[f"{col}_where"].str.contains("UNRELIABLE: error").all()
+    html = (report / "report.html").read_text()
+    assert "reliable (note: floor c at its lower bound 0" in html and "UNRELIABLE: error 0.05 needs" in html
 
 
 def test_per_class_and_missed_as_normal_match_mlflow(fake, report):
@@ -325,6 +425,19 @@ def test_four_classes_two_optimizers_and_nothing_finished(store, tmp_path):
                         log_to_mlflow=True)
     html = path.read_text()
     assert "Complete: all 16 trials of the grid finished." in html
+    # no print formats asked for: none written (issue 22.4), the page embeds every figure at
+    # the print width's screen resolution (180 mm at 150 dpi)
+    assert not (tmp_path / "r4" / "figures").exists() and "Print files:" not in html
+    import io
+
+    from PIL import Image
+
+    from lungray.report.figures import SCREEN_DPI
+
+    srcs = re.findall(r'<img src="data:image/png;base64,([^"]+)"', html)
+    assert len(srcs) >= 6
+    for src in srcs:
+        assert Image.open(io.BytesIO(base64.b64decode(src))).size[0] == pytest.approx(180 / 25.4 * SCREEN_DPI, abs=1)
     tab = pd.read_csv(tmp_path / "r4" / "table_accuracy.csv")
     assert set(tab.label) == {"alpha / adam", "alpha / sgd", "beta / adam", "beta / sgd"}
     mn = pd.read_csv(tmp_path / "r4" / "missed_as_normal.csv")
@@ -420,3 +533,36 @@ def test_leakage_html_examples_as_thumbnails_and_image_level_split():
 
     fig = _pair_figure(np.zeros((12, 8, 8), np.uint8), 255.0, leak["audit"]["examples"])
     assert len(fig.axes) == 4 and fig.axes[0].get_title() == "pool"
+
+
+def test_pair_figure_and_html_show_labels_and_warn_on_pairs_across_labels():
+    """Issue 18: the default report paired distinct phantom patients with different labels by
+    "phash identity" with no label shown and no warning."""
+    from lungray.report._testing import _fake_leakage
+    from lungray.report.build import _leakage_html, _pair_figure
+
+    leak = _fake_leakage(100)
+    ex = leak["audit"]["examples"]
+    ex[0].update(label_a="COVID", label_b="COVID", suspect=False)
+    ex[1].update(label_a="COVID", label_b="Normal", suspect=True)
+    leak["audit"]["suspect_pairs"] = 1
+    leak["audit"]["pairs_across_patients"] = 2
+    fig = _pair_figure(np.zeros((12, 8, 8), np.uint8), 255.0, ex)
+    titles = [(ax.get_title(), ax.title.get_color()) for ax in fig.axes]
+    # axes row by row: the two top images, then the two bottom ones; the pair across labels in red
+    assert titles == [("pool · COVID", "black"), ("pool · COVID", "#c0392b"), ("pool · COVID", "black"), ("pool · Normal", "#c0392b")]
+    assert "LABELS DIFFER" in fig.axes[3].get_xlabel()
+    out = _leakage_html(leak)  # no images reachable: the table
+    assert "1 duplicate pair(s) join images with different labels" in out and "2 duplicate pair(s) join two different patient ids" in out
+    assert "img-011 (pool, Normal)" in out and "DIFFERENT: label conflict or false pair" in out
+
+
+def test_no_complete_banner_over_an_evaluation_without_a_class(store, tmp_path):
+    from lungray.report import build_report
+
+    uri, root = store
+    fk = log_fake_sweep(uri, "lost_class", models=("alpha",), sizes=(40,), seeds=(0,), n_eval=100, epochs=1,
+                        class_counts={"eval": {"Normal": 0, "COVID": 100}}, artifact_root=(root / "art_lost").as_uri())
+    html = build_report(uri, parent_run_id=fk.parent_id, out_dir=tmp_path / "r", gradcam=False, n_boot=50).read_text()
+    assert "Complete: all" not in html
+    assert "NOT A COMPLETE EVALUATION: all 1 trials finished, but the evaluation set holds no &#x27;Normal&#x27; image" in html

@@ -43,7 +43,9 @@ def test_every_section_present_and_grid_complete(smoke, report):
     n = len(smoke["cfg"].trials())
     assert f"Complete: all {n} trials of the grid finished." in html
     assert "Grad-CAM could not be computed" not in html
-    assert (report / "figures" / "gradcam_panels.png").is_file()
+    gradcam = html[html.index('id="gradcam"'):html.index('id="pointing"')]
+    assert '<img src="data:image/png;base64,' in gradcam  # the panels, embedded (print files only on request)
+    assert not (report / "figures").exists()
     pg = pd.read_csv(report / "pointing_game.csv")
     assert list(pg.model) == [m.key for m in smoke["cfg"].models]  # every model, logreg included
     assert ((pg.score >= 0) & (pg.score <= 1)).all() and (pg.random_map_score > 0).all()

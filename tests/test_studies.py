@@ -27,8 +27,10 @@ STUDIES = [
     "study1_ct_size",
     "study2_gradcam_covid_normal",
     "study3_rsna_vgg16_resnet101",
+    "study3_rsna_unet",
     "study4_transfer_4class",
     "study5_scratch_vs_vgg19",
+    "study5_scratch_vs_vgg19_published",
 ]
 
 
@@ -55,7 +57,8 @@ def test_every_study_has_a_yaml_and_a_smoke_twin():
     for s in STUDIES:
         full, twin = study(s), study(s, smoke=True)
         assert full.name == s and twin.name == f"{s}_smoke"
-        assert all(m.gradcam_layer == "last_conv" for m in full.models if m.name != "logreg")
+        if full.train.task == "classification":  # a U-Net's explanation is its predicted mask
+            assert all(m.gradcam_layer == "last_conv" for m in full.models if m.name != "logreg")
         assert twin.data.source == "phantom" and not any(m.pretrained for m in twin.models)
         assert twin.resources.gpus_per_worker == 0
 
@@ -137,6 +140,19 @@ def test_study3_torchvision_vgg16_last_layer_and_resnet101_fc():
     assert parameter_counts(res).trainable == 262_530
 
 
+def test_study3_unet_yaml_is_the_segmentation_preset_with_the_studys_loss():
+    """The YAML and its smoke twin resolve to the `segmentation` / `segmentation_smoke` presets
+    (one recipe, two spellings); the full one with the study's own Dice loss (issue 21.1, 21.6)."""
+    for name, preset in (("study3_rsna_unet", "segmentation"), ("study3_rsna_unet_smoke", "segmentation_smoke")):
+        got = load_study(preset, CONFIGS / f"{name}.yaml", overrides=["data.path=/data/rsna"], validate=False).to_dict()
+        ref = load_study(preset, overrides=["data.path=/data/rsna"], validate=False).to_dict()
+        got.pop("name"), ref.pop("name")
+        assert got == ref, name
+        assert study(name).train.task == "segmentation"
+    assert study("study3_rsna_unet").train.loss == study("study3_rsna_unet_smoke").train.loss == "dice_rsna"  # the study's
+    assert study("study3_rsna_unet").models[0].name == "unet_keras" and study("study3_rsna_unet").data.source == "rsna"
+
+
 # ------------------------------------------------------------------------------------- study 4
 
 
@@ -172,6 +188,43 @@ def test_study5_simple_cnn_valid_padding_counts():
     assert (net.head.fc.in_features, net.head.fc.out_features) == (128, 2)
 
 
+def test_study5_published_recipe_resolved_config():
+    """Study 5 exactly as published (PROTOCOLS.md section 5), beside the corrected protocol: the
+    resolved configs differ in the published elements and nowhere else (issue 21.4)."""
+    from lungray.config import to_dict
+    from lungray.data.augment import normalization_stats
+
+    pub, fix = study("study5_scratch_vs_vgg19_published"), study("study5_scratch_vs_vgg19")
+    # the flaw, kept: the 30 % test set is the validation set of early stopping
+    assert pub.data.val_is_eval and pub.data.val_size == 0 and pub.data.eval_size == 0.3
+    assert not fix.data.val_is_eval and fix.data.val_size == 0.1 and fix.data.eval_size == 0.3
+    # "epochs" of len(train_set) // 32 steps with len(train_set) already batches: 9 steps of 32 at the
+    # study's 70 % of 13,808 images, up to 100, patience 10 on the (test) validation loss after each
+    s = pub.schedule
+    assert (s.batch_size, s.epochs, s.early_stopping_patience, s.monitor, s.eval_every) == (32, 100, 10, "val_loss", 1)
+    assert s.epoch_steps(int(0.7 * 13_808), 32) == 9 and fix.schedule.epoch_steps(9665, 32) is None
+    assert (fix.schedule.epochs, fix.schedule.early_stopping_patience) == (30, 5)
+    assert pub.optimizers[0].lr == 8e-3 and fix.optimizers[0].lr == 1e-3  # the code's rate vs the text's
+    trials = {t.model.name: t for t in pub.trials()}
+    cnn, vgg = trials["simple_cnn"], trials["vgg19"]
+    # the CNN at 299 px gray in [0, 1]; VGG19 at 224 x 224 x 3 through vgg19.preprocess_input (caffe)
+    assert cnn.model.input_size is None and cnn.train.normalization == "none" and pub.data.resolution == 299
+    assert vgg.model.input_size == 224 and vgg.train.normalization == "keras_caffe" and vgg.model.input_mode == "repeat3"
+    mean, std = normalization_stats(vgg.train.normalization, None, 3)
+    assert [round(m * 255, 3) for m in mean] == [103.939, 116.779, 123.68] and std == (1 / 255,) * 3
+    assert {t.model.name: t.train.normalization for t in fix.trials()} == {"simple_cnn": "none", "vgg19": "imagenet"}
+    assert vgg.model.pretrained is True and vgg.model.freeze == "backbone" and vgg.model.head == "gmp_mlp128"
+    # everything else is the same study
+    a, b = to_dict(pub), to_dict(fix)
+    diff = {f"{k}.{kk}" for k in a if isinstance(a[k], dict) for kk in a[k] if a[k][kk] != b[k].get(kk)}
+    diff |= {k for k in a if not isinstance(a[k], dict) and a[k] != b[k]}
+    assert diff == {"name", "data.val_size", "data.val_is_eval", "data.leakage", "models", "optimizers",
+                    "schedule.epochs", "schedule.steps_per_epoch", "schedule.early_stopping_patience"}
+    assert [m["normalization"] for m in a["models"]] == [None, "keras_caffe"]
+    assert [{k: v for k, v in m.items() if k != "normalization"} for m in a["models"]] == \
+        [{k: v for k, v in m.items() if k != "normalization"} for m in b["models"]]
+
+
 @pytest.mark.slow
 def test_study5_frozen_vgg19_global_max_pool_head():
     ms = models_of("study5_scratch_vs_vgg19")
@@ -179,6 +232,30 @@ def test_study5_frozen_vgg19_global_max_pool_head():
     assert type(vgg.head.pool).__name__ == "GlobalMaxPool"
     assert (vgg.head.fc1.in_features, vgg.head.fc1.out_features, vgg.head.fc.out_features) == (512, 128, 2)
     assert parameter_counts(vgg).trainable == 512 * 128 + 128 + 128 * 2 + 2
+
+
+# ------------------------------------------------------------------------------------- docs
+
+
+def test_protocol_docs_mark_every_element_of_every_study():
+    """docs/protocols.md: each of the five sections has an element table whose rows all end in
+    a verdict, exact / close / different / not reported / added (issue 21.6)."""
+    import re
+
+    text = (REPO / "docs" / "protocols.md").read_text()
+    sections = re.split(r"\n## (?=\d\. )", text)[1:]
+    assert [s[0] for s in sections] == ["1", "2", "3", "4", "5"]
+    verdicts = ("exact", "close", "different", "not reported", "added")
+    for sec in sections:
+        rows = [ln for ln in sec.splitlines() if ln.startswith("| ") and not ln.startswith("| Element") and not ln.startswith("|---")]
+        assert len(rows) >= 10, sec[:40]
+        for row in rows:
+            last = [c.strip() for c in row.strip().strip("|").split("|")][-1]
+            assert last.startswith(verdicts), (sec[:3], row)
+    s5 = sections[4]
+    for key in ("val_is_eval", "steps_per_epoch", "keras_caffe", "input_size: 224", "study5_scratch_vs_vgg19_published.yaml"):
+        assert key in s5
+    assert "dice_rsna" in sections[2] and "study3_rsna_unet.yaml" in sections[2]
 
 
 # ------------------------------------------------------------------------------------- dry runs

@@ -12,6 +12,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lungray.config import dump_yaml
@@ -266,6 +267,68 @@ def test_summary_table_mean_sd_over_seeds():
     assert t2.loc["cnn / sgd", "n=40"] == "0.250 (n=1)" and t2.index.name == "model / optimizer"
 
 
+def test_summary_table_leaves_a_degenerate_trial_out_as_the_report_does():
+    """Issue 19.4: one rule for the console, MLflow's summary.csv and the report
+    (lungray.report.stats.counted_mask): a constant-output trial is left out of its cell and
+    named; a weak trial is not; a cell of degenerate trials keeps them all."""
+    rows = [
+        {"model": "r18", "optimizer": "adam", "train_size": 50, "seed": 0, "test_accuracy": 0.5, "degenerate": "constant output"},
+        {"model": "r18", "optimizer": "adam", "train_size": 50, "seed": 1, "test_accuracy": 0.62, "degenerate": ""},
+        {"model": "r18", "optimizer": "adam", "train_size": 50, "seed": 2, "test_accuracy": 0.56, "degenerate": ""},
+        {"model": "cnn", "optimizer": "adam", "train_size": 50, "seed": 0, "test_accuracy": 0.5, "degenerate": "constant output"},
+        {"model": "cnn", "optimizer": "adam", "train_size": 50, "seed": 1, "test_accuracy": 0.5, "degenerate": "one class for every image, scores that do not rank"},
+    ]
+    t = summary_table(rows)
+    assert t.loc["r18", "n=50"] == "0.590 ± 0.042 (n=2, +1 degenerate)"
+    assert t.loc["cnn", "n=50"] == "0.500 ± 0.000 (n=2, all degenerate)"
+    from lungray.sweep.progress import format_summary
+
+    assert "same class predicted for every evaluation image" in format_summary(rows)
+
+
+def test_console_summary_and_report_table_count_the_same_runs():
+    """The console (progress.summary_table over the trial directories' flags) and the report
+    (tables.summarise over MLflow's predictions) give the same cell mean."""
+    import numpy as np
+
+    from lungray.report import _simulate as Sim
+    from lungray.report import stats, tables
+
+    rng = np.random.default_rng(0)
+    c = Sim.family_correct(rng, Sim.Family(models=2, sizes=2), 1, 3, 120)[0]
+    y = np.arange(120) % 2
+    probs = np.stack([[[Sim._probs_of(c[m, z, s], y, rng) for s in range(3)] for z in range(2)] for m in range(2)])
+    probs[1, 0, 2] = np.tile([0.3, 0.7], (120, 1))  # m1 at n=50, seed 2: constant output
+    sw = Sim.sweep_of(c, y, probs=probs)
+    preds = tables.prediction_arrays(sw)
+    report = tables.summarise(tables.add_derived(sw, preds), ("accuracy",), predictions=preds)
+    rows = [dict(r, degenerate=stats.degenerate_output(preds[r["run_id"]][2], preds[r["run_id"]][1]))
+            for r in sw.runs.to_dict("records")]
+    console = summary_table(rows)
+    for r in report.itertuples():
+        assert console.loc[r.model, f"n={r.train_size}"].startswith(f"{r.mean:.3f} ± ")
+    assert console.loc["m1", "n=50"].endswith("(n=2, +1 degenerate)")
+
+
+def test_collect_rows_flags_a_degenerate_trial_from_its_predictions(tmp_path):
+    import pandas as pd
+
+    from lungray.sweep.expdir import ARTIFACTS_DIR, write_result
+    from lungray.sweep.runner import collect_rows, eval_groups_payload
+
+    for tid, probs in (("t0", [[0.7, 0.3], [0.7, 0.3]]), ("t1", [[0.7, 0.3], [0.2, 0.8]])):
+        d = tmp_path / "trials" / tid
+        (d / ARTIFACTS_DIR).mkdir(parents=True)
+        write_result(d, {"complete": True, "model": "cnn", "train_size": 40, "optimizer": "adam", "seed": int(tid[1]),
+                         "metrics": {"test_accuracy": 0.5}})
+        pd.DataFrame({"image_id": ["a", "b"], "y_true": [0, 1], "prob_Normal": [p[0] for p in probs],
+                      "prob_COVID": [p[1] for p in probs]}).to_csv(d / ARTIFACTS_DIR / "predictions.csv", index=False)
+    rows = {r["trial_id"]: r for r in collect_rows(tmp_path, None)}
+    assert rows["t0"]["degenerate"] == "constant output" and rows["t1"]["degenerate"] == ""
+    # the patients of the evaluation images, for the report: codes renumbered in evaluation order
+    assert eval_groups_payload(["i0", "i1", "i2", "i3"], [7, 3, 7, 9], [2, 0, 1]) == {"i2": 0, "i0": 0, "i1": 1}
+
+
 def test_eta_prices_each_remaining_trial_by_its_model_and_size():
     assert math.isnan(eta_by_cell({}, [], [("cnn", 50)], slots=2))
     cnn50, cnn450, r50, r450 = ("cnn", 50), ("cnn", 450), ("r18", 50), ("r18", 450)
@@ -306,8 +369,9 @@ def test_cli_dry_run_prints_config_grid_and_cluster(capsys, tmp_path):
     out = capsys.readouterr().out
     assert rc == 0
     # a summary of the study, not ~100 lines of resolved config (that goes to config.yaml, or -v)
-    assert "# study smoke (preset smoke)" in out and "= 4 trials" in out and "name: smoke" not in out
-    assert "-> 4 trials" in out and "local machine" in out
+    assert "# study smoke (preset smoke)" in out and "name: smoke" not in out
+    # the grid summary once (issue 20.6): the dry run's own first line and table, not the banner's too
+    assert out.count("-> 4 trials") == 1 and "= 4 trials" not in out and "local machine" in out
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 
@@ -334,14 +398,26 @@ def test_cli_dry_run_says_what_the_cluster_lacks_instead_of_refusing(capsys, tmp
 def test_cli_dry_run_refuses_sizes_larger_than_the_phantom_pool(capsys, tmp_path):
     from lungray.sweep.cli import main
 
-    # smoke: 360 phantom images, 120 held out, 40 for validation -> a pool of 200
-    assert main(["--preset", "smoke", "--dry-run", "--set", "sizes=[40,200]", "--output", str(tmp_path)], prog="size_study.py") == 0
-    capsys.readouterr()
-    rc = main(["--preset", "smoke", "--dry-run", "--set", "sizes=[40,201]", "--output", str(tmp_path)], prog="size_study.py")
+    import re
+
+    from lungray.study import load_study
+    from lungray.data.adapters import build_manifest
+    from lungray.data.split_plan import groups_of, make_splits
+
+    # smoke: 360 phantom images, about 120 held out (whole patients), about 40 for validation:
+    # the pool the dry run must count, made here with the same split
+    d = load_study("smoke").data
+    m = build_manifest(d)
+    _, _, pool, _ = make_splits(m["class_index"].to_numpy(), groups_of(m["patient_id"].to_numpy()), m["split"].to_numpy(), d)
+    n = len(pool)
+    per = np.bincount(m["class_index"].to_numpy()[pool], minlength=2)
+    assert main(["--preset", "smoke", "--dry-run", "--set", f"sizes=[40,{n}]", "--output", str(tmp_path)], prog="size_study.py") == 0
+    assert re.search(rf"data: training pool {n} images", capsys.readouterr().out)
+    rc = main(["--preset", "smoke", "--dry-run", "--set", f"sizes=[40,{n + 1}]", "--output", str(tmp_path)], prog="size_study.py")
     err = capsys.readouterr().err.strip().splitlines()
     # the dry run makes the real held-out split of the phantom (sweep/checks.py) and counts its pool
-    assert rc == 2 and err == ["size_study.py: error: training size 201 is larger than the training pool of 200 images "
-                               "(Normal: 109, COVID: 91); use smaller sizes, a smaller data.eval_size/data.val_size, or more data"]
+    assert rc == 2 and err == [f"size_study.py: error: training size {n + 1} is larger than the training pool of {n} images "
+                               f"(Normal: {per[0]}, COVID: {per[1]}); use smaller sizes, a smaller data.eval_size/data.val_size, or more data"]
     assert not any(tmp_path.iterdir())
 
 

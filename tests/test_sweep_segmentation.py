@@ -28,7 +28,7 @@ SCRIPT = str(REPO / "sweeps" / "segmentation_study.py")
 
 STUDY = """
 name: rsna_tiny
-data: {resolution: 32, eval_size: 2, val_size: 2, leakage: "off"}
+data: {resolution: 32, eval_size: 2, val_size: 2, leakage: "off", min_eval_per_class: 1, min_val_per_class: 1}
 models: [{name: unet_keras, width: 4}, {name: "unet:resnet10t", width: 2}]
 sizes: [4]
 seeds: [0]
@@ -50,7 +50,7 @@ def test_rsna_tree_runs_end_to_end_through_a_segmentation_sweep(tmp_path):
     p = subprocess.run([sys.executable, SCRIPT, "--config", "study.yaml", "--data", str(tree), "--output", "runs", "--address", "local"],
                        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
     assert p.returncode == 0, (p.stdout[-4000:], p.stderr[-4000:])
-    assert "#   task: segmentation (loss: dice); data source: rsna " in p.stdout
+    assert "#   task: segmentation (loss: dice_rsna); data source: rsna " in p.stdout  # the study's loss, from the preset
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("[") and " done " in ln]
     assert len(lines) == 2 and all("test_dice_pos=" in ln for ln in lines)
 
@@ -66,7 +66,7 @@ def test_rsna_tree_runs_end_to_end_through_a_segmentation_sweep(tmp_path):
     row_of_patient = {"rsna_" + hash_patient_id(pid, id_salt("rsna"))[2:]: pid for pid in P}
     for r in children:
         m = r.data.metrics
-        assert r.data.params["train.task"] == "segmentation" and r.data.params["train.loss"] == "dice"
+        assert r.data.params["train.task"] == "segmentation" and r.data.params["train.loss"] == "dice_rsna"
         for key in ("dice_pos", "dice_all", "iou_pos", "iou_all", "miou_global", "det_auc", "loss"):
             assert f"test_{key}" in m
         assert 0 <= m["test_dice_all"] <= 1 and m["test_n_images"] == 2 and "test_accuracy" not in m

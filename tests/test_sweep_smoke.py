@@ -186,9 +186,10 @@ def test_outputs_keep_no_checkpoint_and_the_best_weights_once(user):
     assert all(f.stat().st_ino in logged and f.stat().st_nlink == 2 for f in bests)  # one file, in both places
     own, shared, total = disk_breakdown(exp_dir, out)
     # measured (each file once): this sweep's folder, MLflow's store and the data cache, e.g.
-    # trials/ 1.6 MB, report/ 0.8 MB, tune/ 0.4 MB; mlartifacts/ 1.0 MB, mlflow.db 1.2 MB, cache/ 0.8 MB
+    # trials/ 1.6 MB, report/ 3.0 MB, tune/ 0.4 MB; mlartifacts/ 3.1 MB, mlflow.db 1.2 MB, cache/ 12 MB (the
+    # leakage audit's keypoint features of the 360 phantom films, about 30 KB each since issue 18)
     assert set(own) == {"config.yaml", "sweep.json", "trials/", "tune/", "report/", "trials.csv", "summary.csv"}
-    assert own["tune/"] < 2e6 and own["trials/"] < 5e6 and total < 20e6, (own, shared, total)
+    assert own["tune/"] < 2e6 and own["trials/"] < 5e6 and total < 30e6, (own, shared, total)
     # the same total by another route: find's inode and size of every file, each inode once
     listing = subprocess.run(["find", str(out), "-type", "f", "-printf", "%i %s\n"], capture_output=True, text=True).stdout
     by_inode = dict(ln.split() for ln in listing.splitlines())  # a hard-linked file: one entry
@@ -217,7 +218,7 @@ def test_readme_cpu_examples_run_as_written(user):
             continue
         assert p.returncode == 0, (cmd, p.stdout[-3000:], p.stderr[-3000:])
         if cmd.startswith("lungray report"):
-            html = (home / "report" / "report.html").read_text()
+            html = (home / "lungray_runs" / "report" / "report.html").read_text()  # beside the store, not ./report
             # the report of the latest sweep (the README runs a study's smoke twin after the smoke
             # preset), with Grad-CAM panels rebuilt from the (hard-linked) best weights
             gradcam = html[html.index('id="gradcam"'):html.index('id="pointing"')]
@@ -227,7 +228,9 @@ def test_readme_cpu_examples_run_as_written(user):
             assert json.loads((latest / "sweep.json").read_text())["parent_run_id"] in html
         if "--resume" in cmd:
             assert "(8 already finished)" in p.stdout and "done: 8/8 trials finished" in p.stdout
-    assert (home / "phantom_sheet.png").stat().st_size > 1000
+    assert (home / "lungray_runs" / "phantom_sheet.png").stat().st_size > 1000
+    # issue 20.6: the README's commands leave nothing in the folder they are run from but the output folder
+    assert sorted(p.name for p in home.iterdir()) == ["lungray_runs", "sweeps"]
     assert len(c.search_runs([state["experiment_id"]])) == before  # mlflow-sync and resume added no run
 
 

@@ -304,7 +304,7 @@ def test_logreg_is_fitted_full_batch(tiny, tmp_path):
 
 def test_ae_encoder_pretrains_once_and_is_reused(tmp_path_factory, tmp_path, monkeypatch):
     """The code (res/4) must survive DenseNet-121's /32 downsampling: 128 px is the smallest."""
-    import lungray.models as models
+    import lungray.models.autoencoder as models  # where prepare_ae_encoder looks the pretraining up
 
     tiny = build_prepared(tmp_path_factory.mktemp("prepared128"), 48, 128, 8, 8)
 

@@ -69,8 +69,9 @@ def test_registry_presets_and_losses():
     assert seg.report_spec.explanation == "overlay" and seg.monitors["val_loss"] == "min"
     assert all(seg.mode(m) == "max" for m in seg.monitors if m != "val_loss")
     smoke = load_study("segmentation_smoke")
-    assert smoke.train.task == "segmentation" and smoke.train.loss == "dice" and smoke.data.source == "phantom"
+    assert smoke.train.task == "segmentation" and smoke.train.loss == "dice_rsna" and smoke.data.source == "phantom"
     paper = load_study("segmentation", overrides=["data.path=/data/rsna"])
+    assert paper.train.loss == "dice_rsna"  # the study's own loss (PROTOCOLS.md section 3)
     assert paper.data.source == "rsna" and [m.name for m in paper.models][0] == "unet_keras"
     assert 200 in paper.sizes and paper.schedule.early_stopping_patience and paper.data.resolution % 32 == 0
     for monitor in seg.monitors:
@@ -85,7 +86,7 @@ def test_registry_presets_and_losses():
         (["models=[resnet18]"], r"models\[0\]\.name: 'resnet18' is not a segmentation model; train\.task=segmentation takes unet:<timm encoder>, unet_keras"),
         (["data.source=covid_ct_xray", "data.path=/x"],
          r"train\.task=segmentation needs masks, and data\.source 'covid_ct_xray' has none; sources with masks: phantom \(lesion\), rsna \(lesion_boxes\)"),
-        (["train.loss=diec"], r"train\.loss: 'diec' is not valid; valid choices: auto, dice, dice_ce, dice_bce, ce"),
+        (["train.loss=diec"], r"train\.loss: 'diec' is not valid; valid choices: auto, dice, dice_rsna, dice_ce, dice_bce, ce"),
         (["train.imbalance=weighted_loss"], r"train\.imbalance: 'weighted_loss' weighs image classes"),
         (["schedule.monitor=val_accuracy"], r"'val_accuracy' is not a validation metric of task 'segmentation'"),
         (["data.resolution=40"], r"'unet_keras' needs data\.resolution to be a multiple of 16"),
@@ -141,7 +142,7 @@ def test_batch_and_epoch_statistics_by_hand():
     assert math.isnan(nothing["train_dice_pos"]) and math.isnan(nothing["train_dice_all"])
 
 
-@pytest.mark.parametrize("loss", ["dice", "dice_ce", "dice_bce", "ce"])
+@pytest.mark.parametrize("loss", ["dice", "dice_rsna", "dice_ce", "dice_bce", "ce"])
 def test_validation_and_report_equal_an_independent_computation(loss):
     """Two batches through evaluate_batch; val_loss is the criterion on both batches as ONE
     batch, Dice/IoU/detection are metrics.segmentation's on the argmax masks and max-foreground scores."""
@@ -297,6 +298,8 @@ def test_report_per_image_scores_by_hand():
     ids, s = per_image_scores(f, (), "iou_all")
     assert ids.tolist() == ["c", "a", "b"] and s == pytest.approx([1 / 3, 1.0, 1 / 7])  # known masks
     g = f.assign(dice=[0.7, 1.0, 0.1, np.nan])
-    np.testing.assert_allclose(_aligned_scores(["r1", "r2"], {"r1": f, "r2": g}, "dice_pos"), [[0.25, 0.5], [0.1, 0.7]])
+    scores, ids = _aligned_scores(["r1", "r2"], {"r1": f, "r2": g}, "dice_pos")
+    np.testing.assert_allclose(scores, [[0.25, 0.5], [0.1, 0.7]])
+    assert ids.tolist() == ["b", "c"]
     with pytest.raises(ValueError, match="no per-image score for metric 'miou_global'"):
         per_image_scores(f, (), "miou_global")

@@ -79,6 +79,7 @@ def test_transfer_smoke_twin_end_to_end_with_a_panel_for_every_arm(tmp_path):
     assert len(rows) == len(arms) and all(a == b for _, a, b in rows), rows
     # the variants are paired: same subsets, same evaluation images
     paired = pd.read_csv(exp_dir / "report" / "paired.csv")
-    pair = paired[(paired.model_a == "tv:resnet18[backbone]@imagenet") & (paired.model_b == "tv:resnet18[backbone]@clahe")]
+    both = {"tv:resnet18[backbone]@imagenet", "tv:resnet18[backbone]@clahe"}  # ordered higher mean first
+    pair = paired[[{a, b} == both for a, b in zip(paired.model_a, paired.model_b)]]
     counts = pd.read_csv(exp_dir / "report" / "class_counts.csv").set_index("split")
     assert len(pair) == 1 and int(pair.n_images.iloc[0]) == int(counts.loc["eval", "total"])

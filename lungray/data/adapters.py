@@ -41,7 +41,7 @@ Layouts (the real downloads):
     segmentation masks (:mod:`lungray.data.masks`). The patientId is also the DICOM PatientID,
     so image ids are salted hashes too.
 ``csv``
-    a CSV with ``path,label[,patient_id][,split][,image_id]``; relative paths are resolved
+    a CSV with ``path,label[,patient_id][,split][,image_id][,site]``; relative paths are resolved
     against the CSV's folder; missing files are reported with their CSV row and line numbers.
     **Every path must lie under the CSV's folder** (the dataset root): an absolute path
     elsewhere or a ``../`` that climbs out is quarantined as "path outside the dataset root"
@@ -266,51 +266,81 @@ def _quarantine_escapes(rows: list[dict[str, Any]], cfg: Any) -> None:
 PHANTOM_MANIFEST_PX = 16
 
 
+def phantom_spec(cfg: Any) -> Any:
+    """The :class:`~lungray.data.phantom.PhantomSpec` of a data config's ``phantom_*`` keys."""
+    from lungray.data.phantom import PhantomSpec
+
+    return PhantomSpec(
+        n_classes=int(cfg.phantom_classes),
+        difficulty=float(cfg.phantom_difficulty),
+        seed=int(cfg.phantom_seed),
+        images_per_patient=float(cfg.phantom_images_per_patient),
+        series_fraction=float(cfg.phantom_series_fraction),
+        series_length=int(cfg.phantom_series_length),
+        sites=int(cfg.phantom_sites),
+        site_label_correlation=float(cfg.phantom_site_label_correlation),
+        markings=tuple(cfg.phantom_markings),
+        copies=float(cfg.phantom_copies),
+    )
+
+
 @functools.lru_cache(maxsize=2)
-def phantom_arrays(n: int, n_classes: int, resolution: int, difficulty: float, seed: int) -> Any:
-    """The generated phantom, memoised per process (the adapter and the cache share one draw)."""
+def phantom_arrays(n: int, spec: Any, resolution: int) -> Any:
+    """The generated phantom, memoised per process (a cache and its preprocessing variants share one draw)."""
+    import dataclasses
+
     from lungray.data.phantom import generate_phantom
 
-    return generate_phantom(n, n_classes=n_classes, resolution=resolution, difficulty=difficulty, seed=seed)
+    knobs = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+    return generate_phantom(n, resolution=resolution, **knobs)
 
 
-def phantom_uri(seed: int, n_classes: int, difficulty: float, i: int) -> str:
-    return f"{PHANTOM_SCHEME}seed={seed}/classes={n_classes}/difficulty={float(difficulty):g}/{i}"
+def phantom_uri(spec: Any, i: int) -> str:
+    """``phantom://<spec key>/<row>``: the path of row ``i`` of the phantom ``spec``."""
+    return f"{PHANTOM_SCHEME}{spec.key}/{i}"
 
 
-def parse_phantom_uri(uri: str) -> tuple[int, int, float, int]:
-    """(seed, n_classes, difficulty, index) of a ``phantom://`` path."""
-    m = re.fullmatch(r"phantom://seed=(\d+)/classes=(\d+)/difficulty=([0-9.eE+-]+)/(\d+)", uri)
+def parse_phantom_uri(uri: str) -> tuple[Any, int]:
+    """(spec, index) of a ``phantom://`` path."""
+    from lungray.data.phantom import PhantomSpec
+    from lungray.errors import ConfigError
+
+    m = re.fullmatch(re.escape(PHANTOM_SCHEME) + r"(.+)/(\d+)", uri)
     if not m:
         raise DataError(f"malformed phantom path '{uri}'")
-    return int(m.group(1)), int(m.group(2)), float(m.group(3)), int(m.group(4))
+    try:
+        return PhantomSpec.from_key(m.group(1)), int(m.group(2))
+    except (ConfigError, TypeError, ValueError) as e:
+        raise DataError(f"malformed phantom path '{uri}': {e}") from None
 
 
 @ADAPTERS.register("phantom")
 def phantom_adapter(cfg: Any) -> pd.DataFrame:
-    """The built-in phantom (data.phantom_n images, data.phantom_classes classes).
+    """The built-in phantom (``data.phantom_n`` images; the ``data.phantom_*`` keys): its layout only
+    (labels, patients, sites), nothing is rendered here. Patient ids are hashed like a file
+    source's, and left out with ``data.phantom_patient_ids: false`` (a Kaggle-like set without
+    them: only the leakage audit's clusters then keep copies together)."""
+    from lungray.data.phantom import CLASS_NAMES, image_id, layout, patient_id
 
-    The manifest needs labels and ids only, which do not depend on the resolution (image ``i``'s
-    label and patient depend on the seed alone): they are drawn at :data:`PHANTOM_MANIFEST_PX`,
-    so ``--dry-run`` and ``data check`` never render the phantom at full resolution (1024 px:
-    136 s and 1.34 GB, issue 23); the cache renders the pixels once, at the study's resolution.
-    """
-    ph = phantom_arrays(int(cfg.phantom_n), int(cfg.phantom_classes), min(int(cfg.resolution), PHANTOM_MANIFEST_PX),
-                        float(cfg.phantom_difficulty), int(cfg.phantom_seed))
+    spec = phantom_spec(cfg)
+    lay = layout(int(cfg.phantom_n), spec)
+    names = CLASS_NAMES[spec.n_classes]
     salt = id_salt("phantom")
+    expose = bool(getattr(cfg, "phantom_patient_ids", True))
     rows = [
         {
-            "image_id": str(ph.ids[i]),
-            "path": phantom_uri(cfg.phantom_seed, cfg.phantom_classes, cfg.phantom_difficulty, i),
-            "raw": ph.class_names[int(ph.labels[i])],
-            "patient_id": hash_patient_id(ph.patient_ids[i], salt),
+            "image_id": image_id(spec.seed, i),
+            "path": phantom_uri(spec, i),
+            "raw": names[int(lay.label[i])],
+            "patient_id": hash_patient_id(patient_id(spec.seed, int(lay.patient[i])), salt) if expose else "",
+            "site": f"site-{int(lay.site[i])}",
             "modality": "CR",
             "width": int(cfg.resolution),
             "height": int(cfg.resolution),
         }
-        for i in range(len(ph))
+        for i in range(len(lay))
     ]
-    return _finish(rows, cfg, "phantom", canonical=ph.class_names)
+    return _finish(rows, cfg, "phantom", canonical=names)
 
 
 # --------------------------------------------------------------------------------------------
@@ -581,7 +611,7 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": 
 
 @ADAPTERS.register("csv")
 def csv_adapter(cfg: Any) -> pd.DataFrame:
-    """A CSV of path,label[,patient_id][,split][,image_id] (paths relative to the CSV)."""
+    """A CSV of path,label[,patient_id][,split][,image_id][,site] (paths relative to the CSV)."""
     path = _root(cfg, suffix=".csv")
     df = _read_csv(path, ["path", "label"])
     base = path.parent
@@ -589,6 +619,7 @@ def csv_adapter(cfg: Any) -> pd.DataFrame:
     has_pid = "patient_id" in df.columns
     has_split = "split" in df.columns
     has_id = "image_id" in df.columns
+    has_site = "site" in df.columns
     allow_outside = bool(getattr(cfg, "allow_outside_root", False))
     rows = []
     for i, r in enumerate(df.to_dict("records"), start=1):
@@ -624,6 +655,7 @@ def csv_adapter(cfg: Any) -> pd.DataFrame:
                 "raw": label,
                 "patient_id": hash_patient_id(r.get("patient_id"), salt) if has_pid else "",
                 "split": _SPLIT_ALIASES.get(split, ""),
+                "site": str(r.get("site", "") or "").strip() if has_site else "",
                 "problem": problem,
             }
         )

@@ -34,6 +34,15 @@ reseeds it per (seed, epoch, image), so an epoch is identical on a resumed run o
 - ``fixed``: the numbers in ``train.norm_mean`` / ``train.norm_std`` (one value, or one per
   channel): published radiograph statistics used as constants, as the 4-class study did.
 - ``none``: mean 0, std 1.
+- ``keras_caffe``: Keras ``imagenet_utils.preprocess_input`` in ``caffe`` mode, what
+  ``vgg16/vgg19.preprocess_input`` do (the VGG19 reference of PROTOCOLS.md section 5): pixels
+  in 0-255, RGB turned to BGR, the ImageNet mean subtracted per channel, no scaling. As
+  ``(x - mean) / std`` in ``[0, 1]`` units: mean ``(103.939, 116.779, 123.68) / 255`` in the
+  network's (BGR) channel order and std ``1 / 255``; a gray image repeated to 3 channels is the
+  same in either order, so only the per-channel means matter. One channel: the luminance-weighted
+  mean. (The caffe-converted Keras VGG weights expect this input; torchvision's and timm's VGG
+  weights were trained on ImageNet-normalised RGB, so with them this reproduces the study's
+  preprocessing, not its features.)
 """
 
 from __future__ import annotations
@@ -151,6 +160,21 @@ def pool_stats(data: Any = None, channels: int = 1, fixed: Any = None) -> tuple[
         raise ConfigError("normalization 'pool' needs the prepared data (the training pool) to compute mean/std")
     mean, std = data.pool_mean_std()
     return _per_channel(mean, channels), _per_channel(std, channels)
+
+
+#: Keras caffe-mode means (B, G, R), 0-255 units (keras.applications.imagenet_utils)
+KERAS_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+@NORMALIZATIONS.register("keras_caffe")
+def keras_caffe_stats(data: Any = None, channels: int = 1, fixed: Any = None) -> tuple[Stat, Stat]:
+    """Keras ``preprocess_input`` (caffe mode): x * 255 - the BGR ImageNet mean, no scaling (section 5)."""
+    mean = tuple(m / 255.0 for m in KERAS_CAFFE_MEAN_BGR)
+    std = 1.0 / 255.0
+    if channels == 3:
+        return mean, (std, std, std)
+    rgb = mean[::-1]
+    return _per_channel(sum(w * m for w, m in zip(_LUMA, rgb)), channels), _per_channel(std, channels)
 
 
 @NORMALIZATIONS.register("none")

@@ -9,15 +9,20 @@ into ``<cache_dir>/<key>/``:
 
 ``images.npy``        (N, R, R) uint8 or uint16, memory-mapped by every trial
 ``labels.npy``        (N,) int64 class indices
-``masks.npy``         (N, R, R) uint8 class index per pixel, same geometry as the image, for
+``masks.npy``         (N, R, R) uint8 class index per pixel, same geometry as the image (resize
+                      and crop preprocessing: :func:`lungray.data.masks.row_mask`), for
                       datasets with masks (:mod:`lungray.data.masks`: phantom lesions, RSNA
                       boxes filled, Radiography Database lung masks); ``meta.json`` names the
                       ``mask_kind`` (``null`` and no file otherwise)
-``hashes.npy``        (N, 8) uint64 dihedral perceptual hashes of the decoded image (leakage audit)
+``lung_masks.npy``   (N, R, R) uint8 0/1 lung fields, for the phantom (which also has lesion masks
+                      in ``masks.npy``); ``meta.json`` ``lung_masks: true``. The Radiography
+                      Database's lung masks are its ``masks.npy`` (``mask_kind: lung``)
+``hashes.npy``        (N, 8) uint64 dihedral perceptual hashes of the decoded image with its
+                      burned-in annotations inpainted (leakage audit, :mod:`lungray.data.burnin`)
 ``kp_*.npy``, ``thumbs.npy``  keypoint features of the decoded image for the leakage audit's second
                       stage (:class:`lungray.data.keypoints.Features`: ORB descriptors of the image and
-                      its mirror, positions, counts, a 128-px thumbnail; about 26 KB per image).
-                      Phantom rows get none: the generator never copies an image
+                      its mirror, positions, counts, a 128-px thumbnail and its annotation mask;
+                      about 28 KB per image). Phantom rows get them too, from the generated image
 ``manifest.parquet``  the N good rows in array order, ``sha256``/``phash``/``width``/``height``
                       filled (and, for DICOM, ``modality`` and the hashed ``patient_id``)
 ``quarantined.parquet`` every row that was not cached, with its ``problem`` reason
@@ -25,7 +30,7 @@ into ``<cache_dir>/<key>/``:
 
 Decoding runs as Ray tasks over chunks of rows when the dataset is large (``ray.init`` on the
 local machine if no cluster is connected, shut down again afterwards), serially otherwise, with a
-tqdm progress bar. A row whose decode fails is quarantined with the reason instead of killing
+progress bar (:mod:`lungray.data.progress`: tqdm on a terminal, one line off it). A row whose decode fails is quarantined with the reason instead of killing
 the job. Everything is written into a temporary sibling folder and renamed into place, so a
 crash never leaves a half-written cache, and a second call with the same key returns at once.
 """
@@ -51,8 +56,10 @@ from lungray.errors import DataError
 log = logging.getLogger(__name__)
 
 #: bump when the decode/resize/hash rules change, so old caches are not reused
-#: (2: keypoint features for the leakage audit, :data:`lungray.data.keypoints.FEATURE_VERSION`)
-CACHE_VERSION = 2
+#: (2: keypoint features for the leakage audit, :data:`lungray.data.keypoints.FEATURE_VERSION`;
+#: 3: hashes of the image with burned-in annotations inpainted, phantom rows described and
+#: with lung masks, the manifest's ``site`` column)
+CACHE_VERSION = 3
 #: rows per Ray task (big enough to amortise task overhead, small enough for a smooth progress bar)
 CHUNK_ROWS = 128
 #: datasets at least this large decode with Ray when ``parallel`` is left to ``None``
@@ -90,11 +97,12 @@ def is_complete(root: str | Path) -> bool:
 
 
 def _hash_input(img: np.ndarray) -> np.ndarray:
-    from lungray.data.decode import resize
+    """What the perceptual hash sees: the image at most ``HASH_SIZE`` px a side with its burned-in
+    annotations inpainted (:func:`lungray.data.burnin.content_image`), so two patients of one site
+    do not hash alike because they share its text and label box (issue 18)."""
+    from lungray.data.burnin import content_image
 
-    if max(img.shape) > HASH_SIZE:
-        return resize(img, HASH_SIZE, "stretch")
-    return img
+    return content_image(img, HASH_SIZE)
 
 
 def _array_sha256(a: np.ndarray) -> str:
@@ -134,6 +142,7 @@ def _decode_rows(
     file), also ``masks`` (k, R, R) uint8 in the image's geometry and ``mask_problem`` per row
     (a mask file that cannot be read leaves the image usable and its mask all ``IGNORE``).
     """
+    from lungray.data.burnin import burnin_mask, content_image
     from lungray.data.decode import decode, dicom_info, npz_row, resize, sniff, to_storage
     from lungray.data.hashing import dihedral_hashes, sha256_file
     from lungray.data.masks import IGNORE, row_mask
@@ -153,13 +162,14 @@ def _decode_rows(
         try:
             img = decode(path)
             out["height"][i], out["width"][i] = int(img.shape[0]), int(img.shape[1])
-            hashes[i] = dihedral_hashes(_hash_input(img))
-            feats.desc[i], feats.xy[i], feats.count[i], feats.thumbs[i] = describe(img)
+            marks = burnin_mask(img)  # once, for the hash and the keypoints
+            hashes[i] = dihedral_hashes(content_image(img, HASH_SIZE, marks))
+            feats.desc[i], feats.xy[i], feats.count[i], feats.thumbs[i], feats.masks[i] = describe(img, marks)
             small = resize(img, resolution, resize_mode)
             images[i] = to_storage(apply_preprocessing(preprocess, small, resolution), dtype)
             if masks is not None:
                 try:
-                    masks[i] = row_mask(mask_kind, mask_specs[i], img.shape[0], img.shape[1], resolution, resize_mode)
+                    masks[i] = row_mask(mask_kind, mask_specs[i], img.shape[0], img.shape[1], resolution, resize_mode, preprocess)
                 except (DataError, ValueError) as e:
                     mask_problem[i] = f"mask unusable ({str(e).splitlines()[0][:160]})"
             if NPZ_SEP in path:
@@ -183,7 +193,7 @@ def _decode_rows(
     return res
 
 
-_FEATURE_FILES = {"kp_desc": "desc", "kp_xy": "xy", "kp_count": "count", "thumbs": "thumbs"}
+_FEATURE_FILES = {"kp_desc": "desc", "kp_xy": "xy", "kp_count": "count", "thumbs": "thumbs", "kp_mask": "masks"}
 
 
 def _feature_dict(f: Any) -> dict[str, np.ndarray]:
@@ -206,38 +216,41 @@ def load_features(root: str | Path, mmap: bool = True) -> Any:
 
 
 def _phantom_rows(paths: Sequence[str], resolution: int, preprocess: str, dtype: str) -> dict[str, Any]:
-    """Phantom rows: generated at the study resolution (image i only depends on its seed and i)."""
+    """Phantom rows: generated at the study resolution (image i only depends on its spec and i),
+    hashed and described for the leakage audit exactly as a decoded file is."""
     from lungray.data.adapters import parse_phantom_uri, phantom_arrays
     from lungray.data.decode import to_storage
-    from lungray.data.hashing import dihedral_hashes_batch
-    from lungray.data.keypoints import Features
+    from lungray.data.masks import preprocess_mask
     from lungray.data.preprocess import apply_preprocessing
 
     parsed = [parse_phantom_uri(p) for p in paths]
-    groups: dict[tuple, list[int]] = {}
-    for i, (seed, classes, diff, idx) in enumerate(parsed):
-        groups.setdefault((seed, classes, diff), []).append(i)
+    groups: dict[Any, list[int]] = {}
+    for i, (spec, idx) in enumerate(parsed):
+        groups.setdefault(spec, []).append(i)
     k = len(paths)
     images = np.zeros((k, resolution, resolution), dtype=dtype)
     masks = np.zeros((k, resolution, resolution), dtype=np.uint8)
-    hashes = np.zeros((k, 8), dtype=np.uint64)
+    lungs = np.zeros((k, resolution, resolution), dtype=np.uint8)
+    raw = np.zeros((k, resolution, resolution), dtype=np.uint8)
     sha = [""] * k
-    for (seed, classes, diff), rows in groups.items():
-        n = max(parsed[i][3] for i in rows) + 1
-        ph = phantom_arrays(int(n), int(classes), int(resolution), float(diff), int(seed))
-        idx = np.array([parsed[i][3] for i in rows], dtype=np.int64)
-        hashes[rows] = dihedral_hashes_batch(ph.images[idx])
-        masks[rows] = ph.masks[idx]
-        for i, j in zip(rows, idx):
-            raw = ph.images[j]
-            x = raw.astype(np.float32) / 255.0
-            images[i] = to_storage(apply_preprocessing(preprocess, x, resolution), dtype)
-            sha[i] = _array_sha256(raw)
+    for spec, rows in groups.items():
+        n = max(parsed[i][1] for i in rows) + 1
+        ph = phantom_arrays(int(n), spec, int(resolution))
+        idx = np.array([parsed[i][1] for i in rows], dtype=np.int64)
+        raw[rows] = ph.images[idx]
+        for i, j in zip(rows, idx):  # the image's geometry (center_crop), as a decoded file's masks
+            masks[i] = preprocess_mask(ph.masks[j], preprocess)
+            lungs[i] = preprocess_mask(ph.lung_masks[j], preprocess)
+    for i in range(k):
+        images[i] = to_storage(apply_preprocessing(preprocess, raw[i].astype(np.float32) / 255.0, resolution), dtype)
+        sha[i] = _array_sha256(raw[i])
+    hashes, feats = _audit_features(raw)
     return {
         "images": images,
         "masks": masks,
+        "lung_masks": lungs,
         "hashes": hashes,
-        **_feature_dict(Features.empty(k)),  # no keypoints: the generator never copies an image
+        **_feature_dict(feats),
         "sha256": sha,
         "width": [resolution] * k,
         "height": [resolution] * k,
@@ -245,6 +258,32 @@ def _phantom_rows(paths: Sequence[str], resolution: int, preprocess: str, dtype:
         "patient_id": [""] * k,
         "problem": [""] * k,
     }
+
+
+def _audit_features(images: np.ndarray) -> tuple[np.ndarray, Any]:
+    """Dihedral content hashes and keypoint features of a stack of images, in threads (OpenCV and
+    numpy release the GIL: 2 CPUs describe 1000 64-px films in about 2 s instead of 4)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    from lungray.data.hashing import dihedral_hashes
+    from lungray.data.keypoints import Features, describe
+
+    k = len(images)
+    hashes = np.zeros((k, 8), dtype=np.uint64)
+    feats = Features.empty(k)
+
+    from lungray.data.burnin import burnin_mask, content_image
+
+    def one(i: int) -> None:
+        marks = burnin_mask(images[i])  # once, for the hash and the keypoints
+        hashes[i] = dihedral_hashes(content_image(images[i], HASH_SIZE, marks))
+        feats.desc[i], feats.xy[i], feats.count[i], feats.thumbs[i], feats.masks[i] = describe(images[i], marks)
+
+    with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as ex:
+        list(ex.map(one, range(k)))
+    return hashes, feats
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,9 +302,9 @@ def _run_chunks(
     total: int,
 ):
     """Yield (chunk_index, result) as chunks finish (Ray tasks or in-process)."""
-    from tqdm.auto import tqdm
+    from lungray.data.progress import progress_bar
 
-    bar = tqdm(total=total, desc="decoding images", unit="img", disable=not progress)
+    bar = progress_bar(total=total, desc="decoding images", unit="img", enabled=progress)
     try:
         if not parallel:
             for ci, ch in enumerate(chunks):
@@ -404,6 +443,8 @@ def build_cache(
         images = np.lib.format.open_memmap(tmp / "images.full.npy", mode="w+", dtype=dtype, shape=(n, R, R))
         hashes = np.zeros((n, 8), dtype=np.uint64)
         masks = np.lib.format.open_memmap(tmp / "masks.full.npy", mode="w+", dtype=np.uint8, shape=(n, R, R)) if mask_kind else None
+        # lung fields beside lesion masks: the phantom knows both (lung-region studies, issue 24)
+        lungs = np.lib.format.open_memmap(tmp / "lung_masks.full.npy", mode="w+", dtype=np.uint8, shape=(n, R, R)) if is_phantom.any() else None
         mask_problem = [""] * n
         from lungray.data.keypoints import Features
 
@@ -421,6 +462,8 @@ def build_cache(
                 arr[rows] = res[name]
             if masks is not None and "masks" in res:
                 masks[rows] = res["masks"]
+            if lungs is not None and "lung_masks" in res:
+                lungs[rows] = res["lung_masks"]
             for r, v in zip(rows, res.get("mask_problem", ())):
                 mask_problem[r] = v
             for c in cols:
@@ -472,6 +515,10 @@ def build_cache(
             _compact(arr, keep, tmp / f"{name}.npy")
             (tmp / f"{name}.full.npy").unlink()
         del feats
+        if lungs is not None:
+            _compact(lungs, keep, tmp / "lung_masks.npy")
+            del lungs
+            (tmp / "lung_masks.full.npy").unlink()
         n_mask_unknown = 0
         if masks is not None:
             _compact(masks, keep, tmp / "masks.npy")
@@ -482,6 +529,12 @@ def build_cache(
             bad_masks = [(good["image_id"].iloc[i], mask_problem[i]) for i in keep if mask_problem[i]]
             if bad_masks:
                 log.warning("%d mask file(s) could not be used (their masks are unknown): %s: %s", len(bad_masks), *bad_masks[0])
+        if mask_kind == "lesion_boxes":
+            from lungray.data.masks import box_space_note
+
+            odd = box_space_note(kept["image_id"].tolist(), kept["width"].tolist(), kept["height"].tolist())
+            if odd:
+                log.warning("%s", odd)
         kept.to_parquet(tmp / "manifest.parquet", index=False)
         quarantined = pd.concat([upfront_bad, decoded[~ok]], ignore_index=True)
         quarantined.attrs["class_names"] = list(names)
@@ -501,6 +554,7 @@ def build_cache(
             "n_quarantined": int(len(quarantined)),
             "mask_kind": mask_kind,
             "n_masks_unknown": n_mask_unknown,
+            "lung_masks": bool(is_phantom.any()),
             "decode_seconds": round(time.time() - t0, 3),
             "cache_version": CACHE_VERSION,
             "lungray_version": __version__,

@@ -13,12 +13,16 @@
   duplicate image ids;
 - label errors: the same bytes filed under two labels (both files quarantined, named as a pair);
 - per dataset, *errors* (the dataset cannot be used): no images, fewer than two classes with
-  usable images, a class with none, a held-out split that cannot be made, training sizes the
-  pool cannot supply;
+  usable images, a class with none, a held-out split that cannot be made, a split that would
+  leave a class without evaluation, validation or training images or with fewer than
+  ``data.min_eval_per_class`` / ``data.min_val_per_class`` of them (:mod:`lungray.data.guards`,
+  issue 18), training sizes the pool cannot supply; after the duplicate search
+  (:func:`report_duplicates`), a duplicate cluster too large to be copies of one film and the
+  split it forces;
 - per dataset, *warnings* (it would train, probably not as meant; refused under ``strict``):
   near-identical class names (case, whitespace, ``-``/``_``, look-alike letters ``l/I/1``,
-  ``O/0``, Cyrillic/Greek homoglyphs) with the exact ``data.class_map`` line that merges them,
-  and classes the held-out split leaves with no evaluation, validation or training image.
+  ``O/0``, Cyrillic/Greek homoglyphs) with the exact ``data.class_map`` line that merges them;
+  duplicate pairs across labels (label conflicts or false pairs).
 
 Default: bad rows are *quarantined* (their ``problem`` column says why; every later step skips
 them) and the run goes on with warnings. ``strict`` raises :class:`~lungray.errors.DataError`
@@ -32,6 +36,7 @@ file names are patient ids, lines name the hashed image id and the CSV row inste
 from __future__ import annotations
 
 import os
+import json
 import re
 import unicodedata
 from collections import Counter
@@ -222,10 +227,10 @@ def check_files(
     with ThreadPoolExecutor(max_workers=max(1, workers)) as ex:
         iterator: Any = ex.map(lambda p: check_file(str(p), decode_pixels), paths)
         if progress and len(todo) > 500:
-            from tqdm.auto import tqdm
+            from lungray.data.progress import progress_bar
 
             what = "decoding" if decode_pixels else "checking"
-            iterator = tqdm(iterator, total=len(todo), desc=f"{what} files", unit="img")
+            iterator = progress_bar(iterator, total=len(todo), desc=f"{what} files", unit="img")
         results = list(iterator)
     for col in ("problem", "sha256", "phash", "width", "height"):
         values = df[col].to_numpy().copy()
@@ -424,7 +429,8 @@ def _label_findings(
         )
     if errors:
         return errors, warnings
-    from lungray.data.prepare import groups_of, make_splits
+    from lungray.data.guards import split_problems
+    from lungray.data.split_plan import groups_of, make_splits
 
     good = df[df["problem"] == ""].reset_index(drop=True)
     labels = good["class_index"].to_numpy().astype(np.int64)
@@ -433,22 +439,9 @@ def _label_findings(
     except DataError as e:
         errors.append(f"the held-out split cannot be made: {e}")
         return errors, warnings
-    k = len(names)
-    n_ev, n_va, n_po = (np.bincount(labels[np.asarray(ix, dtype=np.int64)], minlength=k) for ix in (ev, va, po))
-    for c in range(k):
-        missing = [
-            what
-            for what, n, wanted in (("evaluated", n_ev[c], True), ("validated", n_va[c], len(va) > 0), ("trained on", n_po[c], True))
-            if wanted and n == 0
-        ]
-        if counts[names[c]] == 0 or not missing:
-            continue
-        what = "never " + (" or ".join(missing) if len(missing) < 3 else "evaluated, validated or trained on")
-        warnings.append(
-            f"class '{names[c]}' has {counts[names[c]]} usable image(s): the held-out split gives it "
-            f"{n_ev[c]} evaluation, {n_va[c]} validation and {n_po[c]} training-pool image(s), so it is {what}; "
-            f"add images, merge it into another class or drop it with data.class_map"
-        )
+    # the split by patient alone (the leakage audit's clusters can only make it worse: checked
+    # again after the duplicate search, by ``report_duplicates`` and ``prepare_data``)
+    errors += split_problems(labels, ev, va, po, list(names), cfg)
     return errors, warnings
 
 
@@ -514,7 +507,7 @@ def check_dataset(
     if sizes and not errors:
         errors += _pool_problems(df, cfg, sizes, names)
     errors, warns = [printable(s) for s in errors], [printable(s) for s in warns]
-    notes = [n for n in (_ignored_note(df, name_files), _same_label_copies(df, root, source, name_files)) if n]
+    notes = [n for n in (_ignored_note(df, name_files), _same_label_copies(df, root, source, name_files), _box_space_note(df, source)) if n]
     for line in capped(errors + warns + notes):  # one kind of finding per class: at most MAX_LINES_PER_KIND lines
         out(line)
     lines += errors + warns
@@ -586,6 +579,18 @@ def _ignored_note(df: pd.DataFrame, name_files: bool = True) -> Optional[str]:
     )
 
 
+def _box_space_note(df: pd.DataFrame, source: str) -> Optional[str]:
+    """RSNA DICOMs that are not 1024 x 1024: their boxes are scaled (:mod:`lungray.data.masks`);
+    sizes are known when the files were decoded (``lungray data check`` without ``--quick``)."""
+    if source != "rsna":
+        return None
+    from lungray.data.masks import box_space_note
+
+    good = df[df["problem"] == ""]
+    line = box_space_note(good["image_id"].tolist(), good["width"].tolist(), good["height"].tolist())
+    return f"note: {line}" if line else None
+
+
 def quarantine_report(
     quarantined: pd.DataFrame,
     checked: CheckReport,
@@ -620,7 +625,7 @@ def quarantine_report(
 
 def _pool_problems(df: pd.DataFrame, cfg: Any, sizes: Sequence[int], names: Sequence[str]) -> list[str]:
     """Training sizes the pool cannot supply (same split as ``prepare_data``, before leakage drops)."""
-    from lungray.data.prepare import groups_of, make_splits
+    from lungray.data.split_plan import groups_of, make_splits
 
     good = df[df["problem"] == ""].reset_index(drop=True)
     labels = good["class_index"].to_numpy().astype(np.int64)
@@ -686,26 +691,36 @@ def report_duplicates(
     echo: Optional[Callable[[str], Any]] = print,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """The leakage audit's duplicate clusters of a checked dataset (issue 11.1), printed.
+    """The leakage audit's duplicate clusters of a checked dataset (issue 11.1), printed, and the
+    split they force checked (issue 18).
 
     Decodes the good rows into the cache (reused by a study with the same cache folder and
     settings) and runs the duplicate search over all of them
-    (:func:`lungray.data.prepare.find_dataset_duplicates`). Duplicates are not problems: a study
-    keeps each cluster on one side of its split. Returns :func:`lungray.data.leakage.cluster_summary`
-    plus ``pairs_by_stage``.
+    (:func:`lungray.data.duplicates.find_dataset_duplicates`). Duplicates are not problems: a study
+    keeps each cluster on one side of its split. But a cluster too large to be copies of one film,
+    and a split that then loses a class or starves it, are (:mod:`lungray.data.guards`): they are
+    printed and returned in ``problems`` (``lungray data check`` exits 1), as ``prepare_data``
+    would refuse them. Pairs across labels are printed as a warning. Returns
+    :func:`lungray.data.leakage.cluster_summary` plus ``pairs_by_stage``, ``problems`` and
+    ``suspect_pairs``.
     """
     from lungray.data.cache import build_cache
+    from lungray.data.duplicates import find_dataset_duplicates
+    from lungray.data.guards import cluster_problems, split_problems, suspect_line
     from lungray.data.leakage import cluster_summary
-    from lungray.data.prepare import find_dataset_duplicates
+    from lungray.data.split_plan import plan_split
 
-    out = echo or (lambda s: None)
+    out = (lambda s: echo(printable(s))) if echo is not None else (lambda s: None)
     good = manifest[manifest["problem"] == ""].reset_index(drop=True)
     good.attrs.update(manifest.attrs)
     if good.empty:
-        return {"n_clusters": 0, "n_images_in_clusters": 0, "largest": 0, "examples": [], "pairs_by_stage": {}}
+        return {"n_clusters": 0, "n_images_in_clusters": 0, "largest": 0, "examples": [], "pairs_by_stage": {},
+                "problems": [], "suspect_pairs": 0}
     root = build_cache(good, cfg, cache_dir, progress=progress)
     pairs = find_dataset_duplicates(root, int(cfg.leakage_max_distance), progress=progress)
-    cached = pd.read_parquet(root / "manifest.parquet", columns=["image_id", "path", "patient_id"])
+    cached = pd.read_parquet(root / "manifest.parquet", columns=["image_id", "path", "patient_id", "split"])
+    labels = np.load(root / "labels.npy")
+    class_names = list(json.loads((root / "meta.json").read_text())["class_names"])
     # the console of a local check names files (as its problem lines do); outputs carry hashed ids
     top = Path(cfg.path) if getattr(cfg, "path", None) else None
     source = str(manifest.attrs.get("source", getattr(cfg, "source", "")))
@@ -721,4 +736,19 @@ def report_duplicates(
         out(f"  cluster of {e['size']}: {', '.join(map(str, e['members']))}" + (f" and {e['more']} more" if e["more"] else ""))
     if s["n_clusters"] and (cached["patient_id"] == "").all():
         out("  no patient ids: a split of this dataset is image-level, grouped only by these clusters")
-    return {**s, "pairs_by_stage": by}
+    problems: list[str] = []
+    plan = None
+    try:
+        plan = plan_split(labels, cached["patient_id"].to_numpy(), cached["split"].to_numpy(), cfg, pairs)
+    except DataError as e:
+        problems.append(f"the held-out split cannot be made with the duplicate clusters as groups: {e}")
+    if plan is not None:
+        note = suspect_line(plan.suspects, labels, class_names, names)
+        if note:
+            out(note)
+        problems += cluster_problems(plan.edges, len(labels), labels, class_names, cfg, plan.patients)
+        problems += split_problems(labels, plan.eval_idx, plan.val_idx, plan.pool_idx, class_names, cfg)
+    for p in problems:
+        out(p)
+    return {**s, "pairs_by_stage": by, "problems": [printable(p) for p in problems],
+            "suspect_pairs": int(len(plan.suspects)) if plan is not None and plan.suspects is not None else 0}

@@ -16,7 +16,7 @@ resumed at epoch ``e`` (``set_epoch(e)``) continues exactly where it stopped.
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -29,6 +29,14 @@ from lungray.errors import ConfigError
 
 #: what an item's ``y`` is: the class index or the segmentation mask
 TARGETS = ("label", "mask")
+
+
+def resize_nearest(a: np.ndarray, size: int) -> np.ndarray:
+    """``a`` resized to ``size x size`` by nearest neighbour with pixel centres aligned (PIL's
+    ``NEAREST``, which Keras' ``load_img`` uses; OpenCV's plain ``INTER_NEAREST`` is offset)."""
+    import cv2
+
+    return cv2.resize(np.ascontiguousarray(a), (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
 
 
 def item_seed(seed: int, epoch: int, row: int) -> int:
@@ -57,6 +65,10 @@ class ImageDataset(Dataset):
         ``"label"`` (the class index, classification) or ``"mask"`` (the row's mask,
         segmentation; the prepared data must have masks). The image stream is the same for
         both: the mask rides along with the image's draw.
+    size : int, optional
+        Resize the cached image (and mask) to ``size x size`` before augmentation, nearest
+        neighbour as Keras' ``load_img`` (a model's ``input_size``: study 5's VGG19 read its
+        299 px images at 224, PROTOCOLS.md section 5). ``None``: the cache's resolution.
     """
 
     def __init__(
@@ -69,6 +81,7 @@ class ImageDataset(Dataset):
         std: Union[float, Sequence[float]] = 1.0,
         seed: int = 0,
         target: str = "label",
+        size: Optional[int] = None,
     ):
         self.data = data
         self.indices = np.asarray(indices, dtype=np.int64)
@@ -89,6 +102,9 @@ class ImageDataset(Dataset):
                 "(sources with masks: phantom, rsna, covid_radiography with masks/ folders)"
             )
         self.target = target
+        if size is not None and int(size) < 1:
+            raise ConfigError(f"ImageDataset size must be >= 1 pixel or None, got {size}")
+        self.size = None if size is None or int(size) == data.resolution else int(size)
         if m.size != sd.size and min(m.size, sd.size) != 1:
             raise ConfigError(f"ImageDataset mean {mean} and std {std} must have one value or the same number of channels")
         self.channels = max(m.size, sd.size)
@@ -117,7 +133,7 @@ class ImageDataset(Dataset):
 
     def _get_pipeline(self) -> Any:
         if not self._built:  # built lazily: albumentations objects stay out of pickles
-            self._pipeline = build_augmentation(self.augmentation, self.data.resolution)
+            self._pipeline = build_augmentation(self.augmentation, self.size or self.data.resolution)
             self._built = True
         return self._pipeline
 
@@ -140,6 +156,8 @@ class ImageDataset(Dataset):
         row = int(self.indices[i])
         img = np.asarray(self.data.images[row], dtype=np.float32) * self._scale
         mask = np.asarray(self.data.masks[row]) if self.target == "mask" else None
+        if self.size is not None:
+            img, mask = resize_nearest(img, self.size), (None if mask is None else resize_nearest(mask, self.size))
         pipe = self._get_pipeline() if self.augmentation != "none" else None
         if pipe is not None:
             pipe.set_random_seed(item_seed(self.seed, epoch, row))

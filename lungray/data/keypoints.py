@@ -16,7 +16,8 @@ cheap stages nominate it, so the cost grows with the number of images, not with 
 1. :func:`describe` (per image, once, in the decoded cache): the image area-resized to
    ``SIZE`` x ``SIZE`` (256), ``N_KEYPOINTS`` (150) ORB keypoints of the image and 150 of its
    mirror image (ORB descriptors are not mirror-invariant; the mirror's keypoints are stored in
-   the original's coordinates), and a ``THUMB`` x ``THUMB`` (128) thumbnail for the last check.
+   the original's coordinates), and a ``THUMB`` x ``THUMB`` (128) thumbnail for the last check (burned-in annotations inpainted, their
+   mask kept beside it).
 2. :func:`match_descriptors`: a self-join of all descriptors of the dataset by bit-sampling
    locality-sensitive hashing (Indyk & Motwani 1998): ``tables`` keys of ``bits`` randomly
    chosen descriptor bits each; two descriptors of different images that share a key in some
@@ -25,18 +26,35 @@ cheap stages nominate it, so the cost grows with the number of images, not with 
 3. :func:`verify_candidates`: image pairs with at least ``MIN_VOTES`` matches (per relation:
    direct or mirrored) get a RANSAC affine fit (OpenCV ``estimateAffine2D``, 3 px at 256); the
    pair survives with at least ``MIN_INLIERS`` inliers and a plausible map (singular values in
-   ``SCALE_RANGE``; mirrored iff the determinant is negative). Then the photometric check: the
-   map is refined by ECC (Evangelidis & Psarakis 2008) on the thumbnails and the normalised
-   cross-correlation of the fine detail (thumbnail minus its Gaussian blur, sigma 1 px) over
-   the overlap, best of both directions, must reach ``MIN_NCC``. Copies keep their fine detail;
-   two different chests aligned as well as possible do not (measured on the phantom: copies
-   0.87-0.99, the best-aligned pairs of different patients at most 0.61). A map with at least
-   ``STRONG_INLIERS`` (40) inliers skips this check (ECC is the costly step): over 1.6 million
-   pairs of different phantom patients no plausible map had more than 22.
+   ``SCALE_RANGE``; mirrored iff the determinant is negative). Then the photometric check, on
+   every surviving pair: the map is refined by ECC (Evangelidis & Psarakis 2008) on the
+   thumbnails (the RANSAC map is kept too, when ECC drifts) and the fine detail (thumbnail minus
+   its Gaussian blur, sigma 1 px) is compared over the overlap, burned-in annotations of either
+   image left out: the median over 16-px blocks of the blocks' normalised cross-correlation
+   (flat blocks skipped), best of both directions, must reach ``MIN_NCC`` (``MIN_NCC_FEW`` with
+   fewer than ``FEW_INLIERS`` inliers). Copies keep their fine detail; two different chests
+   aligned as well as possible do not. A median of blocks, because a copy may carry what its
+   original does not (a lead, another site's text) in a few blocks. Measured over every
+   candidate with a plausible map among 1,881 annotated phantom films and Keras copies
+   (``bench/bench_leakage.py`` part 1): pairs of different patients scored at most 0.44 with 10
+   or more inliers and at most 0.67 with 8-9; copies 0.85 or more in 95 % of cases, lower when
+   brightened until clipped or carrying another site's markings.
 
-Thresholds and the measured recall / false-pair rates: ``bench/bench_leakage.py`` and
-``bench/RESULTS.md``. :func:`keras_transform` is the reference of the transform family (Keras'
-``apply_affine_transform`` arithmetic), used by the tests and the bench.
+Burned-in annotations (issue 18). A site writes the same side marker, text lines and label box
+on every film, so two different patients share them pixel for pixel; matched as content, 250
+such patients became one duplicate cluster, and a shortcut that accepted 40 or more inliers
+without the photometric check accepted identity maps fitted to the shared box. Three defences,
+each measured in ``bench/bench_leakage.py`` and ``tests/test_data_burnin.py``:
+
+* :func:`describe` takes no keypoint on or within ``MASK_MARGIN`` px of the markings
+  :func:`lungray.data.burnin.burnin_mask` finds, and stores that mask with the thumbnail;
+* :func:`match_descriptors` keeps, for every descriptor, only its ``MAX_PARTNERS`` nearest
+  matches: a marking the detector missed is shared by every film of its site and would nominate
+  every same-site pair, while a copy's corner is nearer to its copies than to look-alikes. This
+  keeps the candidate pairs, and so the cost, linear in the number of images on
+  annotation-heavy data (it was n^1.6);
+* the photometric check runs on every pair and ignores the masked pixels (there is no
+  "enough inliers" shortcut any more).
 
 OpenCV is imported inside the functions, so importing this module stays cheap.
 """
@@ -48,8 +66,11 @@ from typing import Callable, Optional
 
 import numpy as np
 
-FEATURE_VERSION = 1
-"""Bump when :func:`describe` changes: part of the cache key (:data:`lungray.data.cache.CACHE_VERSION`)."""
+from lungray.data.kerasaug import keras_random_params, keras_transform  # noqa: F401 - the transform family, re-exported
+
+FEATURE_VERSION = 2
+"""Bump when :func:`describe` changes: part of the cache key (:data:`lungray.data.cache.CACHE_VERSION`).
+2: no keypoints on burned-in annotations, and their mask stored with the thumbnail (issue 18)."""
 
 SIZE = 256  # features are computed on the image resized to SIZE x SIZE
 N_KEYPOINTS = 150  # per side (image and mirror)
@@ -60,11 +81,17 @@ FAST_THRESHOLD = 7  # OpenCV's 20 leaves smooth films (a leg CR) with ~20 corner
 HAMMING_MAX = 36  # of 256 bits: matched ORB descriptors of copies differ by 12-35 bits (10th-90th percentile)
 BUCKET_CAP = 32
 MIN_VOTES = 5
-MIN_INLIERS = 10
+MIN_INLIERS = 8
+FEW_INLIERS = 10  # below this many inliers the photometric check must reach MIN_NCC_FEW instead of MIN_NCC
 SCALE_RANGE = (0.7, 1.45)
-MIN_NCC = 0.75
-STRONG_INLIERS = 40  # this many inliers on a plausible map is a copy without the photometric check
+MIN_NCC = 0.65
+MIN_NCC_FEW = 0.8
+NCC_BLOCK = 16  # px of the 128-px thumbnail: the photometric check's blocks (8 x 8 of them)
+NCC_FLAT = 0.25  # variance (grey levels^2) of a block's fine detail below which the block is flat
+NCC_MIN_BLOCKS = 8  # informative blocks (of 64) the check needs: a brightened copy may be clipped white elsewhere
 RANSAC_PX = 3.0
+MASK_MARGIN = 6  # px at SIZE: no keypoint this close to a burned-in annotation (its 31-px patch would hold it)
+MAX_PARTNERS = 32  # matches kept per descriptor, nearest first (a shared marking matches every film of its site)
 
 
 @dataclass(frozen=True)
@@ -74,13 +101,20 @@ class Features:
     ``desc`` (N, 2, K, 32) uint8 ORB descriptors of the image (side 0) and its mirror (side 1);
     ``xy`` (N, 2, K, 2) float32 keypoint positions in the image's own 256-px frame (both sides);
     ``count`` (N, 2) int number of valid keypoints per side (0 for images that were not
-    described, e.g. phantom rows); ``thumbs`` (N, 128, 128) uint8.
+    described); ``thumbs`` (N, 128, 128) uint8, with the burned-in annotations inpainted;
+    ``masks`` (N, 128, 16) uint8, the thumbnail's burned-in annotation mask
+    (:func:`lungray.data.burnin.burnin_mask`), bit-packed along rows (:meth:`mask`).
     """
 
     desc: np.ndarray
     xy: np.ndarray
     count: np.ndarray
     thumbs: np.ndarray
+    masks: np.ndarray
+
+    def mask(self, i: int) -> np.ndarray:
+        """The bool (THUMB, THUMB) burned-in annotation mask of image ``i``."""
+        return np.unpackbits(np.asarray(self.masks[i]), axis=-1)[:, :THUMB].astype(bool)
 
     def __len__(self) -> int:
         return int(self.count.shape[0])
@@ -92,82 +126,8 @@ class Features:
             xy=np.zeros((n, 2, N_KEYPOINTS, 2), np.float32),
             count=np.zeros((n, 2), np.int16),
             thumbs=np.zeros((n, THUMB, THUMB), np.uint8),
+            masks=np.zeros((n, THUMB, THUMB // 8), np.uint8),
         )
-
-
-# --------------------------------------------------------------------------------------------
-# the transform family (reference implementation for tests and the bench)
-# --------------------------------------------------------------------------------------------
-
-
-def keras_transform(
-    img: np.ndarray,
-    theta: float = 0.0,
-    tx: float = 0.0,
-    ty: float = 0.0,
-    zx: float = 1.0,
-    zy: float = 1.0,
-    flip: bool = False,
-    brightness: float = 1.0,
-    fill: str = "nearest",
-) -> np.ndarray:
-    """A uint8 copy of a 2-D uint8 image as Keras' ``ImageDataGenerator`` makes it.
-
-    Same arithmetic as ``keras.preprocessing.image.apply_affine_transform``: rotation by
-    ``theta`` degrees, then a shift of ``tx`` rows and ``ty`` columns (pixels), then zoom
-    ``zx``/``zy`` (> 1 zooms out), about the image centre, bilinear (``order=1``), border
-    ``fill`` "nearest" (Keras' default) or "constant" (black); then the horizontal flip, then
-    PIL's ``ImageEnhance.Brightness`` (a gain, clipped to 255).
-    """
-    from scipy import ndimage
-
-    m = np.eye(3)
-    if theta:
-        t = np.deg2rad(theta)
-        m = m @ np.array([[np.cos(t), -np.sin(t), 0.0], [np.sin(t), np.cos(t), 0.0], [0.0, 0.0, 1.0]])
-    if tx or ty:
-        m = m @ np.array([[1.0, 0.0, tx], [0.0, 1.0, ty], [0.0, 0.0, 1.0]])
-    if zx != 1 or zy != 1:
-        m = m @ np.diag([zx, zy, 1.0])
-    h, w = img.shape
-    o = np.array([[1.0, 0.0, h / 2 + 0.5], [0.0, 1.0, w / 2 + 0.5], [0.0, 0.0, 1.0]])
-    r = np.array([[1.0, 0.0, -(h / 2 + 0.5)], [0.0, 1.0, -(w / 2 + 0.5)], [0.0, 0.0, 1.0]])
-    m = o @ m @ r
-    if fill not in ("nearest", "constant"):
-        raise ValueError(f"fill must be 'nearest' or 'constant', got {fill!r}")
-    out = ndimage.affine_transform(img.astype(np.float64), m[:2, :2], m[:2, 2], order=1, mode=fill, cval=0.0)
-    out = np.clip(np.rint(out), 0, 255)
-    if flip:
-        out = out[:, ::-1]
-    if brightness != 1.0:
-        out = np.clip(np.rint(out * brightness), 0, 255)
-    return np.ascontiguousarray(out.astype(np.uint8))
-
-
-def keras_random_params(
-    rng: np.random.Generator,
-    shape: tuple[int, int],
-    rotation: float = 30.0,
-    shift: float = 0.1,
-    zoom: tuple[float, float] = (0.9, 1.1),
-    brightness: tuple[float, float] = (0.7, 1.3),
-    p_constant: float = 0.2,
-) -> dict:
-    """One random draw of :func:`keras_transform` parameters, as ``ImageDataGenerator`` draws them
-    (``rotation_range``, ``width/height_shift_range`` as fractions, ``zoom_range`` with independent
-    x and y, ``horizontal_flip``, ``brightness_range``), with fill "constant" in ``p_constant`` of draws."""
-    h, w = shape
-    zx, zy = rng.uniform(zoom[0], zoom[1], 2)
-    return {
-        "theta": float(rng.uniform(-rotation, rotation)),
-        "tx": float(rng.uniform(-shift, shift) * h),
-        "ty": float(rng.uniform(-shift, shift) * w),
-        "zx": float(zx),
-        "zy": float(zy),
-        "flip": bool(rng.random() < 0.5),
-        "brightness": float(rng.uniform(*brightness)),
-        "fill": "constant" if rng.random() < p_constant else "nearest",
-    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,17 +156,29 @@ def _as_u8(img: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.rint(f), 0, 255).astype(np.uint8)
 
 
-def describe(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(desc (2, K, 32), xy (2, K, 2), count (2,), thumb (THUMB, THUMB))`` of one image (see :class:`Features`)."""
+def describe(img: np.ndarray, marks: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(desc (2, K, 32), xy (2, K, 2), count (2,), thumb (THUMB, THUMB), mask (THUMB, THUMB // 8))`` of
+    one image (see :class:`Features`): no keypoint within ``MASK_MARGIN`` px of a burned-in annotation
+    (``marks``: its :func:`lungray.data.burnin.burnin_mask`, when already computed)."""
     import cv2
 
+    from lungray.data.burnin import burnin_mask, fill
+
     u8 = _as_u8(img, SIZE)
+    marks = burnin_mask(img) if marks is None else marks  # at the detector's working size (<= 512 px): strokes still flat there
     desc = np.zeros((2, N_KEYPOINTS, DESC_BYTES), np.uint8)
     xy = np.zeros((2, N_KEYPOINTS, 2), np.float32)
     count = np.zeros(2, np.int16)
+    allowed = None
+    if marks.any():
+        m = cv2.resize(marks.astype(np.float32), (SIZE, SIZE), interpolation=cv2.INTER_AREA) > 0
+        k = 2 * MASK_MARGIN + 1
+        m = cv2.dilate(m.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+        allowed = np.where(m > 0, 0, 255).astype(np.uint8)
     orb = cv2.ORB_create(nfeatures=N_KEYPOINTS, fastThreshold=FAST_THRESHOLD)
     for side, im in enumerate((u8, np.ascontiguousarray(u8[:, ::-1]))):
-        kps, d = orb.detectAndCompute(im, None)
+        am = None if allowed is None else (allowed if side == 0 else np.ascontiguousarray(allowed[:, ::-1]))
+        kps, d = orb.detectAndCompute(im, am)
         if d is None or not len(kps):
             continue
         k = min(len(kps), N_KEYPOINTS)
@@ -215,7 +187,12 @@ def describe(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
             pts[:, 0] = (SIZE - 1) - pts[:, 0]
         desc[side, :k], xy[side, :k], count[side] = d[:k], pts, k
     thumb = cv2.resize(u8, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
-    return desc, xy, count, thumb
+    tm = np.zeros((THUMB, THUMB), bool)
+    if marks.any():
+        tm = cv2.resize(marks.astype(np.float32), (THUMB, THUMB), interpolation=cv2.INTER_AREA) > 0
+        tm = cv2.dilate(tm.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        thumb = fill(thumb, tm)  # the markings filled in, so they cannot steer the ECC refinement
+    return desc, xy, count, thumb, np.packbits(tm, axis=-1)
 
 
 def describe_batch(images, progress: Optional[Callable[[int], None]] = None) -> Features:
@@ -223,7 +200,7 @@ def describe_batch(images, progress: Optional[Callable[[int], None]] = None) -> 
     n = len(images)
     f = Features.empty(n)
     for i, im in enumerate(images):
-        f.desc[i], f.xy[i], f.count[i], f.thumbs[i] = describe(im)
+        f.desc[i], f.xy[i], f.count[i], f.thumbs[i], f.masks[i] = describe(im)
         if progress is not None:
             progress(1)
     return f
@@ -287,6 +264,23 @@ def match_descriptors(f: Features, rows: Optional[np.ndarray] = None, tables: in
         return empty
     code = np.unique(np.concatenate(found))
     x, y = code // m, code % m
+    # each descriptor keeps its MAX_PARTNERS nearest matches (a match stays when either end keeps
+    # it): a marking the mask missed is shared by every film of its site and would nominate every
+    # same-site pair; a copy's corner is nearer to its copies than to look-alikes. This bounds the
+    # kept matches by MAX_PARTNERS per descriptor, so the candidates and the cost stay linear in
+    # the images, and a film with hundreds of copies still reaches each of them through some of
+    # its descriptors
+    dist = np.bitwise_count(d64[x] ^ d64[y]).sum(axis=1)
+    ends = np.concatenate([x, y])
+    d2 = np.concatenate([dist, dist])
+    order = np.lexsort((d2, ends))  # by descriptor, nearest first
+    first = np.r_[0, np.flatnonzero(np.diff(ends[order])) + 1]
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order)) - np.repeat(first, np.diff(np.r_[first, len(order)]))
+    keep = (rank[: len(x)] < MAX_PARTNERS) | (rank[len(x):] < MAX_PARTNERS)
+    x, y = x[keep], y[keep]
+    if not len(x):
+        return empty
     swap = owner[x] > owner[y]  # image rows ascending within a pair
     x, y = np.where(swap, y, x), np.where(swap, x, y)
     return {
@@ -310,42 +304,98 @@ def _fine(x: np.ndarray) -> np.ndarray:
     return x - cv2.GaussianBlur(x, (0, 0), 1.0)
 
 
-def _ncc_into(src: np.ndarray, dst: np.ndarray, w_inv: np.ndarray) -> float:
-    """NCC of the fine detail of ``src`` warped into ``dst``'s frame (``w_inv``: dst -> src
-    coordinates) and ``dst``'s, over the pixels whose source lies inside ``src``."""
+def _ncc_into(src: np.ndarray, dst: np.ndarray, w_inv: np.ndarray, src_mask: np.ndarray, dst_mask: np.ndarray) -> float:
+    """Agreement of the fine detail of ``src`` warped into ``dst``'s frame (``w_inv``: dst -> src
+    coordinates) with ``dst``'s, over the pixels whose source lies inside ``src`` and that neither
+    image's burned-in annotation mask covers: the median over ``NCC_BLOCK``-px blocks of the
+    blocks' normalised cross-correlation. A median, not one NCC over the whole overlap, because a
+    copy may carry what its original does not (a lead laid on later, another site's text): a few
+    blocks disagree, the rest agree, while two different patients disagree everywhere."""
     import cv2
 
     n = dst.shape[0]
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     warped = cv2.warpAffine(src, w_inv, (n, n), flags=flags, borderMode=cv2.BORDER_REPLICATE)
-    valid = cv2.warpAffine(np.ones_like(src), w_inv, (n, n), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0)
-    valid = cv2.erode(valid, np.ones((7, 7), np.uint8)) > 0.5
-    if valid.sum() < 0.25 * n * n:
+    valid = cv2.warpAffine((~src_mask).astype(np.float32), w_inv, (n, n), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0)
+    valid = (cv2.erode(valid, np.ones((7, 7), np.uint8)) > 0.5) & ~dst_mask
+    a, b = _fine(warped), _fine(dst)
+    k = NCC_BLOCK
+    nb = n // k
+    v = valid[: nb * k, : nb * k].reshape(nb, k, nb, k).astype(np.float32)
+    a = a[: nb * k, : nb * k].reshape(nb, k, nb, k) * v
+    b = b[: nb * k, : nb * k].reshape(nb, k, nb, k) * v
+    cnt = v.sum(axis=(1, 3))
+    ok = cnt >= 0.5 * k * k
+    c = np.maximum(cnt, 1.0)
+    ma, mb = a.sum(axis=(1, 3)) / c, b.sum(axis=(1, 3)) / c
+    sab = (a * b).sum(axis=(1, 3)) / c - ma * mb
+    saa = (a * a).sum(axis=(1, 3)) / c - ma * ma
+    sbb = (b * b).sum(axis=(1, 3)) / c - mb * mb
+    ok &= (saa > NCC_FLAT) & (sbb > NCC_FLAT)  # a flat block (air, a black fill, saturation) says nothing
+    if ok.sum() < NCC_MIN_BLOCKS:  # too little overlap with detail in both images to tell
         return -1.0
-    a, b = _fine(warped)[valid], _fine(dst)[valid]
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum() + 1e-12))
+    r = sab / np.sqrt(np.maximum(saa * sbb, 1e-12))
+    return float(np.median(r[ok]))
 
 
 # 256-px keypoint frame -> THUMB-px frame (pixel centres: x_thumb = (x + 0.5) * THUMB / SIZE - 0.5)
 _S = np.array([[THUMB / SIZE, 0.0, 0.5 * THUMB / SIZE - 0.5], [0.0, THUMB / SIZE, 0.5 * THUMB / SIZE - 0.5], [0.0, 0.0, 1.0]])
 
 
-def photometric_score(thumb_a: np.ndarray, thumb_b: np.ndarray, affine: np.ndarray) -> float:
+def photometric_score(
+    thumb_a: np.ndarray,
+    thumb_b: np.ndarray,
+    affine: np.ndarray,
+    mask_a: Optional[np.ndarray] = None,
+    mask_b: Optional[np.ndarray] = None,
+) -> float:
     """The photometric check of a pair: ``affine`` (2x3, a's 256-px frame -> b's) refined by ECC on
-    the thumbnails, then the fine-detail NCC over the overlap, the better of both directions."""
+    the thumbnails, then the fine-detail NCC over the overlap without either image's burned-in
+    annotations (``mask_a``/``mask_b``, bool THUMB x THUMB), the better of both directions."""
     import cv2
 
     ta, tb = thumb_a.astype(np.float32), thumb_b.astype(np.float32)
+    ma = np.zeros(ta.shape, bool) if mask_a is None else np.asarray(mask_a, bool)
+    mb = np.zeros(tb.shape, bool) if mask_b is None else np.asarray(mask_b, bool)
     at = _S @ np.vstack([affine, [0.0, 0.0, 1.0]]) @ np.linalg.inv(_S)
-    w = np.linalg.inv(at)[:2].astype(np.float32)  # b -> a, as findTransformECC wants it
+    w0 = np.linalg.inv(at)[:2].astype(np.float32)  # b -> a, as findTransformECC wants it
+    maps = [w0]
     try:
         crit = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 1e-4)
-        _, w = cv2.findTransformECC(tb, ta, w, cv2.MOTION_AFFINE, crit, None, 3)
-    except cv2.error:  # ECC did not converge: keep the RANSAC map
+        _, w = cv2.findTransformECC(tb, ta, w0.copy(), cv2.MOTION_AFFINE, crit, (~ma).astype(np.uint8), 3)
+        maps.append(w)
+    except cv2.error:  # ECC did not converge: the RANSAC map alone
         pass
-    w3 = np.vstack([w, [0.0, 0.0, 1.0]])
-    return max(_ncc_into(ta, tb, w3[:2]), _ncc_into(tb, ta, np.linalg.inv(w3)[:2].astype(np.float32)))
+    best = -1.0
+    for w in maps:  # ECC can also drift off a good RANSAC map (a clipped, brightened copy): keep the better
+        w3 = np.vstack([w, [0.0, 0.0, 1.0]])
+        best = max(best, _ncc_into(ta, tb, w3[:2], ma, mb), _ncc_into(tb, ta, np.linalg.inv(w3)[:2].astype(np.float32), mb, ma))
+    return best
+
+
+def dihedral_affine(name: str) -> np.ndarray:
+    """The 2x3 map of a's ``SIZE``-px frame onto b's when ``b = name(a)`` (:data:`lungray.data.hashing.DIHEDRAL`)."""
+    c = SIZE - 1.0
+    m = {"identity": [[1, 0, 0], [0, 1, 0]], "hflip": [[-1, 0, c], [0, 1, 0]], "vflip": [[1, 0, 0], [0, -1, c]],
+         "rot180": [[-1, 0, c], [0, -1, c]], "rot90": [[0, 1, 0], [-1, 0, c]], "rot270": [[0, -1, c], [1, 0, 0]],
+         "transpose": [[0, 1, 0], [1, 0, 0]], "antitranspose": [[0, -1, c], [-1, 0, c]]}
+    return np.asarray(m[name], dtype=np.float64)
+
+
+def verify_hash_pairs(f: Features, a: np.ndarray, b: np.ndarray, transforms: list[str]) -> np.ndarray:
+    """The photometric score of each perceptual-hash pair under its dihedral map (``b = transform(a)``).
+
+    A perceptual hash sees 64 signs of mid frequencies, so two different look-alike films can
+    come within 6 bits (measured: 4 such pairs among 1.75 million in ``bench/bench_leakage.py``,
+    scoring at most 0.56 here, while flipped, brightened, resized, JPEG-50 and 96-px copies
+    scored at least 0.72). ``-1.0`` where an image was not described or the overlap holds too
+    little detail to tell (a featureless film: the hash alone decides, as before)."""
+    out = np.full(len(a), -1.0)
+    for k, (i, j, t) in enumerate(zip(a, b, transforms)):
+        if f.count[i].sum() == 0 or f.count[j].sum() == 0:
+            continue
+        out[k] = photometric_score(f.thumbs[i], f.thumbs[j], dihedral_affine(t), f.mask(i), f.mask(j))
+    return out
 
 
 def describe_affine(affine: np.ndarray) -> str:
@@ -363,11 +413,12 @@ def verify_candidates(
     matches: dict[str, np.ndarray],
     progress: Optional[Callable[[int], None]] = None,
     seed: int = 0,
+    skip: Optional[set] = None,
 ) -> "pd.DataFrame":  # noqa: F821
-    """Step 3 on every (a, b, relation) with at least ``MIN_VOTES`` matches.
+    """Step 3 on every (a, b, relation) with at least ``MIN_VOTES`` matches (but the pairs in ``skip``).
 
     Returns one row per verified image pair (the relation with more inliers when both pass):
-    ``row_a``, ``row_b``, ``votes``, ``inliers``, ``ncc`` (NaN when skipped), ``transform``
+    ``row_a``, ``row_b``, ``votes``, ``inliers``, ``ncc``, ``transform``
     (:func:`describe_affine`).
     """
     import cv2
@@ -385,6 +436,9 @@ def verify_candidates(
     ends = np.r_[starts[1:], len(cs)]
     votes = ends - starts
     keep = votes >= MIN_VOTES
+    if skip is not None and len(skip):  # pairs an earlier stage found: not verified again
+        ij = cs[starts] // 2
+        keep &= ~np.isin(ij, np.asarray([a_ * n + b_ for a_, b_ in skip if a_ < n and b_ < n], dtype=np.int64))
     out: dict[tuple[int, int], tuple] = {}
     for st, en, v in zip(starts[keep], ends[keep], votes[keep]):
         c = int(cs[st])
@@ -403,8 +457,8 @@ def verify_candidates(
         det = float(np.linalg.det(aff[:, :2]))
         if ni < MIN_INLIERS or sv.min() < SCALE_RANGE[0] or sv.max() > SCALE_RANGE[1] or (det < 0) != bool(r):
             continue
-        ncc = photometric_score(f.thumbs[i], f.thumbs[j], aff) if ni < STRONG_INLIERS else float("nan")
-        if ncc < MIN_NCC:
+        ncc = photometric_score(f.thumbs[i], f.thumbs[j], aff, f.mask(i), f.mask(j))
+        if ncc < (MIN_NCC if ni >= FEW_INLIERS else MIN_NCC_FEW):
             continue
         if (i, j) not in out or ni > out[(i, j)][3]:
             out[(i, j)] = (i, j, int(v), ni, round(ncc, 4), describe_affine(aff))
@@ -412,6 +466,13 @@ def verify_candidates(
     return df.astype({"row_a": np.int64, "row_b": np.int64, "votes": np.int64, "inliers": np.int64, "ncc": float})
 
 
-def keypoint_pairs(f: Features, rows: Optional[np.ndarray] = None, seed: int = 0, progress: Optional[Callable[[int], None]] = None):
-    """Stage 2 end to end: verified near-duplicate pairs among ``rows`` (default: every described image)."""
-    return verify_candidates(f, match_descriptors(f, rows, seed=seed), progress=progress, seed=seed)
+def keypoint_pairs(
+    f: Features,
+    rows: Optional[np.ndarray] = None,
+    seed: int = 0,
+    progress: Optional[Callable[[int], None]] = None,
+    skip: Optional[set] = None,
+):
+    """Stage 2 end to end: verified near-duplicate pairs among ``rows`` (default: every described
+    image), not verifying the ``(row_a, row_b)`` pairs in ``skip`` (found by an earlier stage)."""
+    return verify_candidates(f, match_descriptors(f, rows, seed=seed), progress=progress, seed=seed, skip=skip)

@@ -21,10 +21,17 @@ What ``prepare_data`` uses (issue 11.1) is the search over the WHOLE dataset, ev
 :func:`find_duplicates` (sha256, perceptual hash, then keypoints with geometric and photometric
 verification, :mod:`lungray.data.keypoints`, which catches the Keras-style rotated, zoomed and
 shifted copies the hash misses), cached next to the decoded images. :func:`connected_groups`
-turns the pairs (and patient ids) into union-find components, which become the split groups,
-so a cluster of copies never straddles pool/val/eval; :func:`cross_split_pairs` and
-:func:`leakage_doc` audit a split (pool-eval, val-eval and pool-val) and describe it for the
-report.
+turns the pairs (and patient ids) into union-find components, which become the split groups
+(:mod:`lungray.data.split_plan`: pairs whose images carry different labels are set aside as
+label conflicts or false pairs), so a cluster of copies never straddles pool/val/eval;
+:func:`cross_split_pairs` and :func:`leakage_doc` audit a split (pool-eval, val-eval and
+pool-val) and describe it for the report.
+
+Burned-in annotations (issue 18): the hashes a cache stores are of the image with its burned-in
+text, markers and label boxes inpainted (:func:`lungray.data.burnin.content_image`), and the
+keypoint stage ignores them (:mod:`lungray.data.keypoints`), so patients of one site are not
+paired because they share its markings. Measured on annotation-heavy data in
+``bench/bench_leakage.py``.
 """
 
 from __future__ import annotations
@@ -245,14 +252,16 @@ def audit_leakage(
 # every duplicate pair of a dataset, clusters, and the audit of a split
 # --------------------------------------------------------------------------------------------
 
-AUDIT_VERSION = 2
+AUDIT_VERSION = 3
 """Bump when the duplicate search changes (part of the split key and of the pair-file name, so
-splits and audits made by an older search are never reused)."""
+splits and audits made by an older search are never reused). 3: burned-in annotations masked,
+hashes of the content image, no strong-inlier shortcut, the partner cap (issue 18)."""
 
 DUPLICATE_COLUMNS = ["row_a", "row_b", "kind", "stage", "distance", "ncc", "transform"]
+PHASH_SURE = 3  # perceptual-hash pairs this close are copies without the photometric check (issue 18)
 STAGES = {
     "sha256": "exact: identical bytes (sha256)",
-    "phash": "near: perceptual hash (resized, re-encoded, flipped, quarter-turned)",
+    "phash": "near: perceptual hash, photometrically confirmed (resized, re-encoded, flipped, quarter-turned)",
     "keypoints": "near: keypoints + affine RANSAC + photometric check (rotated, zoomed, shifted, flipped, brightened)",
 }
 
@@ -295,7 +304,9 @@ def find_duplicates(
 
     Three stages, cheapest first; a pair found by an earlier stage is not searched again:
     ``sha256`` (identical bytes), ``phash`` (dihedral perceptual hash within ``max_distance``
-    bits; ``transform`` says how ``row_b`` = transform(``row_a``)) and, when ``features``
+    bits; ``transform`` says how ``row_b`` = transform(``row_a``); with ``features``, a hash pair
+    more than ``PHASH_SURE`` bits apart must also pass the photometric check under that map,
+    :func:`lungray.data.keypoints.verify_hash_pairs`, whose score is then in ``ncc``) and, when ``features``
     (:class:`lungray.data.keypoints.Features`) are given, ``keypoints`` (:mod:`lungray.data.keypoints`:
     ``distance`` is then the number of RANSAC inliers and ``ncc`` the photometric score).
     ``max_distance=None`` keeps the exact stage only. ``progress(k)`` is called as candidates are verified.
@@ -322,13 +333,28 @@ def find_duplicates(
         a, b, d, k = _phash_all_pairs(hashes, np.arange(n), int(max_distance))
         keep = np.array([(int(x), int(y)) not in known for x, y in zip(a, b)], dtype=bool)
         a, b, d, k = a[keep], b[keep], d[keep], k[keep]
+        names = [DIHEDRAL[int(x)] for x in k]
+        ncc = np.full(len(a), np.nan)
+        if features is not None and len(features) and len(a):
+            # look-alike films within 6 bits: confirmed or refused by the photometric check under
+            # the hash's dihedral map (issue 18: such pairs joined two patients in the default report)
+            from lungray.data.keypoints import MIN_NCC, verify_hash_pairs
+
+            ncc = verify_hash_pairs(features, a, b, names)
+            # -1: too little detail to tell, the hash decides; within PHASH_SURE bits the hash decides
+            # too (the look-alikes measured were 5-6 bits apart, while a copy resampled from 48 to
+            # 36 px keeps too little fine detail to score well but stays within 3 bits)
+            keep = (ncc < -0.5) | (ncc >= MIN_NCC) | (d <= PHASH_SURE)
+            a, b, d, k, ncc = a[keep], b[keep], d[keep], k[keep], ncc[keep]
+            names = [nm for nm, kp in zip(names, keep) if kp]
+            ncc = np.where(ncc < -0.5, np.nan, ncc)
         known |= set(zip(a.tolist(), b.tolist()))
         frames.append(pd.DataFrame({"row_a": a, "row_b": b, "kind": "near", "stage": "phash", "distance": d.astype(float),
-                                    "ncc": np.nan, "transform": [DIHEDRAL[int(x)] for x in k]}))
+                                    "ncc": ncc, "transform": names}))
         if features is not None and len(features):
             from lungray.data.keypoints import keypoint_pairs
 
-            kp = keypoint_pairs(features, progress=progress)
+            kp = keypoint_pairs(features, progress=progress, skip=known)
             kp = kp[np.array([(int(x), int(y)) not in known for x, y in zip(kp["row_a"], kp["row_b"])], dtype=bool)]
             frames.append(pd.DataFrame({"row_a": kp["row_a"].to_numpy(), "row_b": kp["row_b"].to_numpy(), "kind": "near",
                                         "stage": "keypoints", "distance": kp["inliers"].to_numpy(dtype=float),
@@ -420,13 +446,31 @@ def leakage_doc(
     splits: dict[str, Sequence[int]],
     ids: Optional[Sequence[str]] = None,
     max_examples: int = 12,
+    labels: Optional[Sequence[int]] = None,
+    class_names: Optional[Sequence[str]] = None,
+    patients: Optional[Sequence[int]] = None,
 ) -> dict[str, Any]:
     """The JSON document of an audit (``leakage-<key>.json``, logged to MLflow, rendered by the report).
 
     ``pairs``: :func:`find_duplicates` over the whole dataset; ``splits``: ``{"pool": rows,
-    "val": rows, "eval": rows}`` (as finally used).
+    "val": rows, "eval": rows}`` (as finally used). With ``labels`` (and ``class_names``) every
+    example carries its two labels and ``suspect`` (they differ: a label conflict or a false
+    pair, issue 18), suspect pairs come first among the examples and are counted in
+    ``suspect_pairs``; with ``patients`` (codes, -1 unknown) ``pairs_across_patients`` counts the
+    pairs that join two different known patients.
     """
+    import pandas as pd
+
     by_stage = {s: int((pairs["stage"] == s).sum()) for s in STAGES} if len(pairs) else {s: 0 for s in STAGES}
+    y = np.asarray(labels, dtype=np.int64) if labels is not None else None
+    cls = list(class_names) if class_names is not None else None
+    ra = pairs["row_a"].to_numpy(dtype=np.int64) if len(pairs) else np.zeros(0, np.int64)
+    rb = pairs["row_b"].to_numpy(dtype=np.int64) if len(pairs) else np.zeros(0, np.int64)
+    suspect = (y[ra] != y[rb]) if y is not None else np.zeros(len(ra), bool)
+    across = 0
+    if patients is not None and len(ra):
+        pc = np.asarray(patients, dtype=np.int64)
+        across = int(((pc[ra] >= 0) & (pc[rb] >= 0) & (pc[ra] != pc[rb])).sum())
     cross = cross_split_pairs(pairs, splits)
     names = list(splits)
     combos = [f"{names[i]}-{names[j]}" for i in range(len(names)) for j in range(i + 1, len(names))]
@@ -435,25 +479,37 @@ def leakage_doc(
     for name, rows in splits.items():
         for r in np.asarray(rows, dtype=np.int64):
             where[int(r)] = name
-    # examples: cross-split pairs first, then one pair per stage, then the rest
-    ex_frame = _example_pairs(cross, pairs, max_examples)
+    # examples: pairs across labels first (a reader must see them), then cross-split pairs, then
+    # one pair per stage, then the rest
+    first = pairs[suspect] if suspect.any() else None
+    if cross is not None and len(cross):
+        first = cross if first is None else pd.concat([first, cross[DUPLICATE_COLUMNS]], ignore_index=True)
+    ex_frame = _example_pairs(first, pairs, max_examples)
     examples = []
     for r in ex_frame.itertuples():
-        examples.append({
-            "row_a": int(r.row_a), "row_b": int(r.row_b),
-            "id_a": str(ids[r.row_a]) if ids is not None else str(r.row_a),
-            "id_b": str(ids[r.row_b]) if ids is not None else str(r.row_b),
-            "split_a": where.get(int(r.row_a), "-"), "split_b": where.get(int(r.row_b), "-"),
+        a, b = int(r.row_a), int(r.row_b)
+        e = {
+            "row_a": a, "row_b": b,
+            "id_a": str(ids[a]) if ids is not None else str(a),
+            "id_b": str(ids[b]) if ids is not None else str(b),
+            "split_a": where.get(a, "-"), "split_b": where.get(b, "-"),
             "stage": r.stage, "transform": r.transform,
             "distance": None if np.isnan(r.distance) else float(r.distance),
             "ncc": None if np.isnan(r.ncc) else float(r.ncc),
-        })
+        }
+        if y is not None:
+            e["label_a"] = cls[y[a]] if cls is not None else int(y[a])
+            e["label_b"] = cls[y[b]] if cls is not None else int(y[b])
+            e["suspect"] = bool(y[a] != y[b])
+        examples.append(e)
     return {
         "audit_version": AUDIT_VERSION,
         "n_images": int(n),
         "pairs_by_stage": by_stage,
         "clusters": cluster_summary(pairs, n, ids),
         "cross_split": cross_counts,
+        "suspect_pairs": int(suspect.sum()),
+        "pairs_across_patients": across,
         "examples": examples,
     }
 

@@ -27,6 +27,9 @@ Columns (all present, in this order; strings are never NaN, empty means unknown)
                 an integer factor, see :mod:`lungray.data.decode`; 0 when not decoded yet)
 ``boxes``       JSON list of ``[x, y, w, h]`` boxes (RSNA), ``"[]"`` otherwise
 ``mask_path``   the image's segmentation mask file (Radiography Database ``masks/``), else empty
+``site``        the acquisition site (hospital, scanner) when the source knows it: the phantom's
+                ``site-<k>``, a CSV's ``site`` column; empty otherwise. Studies of shortcuts
+                probe it (a site classifier, a held-out site); it is not a patient identifier
 ``split``       a predefined split (``train``/``val``/``test``) from the source, else empty
 ``problem``     why the row is quarantined (empty for good rows)
 
@@ -61,6 +64,7 @@ COLUMNS: dict[str, str] = {
     "height": "int",
     "boxes": "str",
     "mask_path": "str",
+    "site": "str",
     "split": "str",
     "problem": "str",
 }
@@ -75,6 +79,7 @@ _DEFAULTS: dict[str, Any] = {
     "height": 0,
     "boxes": "[]",
     "mask_path": "",
+    "site": "",
     "split": "",
     "problem": "",
 }

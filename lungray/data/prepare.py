@@ -6,12 +6,15 @@ The steps, each of which can stop the study *before* anything trains:
 2. :func:`~lungray.data.check.check_dataset` quarantines bad rows (``data.strict`` fails);
 3. :func:`~lungray.data.cache.build_cache` decodes the good rows once (Ray tasks for large
    datasets, a progress bar, reused on the next run); decode failures are quarantined too;
-4. the duplicate search over the whole dataset (:func:`find_dataset_duplicates`, stored in the
-   cache as ``duplicates-<key>.parquet``): exact copies (sha256), near copies by perceptual hash
-   and by keypoints with geometric verification (:mod:`lungray.data.leakage`,
-   :mod:`lungray.data.keypoints`). The public Kaggle sets hold re-encoded, flipped, rotated,
+4. the duplicate search over the whole dataset (:func:`~lungray.data.duplicates.find_dataset_duplicates`,
+   stored in the cache as ``duplicates-<key>.parquet``): exact copies (sha256), near copies by
+   perceptual hash and by keypoints with geometric and photometric verification, burned-in
+   annotations masked (:mod:`lungray.data.leakage`, :mod:`lungray.data.keypoints`,
+   :mod:`lungray.data.burnin`). The public Kaggle sets hold re-encoded, flipped, rotated,
    zoomed and shifted copies (PROTOCOLS.md section 1). Duplicate clusters (union-find over the
-   pairs) are merged with patient ids into the split *groups*;
+   pairs whose images share a label) are merged with patient ids into the split *groups*
+   (:mod:`lungray.data.split_plan`); a pair across labels is a label conflict or a false pair,
+   printed as a warning and never a grouping edge;
 5. the fixed held-out evaluation set, the validation set and the training pool
    (:func:`lungray.data.splits.split_holdout`: stratified, group-disjoint, seeded by
    ``data.split_seed`` so every seed of the study shares one test set). Because clusters are
@@ -22,7 +25,11 @@ The steps, each of which can stop the study *before* anything trains:
    with a copy in val or eval and val images with a copy in eval; ``report`` only records
    them. For holdout splits the audit of pool/val/eval then finds nothing to drop by
    construction. ``off`` skips the search: patient groups only, as before the audit;
-6. every requested training size is checked against the pool for every seed
+6. the refusals (:mod:`lungray.data.guards`, issue 18): a duplicate cluster too large to be
+   copies of one film, or joining many patients, and an evaluation / validation set that would
+   lose a class or hold fewer than ``data.min_eval_per_class`` / ``data.min_val_per_class``
+   images of one, stop here with one line naming the cause;
+7. every requested training size is checked against the pool for every seed
    (:func:`lungray.data.splits.nested_subsets` raises with the pool per class).
 
 Outputs next to the cache: ``splits-<key>.json`` (eval/val/pool/dropped rows) and
@@ -42,55 +49,14 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from lungray.data.duplicates import find_dataset_duplicates
 from lungray.data.prepared import PreparedData
+from lungray.data.split_plan import groups_of, make_splits, split_groups
 from lungray.errors import DataError
 
+__all__ = ["prepare_data", "validate_sizes", "find_dataset_duplicates", "groups_of", "make_splits"]
+
 log = logging.getLogger(__name__)
-
-
-def groups_of(patient_ids: Sequence[str]) -> Optional[np.ndarray]:
-    """Integer patient-group codes per row, or ``None`` when no row has a patient id.
-
-    Rows without an id (when others have one) get a group of their own: an unknown patient is
-    treated as a distinct patient rather than merged with other unknowns.
-    """
-    pids = np.asarray(patient_ids, dtype=object)
-    if len(pids) == 0 or all(p == "" for p in pids):
-        return None
-    codes = np.empty(len(pids), dtype=np.int64)
-    seen: dict[str, int] = {}
-    for i, p in enumerate(pids):
-        key = p if p != "" else f"\x00row{i}"
-        codes[i] = seen.setdefault(key, len(seen))
-    return codes
-
-
-def make_splits(
-    labels: np.ndarray,
-    groups: Optional[np.ndarray],
-    split_col: Sequence[str],
-    cfg: Any,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """(eval_idx, val_idx, pool_idx, how): predefined splits when every row has one, else a holdout.
-
-    ``how`` is ``"predefined"`` or ``"holdout"``. With predefined splits and no ``val`` rows the
-    validation set is carved out of ``train`` with ``data.val_size`` (stratified, grouped).
-    """
-    from lungray.data.splits import split_holdout
-
-    split_col = np.asarray(split_col, dtype=object)
-    labels = np.asarray(labels, dtype=np.int64)
-    if len(split_col) and all(s in ("train", "val", "test") for s in split_col) and (split_col == "test").any():
-        ev = np.flatnonzero(split_col == "test")
-        va = np.flatnonzero(split_col == "val")
-        tr = np.flatnonzero(split_col == "train")
-        if len(va) == 0 and len(tr):
-            sub_groups = groups[tr] if groups is not None else None
-            _, v_rel, p_rel = split_holdout(labels[tr], 0, cfg.val_size, seed=cfg.split_seed, groups=sub_groups)
-            va, tr = tr[np.asarray(v_rel, dtype=np.int64)], tr[np.asarray(p_rel, dtype=np.int64)]
-        return ev, np.sort(va), np.sort(tr), "predefined"
-    ev, va, po = split_holdout(labels, cfg.eval_size, cfg.val_size, seed=cfg.split_seed, groups=groups)
-    return (np.asarray(ev, dtype=np.int64), np.asarray(va, dtype=np.int64), np.asarray(po, dtype=np.int64), "holdout")
 
 
 def _split_key(cache_key: str, cfg: Any) -> str:
@@ -100,30 +66,19 @@ def _split_key(cache_key: str, cfg: Any) -> str:
     return hashlib.sha256(s.encode()).hexdigest()[:12]
 
 
-def find_dataset_duplicates(root: str | Path, max_distance: int, *, progress: bool = True) -> pd.DataFrame:
-    """Every duplicate pair of a decoded cache (:func:`lungray.data.leakage.find_duplicates` on its
-    hashes and keypoint features), computed once and kept as ``duplicates-<key>.parquet`` in the cache."""
-    from lungray.data.cache import load_features
-    from lungray.data.leakage import AUDIT_VERSION, find_duplicates
+def _audit_line(pairs: pd.DataFrame, n: int, patients: Optional[np.ndarray], suspects: Any) -> str:
+    """One console line: what the duplicate search found (each stage, clusters, pairs across patients and labels)."""
+    from lungray.data.leakage import cluster_summary
 
-    root = Path(root)
-    key = hashlib.sha256(json.dumps([AUDIT_VERSION, int(max_distance)]).encode()).hexdigest()[:12]
-    path = root / f"duplicates-{key}.parquet"
-    if path.is_file():
-        return pd.read_parquet(path)
-    from tqdm.auto import tqdm
-
-    cached = pd.read_parquet(root / "manifest.parquet", columns=["sha256"])
-    bar = tqdm(desc="verifying duplicate candidates", unit="pair", disable=not progress)
-    try:
-        pairs = find_duplicates(np.load(root / "hashes.npy"), cached["sha256"].to_numpy(), int(max_distance),
-                                features=load_features(root), progress=bar.update)
-    finally:
-        bar.close()
-    tmp = path.with_name(f".{path.name}.tmp")
-    pairs.to_parquet(tmp, index=False)
-    tmp.replace(path)
-    return pairs
+    by = {k: int((pairs["stage"] == k).sum()) for k in ("sha256", "phash", "keypoints")}
+    cl = cluster_summary(pairs, n)
+    across = 0
+    if patients is not None and len(pairs):
+        a, b = patients[pairs["row_a"].to_numpy()], patients[pairs["row_b"].to_numpy()]
+        across = int((a != b).sum())
+    return (f"leakage audit: {by['sha256']} exact and {by['phash'] + by['keypoints']} near-duplicate pair(s) "
+            f"({by['phash']} by perceptual hash, {by['keypoints']} by keypoints); {cl['n_clusters']} cluster(s), the largest "
+            f"{cl['largest']}; {across} pair(s) across patients, {0 if suspects is None else len(suspects)} across labels")
 
 
 def _grouping_note(source: str, patient_grouped: bool, how: str, mode: str) -> str:
@@ -217,14 +172,20 @@ def prepare_data(
             f"class(es) {', '.join(repr(c) for c in empty)} have no usable images in {cfg.source} data "
             f"(per class: {dict(zip(class_names, map(int, counts)))}); fix the data or drop them with data.class_map"
         )
-    groups = groups_of(cached["patient_id"].to_numpy())
-    patient_grouped = groups is not None
     pairs = None
     if cfg.leakage != "off":
-        from lungray.data.leakage import connected_groups
-
         pairs = find_dataset_duplicates(root, int(cfg.leakage_max_distance), progress=progress)
-        groups = connected_groups(len(labels), pairs, groups)  # patients + duplicate clusters
+    # patients + the audit's same-label duplicate clusters; pairs across labels are set aside
+    groups, patients, edges, suspects = split_groups(labels, cached["patient_id"].to_numpy(), pairs)
+    patient_grouped = patients is not None
+    from lungray.data.guards import cluster_problems, split_problems, suspect_line
+
+    refusals = cluster_problems(edges, len(labels), labels, class_names, cfg, patients)
+    if pairs is not None:
+        say(_audit_line(pairs, len(labels), patients, suspects))
+    note = suspect_line(suspects, labels, class_names, cached["image_id"].to_numpy())
+    if note:
+        say(note)
 
     skey = _split_key(meta["key"], cfg)
     splits_path = root / f"splits-{skey}.json"
@@ -250,7 +211,8 @@ def prepare_data(
             for r in cross.itertuples():
                 side = "pool" if r.splits.startswith("pool") else "val"
                 flagged[side] |= {x for x in (int(r.row_a), int(r.row_b)) if x in members[side]}
-            doc = leakage_doc(pairs, len(labels), splits, ids=cached["image_id"].to_numpy())
+            doc = leakage_doc(pairs, len(labels), splits, ids=cached["image_id"].to_numpy(), labels=labels,
+                              class_names=class_names, patients=patients)
             stage = doc["pairs_by_stage"]
             leak_summary = {
                 "mode": cfg.leakage,
@@ -261,6 +223,8 @@ def prepare_data(
                 "clusters": doc["clusters"]["n_clusters"],
                 "largest_cluster": doc["clusters"]["largest"],
                 "cross_split_pairs": int(len(cross)),
+                "suspect_pairs": int(len(suspects)) if suspects is not None else 0,
+                "pairs_across_patients": doc["pairs_across_patients"],
                 "pool_images_flagged": len(flagged["pool"]),
                 "val_images_flagged": len(flagged["val"]),
                 "dropped": len(flagged["pool"]) + len(flagged["val"]) if cfg.leakage == "drop" else 0,
@@ -290,6 +254,11 @@ def prepare_data(
             },
         )
 
+    # refusals (issue 18): a split that loses a class or starves it, or a cluster no copy set can be
+    refuse = refusals + split_problems(labels, eval_idx, val_idx, pool_idx, class_names, cfg)
+    if refuse:
+        raise DataError(f"{cfg.source} data cannot be split for a study: " + "; ".join(refuse))
+
     n_quar_by_kind: dict[str, int] = {}
     if len(quarantined):
         from lungray.data.check import problem_kind
@@ -311,8 +280,16 @@ def prepare_data(
         "cache_key": meta["key"],
         "patient_grouped": patient_grouped,
         "mask_kind": meta.get("mask_kind"),
+        "lung_masks": bool(meta.get("lung_masks")) or meta.get("mask_kind") == "lung",
         "leakage": leak_summary,
     }
+    if cfg.val_is_eval:  # study 5 as published: the test set doubles as the validation set
+        val_idx = eval_idx
+        info["val_is_eval"] = True
+    site_col = cached["site"].astype(str).to_numpy() if "site" in cached.columns else np.full(len(labels), "", dtype=object)
+    sites = groups_of(site_col) if (site_col != "").all() else None  # a site probe needs every row's site
+    if sites is not None:
+        info["site_names"] = list(dict.fromkeys(site_col.tolist()))  # code k -> name, in first-seen order
     data = PreparedData(
         root=str(root),
         class_names=class_names,
@@ -324,6 +301,8 @@ def prepare_data(
         class_balanced=bool(cfg.class_balanced),
         dropped_idx=np.sort(dropped),
         info=info,
+        patients=patients,
+        sites=sites,
     )
     info["class_counts"] = data.class_counts()
     roots = _variant_caches(manifest, cfg, cache_dir, root, preprocess_variants, progress=progress, parallel=parallel)

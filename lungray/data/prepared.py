@@ -7,6 +7,7 @@ A prepared dataset is a directory written once per (manifest, resolution, prepro
 ``masks.npy``       optional (N, H, W) uint8 class index per pixel (0 background, 1 foreground,
                     255 unknown), same geometry as the image; ``meta.json`` ``mask_kind`` says
                     what they mark (:mod:`lungray.data.masks`)
+``lung_masks.npy``  optional (N, H, W) uint8 0/1 lung fields beside lesion masks (the phantom)
 ``manifest.parquet`` the validated manifest rows, in array order (quarantined rows excluded)
 ``meta.json``       class names, fingerprint, resolution, dtype, preprocessing, resize mode
 
@@ -44,6 +45,12 @@ class PreparedData:
     info: dict = field(default_factory=dict)  # provenance: source, resolution, leakage summary...
     # preprocessing -> cache root holding the same rows (the study's variants); empty: one cache
     variant_roots: dict = field(default_factory=dict)
+    # patient codes per row (None: the source has no patient ids); ``groups`` merge them with the
+    # leakage audit's duplicate clusters, these do not (cluster bootstraps, per-patient statistics)
+    patients: Optional[np.ndarray] = None
+    # acquisition-site codes per row (None unless every row's site is known); info["site_names"][k]
+    # names code k (source probes, held-out-site evaluations)
+    sites: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         # Absolute: Ray workers do not share the driver's working directory, so a relative
@@ -73,7 +80,7 @@ class PreparedData:
     # -- arrays, memory-mapped lazily per process --------------------------------------------
     def __getstate__(self) -> dict[str, Any]:  # drop cached memmaps when shipped to workers
         state = dict(self.__dict__)
-        for k in ("images", "labels", "masks", "ids"):
+        for k in ("images", "labels", "masks", "lung_masks", "ids"):
             state.pop(k, None)
         return state
 
@@ -103,6 +110,17 @@ class PreparedData:
         """
         p = Path(self.root) / "masks.npy"
         return np.load(p, mmap_mode="r") if self.mask_kind is not None and p.exists() else None
+
+    @cached_property
+    def lung_masks(self) -> Optional[np.ndarray]:
+        """(N, H, W) uint8 0/1 lung fields in row order (memory-mapped), or ``None`` when unknown:
+        the phantom's ``lung_masks.npy``, or the masks of a ``lung`` mask dataset (the
+        Radiography Database, 255 where a mask file was missing). For lung-region ablations and
+        the share of a heat map that falls in the lungs."""
+        if self.mask_kind == "lung":
+            return self.masks
+        p = Path(self.root) / "lung_masks.npy"
+        return np.load(p, mmap_mode="r") if self.meta().get("lung_masks") and p.exists() else None
 
     @cached_property
     def ids(self) -> np.ndarray:

@@ -22,12 +22,20 @@ that changes preprocessing gets a different cache key and never mixes the two.
 
 Names combine with ``+`` and run left to right (``center_crop+clahe``).
 
+Geometry: every step but ``center_crop`` is photometric (no pixel moves). A geometric step is
+registered in :data:`GEOMETRY` with the crop :class:`Window` it takes, so masks follow the image
+(:func:`lungray.data.masks.preprocess_mask` and the exact box mapping of
+:func:`lungray.data.masks.box_mask`): a segmentation mask is always in the geometry of the image
+it belongs to. A new geometric step must register its window (a test checks every registered
+step on a planted bright box).
+
 Heavy imports (cv2, scikit-image) happen inside the functions: the registry is imported by
 config validation and must stay cheap.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -96,17 +104,49 @@ def local_eq(img: np.ndarray, resolution: int) -> np.ndarray:
 CENTER_CROP_FRACTION = 224 / 256
 
 
-@PREPROCESSING.register("center_crop")
-def center_crop(img: np.ndarray, resolution: int) -> np.ndarray:
-    """The central 224/256 of the image, resized back (torchvision Resize(256)+CenterCrop(224), section 3)."""
+@dataclass(frozen=True)
+class Window:
+    """Rows ``top..top+height`` and columns ``left..left+width`` of an ``H x W`` image, resized
+    back to ``H x W`` (bilinear, OpenCV's pixel-centre convention): a continuous coordinate
+    ``u`` (pixel edges at integers) maps to ``(u - left) * W / width``, rows likewise."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def center_crop_window(height: int, width: int) -> Window:
+    """The central 224/256 of an ``height x width`` image (at least one pixel per side)."""
+    ch, cw = max(1, int(round(height * CENTER_CROP_FRACTION))), max(1, int(round(width * CENTER_CROP_FRACTION)))
+    return Window((height - ch) // 2, (width - cw) // 2, ch, cw)
+
+
+def crop_resize(img: np.ndarray, win: Window) -> np.ndarray:
+    """``img`` cropped to ``win`` and resized back to its own size (bilinear)."""
     import cv2
 
     x = np.asarray(img, dtype=np.float32)
     h, w = x.shape
-    ch, cw = max(1, int(round(h * CENTER_CROP_FRACTION))), max(1, int(round(w * CENTER_CROP_FRACTION)))
-    top, left = (h - ch) // 2, (w - cw) // 2
-    crop = np.ascontiguousarray(x[top : top + ch, left : left + cw])
+    crop = np.ascontiguousarray(x[win.top : win.top + win.height, win.left : win.left + win.width])
     return cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+@PREPROCESSING.register("center_crop")
+def center_crop(img: np.ndarray, resolution: int) -> np.ndarray:
+    """The central 224/256 of the image, resized back (torchvision Resize(256)+CenterCrop(224), section 3)."""
+    x = np.asarray(img, dtype=np.float32)
+    return crop_resize(x, center_crop_window(*x.shape))
+
+
+#: the geometric steps and the crop window each takes of an ``(H, W)`` image; every other
+#: registered step is photometric (see the module docstring)
+GEOMETRY: dict[str, Callable[[int, int], Window]] = {"center_crop": center_crop_window}
+
+
+def geometry_windows(name: str, height: int, width: int) -> list[Window]:
+    """The crop windows of ``name``'s geometric steps, in order (``[]``: no pixel moves)."""
+    return [GEOMETRY[step](height, width) for step in preprocessing_steps(name) if step in GEOMETRY]
 
 
 def preprocessing_steps(name: str) -> list[str]:

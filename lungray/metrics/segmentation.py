@@ -7,8 +7,9 @@ be accumulated (:class:`SegmentationAccumulator`) and the held-out report never 
 predicted mask in memory.
 
 Conventions (stated, because box masks are background-dominated: the RSNA study's Dice 0.95 is
-mostly background, PROTOCOLS.md section 3, while a U-Net on the same box masks scores ~0.6 Dice
-on positive images):
+foreground-only but pooled over its whole batch, and only its mean IoU 0.9528 includes the
+background, PROTOCOLS.md section 3, while a U-Net on the same box masks scores ~0.6 Dice
+per positive image):
 
 * Per-image Dice ``2TP / (2TP + FP + FN)`` and IoU ``TP / (TP + FP + FN)`` for each FOREGROUND
   class, over the image's valid pixels.

@@ -36,9 +36,12 @@ class WeightsStatus:
     def line(self) -> str:
         if self.cached:
             return f"{self.model}: pretrained weights cached ({self.location})"
+        # what lungray.sweep.runner does: fetch_weights in the driver, once, before the first trial
         return (
-            f"{self.model}: pretrained weights NOT cached here ({self.source}; looked in {self.location}): every trial "
-            "downloads them, which fails offline; pre-fetch them on the cluster or set model.pretrained to a local file"
+            f"{self.model}: pretrained weights NOT cached here ({self.source}; looked in {self.location}): a real run "
+            "downloads them once, in the sweep driver before the first trial, and stops with one line if it cannot "
+            "(offline: pre-fetch them or set model.pretrained to a local file); trials on other nodes of a cluster read "
+            "their own node's cache, so share it or pre-fetch there too"
         )
 
 

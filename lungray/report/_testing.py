@@ -138,6 +138,7 @@ def log_fake_sweep(
     probs_fn: Optional[Callable] = None,
     artifact_root: Optional[str] = None,
     resolution: int = 32,
+    class_counts: Optional[Mapping[str, Mapping[str, int]]] = None,
 ) -> FakeSweep:
     """Log a parent run and one child run per trial; see the module docstring for the plant.
 
@@ -146,7 +147,8 @@ def log_fake_sweep(
     (a sweep still running). ``identical`` maps a model to another whose predictions it copies.
     ``checkpoint_fn(trial_config, run_dir) -> path`` may write a ``best.pt`` to log;
     ``probs_fn(trial_config) -> (n_eval, n_classes)`` replaces the planted predictions with real
-    ones (a trained model's), the metrics then being computed from those.
+    ones (a trained model's), the metrics then being computed from those. ``class_counts``
+    replaces split entries of the logged class counts (``{"eval": {"Normal": 0, ...}}``).
     """
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
@@ -194,6 +196,7 @@ def log_fake_sweep(
     n_pool = 400 - n_eval
     (pdir / T.LEAKAGE_JSON).write_text(json.dumps(_fake_leakage(n_eval)))
     counts = {s: {c: int(n // k) for c in class_names} for s, n in (("eval", n_eval), ("val", 40), ("pool", n_pool))}
+    counts.update(class_counts or {})  # e.g. an evaluation set that lost a class (issue 18)
     (pdir / T.DATA_SUMMARY).write_text(
         json.dumps(
             {
@@ -398,7 +401,7 @@ def chromium_check(html_path: str | Path, workdir: str | Path, *, width: int = 1
 
 
 def _fake_leakage(n_eval: int) -> dict:
-    """The leakage payload a sweep logs (:func:`lungray.sweep.runner.leakage_payload`): the data
+    """The leakage payload a sweep logs (:func:`lungray.sweep.payloads.leakage_payload`): the data
     layer's summary and the audit document of :func:`lungray.data.leakage.leakage_doc`."""
     summary = {"mode": "drop", "max_distance": 6, "grouping": "grouped by patient id and by the audit's duplicate clusters",
                "exact_pairs": 1, "near_pairs": 3, "clusters": 2, "largest_cluster": 3, "cross_split_pairs": 0,

@@ -42,11 +42,13 @@ INTERVAL_MEANING = (
     "evaluation set (variance components, t quantile with Satterthwaite degrees of freedom; the image part "
     "in closed form for accuracy and log loss, by a bootstrap of the evaluation images shared by all seeds "
     "for AUC, macro F1 and balanced accuracy). They are conditional on the fixed training pool the subsets "
-    "are drawn from, the validation set and the hyper-parameters, and treat evaluation images as independent "
-    "(several images of one patient would make them too narrow). Validation loss has no per-image values: "
-    "its interval is over seeds only, conditional on the validation images. Runs at chance (accuracy not "
-    "above the majority-class rate AND AUC not above 0.5, one-sided tests at 0.05) are left out of the "
-    "interval and named in the cell; with one run there is no interval."
+    "are drawn from, the validation set and the hyper-parameters. When patients have several evaluation images "
+    "the evaluation noise is resampled by patient (the table's unit column says which). Proportions (accuracy, "
+    "AUC, F1, Dice) get their interval on the logit scale with half a pseudo-image right and half wrong, so it "
+    "is never zero-width at 0 or 1. Validation loss has no per-image values: its interval is over seeds only, "
+    "conditional on the validation images. A run whose output is degenerate (constant, or the same class "
+    "for every evaluation image with scores that do not rank the classes) is left out of its cell, named in it, and left out of every other section too, as in "
+    "the console summary; a weak but working run always counts. With one run there is no interval."
 )
 
 
@@ -107,7 +109,8 @@ def report_parts(
     sweep = sweep or load_sweep(tracking_uri, experiment, parent_run_id)
     preds = TB.prediction_arrays(sweep)
     runs, labels = _with_labels(sweep, preds)
-    return ReportParts(sweep, runs, TB.summarise(runs, predictions=preds, n_boot=CELL_BOOT, frames=sweep.predictions), labels)
+    return ReportParts(sweep, runs, TB.summarise(runs, predictions=preds, n_boot=CELL_BOOT, frames=sweep.predictions,
+                                                 groups=TB.eval_groups(sweep)), labels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,6 +129,7 @@ def build_report(
     device: Optional[str] = None,
     log_to_mlflow: bool = False,
     max_pointing_images: int = 200,
+    figure_formats: Sequence[str] = (),
 ) -> Path:
     """Build ``<out_dir>/report.html`` (+ CSV tables and PNG figures) from MLflow; return its path.
 
@@ -137,14 +141,17 @@ def build_report(
     that fails (a Grad-CAM model that cannot be rebuilt...) is a red "FAILED" box in its section,
     and :class:`ReportIncomplete` is raised once the whole report is written. ``gradcam=False``
     skips sections 7-8 (no model is rebuilt, no torch import). ``n_boot`` and ``seed`` drive
-    the bootstrap intervals; the same seed gives the same report.
+    the bootstrap intervals; the same seed gives the same report. ``figure_formats`` (e.g.
+    :data:`lungray.report.figures.FIGURE_FORMATS`: 300-dpi PNG, SVG, PDF) also writes every
+    figure at print size under ``figures/``; by default the figures are only in the page (the
+    print files took a quarter of a report's time, issue 22.4).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "figures").mkdir(exist_ok=True)
+    formats = F.check_formats(figure_formats)
     with tempfile.TemporaryDirectory(prefix="lungray-report-") as tmp:
         sweep = load_sweep(tracking_uri, experiment, parent_run_id, artifact_dir=Path(tmp) / "artifacts")
-        builder = _Builder(sweep, out, Path(tmp), target_accuracies, n_boot, seed)
+        builder = _Builder(sweep, out, Path(tmp), target_accuracies, n_boot, seed, formats)
         sections = [
             builder.learning_curves(),
             builder.study_tables(),
@@ -165,7 +172,7 @@ def build_report(
         html_text = H.page(f"lungray report: {sweep.study}", builder.subtitle(), builder.header(), sections)
     path = out / REPORT_HTML
     path.write_text(html_text, encoding="utf-8")
-    log.info("wrote %s", path)
+    log.debug("wrote %s", path)  # the caller says it once (lungray report, the sweep's report step)
     if log_to_mlflow:
         sweep.client().log_artifacts(sweep.parent_id, str(out), artifact_path="report")
     failures = [f"{sec.title}: {e}" for sec in sections for e in sec.errors]
@@ -175,8 +182,10 @@ def build_report(
 
 
 class _Builder:
-    def __init__(self, sweep: Sweep, out: Path, tmp: Path, targets: Sequence[float], n_boot: int, seed: int):
+    def __init__(self, sweep: Sweep, out: Path, tmp: Path, targets: Sequence[float], n_boot: int, seed: int,
+                 formats: Sequence[str] = ()):
         self.sweep = sweep
+        self.formats = tuple(formats)
         self.out = out
         self.tmp = tmp
         self.targets = tuple(targets)
@@ -187,7 +196,7 @@ class _Builder:
         self.spec = sweep.spec  # what the task's trials report: the primary metric, the explanation panels
         self.primary = self.spec.primary_metric
         self.summary = TB.summarise(self.runs, predictions=self.predictions, n_boot=min(n_boot, CELL_BOOT), seed=seed,
-                                    frames=sweep.predictions)
+                                    frames=sweep.predictions, groups=TB.eval_groups(sweep))
         self.sizes = sweep.sizes
         self.status = TB.grid_status(sweep)
         self.csv(self.runs.drop(columns=["start_time"], errors="ignore"), "runs.csv")
@@ -206,10 +215,13 @@ class _Builder:
         df.to_csv(self.out / name, index=False)
 
     def fig(self, fig, name: str, alt: str, caption: str = "") -> str:
-        """Write the figure at print resolution (PNG, 300 dpi) and as vector files (SVG, PDF)
-        under ``figures/``, and embed a lighter screen PNG in the page."""
-        files = F.save_figure(fig, self.out / "figures" / name)
-        cap = caption + (" " if caption else "") + f"Print files: figures/{name}." + "/".join(p.suffix[1:] for p in files) + "."
+        """Embed the figure in the page (a screen PNG) at the print width (180 mm); with print
+        formats asked for, also write it under ``figures/`` (300-dpi PNG, SVG, PDF)."""
+        F.at_print_width(fig)
+        cap = caption
+        if self.formats:
+            files = F.save_figure(fig, self.out / "figures" / name, self.formats)
+            cap += (" " if cap else "") + f"Print files: figures/{name}." + "/".join(p.suffix[1:] for p in files) + "."
         return H.figure(F.data_uri(F.to_png(fig, F.SCREEN_DPI)), alt, cap)
 
     def _no_runs(self, sid: str, title: str) -> Optional[H.Section]:
@@ -229,6 +241,12 @@ class _Builder:
         if st["expected"] is None:
             parts.append(H.note(f"{st['complete']} trial(s) complete, {st['failed']} failed, {st['running']} running; "
                                 "the expected grid is unknown (no config.yaml)."))
+        elif st["complete"] == st["expected"] and (lacking := self._eval_lacks()):
+            # issue 18: every trial finished, but on an evaluation set without a class: not complete
+            parts.append(H.note(
+                f"NOT A COMPLETE EVALUATION: all {st['expected']} trials finished, but {lacking}, so accuracy, "
+                "per-class metrics and curves miss that class. Re-split the data; `lungray data check` names the cause.",
+                "error"))
         elif st["complete"] == st["expected"]:
             parts.append(H.note(f"Complete: all {st['expected']} trials of the grid finished.", "ok"))
         else:
@@ -241,10 +259,42 @@ class _Builder:
             )
         for n in s.notes:
             parts.append(H.note(n))
+        if s.config is not None and s.config.data.val_is_eval:
+            parts.append(H.note(
+                "AS PUBLISHED, WITH ITS FLAW: the evaluation set is also the validation set (data.val_is_eval). "
+                "Early stopping and the selected checkpoint were chosen on the very images the held-out numbers "
+                "are measured on, so those numbers are optimistic; compare with the corrected protocol "
+                "(a separate validation set) before reading them as generalisation."))
         grid = (f"models: {', '.join(s.models)} · sizes: {', '.join(map(str, self.sizes))} · "
                 f"optimizers: {', '.join(s.optimizers)} · seeds: {', '.join(map(str, s.seeds))}")
         parts.append(f'<p class="muted">{H.esc(grid)}</p>')
+        if not self.formats:
+            parts.append('<p class="muted">Figures are embedded at their print width (180 mm); for 300-dpi PNG, SVG and '
+                         "PDF files under figures/ build the report with lungray report --print-figures (or set "
+                         "tracking.print_figures: true for the sweep).</p>")
         return "".join(parts)
+
+    def _eval_lacks(self) -> str:
+        """Words for the classes an evaluation set lacks ('' when none does): from the prepared
+        split's class counts and, per cell, from a finished trial whose per-class recall is
+        missing (no image of the class was scored)."""
+        names = list(self.sweep.class_names)
+        ev = ((self.sweep.data_summary or {}).get("class_counts") or {}).get("eval") or {}
+        missing = [c for c in names if c in ev and int(ev[c]) == 0]
+        if missing:
+            return "the evaluation set holds no " + " and no ".join(f"'{c}'" for c in missing) + " image"
+        done = self.sweep.complete
+        cells: dict[str, set] = {}
+        for c in names:
+            col = T.per_class_key("recall", c)
+            if col in done.columns:
+                for cell in done.loc[done[col].isna(), "cell"] if "cell" in done.columns else []:
+                    cells.setdefault(str(cell), set()).add(c)
+        if cells:
+            lacked = sorted(set().union(*cells.values()))
+            return (f"the evaluation of {len(cells)} cell(s) (e.g. {next(iter(sorted(cells)))}) scored no "
+                    + " and no ".join(f"'{c}'" for c in lacked) + " image")
+        return ""
 
     # -- 1 ----------------------------------------------------------------------------------------
     def learning_curves(self) -> H.Section:
@@ -255,7 +305,7 @@ class _Builder:
             F.learning_curves_figure(self.summary, labels=self.labels, runs=self.runs),
             "learning_curves",
             "Learning curves: metrics against training size",
-            "Mean over seeds (runs at chance, marked x, are left out unless every run of the cell is); the band is "
+            "Mean over seeds (degenerate runs, marked x, are left out unless every run of the cell is); the band is "
             "the 95% interval over seeds and "
             "evaluation images (none with one seed). Validation loss is taken at each trial's best epoch; held-out "
             "log loss on the evaluation set.",
@@ -287,7 +337,7 @@ class _Builder:
             "".join(body),
             intro="Mean over seeds [95% interval]. Bold with ★: best mean at that size with an interval clear of "
             "the runner-up; ☆: best mean, but overlapping intervals (see the paired comparisons before calling it a "
-            "win). " + INTERVAL_MEANING,
+            "win). " + INTERVAL_MEANING + " " + TB.unit_sentence(self.summary),
         )
 
     # -- 3 ----------------------------------------------------------------------------------------
@@ -321,7 +371,7 @@ class _Builder:
                 "The masks have one foreground class, so its Dice and IoU are the tables above; each trial's "
                 f"{T.PER_CLASS} and {T.PREDICTIONS} (per-image Dice, IoU and detection score) are in MLflow."])
         pc = TB.per_class_table(self.runs, sw.class_names, sizes, predictions=self.predictions,
-                                n_boot=min(self.n_boot, CELL_BOOT), seed=self.seed)
+                                n_boot=min(self.n_boot, CELL_BOOT), seed=self.seed, groups=TB.eval_groups(sw))
         self.csv(pc, "per_class.csv")
         body = []
         if not pc.empty:
@@ -350,7 +400,7 @@ class _Builder:
                 ).to_csv(self.out / f"confusion_n{n}.csv")
                 body.append(self.fig(F.confusion_figure(cms, sw.class_names, f"n = {n} training images"),
                                       f"confusion_n{n}", f"Confusion matrices at n={n}",
-                                      "Rows: true class, normalised to 1; predictions pooled over seeds."))
+                                      "Rows: true class, normalised to 1; predictions pooled over the seeds that count."))
         if sizes:
             curves = F.roc_curves(sw, sizes[-1])
             if curves:
@@ -384,28 +434,33 @@ class _Builder:
         body += "<h3>Details</h3>" + H.table(
             pc,
             ["train_size", "optimizer", "model_a", "model_b", "n_seeds", "n_images", "diff_points", "low_points",
-             "high_points", "p", "p_holm", "q_bh",
-             *(("mcnemar_b", "mcnemar_c", "mcnemar_p", "mcnemar_p_holm") if self.primary == "accuracy" else ())],
+             "high_points", "p", "p_holm", "q_bh", "unit"],
             headers={"train_size": "size", "diff_points": "A-B (points)", "low_points": "low", "high_points": "high",
-                     "p": "p", "p_holm": "p (Holm)", "q_bh": "q (BH)", "mcnemar_b": "only A right (image-runs)",
-                     "mcnemar_c": "only B right", "mcnemar_p": "McNemar p (all seeds)", "mcnemar_p_holm": "McNemar p (Holm)"},
+                     "p": "p", "p_holm": "p (Holm)", "q_bh": "q (BH)", "unit": "resampled by"},
             formats={**{c: (lambda v: H.fmt(v, 1)) for c in ("diff_points", "low_points", "high_points")},
-                     **{c: H.fmt_p for c in ("p", "p_holm", "q_bh", "mcnemar_p", "mcnemar_p_holm")}},
-            text_columns=["optimizer", "model_a", "model_b"],
+                     **{c: H.fmt_p for c in ("p", "p_holm", "q_bh")}},
+            text_columns=["optimizer", "model_a", "model_b", "unit"],
         )
+        mc = TB.mcnemar_table(pc)
+        if not mc.empty:  # not a verdict on the recipes: its own table, saying what it answers (issue 19)
+            body += "<h3>These trained models (McNemar, not a verdict)</h3>" + f'<p class="intro">{H.esc(TB.MCNEMAR_MEANING)}</p>'
+            body += H.table(mc, ["train_size", "optimizer", "model_a", "model_b", "mcnemar_b", "mcnemar_c", "mcnemar_p",
+                                 "mcnemar_p_holm"],
+                            headers={"train_size": "size", "mcnemar_b": "only A right (image-runs)", "mcnemar_c": "only B right",
+                                     "mcnemar_p": "McNemar p (all seeds)", "mcnemar_p_holm": "McNemar p (Holm)"},
+                            formats={c: H.fmt_p for c in ("mcnemar_p", "mcnemar_p_holm")},
+                            text_columns=["optimizer", "model_a", "model_b"])
         body += adequacy
         return H.Section(
             "paired",
             title,
             body,
             intro=f"{TB.METRICS[self.primary].label} difference between models trained on the same subsets (seeds) and "
-            "scored on the same evaluation images (points: 100 x the per-image difference). Primary test: a t test on the paired per-image differences whose variance holds the "
-            "seed-to-seed and the evaluation-image term (Satterthwaite degrees of freedom): it asks whether the two "
-            "training recipes differ on new runs and new images."
-            + (" McNemar: one exact test per comparison over all "
-               "seeds, the evaluation image as the cluster (the same images enter every seed, so seeds' tables cannot "
-               "be pooled as independent); it asks whether these trained models differ, holding the runs fixed."
-               if self.primary == "accuracy" else ""),
+            "scored on the same evaluation images (points: 100 x the per-image difference). The test: the paired per-image "
+            "differences, whose variance holds the seed-to-seed and the evaluation-image (or patient) term, referred to "
+            "Fisher's fiducial distribution over the seed variance (it holds its level down to the small p-values Holm's "
+            "correction needs, with 2-5 seeds): it asks whether the two training recipes differ on new runs and new "
+            "images. It is the only verdict; the McNemar table below asks about these trained models and is not.",
         )
 
     def _adequacy(self, pc: pd.DataFrame) -> str:
@@ -458,7 +513,8 @@ class _Builder:
                 a_=[H.fmt_ci(r.a, r.a_low, r.a_high, digits=3) for r in tab.itertuples()],
                 b_=[H.fmt_ci(r.b, r.b_low, r.b_high, digits=3) for r in tab.itertuples()],
                 c_=[H.fmt_ci(r.c, r.c_low, r.c_high, digits=3) for r in tab.itertuples()],
-                verdict=["reliable" if r.reliable else "UNRELIABLE: " + r.flags for r in tab.itertuples()],
+                verdict=[("reliable" if r.reliable else "UNRELIABLE: " + r.flags) + (f" (note: {r.notes})" if r.notes else "")
+                         for r in tab.itertuples()],
             )
             cols = ["label", "n_sizes", "runs_per_size", "a_", "b_", "c_", "r2"]
             heads = {"label": "model", "n_sizes": "sizes", "runs_per_size": "size×runs", "a_": "a", "b_": "b",
@@ -478,9 +534,10 @@ class _Builder:
                          f"target {self._primary_words()} would take if "
                          "the trend held. A size beyond the largest one measured is an extrapolation and says so. No "
                          "interval without at least 2 runs at every size (one run per size says nothing about how far a "
-                         "re-run would move a point). Flagged unreliable when the fit is poor, has no spare degrees of "
-                         "freedom, ends on a bound of a parameter (e.g. the floor c pinned at 0: no floor identified), or "
-                         "extrapolates far beyond the sizes measured.")
+                         "re-run would move a point). The fit is flagged unreliable when it is poor, has no spare degrees of "
+                         "freedom or ends on a bound of a parameter; each target separately when it extrapolates far beyond "
+                         "the sizes measured or is unreachable. A floor c at 0 is a note, not a verdict: the measured sizes "
+                         "do not show the floor yet, which makes sizes beyond them optimistic.")
 
     # -- 7, 8 -------------------------------------------------------------------------------------
     def gradcam(self, device: Optional[str], max_pointing: int) -> list[H.Section]:

@@ -21,6 +21,8 @@ from lungray.report.tables import METRICS, positive_class
 __all__ = [
     "to_png",
     "save_figure",
+    "check_formats",
+    "at_print_width",
     "data_uri",
     "learning_curves_figure",
     "dynamics_figure",
@@ -58,6 +60,30 @@ def class_ticks(k: int) -> tuple[list[int], bool]:
         return list(range(k)), True
     step = math.ceil(k / LABELLED_CLASSES)
     return list(range(0, k, step)), False
+
+
+def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    """The print formats asked for, validated (``png``, ``svg``, ``pdf``; none is fine)."""
+    out = tuple(dict.fromkeys(str(f).lower().lstrip(".") for f in formats or ()))
+    bad = [f for f in out if f not in FIGURE_FORMATS]
+    if bad:
+        from lungray.errors import ConfigError
+
+        raise ConfigError(f"figure format(s) {', '.join(bad)} not supported; use {', '.join(FIGURE_FORMATS)}")
+    return out
+
+
+def at_print_width(fig):
+    """Make ``fig`` exactly :data:`FULL_WIDTH` (180 mm) wide: every report figure is printed at
+    the width the README states (issue 20.4).
+
+    A figure drawn narrower (a strip of image thumbnails, whose natural width is its number of
+    columns) keeps its height, its panels their size, and gets the rest as margin; a wider one
+    is scaled down with its proportions."""
+    w, h = fig.get_size_inches()
+    if abs(w - FULL_WIDTH) > 1e-9:
+        fig.set_size_inches(FULL_WIDTH, h if w < FULL_WIDTH else h * FULL_WIDTH / w)
+    return fig
 
 
 def _figure(w: float, h: float):
@@ -127,7 +153,7 @@ def learning_curves_figure(
 ):
     """Metric against training size, one line per model (x optimizer): mean over seeds with its
     95 % interval as a band (issue 4, section 1). Sizes with one seed show a point only. With
-    ``runs``, runs at chance (``at_chance``, left out of the mean) are drawn as crosses.
+    ``runs``, degenerate runs (``counted`` False, left out of the mean) are drawn as crosses.
     Metrics the summary does not hold are left out (a classification sweep has no Dice, a
     segmentation sweep no accuracy)."""
     from matplotlib.lines import Line2D
@@ -140,7 +166,7 @@ def learning_curves_figure(
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     colors = _colors(labels)
     sizes = sorted(summary["train_size"].unique()) if not summary.empty else []
-    stuck = runs[runs["at_chance"].fillna(False).astype(bool)] if runs is not None and "at_chance" in runs else None
+    stuck = runs[~runs["counted"].astype(bool)] if runs is not None and "counted" in runs else None
     for ax, name in zip(axes, metrics):
         s = summary[summary["metric"] == name]
         for lab in labels:
@@ -166,7 +192,7 @@ def learning_curves_figure(
     names = list(labels)
     if stuck is not None and len(stuck):
         handles.append(Line2D([], [], color="k", marker="x", ls="none", ms=5))
-        names.append("run at chance (left out of the mean unless all runs of the size are)")
+        names.append("degenerate run (left out of the mean unless all runs of the size are)")
     if metrics:
         _shared_legend(fig, handles, names)
     return fig
@@ -286,14 +312,15 @@ def roc_curves(sweep, size: int) -> dict[str, list[tuple[str, np.ndarray, np.nda
     from sklearn.metrics import roc_auc_score, roc_curve
 
     from lungray.report.load import prediction_matrix
+    from lungray.report.tables import counted_runs
 
-    done = sweep.complete
+    done = counted_runs(sweep)  # the runs every section counts
     n_opt = done["optimizer"].nunique()
     k = len(sweep.class_names)
     out = {}
     for m in sweep.models:
         for o in sweep.optimizers:
-            g = done[(done["model"] == m) & (done["optimizer"] == o) & (done["train_size"] == size)]
+            g = done[(done["model"] == m) & (done["optimizer"] == o) & (done["train_size"] == size) & done["counted"]]
             ys, ps = [], []
             for rid in g["run_id"]:
                 if rid in sweep.predictions:
@@ -325,7 +352,7 @@ def fit_figure(runs: pd.DataFrame, fits: dict, target_accuracies: Sequence[float
     colors = _colors(labels)
     fig = _figure(FULL_WIDTH, 3.6)
     ax = fig.subplots()
-    done = runs[runs["state"] == "complete"]
+    done = runs[(runs["state"] == "complete") & (runs["counted"].astype(bool) if "counted" in runs else True)]
     sizes = sorted(done["train_size"].dropna().unique())
     nmin, nmax = (min(sizes), max(sizes)) if sizes else (1, 1)
     name = "accuracy" if metric == "accuracy" else METRICS[metric].label
@@ -371,7 +398,7 @@ def class_balance_figure(counts: dict[str, dict[str, int]]):
     """Grouped bars: images per class in each split (eval / val / pool)."""
     splits = list(counts)
     classes = list(dict.fromkeys(c for s in splits for c in counts[s]))
-    fig = _figure(min(FULL_WIDTH, 1.6 + 1.1 * len(classes)), 2.6)
+    fig = _figure(FULL_WIDTH, 2.6)
     ax = fig.subplots()
     w = 0.8 / max(1, len(splits))
     for i, s in enumerate(splits):

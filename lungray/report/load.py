@@ -28,7 +28,7 @@ from lungray.errors import LungrayError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Sweep", "load_sweep", "resolve_parent", "safe_uri", "prediction_matrix"]
+__all__ = ["Sweep", "load_sweep", "resolve_parent", "safe_uri", "prediction_matrix", "find_store", "latest_sweep_id"]
 
 #: run status -> how the report treats it
 COMPLETE, FAILED, RUNNING = "complete", "failed", "running"
@@ -141,6 +141,49 @@ def safe_uri(uri: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # finding the sweep
 # ---------------------------------------------------------------------------------------------
+
+
+#: Where a sweep writes its store by default, relative to the folder it was started from
+#: (``StudyConfig.output_dir`` / ``mlflow.db``, :func:`lungray.tracking.default_tracking_uri`).
+DEFAULT_STORE = Path("lungray_runs") / "mlflow.db"
+
+
+def find_store(explicit: Optional[str] = None, start: Optional[str | Path] = None) -> str:
+    """The MLflow store to read when a notebook (or a script) names none.
+
+    ``explicit``, else ``$MLFLOW_TRACKING_URI``, else the sweeps' default store
+    ``lungray_runs/mlflow.db`` in ``start`` (default: the current folder) or the nearest folder
+    above it that has one: a notebook runs in ``notebooks/`` while the README's job wrote
+    ``lungray_runs/`` in the repository root. A sqlite store that does not exist is an error
+    naming where it looked, never a new empty ``mlflow.db`` created in passing (MLflow's own
+    default would leave one in the notebook's folder).
+    """
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        if T.is_sqlite(uri) and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+            raise LungrayError(f"no MLflow store at {uri}: check the path (a sweep prints its tracking URI)")
+        return uri
+    here = Path(start or os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / DEFAULT_STORE).is_file():
+            return f"sqlite:///{folder / DEFAULT_STORE}"
+    raise LungrayError(
+        f"no MLflow store found: no {DEFAULT_STORE} in {here} or any folder above it; run a sweep first "
+        "(python sweeps/size_study.py) or set LUNGRAY_TRACKING_URI / MLFLOW_TRACKING_URI"
+    )
+
+
+def latest_sweep_id(tracking_uri: str) -> str:
+    """The parent run id of the most recently started lungray sweep in the store, any experiment."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(exps, filter_string=f"tags.`{T.ROLE}` = '{T.ROLE_SWEEP}'",
+                              order_by=["attributes.start_time DESC"], max_results=1) if exps else []
+    if not runs:
+        raise LungrayError(f"no lungray sweep in {safe_uri(tracking_uri)}; run one first (python sweeps/size_study.py)")
+    return runs[0].info.run_id
 
 
 def resolve_parent(client, experiment: Optional[str], parent_run_id: Optional[str]) -> tuple[Any, list[str]]:

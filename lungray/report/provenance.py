@@ -36,8 +36,10 @@ def leakage_section(b) -> str:
             return ""
         full = float(np.iinfo(images.dtype).max) if np.issubdtype(images.dtype, np.integer) else 1.0
         return b.fig(pair_figure(images, full, examples), "duplicate_pairs", "Example duplicate pairs",
-                         "Example duplicate pairs: each column is one pair (top image, bottom copy) with the split each "
-                         "image is in and the stage that found it.")
+                         "Example duplicate pairs: each column is one pair (top image, bottom copy) with the split and "
+                         "the label of each image and the stage that found it; a pair whose images carry different "
+                         "labels is marked in red (a label conflict or a false pair of the audit: not used to group "
+                         "the split).")
 
     return leakage_html(b.sweep.leakage, thumbs)
 
@@ -78,7 +80,8 @@ def provenance_section(b) -> H.Section:
                 f"{v.key}: " + ", ".join(f"{k}={getattr(v, k)}" for k in ("preprocess", "normalization", "norm_mean", "norm_std")
                                          if getattr(v, k) is not None)
                 for v in cfg.variants)} if any(v.key for v in cfg.variants) else {}),
-            "eval_size / val_size": f"{cfg.data.eval_size} / {cfg.data.val_size} (split seed {cfg.data.split_seed})",
+            "eval_size / val_size": f"{cfg.data.eval_size} / {cfg.data.val_size} (split seed {cfg.data.split_seed})"
+            + ("; the validation set IS the evaluation set (val_is_eval, as published)" if cfg.data.val_is_eval else ""),
             "training sizes": ", ".join(map(str, cfg.sizes)),
             "class-balanced subsets": cfg.data.class_balanced,
             "leakage policy": f"{cfg.data.leakage} (Hamming distance <= {cfg.data.leakage_max_distance})",
@@ -155,7 +158,7 @@ def leakage_html(leak: Optional[dict], thumbs: Optional[Callable[[list[dict]], s
     grouped in words, pairs per kind and stage (in the dataset and across splits), the duplicate
     clusters, what was dropped, and a few example pairs (thumbnails when ``thumbs`` can draw
     them, else a table). ``leak`` is the logged payload: ``{"summary": ..., "audit": ...}``
-    (:func:`lungray.sweep.runner.leakage_payload`; the audit is
+    (:func:`lungray.sweep.payloads.leakage_payload`; the audit is
     :func:`lungray.data.leakage.leakage_doc`)."""
     if not leak:
         return '<p class="muted">No leakage report was logged.</p>'
@@ -187,6 +190,15 @@ def leakage_html(leak: Optional[dict], thumbs: Optional[Callable[[list[dict]], s
                    f"Largest: {H.esc(ex)}.</p>")
     else:
         out.append("<p>No duplicate cluster was found.</p>")
+    n_sus = int(audit.get("suspect_pairs", summ.get("suspect_pairs", 0)) or 0)
+    if n_sus:
+        out.append(H.note(f"{n_sus:,} duplicate pair(s) join images with different labels: each is a label conflict "
+                          "(one image filed under two classes) or a false pair of the audit. They are not used to group "
+                          "the split; the examples below show them first, marked in red."))
+    n_pat = int(audit.get("pairs_across_patients", summ.get("pairs_across_patients", 0)) or 0)
+    if n_pat:
+        out.append(H.note(f"{n_pat:,} duplicate pair(s) join two different patient ids: a copy belongs to one patient, "
+                          "so these are false pairs or patient-id errors."))
     n_cross = int(summ.get("cross_split_pairs", 0))
     if mode == "drop":
         out.append(f"<p>Dropped: {int(summ.get('pool_images_flagged', 0)):,} training-pool and "
@@ -200,8 +212,11 @@ def leakage_html(leak: Optional[dict], thumbs: Optional[Callable[[list[dict]], s
         if drawn:
             out.append(drawn)
         else:
-            df = pd.DataFrame([{"image": f"{e['id_a']} ({e['split_a']})", "copy": f"{e['id_b']} ({e['split_b']})",
-                                "found by": e["stage"], "how": e["transform"]} for e in ex[:6]])
+            df = pd.DataFrame([{"image": f"{e['id_a']} ({e['split_a']}{', ' + str(e['label_a']) if 'label_a' in e else ''})",
+                                "copy": f"{e['id_b']} ({e['split_b']}{', ' + str(e['label_b']) if 'label_b' in e else ''})",
+                                "found by": e["stage"], "how": e["transform"],
+                                "labels": "DIFFERENT: label conflict or false pair" if e.get("suspect") else "same"}
+                               for e in ex[:6]])
             out.append("<p>Example pairs</p>" + H.table(df, text_columns=list(df.columns)))
     return "".join(out)
 
@@ -214,13 +229,19 @@ def pair_figure(images: np.ndarray, max_value: float, examples: list[dict]):
     import matplotlib.pyplot as plt
 
     k = len(examples)
-    fig, axes = plt.subplots(2, k, figsize=(1.9 * k, 4.2), squeeze=False)
+    fig, axes = plt.subplots(2, k, figsize=(1.9 * k, 4.4), squeeze=False)
     for c, e in enumerate(examples):
-        for r, (row, split) in enumerate(((e["row_a"], e["split_a"]), (e["row_b"], e["split_b"]))):
+        bad = bool(e.get("suspect"))  # the two images carry different labels (issue 18)
+        color = "#c0392b" if bad else "black"
+        for r, (row, split, lab) in enumerate(((e["row_a"], e["split_a"], e.get("label_a")), (e["row_b"], e["split_b"], e.get("label_b")))):
             ax = axes[r][c]
             ax.imshow(np.asarray(images[int(row)], dtype=np.float32) / max_value, cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([]), ax.set_yticks([])
-            ax.set_title(f"{split}", fontsize=8)
-        axes[1][c].set_xlabel(f"{e['stage']}\n{e['transform']}", fontsize=7)
+            ax.set_title(f"{split}" + (f" · {lab}" if lab is not None else ""), fontsize=8, color=color)
+            if bad:
+                for sp in ax.spines.values():
+                    sp.set_edgecolor(color)
+                    sp.set_linewidth(2)
+        axes[1][c].set_xlabel(f"{e['stage']}\n{e['transform']}" + ("\nLABELS DIFFER" if bad else ""), fontsize=7, color=color)
     fig.tight_layout()
     return fig

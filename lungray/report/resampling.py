@@ -9,19 +9,62 @@ equals ``lungray.metrics`` on the images repeated ``W[r]`` times, exactly (teste
 ``tests/test_report_resampling.py``), with the same conventions (fixed class set, NaN for an
 undefined value, macro F1 over the classes in ``y_true`` or ``y_pred``, macro AUC over the
 classes present).
+
+Two additions of issue 19: :func:`cluster_weights` resamples PATIENTS (all images of a drawn
+patient together) when several evaluation images share one, and :func:`with_pseudo_images`
+adds half an image right and half wrong per class, so that a metric at its bound (AUC 1 on
+every resample) still has a variance: the interval's logit-scale form in
+:func:`lungray.report.stats.two_level_ci_boot`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["multinomial_weights", "weighted_confusion", "metric_resamples", "per_class_resamples", "RESAMPLED_METRICS"]
+__all__ = ["multinomial_weights", "cluster_weights", "with_pseudo_images", "weighted_confusion", "metric_resamples",
+           "per_class_resamples", "RESAMPLED_METRICS", "PSEUDO_WEIGHT"]
 
 
 def multinomial_weights(n_images: int, n_boot: int, seed: int) -> np.ndarray:
     """``(n_boot, n_images)`` resample counts, each row summing to ``n_images``."""
     rng = np.random.default_rng(seed)
     return rng.multinomial(n_images, np.full(n_images, 1.0 / n_images), size=n_boot).astype(np.float64)
+
+
+def cluster_weights(codes: np.ndarray | None, n_boot: int, seed: int) -> np.ndarray:
+    """``(n_boot, n_images)`` resample counts by unit: ``codes`` (unit code ``0..G-1`` per image,
+    :func:`lungray.report.stats.unit_codes`) draws G patients with replacement and gives every
+    image of a patient drawn m times the count m. ``None``: :func:`multinomial_weights`."""
+    if codes is None:
+        raise ValueError("cluster_weights needs unit codes; use multinomial_weights for independent images")
+    codes = np.asarray(codes, dtype=np.int64)
+    g = int(codes.max()) + 1
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(g, np.full(g, 1.0 / g), size=n_boot).astype(np.float64)[:, codes]
+
+
+#: Weight of each pseudo-image of :func:`with_pseudo_images` (the Haldane-Anscombe half, as
+#: :data:`lungray.report.stats.PSEUDO` for a proportion).
+PSEUDO_WEIGHT = 0.5
+
+
+def with_pseudo_images(y: np.ndarray, probs: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(y, probs, w)`` with two pseudo-images per class appended, each of weight
+    :data:`PSEUDO_WEIGHT` in every row of ``w``: one of class c predicted c with certainty
+    (right) and one of class c predicted c+1 (wrong; ranked below every real image of class c
+    and above every real image of class c+1). A metric computed on them is never exactly 0 or
+    1, so its logit exists; their share of the data is 2k/N halves (N = 200 images, 2 classes:
+    1 %)."""
+    y = np.asarray(y, dtype=np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    k = p.shape[1]
+    cls = np.repeat(np.arange(k), 2)
+    pred = np.where(np.arange(2 * k) % 2 == 0, cls, (cls + 1) % k)
+    pp = np.zeros((2 * k, k))
+    pp[np.arange(2 * k), pred] = 1.0
+    w = np.atleast_2d(np.asarray(w, dtype=np.float64))
+    extra = np.full((w.shape[0], 2 * k), PSEUDO_WEIGHT)
+    return np.concatenate([y, cls]), np.concatenate([p, pp]), np.concatenate([w, extra], axis=1)
 
 
 def weighted_confusion(y: np.ndarray, pred: np.ndarray, k: int, w: np.ndarray) -> np.ndarray:

@@ -19,7 +19,8 @@ def dataset_checks(cfg: StudyConfig) -> tuple[list[str], list[str], Optional[int
     Builds the manifest and probes the files as ``lungray data check`` does (no decoding),
     makes the same held-out split ``prepare_data`` will and checks every training size against
     the pool. ``n_pool`` is the pool before the leakage audit (which can only shrink it), used
-    to show ``sizes: all`` as a count; ``None`` when no dataset was given.
+    to show ``sizes: all`` as a count; ``None`` when no dataset was given. ``problems`` are
+    not in ``lines``: the caller says each once (the dry run exits with the first).
     """
     d = cfg.data
     if not d.path and d.source != "phantom":  # the built-in phantom needs no path and no files
@@ -27,7 +28,7 @@ def dataset_checks(cfg: StudyConfig) -> tuple[list[str], list[str], Optional[int
     import numpy as np
 
     from lungray.data.check import check_dataset
-    from lungray.data.prepare import groups_of, make_splits
+    from lungray.data.split_plan import groups_of, make_splits
     from lungray.errors import DataError
 
     counts = [int(n) for n in cfg.sizes if not is_pool_size(n)]
@@ -44,7 +45,9 @@ def dataset_checks(cfg: StudyConfig) -> tuple[list[str], list[str], Optional[int
         try:
             _, _, pool, how = make_splits(labels, groups_of(good["patient_id"].to_numpy()), good["split"].to_numpy(), d)
         except DataError as e:
-            if str(e) not in problems:
+            # the split's error often wraps a problem the check already found ("the held-out
+            # split cannot be made: eval_size = ..."): each problem is said once (issue 20.6)
+            if not any(p in str(e) or str(e) in p for p in problems):
                 problems.append(str(e))
         else:
             n_pool = int(len(pool))
@@ -54,7 +57,6 @@ def dataset_checks(cfg: StudyConfig) -> tuple[list[str], list[str], Optional[int
             if counts:
                 lines.append(f"data: training sizes {', '.join(map(str, sorted(set(counts))))} "
                              + ("fit the pool" if not rep.dataset_problems else "checked"))
-    lines += [f"data problem: {p}" for p in problems]
     return lines, problems, n_pool
 
 

@@ -51,8 +51,11 @@ def build_parser(prog: Optional[str] = None, default_preset: str = "default", de
     return p
 
 
-def config_summary(cfg, source: str) -> list[str]:
-    """A few lines that say what will run (the full config is written to the experiment directory)."""
+def config_summary(cfg, source: str, grid: bool = True) -> list[str]:
+    """A few lines that say what will run (the full config is written to the experiment directory).
+
+    ``grid=False`` leaves out the grid line: a dry run prints the grid itself, once, as its
+    first line and table (:func:`lungray.sweep.grid.dry_run_text`)."""
     from lungray.sweep.grid import n_trials
 
     def axis(name: str, values: list) -> str:
@@ -63,12 +66,13 @@ def config_summary(cfg, source: str) -> list[str]:
     d = cfg.data
     data = f"{d.source}{' ' + str(d.path) if d.path else ''}, {d.resolution} px"
     loss = TASKS.get(cfg.train.task).loss_name(cfg.train.loss)
-    return [
+    lines = [
         f"# study {cfg.name} ({source}), grid fingerprint {cfg.fingerprint()}",
         f"#   {axis('model', [m.key for m in cfg.models])} x {axis('size', list(cfg.sizes))} x "
         f"{axis('optimizer', [o.key for o in cfg.optimizers])} x {axis('seed', list(cfg.seeds))} = {n_trials(cfg)} trials",
         f"#   task: {cfg.train.task} (loss: {loss}); data source: {data}; output: {cfg.output_dir} (full resolved config: config.yaml in the experiment directory; -v prints it)",
     ]
+    return lines if grid else [lines[0], lines[2]]
 
 
 def resolve_config(args: argparse.Namespace, default_preset: str = "default"):
@@ -109,7 +113,31 @@ def resolve_config(args: argparse.Namespace, default_preset: str = "default"):
     if args.no_report:
         overrides.append("report=false")
     overrides += list(args.overrides)
-    return load_study(args.preset or default_preset, args.config, overrides, require_data=not getattr(args, "dry_run", False))
+    preset = args.preset or default_preset
+    cfg = load_study(preset, args.config, overrides, require_data=not getattr(args, "dry_run", False))
+    if args.data:
+        cfg = _named_after_data(cfg, preset, args.data)
+    return cfg
+
+
+def _named_after_data(cfg, preset: str, data_path: str):
+    """A phantom preset run on the user's ``--data`` is named after that data, so its experiment
+    directory and MLflow experiment do not say ``phantom`` (issue 20.6): ``phantom_size_study``
+    on ``/data/my_xrays`` becomes ``my_xrays_size_study``, ``smoke`` becomes ``smoke_my_xrays``.
+    A name set by the user (YAML ``name:``, ``--set name=...``) or by a preset written for real
+    data is kept."""
+    import re
+    from pathlib import Path
+
+    from lungray.config import replace_in, resolve_study
+
+    base = resolve_study(preset)
+    if cfg.name != base.name or base.data.source != "phantom" or cfg.data.source == "phantom":
+        return cfg
+    p = Path(data_path)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", (p.stem if p.suffix else p.name) or "data").strip("_.-") or "data"
+    name = cfg.name.replace("phantom", slug) if "phantom" in cfg.name else f"{cfg.name}_{slug}"
+    return replace_in(cfg, name=name)
 
 
 def main(
@@ -141,7 +169,7 @@ def main(
         if args.verbose:
             print(f"# resolved config ({source})")
             print(redact(dump_yaml(cfg)).rstrip())
-        print(redact("\n".join(config_summary(cfg, source))))
+        print(redact("\n".join(config_summary(cfg, source, grid=not args.dry_run))))
         result = run_study(
             cfg,
             resume_dir=args.resume,

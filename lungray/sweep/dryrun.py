@@ -28,6 +28,8 @@ def dry_run(cfg: StudyConfig, address: Optional[str], autoscaling_config: Option
         pre: Optional[G.Preflight] = G.preflight(cfg, cluster)
     except ConfigError as e:
         pre, error = None, str(e)
+    # each problem once: the first is the error line the dry run exits with, the others above it
+    checks += [f"data problem: {p}" for p in problems[1:]]
     echo(G.dry_run_text(cfg, pre, cluster, error=error, checks=checks))
     if problems:
         from lungray.errors import DataError

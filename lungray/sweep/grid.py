@@ -408,7 +408,8 @@ def grid_rows(cfg: StudyConfig) -> list[dict[str, Any]]:
         else:
             bs, ep = cfg.schedule.resolve(t.train_size)
             bs_eff = min(bs, t.train_size)
-            steps = math.ceil(t.train_size / bs_eff) * ep
+            # schedule.steps_per_epoch: Keras-style epochs of N steps, not passes
+            steps = (cfg.schedule.epoch_steps(t.train_size, bs_eff) or math.ceil(t.train_size / bs_eff)) * ep
         rows.append(
             {
                 "#": i,

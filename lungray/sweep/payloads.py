@@ -21,7 +21,7 @@ def splits_payload(data: Any, sizes: Sequence[int], seeds: Sequence[int]) -> dic
     subsets: dict[str, dict[str, list[int]]] = {}
     for n in sizes:
         subsets[str(n)] = {str(s): np.asarray(data.subset(int(n), int(s))).tolist() for s in seeds}
-    return {
+    out = {
         "class_names": list(data.class_names),
         "fingerprint": data.fingerprint,
         "eval": np.asarray(data.eval_idx).tolist(),
@@ -30,6 +30,23 @@ def splits_payload(data: Any, sizes: Sequence[int], seeds: Sequence[int]) -> dic
         "dropped": np.asarray(data.dropped_idx).tolist(),
         "subsets": subsets,
     }
+    if getattr(data, "groups", None) is not None:  # the report resamples patients, not images (issue 19)
+        try:
+            out["eval_groups"] = eval_groups_payload(data.ids, data.groups, data.eval_idx)
+        except (OSError, ValueError, KeyError):  # no manifest to name the images: images resampled
+            pass
+    return out
+
+
+def eval_groups_payload(ids: Sequence[Any], groups: Sequence[Any], eval_idx: Sequence[int]) -> dict[str, int]:
+    """``image_id -> patient code`` of the evaluation images, codes renumbered 0.. in evaluation
+    order (a code says which images share a patient, never who the patient is)."""
+    import numpy as np
+
+    ev = np.asarray(eval_idx, dtype=np.int64)
+    ids, groups = np.asarray(ids), np.asarray(groups)
+    seen: dict = {}
+    return {str(ids[i]): seen.setdefault(groups[i].item() if hasattr(groups[i], "item") else groups[i], len(seen)) for i in ev}
 
 
 def data_summary_payload(data: Any, cfg: StudyConfig) -> dict:

@@ -297,36 +297,51 @@ def disk_line(exp_dir: Any, output_dir: Any) -> str:
 def summary_table(rows: Sequence[Mapping[str, Any]], metric: str = HEADLINE):
     """Mean +- sd of ``metric`` over seeds, one row per (model, optimizer), one column per size.
 
-    ``rows`` are per-trial dicts with ``model``, ``optimizer``, ``train_size``, ``seed`` and the
-    metric; trials without a finite value (failed) are left out and counted in ``n``. The sd is
-    the sample standard deviation (ddof=1); with one seed it is shown as ``n=1`` without sd.
-    Returns a :class:`pandas.DataFrame` of strings.
+    ``rows`` are per-trial dicts with ``model``, ``optimizer``, ``train_size``, ``seed``, the
+    metric and, when known, ``degenerate`` (why the trial's output is degenerate, ``""`` when it
+    is not: :func:`lungray.report.stats.degenerate_output` on its ``predictions.csv``). Which
+    trials count is decided by :func:`lungray.report.stats.counted_mask`, the rule every report
+    section applies: a degenerate trial is left out of its cell (shown as ``+1 degenerate``)
+    unless every trial of the cell is; trials without a finite value (failed) are left out.
+    The sd is the sample standard deviation (ddof=1); with one seed it is shown as ``n=1``
+    without sd. Returns a :class:`pandas.DataFrame` of strings.
     """
     import numpy as np
     import pandas as pd
 
+    from lungray.report.stats import counted_mask
+
     df = pd.DataFrame(list(rows))
     if df.empty or metric not in df:
         return pd.DataFrame()
-    df = df[np.isfinite(pd.to_numeric(df[metric], errors="coerce"))]
+    df = df[np.isfinite(pd.to_numeric(df[metric], errors="coerce"))].copy()
     if df.empty:
         return pd.DataFrame()
     df[metric] = df[metric].astype(float)
+    if "optimizer" not in df:
+        df["optimizer"] = ""
+    flags = df["degenerate"].fillna("").astype(str).tolist() if "degenerate" in df else [""] * len(df)
+    df["_counted"] = counted_mask(list(zip(df["model"], df["optimizer"], df["train_size"])), flags)
+    df["_flagged"] = [f != "" for f in flags]
     multi_opt = df["optimizer"].nunique() > 1
     keys = ["model", "optimizer"] if multi_opt else ["model"]
     out: dict = {}
     sizes = sorted(df["train_size"].unique())
     for key, g in df.groupby(keys, sort=False):
-        label = " / ".join(key) if isinstance(key, tuple) else key
+        label = " / ".join(key) if isinstance(key, tuple) else (key[0] if isinstance(key, list) else key)
         row = {}
         for n in sizes:
-            v = g.loc[g["train_size"] == n, metric].to_numpy()
+            cell = g[g["train_size"] == n]
+            v = cell.loc[cell["_counted"], metric].to_numpy()
+            left_out = int((~cell["_counted"]).sum())
+            every = bool(len(cell)) and bool(cell["_flagged"].all())
+            note = f", +{left_out} degenerate" if left_out else (", all degenerate" if every else "")
             if len(v) == 0:
                 row[f"n={n}"] = ""
             elif len(v) == 1:
-                row[f"n={n}"] = f"{v[0]:.3f} (n=1)"
+                row[f"n={n}"] = f"{v[0]:.3f} (n=1{note})"
             else:
-                row[f"n={n}"] = f"{v.mean():.3f} ± {v.std(ddof=1):.3f} (n={len(v)})"
+                row[f"n={n}"] = f"{v.mean():.3f} ± {v.std(ddof=1):.3f} (n={len(v)}{note})"
         out[label] = row
     table = pd.DataFrame.from_dict(out, orient="index")
     table.index.name = "model / optimizer" if multi_opt else "model"
@@ -337,4 +352,8 @@ def format_summary(rows: Sequence[Mapping[str, Any]], metric: str = HEADLINE) ->
     table = summary_table(rows, metric)
     if table.empty:
         return f"no finished trials with {metric}"
-    return f"{metric}, mean ± sd over seeds:\n" + table.to_string()
+    text = f"{metric}, mean ± sd over seeds:\n" + table.to_string()
+    if table.apply(lambda col: col.astype(str).str.contains("degenerate")).to_numpy().any():
+        text += ("\n(degenerate: a constant output, or the same class predicted for every evaluation image with "
+                 "scores that do not rank; left out of its cell, as in the report, unless every run of the cell is)")
+    return text

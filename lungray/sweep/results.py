@@ -53,6 +53,7 @@ def collect_rows(exp_dir: Path, results: Any, lookup: Optional[Mapping[str, Any]
             r = read_result(d)
             if r and r.get("complete"):
                 rows[d.name] = _row(d.name, r, "done")
+                rows[d.name]["degenerate"] = _degenerate(d)
     if results is not None:
         for res in results:
             tid = _trial_id_of(res, lookup)
@@ -69,6 +70,33 @@ def collect_rows(exp_dir: Path, results: Any, lookup: Optional[Mapping[str, Any]
                 "error": redact(str(res.error).strip().splitlines()[-1][:300]) if res.error else "",
             }
     return sorted(rows.values(), key=lambda r: (str(r.get("model")), int(r.get("train_size") or 0), str(r.get("optimizer")), int(r.get("seed") or 0)))
+
+
+def _degenerate(tdir: Path) -> str:
+    """Why the trial's output is degenerate ("" when it is not, or unknown): the rule the summary
+    and the report share (:func:`lungray.report.stats.degenerate_output`)."""
+    from lungray.report.stats import degenerate_output
+    from lungray.sweep.expdir import ARTIFACTS_DIR
+
+    p = Path(tdir) / ARTIFACTS_DIR / T.PREDICTIONS
+    if not p.is_file():
+        return ""
+    import numpy as np
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(p)
+    except (OSError, ValueError):
+        return ""
+    probs = [c for c in df.columns if str(c).startswith("prob_")]
+    if not probs or "y_true" not in df:
+        return ""
+    y = df["y_true"]
+    if not pd.api.types.is_numeric_dtype(y):  # class names: their prob_<name> column's index
+        y = y.astype(str).map({str(c)[len("prob_"):]: i for i, c in enumerate(probs)})
+    if y.isna().any():
+        return ""
+    return degenerate_output(df[probs].to_numpy(dtype=float), y.to_numpy(dtype=np.int64))
 
 
 def _row(trial_id: str, r: Mapping[str, Any], status: str) -> dict:

@@ -52,6 +52,7 @@ from lungray.sweep.resume import check_resume
 # Names that lived in this module before its subjects got their own (issue 22.2): callers import
 # them from here, so they stay importable here.
 from lungray.sweep.expdir import load_saved_config  # noqa: F401,E402
+from lungray.sweep.payloads import eval_groups_payload  # noqa: F401,E402
 from lungray.sweep.resume import grid_diff  # noqa: F401,E402
 
 log = logging.getLogger(__name__)
@@ -312,7 +313,8 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
         report_path = report_error = None
         want_report = cfg.report if report is None else report
         if want_report and not interrupted and parent_done:
-            report_path, report_error = _build_report(tracking_uri, experiment, parent_run_id, exp_dir, cfg.tracking.gradcam, echo)
+            report_path, report_error = _build_report(tracking_uri, experiment, parent_run_id, exp_dir, cfg.tracking.gradcam, echo,
+                                                      print_figures=cfg.tracking.print_figures)
         if not parent_done:
             S.mark_parent_pending(exp_dir)
             echo(f"{S.outage_line(exp_dir) or 'MLflow writes are queued'}; the results are complete in {exp_dir}: "
@@ -525,7 +527,8 @@ def _tune_state_damaged(tune_path: Path, echo) -> bool:
     return True
 
 
-def _build_report(tracking_uri: str, experiment: str, parent_run_id: str, exp_dir: Path, gradcam: bool, echo) -> tuple[Optional[Path], Optional[str]]:
+def _build_report(tracking_uri: str, experiment: str, parent_run_id: str, exp_dir: Path, gradcam: bool, echo,
+                  print_figures: bool = False) -> tuple[Optional[Path], Optional[str]]:
     """Build the HTML report and log it to the parent run: ``(path, failure line or None)``.
 
     A report written with failed parts (red boxes) still returns its path, with the one-line
@@ -538,7 +541,11 @@ def _build_report(tracking_uri: str, experiment: str, parent_run_id: str, exp_di
         from lungray.report import build_report
 
         try:
-            path, failure = Path(build_report(tracking_uri=tracking_uri, experiment=experiment, parent_run_id=parent_run_id, out_dir=str(exp_dir / "report"), gradcam=gradcam)), None
+            from lungray.report.figures import FIGURE_FORMATS
+
+            path, failure = Path(build_report(tracking_uri=tracking_uri, experiment=experiment, parent_run_id=parent_run_id,
+                                              out_dir=str(exp_dir / "report"), gradcam=gradcam,
+                                              figure_formats=FIGURE_FORMATS if print_figures else ())), None
         except ReportIncomplete as e:
             path, failure = e.path, str(e)
         M.retry(lambda: M.client(tracking_uri).log_artifacts(parent_run_id, str(path.parent), "report"))

@@ -45,7 +45,9 @@ from lungray.train.evaluate import EarlyStopping
 from lungray.train.result import TrialResult
 from lungray.train.tasks import TASKS, Task, class_weights, sample_weights
 
-__all__ = ["run_trial", "validate_trial", "epoch_plan", "EpochSampler", "EpochTagged", "class_weights", "sample_weights"]
+__all__ = [
+    "run_trial", "validate_trial", "epoch_plan", "EpochSampler", "EpochTagged", "StepStream", "class_weights", "sample_weights",
+]
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +163,62 @@ class EpochTagged:
         return len(self.sampler)
 
 
+class StepStream:
+    """Epochs of ``steps`` batches cut from one endless stream of shuffled passes: Keras'
+    ``fit(generator, steps_per_epoch=steps)`` (``schedule.steps_per_epoch``; study 5's code ran
+    "epochs" of 9 steps, PROTOCOLS.md section 5).
+
+    Pass ``p`` (0-based) is :class:`EpochSampler`'s order for epoch ``p + 1`` (shuffled, or
+    class-weighted with replacement) cut into ``ceil(n / batch_size)`` batches, the last one
+    short as Keras' iterator makes it (a last batch of exactly one image is dropped, as
+    :func:`epoch_plan` does: batch norm cannot train on it). Epoch ``e`` (1-based) is global
+    batches ``(e - 1) * steps ... e * steps - 1`` of the stream, so consecutive epochs walk
+    through a pass and into the next one, and epoch ``e`` depends only on (seed, e): a resumed
+    run replays it exactly. A batch sampler: it yields lists of ``(pass, i)``, the pass keying
+    each image's augmentation draw (every image appears once per pass). One process only
+    (validation refuses ``steps_per_epoch`` with DDP workers).
+
+    >>> s = StepStream(5, batch_size=3, steps=3, seed=0)  # a pass is batches of 3 and 2
+    >>> s.set_epoch(1); [len(b) for b in s], [b[0][0] for b in s]  # (batch sizes, their pass)
+    ([3, 2, 3], [0, 0, 1])
+    >>> s.set_epoch(2); [len(b) for b in s], [b[0][0] for b in s]
+    ([2, 3, 2], [1, 2, 2])
+    >>> StepStream(5, batch_size=2, steps=1, seed=0).per_pass  # 2, 2 and a dropped 1
+    2
+    """
+
+    def __init__(self, n: int, batch_size: int, steps: int, seed: int, *, weights: Optional[np.ndarray] = None):
+        self.order = EpochSampler(n, seed, weights=weights)
+        self.n, self.batch_size, self.steps = int(n), int(batch_size), int(steps)
+        sizes = [min(self.batch_size, self.n - i) for i in range(0, self.n, self.batch_size)]
+        if len(sizes) > 1 and sizes[-1] == 1:
+            sizes = sizes[:-1]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        self.per_pass = len(sizes)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def batches(self) -> list[list[tuple[int, int]]]:
+        out: list[list[tuple[int, int]]] = []
+        cache: dict[int, list[int]] = {}
+        first = (max(self.epoch, 1) - 1) * self.steps
+        for g in range(first, first + self.steps):
+            p, j = divmod(g, self.per_pass)
+            if p not in cache:
+                self.order.set_epoch(p + 1)
+                cache[p] = self.order.indices()
+            out.append([(p, i) for i in cache[p][self.starts[j] : self.starts[j + 1]]])
+        return out
+
+    def __iter__(self):
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return self.steps
+
+
 # ------------------------------------------------------------------------------------------
 # the trial
 # ------------------------------------------------------------------------------------------
@@ -211,6 +269,12 @@ def run_trial(
 
     t0 = time.perf_counter()
     validate_trial(trial, resolution=(getattr(data, "info", None) or {}).get("resolution"))
+    if trial.model.normalization not in (None, trial.train.normalization):  # a trial built by hand
+        from dataclasses import replace
+
+        from lungray.config import VariantConfig
+
+        trial = replace(trial, train=StudyConfig(train=trial.train).variant_train(VariantConfig(), trial.model))
     if stop_after_epoch is not None and stop_after_epoch < 1:
         raise ConfigError(f"stop_after_epoch must be >= 1, got {stop_after_epoch}")
     rank, world = distributed_info()
@@ -334,7 +398,7 @@ class _Model:
     net: Any  # wrapped for DDP by :func:`_fit` when world > 1
     full_batch: bool
     criterion: Any
-    sampler: EpochSampler
+    sampler: Any  # EpochSampler, or StepStream for schedule.steps_per_epoch
     optimizer: Any
     scheduler: Any
     scaler: Any
@@ -406,6 +470,9 @@ def _set_up(ctx: _Context) -> _SetUp:
     n_train = len(train_idx)
     batch_size, epochs = sch.resolve(n_train)
     steps_per_epoch, drop_last = epoch_plan(n_train, batch_size, ctx.world)
+    stream_steps = sch.epoch_steps(n_train, batch_size)  # an "epoch" of N steps of a stream (Keras)
+    if stream_steps is not None:
+        steps_per_epoch = stream_steps
     if epochs < 1:
         raise ConfigError(
             f"schedule gives {epochs} epochs at training size {n_train}: zero optimisation steps; "
@@ -414,6 +481,7 @@ def _set_up(ctx: _Context) -> _SetUp:
     # repeat3 models get 3 channels, each normalised with its own statistics (ImageNet's three)
     mean, std = normalization_stats(tc.normalization, data, input_channels(trial.model), fixed=(tc.norm_mean, tc.norm_std))
     val_idx = np.asarray(data.val_idx, dtype=np.int64)
+    size = _input_size(trial, data)
     return _SetUp(
         train_idx=train_idx,
         val_idx=val_idx,
@@ -421,8 +489,8 @@ def _set_up(ctx: _Context) -> _SetUp:
         class_names=task.class_names(data),
         mean=mean,
         std=std,
-        train_ds=task.dataset(data, train_idx, augmentation=tc.augmentation, mean=mean, std=std, seed=trial.seed),
-        val_ds=task.dataset(data, val_idx, augmentation="none", mean=mean, std=std, seed=trial.seed),
+        train_ds=task.dataset(data, train_idx, augmentation=tc.augmentation, mean=mean, std=std, seed=trial.seed, **size),
+        val_ds=task.dataset(data, val_idx, augmentation="none", mean=mean, std=std, seed=trial.seed, **size),
         batch_size=int(batch_size),
         epochs=int(epochs),
         drop_last=bool(drop_last),
@@ -431,7 +499,9 @@ def _set_up(ctx: _Context) -> _SetUp:
             "batch_size": int(batch_size),
             "epochs": int(epochs),
             "steps_per_epoch": int(steps_per_epoch),
+            "epoch": "one pass" if stream_steps is None else f"{stream_steps} steps of a stream of shuffled passes",
             "drop_last": bool(drop_last),
+            "input_size": int(size.get("size", data.resolution)),
             "norm_mean": _stat(mean),
             "norm_std": _stat(std),
             "device": str(ctx.device),
@@ -461,8 +531,8 @@ def _build_model(ctx: _Context, setup: _SetUp) -> _Model:
                 build_kwargs = spec.prepare(data, trial, device=ctx.device, mean=setup.norm[0], std=setup.norm[1])
             _barrier(ctx.world)
     seed_everything(trial.seed)  # weight init independent of what ran before (e.g. AE pretraining)
-    net = ctx.task.build_model(trial, setup.class_names, in_chans=input_channels(trial.model), resolution=data.resolution,
-                               **build_kwargs)
+    net = ctx.task.build_model(trial, setup.class_names, in_chans=input_channels(trial.model),
+                               resolution=setup.resolved["input_size"], **build_kwargs)
     net = to_channels_last(net.to(ctx.device), ctx.channels_last)
     full_batch = spec is not None and spec.full_batch
     if full_batch:
@@ -470,13 +540,13 @@ def _build_model(ctx: _Context, setup: _SetUp) -> _Model:
         setup.resolved.update(epochs=1, steps_per_epoch=1, batch_size=len(setup.train_idx), drop_last=False)
 
     criterion = ctx.task.criterion(trial, setup.targets, setup.k, ctx.device)
-    sampler = EpochSampler(
-        len(setup.train_idx),
-        trial.seed,
-        weights=ctx.task.sampler_weights(trial, setup.targets, setup.k),
-        rank=ctx.rank,
-        world_size=ctx.world,
-    )
+    weights = ctx.task.sampler_weights(trial, setup.targets, setup.k)
+    stream_steps = trial.schedule.epoch_steps(len(setup.train_idx), setup.batch_size)
+    sampler: Any
+    if stream_steps is not None and not full_batch:
+        sampler = StepStream(len(setup.train_idx), setup.batch_size, stream_steps, trial.seed, weights=weights)
+    else:
+        sampler = EpochSampler(len(setup.train_idx), trial.seed, weights=weights, rank=ctx.rank, world_size=ctx.world)
     optimizer = scheduler = None
     if not full_batch:
         optimizer = build_optimizer(net, trial.optimizer)
@@ -540,11 +610,13 @@ def _fit(
     pin = ctx.device.type == "cuda"
     loader = val_loader = None
     if not m.full_batch:
+        batching: dict[str, Any] = (
+            {"batch_sampler": m.sampler} if isinstance(m.sampler, StepStream)
+            else {"batch_size": setup.batch_size, "sampler": EpochTagged(m.sampler), "drop_last": setup.drop_last}
+        )
         loader = torch.utils.data.DataLoader(
             setup.train_ds,
-            batch_size=setup.batch_size,
-            sampler=EpochTagged(m.sampler),
-            drop_last=setup.drop_last,
+            **batching,
             num_workers=tc.num_workers,
             persistent_workers=persistent,
             pin_memory=pin,
@@ -688,7 +760,8 @@ def _fit_full_batch(ctx: _Context, setup: _SetUp, model: Any) -> dict[str, float
     from lungray.train.evaluate import predict, unwrap
 
     trial, task, device = ctx.trial, ctx.task, ctx.device
-    plain = task.dataset(ctx.data, setup.train_idx, augmentation="none", mean=setup.mean, std=setup.std, seed=trial.seed)
+    plain = task.dataset(ctx.data, setup.train_idx, augmentation="none", mean=setup.mean, std=setup.std, seed=trial.seed,
+                         **_input_size(trial, ctx.data))
     xs, ys = [], []
     for i in range(len(plain)):
         x, y, _ = plain[i]
@@ -724,7 +797,8 @@ def _final_evaluation(ctx: _Context, setup: _SetUp, m: _Model, f: _Fitted) -> Tr
         best_epoch = f.epochs_run
         best_state = ckpt.cpu_state_dict(net)
     eval_idx = np.asarray(data.eval_idx, dtype=np.int64)
-    eval_ds = task.dataset(data, eval_idx, augmentation="none", mean=setup.mean, std=setup.std, seed=trial.seed)
+    eval_ds = task.dataset(data, eval_idx, augmentation="none", mean=setup.mean, std=setup.std, seed=trial.seed,
+                           **_input_size(trial, data))
     outputs, y, rows = predict(
         net, eval_ds, batch_size=trial.train.eval_batch_size, device=ctx.device, dtype=ctx.dtype,
         channels_last=ctx.channels_last, num_workers=trial.train.num_workers, batch_fn=task.evaluate_batch,
@@ -758,6 +832,12 @@ def _final_evaluation(ctx: _Context, setup: _SetUp, m: _Model, f: _Fitted) -> Tr
         checkpoint_dir=str(f.last_ckpt) if f.last_ckpt is not None else None,
         resolved=setup.resolved,
     )
+
+
+def _input_size(trial: TrialConfig, data: Any) -> dict[str, int]:
+    """``{"size": models[i].input_size}`` when the model reads another size than the cache's."""
+    n = trial.model.input_size
+    return {"size": int(n)} if n is not None and int(n) != int(data.resolution) else {}
 
 
 def _stat(v: Any) -> Any:

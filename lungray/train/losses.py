@@ -7,22 +7,41 @@ Inputs: ``logits`` float ``(B, K, H, W)``; ``target`` int64 ``(B, H, W)`` of cla
 masks with a softmax output, PROTOCOLS.md section 3). ``K == 1``: one sigmoid channel, the
 foreground probability, against a 0/1 target.
 
-Soft Dice, and its smoothing convention (stated because papers differ):
+Every Dice here is batch-global: the sums run over every valid pixel of the WHOLE BATCH (as the
+study's Keras ``dice_coef`` and smp's ``DiceLoss``; per-image Dice is a metric, in
+:mod:`lungray.metrics.segmentation`). Two smoothing conventions exist, because papers differ:
+
+``dice_rsna`` -- the RSNA study's own loss, exactly (its code, PROTOCOLS.md section 3): the
+foreground channel only (channel 1 of the one-hot mask and of the softmax; the background
+terms are commented out in the study), ``smooth = 1e-6``, and the smooth term doubled in the
+numerator as written there::
+
+    D = 2 * (sum(p_1 * y_1) + s) / (sum(p_1) + sum(y_1) + s),    loss = 1 - D
+
+An all-background prediction scores about 1 (a 32 x 32 batch with a 100-pixel box and
+``p_1 = 0.01`` everywhere: ``1 - 2 * 1 / 110.24 = 0.9819``), and a batch without foreground
+gives ``1 - 2s / (sum(p_1) + s)``, close to 1 whatever is predicted there: such a batch teaches
+almost nothing (its gradient is ``O(s)``), as in the study. It has no log term, so a softmax
+saturated to background (``p_1 ~ 0`` everywhere) gets vanishing gradients and can stay there:
+a run that collapses to empty masks shows a loss stuck near 1 (seen in exploratory CPU-twin runs
+at a wider or higher-resolution twin; cross-entropy terms, ``dice_ce``, do not saturate). (With ``K > 2`` the mean over the
+foreground channels 1..K-1; ``K == 1``: the sigmoid channel is the foreground.)
+
+``dice`` -- lungray's smoother default (``train.loss: auto``), NOT the study's::
 
     D_c = (2 * sum(p_c * y_c) + s) / (sum(p_c) + sum(y_c) + s),    loss = 1 - mean_c D_c
 
-with the sums over every valid pixel of the WHOLE BATCH (batch-global, as the Keras
-``dice_coef`` the study used and smp's ``DiceLoss``; per-image Dice is a metric, in
-:mod:`lungray.metrics.segmentation`) and ``s = smooth = 1`` in numerator and denominator (the Keras
-kernels' ``smooth=1``). A class absent from the batch then scores ``s / (sum(p_c) + s)``, which
-rises to 1 as its predicted mass falls to 0: no NaN and no division by zero, and an empty mask
-still teaches "predict nothing here". ``include_background`` (default ``True``, as the study's
-one-hot Dice, MONAI and smp) averages over all K classes; ``False`` over classes 1..K-1 (for
-``K == 1`` the single channel is the foreground).
+with ``s = smooth = 1`` (the common Keras kernels' ``smooth=1``) and, by default
+(``include_background=True``, as MONAI and smp), the mean over all K classes, background
+included. A class absent from the batch scores ``s / (sum(p_c) + s)``, which rises to 1 as its
+predicted mass falls to 0: no NaN, and an empty mask still teaches "predict nothing here". The
+background channel makes it far gentler than the study's on foreground errors (the example
+above: 0.5144 instead of 0.9819); ``include_background=False`` averages over classes 1..K-1
+only (for ``K == 1`` the single channel is the foreground).
 
-``LOSSES``: ``dice``, ``dice_ce`` (Dice + cross-entropy, K >= 2), ``dice_bce`` (Dice + binary
-cross-entropy, K == 1), ``ce`` (cross-entropy alone, the Keras example's loss). Cross-entropy
-terms are the mean over valid pixels (0 when a batch has none).
+``LOSSES``: ``dice``, ``dice_rsna``, ``dice_ce`` (Dice + cross-entropy, K >= 2), ``dice_bce``
+(Dice + binary cross-entropy, K == 1), ``ce`` (cross-entropy alone, the Keras example's loss).
+Cross-entropy terms are the mean over valid pixels (0 when a batch has none).
 """
 
 from __future__ import annotations
@@ -37,7 +56,7 @@ from lungray.errors import ConfigError
 from lungray.registry import Registry
 
 __all__ = [
-    "LOSSES", "soft_dice", "dice_loss", "dice_ce_loss", "dice_bce_loss", "ce_loss", "build_loss",
+    "LOSSES", "soft_dice", "dice_loss", "dice_rsna_loss", "dice_ce_loss", "dice_bce_loss", "ce_loss", "build_loss",
     "loss_stats", "loss_from_stats", "dice_from_stats",
 ]
 
@@ -115,6 +134,20 @@ def _dice_formula(stats: torch.Tensor, *, smooth: float = 1.0, include_backgroun
     return 1.0 - d.mean()
 
 
+#: the RSNA study's Dice smoothing (its code: ``smooth = 1e-6``, PROTOCOLS.md section 3)
+RSNA_SMOOTH = 1e-6
+
+
+def _dice_rsna_formula(stats: torch.Tensor, *, smooth: float = RSNA_SMOOTH) -> torch.Tensor:
+    """``1 - 2 (I + s) / (P + Y + s)`` on the foreground channel(s) (see the module docstring)."""
+    c, inter, psum, ysum, _, n_valid = _split(stats)
+    fg = slice(1, None) if c > 1 else slice(0, 1)
+    d = 2.0 * (inter[fg] + smooth) / (psum[fg] + ysum[fg] + smooth)
+    # no valid pixel at all (every mask unknown): nothing to learn, 0 as the other losses (the
+    # formula would give 1 - 2s/s = -1 there)
+    return torch.where(n_valid > 0, 1.0 - d.mean(), torch.zeros_like(d.mean()))
+
+
 def _ce_formula(stats: torch.Tensor) -> torch.Tensor:
     _, _, _, _, ce_sum, n_valid = _split(stats)
     return ce_sum / n_valid.clamp_min(1.0)
@@ -133,6 +166,7 @@ def _dice_bce_formula(stats: torch.Tensor, *, smooth: float = 1.0, dice_weight: 
 # loss name -> (needs the cross-entropy column, the loss as a function of summed statistics)
 _FROM_STATS: dict[str, tuple[bool, Callable[..., torch.Tensor]]] = {
     "dice": (False, _dice_formula),
+    "dice_rsna": (False, _dice_rsna_formula),
     "ce": (True, _ce_formula),
     "dice_ce": (True, _dice_ce_formula),
     "dice_bce": (True, _dice_bce_formula),
@@ -175,8 +209,32 @@ def dice_loss(
     include_background: bool = True,
     ignore_index: int = IGNORE,
 ) -> torch.Tensor:
-    """``1 - mean_c D_c`` (soft Dice; background included unless ``include_background=False``)."""
+    """``1 - mean_c D_c`` (soft Dice, smooth 1; background included unless ``include_background=False``).
+
+    lungray's default segmentation loss, not the RSNA study's (that is :func:`dice_rsna_loss`).
+    """
     return _on_batch("dice", logits, target, ignore_index, smooth=smooth, include_background=include_background)
+
+
+@LOSSES.register("dice_rsna")
+def dice_rsna_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    smooth: float = RSNA_SMOOTH,
+    ignore_index: int = IGNORE,
+) -> torch.Tensor:
+    """The RSNA study's Dice loss: foreground channel only, ``smooth = 1e-6`` doubled in the
+    numerator, batch-global (PROTOCOLS.md section 3; the module docstring has the formula).
+
+    >>> # p_fg = 0.8, 0.1, 0.1, 0.1 on a 2 x 2 image whose first pixel is the foreground:
+    >>> # I = 0.8, P = 1.1, Y = 1: 1 - 2 (0.8 + 1e-6) / (2.1 + 1e-6) = 0.238095
+    >>> x = torch.zeros(1, 2, 2, 2); x[0, 1] = torch.tensor([[4.0, 1 / 9], [1 / 9, 1 / 9]]).log()
+    >>> t = torch.tensor([[[1, 0], [0, 0]]])
+    >>> round(float(dice_rsna_loss(x, t)), 6)
+    0.238095
+    """
+    return _on_batch("dice_rsna", logits, target, ignore_index, smooth=smooth)
 
 
 @LOSSES.register("ce")

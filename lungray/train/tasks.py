@@ -147,10 +147,11 @@ class Task:
         """The K output channels' names (the logits' class axis)."""
         return [str(c) for c in data.class_names]
 
-    def dataset(self, data: Any, idx: np.ndarray, *, augmentation: str, mean: float, std: float, seed: int) -> Any:
+    def dataset(self, data: Any, idx: np.ndarray, *, augmentation: str, mean: float, std: float, seed: int, **kwargs: Any) -> Any:
         """The dataset of rows ``idx``: items ``(x, target, row)`` for an index ``i`` or an
         ``(epoch, i)`` pair, and ``set_epoch(e)`` (see :class:`lungray.data.dataset.ImageDataset`:
-        augmentation draws are a function of (seed, epoch, row), so resumes replay exactly)."""
+        augmentation draws are a function of (seed, epoch, row), so resumes replay exactly).
+        ``kwargs``: ``size`` (a model's ``input_size``), passed only when set."""
         raise NotImplementedError
 
     def targets(self, data: Any, idx: np.ndarray) -> np.ndarray:
@@ -278,10 +279,10 @@ class ClassificationTask(Task):
         artifacts=(T.PREDICTIONS, T.PER_CLASS, T.CONFUSION_CSV, T.CONFUSION_PNG, T.HISTORY),
     )
 
-    def dataset(self, data, idx, *, augmentation, mean, std, seed):
+    def dataset(self, data, idx, *, augmentation, mean, std, seed, **kwargs):
         from lungray.data.dataset import ImageDataset
 
-        return ImageDataset(data, idx, augmentation=augmentation, mean=mean, std=std, seed=seed)
+        return ImageDataset(data, idx, augmentation=augmentation, mean=mean, std=std, seed=seed, **kwargs)
 
     def targets(self, data, idx):
         return np.asarray(data.labels[idx], dtype=np.int64)
@@ -420,7 +421,8 @@ class SegmentationTask(Task):
     Targets are the prepared cache's masks (:class:`~lungray.data.dataset.ImageDataset` with
     ``target="mask"``: image and mask moved by one geometric draw); the model is a
     :data:`~lungray.models.segmentation.SEG_MODELS` U-Net; the loss is ``train.loss``
-    (``dice``, the study's, by default; ``dice_ce``, ``dice_bce`` with one sigmoid channel,
+    (``dice`` by default; ``dice_rsna``, the study's own foreground-only Dice with smooth 1e-6,
+    which the ``segmentation`` preset uses; ``dice_ce``, ``dice_bce`` with one sigmoid channel,
     ``ce``: :mod:`lungray.train.losses`). Two mask classes (background and the kind's
     foreground: ``lesion``, ``opacity`` for RSNA boxes, ``lung``).
 
@@ -437,7 +439,7 @@ class SegmentationTask(Task):
 
     name = "segmentation"
     target_kind = "mask"
-    losses = ("dice", "dice_ce", "dice_bce", "ce")  # lungray.train.losses.LOSSES (a test holds them equal)
+    losses = ("dice", "dice_rsna", "dice_ce", "dice_bce", "ce")  # lungray.train.losses.LOSSES (a test holds them equal)
     monitors = {"val_loss": "min", **{k: "max" for k in _SEG_VAL_KEYS}}
     report_spec = ReportSpec(
         primary_metric="dice_pos",
@@ -497,10 +499,10 @@ class SegmentationTask(Task):
     def class_names(self, data):
         return ["background", MASK_CLASS.get(data.mask_kind, "foreground")]
 
-    def dataset(self, data, idx, *, augmentation, mean, std, seed):
+    def dataset(self, data, idx, *, augmentation, mean, std, seed, **kwargs):
         from lungray.data.dataset import ImageDataset
 
-        return ImageDataset(data, idx, augmentation=augmentation, mean=mean, std=std, seed=seed, target="mask")
+        return ImageDataset(data, idx, augmentation=augmentation, mean=mean, std=std, seed=seed, target="mask", **kwargs)
 
     def targets(self, data, idx):
         """The images' class labels (e.g. RSNA Target): what ``weighted_sampler`` balances."""

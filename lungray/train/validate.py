@@ -66,6 +66,20 @@ def validate_study(cfg: StudyConfig, require_data: bool = True) -> StudyConfig:
         v = getattr(d, k)
         if v < 0 or (isinstance(v, float) and not v < 1 and not float(v).is_integer()):
             raise ConfigError(f"data.{k} must be a count >= 0 or a fraction in [0, 1), got {v}")
+    if d.val_is_eval and d.val_size != 0:
+        raise ConfigError(
+            f"data.val_is_eval: the evaluation set is the validation set, so no separate one is carved out; "
+            f"set data.val_size: 0 (got {d.val_size})"
+        )
+    if d.source == "phantom":  # every phantom knob, each error naming its data.phantom_* key
+        from lungray.data.adapters import phantom_spec
+
+        phantom_spec(d)
+    for k in ("min_eval_per_class", "min_val_per_class", "max_cluster_patients"):
+        if getattr(d, k) < 0:
+            raise ConfigError(f"data.{k} must be >= 0, got {getattr(d, k)}")
+    if not 0 < d.max_cluster_share <= 1:
+        raise ConfigError(f"data.max_cluster_share must be a share in (0, 1], got {d.max_cluster_share}")
     if require_data and d.source != "phantom" and not d.path:
         raise ConfigError(
             f"data.path is required for data.source '{d.source}': pass --data PATH (or set data.path)"
@@ -80,8 +94,18 @@ def validate_study(cfg: StudyConfig, require_data: bool = True) -> StudyConfig:
         one_of(f"models[{i}].input_mode", m.input_mode, ["in_chans1", "repeat3"])
         if not 0 <= m.drop_rate < 1:
             raise ConfigError(f"models[{i}].drop_rate must be in [0, 1), got {m.drop_rate}")
+        if m.input_size is not None and m.input_size < 8:
+            raise ConfigError(f"models[{i}].input_size must be >= 8 pixels or null (data.resolution), got {m.input_size}")
+        if m.normalization is not None:
+            NORMALIZATIONS.check(m.normalization)
+            clash = [v.key or "(the study's)" for v in cfg.variants if v.normalization is not None]
+            if clash:
+                raise ConfigError(
+                    f"models[{i}].normalization '{m.normalization}' and the normalization of variant(s) {', '.join(clash)} "
+                    "both set this model's input statistics; set it in one place"
+                )
         # classifiers: name, head, freeze, stem, pretrained, resolution; U-Nets: their own rules
-        task.check_model(m, f"models[{i}]", d.resolution)
+        task.check_model(m, f"models[{i}]", m.input_size or d.resolution)
         if m.key in seen:
             raise ConfigError(f"models[{i}]: two models are both called '{m.key}'; give one a label")
         seen.add(m.key)
@@ -125,6 +149,20 @@ def validate_study(cfg: StudyConfig, require_data: bool = True) -> StudyConfig:
         raise ConfigError(
             f"schedule.batch_size must be >= 1, got {s.batch_size}: it gives zero optimisation steps"
         )
+    if s.steps_per_epoch is not None:
+        from lungray.config import KERAS_BATCHES_OVER_BATCH
+
+        k = s.steps_per_epoch
+        if not ((isinstance(k, int) and not isinstance(k, bool) and k >= 1) or k == KERAS_BATCHES_OVER_BATCH):
+            raise ConfigError(
+                f"schedule.steps_per_epoch must be a count >= 1, null (one pass per epoch) or "
+                f"'{KERAS_BATCHES_OVER_BATCH}' (study 5's code), got {k!r}"
+            )
+        if cfg.resources.workers > 1:
+            raise ConfigError(
+                f"schedule.steps_per_epoch={k!r} cuts epochs from one stream of batches that is not sharded across "
+                f"DDP workers; set resources.workers: 1 (got {cfg.resources.workers}) or steps_per_epoch: null"
+            )
     if s.early_stopping_patience is not None and s.early_stopping_patience < 1:
         raise ConfigError(
             f"schedule.early_stopping_patience must be >= 1 evaluation or null (off), got {s.early_stopping_patience}"
@@ -184,5 +222,7 @@ def _check_variants(cfg: StudyConfig) -> None:
         if v.key in seen:
             raise ConfigError(f"variants[{i}]: two variants are both called '{v.key}'; give one a label")
         seen.add(v.key)
-        t = cfg.variant_train(v)
-        check_fixed_stats(t.normalization, t.norm_mean, t.norm_std, f"variants[{i}]" if v.key else "train")
+        for j, m in enumerate(cfg.models):
+            t = cfg.variant_train(v, m)
+            where = f"variants[{i}]" if v.key else (f"models[{j}]" if m.normalization is not None else "train")
+            check_fixed_stats(t.normalization, t.norm_mean, t.norm_std, where)

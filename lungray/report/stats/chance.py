@@ -1,7 +1,9 @@
-"""Runs stuck at chance: is one training run distinguishable from a constant guess?
+"""Runs indistinguishable from chance: is one training run's evaluation better than a constant guess?
 
-The report sets such runs apart from a cell's mean (a collapsed run is a failure of the recipe,
-not a noisy draw of its accuracy).
+For information only (``runs.csv``: ``chance_p_accuracy``, ``chance_p_auc``). It no longer
+decides which runs count (:mod:`lungray.report.stats.degenerate` does): on a small evaluation
+set a weak but working run is often "not distinguishable from chance", and leaving such runs
+out biased weak cells up by 0.03-0.04 (issue 19).
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ def chance_check(y_true: np.ndarray, probs: np.ndarray, alpha: float = 0.05) -> 
 
     A collapsed network (a constant output, the usual "stuck" failure) scores exactly the
     majority rate and AUC 0.5, and is caught with any evaluation set. A weak but working model
-    on a small evaluation set may also be flagged: the flag says "not distinguishable from
-    chance at this n", which the report shows next to the cell rather than hiding.
+    on a small evaluation set is often flagged too: the flag says "not distinguishable from
+    chance at this n", which is why it leaves no run out of a cell.
     """
     from scipy import stats as st
 
