@@ -358,10 +358,12 @@ class TreeCPU:
                     with p.oneshot():
                         key = (p.pid, p.create_time())
                         t = p.cpu_times()
-                        # the role from the latest command line: a child caught between fork and
-                        # exec still shows this script's own command line (once counted the
-                        # sweep's driver as a Ray service)
-                        self.seen[key] = [self._role(p), t.user + t.system]
+                        # a child caught between fork and exec shows this script's command line,
+                        # an exited one (a zombie until reaped) none: a process is a Ray service
+                        # only until its command line says otherwise, and keeps what it was said
+                        old = self.seen.get(key, ["ray services", 0.0])[0]
+                        role = self._role(p) if old == "ray services" and p.cmdline() else old
+                        self.seen[key] = [role, t.user + t.system]
                 except psutil.Error:
                     pass
             if self._stop.wait(0.1):
