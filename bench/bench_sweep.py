@@ -97,6 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="A/B rounds of section 4")
     p.add_argument("--skip-startup", action="store_true")
     p.add_argument("--skip-sweeps", action="store_true")
+    p.add_argument("--parts", action="store_true", help="section 4b: each part of the fixed cost alone, before and after")
     p.add_argument("--out", default=None, help="work folder (default: a temp dir, removed at the end)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # internal: run one sweep, write JSON here
     p.add_argument("--child-trials", type=int, default=2, help=argparse.SUPPRESS)
@@ -617,6 +618,82 @@ def bench_fixed_cost(args, out: Path) -> None:
     C.print_ratio("sweep_cpu_saved_seconds", saved, note="(seconds, not a ratio: median per-round CPU before - after; > 0: the fixed cost costs less CPU)")
 
 
+#: section 4b: the parts of the fixed cost each change is about, before and after in fresh
+#: processes (each prints ``{"cpu": process CPU s, "wall": s}`` of the timed part only)
+PARTS = {
+    "store: a new local MLflow store": (
+        # before: MLflow's ~60 schema migrations; after: a copy of the empty store made once per machine
+        "from mlflow.tracking import MlflowClient\nt = clock()\n"
+        "MlflowClient(uri).get_experiment_by_name('Default')\ndone(t)",
+        "from mlflow.tracking import MlflowClient\nfrom lungray.sweep.mlflow_run.connection import schema_template, seed_sqlite_store\n"
+        "schema_template()\nt = clock()\nseed_sqlite_store(Path(db))\nMlflowClient(uri).get_experiment_by_name('Default')\ndone(t)",
+    ),
+    "first_trial_imports: a slot's first-trial imports (MLflow, torch, torch._dynamo)": (
+        # before: one after the other; after: torch in a thread while MLflow imports (preload_training_stack)
+        "t = clock()\nimport mlflow\nimport torch\nimport torch._dynamo\ndone(t)",
+        "import threading\nt = clock()\ndef pre():\n    import torch\n    import torch._dynamo\n"
+        "th = threading.Thread(target=pre)\nth.start()\nimport mlflow\nth.join()\ndone(t)",
+    ),
+    "ray: a local Ray started and stopped (tree CPU)": (
+        "import ray\nt = clock()\nray.init(address='local', logging_level='ERROR')\nray.shutdown()\ndone(t)",
+        "import ray\nfrom lungray.sweep.cluster import init_ray\nfrom lungray.sweep import local_ray as LR\nt = clock()\n"
+        "init_ray('local', logging_level='ERROR')\nLR.shutdown()\ndone(t)",
+    ),
+}
+
+_PART_PRELUDE = """import json, os, sys, time
+from pathlib import Path
+db = sys.argv[1]
+uri = 'sqlite:///' + db
+def clock():
+    return (time.process_time(), time.perf_counter())
+def done(t):
+    print('PART ' + json.dumps({'cpu': time.process_time() - t[0], 'wall': time.perf_counter() - t[1]}), flush=True)
+"""
+
+
+def _part(code: str, out: Path, pythonpath: str) -> dict:
+    db = out / f"part_{time.time_ns()}.db"
+    cpu = TreeCPU(driver_args=["-c", "PART"])
+    with cpu:
+        r = subprocess.run([sys.executable, "-c", _PART_PRELUDE + code, str(db)], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": pythonpath})
+        _reap_orphans()
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("PART ")]
+    if r.returncode != 0 or not line:
+        sys.stderr.write(r.stdout[-2000:] + r.stderr[-4000:])
+        raise SystemExit(f"part failed (exit {r.returncode})")
+    rec = json.loads(line[-1][5:])
+    rec["tree cpu"] = cpu.by_role()["total"]  # Ray's processes too (the whole child tree)
+    return rec
+
+
+def bench_fixed_parts(args, out: Path) -> None:
+    """Section 4b: each part alone, before and after, alternating over ``--rounds``."""
+    here = os.environ.get("PYTHONPATH") or str(C.REPO)
+    rows = []
+    for key, (before, after) in PARTS.items():
+        short, name = key.split(": ", 1)
+        recs: dict[str, list[dict]] = {"before": [], "after": []}
+
+        def one(side: str, code: str):
+            def _run() -> float:
+                r = _part(code, out, here)
+                recs[side].append(r)
+                return r["cpu"]
+
+            return _run
+
+        C.interleave({"before": one("before", before), "after": one("after", after)}, args.rounds, verbose=False)
+        use = "tree cpu" if "tree CPU" in name else "cpu"
+        for side in ("before", "after"):
+            rows.append({"part": name, "side": side, "cpu s": C.median([r[use] for r in recs[side]]),
+                         "wall s": C.median([r["wall"] for r in recs[side]]), "wall range": C.spread([r["wall"] for r in recs[side]])})
+        C.print_ratio(f"part_cpu_after_vs_before_{short}",
+                      C.paired_ratio([r[use] for r in recs["after"]], [r[use] for r in recs["before"]]), note=f"({name})")
+    C.print_table(rows, f"section 4b: the fixed cost's parts, medians of {args.rounds} rounds (CPU of the timed part; Ray: its whole process tree)")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child:
@@ -631,6 +708,8 @@ def main(argv=None) -> int:
             bench_sweeps(args, out)
         if args.baseline:
             bench_fixed_cost(args, out)
+        if args.parts:
+            bench_fixed_parts(args, out)
     C.print_load()
     return 0
 
