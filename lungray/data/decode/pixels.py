@@ -24,7 +24,7 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 #: radiograph is at most ~4300 x 3500 px (15 MP), so anything this big is an export error or a
 #: bomb (a 30000 x 30000 PNG of zeros is 875 KB on disk and 900 MB decoded).
 MAX_PIXELS = 89_478_485
-#: Images with more pixels are decoded reduced by an integer factor (see the module docstring):
+#: Images with more pixels are decoded reduced by an integer factor (:mod:`lungray.data.decode`):
 #: twice the largest study resolution (512 px) and more, so no study loses detail, while the
 #: float pipeline's memory stays bounded.
 WORK_PIXELS = 2048 * 2048
