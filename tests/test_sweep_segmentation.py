@@ -82,5 +82,6 @@ def test_rsna_tree_runs_end_to_end_through_a_segmentation_sweep(tmp_path):
     html = (exp_dir / "report" / "report.html").read_text()
     assert "Dice (images with a finding)" in html and "Predicted masks" in html
     assert "No Grad-CAM for segmentation" in html and "Grad-CAM panels" not in html
-    assert (exp_dir / "report" / "figures" / "mask_panels.png").exists()
+    masks = html[html.index("Predicted masks"):]
+    assert '<img src="data:image/png;base64,' in masks[:masks.index("</section>")]  # embedded (print files only on request)
     assert (exp_dir / "report" / "table_dice_pos.csv").exists()

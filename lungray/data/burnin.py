@@ -66,13 +66,20 @@ MAX_BLOCK = 0.15
 MIN_FILL = 0.6
 
 
-def _to_u8(img: np.ndarray) -> np.ndarray:
-    """A 2-D image (uint8, uint16, float in [0, 1]; RGB -> luminance) as uint8."""
+def gray_2d(img: np.ndarray) -> np.ndarray:
+    """One 2-D grayscale image as given (RGB/RGBA -> BT.601 luminance, float32), or a ValueError
+    naming the shape: the input rule the annotation detector and the keypoint describer share."""
     a = np.asarray(img)
     if a.ndim == 3 and a.shape[-1] in (3, 4):
         a = a[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     if a.ndim != 2 or min(a.shape) < 1:
         raise ValueError(f"expected one 2-D grayscale image, got shape {a.shape}")
+    return a
+
+
+def _to_u8(img: np.ndarray) -> np.ndarray:
+    """A 2-D image (uint8, uint16, float in [0, 1]; RGB -> luminance) as uint8."""
+    a = gray_2d(img)
     if a.dtype == np.uint8:
         return a
     if a.dtype == np.uint16:

@@ -139,11 +139,9 @@ def _as_u8(img: np.ndarray, size: int) -> np.ndarray:
     """A 2-D image (float in [0, 1], uint8 or uint16; RGB -> luminance) as uint8 ``size`` x ``size``."""
     import cv2
 
-    a = np.asarray(img)
-    if a.ndim == 3 and a.shape[-1] in (3, 4):
-        a = a[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    if a.ndim != 2 or min(a.shape) < 1:
-        raise ValueError(f"expected one 2-D grayscale image, got shape {a.shape}")
+    from lungray.data.burnin import gray_2d
+
+    a = gray_2d(img)
     if a.dtype == np.uint8:
         f = a.astype(np.float32)
     elif a.dtype == np.uint16:

@@ -23,18 +23,4 @@ from lungray.metrics.classification import (
     weighted_f1,
 )
 
-__all__ = [
-    "accuracy",
-    "balanced_accuracy",
-    "log_loss",
-    "confusion_matrix",
-    "per_class_prf",
-    "macro_f1",
-    "weighted_f1",
-    "roc_auc_binary",
-    "roc_auc_ovr",
-    "macro_auc",
-    "sensitivity_specificity",
-    "missed_as_normal",
-    "classification_report",
-]
+from lungray.metrics.classification import __all__ as __all__  # noqa: E402,F401 - the same public names

@@ -50,6 +50,7 @@ from lungray.models.specs import (
     simple_cnn_feature_side,
     suggest_model_names,
 )
+from lungray.models.specs import __all__ as _specs_all
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch.nn as nn
@@ -57,29 +58,17 @@ if TYPE_CHECKING:  # pragma: no cover
     from lungray.config import ModelConfig
     from lungray.data.prepared import PreparedData
 
-__all__ = [
-    "MODELS",
-    "HEADS",
-    "FREEZE_POLICIES",
-    "ModelSpec",
-    "HeadSpec",
-    "check_model_name",
-    "check_model_config",
-    "model_spec",
-    "parse_freeze",
+__all__ = [  # the registries and checks of :mod:`lungray.models.specs`, then the torch-side wrappers
+    *_specs_all,
+    "TV_PREFIX",
+    "TV_CLASSIFIER_PREFIXES",
     "create_model",
     "gradcam_target",
-    "input_channels",
     "parameter_counts",
-    "GRADCAM_LAYERS",
     "trainable_parameter_names",
     "backbone_stages",
     "ensure_autoencoder",
     "unwrap_model",
-    "TV_PREFIX",
-    "TV_CLASSIFIER_PREFIXES",
-    "simple_cnn_feature_side",
-    "suggest_model_names",
 ]
 
 

@@ -149,7 +149,13 @@ class FakeTrialBody:
         _save_fake_checkpoint(best, trial, data, epochs - 1)
         cls = list(data.class_names)
         y = np.asarray(data.labels)[np.asarray(data.eval_idx)]
-        probs = np.full((len(y), len(cls)), 1.0 / len(cls))
+        # predictions that score `score` and are not degenerate (issue 19's rule: a constant output
+        # is left out of its cell): the first round(score * n) images right, the rest given the next class
+        k = len(cls)
+        right = np.arange(len(y)) < int(round(score * len(y)))
+        guess = np.where(right, y, (y + 1) % k)
+        probs = np.full((len(y), k), 0.4 / max(k - 1, 1))
+        probs[np.arange(len(y)), guess] = 0.6
         preds = pd.DataFrame({"image_id": [f"img{i}" for i in np.asarray(data.eval_idx)], "y_true": y})
         for j, c in enumerate(cls):
             preds[f"prob_{c}"] = probs[:, j]
