@@ -588,8 +588,12 @@ def _fmt(s: str, root: Path, tmp: Path) -> str:
 @pytest.fixture()
 def work(tmp_path, monkeypatch):
     from lungray.data import decode as D
+    from lungray.data.decode import pixels
 
-    monkeypatch.setattr(D, "WORK_PIXELS", 64 * 64)  # the large-image case: reduce without a huge file
+    # the large-image case: reduce without a huge file (pixels' limit drives the decoders, the
+    # re-exported copy the config check)
+    monkeypatch.setattr(pixels, "WORK_PIXELS", 64 * 64)
+    monkeypatch.setattr(D, "WORK_PIXELS", 64 * 64)
     return tmp_path
 
 

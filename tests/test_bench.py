@@ -109,6 +109,37 @@ def test_summarise_sweep_efficiency_by_hand():
     assert s["finished"] == 2 and s["trial span s"] == 50.0
 
 
+def test_fixed_cost_phases_by_hand():
+    """Section 4's phases from a sweep's timed console lines and its trials' runs."""
+    import bench_sweep
+
+    res = {
+        "t0": 100.0,
+        "t1": 140.0,
+        "lines": [(101.0, "data: phantom: 400 images"), (102.0, "data: 2 classes; eval ..."), (106.0, "cluster: 2 CPUs"),
+                  (108.5, "experiment directory: /x"), (130.0, "cluster: again (ignored: the first one counts)")],
+        "trials": [  # three trials on 2 slots: the first two are each slot's first
+            {"start": 115.0, "end": 121.0, "train": 1.0, "eval": 0.5},
+            {"start": 116.0, "end": 123.0, "train": 1.5, "eval": 0.5},
+            {"start": 124.0, "end": 126.0, "train": 1.0, "eval": 0.5},
+            {"start": 0.0, "end": 0.0, "train": 9.0, "eval": 9.0},  # never ended: left out
+        ],
+        "cpu": {"driver": 6.0, "ray services": 3.0, "trial processes": 20.0, "total": 29.0},
+        "load_start": 1.5,
+    }
+    f = bench_sweep.fixed_cost(res, slots=2)
+    assert f["run_study s"] == 40.0
+    assert f["fixed s"] == pytest.approx(40.0 - 5.0 / 2)  # compute 1.5 + 2.0 + 1.5
+    assert f["data s"] == pytest.approx(2.0)  # to the LAST data line
+    assert f["ray + preflight s"] == pytest.approx(4.0) and f["mlflow s"] == pytest.approx(2.5)
+    assert f["to first trial s"] == pytest.approx(115.0 - 108.5)
+    # overheads (wall - compute): 4.5, 5.0, 0.5; each slot's first beyond the others' median 0.5
+    assert f["first trial extra s"] == pytest.approx(C.median([4.0, 4.5]))
+    assert f["end s"] == pytest.approx(140.0 - 126.0)
+    assert f["cpu total s"] == 29.0 and f["fixed cpu s"] == pytest.approx(29.0 - 5.0)
+    assert f["cpu driver s"] == 6.0 and f["load"] == 1.5
+
+
 def test_print_ratio_format(capsys):
     C.print_ratio("x_vs_y", 0.9512, 0.95)
     C.print_ratio("z", 0.5, 0.95, note="(why)")

@@ -172,7 +172,7 @@ def test_per_channel_and_fixed_normalisation(prepared_phantom):
 
 def test_variants_are_an_axis_of_the_grid():
     from lungray.sweep import grid as G
-    from lungray.sweep.mlflow_run import trial_params, trial_tags
+    from lungray.sweep.mlflow_run.runs import trial_params, trial_tags
 
     cfg = load_study("transfer_smoke")
     trials = cfg.trials()

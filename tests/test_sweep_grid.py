@@ -21,7 +21,7 @@ from lungray.errors import ConfigError
 from lungray.sweep import grid as G
 from lungray.sweep.cluster import local_cluster_spec
 from lungray.sweep.progress import eta_by_cell, format_seconds, summary_table, trial_line
-from lungray.sweep.runner import check_resume, grid_diff
+from lungray.sweep.resume import check_resume, grid_diff
 
 REPO = Path(__file__).resolve().parents[1]
 

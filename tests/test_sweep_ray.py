@@ -188,6 +188,10 @@ def test_trials_can_run_inside_tune_without_ray_train(ray_session, tmp_path):
     _, _, children = _runs(result)
     (run,) = children.values()
     assert run.info.status == "FINISHED"
+    # Tune's own result files, and no TensorBoard logger (it imported tensorboardX and torch into the driver)
+    tune_dir = result.experiment_dir / "tune"
+    assert list(tune_dir.glob("*/progress.csv")) and list(tune_dir.glob("*/result.json"))
+    assert not list(tune_dir.rglob("events.out.tfevents*"))
 
 
 def test_a_dataset_problem_stops_the_sweep_before_ray_or_mlflow(tmp_path):

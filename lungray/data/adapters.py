@@ -78,12 +78,12 @@ import functools
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
-from lungray.data.decode import IMAGE_SUFFIXES, NPZ_SEP, PHANTOM_SCHEME, ImageError
+from lungray.data.decode import IMAGE_SUFFIXES, NPZ_SEP, PHANTOM_SCHEME
 from lungray.data.manifest import flag_duplicate_ids, hash_image_id, hash_patient_id, id_salt, make_manifest, relabel
 from lungray.errors import DataError
 from lungray.registry import Registry

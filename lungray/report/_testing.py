@@ -428,7 +428,7 @@ def chromium_check(html_path: str | Path, workdir: str | Path, *, width: int = 1
 
 
 def _fake_leakage(n_eval: int) -> dict:
-    """The leakage payload a sweep logs (:func:`lungray.sweep.runner.leakage_payload`): the data
+    """The leakage payload a sweep logs (:func:`lungray.sweep.payloads.leakage_payload`): the data
     layer's summary and the audit document of :func:`lungray.data.leakage.leakage_doc`."""
     summary = {"mode": "drop", "max_distance": 6, "grouping": "grouped by patient id and by the audit's duplicate clusters",
                "exact_pairs": 1, "near_pairs": 3, "clusters": 2, "largest_cluster": 3, "cross_split_pairs": 0,

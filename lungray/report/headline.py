@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import html as _html
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd

@@ -158,7 +158,7 @@ def leakage_html(leak: Optional[dict], thumbs: Optional[Callable[[list[dict]], s
     grouped in words, pairs per kind and stage (in the dataset and across splits), the duplicate
     clusters, what was dropped, and a few example pairs (thumbnails when ``thumbs`` can draw
     them, else a table). ``leak`` is the logged payload: ``{"summary": ..., "audit": ...}``
-    (:func:`lungray.sweep.runner.leakage_payload`; the audit is
+    (:func:`lungray.sweep.payloads.leakage_payload`; the audit is
     :func:`lungray.data.leakage.leakage_doc`)."""
     if not leak:
         return '<p class="muted">No leakage report was logged.</p>'

@@ -2,7 +2,7 @@
 
 * :func:`init_ray` connects to a cluster when ``RAY_ADDRESS`` is set or ``--address`` is
   given, and otherwise lets ``ray.init()`` do its usual thing (a ``ray start`` cluster on this
-  machine, else a fresh local instance).
+  machine, else a fresh local instance, started lean: :data:`~lungray.sweep.ray_env.LOCAL_RAY_ENV`).
 * :func:`cluster_spec` describes the connected cluster for the preflight, including the
   worker node types the autoscaler may still launch (read from the autoscaling config: Ray
   writes it to ``~/ray_bootstrap_config.yaml`` on the head).
@@ -45,15 +45,19 @@ def init_ray(address: Optional[str] = None, **kwargs: Any) -> bool:
 
     if ray.is_initialized():
         return False
-    from lungray.sweep.ray_env import check_temp_dir, private_auth_token
+    from lungray.sweep.ray_env import LOCAL_RAY_ENV, check_temp_dir, local_init_kwargs, private_auth_token, scoped_env
 
     addr = resolve_address(address)
     if addr not in (None, "local"):
         _token_auth_for_existing_cluster()
-    else:
-        check_temp_dir()  # one line instead of Ray's AF_UNIX traceback
-    private_auth_token(create=addr in (None, "local"))  # 0600, never the umask's 0644
-    ray.init(address=addr, **kwargs)
+        ray.init(address=addr, **kwargs)
+        return True
+    check_temp_dir()  # one line instead of Ray's AF_UNIX traceback
+    private_auth_token(create=True)  # 0600, never the umask's 0644
+    # a local instance (or a `ray start` cluster this machine runs: Ray ignores both then)
+    env = {k: v for k, v in LOCAL_RAY_ENV.items() if k not in os.environ}
+    with scoped_env(env):
+        ray.init(address=addr, **{**local_init_kwargs(), **kwargs})
     return True
 
 

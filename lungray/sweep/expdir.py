@@ -18,7 +18,9 @@ the MLflow sync all import these names from here, so none of them imports anothe
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -27,6 +29,7 @@ from lungray.config import StudyConfig, from_dict
 from lungray.errors import ConfigError
 
 __all__ = [
+    "new_experiment_dir",
     "SWEEP_JSON",
     "CONFIG_YAML",
     "TUNE_NAME",
@@ -39,6 +42,7 @@ __all__ = [
     "read_result",
     "write_result",
     "remove_work",
+    "atomic_write_text",
 ]
 
 SWEEP_JSON = "sweep.json"
@@ -53,6 +57,19 @@ WORK_DIR = "work"
 #: Per-trial result file in ``<experiment>/trials/<trial_id>/`` (read by the driver and sync).
 RESULT_FILE = "result.json"
 ARTIFACTS_DIR = "artifacts"
+
+
+def new_experiment_dir(cfg: StudyConfig, now: Optional[_dt.datetime] = None) -> Path:
+    """``<output_dir>/<study>_<YYYYmmdd-HHMMSS>``, numbered ``-2``, ``-3``... when taken (claimed
+    atomically later: :func:`lungray.sweep.lock.claim_new_dir`)."""
+    now = now or _dt.datetime.now()
+    base = Path(cfg.output_dir).resolve()
+    d = base / f"{cfg.name}_{now:%Y%m%d-%H%M%S}"
+    i = 1
+    while d.exists():
+        i += 1
+        d = base / f"{cfg.name}_{now:%Y%m%d-%H%M%S}-{i}"
+    return d
 
 
 def read_sweep_state(experiment_dir: Union[str, Path]) -> dict:
@@ -82,11 +99,19 @@ def read_result(tdir: Path) -> Optional[dict]:
         return None
 
 
+def atomic_write_text(p: Path, text: str) -> None:
+    """Write ``p`` through a temporary file and a rename: a reader (or a kill) never sees half of it,
+    and a full disk leaves the previous version in place."""
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, p)
+
+
+
+
 def write_result(tdir: Path, summary: Mapping[str, Any]) -> None:
     """``result.json``, replaced atomically: a reader never sees half a file, and a write that
     fails (full disk, kill) leaves the previous version."""
-    from lungray.sweep.mlflow_run import atomic_write_text
-
     atomic_write_text(Path(tdir) / RESULT_FILE, json.dumps(summary, indent=1, default=str))
 
 

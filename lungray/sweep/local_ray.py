@@ -89,6 +89,30 @@ def record(path: str | os.PathLike, inst: Optional[dict[str, Any]] = None) -> Op
     return inst
 
 
+def shutdown() -> None:
+    """``ray.shutdown()``, without Ray's one-second wait on the autoscaler's monitor of a local
+    instance this process started (issue 22.3).
+
+    Ray 2.60 stops the GCS first and then sends the monitor SIGTERM; the monitor, whose GCS is
+    gone, does not exit within Ray's one second of grace and is then killed: a second of every
+    sweep's end (``bench/RESULTS.md``). A single-machine instance's monitor has nothing to clean
+    up (no node to terminate), so it is killed first, as Ray would a second later. A cluster this
+    driver only joined has no processes of its own here: plain ``ray.shutdown()``.
+    """
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    for info in (getattr(node, "all_processes", None) or {}).get("monitor", []):
+        proc = getattr(info, "process", None)
+        try:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=5)
+        except Exception:  # noqa: BLE001 - Ray's own shutdown below stops it anyway
+            pass
+    ray.shutdown()
+
+
 def forget(paths: Iterable[str | os.PathLike]) -> None:
     for p in paths:
         Path(p).unlink(missing_ok=True)

@@ -117,7 +117,7 @@ def lung_probes(
 
     from lungray.data.ablation import blank_region, known_masks
     from lungray.metrics import classification_report
-    from lungray.metrics.saliency import area_share, lung_share, mean_mask, prior_share
+    from lungray.metrics.saliency import area_share, mean_mask, prior_share
     from lungray.report.gradcam import load_checkpoint_model
 
     t0 = time.perf_counter()

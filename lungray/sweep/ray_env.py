@@ -23,6 +23,9 @@ auth token, a temp dir whose socket paths fit (issue 23, points 1, 2 and 8).
   ``<RAY_TMPDIR>/ray/session_<date>_<pid>/sockets/plasma_store``; a path over the AF_UNIX limit
   (107 bytes on Linux, 103 on macOS) fails deep in Ray with a traceback.
   :func:`check_temp_dir` says so in one line before Ray starts.
+* **What a local instance starts.** :data:`LOCAL_RAY_ENV` and :func:`local_init_kwargs`: no
+  prestarted worker processes nobody uses, and Ray's dashboard only when asked (a sweep's fixed
+  cost on 2 CPUs, ``bench/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 from lungray.errors import ConfigError
 
@@ -46,6 +49,46 @@ TUNE_PROPAGATED_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SE
 _SESSION_NAME_MAX = len("session_2026-01-01_00-00-00_000000_") + 7
 #: the longest socket below a session: ``sockets/plasma_store`` plus ``.NN`` when Ray numbers it
 _SOCKET_TAIL_MAX = len("/sockets/plasma_store") + 3
+
+
+#: Environment of the Ray processes a sweep's ``ray.init`` starts on this machine (read by the
+#: raylet at start; a user's own setting wins). When the driver connects, Ray 2.60 prestarts one
+#: worker process per CPU for it; Tune never uses them: its trial actors carry a runtime_env
+#: (``PL_DISABLE_FORK``, ``ray/tune/execution/class_cache.py``) that a default worker does not
+#: match, so Ray starts their own workers anyway. On 2 CPUs the two unused processes, each
+#: importing Ray, took CPU from the start-up itself and from the trials' first imports.
+LOCAL_RAY_ENV = {"RAY_prestart_worker_first_driver": "0"}
+#: ``1`` starts Ray's dashboard with a local sweep's Ray instance (off by default: nothing of
+#: lungray reads it, and on a full ``ray[default]`` install its modules cost seconds of start-up)
+DASHBOARD_ENV = "LUNGRAY_RAY_DASHBOARD"
+
+
+def local_init_kwargs(environ: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
+    """``ray.init`` options for a local instance the driver starts: the dashboard on request only
+    (then Ray's own default: started when its packages are installed, ``ray[default]``).
+
+    >>> local_init_kwargs({})
+    {'include_dashboard': False}
+    >>> local_init_kwargs({"LUNGRAY_RAY_DASHBOARD": "1"})
+    {}
+    """
+    env = os.environ if environ is None else environ
+    return {} if env.get(DASHBOARD_ENV, "").strip().lower() in ("1", "true", "yes", "on") else {"include_dashboard": False}
+
+
+@contextlib.contextmanager
+def scoped_env(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of the block, then restore them."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def worker_tracking_uri(tracking_uri: str) -> str:

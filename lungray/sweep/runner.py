@@ -19,18 +19,20 @@ Layout of one sweep (``<output_dir>/<study>_<timestamp>/``, the *experiment dire
                   numbers: :mod:`lungray.sweep.conclude`)
 ``report/``       the HTML report (when it builds)
 ``ray_instance.json``   the local Ray instance the driver started (:mod:`lungray.sweep.local_ray`)
+
+This module is the driver and its Tune run; the other subjects of a sweep have their own
+modules: :mod:`~lungray.sweep.payloads` (what the parent run records about the data),
+:mod:`~lungray.sweep.dryrun`, :mod:`~lungray.sweep.resume` (a changed grid is refused),
+:mod:`~lungray.sweep.results` (:class:`SweepResult`, one row per trial).
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import json
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Union
 
 from lungray import tracking as T
 from lungray.config import StudyConfig, dump_yaml, is_pool_size
@@ -38,158 +40,23 @@ from lungray.errors import ConfigError
 from lungray.study import validate_study
 from lungray.sweep import grid as G
 from lungray.redact import redact, redacting, usable_uri
+from lungray.sweep import dryrun as DR
 from lungray.sweep import sync as S
-from lungray.sweep.expdir import CONFIG_YAML, SWEEP_JSON, TUNE_NAME, load_saved_config, read_result, read_sweep_state, remove_work
+from lungray.sweep.expdir import CONFIG_YAML, SWEEP_JSON, TUNE_NAME, new_experiment_dir
 from lungray.sweep.faults import DiskFullError, failpoint, is_disk_full, no_space_left
 from lungray.sweep.lock import ExperimentLock, check_private, claim_new_dir
+from lungray.sweep.payloads import data_summary_payload, leakage_payload, splits_payload
 from lungray.sweep.progress import disk_line, format_summary, make_callback, summary_table
+from lungray.sweep.results import SweepResult, collect_rows, count_done, remove_finished_work
+from lungray.sweep.resume import check_resume
+
+# Names that lived in this module before its subjects got their own (issue 22.2): callers import
+# them from here, so they stay importable here.
+from lungray.sweep.expdir import load_saved_config  # noqa: F401,E402
+from lungray.sweep.payloads import eval_groups_payload  # noqa: F401,E402
+from lungray.sweep.resume import grid_diff  # noqa: F401,E402
 
 log = logging.getLogger(__name__)
-
-@dataclass
-class SweepResult:
-    """What a sweep (or a dry run) produced."""
-
-    experiment_dir: Optional[Path]
-    config: StudyConfig
-    preflight: Optional[G.Preflight] = None
-    tracking_uri: Optional[str] = None
-    experiment_id: Optional[str] = None
-    parent_run_id: Optional[str] = None
-    trials: Any = None  # pandas.DataFrame, one row per trial
-    summary: Any = None  # pandas.DataFrame, model x size: the console's table (report section 2's strings)
-    cells: Any = None  # pandas.DataFrame, one row per cell: summary.csv, the MLflow parent's cell/* metrics
-    headline: list[str] = field(default_factory=list)  # "What this study found", as printed last
-    report_path: Optional[Path] = None
-    dry_run: bool = False
-    n_errors: int = 0
-    data: Any = None  # PreparedData
-    notes: list[str] = field(default_factory=list)
-    report_error: Optional[str] = None  # one line when the report failed or has failed parts
-
-    @property
-    def ok(self) -> bool:
-        """Every trial finished and the report (when built) has no failed part."""
-        return self.n_errors == 0 and self.report_error is None
-
-
-# --------------------------------------------------------------------------------------------
-# experiment directory and resume
-# --------------------------------------------------------------------------------------------
-
-
-def new_experiment_dir(cfg: StudyConfig, now: Optional[_dt.datetime] = None) -> Path:
-    now = now or _dt.datetime.now()
-    base = Path(cfg.output_dir).resolve()
-    d = base / f"{cfg.name}_{now:%Y%m%d-%H%M%S}"
-    i = 1
-    while d.exists():
-        i += 1
-        d = base / f"{cfg.name}_{now:%Y%m%d-%H%M%S}-{i}"
-    return d
-
-
-def grid_diff(a: StudyConfig, b: StudyConfig) -> list[str]:
-    """Top-level (and data.*) keys whose values differ between two configs' grid-defining parts."""
-    da, db = a.to_dict(), b.to_dict()
-    out = []
-    for k in sorted(set(da) | set(db)):
-        if k in ("output_dir", "tracking", "resources", "report"):
-            continue
-        if k == "data" and isinstance(da.get(k), dict) and isinstance(db.get(k), dict):
-            out += [f"data.{s}" for s in sorted(set(da[k]) | set(db[k])) if da[k].get(s) != db[k].get(s)]
-        elif da.get(k) != db.get(k):
-            out.append(k)
-    return out
-
-
-def check_resume(cfg: StudyConfig, experiment_dir: Union[str, Path]) -> dict:
-    """Refuse to resume a sweep whose grid changed; returns its saved state."""
-    state = read_sweep_state(experiment_dir)
-    if state.get("fingerprint") != cfg.fingerprint():
-        diff = grid_diff(load_saved_config(experiment_dir), cfg)
-        raise ConfigError(
-            f"--resume {experiment_dir}: the study changed since this sweep started "
-            f"(config fingerprint {state.get('fingerprint')} -> {cfg.fingerprint()}; differs in: "
-            f"{', '.join(diff) or 'unknown keys'}); resume without --preset/--config/--set to use the saved "
-            "config, or start a new sweep"
-        )
-    return state
-
-
-# --------------------------------------------------------------------------------------------
-# parent-run payloads
-# --------------------------------------------------------------------------------------------
-
-
-def splits_payload(data: Any, sizes: Sequence[int], seeds: Sequence[int]) -> dict:
-    """eval/val/pool/dropped row indices and every nested subset (size x seed) of the sweep."""
-    import numpy as np
-
-    subsets: dict[str, dict[str, list[int]]] = {}
-    for n in sizes:
-        subsets[str(n)] = {str(s): np.asarray(data.subset(int(n), int(s))).tolist() for s in seeds}
-    out = {
-        "class_names": list(data.class_names),
-        "fingerprint": data.fingerprint,
-        "eval": np.asarray(data.eval_idx).tolist(),
-        "val": np.asarray(data.val_idx).tolist(),
-        "pool": np.asarray(data.pool_idx).tolist(),
-        "dropped": np.asarray(data.dropped_idx).tolist(),
-        "subsets": subsets,
-    }
-    if getattr(data, "groups", None) is not None:  # the report resamples patients, not images (issue 19)
-        try:
-            out["eval_groups"] = eval_groups_payload(data.ids, data.groups, data.eval_idx)
-        except (OSError, ValueError, KeyError):  # no manifest to name the images: images resampled
-            pass
-    return out
-
-
-def eval_groups_payload(ids: Sequence[Any], groups: Sequence[Any], eval_idx: Sequence[int]) -> dict[str, int]:
-    """``image_id -> patient code`` of the evaluation images, codes renumbered 0.. in evaluation
-    order (a code says which images share a patient, never who the patient is)."""
-    import numpy as np
-
-    ev = np.asarray(eval_idx, dtype=np.int64)
-    ids, groups = np.asarray(ids), np.asarray(groups)
-    seen: dict = {}
-    return {str(ids[i]): seen.setdefault(groups[i].item() if hasattr(groups[i], "item") else groups[i], len(seen)) for i in ev}
-
-
-def data_summary_payload(data: Any, cfg: StudyConfig) -> dict:
-    info = dict(data.info or {})
-    return {
-        "class_names": list(data.class_names),
-        "fingerprint": data.fingerprint,
-        "root": str(data.root),
-        "class_counts": info.get("class_counts") or data.class_counts(),
-        "sizes": list(cfg.sizes),
-        "seeds": list(cfg.seeds),
-        "n_eval": int(len(data.eval_idx)),
-        "n_val": int(len(data.val_idx)),
-        "n_pool": int(len(data.pool_idx)),
-        "n_dropped": int(len(data.dropped_idx)),
-        "source": cfg.data.source,
-        "resolution": cfg.data.resolution,
-        "preprocess": cfg.data.preprocess,
-        "info": info,
-    }
-
-
-def leakage_payload(data: Any) -> dict:
-    """The leakage summary, plus the full audit file of these splits when the data layer wrote one."""
-    info = dict(data.info or {})
-    out: dict[str, Any] = {"summary": info.get("leakage", {"mode": "unknown"})}
-    key = info.get("split_key")
-    if key:
-        p = Path(data.root) / f"leakage-{key}.json"
-        if p.exists():
-            try:
-                out["audit"] = json.loads(p.read_text())
-            except ValueError:
-                pass
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,7 +111,7 @@ def run_study(
     total = G.n_trials(cfg)
 
     if dry_run:
-        return _dry_run(cfg, address, autoscaling_config, echo)
+        return DR.dry_run(cfg, address, autoscaling_config, echo)
 
     state: Optional[dict] = None
     locks: list[ExperimentLock] = []  # one driver per experiment directory (released on any exit)
@@ -303,8 +170,6 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
         TASKS.get(SITE_TASK).check_data(data)
 
     # 2. Ray and the preflight
-    import ray
-
     from lungray.sweep import local_ray as LR
     from lungray.sweep.cluster import cluster_spec, init_ray
 
@@ -312,11 +177,16 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
     LR.stop_leftovers(LR.records_for(cfg.output_dir, exp_dir if state is not None else None), echo=echo)
     # MLflow credentials reach a local Ray's workers through the environment they inherit from
     # this process, never through a runtime_env (Ray logs those: lungray.sweep.ray_env)
-    from lungray.sweep.mlflow_run import check_access, credentials_to_env
+    from lungray.sweep import mlflow_run as M
 
     given = usable_uri(cfg.tracking.tracking_uri or T.default_tracking_uri(cfg.output_dir), "tracking_uri")  # a saved one is masked
-    check_access(credentials_to_env(given))  # a 401/403 is one line now, not after Ray's start-up
+    M.check_access(M.credentials_to_env(given))  # a 401/403 is one line now, not after Ray's start-up
+    if state is None:
+        tracking_uri = cfg.tracking.tracking_uri or T.default_tracking_uri(cfg.output_dir)
+    else:
+        tracking_uri = usable_uri(cfg.tracking.tracking_uri or state["tracking_uri"], f"{exp_dir / SWEEP_JSON}: tracking_uri")
     quiet_ray_console(verbose)
+    warm = M.StoreWarmUp(tracking_uri, quiet=not verbose).start()  # MLflow's import and store while Ray starts
     started_ray = init_ray(address, logging_level=logging.INFO if verbose else logging.WARNING)
     instance = LR.started_instance() if started_ray else None  # None when it joined a running cluster
     ray_records = [LR.record_dir(cfg.output_dir) / f"{os.getpid()}.json"] if instance else []
@@ -331,9 +201,7 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
             echo(f"note: {n}")
 
         # 3. MLflow: experiment + parent run (created once; reused on resume)
-        from lungray.sweep import mlflow_run as M
-
-        tracking_uri = cfg.tracking.tracking_uri or T.default_tracking_uri(cfg.output_dir)
+        warm.wait()
         experiment = cfg.tracking.experiment or cfg.name
         M.OUTAGE.for_sweep(None)  # a fresh start: whatever this process saw before is history
         if state is None:
@@ -375,7 +243,6 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
             echo(f"experiment directory: {exp_dir}")
             echo(f"MLflow: {tracking_uri} experiment '{experiment}' parent run {parent_run_id}")
         else:
-            tracking_uri = usable_uri(cfg.tracking.tracking_uri or state["tracking_uri"], f"{exp_dir / SWEEP_JSON}: tracking_uri")
             experiment_id, parent_run_id = state["experiment_id"], state["parent_run_id"]
             for k in ("status", "failed_trials", "finished"):  # the end recorded by a previous driver
                 state.pop(k, None)
@@ -415,7 +282,7 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
             tune_report_seconds=0.0 if (spec is not None and spec.asha) else 1.0,
             probes=cfg.probes,
         )
-        done_before = _count_done(exp_dir)
+        done_before = count_done(exp_dir)
         S.set_watch(tracking_uri)
         results, interrupted = _run_tune(cfg, ctx, pre, spec, total, exp_dir, resume=resume_dir is not None, done_before=done_before, echo=echo, verbose=verbose)
         remove_finished_work(exp_dir)
@@ -423,7 +290,7 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
             # nothing below needs Ray, and the end step reads MLflow and builds the report for a
             # while: a Tune worker exiting late would have its output forwarded into the console's
             # last lines, where the headline goes (seen: an abseil "mutex.cc ... RAW: Unlock" line)
-            ray.shutdown()
+            LR.shutdown()
             LR.forget(ray_records)
             started_ray = False
 
@@ -499,7 +366,7 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
         )
     finally:
         if started_ray:
-            ray.shutdown()
+            LR.shutdown()
             LR.forget(ray_records)
 
 
@@ -509,8 +376,9 @@ def quiet_ray_console(verbose: bool) -> None:
     Ray 2.60 logs "Token authentication is enabled for this Ray cluster..." at WARNING on every
     local start, though enabling it is its secure default: the line is dropped (the warning for a
     cluster WITHOUT authentication is not). ``ray.init(logging_level=...)`` handles Ray's INFO
-    lines ("Started a local Ray instance"), and MLflow's "Creating initial MLflow database
-    tables..." INFO lines are raised to WARNING.
+    lines ("Started a local Ray instance"); MLflow's "Creating initial MLflow database
+    tables..." INFO lines are raised to WARNING where MLflow is imported
+    (:class:`~lungray.sweep.mlflow_run.StoreWarmUp`, in a thread while Ray starts).
     """
     if verbose:
         return
@@ -523,9 +391,6 @@ def quiet_ray_console(verbose: bool) -> None:
         lg = logging.getLogger(name)
         if not any(isinstance(f, _DropTrialFailure) for f in lg.filters):
             lg.addFilter(_DropTrialFailure())
-    import mlflow  # noqa: F401 - configures its loggers at import; set the level after that
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 class _DropTokenEnabled(logging.Filter):
@@ -545,16 +410,6 @@ def ui_line(tracking_uri: str, experiment_id: str, output_dir: str) -> str:
         return f"MLflow UI: {T.ui_url(tracking_uri, experiment_id)}"
     return (f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri} --default-artifact-root "
             f"{T.default_artifact_root(output_dir)} --port 5000, then open {T.ui_url('http://127.0.0.1:5000', experiment_id)}")
-
-
-def remove_finished_work(exp_dir: Path) -> None:
-    """Delete the working folders (resumable checkpoints) that finished trials left behind
-    (a driver killed between a trial's result and its clean-up); unfinished trials keep theirs
-    for ``--resume``."""
-    d = exp_dir / "trials"
-    for t in sorted(d.iterdir()) if d.exists() else []:
-        if (read_result(t) or {}).get("complete"):
-            remove_work(t)
 
 
 def train_env(cluster: G.ClusterSpec, tracking_uri: str) -> dict[str, str]:
@@ -592,66 +447,6 @@ def _data_line(data: Any) -> str:
     return f"data: {len(data.class_names)} classes; " + " | ".join(parts)
 
 
-def _dry_run(cfg: StudyConfig, address: Optional[str], autoscaling_config: Optional[str], echo) -> SweepResult:
-    """Print the grid, what a trial needs and what the cluster lacks; check sizes and weights.
-
-    Never refuses for the cluster (a GPU study planned on a CPU laptop still shows its grid);
-    training sizes the dataset cannot supply (with ``--data``) are an error after the grid.
-    """
-    from lungray.sweep.checks import dataset_checks, weights_checks
-
-    data_lines, problems, n_pool = dataset_checks(cfg)
-    if n_pool is not None and cfg.pool_sizes:
-        cfg = cfg.with_pool_size(n_pool)
-    checks = data_lines + weights_checks(cfg)
-    cluster = _dry_run_cluster(address, autoscaling_config)
-    error = None
-    try:
-        pre: Optional[G.Preflight] = G.preflight(cfg, cluster)
-    except ConfigError as e:
-        pre, error = None, str(e)
-    # each problem once: the first is the error line the dry run exits with, the others above it
-    checks += [f"data problem: {p}" for p in problems[1:]]
-    echo(G.dry_run_text(cfg, pre, cluster, error=error, checks=checks))
-    if problems:
-        from lungray.errors import DataError
-
-        raise DataError(problems[0] + (f" (+{len(problems) - 1} more above)" if len(problems) > 1 else ""))
-    import pandas as pd
-
-    return SweepResult(experiment_dir=None, config=cfg, preflight=pre, trials=pd.DataFrame(G.grid_rows(cfg)), dry_run=True,
-                       notes=[f"cluster lacks: {error}"] if error else [])
-
-
-def _dry_run_cluster(address: Optional[str], autoscaling_config: Optional[str]) -> G.ClusterSpec:
-    from lungray.sweep.cluster import cluster_spec, init_ray, local_cluster_spec, resolve_address
-
-    if resolve_address(address) is not None:
-        import ray
-
-        started = init_ray(address)
-        try:
-            cluster = cluster_spec(autoscaling_config)
-        finally:
-            if started:
-                ray.shutdown()
-    else:
-        cluster = local_cluster_spec()
-        from lungray.sweep.cluster import _load_yaml, autoscaling_config_path
-
-        p = autoscaling_config_path(autoscaling_config)
-        if p is not None:
-            cluster = cluster.with_autoscaling(_load_yaml(p))
-    return cluster
-
-
-def _count_done(exp_dir: Path) -> int:
-    d = exp_dir / "trials"
-    if not d.exists():
-        return 0
-    return sum(1 for t in d.iterdir() if (read_result(t) or {}).get("complete"))
-
-
 def headline_metric(cfg: StudyConfig) -> str:
     """The metric of the progress lines and the summary table: the task's primary held-out
     metric (``test_accuracy``, ``test_dice_pos``)."""
@@ -675,17 +470,26 @@ def _run_tune(cfg, ctx, pre, spec, total, exp_dir: Path, *, resume: bool, done_b
     # trials (from their checkpoints), which also covers a trial driver lost with its node.
     # Without Ray Train (one-worker trials by default) Tune's own retries resume from the
     # trial's last Tune checkpoint.
+    # Tune's own result files (tune/<trial>/result.json, progress.csv) are kept; its TensorBoard
+    # logger is not: nothing reads its event files, and creating it imported tensorboardX and
+    # torch into the driver while the first trials started (bench/RESULTS.md, issue 22.3)
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
     run_config = tune.RunConfig(
         name=TUNE_NAME,
         storage_path=str(exp_dir),
         failure_config=tune.FailureConfig(max_failures=0 if ctx.use_ray_train else cfg.resources.max_failures),
-        callbacks=[progress, S.outage_watch(str(exp_dir))],
+        callbacks=[progress, S.outage_watch(str(exp_dir)), CSVLoggerCallback(), JsonLoggerCallback()],
         verbose=1 if verbose else 0,
     )
     tune_path = exp_dir / TUNE_NAME
+    env: dict[str, str] = {} if verbose else {"RAY_AIR_NEW_OUTPUT": "0"}
     if resume and tune_path.exists() and tune.Tuner.can_restore(str(tune_path)) and not _tune_state_damaged(tune_path, echo):
+        # the saved run config's callbacks come back with it (a sweep of an older lungray may
+        # lack the explicit loggers: Tune then adds its defaults, TensorBoard's included)
         tuner = tune.Tuner.restore(str(tune_path), trainable=trainable, resume_unfinished=True, resume_errored=True, restart_errored=False)
     else:
+        env["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # the two above are given explicitly
         axes = G.param_space_axes(cfg)
         space: dict[str, Any] = {k: tune.grid_search(v) for k, v in axes.items()}
         scheduler = None
@@ -713,9 +517,9 @@ def _run_tune(cfg, ctx, pre, spec, total, exp_dir: Path, *, resume: bool, done_b
         # Tune's new output engine prints its configuration box, "View detailed results here"
         # and a TensorBoard hint even at verbose=0; the legacy engine at 0 prints nothing, and
         # lungray prints one line per finished trial instead (``-v`` keeps Tune's tables)
-        from lungray.sweep.ray_env import no_secrets_in_runtime_env
+        from lungray.sweep.ray_env import no_secrets_in_runtime_env, scoped_env
 
-        with _env({} if verbose else {"RAY_AIR_NEW_OUTPUT": "0"}), no_secrets_in_runtime_env():  # no AWS keys in Ray's logs
+        with scoped_env(env), no_secrets_in_runtime_env():  # no AWS keys in Ray's logs
             results = tuner.fit()
     except KeyboardInterrupt:
         return None, True
@@ -747,110 +551,6 @@ def _tune_state_damaged(tune_path: Path, echo) -> bool:
     tune_path.rename(aside)
     echo(f"note: Tune's state in {tune_path} is damaged ({why}); kept as {aside.name}, unfinished trials start afresh, finished ones are kept")
     return True
-
-
-@contextlib.contextmanager
-def _env(values: Mapping[str, str]):
-    """Set environment variables for the duration of the block, then restore them."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def collect_rows(exp_dir: Path, results: Any, lookup: Optional[Mapping[str, Any]] = None) -> list[dict]:
-    """One row per trial from the trial directories (finished) and Tune's results (errors)."""
-    rows: dict[str, dict] = {}
-    tdir = exp_dir / "trials"
-    if tdir.exists():
-        for d in sorted(tdir.iterdir()):
-            r = read_result(d)
-            if r and r.get("complete"):
-                rows[d.name] = _row(d.name, r, "done")
-                rows[d.name]["degenerate"] = _degenerate(d)
-    if results is not None:
-        for res in results:
-            tid = _trial_id_of(res, lookup)
-            if tid in rows:
-                continue
-            c = res.config or {}
-            rows[tid] = {
-                "trial_id": tid,
-                "model": c.get("model"),
-                "train_size": c.get("train_size"),
-                "optimizer": c.get("optimizer"),
-                "seed": c.get("seed"),
-                "status": "error" if res.error else "incomplete",
-                "error": redact(str(res.error).strip().splitlines()[-1][:300]) if res.error else "",
-            }
-    return sorted(rows.values(), key=lambda r: (str(r.get("model")), int(r.get("train_size") or 0), str(r.get("optimizer")), int(r.get("seed") or 0)))
-
-
-def _degenerate(tdir: Path) -> str:
-    """Why the trial's output is degenerate ("" when it is not, or unknown): the rule the summary
-    and the report share (:func:`lungray.report.stats.degenerate_output`)."""
-    from lungray.report.stats import degenerate_output
-    from lungray.sweep.expdir import ARTIFACTS_DIR
-
-    p = Path(tdir) / ARTIFACTS_DIR / T.PREDICTIONS
-    if not p.is_file():
-        return ""
-    import numpy as np
-    import pandas as pd
-
-    try:
-        df = pd.read_csv(p)
-    except (OSError, ValueError):
-        return ""
-    probs = [c for c in df.columns if str(c).startswith("prob_")]
-    if not probs or "y_true" not in df:
-        return ""
-    y = df["y_true"]
-    if not pd.api.types.is_numeric_dtype(y):  # class names: their prob_<name> column's index
-        y = y.astype(str).map({str(c)[len("prob_"):]: i for i, c in enumerate(probs)})
-    if y.isna().any():
-        return ""
-    return degenerate_output(df[probs].to_numpy(dtype=float), y.to_numpy(dtype=np.int64))
-
-
-def _row(trial_id: str, r: Mapping[str, Any], status: str) -> dict:
-    row = {
-        "trial_id": trial_id,
-        "model": r.get("model"),
-        "train_size": r.get("train_size"),
-        "optimizer": r.get("optimizer"),
-        "seed": r.get("seed"),
-        "status": status,
-        "error": "",
-        "node_id": r.get("node_id"),
-        "worker_start": r.get("worker_start"),
-        "worker_end": r.get("worker_end"),
-        "resumed": r.get("resumed"),
-        "trial_overhead_seconds": r.get("trial_overhead_seconds"),
-    }
-    for k, v in (r.get("metrics") or {}).items():
-        if k.startswith(T.TEST_PREFIX) or k in ("best_epoch", "epochs_run", "train_seconds", "eval_seconds"):
-            row[k] = v
-    return row
-
-
-def _trial_id_of(res: Any, lookup: Optional[Mapping[str, Any]] = None) -> str:
-    m = res.metrics or {}
-    if m.get("lungray_trial_id"):
-        return str(m["lungray_trial_id"])
-    c = res.config or {}
-    if lookup is not None:
-        try:
-            return G.trial_uid(G.trial_from_params(lookup, c), lr_sampled=c.get("lr") is not None)
-        except (ConfigError, KeyError):
-            pass
-    return str(m.get("trial_id") or Path(str(getattr(res, "path", "") or "")).name)
 
 
 def _build_report(tracking_uri: str, experiment: str, parent_run_id: str, exp_dir: Path, gradcam: bool, echo,

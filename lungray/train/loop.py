@@ -25,13 +25,17 @@ Nothing here knows what is predicted: datasets, loss, training statistics, valid
 the held-out report and the predictions table come from the trial's task
 (:mod:`lungray.train.tasks`, ``train.task``), and model-specific steps (autoencoder
 pretraining, a closed-form fit) from hooks on the model's spec (:class:`lungray.models.ModelSpec`).
+
+One subject, the sequence of one trial (issue 22.2): which images each epoch sees lives in
+:mod:`lungray.train.epochs` (its names re-exported here), the DDP steps in
+:mod:`lungray.train.distributed`; the four stages stay together because they share one context
+and are read as one sequence.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +45,8 @@ import numpy as np
 
 from lungray.config import StudyConfig, TrialConfig
 from lungray.errors import ConfigError, LungrayError
+from lungray.train.distributed import barrier, sync_buffers, wrap_distributed
+from lungray.train.epochs import EpochSampler, EpochTagged, StepStream, epoch_plan
 from lungray.train.evaluate import EarlyStopping
 from lungray.train.result import TrialResult
 from lungray.train.tasks import TASKS, Task, class_weights, sample_weights
@@ -80,143 +86,6 @@ def validate_trial(trial: TrialConfig, resolution: Optional[int] = None) -> None
         schedule=trial.schedule,
         train=trial.train,
     ))
-
-
-def epoch_plan(n_train: int, batch_size: int, world_size: int = 1) -> tuple[int, bool]:
-    """(optimisation steps per epoch per rank, drop_last) for ``n_train`` images.
-
-    Each rank sees ``ceil(n / world_size)`` samples. A last batch of exactly one image is
-    dropped (``drop_last``): batch norm cannot normalise a batch of one in training mode, and
-    with the per-epoch shuffle a different image is left out each epoch.
-    """
-    if n_train < 1 or batch_size < 1:
-        raise ConfigError(
-            f"training size {n_train} with batch size {batch_size} gives zero optimisation steps; "
-            "set schedule.batch_size/epochs (or size_rules/max_steps) >= 1"
-        )
-    per_rank = math.ceil(n_train / world_size)
-    drop_last = per_rank > 1 and per_rank % batch_size == 1
-    steps = per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
-    return steps, drop_last
-
-
-class EpochSampler:
-    """Shuffled (or class-weighted, with replacement) indices for one epoch, sharded by rank.
-
-    The order of epoch e depends only on (seed, e), never on earlier epochs, so a resumed run
-    replays it exactly; sharding is DistributedSampler's (pad by wrapping, take ``rank::world``)
-    so each rank sees a disjoint slice of the same permutation.
-    """
-
-    def __init__(self, n: int, seed: int, *, weights: Optional[np.ndarray] = None, rank: int = 0, world_size: int = 1):
-        self.n = int(n)
-        self.seed = int(seed)
-        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
-        self.rank = int(rank)
-        self.world_size = int(world_size)
-        self.epoch = 0
-        self.per_rank = math.ceil(self.n / self.world_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def indices(self) -> list[int]:
-        import torch
-
-        from lungray.train.device import torch_generator
-
-        g = torch_generator(self.seed, self.epoch, stream=1)
-        if self.weights is not None:
-            idx = torch.multinomial(torch.as_tensor(self.weights), self.n, replacement=True, generator=g)
-        else:
-            idx = torch.randperm(self.n, generator=g)
-        idx = idx.tolist()
-        total = self.per_rank * self.world_size
-        if total > len(idx):
-            idx = idx + idx[: total - len(idx)]
-        return idx[self.rank : total : self.world_size]
-
-    def __iter__(self):
-        return iter(self.indices())
-
-    def __len__(self) -> int:
-        return self.per_rank
-
-
-class EpochTagged:
-    """A sampler that yields ``(epoch, i)`` for each ``i`` of ``sampler``'s current epoch.
-
-    Lets one DataLoader with persistent workers serve every epoch: the sampler is iterated
-    in the main process (where ``set_epoch`` is called), and the epoch travels with each
-    index to the worker's copy of the dataset (:meth:`ImageDataset.__getitem__`). Building a
-    DataLoader per epoch instead re-spawns its workers every epoch (``bench/bench_data.py``).
-    """
-
-    def __init__(self, sampler: EpochSampler):
-        self.sampler = sampler
-
-    def __iter__(self):
-        e = self.sampler.epoch
-        return iter([(e, i) for i in self.sampler.indices()])
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-
-class StepStream:
-    """Epochs of ``steps`` batches cut from one endless stream of shuffled passes: Keras'
-    ``fit(generator, steps_per_epoch=steps)`` (``schedule.steps_per_epoch``; study 5's code ran
-    "epochs" of 9 steps, PROTOCOLS.md section 5).
-
-    Pass ``p`` (0-based) is :class:`EpochSampler`'s order for epoch ``p + 1`` (shuffled, or
-    class-weighted with replacement) cut into ``ceil(n / batch_size)`` batches, the last one
-    short as Keras' iterator makes it (a last batch of exactly one image is dropped, as
-    :func:`epoch_plan` does: batch norm cannot train on it). Epoch ``e`` (1-based) is global
-    batches ``(e - 1) * steps ... e * steps - 1`` of the stream, so consecutive epochs walk
-    through a pass and into the next one, and epoch ``e`` depends only on (seed, e): a resumed
-    run replays it exactly. A batch sampler: it yields lists of ``(pass, i)``, the pass keying
-    each image's augmentation draw (every image appears once per pass). One process only
-    (validation refuses ``steps_per_epoch`` with DDP workers).
-
-    >>> s = StepStream(5, batch_size=3, steps=3, seed=0)  # a pass is batches of 3 and 2
-    >>> s.set_epoch(1); [len(b) for b in s], [b[0][0] for b in s]  # (batch sizes, their pass)
-    ([3, 2, 3], [0, 0, 1])
-    >>> s.set_epoch(2); [len(b) for b in s], [b[0][0] for b in s]
-    ([2, 3, 2], [1, 2, 2])
-    >>> StepStream(5, batch_size=2, steps=1, seed=0).per_pass  # 2, 2 and a dropped 1
-    2
-    """
-
-    def __init__(self, n: int, batch_size: int, steps: int, seed: int, *, weights: Optional[np.ndarray] = None):
-        self.order = EpochSampler(n, seed, weights=weights)
-        self.n, self.batch_size, self.steps = int(n), int(batch_size), int(steps)
-        sizes = [min(self.batch_size, self.n - i) for i in range(0, self.n, self.batch_size)]
-        if len(sizes) > 1 and sizes[-1] == 1:
-            sizes = sizes[:-1]
-        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-        self.per_pass = len(sizes)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def batches(self) -> list[list[tuple[int, int]]]:
-        out: list[list[tuple[int, int]]] = []
-        cache: dict[int, list[int]] = {}
-        first = (max(self.epoch, 1) - 1) * self.steps
-        for g in range(first, first + self.steps):
-            p, j = divmod(g, self.per_pass)
-            if p not in cache:
-                self.order.set_epoch(p + 1)
-                cache[p] = self.order.indices()
-            out.append([(p, i) for i in cache[p][self.starts[j] : self.starts[j + 1]]])
-        return out
-
-    def __iter__(self):
-        return iter(self.batches())
-
-    def __len__(self) -> int:
-        return self.steps
 
 
 # ------------------------------------------------------------------------------------------
@@ -298,51 +167,6 @@ def run_trial(
         return _run(ctx, report=report, resume_from=resume_from, stop_after_epoch=stop_after_epoch)
     finally:
         restore_backends(prev)
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def _sync_buffers(model: Any, world: int) -> None:
-    """Copy rank 0's buffers (batch-norm running statistics) to every rank before evaluating.
-
-    DDP averages gradients, so parameters agree across ranks, but each rank updates its BN
-    running statistics from its own shard after DDP's start-of-forward broadcast; without this
-    the ranks would evaluate slightly different models and could disagree on early stopping.
-    """
-    if world <= 1:
-        return
-    import torch.distributed as dist
-
-    from lungray.train.evaluate import unwrap
-
-    for buf in unwrap(model).buffers():
-        dist.broadcast(buf.data, src=0)
-
-
-def _wrap_distributed(model: Any, device: Any, world: int) -> Any:
-    """DDP for world_size > 1: Ray's ``prepare_model`` inside Ray Train, torch DDP otherwise."""
-    if world <= 1:
-        return model
-    try:
-        import ray.train
-
-        ray.train.get_context()  # raises outside a Ray Train worker
-        in_ray_train = True
-    except Exception:
-        in_ray_train = False
-    if in_ray_train:
-        import ray.train.torch as rtt
-
-        return rtt.prepare_model(model, move_to_device=False)
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    ids = [device.index] if device.type == "cuda" and device.index is not None else None
-    return DDP(model, device_ids=ids)
 
 
 @dataclass
@@ -529,7 +353,7 @@ def _build_model(ctx: _Context, setup: _SetUp) -> _Model:
         for turn in ((True,) if ctx.world == 1 else (ctx.is_main, not ctx.is_main)):
             if turn:
                 build_kwargs = spec.prepare(data, trial, device=ctx.device, mean=setup.norm[0], std=setup.norm[1])
-            _barrier(ctx.world)
+            barrier(ctx.world)
     seed_everything(trial.seed)  # weight init independent of what ran before (e.g. AE pretraining)
     net = ctx.task.build_model(trial, setup.class_names, in_chans=input_channels(trial.model),
                                resolution=setup.resolved["input_size"], **build_kwargs)
@@ -603,7 +427,7 @@ def _fit(
         ckpt.set_rng_state(st["rng"])
         f.last_ckpt = Path(resume_from)
     if not m.full_batch:
-        m.net = _wrap_distributed(m.net, ctx.device, ctx.world)
+        m.net = wrap_distributed(m.net, ctx.device, ctx.world)
     ckpt_root = ctx.workdir / "checkpoints"
     # One loader per split for the whole trial; with loader workers they persist across epochs.
     persistent = tc.num_workers > 0
@@ -738,7 +562,7 @@ def _validate(ctx: _Context, setup: _SetUp, model: Any, val_loader: Any) -> dict
     """The task's validation metrics of the current weights on ``data.val_idx``."""
     from lungray.train.evaluate import predict
 
-    _sync_buffers(model, ctx.world)
+    sync_buffers(model, ctx.world)
     tc = ctx.trial.train
     outputs, y, _ = predict(
         model, setup.val_ds, batch_size=tc.eval_batch_size, device=ctx.device, dtype=ctx.dtype,
@@ -787,7 +611,7 @@ def _final_evaluation(ctx: _Context, setup: _SetUp, m: _Model, f: _Fitted) -> Tr
 
     trial, data, task = ctx.trial, ctx.data, ctx.task
     t_eval = time.perf_counter()
-    _sync_buffers(m.net, ctx.world)
+    sync_buffers(m.net, ctx.world)
     net = unwrap(m.net)
     best_state = f.best_state
     if best_state is not None:
