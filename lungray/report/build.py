@@ -160,6 +160,10 @@ def build_report(
             builder.paired(),
             builder.fit(),
         ]
+        if sweep.external_names:  # issue 24: the same runs on each external evaluation set
+            from lungray.report.external import external_section
+
+            sections.append(external_section(builder))
         if sweep.spec.explanation == "overlay" and gradcam:  # segmentation: masks, no heat maps
             sections.append(builder.overlays(device))
         elif gradcam:
