@@ -64,7 +64,7 @@ def hold_out_sites(
         if len(rows) == 0:
             raise DataError(
                 f"data.external '{e.name}': site '{e.hold_out_site}' has no usable image in {source} data; "
-                f"sites present: {', '.join(map(str, present))}"
+                f"sites present: {', '.join(sorted(map(str, present)))}"
             )
         held[e.name] = rows
     out = np.unique(np.concatenate(list(held.values()))) if held else np.zeros(0, dtype=np.int64)
