@@ -254,3 +254,29 @@ def test_a_held_out_site_with_no_film_is_refused_before_training(tmp_path):
     with pytest.raises(DataError) as e:
         prepare_data(cfg.data, output_dir=tmp_path, progress=False, echo=lambda s: None)
     assert str(e.value) == "data.external 'site_2': site 'site-2' has no usable image in phantom data; sites present: site-0, site-1"
+
+
+def test_a_run_calling_every_external_image_one_class_still_counts(fake):
+    """The shortcut's signature on an external set (one class for everything) is the finding: the
+    run counts there exactly as it counts internally, so the drop is not hidden."""
+    from lungray.report import tables as TB
+    from lungray.report.external import _with_internal_counting, external_view, gap_table
+    from lungray.report.load import load_sweep
+
+    sw = load_sweep(fake.tracking_uri, "ext_study")
+    rid = fake.run_ids[("alpha", 200, "adam", 0)]
+    df = sw.external_predictions["site_2"][rid].copy()
+    df["prob_Normal"], df["prob_COVID"] = 0.9, 0.1  # every external image called Normal
+    sw.external_predictions["site_2"][rid] = df
+    view = external_view(sw, "site_2")
+    preds = TB.prediction_arrays(view)
+    from lungray.report.stats import degenerate_output
+
+    assert degenerate_output(preds[rid][2], preds[rid][1])  # by its own predictions it would have been left out
+    runs = _with_internal_counting(view, TB.add_derived(view, preds))
+    assert bool(runs.set_index("run_id").at[rid, "counted"])
+    summary = TB.summarise(runs, predictions=preds)
+    cell = summary[(summary.metric == "accuracy") & (summary.model == "alpha") & (summary.train_size == 200)].iloc[0]
+    assert (cell.n, cell.n_degenerate) == (3, 0)
+    gap = gap_table(sw, "site_2")
+    assert gap[(gap.model == "alpha") & (gap.train_size == 200)].n_runs.item() == 3

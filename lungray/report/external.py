@@ -48,10 +48,31 @@ def external_view(sweep: Sweep, name: str) -> Sweep:
         runs.loc[(runs["state"] == COMPLETE) & runs[primary].isna(), "state"] = "no external result"
     else:
         runs.loc[runs["state"] == COMPLETE, "state"] = "no external result"
-    return dataclasses.replace(
+    view = dataclasses.replace(
         sweep, runs=runs.reset_index(drop=True), predictions=dict(sweep.external_predictions.get(name, {})),
         splits=None, histories=sweep.histories.iloc[0:0], notes=[],
     )
+    # which runs count is decided on the INTERNAL set (TB.counted_runs' one rule): a run that calls
+    # every external image one class has not collapsed as a recipe, it is the shortcut this section
+    # looks for, so it stays in every external number (left out, it would hide the drop)
+    internal = TB.counted_runs(sweep).set_index("run_id")
+    done = view.complete.copy()
+    done["degenerate"] = [internal.at[r, "degenerate"] if r in internal.index else "" for r in done["run_id"]]
+    done["counted"] = [bool(internal.at[r, "counted"]) if r in internal.index else False for r in done["run_id"]]
+    view._lungray_counted = ((id(view.runs), id(view.predictions), len(view.runs)), done)
+    return view
+
+
+def _with_internal_counting(view: Sweep, runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` (:func:`lungray.report.tables.add_derived` of the view) with ``degenerate`` and
+    ``counted`` as decided on the internal set (see :func:`external_view`)."""
+    done = view._lungray_counted[1].set_index("run_id")
+    runs = runs.copy()
+    inside = runs["run_id"].isin(done.index)
+    runs.loc[inside, "degenerate"] = [done.at[r, "degenerate"] for r in runs.loc[inside, "run_id"]]
+    runs.loc[inside, "counted"] = [bool(done.at[r, "counted"]) for r in runs.loc[inside, "run_id"]]
+    runs["counted"] = runs["counted"].astype(bool)
+    return runs
 
 
 def gap_table(sweep: Sweep, name: str, metric: str = "accuracy", level: float = 0.95) -> pd.DataFrame:
@@ -192,12 +213,12 @@ def external_section(b: Any) -> H.Section:
         "source the model never saw?), the paired comparisons and the power-law fit on that set, and the gap "
         "internal minus external per model and size. The gap's interval pairs each run's two scores and carries the "
         "run-to-run noise and both sets' image noise (Student-t, Satterthwaite df); external images are resampled by "
-        "image. A gap clear of zero is the signature of a model that learned its sources rather than the disease "
+        "image. A run counts here exactly when it counts internally: a model that calls every external image one class is the finding, not a collapsed run. A gap clear of zero is the signature of a model that learned its sources rather than the disease "
         "(DeGrave et al. 2021), or of a real shift between populations: the sections on the lungs say which.")
 
 
 def _view_labels(view: Sweep, preds: dict) -> tuple[pd.DataFrame, list[str]]:
-    runs = TB.add_derived(view, preds)
+    runs = _with_internal_counting(view, TB.add_derived(view, preds))
     n_opt = runs["optimizer"].nunique() if not runs.empty else 0
     runs["label"] = [m if n_opt <= 1 else f"{m} / {o}" for m, o in zip(runs["model"], runs["optimizer"])]
     labels = [m if n_opt <= 1 else f"{m} / {o}" for m in view.models for o in view.optimizers]

@@ -33,6 +33,5 @@ def evaluate_external(ctx: Any, setup: Any, net: Any, size: dict) -> dict[str, d
         )
         flat, _, _ = task.report(y, outputs, setup.class_names)
         metrics = {k: float(v) for k, v in flat.items()}
-        metrics["n_images"] = float(len(idx))
         out[e.name] = {"metrics": metrics, "predictions": task.predictions_frame(d, rows, y, outputs, setup.class_names)}
     return out
