@@ -438,6 +438,10 @@ class StudyConfig:
     lr_search: Optional[Mapping[str, Any]] = None  # {"samples": 4, "low": 1e-5, "high": 1e-2}; off by default
     report: bool = True
     variants: tuple[VariantConfig, ...] = (VariantConfig(),)  # preprocessing x normalisation arms (section 4)
+    # issue 24, point 5: run the study under each protocol, on the same data, and report what the
+    # papers' protocol inflates: [] = as configured, one sweep; [corrected, as_published] = two
+    # sweeps (:meth:`for_protocol`) whose reports show the inflation with an interval
+    protocols: tuple[str, ...] = ()
 
     # -- derived ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -452,6 +456,8 @@ class StudyConfig:
         for k, default in (("external", []), ("split_unit", "group")):
             if d["data"].get(k) == default:
                 d["data"].pop(k)
+        if d.get("protocols") == []:
+            d.pop("protocols")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def trials(self) -> list["TrialConfig"]:
@@ -499,6 +505,32 @@ class StudyConfig:
             norm_std=v.norm_std if v.norm_std is not None else (t.norm_std if keep else None),
         )
 
+    def for_protocol(self, name: str) -> "StudyConfig":
+        """This study under protocol ``name`` (one of :data:`PROTOCOLS`; issue 24, point 5).
+
+        ``as_published``: what the COVID-19 papers did (PROTOCOLS.md sections 1 and 5; Roberts et
+        al. 2021 list these as the common leaks): an image-level split (``data.split_unit:
+        image``: augmented copies and films of one patient on both sides; the leakage audit
+        still runs and counts the pairs across the split, ``data.leakage: report``), the test
+        set doubling as the validation set of early stopping and checkpoint selection
+        (``data.val_is_eval``), and one seed. ``corrected``: lungray's default protocol
+        (patients and duplicate clusters kept on one side, copies of held-out images dropped
+        from training, a separate validation set: ``data.val_size`` or 0.1 when it was 0).
+        Both arms keep the data, models, sizes and budget, and log to one MLflow experiment;
+        applying a protocol twice changes nothing (a resumed arm keeps its fingerprint).
+        """
+        if name not in PROTOCOLS:
+            raise ConfigError(f"protocols: '{name}' is not valid; valid choices: {', '.join(PROTOCOLS)}")
+        d = self.data
+        experiment = self.tracking.experiment or self.name.removesuffix(AS_PUBLISHED_SUFFIX)
+        tracking = replace(self.tracking, experiment=experiment)
+        if name == "as_published":
+            data = replace(d, split_unit="image", leakage="report" if d.leakage == "drop" else d.leakage, val_is_eval=True, val_size=0)
+            label = self.name if self.name.endswith(AS_PUBLISHED_SUFFIX) else self.name + AS_PUBLISHED_SUFFIX
+            return replace(self, name=label, data=data, seeds=self.seeds[:1], tracking=tracking, protocols=(name,))
+        data = replace(d, split_unit="group", leakage="drop", val_is_eval=False, val_size=d.val_size if d.val_size else 0.1)
+        return replace(self, name=self.name.removesuffix(AS_PUBLISHED_SUFFIX), data=data, tracking=tracking, protocols=(name,))
+
     @property
     def pool_sizes(self) -> bool:
         """Whether a training size means "the whole pool" (``all`` / -1), resolved with the data."""
@@ -512,6 +544,11 @@ class StudyConfig:
             if n not in sizes:
                 sizes.append(n)
         return replace(self, sizes=tuple(sizes))
+
+
+#: the protocol axis (issue 24, point 5; :meth:`StudyConfig.for_protocol`)
+PROTOCOLS = ("corrected", "as_published")
+AS_PUBLISHED_SUFFIX = "_as_published"
 
 
 def is_pool_size(n: Any) -> bool:

@@ -139,6 +139,11 @@ def per_class_key(metric: str, class_name: str) -> str:
     return f"{TEST_PREFIX}{metric}__{metric_key(class_name)}"
 
 
+#: the protocol arms of one invocation (issue 24, point 5): each arm's parent ("sweep") run is
+#: tagged with its protocol (``corrected``, ``as_published``) and a group id shared by the arms
+PROTOCOL = "lungray.protocol"
+PROTOCOL_GROUP = "lungray.protocol_group"
+
 #: external evaluation sets (issue 24, point 1): a trial's final metrics on set ``<name>`` are
 #: ``ext.<name>.<key>`` where the held-out set's are ``test_<key>`` (``ext.site_2.accuracy``,
 #: ``ext.site_2.recall__COVID``), and its per-image predictions the artifact ``predictions.ext.<name>.csv``

@@ -164,6 +164,10 @@ def build_report(
             from lungray.report.external import external_section
 
             sections.append(external_section(builder))
+        if sweep.parent_tags.get(T.PROTOCOL):  # issue 24: an arm of "as published vs corrected"
+            from lungray.report.inflation import inflation_section
+
+            sections.append(inflation_section(builder))
         if sweep.spec.explanation == "overlay" and gradcam:  # segmentation: masks, no heat maps
             sections.append(builder.overlays(device))
         elif gradcam:

@@ -196,6 +196,13 @@ def validate_study(cfg: StudyConfig, require_data: bool = True) -> StudyConfig:
         raise ConfigError(f"train.eval_batch_size must be >= 1, got {t.eval_batch_size}")
     task.check(cfg)
 
+    from lungray.config import PROTOCOLS
+
+    for i, pname in enumerate(cfg.protocols):
+        one_of(f"protocols[{i}]", pname, PROTOCOLS)
+    if len(set(cfg.protocols)) != len(cfg.protocols):
+        raise ConfigError(f"protocols contain duplicates: {list(cfg.protocols)}")
+
     r = cfg.resources
     if r.workers < 1:
         raise ConfigError(f"resources.workers must be >= 1, got {r.workers}")

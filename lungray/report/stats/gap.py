@@ -65,6 +65,7 @@ def set_gap(
     level: float = 0.95,
     codes_a: Optional[Sequence[int]] = None,
     codes_b: Optional[Sequence[int]] = None,
+    borrow_run_variance: bool = True,
 ) -> GapCI:
     """Gap ``mean(a) - mean(b)`` between per-image scores ``a`` (runs, images of set A) and ``b``
     (runs, images of set B), e.g. 1/0 correct, with an interval.
@@ -72,7 +73,10 @@ def set_gap(
     ``paired_runs``: row ``s`` of ``a`` and of ``b`` are the same trained run (internal vs
     external of one trial): the run term is the variance of the per-run gaps over runs. Else the
     runs of A and B are independent (two protocols): the run term is the sum of each side's
-    variance of its run means over its runs (none for a side with one run).
+    variance of its run means over its runs; a side with ONE run (the as-published arm: one seed,
+    as the papers ran) has no run variance of its own and, with ``borrow_run_variance``, borrows
+    the other side's per-run variance (the same recipe and budget, only the protocol differs), so
+    the single run's own seed luck is in the interval rather than silently left out.
 
     Images: each set's per-image scores averaged over its runs, resampled by image (or by
     ``codes``: patient codes ``0..G-1``, :func:`lungray.report.stats.unit_codes`), independently
@@ -107,6 +111,9 @@ def set_gap(
             terms.append((v_runs, sa - 1))
     else:
         parts = [(float(np.var(m, ddof=1) / len(m)), len(m) - 1) for m in (ma, mb) if len(m) > 1]
+        if borrow_run_variance and len(parts) == 1 and min(sa, sb) == 1:
+            other = ma if sa > 1 else mb
+            parts.append((float(np.var(other, ddof=1)), len(other) - 1))
         v_runs = sum(v for v, _ in parts) if parts else math.nan
         terms += parts
     ca = None if codes_a is None else np.asarray(codes_a, dtype=np.int64)
