@@ -280,3 +280,29 @@ def test_a_run_calling_every_external_image_one_class_still_counts(fake):
     assert (cell.n, cell.n_degenerate) == (3, 0)
     gap = gap_table(sw, "site_2")
     assert gap[(gap.model == "alpha") & (gap.train_size == 200)].n_runs.item() == 3
+
+
+def test_prepared_external_sets_never_touch_the_study_and_map_classes(tmp_path):
+    """A held-out site's rows are in no split (and are all of that site); a source set holding only
+    the study's second class gets the study's class index; the sweep's splits.json lists the rows."""
+    from lungray.data.prepare import prepare_data
+    from lungray.sweep.runner import splits_payload
+
+    cfg = load_study("smoke", overrides=[
+        "data.phantom_n=600", "sizes=[40]",
+        "data.external=[{name: site_2, hold_out_site: site-2}, "
+        "{name: covid_only, source: phantom, class_map: {Normal: null, COVID: COVID}, settings: {phantom_seed: 3, phantom_n: 80}}]"])
+    data = prepare_data(cfg.data, output_dir=tmp_path, progress=False, echo=lambda s: None)
+    site, other = data.external
+    study_rows = np.concatenate([data.eval_idx, data.val_idx, data.pool_idx])
+    assert (site.name, site.kind, other.name, other.kind) == ("site_2", "site", "covid_only", "source")
+    assert np.intersect1d(site.idx, study_rows).size == 0 and len(site.idx) > 0
+    assert set(data.manifest()["site"].to_numpy()[site.idx]) == {"site-2"}
+    assert "site-2" not in set(data.manifest()["site"].to_numpy()[study_rows])
+    ext = other.resolve(data)
+    assert ext.class_names == data.class_names == ("Normal", "COVID")
+    assert set(ext.labels[other.idx].tolist()) == {1} and other.info["class_counts"]["Normal"] == 0
+    assert data.info["external"][0]["n_images"] == len(site.idx)
+    payload = splits_payload(data, [40], [0])
+    assert payload["external"]["site_2"]["rows"] == site.idx.tolist()
+    assert payload["external"]["covid_only"] == {"kind": "source", "rows": list(range(len(other.idx))), "fingerprint": ext.fingerprint}

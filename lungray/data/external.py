@@ -110,8 +110,11 @@ def prepare_source_set(
     cfg = e.data_config(base_cfg)
     say(f"external set '{e.name}': preparing {cfg.source} data ...")
     report = check_dataset(cfg, sizes=(), strict=bool(cfg.strict), echo=say, name_files=False)
-    if report.dataset_problems:
-        raise DataError(f"data.external '{e.name}' ({cfg.source}) cannot be used: " + "; ".join(report.dataset_problems))
+    # one class is a valid external set (a COVID-only hospital: its accuracy is a sensitivity); the
+    # check's "a classifier needs at least two" is about training, which never happens here
+    problems = [p for p in report.dataset_problems if not p.startswith("fewer than 2 classes with usable images")]
+    if problems:
+        raise DataError(f"data.external '{e.name}' ({cfg.source}) cannot be used: " + "; ".join(problems))
     root = build_cache(report.manifest, cfg, cache_dir, progress=progress, parallel=parallel)
     import json
 
