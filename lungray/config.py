@@ -38,6 +38,52 @@ from lungray.errors import ConfigError
 
 
 @dataclass(frozen=True)
+class ExternalSetConfig:
+    """One named external evaluation set (issue 24, point 1): every trial's selected model is also
+    scored on it, and the report gives its metrics, learning curves and fits beside the internal
+    held-out set's, with the internal-external gap per training size.
+
+    Why: the COVID imaging models of 2020 scored AUC ~0.99 on held-out images of their own
+    sources and far lower elsewhere (Roberts et al. 2021; DeGrave et al. 2021, Nat Mach Intell):
+    an internal test set cannot show a model that learned the hospital. Two kinds, exactly one set:
+
+    - ``hold_out_site``: every image of this acquisition site (the phantom's ``site-0``,
+      ``site-1``...; a CSV's ``site`` column) is taken out of the study's data before it is split:
+      never trained on, never validated on, and neither is any image sharing a patient or a
+      duplicate cluster with it;
+    - ``source`` (+ ``path``, ``class_map``, ``modality``): another dataset adapter, decoded at the
+      study's resolution and preprocessing; all its usable images are the set. ``settings`` sets
+      any other ``data.*`` key of that second dataset (e.g. ``{phantom_seed: 7,
+      phantom_site_label_correlation: 0}``); the rest is inherited from ``data``. Its classes
+      (after ``class_map``) must be the study's.
+    """
+
+    name: str
+    hold_out_site: Optional[str] = None
+    source: Optional[str] = None
+    path: Optional[str] = None
+    class_map: Optional[Mapping[str, Optional[str]]] = None
+    modality: Optional[str] = None
+    settings: Optional[Mapping[str, Any]] = None
+
+    @property
+    def kind(self) -> str:
+        return "site" if self.hold_out_site is not None else "source"
+
+    def data_config(self, base: "DataConfig") -> "DataConfig":
+        """The second dataset's :class:`DataConfig`: ``base`` (decode settings, leakage...) with this
+        set's source, path, class map and ``settings``; no external sets of its own."""
+        over: dict[str, Any] = {"source": self.source, "path": self.path, "class_map": self.class_map, "modality": self.modality,
+                                # never split (every usable image is the set): the check's split refusals off
+                                "external": (), "eval_size": 0.5, "val_size": 0, "val_is_eval": False, "split_unit": "group",
+                                "min_eval_per_class": 0, "min_val_per_class": 0}
+        for k, v in dict(self.settings or {}).items():
+            over[k] = v
+        d = {**to_dict(base), **to_dict(over)}
+        return from_dict(DataConfig, d, "settings")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where images come from, how they are decoded, cached and split.
 
@@ -124,6 +170,13 @@ class DataConfig:
     # more classes than this is refused before anything trains (issue 23: 400 one-image folders, a
     # folder per patient rather than per class, exhausted memory); chest imaging sets have <= 15
     max_classes: int = 64
+    # named external evaluation sets besides the held-out one (issue 24, point 1; ExternalSetConfig):
+    # [{name: site_2, hold_out_site: site-2}, {name: other, source: folder, path: /data/other}]
+    external: tuple[ExternalSetConfig, ...] = ()
+    # what the holdout split keeps together: "group" (patients and the audit's duplicate clusters,
+    # lungray's default) or "image" (every image on its own, copies and follow-up films on both sides:
+    # the COVID-19 papers' split, kept only to measure what it inflates; issue 24, point 5)
+    split_unit: str = "group"
 
 
 @dataclass(frozen=True)
@@ -422,6 +475,10 @@ class StudyConfig:
     report: bool = True
     variants: tuple[VariantConfig, ...] = (VariantConfig(),)  # preprocessing x normalisation arms (section 4)
     probes: ProbeConfig = field(default_factory=ProbeConfig)  # shortcut probes (issue 24: source, lung ablations, saliency)
+    # issue 24, point 5: run the study under each protocol, on the same data, and report what the
+    # papers' protocol inflates: [] = as configured, one sweep; [corrected, as_published] = two
+    # sweeps (:meth:`for_protocol`) whose reports show the inflation with an interval
+    protocols: tuple[str, ...] = ()
 
     # -- derived ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -432,6 +489,12 @@ class StudyConfig:
         d = self.to_dict()
         for k in ("output_dir", "tracking", "resources", "report"):
             d.pop(k, None)
+        # keys added after sweeps were recorded hash as before while at their defaults (resume keeps working)
+        for k, default in (("external", []), ("split_unit", "group")):
+            if d["data"].get(k) == default:
+                d["data"].pop(k)
+        if d.get("protocols") == []:
+            d.pop("protocols")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def trials(self) -> list["TrialConfig"]:
@@ -489,6 +552,32 @@ class StudyConfig:
             norm_std=v.norm_std if v.norm_std is not None else (t.norm_std if keep else None),
         )
 
+    def for_protocol(self, name: str) -> "StudyConfig":
+        """This study under protocol ``name`` (one of :data:`PROTOCOLS`; issue 24, point 5).
+
+        ``as_published``: what the COVID-19 papers did (PROTOCOLS.md sections 1 and 5; Roberts et
+        al. 2021 list these as the common leaks): an image-level split (``data.split_unit:
+        image``: augmented copies and films of one patient on both sides; the leakage audit
+        still runs and counts the pairs across the split, ``data.leakage: report``), the test
+        set doubling as the validation set of early stopping and checkpoint selection
+        (``data.val_is_eval``), and one seed. ``corrected``: lungray's default protocol
+        (patients and duplicate clusters kept on one side, copies of held-out images dropped
+        from training, a separate validation set: ``data.val_size`` or 0.1 when it was 0).
+        Both arms keep the data, models, sizes and budget, and log to one MLflow experiment;
+        applying a protocol twice changes nothing (a resumed arm keeps its fingerprint).
+        """
+        if name not in PROTOCOLS:
+            raise ConfigError(f"protocols: '{name}' is not valid; valid choices: {', '.join(PROTOCOLS)}")
+        d = self.data
+        experiment = self.tracking.experiment or self.name.removesuffix(AS_PUBLISHED_SUFFIX)
+        tracking = replace(self.tracking, experiment=experiment)
+        if name == "as_published":
+            data = replace(d, split_unit="image", leakage="report" if d.leakage == "drop" else d.leakage, val_is_eval=True, val_size=0)
+            label = self.name if self.name.endswith(AS_PUBLISHED_SUFFIX) else self.name + AS_PUBLISHED_SUFFIX
+            return replace(self, name=label, data=data, seeds=self.seeds[:1], tracking=tracking, protocols=(name,))
+        data = replace(d, split_unit="group", leakage="drop", val_is_eval=False, val_size=d.val_size if d.val_size else 0.1)
+        return replace(self, name=self.name.removesuffix(AS_PUBLISHED_SUFFIX), data=data, tracking=tracking, protocols=(name,))
+
     @property
     def pool_sizes(self) -> bool:
         """Whether a training size means "the whole pool" (``all`` / -1), resolved with the data."""
@@ -502,6 +591,11 @@ class StudyConfig:
             if n not in sizes:
                 sizes.append(n)
         return replace(self, sizes=tuple(sizes))
+
+
+#: the protocol axis (issue 24, point 5; :meth:`StudyConfig.for_protocol`)
+PROTOCOLS = ("corrected", "as_published")
+AS_PUBLISHED_SUFFIX = "_as_published"
 
 
 def is_pool_size(n: Any) -> bool:

@@ -173,6 +173,27 @@ def per_class_key(metric: str, class_name: str) -> str:
     return f"{TEST_PREFIX}{metric}__{metric_key(class_name)}"
 
 
+#: the protocol arms of one invocation (issue 24, point 5): each arm's parent ("sweep") run is
+#: tagged with its protocol (``corrected``, ``as_published``) and a group id shared by the arms
+PROTOCOL = "lungray.protocol"
+PROTOCOL_GROUP = "lungray.protocol_group"
+
+#: external evaluation sets (issue 24, point 1): a trial's final metrics on set ``<name>`` are
+#: ``ext.<name>.<key>`` where the held-out set's are ``test_<key>`` (``ext.site_2.accuracy``,
+#: ``ext.site_2.recall__COVID``), and its per-image predictions the artifact ``predictions.ext.<name>.csv``
+EXT_PREFIX = "ext."
+
+
+def ext_key(name: str, key: str) -> str:
+    """MLflow key of metric ``key`` (without ``test_``) on external set ``name``."""
+    return f"{EXT_PREFIX}{name}.{key}"
+
+
+def ext_predictions(name: str) -> str:
+    """Artifact file of the per-image predictions on external set ``name``."""
+    return f"predictions.ext.{name}.csv"
+
+
 def default_tracking_uri(output_dir: str) -> str:
     """A SQL-backed store in the output directory (file stores are deprecated in MLflow 3)."""
     import os

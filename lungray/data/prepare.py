@@ -62,7 +62,11 @@ log = logging.getLogger(__name__)
 def _split_key(cache_key: str, cfg: Any) -> str:
     from lungray.data.leakage import AUDIT_VERSION
 
-    s = json.dumps([cache_key, AUDIT_VERSION, cfg.eval_size, cfg.val_size, cfg.split_seed, cfg.leakage, cfg.leakage_max_distance])
+    parts = [cache_key, AUDIT_VERSION, cfg.eval_size, cfg.val_size, cfg.split_seed, cfg.leakage, cfg.leakage_max_distance]
+    held = sorted(e.hold_out_site for e in getattr(cfg, "external", ()) if e.hold_out_site is not None)
+    if held or getattr(cfg, "split_unit", "group") != "group":  # keys of earlier splits stay as they were
+        parts += [held, cfg.split_unit]
+    s = json.dumps(parts)
     return hashlib.sha256(s.encode()).hexdigest()[:12]
 
 
@@ -187,6 +191,17 @@ def prepare_data(
     if note:
         say(note)
 
+    # external sets (issue 24, point 1): a held-out site leaves the study, with every row sharing a
+    # patient or a duplicate cluster with it, before anything is split
+    site_col = cached["site"].astype(str).to_numpy() if "site" in cached.columns else np.full(len(labels), "", dtype=object)
+    held_sets = [e for e in cfg.external if e.hold_out_site is not None]
+    held_rows, taken_out = {}, np.zeros(0, dtype=np.int64)
+    if held_sets:
+        from lungray.data.external import hold_out_sites
+
+        held_rows, taken_out = hold_out_sites(site_col, groups, held_sets, cfg.source)
+    split_groups_ = None if cfg.split_unit == "image" else groups  # "image": the papers' split (point 5)
+
     skey = _split_key(meta["key"], cfg)
     splits_path = root / f"splits-{skey}.json"
     leak_path = root / f"leakage-{skey}.json"
@@ -197,7 +212,10 @@ def prepare_data(
         how = sp["how"]
         leak_summary = sp.get("leakage_summary", {})
     else:
-        eval_idx, val_idx, pool_idx, how = make_splits(labels, groups, cached["split"].to_numpy(), cfg)
+        keep = np.setdiff1d(np.arange(len(labels)), taken_out)
+        ev, va, po, how = make_splits(labels[keep], split_groups_[keep] if split_groups_ is not None else None,
+                                      cached["split"].to_numpy()[keep], cfg)
+        eval_idx, val_idx, pool_idx = keep[ev], keep[va], keep[po]
         dropped = np.zeros(0, dtype=np.int64)
         leak_summary: dict[str, Any] = {"mode": "off", "grouping": _grouping_note(cfg.source, patient_grouped, how, "off")}
         if pairs is not None:
@@ -286,7 +304,20 @@ def prepare_data(
     if cfg.val_is_eval:  # study 5 as published: the test set doubles as the validation set
         val_idx = eval_idx
         info["val_is_eval"] = True
-    site_col = cached["site"].astype(str).to_numpy() if "site" in cached.columns else np.full(len(labels), "", dtype=object)
+    if cfg.split_unit == "image":
+        info["split_unit"] = "image"
+        info["leakage"] = {**info["leakage"], "grouping": "image-level split (data.split_unit: image, as the papers split): "
+                           "copies and films of one patient may sit on both sides"}
+    external: list = []
+    if held_sets:
+        from lungray.data.external import check_external_counts, site_set
+
+        problems = []
+        for e in held_sets:
+            problems += check_external_counts(e.name, labels[held_rows[e.name]], class_names, int(cfg.min_eval_per_class))
+            external.append(site_set(e.name, e.hold_out_site, held_rows[e.name], labels, class_names, len(taken_out)))
+        if problems:
+            raise DataError("; ".join(problems))
     sites = groups_of(site_col) if (site_col != "").all() else None  # a site probe needs every row's site
     if sites is not None:
         info["site_names"] = list(dict.fromkeys(site_col.tolist()))  # code k -> name, in first-seen order
@@ -297,7 +328,7 @@ def prepare_data(
         val_idx=np.sort(val_idx),
         pool_idx=np.sort(pool_idx),
         fingerprint=meta["key"],
-        groups=groups,
+        groups=split_groups_,  # None for an image-level split: subsets by image too
         class_balanced=bool(cfg.class_balanced),
         dropped_idx=np.sort(dropped),
         info=info,
@@ -305,6 +336,23 @@ def prepare_data(
         sites=sites,
     )
     info["class_counts"] = data.class_counts()
+    pre_variants = list(preprocess_variants)
+    for e in cfg.external:
+        if e.source is None:
+            continue
+        from lungray.data.external import prepare_source_set
+
+        external.append(prepare_source_set(e, cfg, class_names, cache_dir, preprocess_variants=pre_variants,
+                                           progress=progress, parallel=parallel, echo=say))
+    if external:
+        import dataclasses as _dc
+
+        order = [e.name for e in cfg.external]
+        external.sort(key=lambda x: order.index(x.name))
+        info["external"] = [x.info for x in external]
+        data = _dc.replace(data, external=tuple(external))
+        say("external evaluation set(s): " + "; ".join(
+            f"{x.name} ({x.info.get('site') or x.info.get('source')}, {x.info['n_images']} images)" for x in external))
     roots = _variant_caches(manifest, cfg, cache_dir, root, preprocess_variants, progress=progress, parallel=parallel)
     if roots:
         import dataclasses

@@ -51,6 +51,12 @@ class PreparedData:
     # acquisition-site codes per row (None unless every row's site is known); info["site_names"][k]
     # names code k (source probes, held-out-site evaluations)
     sites: Optional[np.ndarray] = None
+    # named external evaluation sets (issue 24, point 1): a held-out site's rows of this cache, or
+    # another source's prepared data (:class:`ExternalSet`); every trial scores its model on each
+    external: tuple = ()
+    # this cache's label code -> the study's class index (an external source whose classes are a
+    # subset of the study's, or in another order); None: the codes are the study's
+    label_remap: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         # Absolute: Ray workers do not share the driver's working directory, so a relative
@@ -93,7 +99,17 @@ class PreparedData:
 
     @cached_property
     def labels(self) -> np.ndarray:
-        return np.load(Path(self.root) / "labels.npy")
+        y = np.load(Path(self.root) / "labels.npy")
+        return y if self.label_remap is None else np.asarray(self.label_remap, dtype=np.int64)[y]
+
+    def external_set(self, name: str) -> "ExternalSet":
+        """The external evaluation set called ``name``; unknown names raise and list the sets."""
+        for e in self.external:
+            if e.name == name:
+                return e
+        from lungray.errors import ConfigError
+
+        raise ConfigError(f"no external evaluation set '{name}'; prepared: {', '.join(e.name for e in self.external) or 'none'}")
 
     @cached_property
     def mask_kind(self) -> Optional[str]:
@@ -179,3 +195,28 @@ class PreparedData:
             counts = np.bincount(self.labels[idx], minlength=self.num_classes)
             out[name] = {c: int(k) for c, k in zip(self.class_names, counts)}
         return out
+
+
+@dataclass(frozen=True)
+class ExternalSet:
+    """One named external evaluation set, ready to score (issue 24, point 1).
+
+    ``kind`` ``site``: ``idx`` are rows of the study's own cache (``data`` is None), a site held
+    out of every split; ``source``: ``data`` is another source's :class:`PreparedData` (labels in
+    the study's class order) and ``idx`` all its usable rows. :meth:`resolve` gives the prepared
+    data to read for a trial's preprocessing.
+    """
+
+    name: str
+    kind: str
+    idx: np.ndarray
+    data: Optional[PreparedData] = None
+    info: dict = field(default_factory=dict)
+
+    def resolve(self, study_data: PreparedData, preprocess: Optional[str] = None) -> PreparedData:
+        """Where this set's images are: the study's data as the trial reads it (a held-out site;
+        ``study_data`` already in the trial's variant cache), or the external source's cache of
+        the trial's ``preprocess`` (a variant's; None: the study's)."""
+        if self.data is None:
+            return study_data
+        return self.data.for_preprocess(preprocess)

@@ -52,14 +52,18 @@ class FakeSweep:
     class_names: tuple
     failed: dict = field(default_factory=dict)
     skipped: tuple = ()
+    ext_accuracy: dict = field(default_factory=dict)  # (set, model, n, optimizer, seed) -> exact ext.<set>.accuracy
+    ext_correct: dict = field(default_factory=dict)  # (set, model, n, optimizer, seed) -> bool array over its images
 
 
-def _study(name: str, models, sizes, seeds, optimizers, class_names, resolution: int):
-    from lungray.config import DataConfig, ModelConfig, OptimizerConfig, ScheduleConfig, StudyConfig
+def _study(name: str, models, sizes, seeds, optimizers, class_names, resolution: int, external: Sequence[str] = ()):
+    from lungray.config import DataConfig, ExternalSetConfig, ModelConfig, OptimizerConfig, ScheduleConfig, StudyConfig
 
+    ext = tuple(ExternalSetConfig(name=e, hold_out_site=f"site-{i % 3}") for i, e in enumerate(external))
     return StudyConfig(
         name=name,
-        data=DataConfig(source="phantom", phantom_n=400, phantom_classes=len(class_names), resolution=resolution, eval_size=100, val_size=40),
+        data=DataConfig(source="phantom", phantom_n=400, phantom_classes=len(class_names), resolution=resolution, eval_size=100, val_size=40,
+                        external=ext),
         models=tuple(m if not isinstance(m, str) else ModelConfig(name="simple_cnn", width=8, label=m) for m in models),
         sizes=tuple(sizes),
         optimizers=tuple(o if not isinstance(o, str) else OptimizerConfig(name=o) for o in optimizers),
@@ -142,6 +146,8 @@ def log_fake_sweep(
     best_epoch_fn: Optional[Callable[[str, int, int], int]] = None,
     degenerate: Sequence[tuple] = (),
     class_counts: Optional[Mapping[str, Mapping[str, int]]] = None,
+    external: Mapping[str, Callable[[str, int, int, int], float]] = {},
+    n_external: int = 120,
 ) -> FakeSweep:
     """Log a parent run and one child run per trial; see the module docstring for the plant.
 
@@ -157,6 +163,10 @@ def log_fake_sweep(
     ``(model, n, seed)`` whose output is constant (the same probabilities for every image: a
     run the report sets apart). ``class_counts`` replaces split entries of the logged class
     counts (``{"eval": {"Normal": 0, ...}}``).
+    ``external`` maps an external evaluation set's name to its planted accuracy function (issue 24):
+    each trial is also scored on ``n_external`` images of that set (``ext.<name>.*`` metrics and
+    ``predictions.ext.<name>.csv``), exactly that accuracy; ``FakeSweep.ext_accuracy`` /
+    ``ext_correct`` hold what was logged, keyed ``(name, model, n, optimizer, seed)``.
     """
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
@@ -166,7 +176,7 @@ def log_fake_sweep(
 
     class_names = tuple(class_names)
     k = len(class_names)
-    cfg = _study(experiment, models, sizes, seeds, optimizers, class_names, resolution)
+    cfg = _study(experiment, models, sizes, seeds, optimizers, class_names, resolution, tuple(external))
     client = MlflowClient(tracking_uri)
     work = Path(tempfile.mkdtemp(prefix="lungray-fake-"))
     art = artifact_root or (work / "artifacts").as_uri()
@@ -217,6 +227,9 @@ def log_fake_sweep(
                 "augmentation": "none",
                 "normalization": "pool",
                 "fingerprint": "fakefingerprint0123",
+                "info": {"external": [{"name": e, "kind": "site", "site": f"site-{i % 3}", "n_images": n_external,
+                                       "class_counts": {c: n_external // k for c in class_names}, "taken_out_of_study": n_external}
+                                      for i, e in enumerate(external)]},
             }
         )
     )
@@ -298,6 +311,21 @@ def log_fake_sweep(
         for j, c in enumerate(class_names):
             pred[f"prob_{c}"] = probs[:, j]
         pred.to_csv(rdir / T.PREDICTIONS, index=False)
+        for name, fn in external.items():  # issue 24: the same trial on an external set
+            ye = np.arange(n_external) % k
+            n_ok = int(round(fn(src, n, n_max, s) * n_external))
+            ok = np.zeros(n_external, dtype=bool)
+            ok[np.random.default_rng([s, n, 11]).permutation(n_external)[:n_ok]] = True
+            pe = _probs(ok, ye, k, np.random.default_rng([s, n, 13]))
+            ext_final, _, _ = _classification_metrics(ye, pe, class_names)
+            client.log_batch(rid, metrics=[Metric(T.ext_key(name, kk[len(T.TEST_PREFIX):]), float(v), 0, 0)
+                                           for kk, v in ext_final.items() if kk.startswith(T.TEST_PREFIX)])
+            ep = pd.DataFrame({"image_id": [f"{name}{i:05d}" for i in range(n_external)], "y_true": ye})
+            for j, c in enumerate(class_names):
+                ep[f"prob_{c}"] = pe[:, j]
+            ep.to_csv(rdir / T.ext_predictions(name), index=False)
+            fake.ext_accuracy[(name, *key)] = n_ok / n_external
+            fake.ext_correct[(name, *key)] = ok
         per_class.to_csv(rdir / T.PER_CLASS, index=False)
         pd.DataFrame(cm, index=class_names, columns=class_names).to_csv(rdir / T.CONFUSION_CSV)
         pd.DataFrame(hist).to_csv(rdir / T.HISTORY, index=False)

@@ -170,6 +170,14 @@ def build_report(
             builder.paired(),
             builder.fit(),
         ]
+        if sweep.external_names:  # issue 24: the same runs on each external evaluation set
+            from lungray.report.external import external_section
+
+            sections.append(external_section(builder))
+        if sweep.parent_tags.get(T.PROTOCOL):  # issue 24: an arm of "as published vs corrected"
+            from lungray.report.inflation import inflation_section
+
+            sections.append(inflation_section(builder))
         if sweep.spec.explanation == "overlay" and gradcam:  # segmentation: masks, no heat maps
             sections.append(builder.overlays(device))
         elif gradcam:

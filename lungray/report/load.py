@@ -69,6 +69,20 @@ class Sweep:
     #: the source-probe trials (``probes.source``, issue 24.2: the same columns as ``runs``),
     #: kept out of every table of the study's own models; :mod:`lungray.report.shortcut` reads them
     probe_runs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # external evaluation sets (issue 24): set name -> run id -> that set's predictions.ext.<name>.csv
+    external_predictions: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)
+
+    @property
+    def external_names(self) -> list[str]:
+        """The sweep's external evaluation sets: from ``config.yaml`` (in its order), else from
+        the runs' ``ext.<name>.*`` metrics."""
+        if self.config is not None and getattr(self.config.data, "external", ()):
+            return [e.name for e in self.config.data.external]
+        found = []
+        for c in self.runs.columns:
+            if isinstance(c, str) and c.startswith(T.EXT_PREFIX) and c.count(".") >= 2:
+                found.append(c[len(T.EXT_PREFIX):].rsplit(".", 1)[0])
+        return list(dict.fromkeys(found))
 
     # -- views --------------------------------------------------------------------------------
     @property
@@ -402,6 +416,8 @@ def load_sweep(
 
     # -- artifacts of complete trials ---------------------------------------------------------
     preds: dict[str, pd.DataFrame] = {}
+    ext_preds: dict[str, dict[str, pd.DataFrame]] = {}
+    ext_names = [e.name for e in config.data.external] if config is not None else []
     ckpts: dict[str, bool] = {}
     hist_rows = []
     for _, r in runs.iterrows():
@@ -417,6 +433,11 @@ def load_sweep(
                 preds[rid] = df
             else:
                 notes.append(f"trial {r['trial_id']} has no {T.PREDICTIONS}: left out of paired comparisons and ROC curves")
+            for name in ext_names:
+                if T.ext_predictions(name) in listed:
+                    df = pd.read_csv(download(client, rid, T.ext_predictions(name), tmp))
+                    df["image_id"] = df["image_id"].astype(str)
+                    ext_preds.setdefault(name, {})[rid] = df
         if histories:
             for key in epoch_keys:
                 if key in r and pd.notna(r.get(key)):
@@ -448,6 +469,7 @@ def load_sweep(
         checkpoints=ckpts,
         notes=notes,
         probe_runs=probe_runs,
+        external_predictions=ext_preds,
     )
 
 

@@ -170,16 +170,13 @@ def main(
             print(f"# resolved config ({source})")
             print(redact(dump_yaml(cfg)).rstrip())
         print(redact("\n".join(config_summary(cfg, source, grid=not args.dry_run))))
-        result = run_study(
-            cfg,
-            resume_dir=args.resume,
-            dry_run=args.dry_run,
-            address=args.address,
-            autoscaling_config=args.cluster_config,
-            trial_body=trial_body,
-            verbose=args.verbose,
-            report=False if args.no_report else None,
-        )
+        common = dict(resume_dir=args.resume, dry_run=args.dry_run, address=args.address, autoscaling_config=args.cluster_config,
+                      trial_body=trial_body, verbose=args.verbose, report=False if args.no_report else None)
+        if cfg.protocols:  # issue 24, point 5: one sweep per protocol, on the same data
+            from lungray.sweep.protocols import run_protocols
+
+            return 0 if all(r.ok for r in run_protocols(cfg, **common)) else 1
+        result = run_study(cfg, **common)
         return 0 if result.ok else 1
     except LungrayError as e:
         if args.verbose:

@@ -30,6 +30,9 @@ def splits_payload(data: Any, sizes: Sequence[int], seeds: Sequence[int]) -> dic
         "dropped": np.asarray(data.dropped_idx).tolist(),
         "subsets": subsets,
     }
+    for e in getattr(data, "external", ()) or ():  # issue 24: which rows each external set scored
+        out.setdefault("external", {})[e.name] = {"kind": e.kind, "rows": np.asarray(e.idx).tolist(),
+                                                  "fingerprint": e.data.fingerprint if e.data is not None else data.fingerprint}
     if getattr(data, "groups", None) is not None:  # the report resamples patients, not images (issue 19)
         try:
             out["eval_groups"] = eval_groups_payload(data.ids, data.groups, data.eval_idx)

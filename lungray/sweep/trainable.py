@@ -558,6 +558,9 @@ def write_trial_outputs(ctx: SweepContext, trial: TrialConfig, trial_id: str, re
     class_names = list(ctx.data.class_names)
     if result.predictions is not None:
         result.predictions.to_csv(art / T.PREDICTIONS, index=False)
+    for name, ext in (getattr(result, "external", None) or {}).items():  # issue 24: one file per external set
+        if ext.get("predictions") is not None:
+            ext["predictions"].to_csv(art / T.ext_predictions(name), index=False)
     if result.per_class is not None:
         result.per_class.to_csv(art / T.PER_CLASS, index=("class" not in getattr(result.per_class, "columns", [])))
     if result.confusion is not None:

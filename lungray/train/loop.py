@@ -630,6 +630,9 @@ def _final_evaluation(ctx: _Context, setup: _SetUp, m: _Model, f: _Fitted) -> Tr
     flat, per_class, confusion = task.report(y, outputs, setup.class_names)
     metrics = {f"{TEST_PREFIX}{key}": float(v) for key, v in flat.items()}
     predictions = task.predictions_frame(data, rows, y, outputs, setup.class_names)
+    from lungray.train.external import evaluate_external  # issue 24: the same model on each external set
+
+    external = evaluate_external(ctx, setup, net, _input_size(trial, data))
     best_path: Optional[Path] = None
     if ctx.is_main:
         best_path = ckpt.write_best(
@@ -655,6 +658,7 @@ def _final_evaluation(ctx: _Context, setup: _SetUp, m: _Model, f: _Fitted) -> Tr
         stopped_early=f.stopped_early,
         checkpoint_dir=str(f.last_ckpt) if f.last_ckpt is not None else None,
         resolved=setup.resolved,
+        external=external,
     )
 
 

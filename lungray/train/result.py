@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from lungray.tracking import TEST_PREFIX
+from lungray.tracking import TEST_PREFIX, ext_key
 
 
 @dataclass
@@ -34,6 +34,9 @@ class TrialResult:
     stopped_early: bool = False
     checkpoint_dir: Optional[str] = None
     resolved: dict[str, Any] = field(default_factory=dict)  # batch_size, epochs, steps_per_epoch, n_train, norm
+    # external evaluation sets (issue 24, point 1): name -> {"metrics": {key: value} without the
+    # test_ prefix, "predictions": DataFrame like ``predictions``}
+    external: dict[str, Any] = field(default_factory=dict)
 
     def mlflow_metrics(self) -> dict[str, float]:
         """The final, step-less metrics of a trial's MLflow run (see :mod:`lungray.tracking`).
@@ -53,6 +56,8 @@ class TrialResult:
                               ("batch_size", "batch_size_used")):
                 if isinstance(self.resolved.get(key), (int, float)):
                     out[name] = float(self.resolved[key])
+        for name, ext in (self.external or {}).items():
+            out.update({ext_key(name, k): float(v) for k, v in ext.get("metrics", {}).items()})
         for k in ("train_seconds", "eval_seconds", "setup_seconds"):
             if k in self.timings:
                 out[k] = float(self.timings[k])

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 from lungray.config import StudyConfig, is_pool_size
 from lungray.errors import ConfigError
 
-__all__ = ["validate_study", "one_of"]
+__all__ = ["validate_study", "one_of", "check_external_sets"]
 
 
 def one_of(where: str, value: Any, choices: Sequence[Any]) -> None:
@@ -84,6 +84,13 @@ def validate_study(cfg: StudyConfig, require_data: bool = True) -> StudyConfig:
         raise ConfigError(
             f"data.path is required for data.source '{d.source}': pass --data PATH (or set data.path)"
         )
+    one_of("data.split_unit", d.split_unit, ["group", "image"])
+    if d.split_unit == "image" and d.leakage == "drop":
+        raise ConfigError(
+            "data.split_unit 'image' lets copies cross the split on purpose (the papers' protocol) and data.leakage 'drop' "
+            "would remove them again; set data.leakage: report (counts the pairs across the split) or off"
+        )
+    check_external_sets(d, require_data=require_data)
 
     t = cfg.train
     task = TASKS.get(t.task)  # before the models and the schedule: both are the task's
@@ -190,6 +197,13 @@ def validate_study(cfg: StudyConfig, require_data: bool = True) -> StudyConfig:
     task.check(cfg)
     _check_probes(cfg)
 
+    from lungray.config import PROTOCOLS
+
+    for i, pname in enumerate(cfg.protocols):
+        one_of(f"protocols[{i}]", pname, PROTOCOLS)
+    if len(set(cfg.protocols)) != len(cfg.protocols):
+        raise ConfigError(f"protocols contain duplicates: {list(cfg.protocols)}")
+
     r = cfg.resources
     if r.workers < 1:
         raise ConfigError(f"resources.workers must be >= 1, got {r.workers}")
@@ -247,3 +261,80 @@ def _check_variants(cfg: StudyConfig) -> None:
             t = cfg.variant_train(v, m)
             where = f"variants[{i}]" if v.key else (f"models[{j}]" if m.normalization is not None else "train")
             check_fixed_stats(t.normalization, t.norm_mean, t.norm_std, where)
+
+
+#: an external set's name becomes part of MLflow keys (``ext.<name>.accuracy``) and file names
+EXTERNAL_NAME = r"[A-Za-z][A-Za-z0-9_-]{0,39}"
+
+
+def check_external_sets(d: Any, require_data: bool = True) -> None:
+    """``data.external`` (issue 24, point 1): names, kinds and the second datasets' own settings,
+    each error one line naming ``data.external[i]``. Whether a held-out site exists in a dataset
+    that is not the phantom is only known once its manifest is read (:func:`lungray.data.prepare.prepare_data`,
+    still before Ray starts)."""
+    import re
+
+    from lungray.data.adapters import ADAPTERS
+
+    seen: set[str] = set()
+    for i, e in enumerate(d.external):
+        where = f"data.external[{i}]"
+        if not re.fullmatch(EXTERNAL_NAME, str(e.name)):
+            raise ConfigError(
+                f"{where}.name: '{e.name}' is not valid; a letter then up to 39 letters, digits, '_' or '-' "
+                "(it names MLflow keys ext.<name>.accuracy and files)"
+            )
+        if e.name.lower() in ("internal", "test", "eval"):
+            raise ConfigError(f"{where}.name: '{e.name}' is reserved for the study's own held-out set; choose another name")
+        if e.name in seen:
+            raise ConfigError(f"{where}.name: two external sets are both called '{e.name}'; names must be unique")
+        seen.add(e.name)
+        if (e.hold_out_site is None) == (e.source is None):
+            raise ConfigError(
+                f"{where} ('{e.name}'): set exactly one of hold_out_site (a site of data.source held out entirely) "
+                "or source (another dataset adapter)"
+            )
+        if e.hold_out_site is not None:
+            if e.path is not None or e.class_map is not None or e.modality is not None or e.settings:
+                raise ConfigError(
+                    f"{where} ('{e.name}'): hold_out_site takes its images from data.source itself; "
+                    "path, class_map, modality and settings belong to a source set"
+                )
+            if d.source == "phantom":
+                sites = [f"site-{k}" for k in range(int(d.phantom_sites))]
+                if e.hold_out_site not in sites:
+                    raise ConfigError(
+                        f"{where}.hold_out_site: '{e.hold_out_site}' is not a site of the phantom "
+                        f"(data.phantom_sites {d.phantom_sites}); valid choices: {', '.join(sites)}"
+                    )
+            continue
+        ADAPTERS.check(e.source)
+        try:
+            sub = e.data_config(d)
+        except ConfigError as err:
+            raise ConfigError(f"{where} ('{e.name}'): {err}") from None
+        for k in ("resolution", "resize", "preprocess", "cache_dtype"):
+            if getattr(sub, k) != getattr(d, k):
+                raise ConfigError(
+                    f"{where} ('{e.name}'): settings.{k} differs from data.{k}; an external set is decoded as the "
+                    "study's own images are, or the model would see another input"
+                )
+        if sub.source == "phantom":
+            from lungray.data.adapters import phantom_spec
+
+            try:
+                phantom_spec(sub)
+            except ConfigError as err:
+                raise ConfigError(f"{where} ('{e.name}'): {err}") from None
+        elif require_data and not sub.path:
+            raise ConfigError(f"{where} ('{e.name}'): path is required for source '{sub.source}'")
+        elif require_data:
+            from pathlib import Path
+
+            if not Path(str(sub.path)).expanduser().exists():
+                raise ConfigError(f"{where} ('{e.name}'): path {sub.path} does not exist; fix the path or remove the set")
+    sites = [e.hold_out_site for e in d.external if e.hold_out_site is not None]
+    if d.source == "phantom" and sites and len(set(sites)) >= int(d.phantom_sites):
+        raise ConfigError(
+            f"data.external holds out every site of the phantom ({', '.join(sorted(set(sites)))}): nothing is left to train on"
+        )

@@ -53,6 +53,7 @@ from lungray.report.stats.fits import (
     size_for_target,
     target_where,
 )
+from lungray.report.stats.gap import GapCI, set_gap
 from lungray.report.stats.intervals import (
     CI,
     DF_GUARD,
@@ -83,6 +84,8 @@ from lungray.report.stats.paired import (
 
 __all__ = [
     "CI",
+    "GapCI",
+    "set_gap",
     "mean_ci",
     "bootstrap_ci",
     "TwoLevelCI",
