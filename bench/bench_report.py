@@ -37,7 +37,6 @@ import resource
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 

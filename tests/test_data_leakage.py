@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from lungray.data import hashing, leakage
+from lungray.data import leakage
 from lungray.data.hashing import (
     DIHEDRAL,
     apply_dihedral,

@@ -8,7 +8,6 @@ pretraining set, and pretrained weights looked up offline.
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from lungray.config import ModelConfig, OptimizerConfig, TrialConfig, VariantConfig, is_pool_size
+from lungray.config import ModelConfig, OptimizerConfig, TrialConfig, is_pool_size
 from lungray.study import load_study
-from lungray.errors import ConfigError, DataError
+from lungray.errors import ConfigError
 
 # --------------------------------------------------------------------------- name suggestions
 

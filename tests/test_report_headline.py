@@ -338,7 +338,7 @@ def test_chromium_opens_the_report_with_the_headline_and_180_mm_figures(conclude
     res = chromium_check(end.report_path, tmp_path / "chromium", height=1400)
     lay = res.layout
     # the first heading after the title is the headline, and it is on the first screen
-    assert lay["headings"][:2] == [f"lungray report: consistency", TITLE], lay["headings"][:4]
+    assert lay["headings"][:2] == ["lungray report: consistency", TITLE], lay["headings"][:4]
     assert 0 < lay["headline_top"] < 400 and lay["headline_height"] > 100
     assert "alpha leads with" in lay["headline_text"]
     # every figure decodes at 180 mm at the report's screen resolution

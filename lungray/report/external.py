@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional
+from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from lungray import tracking as T
