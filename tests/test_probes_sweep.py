@@ -27,8 +27,8 @@ def sweep(tmp_path_factory):
     uri = f"sqlite:///{out / 'mlflow.db'}"
     cfg = load_study("shortcut_smoke", overrides=[f"output_dir={out}", f"tracking.tracking_uri={uri}",
                                                    "tracking.experiment=shortcut", "seeds=[0]", "sizes=[150]"])
-    run_study(cfg, report=False, echo=lambda s: None)
-    return {"cfg": cfg, "uri": uri, "out": out}
+    res = run_study(cfg, report=False, echo=lambda s: None)
+    return {"cfg": cfg, "uri": uri, "out": out, "headline": res.headline}
 
 
 def _runs(uri):
@@ -83,6 +83,12 @@ def test_report_section_says_no_first(sweep):
     assert "DeGrave test" in sec and "Cramér" in sec
     tables = pd.read_csv(out / "table_accuracy.csv")
     assert tables["model"].tolist() == ["simple_cnn"]  # the probe is no model of the study's tables
+    # the headline (report top, headline.md, the sweep's last console lines) carries the same warnings
+    md = (out / "headline.md").read_text()
+    lead = html[: html.index('<section id="shortcuts">')]
+    for text in ("still scores above chance with the lungs blanked", "Source shortcut possible (DeGrave test)"):
+        assert text in md and text in lead, text
+        assert any(text in line for line in sweep["headline"]), (text, sweep["headline"])
 
 
 def test_caveats_for_a_headline(sweep, tmp_path):
