@@ -283,22 +283,15 @@ def probe_server(s: ServedCommand) -> str:
 def _sweep_like_writes(uri: str, user: str, pw: str) -> None:
     """Experiment, run, metric, proxied artifact, as the runs user, through lungray's client."""
     from lungray.sweep import mlflow_run as M
+    from lungray.sweep.ray_env import scoped_env
 
-    old = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-    os.environ.update(MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=pw)
-    try:
+    with scoped_env({"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": pw}):
         exp = M.ensure_experiment(uri, "lungray-check-cluster")
         c = M.client(uri)
         run = M.retry(lambda: c.create_run(exp))
         M.log_metrics(c, run.info.run_id, {"check": 1.0})
         M.retry(lambda: c.log_text(run.info.run_id, "check-cluster", "check.txt"))
         M.retry(lambda: c.set_terminated(run.info.run_id, "FINISHED"))
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def try_server_command(cfg: Mapping[str, Any], path: Any = "cluster.yaml") -> str:
