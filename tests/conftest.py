@@ -64,7 +64,8 @@ def prepared_phantom(tmp_path_factory):
 # overlap well on 2 CPUs; the longest go first so that none of them starts last and runs alone.
 # Seconds measured on 2 CPUs (2026-12-02); a module not listed keeps its place after these.
 LONGEST_MODULES = (
-    "test_sweep_smoke.py", "test_cluster_mlflow.py", "test_faults_kill.py", "test_bench.py", "test_transfer_smoke.py", "test_sweep_ray.py",
+    "test_sweep_smoke.py", "test_cluster_mlflow.py", "test_faults_kill.py", "test_transfer_smoke.py", "test_sweep_ray.py",
+    "test_protocols.py", "test_external.py", "test_probes_truth.py", "test_stats_simulation.py", "test_probes_sweep.py",
     "test_faults_mlflow_outage.py", "test_sweep_resume.py", "test_faults_credentials.py", "test_cluster_fake.py",
     "test_faults_disk.py", "test_memory_bounds.py", "test_report_build.py", "test_report_smoke.py", "test_data_privacy.py",
     "test_sweep_segmentation.py", "test_gradcam_freeze.py", "test_mlflow_server.py", "test_faults_lock.py",

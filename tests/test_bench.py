@@ -154,6 +154,7 @@ def test_print_ratio_format(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_bench_trial_quick():
     out, ratios = run_script("bench_trial.py", "--quick")
     assert {"trial_loop_vs_bare", "ray_trial_vs_bare", "tune_trial_vs_bare", "ray_sweep_vs_run_trial"} <= set(ratios), out
@@ -163,6 +164,7 @@ def test_bench_trial_quick():
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_bench_segmentation_quick():
     out, ratios = run_script("bench_segmentation.py", "--quick")
     assert set(ratios) == {"seg_trial_loop_vs_bare_smp"} and ratios["seg_trial_loop_vs_bare_smp"] > 0, out
@@ -171,6 +173,7 @@ def test_bench_segmentation_quick():
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_diagnose_unet_twin_quick():
     """The issue-21.5 diagnosis runs every variant (a Dice table, not a ratio: no RATIO lines)."""
     r = subprocess.run([sys.executable, str(BENCH / "diagnose_unet_twin.py"), "--quick"], cwd=str(REPO), capture_output=True,
@@ -184,6 +187,7 @@ def test_diagnose_unet_twin_quick():
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_bench_data_quick():
     out, ratios = run_script("bench_data.py", "--quick")
     want = {"data_pipeline_w0", "data_pipeline_w1", "decode_png_ray_vs_serial", "decode_dcm_ray_vs_serial",
@@ -195,6 +199,7 @@ def test_bench_data_quick():
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_bench_leakage_quick():
     out, ratios = run_script("bench_leakage.py", "--quick")
     assert "recall per transform" in out and "false pairs (different patients / different real files)" in out
@@ -208,6 +213,7 @@ def test_bench_leakage_quick():
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_bench_phantom_quick():
     out, ratios = run_script("bench_phantom.py", "--quick", "--curve")
     assert {"generation_defaults_over_clean", "data_build_audit_over_off", "data_build_cpu_s"} <= set(ratios), out
@@ -215,6 +221,7 @@ def test_bench_phantom_quick():
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_bench_sweep_quick():
     out, ratios = run_script("bench_sweep.py", "--quick")
     assert {"noop_fit_seconds", "sweep_efficiency_smoke", "sweep_efficiency_smoke_span"} <= set(ratios), out
@@ -225,6 +232,7 @@ def test_bench_sweep_quick():
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_bench_report_quick():
     out, ratios = run_script("bench_report.py", "--quick", timeout=1500)
     want = {"report_cli_wall_after_vs_before", "report_cli_cpu_after_vs_before", "report_cli_print_files_vs_none",

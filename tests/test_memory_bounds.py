@@ -247,4 +247,4 @@ def test_an_oom_killed_trial_is_one_console_line(tmp_path):
     assert failed[0].endswith("| killed by Ray's memory monitor (node memory 21.05GB of 22.00GB, over Ray's 0.95 threshold): "
                               "run fewer trials at once (raise resources.cpus_per_worker), or lower the batch size, data.resolution or the class count")
     assert not any("Traceback" in x or "Trial task failed" in x or "Trials did not complete" in x for x in lines), lines
-    assert len(lines) < 40
+    assert len(lines) < 60  # a run's ~30 lines plus the headline block (issue 20), not 1,170

@@ -362,6 +362,7 @@ def test_vectorised_measurement_is_the_report_function():
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_bench_stats_quick_prints_the_table():
     """bench/bench_stats.py (the bench/RESULTS.md table) runs end to end."""
     import subprocess
