@@ -210,7 +210,7 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
             locks.append(ExperimentLock(exp_dir, "sweep", echo=echo).acquire())
             c = M.client(tracking_uri)
             for k, v in T.experiment_tags().items():  # the UI opens on the runs table of the grid
-                M.retry(lambda k=k, v=v: c.set_experiment_tag(experiment_id, k, v), what="set experiment tag")
+                _set_experiment_tag(c, experiment_id, k, v)
             (exp_dir / CONFIG_YAML).write_text(redact(dump_yaml(cfg)))
             parent_run_id = M.create_parent_run(
                 tracking_uri,
@@ -368,6 +368,23 @@ def _run(cfg, state, exp_dir, locks, spec, total, resume_dir, address, autoscali
         if started_ray:
             LR.shutdown()
             LR.forget(ray_records)
+
+
+def _set_experiment_tag(c, experiment_id: str, key: str, value: str) -> None:
+    """One experiment tag. Two sweeps started at once into one store both set it: MLflow's SQL
+    store inserts a tag it did not find, so the slower insert fails on the unique key; the tag
+    is then there (the same value, both sweeps set the grid's), and one more set updates it."""
+    from lungray.sweep import mlflow_run as M
+
+    def once() -> None:
+        M.retry(lambda: c.set_experiment_tag(experiment_id, key, value), what="set experiment tag")
+
+    try:
+        once()
+    except Exception as e:  # noqa: BLE001 - only the insert race is retried; anything else is raised
+        if "UNIQUE constraint failed" not in str(e) and "IntegrityError" not in str(e):
+            raise
+        once()
 
 
 def quiet_ray_console(verbose: bool) -> None:
