@@ -240,14 +240,16 @@ def test_the_rsna_studys_dice_loss_hand_cases():
     truth_a = _box(32, 5, 5, 10)[None]
     pred_a = _prob_map(np.full((1, 32, 32), 0.01))
     study_a = 1 - 2 * (1 + s) / (10.24 + 100 + s)  # 0.981858
-    assert float(dice_rsna_loss(pred_a, torch.as_tensor(truth_a))) == pytest.approx(study_a, rel=1e-9)
-    assert study_a == pytest.approx(0.981858, abs=1e-6)
+    loss_a = float(dice_rsna_loss(pred_a, torch.as_tensor(truth_a)))
+    assert loss_a == pytest.approx(study_a, rel=1e-9)
+    assert loss_a == pytest.approx(0.981858, abs=1e-6)  # the worked figure above, from the loss itself
     #    lungray's `dice` on the same: bg I = 0.99 * 924, P = 0.99 * 1024, Y = 924 -> (2I + 1) / (P + Y + 1);
     #    fg (2 + 1) / (10.24 + 100 + 1); loss 1 - mean: 0.514430, half the study's
     d_bg = (2 * 0.99 * 924 + 1) / (0.99 * 1024 + 924 + 1)
     d_fg = 3 / 111.24
-    assert float(dice_loss(pred_a, torch.as_tensor(truth_a))) == pytest.approx(1 - (d_bg + d_fg) / 2, rel=1e-9)
-    assert 1 - (d_bg + d_fg) / 2 == pytest.approx(0.514430, abs=1e-6)
+    ours_a = float(dice_loss(pred_a, torch.as_tensor(truth_a)))
+    assert ours_a == pytest.approx(1 - (d_bg + d_fg) / 2, rel=1e-9)
+    assert ours_a == pytest.approx(0.514430, abs=1e-6)  # the worked figure above, from the loss itself
     # B: a 64 x 64 image, true 20 x 20 box, predicted box (p_fg 0.9, else ~0) shifted 10 px right:
     #    overlap 20 x 10 = 200 px: I = 0.9 * 200 = 180, P = 0.9 * 400 = 360, Y = 400
     truth_b = _box(64, 10, 10, 20)[None]
